@@ -1,0 +1,130 @@
+//! `meshd`: the control-plane daemon. `meshd server` runs one Raft server; `meshd dev` runs a
+//! single-node server with its data in a temporary directory, for trying the mesh out.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mesh_control::server::{Server, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "meshd", version, about = "Mesh control plane daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a control-plane server (a Raft member).
+    Server(ServerArgs),
+    /// Run a single-node server for development (data in a temporary directory).
+    Dev(DevArgs),
+}
+
+#[derive(Parser)]
+struct ServerArgs {
+    /// Unique name of this server.
+    #[arg(long)]
+    node: String,
+    /// Directory for the Raft log, vote and snapshots.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// gRPC address for Raft and agents.
+    #[arg(long, default_value = "127.0.0.1:8300")]
+    bind: SocketAddr,
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    http_addr: SocketAddr,
+    /// Number of servers to wait for before bootstrapping the cluster.
+    #[arg(long, default_value_t = 1)]
+    bootstrap_expect: usize,
+    /// gRPC address of another server (repeatable).
+    #[arg(long)]
+    join: Vec<String>,
+    #[arg(long, default_value = "dc1")]
+    datacenter: String,
+    /// Snapshot and compact the log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_threshold: u64,
+}
+
+#[derive(Parser)]
+struct DevArgs {
+    /// Keep data here instead of a temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    http_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8300")]
+    bind: SocketAddr,
+    #[arg(long, default_value = "dev")]
+    node: String,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    init_logging();
+    let cli = Cli::parse();
+    let (config, _tmp) = match cli.command {
+        Cmd::Server(a) => {
+            let mut c = ServerConfig::new(a.node, a.data_dir);
+            c.bind = a.bind;
+            c.http_addr = a.http_addr;
+            c.bootstrap_expect = a.bootstrap_expect;
+            c.join = a.join;
+            c.datacenter = a.datacenter;
+            c.snapshot_threshold = a.snapshot_threshold;
+            (c, None)
+        }
+        Cmd::Dev(a) => {
+            let (dir, tmp) = match a.data_dir {
+                Some(d) => (d, None),
+                None => {
+                    let t = tempfile::Builder::new()
+                        .prefix("meshd-dev-")
+                        .tempdir()
+                        .context("creating a temporary data directory")?;
+                    (t.path().to_path_buf(), Some(t))
+                }
+            };
+            let mut c = ServerConfig::new(a.node, dir);
+            c.bind = a.bind;
+            c.http_addr = a.http_addr;
+            c.bootstrap_expect = 1;
+            // A single node has nobody to wait for: elect at once.
+            c.election_timeout_min = std::time::Duration::from_millis(150);
+            c.election_timeout_max = std::time::Duration::from_millis(300);
+            c.heartbeat = std::time::Duration::from_millis(50);
+            (c, tmp)
+        }
+    };
+    let name = config.node.clone();
+    let handle = Server::start(config)
+        .await
+        .with_context(|| format!("starting server {name}"))?;
+    // Machine-readable line for scripts and tests (ports may have been chosen by the OS).
+    println!(
+        "meshd: node {name} listening rpc={} http={}",
+        handle.rpc_addr, handle.http_addr
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}

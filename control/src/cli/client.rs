@@ -1,0 +1,115 @@
+//! The HTTP client `meshctl` uses to talk to the local agent or server API.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Errors talking to the API, each printed as one line by `meshctl`.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach the agent at {addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("Unexpected response code: {status} ({body})")]
+    Status { status: u16, body: String },
+    #[error("malformed response from {path}: {message}")]
+    Decode { path: String, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A minimal HTTP/1.1 client bound to one API address.
+pub struct ApiClient {
+    addr: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ApiClient {
+    pub fn new(addr: &str) -> Self {
+        let addr = addr
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
+        Self {
+            addr,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; anything else is an error.
+    pub async fn call(
+        &self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, CliError> {
+        let uri = format!("http://{}{}", self.addr, path_and_query);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| CliError::Usage(format!("invalid request {uri}: {e}")))?;
+        let unreachable = |message: String| CliError::Unreachable {
+            addr: self.addr.clone(),
+            message,
+        };
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.client.request(req),
+        )
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(|e| unreachable(error_chain(&e)))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| unreachable(e.to_string()))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(CliError::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&body).trim().to_string(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// GET and decode JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, CliError> {
+        let body = self.call(http::Method::GET, path, None).await?;
+        serde_json::from_slice(&body).map_err(|e| CliError::Decode {
+            path: path.to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Percent-encodes a query parameter value.
+pub fn encode(v: &str) -> String {
+    let mut out = String::new();
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~*".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

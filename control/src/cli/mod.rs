@@ -1,0 +1,65 @@
+//! `meshctl`: the operator CLI. Consul-like verbs over the HTTP API of the local agent or a
+//! server (`--http-addr`, or `MESH_HTTP_ADDR`). One module per verb group.
+
+pub mod client;
+mod connect;
+mod intention;
+mod operator;
+mod table;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use client::{ApiClient, CliError};
+
+#[derive(Parser)]
+#[command(name = "meshctl", version, about = "Operate the mesh")]
+pub struct Cli {
+    /// Address of the agent's HTTP API.
+    #[arg(long, env = "MESH_HTTP_ADDR", default_value = "127.0.0.1:8500", global = true)]
+    pub http_addr: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Cluster operations.
+    Operator {
+        #[command(subcommand)]
+        command: operator::OperatorCmd,
+    },
+    /// Manage intentions (who may connect to whom).
+    Intention {
+        #[command(subcommand)]
+        command: intention::IntentionCmd,
+    },
+    /// Service mesh (Connect) settings.
+    Connect {
+        #[command(subcommand)]
+        command: connect::ConnectCmd,
+    },
+}
+
+/// Runs the CLI; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    let api = ApiClient::new(&cli.http_addr);
+    let result = match cli.command {
+        Command::Operator { command } => operator::run(&api, command).await,
+        Command::Intention { command } => intention::run(&api, command).await,
+        Command::Connect { command } => connect::run(&api, command).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The replicated state machine: one deterministic `apply(index, command)` over the catalog,
+//! the intentions and the CA state.
+//!
+//! No I/O, no clock, no randomness: whatever varies is inside the command (see `command`). The
+//! Raft storage layer (`crate::store`) calls `State::apply` for every committed entry and takes
+//! snapshots by serializing `State`; this module is unit-tested alone.
+
+mod command;
+mod state;
+
+pub use command::{ApplyError, ApplyResult, Command};
+pub use state::{CaState, InstanceHealth, State, TableIndexes, leaf_ttl};

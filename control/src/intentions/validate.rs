@@ -1,0 +1,299 @@
+//! Write-time validation of intentions, mirroring Consul's `service-intentions` rules.
+//!
+//! The state machine runs this before it stores an intention, so every rule here is one that
+//! Consul enforces on write (`agent/structs/config_entry_intentions.go`, `validate`), with the
+//! field named in each message so an API client can show the user what to fix. The decision
+//! code in the parent module never depends on an intention being valid, but it only promises
+//! Consul's precedence table for intentions that pass.
+
+use crate::model::{HeaderPermission, HttpPermission, Intention, IntentionPermission};
+
+use super::WILDCARD;
+
+/// Longest `Description` / meta value Consul accepts (`metaValueMaxLength`).
+pub const MAX_DESCRIPTION_LEN: usize = 512;
+/// Most `Meta` pairs Consul accepts (`metaMaxKeyPairs`).
+pub const MAX_META_PAIRS: usize = 64;
+/// Longest `Meta` key Consul accepts (`metaKeyMaxLength`).
+pub const MAX_META_KEY_LEN: usize = 128;
+/// Longest `Meta` value Consul accepts (`metaValueMaxLength`).
+pub const MAX_META_VALUE_LEN: usize = 512;
+
+/// HTTP methods an L7 permission may name (Consul's `isValidHTTPMethod`, RFC 9110 §9 + PATCH).
+pub const HTTP_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+];
+
+/// Why an intention was rejected. `field` is the JSON path of the offending field, in
+/// Consul's spelling (`SourceName`, `Permissions[0].HTTP.PathExact`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntentionError {
+    #[error("{field} must be set")]
+    Empty { field: &'static str },
+    #[error("{field}: wildcard character '*' cannot be used with partial values (got {value:?})")]
+    PartialWildcard { field: &'static str, value: String },
+    #[error("{field}: exact value {value:?} cannot follow wildcard namespace")]
+    ExactAfterWildcardNamespace { field: &'static str, value: String },
+    #[error("Action must be omitted if Permissions are specified")]
+    ActionWithPermissions,
+    #[error("Action must be set to 'allow' or 'deny' (or Permissions given instead)")]
+    MissingAction,
+    #[error("Permissions cannot be specified on intentions with wildcarded destinations")]
+    PermissionsOnWildcardDestination,
+    #[error("SourceType must be set to 'consul' (got {value:?})")]
+    SourceType { value: String },
+    #[error("Description exceeds maximum length {max} (got {len})")]
+    DescriptionTooLong { len: usize, max: usize },
+    #[error("Meta exceeds maximum element count {max} (got {count})")]
+    TooManyMeta { count: usize, max: usize },
+    #[error("Meta key {key:?} exceeds maximum length {max}")]
+    MetaKeyTooLong { key: String, max: usize },
+    #[error("Meta value for key {key:?} exceeds maximum length {max}")]
+    MetaValueTooLong { key: String, max: usize },
+    #[error("Permissions[{index}].HTTP is required")]
+    MissingHttp { index: usize },
+    #[error("Permissions[{index}].HTTP should not be empty")]
+    EmptyHttp { index: usize },
+    #[error(
+        "Permissions[{index}].HTTP should only contain at most one of PathExact, PathPrefix, or PathRegex"
+    )]
+    ConflictingPaths { index: usize },
+    #[error("Permissions[{index}].HTTP.{field} doesn't start with '/': {value:?}")]
+    PathNotAbsolute {
+        index: usize,
+        field: &'static str,
+        value: String,
+    },
+    #[error("Permissions[{index}].HTTP.Header[{header}] missing required Name field")]
+    HeaderMissingName { index: usize, header: usize },
+    #[error(
+        "Permissions[{index}].HTTP.Header[{header}] should contain exactly one of Present, Exact, Prefix, Suffix, or Regex (got {count})"
+    )]
+    HeaderMatchers {
+        index: usize,
+        header: usize,
+        count: usize,
+    },
+    #[error(
+        "Permissions[{index}].HTTP.Methods contains an invalid method {method:?} (expected one of GET, HEAD, POST, PUT, PATCH, DELETE, CONNECT, OPTIONS, TRACE in upper case)"
+    )]
+    InvalidMethod { index: usize, method: String },
+    #[error("Permissions[{index}].HTTP.Methods contains {method:?} more than once")]
+    DuplicateMethod { index: usize, method: String },
+}
+
+impl IntentionError {
+    /// Stable machine-readable code, for API error bodies and metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IntentionError::Empty { .. } => "empty_field",
+            IntentionError::PartialWildcard { .. } => "partial_wildcard",
+            IntentionError::ExactAfterWildcardNamespace { .. } => "exact_after_wildcard_namespace",
+            IntentionError::ActionWithPermissions => "action_with_permissions",
+            IntentionError::MissingAction => "missing_action",
+            IntentionError::PermissionsOnWildcardDestination => {
+                "permissions_on_wildcard_destination"
+            }
+            IntentionError::SourceType { .. } => "invalid_source_type",
+            IntentionError::DescriptionTooLong { .. } => "description_too_long",
+            IntentionError::TooManyMeta { .. } => "too_many_meta",
+            IntentionError::MetaKeyTooLong { .. } => "meta_key_too_long",
+            IntentionError::MetaValueTooLong { .. } => "meta_value_too_long",
+            IntentionError::MissingHttp { .. } => "missing_http",
+            IntentionError::EmptyHttp { .. } => "empty_http",
+            IntentionError::ConflictingPaths { .. } => "conflicting_paths",
+            IntentionError::PathNotAbsolute { .. } => "path_not_absolute",
+            IntentionError::HeaderMissingName { .. } => "header_missing_name",
+            IntentionError::HeaderMatchers { .. } => "header_matchers",
+            IntentionError::InvalidMethod { .. } => "invalid_method",
+            IntentionError::DuplicateMethod { .. } => "duplicate_method",
+        }
+    }
+}
+
+/// Validates an intention before it is written. Returns the first problem found, in the order
+/// Consul checks them.
+pub fn validate(i: &Intention) -> Result<(), IntentionError> {
+    for (field, value) in [
+        ("SourceNS", &i.source_ns),
+        ("SourceName", &i.source_name),
+        ("DestinationNS", &i.destination_ns),
+        ("DestinationName", &i.destination_name),
+    ] {
+        if value.is_empty() {
+            return Err(IntentionError::Empty { field });
+        }
+    }
+    validate_wildcards(
+        "DestinationNS",
+        "DestinationName",
+        &i.destination_ns,
+        &i.destination_name,
+    )?;
+    validate_wildcards("SourceNS", "SourceName", &i.source_ns, &i.source_name)?;
+
+    if i.description.len() > MAX_DESCRIPTION_LEN {
+        return Err(IntentionError::DescriptionTooLong {
+            len: i.description.len(),
+            max: MAX_DESCRIPTION_LEN,
+        });
+    }
+    if i.meta.len() > MAX_META_PAIRS {
+        return Err(IntentionError::TooManyMeta {
+            count: i.meta.len(),
+            max: MAX_META_PAIRS,
+        });
+    }
+    for (k, v) in &i.meta {
+        if k.len() > MAX_META_KEY_LEN {
+            return Err(IntentionError::MetaKeyTooLong {
+                key: k.clone(),
+                max: MAX_META_KEY_LEN,
+            });
+        }
+        if v.len() > MAX_META_VALUE_LEN {
+            return Err(IntentionError::MetaValueTooLong {
+                key: k.clone(),
+                max: MAX_META_VALUE_LEN,
+            });
+        }
+    }
+
+    // An intention is either L4 (Action) or L7 (Permissions), never both, never neither.
+    match (i.action, i.permissions.is_empty()) {
+        (Some(_), false) => return Err(IntentionError::ActionWithPermissions),
+        (None, true) => return Err(IntentionError::MissingAction),
+        _ => {}
+    }
+    if !i.permissions.is_empty() && (i.destination_ns == WILDCARD || i.destination_name == WILDCARD)
+    {
+        return Err(IntentionError::PermissionsOnWildcardDestination);
+    }
+
+    if i.source_type != "consul" {
+        return Err(IntentionError::SourceType {
+            value: i.source_type.clone(),
+        });
+    }
+
+    for (index, perm) in i.permissions.iter().enumerate() {
+        validate_permission(index, perm)?;
+    }
+    Ok(())
+}
+
+/// Only a whole field may be `*`, and an exact name may not follow a wildcard namespace
+/// (`*/web` would mean "web in any namespace", which Consul's precedence table has no row for).
+fn validate_wildcards(
+    ns_field: &'static str,
+    name_field: &'static str,
+    ns: &str,
+    name: &str,
+) -> Result<(), IntentionError> {
+    if ns != WILDCARD && ns.contains(WILDCARD) {
+        return Err(IntentionError::PartialWildcard {
+            field: ns_field,
+            value: ns.to_string(),
+        });
+    }
+    if name != WILDCARD {
+        if name.contains(WILDCARD) {
+            return Err(IntentionError::PartialWildcard {
+                field: name_field,
+                value: name.to_string(),
+            });
+        }
+        if ns == WILDCARD {
+            return Err(IntentionError::ExactAfterWildcardNamespace {
+                field: name_field,
+                value: name.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_permission(index: usize, perm: &IntentionPermission) -> Result<(), IntentionError> {
+    // `Action` is a required enum in the model, so serde already rejected anything but
+    // allow/deny; only the HTTP block is left to check.
+    let http: &HttpPermission = perm
+        .http
+        .as_ref()
+        .ok_or(IntentionError::MissingHttp { index })?;
+
+    let mut parts = 0;
+    for (field, value) in [
+        ("PathExact", &http.path_exact),
+        ("PathPrefix", &http.path_prefix),
+    ] {
+        if !value.is_empty() {
+            parts += 1;
+            if !value.starts_with('/') {
+                return Err(IntentionError::PathNotAbsolute {
+                    index,
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
+    }
+    if !http.path_regex.is_empty() {
+        parts += 1;
+    }
+    if parts > 1 {
+        return Err(IntentionError::ConflictingPaths { index });
+    }
+
+    for (header, h) in http.header.iter().enumerate() {
+        validate_header(index, header, h)?;
+        parts += 1;
+    }
+
+    if !http.methods.is_empty() {
+        let mut seen: Vec<&str> = Vec::with_capacity(http.methods.len());
+        for m in &http.methods {
+            if !HTTP_METHODS.contains(&m.as_str()) {
+                return Err(IntentionError::InvalidMethod {
+                    index,
+                    method: m.clone(),
+                });
+            }
+            if seen.contains(&m.as_str()) {
+                return Err(IntentionError::DuplicateMethod {
+                    index,
+                    method: m.clone(),
+                });
+            }
+            seen.push(m);
+        }
+        parts += 1;
+    }
+
+    if parts == 0 {
+        return Err(IntentionError::EmptyHttp { index });
+    }
+    Ok(())
+}
+
+fn validate_header(
+    index: usize,
+    header: usize,
+    h: &HeaderPermission,
+) -> Result<(), IntentionError> {
+    if h.name.is_empty() {
+        return Err(IntentionError::HeaderMissingName { index, header });
+    }
+    let count = usize::from(h.present)
+        + [&h.exact, &h.prefix, &h.suffix, &h.regex]
+            .iter()
+            .filter(|v| !v.is_empty())
+            .count();
+    if count != 1 {
+        return Err(IntentionError::HeaderMatchers {
+            index,
+            header,
+            count,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Settings of one server, parsed from `meshd server` flags (or built by tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of one `meshd server`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Unique server name; the Raft node ID is derived from it.
+    pub node: String,
+    pub data_dir: PathBuf,
+    /// gRPC address for Raft, forwarding and agents (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// HTTP API address.
+    pub http_addr: SocketAddr,
+    /// Servers that must be known before the cluster bootstraps.
+    pub bootstrap_expect: usize,
+    /// gRPC addresses of other servers to discover or join through.
+    pub join: Vec<String>,
+    pub datacenter: String,
+    /// Take a snapshot (and compact the log) every this many applied entries.
+    pub snapshot_threshold: u64,
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How long a write waits for a leader before failing.
+    pub write_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a server named `node` storing its data in `data_dir`, on loopback with
+    /// free ports.
+    pub fn new(node: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node: node.into(),
+            data_dir: data_dir.into(),
+            bind: "127.0.0.1:0".parse().expect("valid address"),
+            http_addr: "127.0.0.1:0".parse().expect("valid address"),
+            bootstrap_expect: 1,
+            join: Vec::new(),
+            datacenter: "dc1".to_string(),
+            snapshot_threshold: 10_000,
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(800),
+            election_timeout_max: Duration::from_millis(1600),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The server's gRPC services: Raft transport, cluster membership/forwarding, and the agent API
+//! (registration, intentions, CSR signing and watches), all on the `--bind` address so one
+//! HTTP/2 connection per agent carries everything.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use serde::Serialize;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+use super::{Server, ServerError};
+use crate::fsm::{ApplyResult, Command, State};
+use crate::model::{CaConfig, HealthStatus};
+use crate::proto::catalog_server::{Catalog, CatalogServer};
+use crate::proto::cluster_server::{Cluster, ClusterServer};
+use crate::proto::raft_server::RaftServer;
+use crate::proto::*;
+use crate::raft::{MAX_MESSAGE, MeshNode, RaftGrpc};
+
+/// Serves every gRPC service until shutdown.
+pub(super) async fn serve(server: Arc<Server>, incoming: TcpListenerStream) {
+    let raft = RaftServer::new(RaftGrpc {
+        raft: server.raft.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+    let cluster = ClusterServer::new(ClusterApi(server.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let catalog = CatalogServer::new(CatalogApi(server.clone()));
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(raft)
+        .add_service(cluster)
+        .add_service(catalog)
+        .serve_with_incoming_shutdown(incoming, server.shutdown_signal())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server stopped");
+    }
+}
+
+fn info(n: &MeshNode, id: u64) -> ServerInfo {
+    ServerInfo {
+        id,
+        name: n.name.clone(),
+        rpc_addr: n.rpc_addr.clone(),
+        http_addr: n.http_addr.clone(),
+    }
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
+    serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+}
+
+/// A write's reply: apply errors travel inside the result so the caller sees the exact kind.
+fn write_reply(r: Result<ApplyResult, ServerError>) -> Result<Response<CommandReply>, Status> {
+    let result = match r {
+        Ok(r) => r,
+        Err(ServerError::Apply(e)) => ApplyResult {
+            index: 0,
+            error: Some(e),
+        },
+        Err(e) => return Err(e.to_status()),
+    };
+    Ok(Response::new(CommandReply {
+        index: result.index,
+        json: json(&result)?,
+    }))
+}
+
+struct ClusterApi(Arc<Server>);
+
+#[tonic::async_trait]
+impl Cluster for ClusterApi {
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let s = &self.0;
+        if let Some(from) = req.into_inner().from {
+            let node = MeshNode {
+                name: from.name,
+                rpc_addr: from.rpc_addr,
+                http_addr: from.http_addr,
+            };
+            s.known.lock().unwrap().insert(from.id, node);
+        }
+        let initialized = s
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let known = s
+            .known
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, n)| info(n, *id))
+            .collect();
+        Ok(Response::new(HelloReply {
+            me: Some(info(&s.me, s.id)),
+            known,
+            initialized,
+        }))
+    }
+
+    async fn join(&self, req: Request<ServerInfo>) -> Result<Response<JoinReply>, Status> {
+        let index = self
+            .0
+            .join(req.into_inner(), 1)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(JoinReply { index }))
+    }
+
+    async fn write(&self, req: Request<CommandRequest>) -> Result<Response<CommandReply>, Status> {
+        let req = req.into_inner();
+        let cmd: Command = parse(&req.json)?;
+        write_reply(self.0.write_hops(cmd, req.hops).await)
+    }
+
+    async fn read_index(
+        &self,
+        _req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let index = self.0.read_index(1).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(ReadIndexReply { index }))
+    }
+
+    async fn configuration(
+        &self,
+        _req: Request<ConfigurationRequest>,
+    ) -> Result<Response<ConfigurationReply>, Status> {
+        let (peers, index) = self.0.peers();
+        Ok(Response::new(ConfigurationReply {
+            servers: peers
+                .into_iter()
+                .map(|p| PeerInfo {
+                    server: Some(info(&p.node, p.id)),
+                    leader: p.leader,
+                    voter: p.voter,
+                })
+                .collect(),
+            index,
+        }))
+    }
+
+    async fn remove_peer(
+        &self,
+        req: Request<RemovePeerRequest>,
+    ) -> Result<Response<RemovePeerReply>, Status> {
+        let r = req.into_inner();
+        let index = self
+            .0
+            .remove_peer(&r.id, &r.address, 1)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(RemovePeerReply { index }))
+    }
+
+    async fn rotate_ca(
+        &self,
+        req: Request<RotateCaRequest>,
+    ) -> Result<Response<CommandReply>, Status> {
+        let r = req.into_inner();
+        let config: Option<CaConfig> = if r.config_json.is_empty() {
+            None
+        } else {
+            Some(parse(&r.config_json)?)
+        };
+        write_reply(self.0.rotate_ca(config, r.hops).await)
+    }
+}
+
+struct CatalogApi(Arc<Server>);
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchReply, Status>> + Send>>;
+
+impl CatalogApi {
+    async fn apply(&self, cmd: Command) -> Result<Response<WriteReply>, Status> {
+        let reply = write_reply(self.0.write(cmd).await)?.into_inner();
+        Ok(Response::new(WriteReply {
+            index: reply.index,
+            json: reply.json,
+        }))
+    }
+
+    /// A stream that sends `render(state)` whenever `index_of(state)` passes the last index
+    /// sent (starting after `min_index`), until the client goes away or the server stops.
+    fn watch<I, R, T>(&self, min_index: u64, index_of: I, render: R) -> WatchStream
+    where
+        I: Fn(&State) -> u64 + Send + 'static,
+        R: Fn(&State) -> T + Send + 'static,
+        T: Serialize,
+    {
+        let shared = self.0.state.clone();
+        let mut applied = shared.subscribe();
+        let shutdown = self.0.shutdown_signal();
+        let stream = async_stream_like(move |tx| async move {
+            tokio::pin!(shutdown);
+            let mut last = min_index;
+            loop {
+                let out = shared.read(|s| {
+                    let idx = index_of(s).max(1);
+                    (idx > last).then(|| (idx, serde_json::to_vec(&render(s))))
+                });
+                if let Some((idx, body)) = out {
+                    let msg = body
+                        .map(|json| WatchReply { index: idx, json })
+                        .map_err(|e| Status::internal(e.to_string()));
+                    if tx.send(msg).await.is_err() {
+                        return;
+                    }
+                    last = idx;
+                }
+                tokio::select! {
+                    changed = applied.changed() => if changed.is_err() { return },
+                    _ = &mut shutdown => return,
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Box::pin(stream)
+    }
+}
+
+/// Runs `f` with the sending half of a bounded channel and returns the receiving half as a
+/// stream (the watch task ends when the receiver is dropped).
+fn async_stream_like<F, Fut>(
+    f: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<WatchReply, Status>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<WatchReply, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Registration body: a node with optional service and checks (Consul's catalog register).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RegisterBody {
+    node: crate::model::Node,
+    service: Option<crate::model::ServiceInstance>,
+    #[serde(default)]
+    checks: Vec<crate::model::HealthCheck>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeregisterBody {
+    node: String,
+    #[serde(rename = "ServiceID", default)]
+    service_id: Option<String>,
+    #[serde(rename = "CheckID", default)]
+    check_id: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CheckUpdateBody {
+    node: String,
+    #[serde(rename = "CheckID")]
+    check_id: String,
+    status: HealthStatus,
+    #[serde(default)]
+    output: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IntentionUpsertBody {
+    intention: crate::model::Intention,
+    #[serde(default)]
+    replace: bool,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IntentionDeleteBody {
+    #[serde(rename = "SourceNS", default = "default_ns")]
+    source_ns: String,
+    source_name: String,
+    #[serde(rename = "DestinationNS", default = "default_ns")]
+    destination_ns: String,
+    destination_name: String,
+}
+
+fn default_ns() -> String {
+    "default".into()
+}
+
+#[tonic::async_trait]
+impl Catalog for CatalogApi {
+    async fn register(&self, req: Request<JsonRequest>) -> Result<Response<WriteReply>, Status> {
+        let b: RegisterBody = parse(&req.into_inner().json)?;
+        self.apply(Command::Register {
+            node: b.node,
+            service: b.service,
+            checks: b.checks,
+        })
+        .await
+    }
+
+    async fn deregister(&self, req: Request<JsonRequest>) -> Result<Response<WriteReply>, Status> {
+        let b: DeregisterBody = parse(&req.into_inner().json)?;
+        self.apply(Command::Deregister {
+            node: b.node,
+            service_id: b.service_id,
+            check_id: b.check_id,
+        })
+        .await
+    }
+
+    async fn update_check(
+        &self,
+        req: Request<JsonRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        let b: CheckUpdateBody = parse(&req.into_inner().json)?;
+        self.apply(Command::UpdateCheck {
+            node: b.node,
+            check_id: b.check_id,
+            status: b.status,
+            output: b.output,
+        })
+        .await
+    }
+
+    async fn upsert_intention(
+        &self,
+        req: Request<JsonRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        let b: IntentionUpsertBody = parse(&req.into_inner().json)?;
+        self.apply(Command::IntentionUpsert {
+            intention: b.intention,
+            replace: b.replace,
+        })
+        .await
+    }
+
+    async fn delete_intention(
+        &self,
+        req: Request<JsonRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        let b: IntentionDeleteBody = parse(&req.into_inner().json)?;
+        self.apply(Command::IntentionDelete {
+            source_ns: b.source_ns,
+            source: b.source_name,
+            destination_ns: b.destination_ns,
+            destination: b.destination_name,
+        })
+        .await
+    }
+
+    async fn sign_csr(
+        &self,
+        req: Request<SignCsrRequest>,
+    ) -> Result<Response<SignCsrReply>, Status> {
+        let r = req.into_inner();
+        let leaf = self
+            .0
+            .sign_csr(&r.service, &r.datacenter, &r.csr_pem)
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(SignCsrReply { json: json(&leaf)? }))
+    }
+
+    type WatchRootsStream = WatchStream;
+    async fn watch_roots(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchRootsStream>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(self.watch(
+            r.min_index,
+            |s| s.tables.roots,
+            |s| s.ca.root_list(),
+        )))
+    }
+
+    type WatchIntentionsStream = WatchStream;
+    async fn watch_intentions(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchIntentionsStream>, Status> {
+        let r = req.into_inner();
+        let name = r.name;
+        Ok(Response::new(self.watch(
+            r.min_index,
+            |s| s.tables.intentions.max(s.tables.config),
+            move |s| {
+                let list: Vec<_> = s
+                    .intention_list()
+                    .into_iter()
+                    .filter(|i| {
+                        name.is_empty()
+                            || i.destination_name == name
+                            || i.destination_name == crate::intentions::WILDCARD
+                    })
+                    .collect();
+                serde_json::json!({ "DefaultPolicy": s.default_policy, "Intentions": list })
+            },
+        )))
+    }
+
+    type WatchHealthStream = WatchStream;
+    async fn watch_health(
+        &self,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchHealthStream>, Status> {
+        let r = req.into_inner();
+        let (name, passing) = (r.name, r.passing_only);
+        Ok(Response::new(self.watch(
+            r.min_index,
+            State::health_index,
+            move |s| {
+                s.service_health(&name, true)
+                    .into_iter()
+                    .filter(|h| !passing || h.status() == HealthStatus::Passing)
+                    .collect::<Vec<_>>()
+            },
+        )))
+    }
+}

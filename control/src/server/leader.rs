@@ -1,0 +1,78 @@
+//! Work only the leader does: creating the CA at cluster bootstrap and pruning rotated-out
+//! roots once every leaf they signed has expired. Both are proposals through Raft, so a leader
+//! change in the middle is harmless (`CaInitialize` is ignored when a root already exists).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use super::Server;
+use crate::fsm::Command;
+use crate::model::CaConfig;
+
+const TICK: Duration = Duration::from_millis(500);
+
+/// The CA configuration a new cluster starts with (Consul's defaults).
+pub fn default_ca_config(provider: &str) -> CaConfig {
+    let mut config = BTreeMap::new();
+    config.insert("LeafCertTTL".to_string(), "72h".into());
+    config.insert("RootCertTTL".to_string(), "87600h".into());
+    config.insert("PrivateKeyType".to_string(), "ec".into());
+    config.insert("PrivateKeyBits".to_string(), 256.into());
+    CaConfig {
+        provider: provider.to_string(),
+        config,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+pub(super) async fn run(server: Arc<Server>) {
+    let mut shutdown = std::pin::pin!(server.shutdown_signal());
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if server.raft.metrics().borrow().current_leader != Some(server.id) {
+            continue;
+        }
+        if let Err(e) = tick(&server).await {
+            tracing::warn!(error = %e, "leader task");
+        }
+    }
+}
+
+async fn tick(server: &Server) -> Result<(), super::ServerError> {
+    let (has_root, prunable) = server.state.read(|s| {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        (
+            !s.ca.roots.is_empty(),
+            s.ca.prune_after.values().any(|t| *t < now),
+        )
+    });
+    if !has_root {
+        let cluster_id = uuid::Uuid::new_v4().to_string();
+        let td = format!("{cluster_id}.consul");
+        let root = server
+            .ca
+            .generate_root(&td, 1, OffsetDateTime::now_utc())?;
+        tracing::info!(trust_domain = %td, root = %root.root.id, "initializing CA");
+        server
+            .write(Command::CaInitialize {
+                cluster_id,
+                root: Box::new(root),
+                config: default_ca_config(server.ca.name()),
+            })
+            .await?;
+    } else if prunable {
+        server
+            .write(Command::CaPruneRoots {
+                now_unix: OffsetDateTime::now_utc().unix_timestamp(),
+            })
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! `meshd server`: one Raft member holding the replicated state, serving the gRPC API (Raft,
+//! cluster membership and forwarding, the agent API) and the HTTP API.
+//!
+//! Writes go through `Server::write`, which proposes on the leader or forwards to it; reads are
+//! linearizable through `Server::read_barrier` (ReadIndex on the leader) unless `?stale`.
+
+mod bootstrap;
+mod config;
+mod error;
+mod grpc;
+mod leader;
+mod ops;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::ServerConfig;
+pub use error::ServerError;
+pub use ops::PeerEntry;
+
+use crate::ca::{BuiltinProvider, CaProvider};
+use crate::raft::{Channels, Faults, MeshNode, NetworkFactory, NodeId, Raft, node_id};
+use crate::store::{self, SharedState};
+
+/// A running server.
+pub struct Server {
+    pub id: NodeId,
+    pub me: MeshNode,
+    pub config: ServerConfig,
+    pub raft: Raft,
+    pub state: SharedState,
+    /// Test fault injection on this server's outgoing RPCs.
+    pub faults: Arc<Faults>,
+    pub(crate) channels: Channels,
+    pub(crate) ca: Arc<dyn CaProvider>,
+    /// Servers seen through discovery (for `--bootstrap-expect`).
+    pub(crate) known: Mutex<BTreeMap<NodeId, MeshNode>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Owns a server's tasks; `shutdown` stops them and releases the data directory.
+pub struct ServerHandle {
+    pub server: Arc<Server>,
+    pub rpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the store, binds the listeners and starts Raft, the APIs and discovery.
+    pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+        let (log_store, sm) = store::open(&config.data_dir)?;
+        let state = sm.shared();
+        let rpc_listener = bind(config.bind).await?;
+        let http_listener = bind(config.http_addr).await?;
+        let rpc_addr = rpc_listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.bind.to_string(),
+            source,
+        })?;
+        let http_addr = http_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.http_addr.to_string(),
+                source,
+            })?;
+        let id = node_id(&config.node);
+        let me = MeshNode {
+            name: config.node.clone(),
+            rpc_addr: rpc_addr.to_string(),
+            http_addr: http_addr.to_string(),
+        };
+        let faults = Arc::new(Faults::default());
+        let channels = Channels::default();
+        let network = NetworkFactory {
+            channels: channels.clone(),
+            faults: faults.clone(),
+        };
+        let raft_config = raft_config(&config)?;
+        let raft = Raft::new(id, raft_config, network, log_store, sm)
+            .await
+            .map_err(|e| ServerError::Raft(e.to_string()))?;
+        let (shutdown, _) = watch::channel(false);
+        let server = Arc::new(Server {
+            id,
+            me: me.clone(),
+            config,
+            raft: raft.clone(),
+            state,
+            faults,
+            channels,
+            ca: Arc::new(BuiltinProvider),
+            known: Mutex::new(BTreeMap::from([(id, me)])),
+            shutdown,
+        });
+        tracing::info!(node = %server.me.name, id, %rpc_addr, %http_addr, "server started");
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(grpc::serve(
+            server.clone(),
+            TcpListenerStream::new(rpc_listener),
+        )));
+        tasks.push(tokio::spawn(crate::http::serve(
+            crate::http::Backend::Server(server.clone()),
+            http_listener,
+            server.shutdown_signal(),
+        )));
+        tasks.push(tokio::spawn(bootstrap::run(server.clone())));
+        tasks.push(tokio::spawn(leader::run(server.clone())));
+        Ok(ServerHandle {
+            server,
+            rpc_addr,
+            http_addr,
+            tasks,
+        })
+    }
+
+    /// Resolves when shutdown starts.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+impl ServerHandle {
+    /// Stops the APIs and Raft and waits for every task, so the data directory can be reopened.
+    pub async fn shutdown(self) {
+        self.server.shutdown.send_replace(true);
+        let _ = self.server.raft.shutdown().await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn raft_config(c: &ServerConfig) -> Result<Arc<openraft::Config>, ServerError> {
+    let config = openraft::Config {
+        cluster_name: "mesh".to_string(),
+        heartbeat_interval: c.heartbeat.as_millis() as u64,
+        election_timeout_min: c.election_timeout_min.as_millis() as u64,
+        election_timeout_max: c.election_timeout_max.as_millis() as u64,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(c.snapshot_threshold),
+        max_in_snapshot_log_to_keep: (c.snapshot_threshold / 10).max(10),
+        snapshot_max_chunk_size: 4 * 1024 * 1024,
+        ..Default::default()
+    };
+    Ok(Arc::new(
+        config
+            .validate()
+            .map_err(|e| ServerError::Raft(e.to_string()))?,
+    ))
+}

@@ -1,0 +1,485 @@
+//! The server's operations: writes (proposed on the leader or forwarded to it), linearizable
+//! read barriers, membership changes and the CA operations.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use time::OffsetDateTime;
+use tokio::time::Instant;
+
+use super::{Server, ServerError};
+use crate::ca::LeafRequest;
+use crate::fsm::{ApplyResult, Command};
+use crate::model::{CaConfig, IssuedLeaf};
+use crate::proto::cluster_client::ClusterClient;
+use crate::proto::{
+    CommandRequest, ConfigurationRequest, ReadIndexRequest, RemovePeerRequest, RotateCaRequest,
+    ServerInfo,
+};
+use crate::raft::{MAX_MESSAGE, MeshNode, NodeId, node_id};
+
+/// Most forwarding hops a request may take (a leader change during forwarding adds one).
+const MAX_HOPS: u32 = 3;
+
+/// One server in the Raft configuration, as `list-peers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub id: NodeId,
+    pub node: MeshNode,
+    pub leader: bool,
+    pub voter: bool,
+}
+
+enum Leader {
+    Me,
+    Other(NodeId, MeshNode),
+}
+
+impl Server {
+    fn client(&self, addr: &str) -> Result<ClusterClient<tonic::transport::Channel>, ServerError> {
+        let ch = self.channels.get(addr).map_err(|e| ServerError::Forward {
+            leader: addr.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(ClusterClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The current leader, waiting up to the write timeout for one to be elected.
+    async fn leader(&self) -> Result<Leader, ServerError> {
+        let deadline = Instant::now() + self.config.write_timeout;
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if let Some(l) = m.current_leader {
+                    if l == self.id {
+                        return Ok(Leader::Me);
+                    }
+                    if let Some(node) = m.membership_config.membership().get_node(&l) {
+                        return Ok(Leader::Other(l, node.clone()));
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, metrics.changed())
+                .await
+                .is_err()
+                || self.is_shutting_down()
+            {
+                return Err(ServerError::NoLeader);
+            }
+        }
+    }
+
+    fn check_reachable(&self, peer: NodeId, node: &MeshNode) -> Result<(), ServerError> {
+        if self.faults.is_blocked(peer) {
+            return Err(ServerError::Forward {
+                leader: node.rpc_addr.clone(),
+                message: "partitioned by fault injection".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies `cmd` through Raft, forwarding to the leader when this server is not it.
+    pub async fn write(&self, cmd: Command) -> Result<ApplyResult, ServerError> {
+        self.write_hops(cmd, 0).await
+    }
+
+    pub(crate) async fn write_hops(
+        &self,
+        cmd: Command,
+        hops: u32,
+    ) -> Result<ApplyResult, ServerError> {
+        let deadline = Instant::now() + self.config.write_timeout;
+        loop {
+            match self.leader().await? {
+                Leader::Me => match self.raft.client_write(cmd.clone()).await {
+                    Ok(resp) => return into_result(resp.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        // Leadership moved before the entry was proposed; find the new leader.
+                    }
+                    Err(e) => return Err(ServerError::Raft(e.to_string())),
+                },
+                Leader::Other(id, node) => {
+                    if hops >= MAX_HOPS {
+                        return Err(ServerError::NoLeader);
+                    }
+                    self.check_reachable(id, &node)?;
+                    let json = serde_json::to_vec(&cmd)
+                        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+                    let mut client = self.client(&node.rpc_addr)?;
+                    let mut req = tonic::Request::new(CommandRequest {
+                        json,
+                        hops: hops + 1,
+                    });
+                    req.set_timeout(self.config.write_timeout);
+                    let reply = client
+                        .write(req)
+                        .await
+                        .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
+                    let result: ApplyResult = serde_json::from_slice(&reply.into_inner().json)
+                        .map_err(|e| ServerError::Forward {
+                            leader: node.rpc_addr.clone(),
+                            message: format!("malformed reply: {e}"),
+                        })?;
+                    return into_result(result);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ServerError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The index a linearizable read must observe: confirmed by the leader (ReadIndex).
+    pub async fn read_index(&self, hops: u32) -> Result<u64, ServerError> {
+        match self.leader().await? {
+            Leader::Me => match self.raft.ensure_linearizable().await {
+                Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                    Err(ServerError::NoLeader)
+                }
+                Err(e) => Err(ServerError::Raft(e.to_string())),
+            },
+            Leader::Other(id, node) => {
+                if hops >= MAX_HOPS {
+                    return Err(ServerError::NoLeader);
+                }
+                self.check_reachable(id, &node)?;
+                let mut req = tonic::Request::new(ReadIndexRequest {});
+                req.set_timeout(self.config.write_timeout);
+                let reply = self
+                    .client(&node.rpc_addr)?
+                    .read_index(req)
+                    .await
+                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
+                Ok(reply.into_inner().index)
+            }
+        }
+    }
+
+    /// Waits until this server's state reflects every write acknowledged before the call.
+    pub async fn read_barrier(&self) -> Result<(), ServerError> {
+        let index = self.read_index(0).await?;
+        let deadline = Instant::now() + self.config.write_timeout;
+        if self.state.wait_applied(index, deadline).await {
+            Ok(())
+        } else {
+            Err(ServerError::Raft(format!(
+                "timed out waiting to apply index {index}"
+            )))
+        }
+    }
+
+    /// The Raft configuration as this server sees it.
+    pub fn peers(&self) -> (Vec<PeerEntry>, u64) {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let peers = membership
+            .nodes()
+            .map(|(id, node)| PeerEntry {
+                id: *id,
+                node: node.clone(),
+                leader: m.current_leader == Some(*id),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let index = m.membership_config.log_id().map(|l| l.index).unwrap_or(0);
+        (peers, index)
+    }
+
+    /// The configuration as the leader sees it (linearizable), or this server's view if `stale`.
+    pub async fn configuration(&self, stale: bool) -> Result<(Vec<PeerEntry>, u64), ServerError> {
+        if stale {
+            return Ok(self.peers());
+        }
+        match self.leader().await? {
+            Leader::Me => Ok(self.peers()),
+            Leader::Other(id, node) => {
+                self.check_reachable(id, &node)?;
+                let reply = self
+                    .client(&node.rpc_addr)?
+                    .configuration(ConfigurationRequest {})
+                    .await
+                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?
+                    .into_inner();
+                let peers = reply
+                    .servers
+                    .into_iter()
+                    .filter_map(|p| {
+                        let s = p.server?;
+                        Some(PeerEntry {
+                            id: s.id,
+                            node: MeshNode {
+                                name: s.name,
+                                rpc_addr: s.rpc_addr,
+                                http_addr: s.http_addr,
+                            },
+                            leader: p.leader,
+                            voter: p.voter,
+                        })
+                    })
+                    .collect();
+                Ok((peers, reply.index))
+            }
+        }
+    }
+
+    /// Adds a server as a voter: learner first (it catches up, from a snapshot if the log was
+    /// compacted), then promoted. Runs on the leader; forwarded otherwise.
+    pub async fn join(&self, info: ServerInfo, hops: u32) -> Result<u64, ServerError> {
+        match self.leader().await? {
+            Leader::Me => {
+                let id = info.id;
+                let node = MeshNode {
+                    name: info.name,
+                    rpc_addr: info.rpc_addr,
+                    http_addr: info.http_addr,
+                };
+                let (peers, _) = self.peers();
+                if let Some(p) = peers.iter().find(|p| p.id == id) {
+                    if p.voter && p.node == node {
+                        return Ok(0);
+                    }
+                }
+                tracing::info!(%node, id, "adding server as learner");
+                self.raft
+                    .add_learner(id, node.clone(), true)
+                    .await
+                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                let mut voters: BTreeSet<NodeId> = self
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .collect();
+                voters.insert(id);
+                tracing::info!(%node, id, "promoting server to voter");
+                let resp = self
+                    .raft
+                    .change_membership(voters, false)
+                    .await
+                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                Ok(resp.log_id.index)
+            }
+            Leader::Other(lid, node) => {
+                if hops >= MAX_HOPS {
+                    return Err(ServerError::NoLeader);
+                }
+                self.check_reachable(lid, &node)?;
+                let mut req = tonic::Request::new(info);
+                req.set_timeout(Duration::from_secs(120));
+                let reply = self
+                    .client(&node.rpc_addr)?
+                    .join(req)
+                    .await
+                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
+                Ok(reply.into_inner().index)
+            }
+        }
+    }
+
+    /// Removes a server (by node ID, name or RPC address) from the Raft configuration.
+    pub async fn remove_peer(&self, id: &str, address: &str, hops: u32) -> Result<u64, ServerError> {
+        match self.leader().await? {
+            Leader::Me => {
+                let (peers, _) = self.peers();
+                let target = peers
+                    .iter()
+                    .find(|p| {
+                        (!id.is_empty()
+                            && (p.id.to_string() == id
+                                || p.node.name == id
+                                || node_id(id) == p.id))
+                            || (!address.is_empty() && p.node.rpc_addr == address)
+                    })
+                    .ok_or_else(|| {
+                        ServerError::NotFound(format!(
+                            "id {id:?} / address {address:?} was not found in the Raft configuration"
+                        ))
+                    })?;
+                let voters: BTreeSet<NodeId> = peers
+                    .iter()
+                    .filter(|p| p.voter && p.id != target.id)
+                    .map(|p| p.id)
+                    .collect();
+                if voters.is_empty() {
+                    return Err(ServerError::BadRequest(
+                        "cannot remove the last voter".into(),
+                    ));
+                }
+                let resp = self
+                    .raft
+                    .change_membership(voters, false)
+                    .await
+                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                Ok(resp.log_id.index)
+            }
+            Leader::Other(lid, node) => {
+                if hops >= MAX_HOPS {
+                    return Err(ServerError::NoLeader);
+                }
+                self.check_reachable(lid, &node)?;
+                let reply = self
+                    .client(&node.rpc_addr)?
+                    .remove_peer(RemovePeerRequest {
+                        id: id.to_string(),
+                        address: address.to_string(),
+                    })
+                    .await
+                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
+                Ok(reply.into_inner().index)
+            }
+        }
+    }
+
+    /// Rotates the CA: a new root, cross-signed by the current one, becomes active atomically.
+    /// Runs on the leader (root generation is not part of the deterministic apply).
+    pub async fn rotate_ca(
+        &self,
+        config: Option<CaConfig>,
+        hops: u32,
+    ) -> Result<ApplyResult, ServerError> {
+        match self.leader().await? {
+            Leader::Me => {
+                self.read_barrier().await?;
+                let (active, serial, td) = self.state.read(|s| {
+                    (
+                        s.ca.active().cloned(),
+                        s.ca.next_serial,
+                        s.ca.trust_domain.clone(),
+                    )
+                });
+                let active = active.ok_or_else(|| {
+                    ServerError::BadRequest("CA is not initialized yet".into())
+                })?;
+                let now = OffsetDateTime::now_utc();
+                let new_root = self.ca.generate_root(&td, serial, now)?;
+                let cross = self.ca.cross_sign(&active, &new_root, now)?;
+                tracing::info!(old = %active.root.id, new = %new_root.root.id, "rotating CA root");
+                self.write(Command::CaRotate {
+                    expected_active: active.root.id.clone(),
+                    new_root: Box::new(new_root),
+                    cross_signed_pem: cross,
+                    config,
+                    now_unix: now.unix_timestamp(),
+                })
+                .await
+            }
+            Leader::Other(lid, node) => {
+                if hops >= MAX_HOPS {
+                    return Err(ServerError::NoLeader);
+                }
+                self.check_reachable(lid, &node)?;
+                let config_json = match &config {
+                    Some(c) => serde_json::to_vec(c)
+                        .map_err(|e| ServerError::BadRequest(e.to_string()))?,
+                    None => Vec::new(),
+                };
+                let reply = self
+                    .client(&node.rpc_addr)?
+                    .rotate_ca(RotateCaRequest {
+                        config_json,
+                        hops: hops + 1,
+                    })
+                    .await
+                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?
+                    .into_inner();
+                let result: ApplyResult =
+                    serde_json::from_slice(&reply.json).map_err(|e| ServerError::Forward {
+                        leader: node.rpc_addr.clone(),
+                        message: format!("malformed reply: {e}"),
+                    })?;
+                into_result(result)
+            }
+        }
+    }
+
+    /// Updates the CA configuration; a change to the root's key settings or provider rotates
+    /// the root (as Consul does), anything else (e.g. `LeafCertTTL`) is stored as is.
+    pub async fn set_ca_config(&self, config: CaConfig) -> Result<ApplyResult, ServerError> {
+        let current = self.state.read(|s| s.ca.config.clone());
+        let root_keys = ["PrivateKeyType", "PrivateKeyBits", "RootCertTTL", "PrivateKey", "RootCert"];
+        let needs_rotation = match &current {
+            None => false,
+            Some(cur) => {
+                cur.provider != config.provider
+                    || root_keys
+                        .iter()
+                        .any(|k| cur.config.get(*k) != config.config.get(*k) && config.config.contains_key(*k))
+            }
+        };
+        if config.provider != self.ca.name() {
+            return Err(ServerError::BadRequest(format!(
+                "unknown CA provider {:?} (available: {:?})",
+                config.provider,
+                self.ca.name()
+            )));
+        }
+        if let Some(ttl) = config.config.get("LeafCertTTL") {
+            let s = ttl.as_str().ok_or_else(|| {
+                ServerError::BadRequest("LeafCertTTL must be a duration string".into())
+            })?;
+            let d = crate::duration::parse_duration(s)
+                .map_err(|e| ServerError::BadRequest(format!("LeafCertTTL: {e}")))?;
+            if d < Duration::from_secs(1) {
+                return Err(ServerError::BadRequest("LeafCertTTL must be at least 1s".into()));
+            }
+        }
+        if needs_rotation {
+            self.rotate_ca(Some(config), 0).await
+        } else {
+            self.write(Command::CaSetConfig { config }).await
+        }
+    }
+
+    /// Signs a CSR for `service` with the active root. Any server can sign: the root key is in
+    /// the replicated state.
+    pub fn sign_csr(
+        &self,
+        service: &str,
+        datacenter: &str,
+        csr_pem: &str,
+    ) -> Result<IssuedLeaf, ServerError> {
+        let (active, td, ttl) = self.state.read(|s| {
+            (
+                s.ca.active().cloned(),
+                s.ca.trust_domain.clone(),
+                crate::fsm::leaf_ttl(s.ca.config.as_ref()),
+            )
+        });
+        let active =
+            active.ok_or_else(|| ServerError::BadRequest("CA is not initialized yet".into()))?;
+        let dc = if datacenter.is_empty() {
+            self.config.datacenter.as_str()
+        } else {
+            datacenter
+        };
+        let leaf = self.ca.sign_leaf(
+            &active,
+            &LeafRequest {
+                csr_pem,
+                trust_domain: &td,
+                datacenter: dc,
+                service,
+                ttl,
+            },
+            OffsetDateTime::now_utc(),
+        )?;
+        Ok(leaf)
+    }
+}
+
+fn into_result(r: ApplyResult) -> Result<ApplyResult, ServerError> {
+    match r.error {
+        Some(e) => Err(ServerError::Apply(e)),
+        None => Ok(r),
+    }
+}
