@@ -6,12 +6,12 @@
 
 pub mod ca;
 pub mod duration;
-pub mod intentions;
-pub mod model;
-pub mod spiffe;
 pub mod fsm;
 pub mod hash;
+pub mod intentions;
+pub mod model;
 pub mod raft;
+pub mod spiffe;
 pub mod store;
 
 /// Generated gRPC types and services (`proto/mesh.proto`).
@@ -19,6 +19,6 @@ pub mod store;
 pub mod proto {
     tonic::include_proto!("mesh.v1");
 }
+pub mod cli;
 pub mod http;
 pub mod server;
-pub mod cli;

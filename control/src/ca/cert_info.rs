@@ -1,9 +1,9 @@
 //! Small certificate helpers shared by the CA modules: hashing, hex and time formatting, random
 //! serials, and reading back the fields of a certificate we issued.
 //!
-//! They exist so that [`super::builtin`] can describe what it actually wrote (IDs, key IDs and
-//! validity are read from the encoded certificate, not from the parameters we meant to encode)
-//! and so that the cross-signer can copy another root's subject byte for byte.
+//! They exist so that the `builtin` provider can describe what it actually wrote (a root's ID,
+//! key ID and validity are read back from the encoded certificate, not from the parameters we
+//! meant to encode) and so that the cross-signer can copy another root's subject byte for byte.
 
 use rcgen::{DistinguishedName, DnType, DnValue};
 use rustls_pki_types::CertificateDer;

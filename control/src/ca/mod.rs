@@ -6,8 +6,8 @@
 //! decides which root is active, so every server derives the same state from the same log.
 //!
 //! * [`CaProvider`] is the seam for other providers (Vault, AWS PCA in Consul); the built-in one
-//!   is [`BuiltinProvider`] in [`builtin`].
-//! * [`csr`] holds the X509-SVID checks on what an agent asks for, and the agent-side CSR builder.
+//!   is [`BuiltinProvider`] in `builtin`.
+//! * `csr` holds the X509-SVID checks on what an agent asks for, and the agent-side CSR builder.
 //! * `cert_info` holds small helpers (hashing, hex, time formatting, name copying).
 
 mod builtin;

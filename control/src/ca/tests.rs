@@ -622,6 +622,40 @@ fn rotation_cross_sign_chains_with_openssl() {
     assert!(ok, "cross-signed cert must verify under A: {out}");
 }
 
+/// rustls/webpki (what the proxy uses) builds the same chains as openssl, matching names byte
+/// for byte.
+#[test]
+fn rotation_chains_verify_with_rustls_webpki() {
+    use rustls::RootCertStore;
+    use rustls::client::verify_server_cert_signed_by_trust_anchor;
+    use rustls::server::ParsedCertificate;
+    use rustls_pki_types::UnixTime;
+
+    let now = OffsetDateTime::now_utc();
+    let a = root(1, now);
+    let b = root(2, now);
+    let cross = der_of(&BuiltinProvider.cross_sign(&a, &b, now).unwrap());
+    let leaf_b = der_of(&leaf_for(&b, "web", now));
+    let algs = rustls::crypto::aws_lc_rs::default_provider()
+        .signature_verification_algorithms
+        .all;
+    let at = UnixTime::since_unix_epoch(Duration::from_secs(now.unix_timestamp() as u64));
+    let store = |roots: &[&StoredRoot]| {
+        let mut store = RootCertStore::empty();
+        for r in roots {
+            store.add(der_of(&r.root.root_cert)).unwrap();
+        }
+        store
+    };
+    let parsed = ParsedCertificate::try_from(&leaf_b).unwrap();
+
+    verify_server_cert_signed_by_trust_anchor(&parsed, &store(&[&b]), &[], at, algs).unwrap();
+    verify_server_cert_signed_by_trust_anchor(&parsed, &store(&[&a]), &[cross], at, algs).unwrap();
+    let err = verify_server_cert_signed_by_trust_anchor(&parsed, &store(&[&a]), &[], at, algs)
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+}
+
 #[test]
 fn cross_signed_cert_carries_new_root_identity() {
     let now = OffsetDateTime::now_utc();
@@ -736,4 +770,13 @@ fn active_root_selection() {
         b.root.id
     );
     assert!(matches!(active_root(&[a]), Err(CaError::NoActiveRoot)));
+}
+
+proptest::proptest! {
+    /// Arbitrary bytes in a CSR PEM envelope are rejected, never a panic.
+    #[test]
+    fn validate_csr_rejects_arbitrary_der(der in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let pem = pem_encode("CERTIFICATE REQUEST", &der);
+        proptest::prop_assert!(validate_csr(&pem, &web_id()).is_err());
+    }
 }

@@ -57,13 +57,11 @@ impl ApiClient {
             addr: self.addr.clone(),
             message,
         };
-        let resp = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            self.client.request(req),
-        )
-        .await
-        .map_err(|_| unreachable("timed out".into()))?
-        .map_err(|e| unreachable(error_chain(&e)))?;
+        let resp =
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.client.request(req))
+                .await
+                .map_err(|_| unreachable("timed out".into()))?
+                .map_err(|e| unreachable(error_chain(&e)))?;
         let status = resp.status();
         let body = resp
             .into_body()

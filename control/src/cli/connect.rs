@@ -54,7 +54,10 @@ pub async fn run(api: &ApiClient, cmd: ConnectCmd) -> Result<i32, CliError> {
                     ]
                 })
                 .collect();
-            println!("Trust domain: {}", v["TrustDomain"].as_str().unwrap_or_default());
+            println!(
+                "Trust domain: {}",
+                v["TrustDomain"].as_str().unwrap_or_default()
+            );
             println!("{}", table::render(&["ID", "Active", "NotAfter"], &rows));
             Ok(0)
         }
@@ -70,8 +73,12 @@ pub async fn run(api: &ApiClient, cmd: ConnectCmd) -> Result<i32, CliError> {
             serde_json::from_slice::<serde_json::Value>(&body).map_err(|e| {
                 CliError::Usage(format!("{} is not valid JSON: {e}", config_file.display()))
             })?;
-            api.call(http::Method::PUT, "/v1/connect/ca/configuration", Some(body))
-                .await?;
+            api.call(
+                http::Method::PUT,
+                "/v1/connect/ca/configuration",
+                Some(body),
+            )
+            .await?;
             println!("Configuration updated!");
             Ok(0)
         }

@@ -50,7 +50,11 @@ pub enum IntentionCmd {
 }
 
 fn pair(source: &str, destination: &str) -> String {
-    format!("source={}&destination={}", encode(source), encode(destination))
+    format!(
+        "source={}&destination={}",
+        encode(source),
+        encode(destination)
+    )
 }
 
 fn rows(list: &[serde_json::Value]) -> String {
@@ -59,7 +63,10 @@ fn rows(list: &[serde_json::Value]) -> String {
         .map(|i| {
             vec![
                 i["SourceName"].as_str().unwrap_or_default().to_string(),
-                i["DestinationName"].as_str().unwrap_or_default().to_string(),
+                i["DestinationName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 i["Action"]
                     .as_str()
                     .map(str::to_string)
@@ -70,7 +77,13 @@ fn rows(list: &[serde_json::Value]) -> String {
         })
         .collect();
     table::render(
-        &["Source", "Destination", "Action", "Precedence", "Description"],
+        &[
+            "Source",
+            "Destination",
+            "Action",
+            "Precedence",
+            "Description",
+        ],
         &rows,
     )
 }
@@ -97,7 +110,10 @@ pub async fn run(api: &ApiClient, cmd: IntentionCmd) -> Result<i32, CliError> {
             if replace {
                 api.call(
                     http::Method::PUT,
-                    &format!("/v1/connect/intentions/exact?{}", pair(&source, &destination)),
+                    &format!(
+                        "/v1/connect/intentions/exact?{}",
+                        pair(&source, &destination)
+                    ),
                     Some(body),
                 )
                 .await?;
@@ -152,7 +168,10 @@ pub async fn run(api: &ApiClient, cmd: IntentionCmd) -> Result<i32, CliError> {
         } => {
             api.call(
                 http::Method::DELETE,
-                &format!("/v1/connect/intentions/exact?{}", pair(&source, &destination)),
+                &format!(
+                    "/v1/connect/intentions/exact?{}",
+                    pair(&source, &destination)
+                ),
                 None,
             )
             .await?;
@@ -202,7 +221,10 @@ pub async fn run(api: &ApiClient, cmd: IntentionCmd) -> Result<i32, CliError> {
                 .await?;
             let list = v[&name].as_array().cloned().unwrap_or_default();
             if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             } else {
                 println!("{}", rows(&list));
             }

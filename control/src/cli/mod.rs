@@ -15,7 +15,12 @@ pub use client::{ApiClient, CliError};
 #[command(name = "meshctl", version, about = "Operate the mesh")]
 pub struct Cli {
     /// Address of the agent's HTTP API.
-    #[arg(long, env = "MESH_HTTP_ADDR", default_value = "127.0.0.1:8500", global = true)]
+    #[arg(
+        long,
+        env = "MESH_HTTP_ADDR",
+        default_value = "127.0.0.1:8500",
+        global = true
+    )]
     pub http_addr: String,
     #[command(subcommand)]
     pub command: Command,

@@ -34,7 +34,10 @@ mod tests {
     fn aligns_columns() {
         let t = super::render(
             &["Node", "ID"],
-            &[vec!["a".into(), "1".into()], vec!["long-name".into(), "22".into()]],
+            &[
+                vec!["a".into(), "1".into()],
+                vec!["long-name".into(), "22".into()],
+            ],
         );
         assert_eq!(t, "Node       ID\na          1\nlong-name  22");
     }

@@ -12,6 +12,10 @@ use crate::model::{CaConfig, HealthCheck, HealthStatus, Index, Intention, Node, 
 /// A state change, as written to the Raft log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "Op")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a command is built once and moved into the log; boxing buys nothing"
+)]
 pub enum Command {
     /// Upsert a node, optionally with one service instance and its checks (Consul's
     /// `/v1/catalog/register`).

@@ -180,8 +180,7 @@ impl State {
                 mut intention,
                 replace,
             } => {
-                intentions::validate(&intention)
-                    .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                intentions::validate(&intention).map_err(|e| ApplyError::Invalid(e.to_string()))?;
                 let id = intentions::legacy_id(
                     &intention.source_ns,
                     &intention.source_name,
@@ -529,7 +528,7 @@ impl State {
 
     pub fn intention_list(&self) -> Vec<Intention> {
         let mut v: Vec<Intention> = self.intentions.values().cloned().collect();
-        sort_intentions(&mut v);
+        v.sort_by(intentions::consul_order);
         v
     }
 
@@ -539,16 +538,6 @@ impl State {
         let json = serde_json::to_vec(self).expect("state serializes");
         format!("{:016x}", crate::hash::fnv1a64(&json))
     }
-}
-
-/// Consul lists intentions by precedence, highest first, then by name.
-pub(crate) fn sort_intentions(v: &mut [Intention]) {
-    v.sort_by(|a, b| {
-        b.precedence
-            .cmp(&a.precedence)
-            .then_with(|| a.source_name.cmp(&b.source_name))
-            .then_with(|| a.destination_name.cmp(&b.destination_name))
-    });
 }
 
 fn same_node(a: &Node, b: &Node) -> bool {

@@ -83,7 +83,9 @@ where
             }
         }
     }
-    let (index, body) = server.state.read(|s| Ok::<_, ApiError>((index_of(s).max(1), render(s)?)))?;
+    let (index, body) = server
+        .state
+        .read(|s| Ok::<_, ApiError>((index_of(s).max(1), render(s)?)))?;
     Ok(json_with_index(index, &body))
 }
 

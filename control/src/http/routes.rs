@@ -14,7 +14,10 @@ use super::blocking::{self, QueryOptions, json_with_index};
 use super::{ApiError, Backend};
 use crate::fsm::{Command, State};
 use crate::intentions::{self, IntentionSet};
-use crate::model::{CaConfig, HealthCheck, HealthStatus, Intention, IntentionAction, IntentionPermission, Node, ServiceInstance};
+use crate::model::{
+    CaConfig, HealthCheck, HealthStatus, Intention, IntentionAction, IntentionPermission, Node,
+    ServiceInstance,
+};
 use crate::server::Server;
 
 type Params = Query<HashMap<String, String>>;
@@ -25,24 +28,37 @@ pub fn router(backend: Backend) -> Router {
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
         .route("/v1/operator/raft/configuration", get(raft_configuration))
-        .route("/v1/operator/raft/peer", axum::routing::delete(raft_remove_peer))
+        .route(
+            "/v1/operator/raft/peer",
+            axum::routing::delete(raft_remove_peer),
+        )
         .route("/v1/catalog/register", put(catalog_register))
         .route("/v1/catalog/deregister", put(catalog_deregister))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/health/service/{service}", get(health_service))
         .route("/v1/health/connect/{service}", get(health_connect))
-        .route("/v1/connect/intentions", get(intention_list).post(intention_create))
+        .route(
+            "/v1/connect/intentions",
+            get(intention_list).post(intention_create),
+        )
         .route(
             "/v1/connect/intentions/exact",
-            get(intention_get).put(intention_put).delete(intention_delete),
+            get(intention_get)
+                .put(intention_put)
+                .delete(intention_delete),
         )
         .route("/v1/connect/intentions/check", get(intention_check))
         .route("/v1/connect/intentions/match", get(intention_match))
         .route("/v1/connect/ca/roots", get(ca_roots))
-        .route("/v1/connect/ca/configuration", get(ca_config_get).put(ca_config_put))
+        .route(
+            "/v1/connect/ca/configuration",
+            get(ca_config_get).put(ca_config_put),
+        )
         .route("/v1/connect/ca/rotate", put(ca_rotate).post(ca_rotate))
         .route("/v1/internal/state-hash", get(state_hash))
-        .fallback(|| async { ApiError::not_found("Invalid URL path: not a recognized HTTP API endpoint") })
+        .fallback(|| async {
+            ApiError::not_found("Invalid URL path: not a recognized HTTP API endpoint")
+        })
         .with_state(backend)
 }
 
@@ -68,7 +84,8 @@ fn options(p: &HashMap<String, String>) -> Result<QueryOptions, ApiError> {
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
 }
 
 fn required<'a>(p: &'a HashMap<String, String>, key: &str) -> Result<&'a str, ApiError> {
@@ -91,7 +108,11 @@ async fn status_leader(AxState(b): AxState<Backend>) -> Response {
 
 async fn status_peers(AxState(b): AxState<Backend>) -> Response {
     let (peers, _) = server(&b).peers();
-    let addrs: Vec<String> = peers.into_iter().filter(|p| p.voter).map(|p| p.node.rpc_addr).collect();
+    let addrs: Vec<String> = peers
+        .into_iter()
+        .filter(|p| p.voter)
+        .map(|p| p.node.rpc_addr)
+        .collect();
     axum::Json(addrs).into_response()
 }
 
@@ -110,14 +131,19 @@ async fn raft_configuration(AxState(b): AxState<Backend>, Query(p): Params) -> R
             })
         })
         .collect();
-    Ok(json_with_index(index, &json!({ "Servers": servers, "Index": index })))
+    Ok(json_with_index(
+        index,
+        &json!({ "Servers": servers, "Index": index }),
+    ))
 }
 
 async fn raft_remove_peer(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
     let id = p.get("id").cloned().unwrap_or_default();
     let address = p.get("address").cloned().unwrap_or_default();
     if id.is_empty() == address.is_empty() {
-        return Err(ApiError::bad_request("Must specify exactly one of ?id or ?address"));
+        return Err(ApiError::bad_request(
+            "Must specify exactly one of ?id or ?address",
+        ));
     }
     server(&b).remove_peer(&id, &address, 0).await?;
     Ok(().into_response())
@@ -180,7 +206,11 @@ async fn catalog_register(AxState(b): AxState<Backend>, body: Bytes) -> Res {
         modify_index: 0,
     };
     let service = r.service.map(|s| ServiceInstance {
-        id: if s.id.is_empty() { s.service.clone() } else { s.id },
+        id: if s.id.is_empty() {
+            s.service.clone()
+        } else {
+            s.id
+        },
         service: s.service,
         node: r.node.clone(),
         kind: s.kind,
@@ -195,7 +225,11 @@ async fn catalog_register(AxState(b): AxState<Backend>, body: Bytes) -> Res {
     });
     let checks = r.check.into_iter().chain(r.checks).collect();
     server(&b)
-        .write(Command::Register { node, service, checks })
+        .write(Command::Register {
+            node,
+            service,
+            checks,
+        })
         .await?;
     Ok(axum::Json(true).into_response())
 }
@@ -227,22 +261,32 @@ async fn catalog_deregister(AxState(b): AxState<Backend>, body: Bytes) -> Res {
 
 async fn catalog_services(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
     let q = options(&p)?;
-    blocking::read(&b, &q, |s| s.tables.services.max(s.tables.nodes), |s| {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for inst in s.services.values().flat_map(|m| m.values()) {
-            let tags = out.entry(inst.service.clone()).or_default();
-            for t in &inst.tags {
-                if !tags.contains(t) {
-                    tags.push(t.clone());
+    blocking::read(
+        &b,
+        &q,
+        |s| s.tables.services.max(s.tables.nodes),
+        |s| {
+            let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for inst in s.services.values().flat_map(|m| m.values()) {
+                let tags = out.entry(inst.service.clone()).or_default();
+                for t in &inst.tags {
+                    if !tags.contains(t) {
+                        tags.push(t.clone());
+                    }
                 }
             }
-        }
-        Ok(out)
-    })
+            Ok(out)
+        },
+    )
     .await
 }
 
-fn health_entries(s: &State, service: &str, connect: bool, passing: bool) -> Vec<serde_json::Value> {
+fn health_entries(
+    s: &State,
+    service: &str,
+    connect: bool,
+    passing: bool,
+) -> Vec<serde_json::Value> {
     s.service_health(service, connect)
         .into_iter()
         .filter(|h| !passing || h.status() == HealthStatus::Passing)
@@ -250,16 +294,30 @@ fn health_entries(s: &State, service: &str, connect: bool, passing: bool) -> Vec
         .collect()
 }
 
-async fn health_service(AxState(b): AxState<Backend>, Path(service): Path<String>, Query(p): Params) -> Res {
+async fn health_service(
+    AxState(b): AxState<Backend>,
+    Path(service): Path<String>,
+    Query(p): Params,
+) -> Res {
     let q = options(&p)?;
     let passing = p.contains_key("passing");
-    blocking::read(&b, &q, State::health_index, |s| Ok(health_entries(s, &service, false, passing))).await
+    blocking::read(&b, &q, State::health_index, |s| {
+        Ok(health_entries(s, &service, false, passing))
+    })
+    .await
 }
 
-async fn health_connect(AxState(b): AxState<Backend>, Path(service): Path<String>, Query(p): Params) -> Res {
+async fn health_connect(
+    AxState(b): AxState<Backend>,
+    Path(service): Path<String>,
+    Query(p): Params,
+) -> Res {
     let q = options(&p)?;
     let passing = p.contains_key("passing");
-    blocking::read(&b, &q, State::health_index, |s| Ok(health_entries(s, &service, true, passing))).await
+    blocking::read(&b, &q, State::health_index, |s| {
+        Ok(health_entries(s, &service, true, passing))
+    })
+    .await
 }
 
 fn intentions_index(s: &State) -> u64 {
@@ -312,17 +370,15 @@ struct IntentionBody {
 
 impl IntentionBody {
     fn into_intention(self, source: &str, destination: &str) -> Result<Intention, ApiError> {
-        if let Some(s) = &self.source_name {
-            if s != source {
-                return Err(ApiError::bad_request(format!("SourceName {s:?} does not match ?source={source:?}")));
-            }
+        if let Some(s) = self.source_name.as_ref().filter(|s| *s != source) {
+            return Err(ApiError::bad_request(format!(
+                "SourceName {s:?} does not match ?source={source:?}"
+            )));
         }
-        if let Some(d) = &self.destination_name {
-            if d != destination {
-                return Err(ApiError::bad_request(format!(
-                    "DestinationName {d:?} does not match ?destination={destination:?}"
-                )));
-            }
+        if let Some(d) = self.destination_name.as_ref().filter(|d| *d != destination) {
+            return Err(ApiError::bad_request(format!(
+                "DestinationName {d:?} does not match ?destination={destination:?}"
+            )));
         }
         let intention = Intention {
             id: String::new(),
@@ -351,7 +407,10 @@ async fn intention_put(AxState(b): AxState<Backend>, Query(p): Params, body: Byt
     let body: IntentionBody = parse_body(&body)?;
     let intention = body.into_intention(source, destination)?;
     server(&b)
-        .write(Command::IntentionUpsert { intention, replace: true })
+        .write(Command::IntentionUpsert {
+            intention,
+            replace: true,
+        })
         .await?;
     Ok(axum::Json(true).into_response())
 }
@@ -359,15 +418,26 @@ async fn intention_put(AxState(b): AxState<Backend>, Query(p): Params, body: Byt
 /// `POST /v1/connect/intentions` (legacy create): fails if the pair already has one.
 async fn intention_create(AxState(b): AxState<Backend>, body: Bytes) -> Res {
     let body: IntentionBody = parse_body(&body)?;
-    let source = body.source_name.clone().ok_or_else(|| ApiError::bad_request("SourceName is required"))?;
+    let source = body
+        .source_name
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("SourceName is required"))?;
     let destination = body
         .destination_name
         .clone()
         .ok_or_else(|| ApiError::bad_request("DestinationName is required"))?;
     let intention = body.into_intention(&source, &destination)?;
-    let id = intentions::legacy_id(&intention.source_ns, &source, &intention.destination_ns, &destination);
+    let id = intentions::legacy_id(
+        &intention.source_ns,
+        &source,
+        &intention.destination_ns,
+        &destination,
+    );
     server(&b)
-        .write(Command::IntentionUpsert { intention, replace: false })
+        .write(Command::IntentionUpsert {
+            intention,
+            replace: false,
+        })
         .await?;
     Ok(axum::Json(json!({ "ID": id })).into_response())
 }
@@ -423,7 +493,11 @@ async fn intention_match(AxState(b): AxState<Backend>, Query(p): Params) -> Res 
     let by_source = match by.as_str() {
         "source" => true,
         "destination" => false,
-        other => return Err(ApiError::bad_request(format!("'by' must be 'source' or 'destination', got {other:?}"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "'by' must be 'source' or 'destination', got {other:?}"
+            )));
+        }
     };
     let names: Vec<String> = p
         .get("name")
@@ -449,9 +523,16 @@ async fn ca_roots(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
 
 async fn ca_config_get(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
     let q = options(&p)?;
-    blocking::read(&b, &q, |s| s.tables.ca_config, |s| {
-        s.ca.config.clone().ok_or_else(|| ApiError::not_found("CA is not initialized yet"))
-    })
+    blocking::read(
+        &b,
+        &q,
+        |s| s.tables.ca_config,
+        |s| {
+            s.ca.config
+                .clone()
+                .ok_or_else(|| ApiError::not_found("CA is not initialized yet"))
+        },
+    )
     .await
 }
 
@@ -495,8 +576,11 @@ async fn ca_rotate(AxState(b): AxState<Backend>) -> Res {
 /// servers.
 async fn state_hash(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
     let q = options(&p)?;
-    blocking::read(&b, &q, |s| s.last_index, |s| {
-        Ok(json!({ "Hash": s.digest(), "Index": s.last_index }))
-    })
+    blocking::read(
+        &b,
+        &q,
+        |s| s.last_index,
+        |s| Ok(json!({ "Hash": s.digest(), "Index": s.last_index })),
+    )
     .await
 }

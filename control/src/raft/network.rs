@@ -115,10 +115,12 @@ impl Network {
         E: std::error::Error + DeserializeOwned,
     {
         if self.faults.is_blocked(self.target) {
-            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::new(
-                std::io::ErrorKind::ConnectionRefused,
-                "partitioned by fault injection",
-            ))));
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "partitioned by fault injection",
+                ),
+            )));
         }
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let channel = self

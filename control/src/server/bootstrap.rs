@@ -42,7 +42,11 @@ fn me(server: &Server) -> ServerInfo {
 
 /// One round of discovery; `Ok(true)` once this server belongs to a cluster.
 async fn step(server: &Arc<Server>) -> Result<bool, String> {
-    let initialized = server.raft.is_initialized().await.map_err(|e| e.to_string())?;
+    let initialized = server
+        .raft
+        .is_initialized()
+        .await
+        .map_err(|e| e.to_string())?;
     if initialized {
         return Ok(true);
     }

@@ -56,7 +56,8 @@ fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
-    serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Status::invalid_argument(format!("malformed request: {e}")))
 }
 
 /// A write's reply: apply errors travel inside the result so the caller sees the exact kind.

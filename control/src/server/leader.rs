@@ -56,9 +56,7 @@ async fn tick(server: &Server) -> Result<(), super::ServerError> {
     if !has_root {
         let cluster_id = uuid::Uuid::new_v4().to_string();
         let td = format!("{cluster_id}.consul");
-        let root = server
-            .ca
-            .generate_root(&td, 1, OffsetDateTime::now_utc())?;
+        let root = server.ca.generate_root(&td, 1, OffsetDateTime::now_utc())?;
         tracing::info!(trust_domain = %td, root = %root.root.id, "initializing CA");
         server
             .write(Command::CaInitialize {

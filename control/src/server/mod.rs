@@ -59,10 +59,12 @@ impl Server {
         let state = sm.shared();
         let rpc_listener = bind(config.bind).await?;
         let http_listener = bind(config.http_addr).await?;
-        let rpc_addr = rpc_listener.local_addr().map_err(|source| ServerError::Bind {
-            addr: config.bind.to_string(),
-            source,
-        })?;
+        let rpc_addr = rpc_listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind {
+                addr: config.bind.to_string(),
+                source,
+            })?;
         let http_addr = http_listener
             .local_addr()
             .map_err(|source| ServerError::Bind {
@@ -100,18 +102,19 @@ impl Server {
         });
         tracing::info!(node = %server.me.name, id, %rpc_addr, %http_addr, "server started");
 
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(grpc::serve(
-            server.clone(),
-            TcpListenerStream::new(rpc_listener),
-        )));
-        tasks.push(tokio::spawn(crate::http::serve(
-            crate::http::Backend::Server(server.clone()),
-            http_listener,
-            server.shutdown_signal(),
-        )));
-        tasks.push(tokio::spawn(bootstrap::run(server.clone())));
-        tasks.push(tokio::spawn(leader::run(server.clone())));
+        let tasks = vec![
+            tokio::spawn(grpc::serve(
+                server.clone(),
+                TcpListenerStream::new(rpc_listener),
+            )),
+            tokio::spawn(crate::http::serve(
+                crate::http::Backend::Server(server.clone()),
+                http_listener,
+                server.shutdown_signal(),
+            )),
+            tokio::spawn(bootstrap::run(server.clone())),
+            tokio::spawn(leader::run(server.clone())),
+        ];
         Ok(ServerHandle {
             server,
             rpc_addr,

@@ -242,10 +242,11 @@ impl Server {
                     http_addr: info.http_addr,
                 };
                 let (peers, _) = self.peers();
-                if let Some(p) = peers.iter().find(|p| p.id == id) {
-                    if p.voter && p.node == node {
-                        return Ok(0);
-                    }
+                if peers
+                    .iter()
+                    .any(|p| p.id == id && p.voter && p.node == node)
+                {
+                    return Ok(0);
                 }
                 tracing::info!(%node, id, "adding server as learner");
                 self.raft
@@ -287,7 +288,12 @@ impl Server {
     }
 
     /// Removes a server (by node ID, name or RPC address) from the Raft configuration.
-    pub async fn remove_peer(&self, id: &str, address: &str, hops: u32) -> Result<u64, ServerError> {
+    pub async fn remove_peer(
+        &self,
+        id: &str,
+        address: &str,
+        hops: u32,
+    ) -> Result<u64, ServerError> {
         match self.leader().await? {
             Leader::Me => {
                 let (peers, _) = self.peers();
@@ -357,9 +363,8 @@ impl Server {
                         s.ca.trust_domain.clone(),
                     )
                 });
-                let active = active.ok_or_else(|| {
-                    ServerError::BadRequest("CA is not initialized yet".into())
-                })?;
+                let active = active
+                    .ok_or_else(|| ServerError::BadRequest("CA is not initialized yet".into()))?;
                 let now = OffsetDateTime::now_utc();
                 let new_root = self.ca.generate_root(&td, serial, now)?;
                 let cross = self.ca.cross_sign(&active, &new_root, now)?;
@@ -379,8 +384,9 @@ impl Server {
                 }
                 self.check_reachable(lid, &node)?;
                 let config_json = match &config {
-                    Some(c) => serde_json::to_vec(c)
-                        .map_err(|e| ServerError::BadRequest(e.to_string()))?,
+                    Some(c) => {
+                        serde_json::to_vec(c).map_err(|e| ServerError::BadRequest(e.to_string()))?
+                    }
                     None => Vec::new(),
                 };
                 let reply = self
@@ -406,14 +412,21 @@ impl Server {
     /// the root (as Consul does), anything else (e.g. `LeafCertTTL`) is stored as is.
     pub async fn set_ca_config(&self, config: CaConfig) -> Result<ApplyResult, ServerError> {
         let current = self.state.read(|s| s.ca.config.clone());
-        let root_keys = ["PrivateKeyType", "PrivateKeyBits", "RootCertTTL", "PrivateKey", "RootCert"];
+        let root_keys = [
+            "PrivateKeyType",
+            "PrivateKeyBits",
+            "RootCertTTL",
+            "PrivateKey",
+            "RootCert",
+        ];
         let needs_rotation = match &current {
             None => false,
             Some(cur) => {
                 cur.provider != config.provider
-                    || root_keys
-                        .iter()
-                        .any(|k| cur.config.get(*k) != config.config.get(*k) && config.config.contains_key(*k))
+                    || root_keys.iter().any(|k| {
+                        cur.config.get(*k) != config.config.get(*k)
+                            && config.config.contains_key(*k)
+                    })
             }
         };
         if config.provider != self.ca.name() {
@@ -430,7 +443,9 @@ impl Server {
             let d = crate::duration::parse_duration(s)
                 .map_err(|e| ServerError::BadRequest(format!("LeafCertTTL: {e}")))?;
             if d < Duration::from_secs(1) {
-                return Err(ServerError::BadRequest("LeafCertTTL must be at least 1s".into()));
+                return Err(ServerError::BadRequest(
+                    "LeafCertTTL must be at least 1s".into(),
+                ));
             }
         }
         if needs_rotation {

@@ -5,9 +5,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{
-    Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
-};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
 use redb::{Database, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -71,8 +69,8 @@ impl LogStore {
         match table.last().map_err(read_err)? {
             None => Ok(None),
             Some((_, v)) => {
-                let e: Entry<TypeConfig> = serde_json::from_slice(v.value())
-                    .map_err(|e| StorageIOError::read_logs(&e))?;
+                let e: Entry<TypeConfig> =
+                    serde_json::from_slice(v.value()).map_err(|e| StorageIOError::read_logs(&e))?;
                 Ok(Some(e.log_id))
             }
         }

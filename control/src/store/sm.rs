@@ -114,9 +114,9 @@ impl StateMachine {
     }
 }
 
-fn read_snapshot(
-    db: &Database,
-) -> Result<Option<(SnapshotMeta<NodeId, MeshNode>, Vec<u8>)>, SErr> {
+type StoredSnapshot = (SnapshotMeta<NodeId, MeshNode>, Vec<u8>);
+
+fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, SErr> {
     let err = |e: redb::Error| -> SErr { StorageIOError::read_snapshot(None, &e).into() };
     let txn = db.begin_read().map_err(|e| err(e.into()))?;
     let table = txn.open_table(META).map_err(|e| err(e.into()))?;
