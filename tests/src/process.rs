@@ -1,0 +1,273 @@
+//! Real `meshd` / `meshctl` processes for the multi-process tests: spawn, read the addresses a
+//! server reports, kill (SIGKILL) or stop (SIGTERM) by PID, and clean up on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Path of a workspace binary, built once per test process so it is never stale.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "mesh-control", "--bins"])
+            .status()
+            .expect("running cargo build for the binaries");
+        assert!(status.success(), "building meshd/meshctl failed");
+    });
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A free loopback TCP port (bound then released; the tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `meshd` process.
+pub struct Meshd {
+    pub name: String,
+    pub child: Option<Child>,
+    pub rpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub args: Vec<String>,
+}
+
+impl Meshd {
+    /// Spawns `meshd <args>` and waits (bounded) for its "listening" line.
+    pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let mut child = Command::new(bin("meshd"))
+            .args(args)
+            .env("MESH_LOG", "warn,openraft=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning meshd")?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("meshd {name} did not report its addresses within 30s");
+            }
+        };
+        let field = |key: &str| -> anyhow::Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .with_context(|| format!("no {key} in {line:?}"))?
+                .parse()
+                .with_context(|| format!("bad {key} in {line:?}"))
+        };
+        Ok(Self {
+            name: name.to_string(),
+            rpc_addr: field("rpc=")?,
+            http_addr: field("http=")?,
+            child: Some(child),
+            args: args.to_vec(),
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Arguments of `meshd server` for one member of a cluster on fixed loopback ports.
+pub fn server_args(
+    name: &str,
+    data_dir: &Path,
+    rpc: u16,
+    http: u16,
+    expect: usize,
+    join: &[u16],
+) -> Vec<String> {
+    let mut a = vec![
+        "server".to_string(),
+        "--node".into(),
+        name.into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--bind".into(),
+        format!("127.0.0.1:{rpc}"),
+        "--http-addr".into(),
+        format!("127.0.0.1:{http}"),
+        "--bootstrap-expect".into(),
+        expect.to_string(),
+    ];
+    for p in join {
+        a.push("--join".into());
+        a.push(format!("127.0.0.1:{p}"));
+    }
+    a
+}
+
+/// Runs `meshctl --http-addr ADDR <args>` to completion.
+pub fn meshctl(http_addr: &str, args: &[&str]) -> Output {
+    Command::new(bin("meshctl"))
+        .arg("--http-addr")
+        .arg(http_addr)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running meshctl")
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A response read by `http`.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {:?}", self.body))
+    }
+}
+
+/// A blocking HTTP/1.1 request (one connection per request, 15 s timeouts).
+pub fn http(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: Option<&str>,
+) -> anyhow::Result<HttpResponse> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.set_write_timeout(Some(Duration::from_secs(15)))?;
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("malformed response {text:?}"))?;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    // Bounded by the input length: every iteration consumes at least the size line.
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

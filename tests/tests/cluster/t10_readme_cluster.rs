@@ -1,0 +1,60 @@
+//! Acceptance: a 3-server cluster starts from the README's instructions and `meshctl operator
+//! raft list-peers` shows exactly one leader.
+
+use std::time::Duration;
+
+use mesh_tests::process::{Meshd, eventually, meshctl};
+
+/// The `meshd`/`meshctl` lines of the README block marked `cluster-commands`.
+fn readme_commands() -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let start = readme
+        .find("<!-- cluster-commands")
+        .expect("README has the cluster-commands block");
+    let block = &readme[start..];
+    let body_start = block.find("```sh\n").expect("sh block") + 6;
+    let body_end = body_start + block[body_start..].find("```").expect("block end");
+    block[body_start..body_end]
+        .lines()
+        .filter(|l| l.starts_with("meshd ") || l.starts_with("meshctl "))
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn readme_three_server_cluster_has_one_leader() {
+    let commands = readme_commands();
+    assert_eq!(commands.len(), 4, "three servers and one list-peers: {commands:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut servers = Vec::new();
+    for cmd in &commands[..3] {
+        let mut args: Vec<String> = cmd[1..].to_vec();
+        let name = args[args.iter().position(|a| a == "--node").unwrap() + 1].clone();
+        // Same flags as the README; only the data directory moves into the test's temp dir.
+        let d = args.iter().position(|a| a == "--data-dir").unwrap() + 1;
+        args[d] = tmp.path().join(&name).display().to_string();
+        servers.push(Meshd::spawn(&name, &args).expect("server starts"));
+    }
+    let ctl = &commands[3];
+    assert_eq!(ctl[1], "--http-addr");
+    let out = eventually("list-peers to show 3 voters and a leader", Duration::from_secs(30), || {
+        let out = meshctl(&ctl[2], &ctl[3..].iter().map(String::as_str).collect::<Vec<_>>());
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let voters = text.lines().filter(|l| l.contains(" true ")).count();
+        (out.status.success() && voters == 3 && text.contains("leader")).then_some(text)
+    })
+    .unwrap();
+    let leaders = out.lines().filter(|l| l.contains(" leader ")).count();
+    let followers = out.lines().filter(|l| l.contains(" follower ")).count();
+    assert_eq!((leaders, followers), (1, 2), "list-peers output:\n{out}");
+    for name in ["s1", "s2", "s3"] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+    // Every server answers the same, including through a follower (linearizable read).
+    for s in &servers {
+        let out = meshctl(&s.http_addr.to_string(), &["operator", "raft", "list-peers"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text.lines().filter(|l| l.contains(" leader ")).count(), 1, "{text}");
+    }
+}
