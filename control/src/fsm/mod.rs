@@ -10,3 +10,6 @@ mod state;
 
 pub use command::{ApplyError, ApplyResult, Command};
 pub use state::{CaState, InstanceHealth, State, TableIndexes, leaf_ttl};
+
+#[cfg(test)]
+mod tests;

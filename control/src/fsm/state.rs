@@ -163,7 +163,14 @@ impl State {
                     return Err(ApplyError::NotFound(format!("Unknown node {node:?}")));
                 }
                 let mut changed = false;
-                for check in self.checks.entry(node.clone()).or_default().values_mut() {
+                // `get_mut`, not `entry`: a node without checks must not gain an empty map (a
+                // no-op would otherwise change the state and its digest).
+                for check in self
+                    .checks
+                    .get_mut(&node)
+                    .into_iter()
+                    .flat_map(|m| m.values_mut())
+                {
                     if check.status != status {
                         check.status = status;
                         check.output = output.clone();
@@ -365,7 +372,11 @@ impl State {
                 return Err(ApplyError::Invalid("Must provide CheckID".into()));
             }
             if !c.service_id.is_empty()
-                && service.as_ref().is_none_or(|s| s.id != c.service_id)
+                // The service's ID defaults to its name (below), as in Consul.
+                && service.as_ref().is_none_or(|s| {
+                    let id = if s.id.is_empty() { &s.service } else { &s.id };
+                    *id != c.service_id
+                })
                 && !self
                     .services
                     .get(&node.node)
