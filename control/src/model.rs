@@ -323,6 +323,7 @@ pub struct CaConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct IssuedLeaf {
     pub serial_number: String,
+    #[serde(rename = "CertPEM")]
     pub cert_pem: String,
     pub service: String,
     #[serde(rename = "ServiceURI")]

@@ -182,11 +182,13 @@ struct CatalogApi(Arc<Server>);
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchReply, Status>> + Send>>;
 
 impl CatalogApi {
+    /// Applies `cmd`; a rejected command is a gRPC error with the reason (InvalidArgument,
+    /// NotFound, AlreadyExists), so agents need not look inside the reply.
     async fn apply(&self, cmd: Command) -> Result<Response<WriteReply>, Status> {
-        let reply = write_reply(self.0.write(cmd).await)?.into_inner();
+        let result = self.0.write(cmd).await.map_err(|e| e.to_status())?;
         Ok(Response::new(WriteReply {
-            index: reply.index,
-            json: reply.json,
+            index: result.index,
+            json: json(&result)?,
         }))
     }
 
