@@ -4,6 +4,7 @@
 //! Pure decision code (`intentions`, `fsm`, `ca` validation) does no I/O; the servers in
 //! `server` wire it to openraft, redb and tonic.
 
+pub mod agent;
 pub mod ca;
 pub mod duration;
 pub mod fsm;

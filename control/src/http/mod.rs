@@ -4,7 +4,8 @@
 //! Errors are plain text with Consul's status codes; bodies with unknown fields or malformed
 //! JSON get 400 with the reason, and nothing is applied.
 
-mod blocking;
+pub mod blocking;
+pub mod proxy;
 mod routes;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 pub use blocking::QueryOptions;
+pub use routes::server_router;
 
 use crate::server::{Server, ServerError};
 
@@ -23,13 +25,17 @@ pub enum Backend {
     Server(Arc<Server>),
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Answers a path no route knows, as Consul does.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("Invalid URL path: not a recognized HTTP API endpoint")
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves.
 pub async fn serve(
-    backend: Backend,
+    app: axum::Router,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let app = routes::router(backend);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

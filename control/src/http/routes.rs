@@ -23,7 +23,8 @@ use crate::server::Server;
 type Params = Query<HashMap<String, String>>;
 type Res = Result<Response, ApiError>;
 
-pub fn router(backend: Backend) -> Router {
+/// The routes every server answers from its own state (a client agent forwards them).
+pub fn server_router(backend: Backend) -> Router {
     Router::new()
         .route("/v1/status/leader", get(status_leader))
         .route("/v1/status/peers", get(status_peers))
@@ -35,6 +36,10 @@ pub fn router(backend: Backend) -> Router {
         .route("/v1/catalog/register", put(catalog_register))
         .route("/v1/catalog/deregister", put(catalog_deregister))
         .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
+        .route("/v1/catalog/service/{service}", get(catalog_service))
+        .route("/v1/catalog/connect/{service}", get(catalog_connect))
+        .route("/v1/internal/members", get(members))
         .route("/v1/health/service/{service}", get(health_service))
         .route("/v1/health/connect/{service}", get(health_connect))
         .route(
@@ -278,6 +283,102 @@ async fn catalog_services(AxState(b): AxState<Backend>, Query(p): Params) -> Res
             Ok(out)
         },
     )
+    .await
+}
+
+async fn catalog_nodes(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
+    let q = options(&p)?;
+    blocking::read(
+        &b,
+        &q,
+        |s| s.tables.nodes,
+        |s| Ok(s.nodes.values().cloned().collect::<Vec<_>>()),
+    )
+    .await
+}
+
+/// Consul's `CatalogService` rows: node fields flattened with the service's.
+fn catalog_rows(s: &State, service: &str, connect: bool) -> Vec<serde_json::Value> {
+    s.service_health(service, connect)
+        .into_iter()
+        .map(|h| {
+            json!({
+                "ID": h.node.id, "Node": h.node.node, "Address": h.node.address,
+                "Datacenter": h.node.datacenter, "NodeMeta": h.node.meta,
+                "ServiceKind": h.service.kind, "ServiceID": h.service.id,
+                "ServiceName": h.service.service, "ServiceTags": h.service.tags,
+                "ServiceAddress": h.service.address, "ServicePort": h.service.port,
+                "ServiceMeta": h.service.meta, "ServiceProxy": h.service.proxy,
+                "ServiceConnect": h.service.connect,
+                "CreateIndex": h.service.create_index, "ModifyIndex": h.service.modify_index,
+            })
+        })
+        .collect()
+}
+
+async fn catalog_service(
+    AxState(b): AxState<Backend>,
+    Path(service): Path<String>,
+    Query(p): Params,
+) -> Res {
+    let q = options(&p)?;
+    blocking::read(
+        &b,
+        &q,
+        |s| s.tables.services.max(s.tables.nodes),
+        |s| Ok(catalog_rows(s, &service, false)),
+    )
+    .await
+}
+
+async fn catalog_connect(
+    AxState(b): AxState<Backend>,
+    Path(service): Path<String>,
+    Query(p): Params,
+) -> Res {
+    let q = options(&p)?;
+    blocking::read(
+        &b,
+        &q,
+        |s| s.tables.services.max(s.tables.nodes),
+        |s| Ok(catalog_rows(s, &service, true)),
+    )
+    .await
+}
+
+/// `/v1/internal/members` (used by `/v1/agent/members`): catalog nodes with their liveness as
+/// Consul's member status (1 alive, 4 failed), servers tagged `role: consul`.
+async fn members(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
+    let mut q = options(&p)?;
+    q.stale = Some(String::new());
+    let servers: Vec<String> = server(&b)
+        .peers()
+        .0
+        .into_iter()
+        .map(|p| p.node.name)
+        .collect();
+    blocking::read(&b, &q, State::health_index, |s| {
+        Ok(s.nodes
+            .values()
+            .map(|n| {
+                let alive = s
+                    .checks
+                    .get(&n.node)
+                    .and_then(|c| c.get(crate::server::liveness::SERF_CHECK))
+                    .is_none_or(|c| c.status == HealthStatus::Passing);
+                let role = if servers.contains(&n.node) {
+                    "consul"
+                } else {
+                    "node"
+                };
+                json!({
+                    "Name": n.node, "Addr": n.address, "Port": 8301,
+                    "Tags": { "dc": n.datacenter, "role": role, "id": n.id },
+                    "Status": if alive { 1 } else { 4 },
+                })
+            })
+            .collect::<Vec<_>>())
+    })
     .await
 }
 

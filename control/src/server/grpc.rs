@@ -10,14 +10,15 @@ use serde::Serialize;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
-use super::{Server, ServerError};
-use crate::fsm::{ApplyResult, Command, State};
+use super::{Server, ServerError, topics};
+use crate::fsm::{ApplyResult, Command};
 use crate::model::{CaConfig, HealthStatus};
 use crate::proto::catalog_server::{Catalog, CatalogServer};
 use crate::proto::cluster_server::{Cluster, ClusterServer};
 use crate::proto::raft_server::RaftServer;
 use crate::proto::*;
 use crate::raft::{MAX_MESSAGE, MeshNode, RaftGrpc};
+use tokio_stream::StreamExt;
 
 /// Serves every gRPC service until shutdown.
 pub(super) async fn serve(server: Arc<Server>, incoming: TcpListenerStream) {
@@ -180,6 +181,7 @@ impl Cluster for ClusterApi {
 struct CatalogApi(Arc<Server>);
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchReply, Status>> + Send>>;
+type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
 impl CatalogApi {
     /// Applies `cmd`; a rejected command is a gRPC error with the reason (InvalidArgument,
@@ -192,33 +194,49 @@ impl CatalogApi {
         }))
     }
 
-    /// A stream that sends `render(state)` whenever `index_of(state)` passes the last index
-    /// sent (starting after `min_index`), until the client goes away or the server stops.
-    fn watch<I, R, T>(&self, min_index: u64, index_of: I, render: R) -> WatchStream
-    where
-        I: Fn(&State) -> u64 + Send + 'static,
-        R: Fn(&State) -> T + Send + 'static,
-        T: Serialize,
-    {
+    /// Streams an event for each topic whenever its index passes the last one sent and its
+    /// rendering differs from the last one sent (so unrelated writes wake nobody), until the
+    /// client goes away or the server stops.
+    fn watch_topics(&self, topics: Vec<Topic>) -> EventStream {
         let shared = self.0.state.clone();
         let mut applied = shared.subscribe();
         let shutdown = self.0.shutdown_signal();
-        let stream = async_stream_like(move |tx| async move {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
             tokio::pin!(shutdown);
-            let mut last = min_index;
+            let mut last_index: Vec<u64> = topics.iter().map(|t| t.min_index).collect();
+            let mut last_hash: Vec<Option<u64>> = vec![None; topics.len()];
             loop {
-                let out = shared.read(|s| {
-                    let idx = index_of(s).max(1);
-                    (idx > last).then(|| (idx, serde_json::to_vec(&render(s))))
+                let mut events = Vec::new();
+                shared.read(|s| {
+                    for (i, t) in topics.iter().enumerate() {
+                        let idx = topics::index(s, t);
+                        if idx <= last_index[i] {
+                            continue;
+                        }
+                        last_index[i] = idx;
+                        let msg = match topics::render(s, t) {
+                            Ok(json) => {
+                                let h = crate::hash::fnv1a64(&json);
+                                if last_hash[i] == Some(h) {
+                                    continue;
+                                }
+                                last_hash[i] = Some(h);
+                                Ok(WatchEvent {
+                                    topic: i as u32,
+                                    index: idx,
+                                    json,
+                                })
+                            }
+                            Err(e) => Err(Status::internal(e.to_string())),
+                        };
+                        events.push(msg);
+                    }
                 });
-                if let Some((idx, body)) = out {
-                    let msg = body
-                        .map(|json| WatchReply { index: idx, json })
-                        .map_err(|e| Status::internal(e.to_string()));
-                    if tx.send(msg).await.is_err() {
+                for e in events {
+                    if tx.send(e).await.is_err() {
                         return;
                     }
-                    last = idx;
                 }
                 tokio::select! {
                     changed = applied.changed() => if changed.is_err() { return },
@@ -227,22 +245,24 @@ impl CatalogApi {
                 }
             }
         });
-        Box::pin(stream)
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
-}
 
-/// Runs `f` with the sending half of a bounded channel and returns the receiving half as a
-/// stream (the watch task ends when the receiver is dropped).
-fn async_stream_like<F, Fut>(
-    f: F,
-) -> tokio_stream::wrappers::ReceiverStream<Result<WatchReply, Status>>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<WatchReply, Status>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(f(tx));
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    /// One topic, as the single-topic watch RPCs answer it.
+    fn watch_one(&self, kind: TopicKind, r: WatchRequest) -> WatchStream {
+        let topic = Topic {
+            kind: kind as i32,
+            name: r.name,
+            passing_only: r.passing_only,
+            min_index: r.min_index,
+        };
+        Box::pin(self.watch_topics(vec![topic]).map(|e| {
+            e.map(|e| WatchReply {
+                index: e.index,
+                json: e.json,
+            })
+        }))
+    }
 }
 
 /// Registration body: a node with optional service and checks (Consul's catalog register).
@@ -378,12 +398,9 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchRootsStream>, Status> {
-        let r = req.into_inner();
-        Ok(Response::new(self.watch(
-            r.min_index,
-            |s| s.tables.roots,
-            |s| s.ca.root_list(),
-        )))
+        Ok(Response::new(
+            self.watch_one(TopicKind::TopicRoots, req.into_inner()),
+        ))
     }
 
     type WatchIntentionsStream = WatchStream;
@@ -391,24 +408,9 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchIntentionsStream>, Status> {
-        let r = req.into_inner();
-        let name = r.name;
-        Ok(Response::new(self.watch(
-            r.min_index,
-            |s| s.tables.intentions.max(s.tables.config),
-            move |s| {
-                let list: Vec<_> = s
-                    .intention_list()
-                    .into_iter()
-                    .filter(|i| {
-                        name.is_empty()
-                            || i.destination_name == name
-                            || i.destination_name == crate::intentions::WILDCARD
-                    })
-                    .collect();
-                serde_json::json!({ "DefaultPolicy": s.default_policy, "Intentions": list })
-            },
-        )))
+        Ok(Response::new(
+            self.watch_one(TopicKind::TopicIntentions, req.into_inner()),
+        ))
     }
 
     type WatchHealthStream = WatchStream;
@@ -416,17 +418,62 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchHealthStream>, Status> {
+        Ok(Response::new(
+            self.watch_one(TopicKind::TopicHealth, req.into_inner()),
+        ))
+    }
+
+    type WatchStream = EventStream;
+    async fn watch(&self, req: Request<WatchSet>) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(self.watch_topics(req.into_inner().topics)))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
         let r = req.into_inner();
-        let (name, passing) = (r.name, r.passing_only);
-        Ok(Response::new(self.watch(
-            r.min_index,
-            State::health_index,
-            move |s| {
-                s.service_health(&name, true)
-                    .into_iter()
-                    .filter(|h| !passing || h.status() == HealthStatus::Passing)
-                    .collect::<Vec<_>>()
-            },
-        )))
+        self.0
+            .heartbeat(&r.node, r.hops)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(HeartbeatReply {}))
+    }
+
+    async fn node_state(
+        &self,
+        req: Request<NodeStateRequest>,
+    ) -> Result<Response<WriteReply>, Status> {
+        let node = req.into_inner().node;
+        let (index, body) = self.0.state.read(|s| {
+            let services: Vec<_> = s
+                .services
+                .get(&node)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            let checks: Vec<_> = s
+                .checks
+                .get(&node)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            (
+                s.last_index,
+                serde_json::json!({
+                    "Node": s.nodes.get(&node),
+                    "Services": services,
+                    "Checks": checks,
+                }),
+            )
+        });
+        Ok(Response::new(WriteReply {
+            index,
+            json: json(&body)?,
+        }))
+    }
+
+    async fn http(&self, req: Request<HttpRequest>) -> Result<Response<HttpReply>, Status> {
+        Ok(Response::new(
+            crate::http::proxy::handle(&self.0, req.into_inner()).await,
+        ))
     }
 }

@@ -36,7 +36,11 @@ pub(super) async fn run(server: Arc<Server>) {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(TICK) => {}
         }
-        if server.raft.metrics().borrow().current_leader != Some(server.id) {
+        let is_leader = server.raft.metrics().borrow().current_leader == Some(server.id);
+        if let Err(e) = server.check_liveness(is_leader).await {
+            tracing::warn!(error = %e, "liveness check");
+        }
+        if !is_leader {
             continue;
         }
         if let Err(e) = tick(&server).await {

@@ -9,7 +9,9 @@ mod config;
 mod error;
 mod grpc;
 mod leader;
+pub mod liveness;
 mod ops;
+mod topics;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,12 +43,16 @@ pub struct Server {
     pub(crate) ca: Arc<dyn CaProvider>,
     /// Servers seen through discovery (for `--bootstrap-expect`).
     pub(crate) known: Mutex<BTreeMap<NodeId, MeshNode>>,
+    pub(crate) liveness: liveness::Liveness,
     shutdown: watch::Sender<bool>,
 }
 
 /// Owns a server's tasks; `shutdown` stops them and releases the data directory.
 pub struct ServerHandle {
     pub server: Arc<Server>,
+    /// The agent every server embeds (serves `/v1/agent/*`).
+    pub agent: Arc<crate::agent::Agent>,
+    agent_handle: crate::agent::AgentHandle,
     pub rpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
@@ -98,17 +104,34 @@ impl Server {
             channels,
             ca: Arc::new(BuiltinProvider),
             known: Mutex::new(BTreeMap::from([(id, me)])),
+            liveness: liveness::Liveness::default(),
             shutdown,
         });
         tracing::info!(node = %server.me.name, id, %rpc_addr, %http_addr, "server started");
 
-        let tasks = vec![
-            tokio::spawn(grpc::serve(
+        let grpc_task = tokio::spawn(grpc::serve(
+            server.clone(),
+            TcpListenerStream::new(rpc_listener),
+        ));
+        let mut agent_config =
+            crate::agent::AgentConfig::new(server.me.name.clone(), vec![rpc_addr.to_string()]);
+        agent_config.datacenter = server.config.datacenter.clone();
+        agent_config.address = rpc_addr.ip().to_string();
+        let agent_handle = crate::agent::Agent::start(agent_config)
+            .await
+            .map_err(|e| ServerError::Raft(format!("embedded agent: {e}")))?;
+        let agent = agent_handle.agent.clone();
+        let app = agent
+            .router(false)
+            .with_state(agent.clone())
+            .merge(crate::http::server_router(crate::http::Backend::Server(
                 server.clone(),
-                TcpListenerStream::new(rpc_listener),
-            )),
+            )))
+            .fallback(crate::http::not_found);
+        let tasks = vec![
+            grpc_task,
             tokio::spawn(crate::http::serve(
-                crate::http::Backend::Server(server.clone()),
+                app,
                 http_listener,
                 server.shutdown_signal(),
             )),
@@ -117,6 +140,8 @@ impl Server {
         ];
         Ok(ServerHandle {
             server,
+            agent,
+            agent_handle,
             rpc_addr,
             http_addr,
             tasks,
@@ -139,6 +164,7 @@ impl Server {
 impl ServerHandle {
     /// Stops the APIs and Raft and waits for every task, so the data directory can be reopened.
     pub async fn shutdown(self) {
+        self.agent_handle.shutdown().await;
         self.server.shutdown.send_replace(true);
         let _ = self.server.raft.shutdown().await;
         for t in self.tasks {

@@ -1,0 +1,329 @@
+//! The agent's cache, as Consul's agent cache: populated on demand (nothing is fetched for a
+//! service until something asks), kept fresh by ONE multi-topic watch stream from the servers,
+//! partitioned by ACL token and datacenter, entries unused for the TTL evicted, and fail
+//! static: when no server is reachable the last values keep being served, and the stream
+//! resumes from the cached indexes when a server returns.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use super::conn::ServerConn;
+use crate::intentions::{DefaultPolicy, IntentionSet};
+use crate::model::{CaRootList, Intention};
+use crate::proto::{Topic, TopicKind, WatchSet};
+
+/// What a cache entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Roots,
+    /// Intentions that can apply to a destination (its own and `*`).
+    Intentions,
+    /// Connect-capable instances of a service (`passing` filters healthy ones).
+    Health,
+}
+
+/// Identity of a cache entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    pub kind: Kind,
+    pub name: String,
+    pub passing: bool,
+    pub token: String,
+    pub datacenter: String,
+}
+
+impl CacheKey {
+    pub fn roots(dc: &str) -> Self {
+        Self::new(Kind::Roots, "", false, dc)
+    }
+
+    pub fn intentions(destination: &str, dc: &str) -> Self {
+        Self::new(Kind::Intentions, destination, false, dc)
+    }
+
+    pub fn health(service: &str, passing: bool, dc: &str) -> Self {
+        Self::new(Kind::Health, service, passing, dc)
+    }
+
+    fn new(kind: Kind, name: &str, passing: bool, dc: &str) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+            passing,
+            token: String::new(),
+            datacenter: dc.to_string(),
+        }
+    }
+
+    /// The same entry as seen with ACL token `token`.
+    pub fn with_token(mut self, token: &str) -> Self {
+        self.token = token.to_string();
+        self
+    }
+
+    fn topic(&self, min_index: u64) -> Topic {
+        let kind = match self.kind {
+            Kind::Roots => TopicKind::TopicRoots,
+            Kind::Intentions => TopicKind::TopicIntentions,
+            Kind::Health => TopicKind::TopicHealth,
+        };
+        Topic {
+            kind: kind as i32,
+            name: self.name.clone(),
+            passing_only: self.passing,
+            min_index,
+        }
+    }
+}
+
+/// Intentions for one destination, indexed for fast decisions.
+#[derive(Debug)]
+pub struct IntentionView {
+    pub set: IntentionSet,
+    pub trust_domain: String,
+}
+
+/// A cached value.
+#[derive(Debug, Clone)]
+pub enum Value {
+    Roots(Arc<CaRootList>),
+    Intentions(Arc<IntentionView>),
+    /// The JSON body of `/v1/health/connect/:s`, served as is.
+    Health(Bytes),
+}
+
+/// A value with the server index it reflects.
+#[derive(Debug, Clone)]
+pub struct Cached {
+    pub index: u64,
+    pub value: Value,
+}
+
+/// Errors of a cache read.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no server reachable and nothing cached yet for {what}")]
+    Unavailable { what: String },
+}
+
+struct Entry {
+    tx: watch::Sender<Option<Cached>>,
+    last_used: Mutex<Instant>,
+}
+
+/// The cache.
+pub struct Cache {
+    entries: Mutex<HashMap<CacheKey, Arc<Entry>>>,
+    /// Woken when the set of keys changes (the watch stream restarts with the new set).
+    changed: Notify,
+    ttl: Duration,
+    first_fetch: Duration,
+}
+
+impl Cache {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            ttl,
+            first_fetch: Duration::from_secs(10),
+        }
+    }
+
+    fn entry(&self, key: &CacheKey) -> Arc<Entry> {
+        let mut map = self.entries.lock().unwrap();
+        if let Some(e) = map.get(key) {
+            *e.last_used.lock().unwrap() = Instant::now();
+            return e.clone();
+        }
+        let e = Arc::new(Entry {
+            tx: watch::Sender::new(None),
+            last_used: Mutex::new(Instant::now()),
+        });
+        map.insert(key.clone(), e.clone());
+        drop(map);
+        self.changed.notify_one();
+        e
+    }
+
+    /// Follows an entry (creating it); the receiver sees every update.
+    pub fn subscribe(&self, key: &CacheKey) -> watch::Receiver<Option<Cached>> {
+        self.entry(key).tx.subscribe()
+    }
+
+    /// Marks an entry used (for eviction) without reading it.
+    pub fn touch(&self, key: &CacheKey) {
+        self.entry(key);
+    }
+
+    /// Reads an entry: waits for the first value, then, when `min_index > 0`, until the index
+    /// passes it or `wait` elapses (a blocking query).
+    pub async fn get(
+        &self,
+        key: &CacheKey,
+        min_index: u64,
+        wait: Duration,
+    ) -> Result<Cached, CacheError> {
+        let mut rx = self.subscribe(key);
+        let first = tokio::time::timeout(self.first_fetch, rx.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !first {
+            return Err(CacheError::Unavailable {
+                what: format!("{:?} {:?}", key.kind, key.name),
+            });
+        }
+        if min_index > 0 {
+            let _ = tokio::time::timeout(
+                wait,
+                rx.wait_for(|v| v.as_ref().is_some_and(|c| c.index > min_index)),
+            )
+            .await;
+        }
+        let current = rx.borrow().clone();
+        current.ok_or_else(|| CacheError::Unavailable {
+            what: format!("{:?} {:?}", key.kind, key.name),
+        })
+    }
+
+    /// Number of entries (for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops entries unused for the TTL; returns how many.
+    pub fn evict(&self) -> usize {
+        let now = Instant::now();
+        let mut map = self.entries.lock().unwrap();
+        let before = map.len();
+        map.retain(|_, e| now.duration_since(*e.last_used.lock().unwrap()) < self.ttl);
+        let evicted = before - map.len();
+        drop(map);
+        if evicted > 0 {
+            self.changed.notify_one();
+        }
+        evicted
+    }
+
+    /// Keeps every entry fresh from the servers until `shutdown` resolves.
+    pub async fn run(
+        self: Arc<Self>,
+        conn: Arc<ServerConn>,
+        connected: watch::Sender<bool>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut backoff = Duration::from_millis(100);
+        let mut evict_tick = tokio::time::interval(self.ttl.min(Duration::from_secs(60)));
+        loop {
+            let keys: Vec<(CacheKey, Arc<Entry>)> = self
+                .entries
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect();
+            if keys.is_empty() {
+                tokio::select! {
+                    _ = self.changed.notified() => continue,
+                    _ = evict_tick.tick() => { self.evict(); continue }
+                    _ = &mut shutdown => return,
+                }
+            }
+            let topics: Vec<Topic> = keys
+                .iter()
+                .map(|(k, e)| k.topic(e.tx.borrow().as_ref().map_or(0, |c| c.index)))
+                .collect();
+            let set = WatchSet { topics };
+            let stream = conn
+                .call(|mut c| {
+                    let set = set.clone();
+                    async move { c.watch(set).await }
+                })
+                .await;
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    connected.send_replace(false);
+                    tracing::debug!(error = %e, "cache watch: no server; serving cached values");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    msg = stream.message() => match msg {
+                        Ok(Some(ev)) => {
+                            connected.send_replace(true);
+                            backoff = Duration::from_millis(100);
+                            let Some((key, entry)) = keys.get(ev.topic as usize) else { continue };
+                            match decode(key.kind, &ev.json) {
+                                Ok(value) => {
+                                    entry.tx.send_replace(Some(Cached { index: ev.index, value }));
+                                }
+                                Err(e) => tracing::warn!(error = %e, "cache: undecodable update"),
+                            }
+                        }
+                        Ok(None) | Err(_) => {
+                            connected.send_replace(false);
+                            conn.failover();
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = &mut shutdown => return,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(2));
+                            break;
+                        }
+                    },
+                    _ = self.changed.notified() => {
+                        // Gather further changes for a moment, then restart with the new set.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        break;
+                    }
+                    _ = evict_tick.tick() => {
+                        if self.evict() > 0 {
+                            break;
+                        }
+                    }
+                    _ = &mut shutdown => return,
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IntentionsBody {
+    default_policy: DefaultPolicy,
+    #[serde(default)]
+    trust_domain: String,
+    intentions: Vec<Intention>,
+}
+
+fn decode(kind: Kind, json: &[u8]) -> serde_json::Result<Value> {
+    Ok(match kind {
+        Kind::Roots => Value::Roots(Arc::new(serde_json::from_slice(json)?)),
+        Kind::Intentions => {
+            let b: IntentionsBody = serde_json::from_slice(json)?;
+            Value::Intentions(Arc::new(IntentionView {
+                set: IntentionSet::new(b.intentions, b.default_policy),
+                trust_domain: b.trust_domain,
+            }))
+        }
+        Kind::Health => Value::Health(Bytes::copy_from_slice(json)),
+    })
+}

@@ -1,0 +1,405 @@
+//! The agent's own HTTP endpoints (`/v1/agent/*`, and `?cached` health reads), and the
+//! passthrough that sends every other API request to a server over the agent's connection.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde_json::json;
+
+use super::Agent;
+use super::authorize::{self, AuthorizeRequest};
+use super::cache::{CacheKey, Value};
+use super::registration;
+use crate::http::ApiError;
+use crate::http::blocking::{QueryOptions, json_with_index};
+use crate::model::HealthStatus;
+use crate::proto::{HttpHeader, HttpRequest};
+
+type Params = Query<HashMap<String, String>>;
+type Res = Result<Response, ApiError>;
+type St = State<Arc<Agent>>;
+
+pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
+    let r = Router::new()
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/members", get(members))
+        .route("/v1/agent/services", get(services))
+        .route("/v1/agent/service/{id}", get(service))
+        .route("/v1/agent/service/register", put(register))
+        .route("/v1/agent/service/deregister/{id}", put(deregister))
+        .route("/v1/agent/checks", get(checks))
+        .route("/v1/agent/check/pass/{id}", put(check_pass))
+        .route("/v1/agent/check/warn/{id}", put(check_warn))
+        .route("/v1/agent/check/fail/{id}", put(check_fail))
+        .route("/v1/agent/check/update/{id}", put(check_update))
+        .route("/v1/agent/connect/ca/roots", get(roots))
+        .route("/v1/agent/connect/ca/leaf/{service}", get(leaf))
+        .route("/v1/agent/connect/authorize", post(authorize));
+    if cached_health {
+        r.route("/v1/health/connect/{service}", get(health_connect))
+    } else {
+        r
+    }
+}
+
+fn options(p: &HashMap<String, String>) -> Result<QueryOptions, ApiError> {
+    let index = match p.get("index") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("Invalid index {s:?}")))?,
+        ),
+    };
+    Ok(QueryOptions {
+        index,
+        wait: p.get("wait").cloned(),
+        stale: p.get("stale").cloned(),
+        consistent: p.get("consistent").cloned(),
+    })
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        message: e.to_string(),
+    }
+}
+
+fn dc(agent: &Agent, p: &HashMap<String, String>) -> String {
+    p.get("dc")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| agent.config.datacenter.clone())
+}
+
+fn token(headers: &HeaderMap, p: &HashMap<String, String>) -> String {
+    headers
+        .get("X-Consul-Token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| p.get("token").cloned())
+        .unwrap_or_default()
+}
+
+async fn agent_self(State(a): St) -> Response {
+    axum::Json(json!({
+        "Config": {
+            "Datacenter": a.config.datacenter,
+            "NodeName": a.config.node,
+            "NodeID": a.node().id,
+            "Server": a.config.http_addr.is_none(),
+            "Version": env!("CARGO_PKG_VERSION"),
+        },
+        "Member": {
+            "Name": a.config.node,
+            "Addr": a.config.address,
+            "Status": 1,
+            "Tags": { "dc": a.config.datacenter },
+        },
+        "Meta": {},
+    }))
+    .into_response()
+}
+
+async fn members(State(a): St) -> Res {
+    forward(
+        &a,
+        "GET",
+        "/v1/internal/members".into(),
+        Vec::new(),
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+/// Waits (blocking query) until the local index passes `?index`.
+async fn wait_local(a: &Agent, q: &QueryOptions) -> Result<u64, ApiError> {
+    let mut rx = a.local_index.subscribe();
+    if let Some(min) = q.index.filter(|i| *i > 0) {
+        let wait = q.wait()?;
+        let _ = tokio::time::timeout(wait, rx.wait_for(|i| *i > min)).await;
+    }
+    let i = *rx.borrow();
+    Ok(i.max(1))
+}
+
+fn agent_service_json(a: &Agent, s: &crate::model::ServiceInstance) -> serde_json::Value {
+    let mut v = serde_json::to_value(s).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("Datacenter".into(), json!(a.config.datacenter));
+        o.insert("Weights".into(), json!({"Passing": 1, "Warning": 1}));
+        o.insert("EnableTagOverride".into(), json!(false));
+        o.remove("Node");
+        o.remove("CreateIndex");
+        o.remove("ModifyIndex");
+    }
+    v
+}
+
+async fn services(State(a): St, Query(p): Params) -> Res {
+    let q = options(&p)?;
+    let index = wait_local(&a, &q).await?;
+    let map: BTreeMap<String, serde_json::Value> = a
+        .local
+        .lock()
+        .unwrap()
+        .services
+        .values()
+        .map(|s| (s.id.clone(), agent_service_json(&a, s)))
+        .collect();
+    Ok(json_with_index(index, &map))
+}
+
+async fn service(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
+    let q = options(&p)?;
+    let index = wait_local(&a, &q).await?;
+    let s = a.local.lock().unwrap().services.get(&id).cloned();
+    match s {
+        Some(s) => Ok(json_with_index(index, &agent_service_json(&a, &s))),
+        None => Err(ApiError::not_found(format!("unknown service ID: {id}"))),
+    }
+}
+
+async fn register(State(a): St, Query(p): Params, body: Bytes) -> Res {
+    let replace = p.contains_key("replace-existing-checks");
+    let used = a.local.lock().unwrap().sidecar_ports();
+    let specs = registration::parse(&body, &a.config.node, &used)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    a.local
+        .lock()
+        .unwrap()
+        .register(
+            &a.config.node,
+            specs,
+            replace,
+            &a.check_updates,
+            &a.config.checks,
+        )
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    a.local_changed();
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn deregister(State(a): St, Path(id): Path<String>) -> Res {
+    a.local
+        .lock()
+        .unwrap()
+        .deregister(&id)
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    a.local_changed();
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn checks(State(a): St) -> Res {
+    let map: BTreeMap<String, crate::model::HealthCheck> = a
+        .local
+        .lock()
+        .unwrap()
+        .effective_checks()
+        .into_iter()
+        .map(|c| (c.check_id.clone(), c))
+        .collect();
+    Ok(axum::Json(map).into_response())
+}
+
+fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
+    a.local
+        .lock()
+        .unwrap()
+        .ttl_update(id, status, note)
+        .map_err(|e| match e {
+            super::local::LocalError::UnknownCheck(_) => ApiError::not_found(e.to_string()),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn check_pass(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
+    ttl(
+        &a,
+        &id,
+        HealthStatus::Passing,
+        p.get("note").map_or("", String::as_str),
+    )
+}
+
+async fn check_warn(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
+    ttl(
+        &a,
+        &id,
+        HealthStatus::Warning,
+        p.get("note").map_or("", String::as_str),
+    )
+}
+
+async fn check_fail(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
+    ttl(
+        &a,
+        &id,
+        HealthStatus::Critical,
+        p.get("note").map_or("", String::as_str),
+    )
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct CheckUpdateBody {
+    status: String,
+    #[serde(default)]
+    output: String,
+}
+
+async fn check_update(State(a): St, Path(id): Path<String>, body: Bytes) -> Res {
+    let b: CheckUpdateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let status = match b.status.as_str() {
+        "passing" => HealthStatus::Passing,
+        "warning" => HealthStatus::Warning,
+        "critical" => HealthStatus::Critical,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid check status: {other:?}"
+            )));
+        }
+    };
+    ttl(&a, &id, status, &b.output)
+}
+
+async fn roots(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
+    let q = options(&p)?;
+    let key = CacheKey::roots(&dc(&a, &p)).with_token(&token(&headers, &p));
+    let c = a
+        .cache
+        .get(&key, q.index.unwrap_or(0), q.wait()?)
+        .await
+        .map_err(unavailable)?;
+    match c.value {
+        Value::Roots(r) => Ok(json_with_index(c.index, &*r)),
+        _ => Err(unavailable("unexpected cache value")),
+    }
+}
+
+async fn leaf(State(a): St, Path(service): Path<String>, Query(p): Params) -> Res {
+    let q = options(&p)?;
+    let l = a
+        .leaf(&service, q.index.unwrap_or(0), q.wait()?)
+        .await
+        .map_err(unavailable)?;
+    Ok(json_with_index(l.modify_index, &*l))
+}
+
+async fn authorize(State(a): St, headers: HeaderMap, Query(p): Params, body: Bytes) -> Res {
+    let r: AuthorizeRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let _ = &r.client_cert_serial;
+    if r.target.is_empty() {
+        return Err(ApiError::bad_request("Target service must be specified"));
+    }
+    if r.client_cert_uri.is_empty() {
+        return Err(ApiError::bad_request("ClientCertURI must be specified"));
+    }
+    let key = CacheKey::intentions(&r.target, &dc(&a, &p)).with_token(&token(&headers, &p));
+    let c = a
+        .cache
+        .get(&key, 0, Duration::ZERO)
+        .await
+        .map_err(unavailable)?;
+    let Value::Intentions(view) = c.value else {
+        return Err(unavailable("unexpected cache value"));
+    };
+    Ok(axum::Json(authorize::decide(&view, &r.target, &r.client_cert_uri)).into_response())
+}
+
+/// `/v1/health/connect/:s`: from the cache with `?cached`, otherwise from the servers.
+async fn health_connect(
+    State(a): St,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+    req: Request,
+) -> Res {
+    if !p.contains_key("cached") {
+        return passthrough(State(a), req).await;
+    }
+    let q = options(&p)?;
+    let key = CacheKey::health(&service, p.contains_key("passing"), &dc(&a, &p))
+        .with_token(&token(&headers, &p));
+    let c = a
+        .cache
+        .get(&key, q.index.unwrap_or(0), q.wait()?)
+        .await
+        .map_err(unavailable)?;
+    match c.value {
+        Value::Health(body) => {
+            let mut h = HeaderMap::new();
+            h.insert("X-Consul-Index", HeaderValue::from(c.index));
+            h.insert("X-Cache", HeaderValue::from_static("HIT"));
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            Ok((h, body).into_response())
+        }
+        _ => Err(unavailable("unexpected cache value")),
+    }
+}
+
+/// Forwards any other request to a server.
+pub async fn passthrough(State(a): St, req: Request) -> Res {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let body = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+    // Blocking queries may wait up to 10m (+jitter) on the server.
+    forward(
+        &a,
+        &method,
+        path,
+        body.to_vec(),
+        Duration::from_secs(11 * 60),
+    )
+    .await
+}
+
+async fn forward(a: &Agent, method: &str, path: String, body: Vec<u8>, timeout: Duration) -> Res {
+    let req = HttpRequest {
+        method: method.to_string(),
+        path_and_query: path,
+        body,
+        headers: vec![HttpHeader {
+            name: "content-type".into(),
+            value: "application/json".into(),
+        }],
+    };
+    let reply = a
+        .conn
+        .call(|mut c| {
+            let mut r = tonic::Request::new(req.clone());
+            r.set_timeout(timeout);
+            async move { c.http(r).await }
+        })
+        .await
+        .map_err(|s| unavailable(format!("No known Consul servers: {}", s.message())))?
+        .into_inner();
+    let mut resp = Response::builder()
+        .status(StatusCode::from_u16(reply.status as u16).unwrap_or(StatusCode::BAD_GATEWAY));
+    for h in &reply.headers {
+        if h.name.eq_ignore_ascii_case("content-length")
+            || h.name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            continue;
+        }
+        resp = resp.header(h.name.as_str(), h.value.as_str());
+    }
+    resp.body(Body::from(reply.body))
+        .map_err(|e| unavailable(format!("bad forwarded response: {e}")))
+}

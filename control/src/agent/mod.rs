@@ -1,0 +1,259 @@
+//! The agent: what proxies and applications talk to on their own host. It answers Consul's
+//! agent HTTP API from local state and from a cache kept fresh by one multiplexed gRPC
+//! connection to the servers, runs the health checks of its services, keeps the catalog in
+//! sync with them (anti-entropy), holds leaf certificates whose keys never leave the host, and
+//! forwards every other API request to a server over the same connection.
+//!
+//! Every `meshd server` embeds one (as every Consul server is also an agent); `meshd agent`
+//! runs one alone.
+
+pub mod authorize;
+pub mod cache;
+pub mod checks;
+mod conn;
+mod http;
+pub mod leaf;
+pub mod local;
+pub mod registration;
+pub mod sync;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use conn::{ConnError, ServerConn};
+
+use crate::model::Node;
+
+/// Settings of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node: String,
+    pub datacenter: String,
+    /// gRPC addresses of servers, tried in order.
+    pub servers: Vec<String>,
+    /// HTTP API address; `None` when embedded in a server (the server serves the API).
+    pub http_addr: Option<SocketAddr>,
+    /// This node's address as registered in the catalog.
+    pub address: String,
+    /// Cache entries unused for this long are evicted (Consul: 72h).
+    pub cache_ttl: Duration,
+    /// Leaves are re-issued within this window after a root rotation.
+    pub leaf_rotation_jitter: Duration,
+    pub heartbeat: Duration,
+    /// Periodic anti-entropy even when nothing changed.
+    pub sync_interval: Duration,
+    pub checks: checks::RunnerConfig,
+}
+
+impl AgentConfig {
+    pub fn new(node: impl Into<String>, servers: Vec<String>) -> Self {
+        Self {
+            node: node.into(),
+            datacenter: "dc1".into(),
+            servers,
+            http_addr: None,
+            address: "127.0.0.1".into(),
+            cache_ttl: Duration::from_secs(72 * 3600),
+            leaf_rotation_jitter: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(1),
+            sync_interval: Duration::from_secs(60),
+            checks: checks::RunnerConfig::default(),
+        }
+    }
+}
+
+/// Errors starting an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running agent.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub conn: Arc<ServerConn>,
+    pub cache: Arc<cache::Cache>,
+    pub leaves: leaf::Leaves,
+    pub local: Mutex<local::LocalState>,
+    /// Whether a server answered recently.
+    pub connected: watch::Sender<bool>,
+    /// Local index the catalog was last brought up to by anti-entropy.
+    pub synced: watch::Sender<u64>,
+    /// Changes of the local state (blocking queries on `/v1/agent/*`).
+    pub local_index: watch::Sender<u64>,
+    check_updates: mpsc::Sender<checks::CheckUpdate>,
+    sync_now: Notify,
+    node_id: String,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Owns an agent's tasks.
+pub struct AgentHandle {
+    pub agent: Arc<Agent>,
+    pub http_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl AgentHandle {
+    /// Stops every task of the agent (check runners included).
+    pub async fn shutdown(self) {
+        self.agent.shutdown.send_replace(true);
+        self.agent.local.lock().unwrap().checks.clear();
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// A UUID-shaped node ID derived from the node name, stable across restarts.
+fn node_id(name: &str) -> String {
+    let a = crate::hash::fnv1a64(name.as_bytes());
+    let b = crate::hash::fnv1a64(format!("{name}/node-id").as_bytes());
+    let h = format!("{a:016x}{b:016x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+impl Agent {
+    /// Starts the agent; serves the HTTP API when `config.http_addr` is set.
+    pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
+        let conn = Arc::new(ServerConn::new(&config.servers)?);
+        let listener = match config.http_addr {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| AgentError::Bind {
+                            addr: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        let (check_updates, mut check_rx) = mpsc::channel(256);
+        let agent = Arc::new(Agent {
+            node_id: node_id(&config.node),
+            cache: Arc::new(cache::Cache::new(config.cache_ttl)),
+            leaves: leaf::Leaves::default(),
+            local: Mutex::new(local::LocalState::default()),
+            connected: watch::Sender::new(false),
+            synced: watch::Sender::new(0),
+            local_index: watch::Sender::new(0),
+            check_updates,
+            sync_now: Notify::new(),
+            shutdown: watch::Sender::new(false),
+            conn,
+            config,
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(agent.cache.clone().run(
+            agent.conn.clone(),
+            agent.connected.clone(),
+            agent.shutdown_signal(),
+        )));
+        tasks.push(tokio::spawn(sync::run(agent.clone())));
+        tasks.push(tokio::spawn(sync::heartbeat(agent.clone())));
+        let a = agent.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(u) = check_rx.recv().await {
+                let changed = a.local.lock().unwrap().apply_update(u);
+                if changed {
+                    a.local_changed();
+                }
+            }
+        }));
+        let a = agent.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut shutdown = std::pin::pin!(a.shutdown_signal());
+            let period = a.config.cache_ttl.min(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => { a.leaves.evict(a.config.cache_ttl); }
+                    _ = &mut shutdown => return,
+                }
+            }
+        }));
+        let mut http_addr = None;
+        if let Some(listener) = listener {
+            http_addr = listener.local_addr().ok();
+            let app = agent
+                .router(true)
+                .fallback(http::passthrough)
+                .with_state(agent.clone());
+            tasks.push(tokio::spawn(crate::http::serve(
+                app,
+                listener,
+                agent.shutdown_signal(),
+            )));
+        }
+        tracing::info!(node = %agent.config.node, servers = ?agent.config.servers, ?http_addr, "agent started");
+        Ok(AgentHandle {
+            agent,
+            http_addr,
+            tasks,
+        })
+    }
+
+    /// The agent's routes (`/v1/agent/*`, plus cached health reads when `cached_health`).
+    pub fn router(self: &Arc<Self>, cached_health: bool) -> axum::Router<Arc<Agent>> {
+        http::routes(cached_health)
+    }
+
+    /// This agent's catalog node.
+    pub fn node(&self) -> Node {
+        Node {
+            id: self.node_id.clone(),
+            node: self.config.node.clone(),
+            address: self.config.address.clone(),
+            datacenter: self.config.datacenter.clone(),
+            meta: Default::default(),
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+
+    /// Resolves when shutdown starts.
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Records a local change: wakes blocking queries and the anti-entropy sync.
+    pub fn local_changed(&self) {
+        let index = self.local.lock().unwrap().index;
+        self.local_index.send_replace(index);
+        self.sync_now.notify_one();
+    }
+
+    /// Waits until the catalog reflects the local state (tests, readiness).
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let want = self.local.lock().unwrap().index;
+        self.sync_now.notify_one();
+        let mut rx = self.synced.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s >= want))
+            .await
+            .is_ok()
+    }
+}

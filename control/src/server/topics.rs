@@ -1,0 +1,52 @@
+//! What a watch topic reads from the state: its index (for "has it changed since N") and its
+//! rendering (the JSON an agent caches). Pure functions over `State`, shared by the single-topic
+//! watch RPCs and the multi-topic `Watch` stream.
+
+use crate::fsm::State;
+use crate::intentions::WILDCARD;
+use crate::model::HealthStatus;
+use crate::proto::{Topic, TopicKind};
+
+/// Index of the table(s) a topic reads.
+pub fn index(s: &State, t: &Topic) -> u64 {
+    match t.kind() {
+        TopicKind::TopicRoots => s.tables.roots,
+        TopicKind::TopicIntentions => s.tables.intentions.max(s.tables.config),
+        TopicKind::TopicHealth => s.health_index(),
+    }
+    .max(1)
+}
+
+/// The topic's current value as JSON.
+pub fn render(s: &State, t: &Topic) -> serde_json::Result<Vec<u8>> {
+    match t.kind() {
+        TopicKind::TopicRoots => serde_json::to_vec(&s.ca.root_list()),
+        TopicKind::TopicIntentions => {
+            let list: Vec<_> = s
+                .intention_list()
+                .into_iter()
+                .filter(|i| {
+                    t.name.is_empty()
+                        || i.destination_name == t.name
+                        || i.destination_name == WILDCARD
+                })
+                .collect();
+            serde_json::to_vec(&serde_json::json!({
+                "DefaultPolicy": s.default_policy,
+                "TrustDomain": s.ca.trust_domain,
+                "Intentions": list,
+            }))
+        }
+        TopicKind::TopicHealth => {
+            let list: Vec<_> = s
+                .service_health(&t.name, true)
+                .into_iter()
+                .filter(|h| !t.passing_only || h.status() == HealthStatus::Passing)
+                .map(|h| {
+                    serde_json::json!({ "Node": h.node, "Service": h.service, "Checks": h.checks })
+                })
+                .collect();
+            serde_json::to_vec(&list)
+        }
+    }
+}
