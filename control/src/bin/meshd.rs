@@ -21,6 +21,34 @@ enum Cmd {
     Server(ServerArgs),
     /// Run a single-node server for development (data in a temporary directory).
     Dev(DevArgs),
+    /// Run a client agent: the local HTTP API, cached, with one connection to the servers.
+    Agent(AgentArgs),
+}
+
+#[derive(Parser)]
+struct AgentArgs {
+    /// gRPC address of a server (repeatable; the agent fails over between them).
+    #[arg(long = "server", required = true)]
+    servers: Vec<String>,
+    #[arg(long)]
+    node: String,
+    #[arg(long, default_value = "dc1")]
+    datacenter: String,
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    http_addr: SocketAddr,
+    /// This node's address in the catalog.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// Evict cache entries unused for this long.
+    #[arg(long, default_value = "72h", value_parser = duration)]
+    cache_ttl: std::time::Duration,
+    /// Re-issue leaves within this window after a CA root rotation.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    leaf_rotation_jitter: std::time::Duration,
+}
+
+fn duration(s: &str) -> Result<std::time::Duration, String> {
+    mesh_control::duration::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Parser)]
@@ -72,11 +100,44 @@ fn init_logging() {
         .init();
 }
 
+async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
+    use mesh_control::agent::{Agent, AgentConfig};
+    let mut c = AgentConfig::new(a.node.clone(), a.servers);
+    c.datacenter = a.datacenter;
+    c.http_addr = Some(a.http_addr);
+    c.address = a.address;
+    c.cache_ttl = a.cache_ttl;
+    c.leaf_rotation_jitter = a.leaf_rotation_jitter;
+    let handle = Agent::start(c)
+        .await
+        .with_context(|| format!("starting agent {}", a.node))?;
+    println!(
+        "meshd: agent {} listening http={}",
+        a.node,
+        handle.http_addr.map(|a| a.to_string()).unwrap_or_default()
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
     let (config, _tmp) = match cli.command {
+        Cmd::Agent(a) => return run_agent(a).await,
         Cmd::Server(a) => {
             let mut c = ServerConfig::new(a.node, a.data_dir);
             c.bind = a.bind;
@@ -118,12 +179,7 @@ async fn main() -> anyhow::Result<()> {
         "meshd: node {name} listening rpc={} http={}",
         handle.rpc_addr, handle.http_addr
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    wait_for_signal().await?;
     tracing::info!("shutting down");
     handle.shutdown().await;
     Ok(())

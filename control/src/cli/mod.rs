@@ -1,6 +1,7 @@
 //! `meshctl`: the operator CLI. Consul-like verbs over the HTTP API of the local agent or a
 //! server (`--http-addr`, or `MESH_HTTP_ADDR`). One module per verb group.
 
+mod catalog;
 pub mod client;
 mod connect;
 mod intention;
@@ -50,6 +51,16 @@ pub enum Command {
         #[command(subcommand)]
         command: connect::ConnectCmd,
     },
+    /// List the services in the catalog.
+    Services {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// List the nodes (servers and agents) and whether they are alive.
+    Members {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -59,6 +70,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Operator { command } => operator::run(&api, command).await,
         Command::Intention { command } => intention::run(&api, command).await,
         Command::Connect { command } => connect::run(&api, command).await,
+        Command::Services { format } => catalog::services(&api, format).await,
+        Command::Members { format } => catalog::members(&api, format).await,
     };
     match result {
         Ok(code) => code,

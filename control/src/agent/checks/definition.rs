@@ -199,7 +199,8 @@ pub enum CheckKind {
         ttl: Duration,
     },
     Tcp(TcpCheck),
-    Http(HttpCheck),
+    /// Boxed: the request (headers, body) is much larger than the other kinds.
+    Http(Box<HttpCheck>),
 }
 
 impl CheckKind {
@@ -298,14 +299,14 @@ impl CheckDefinition {
         }
         let url = http.unwrap_or_default();
         let interval = interval.ok_or(CheckError::MissingInterval { kind: "HTTP" })?;
-        Ok(CheckKind::Http(HttpCheck {
+        Ok(CheckKind::Http(Box::new(HttpCheck {
             url: validate_url(url)?,
             method: self.parse_method()?,
             headers: self.parse_headers()?,
             body: Bytes::from(self.body.clone()),
             interval,
             timeout,
-        }))
+        })))
     }
 
     /// [`validate`](Self::validate) plus the settings common to every kind.

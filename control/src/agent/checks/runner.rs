@@ -101,7 +101,7 @@ impl CheckRunner {
             }
             CheckKind::Http(http) => {
                 let interval = self.effective_interval(&id, http.interval);
-                let probe = Probe::Http(Box::new(HttpProbe::new(http)));
+                let probe = Probe::Http(Box::new(HttpProbe::new(*http)));
                 (
                     None,
                     self.spawn_probe(reporter, initial, thresholds, interval, probe),
