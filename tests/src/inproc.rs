@@ -164,10 +164,14 @@ impl TestCluster {
     /// The leader among the running, connected servers: one that is leader by its own metrics
     /// and that every other connected server follows. Waits for an election if need be.
     pub async fn leader(&self) -> usize {
-        eventually("a leader that every connected server follows", CONVERGE_TIMEOUT, || {
-            let r = self.current_leader();
-            async move { r }
-        })
+        eventually(
+            "a leader that every connected server follows",
+            CONVERGE_TIMEOUT,
+            || {
+                let r = self.current_leader();
+                async move { r }
+            },
+        )
         .await
     }
 
@@ -324,45 +328,45 @@ impl TestCluster {
     /// Waits until the leader's configuration has exactly `n` voters, all running servers
     /// agreeing on who leads.
     pub async fn wait_voters(&self, n: usize) {
-        eventually(
-            &format!("a leader with {n} voters"),
-            FORM_TIMEOUT,
-            || {
-                let r = self.current_leader().and_then(|l| {
-                    let (peers, _) = self.server(l).peers();
-                    let voters: Vec<&str> = peers
-                        .iter()
-                        .filter(|p| p.voter)
-                        .map(|p| p.node.name.as_str())
-                        .collect();
-                    if voters.len() == n {
-                        Ok(())
-                    } else {
-                        Err(format!("leader {} sees voters {voters:?}", self.name(l)))
-                    }
-                });
-                async move { r }
-            },
-        )
+        eventually(&format!("a leader with {n} voters"), FORM_TIMEOUT, || {
+            let r = self.current_leader().and_then(|l| {
+                let (peers, _) = self.server(l).peers();
+                let voters: Vec<&str> = peers
+                    .iter()
+                    .filter(|p| p.voter)
+                    .map(|p| p.node.name.as_str())
+                    .collect();
+                if voters.len() == n {
+                    Ok(())
+                } else {
+                    Err(format!("leader {} sees voters {voters:?}", self.name(l)))
+                }
+            });
+            async move { r }
+        })
         .await
     }
 
     /// Waits until every running server has a CA root.
     pub async fn wait_ca(&self) {
-        eventually("the CA to be initialized on every server", FORM_TIMEOUT, || {
-            let missing: Vec<&str> = self
-                .running()
-                .into_iter()
-                .filter(|i| self.server(*i).state.read(|s| s.ca.roots.is_empty()))
-                .map(|i| self.name(i))
-                .collect();
-            let r = if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("no CA root yet on {missing:?}"))
-            };
-            async move { r }
-        })
+        eventually(
+            "the CA to be initialized on every server",
+            FORM_TIMEOUT,
+            || {
+                let missing: Vec<&str> = self
+                    .running()
+                    .into_iter()
+                    .filter(|i| self.server(*i).state.read(|s| s.ca.roots.is_empty()))
+                    .map(|i| self.name(i))
+                    .collect();
+                let r = if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("no CA root yet on {missing:?}"))
+                };
+                async move { r }
+            },
+        )
         .await
     }
 

@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests.
 
-pub mod process;
 pub mod eventually;
 pub mod http_raw;
 pub mod inproc;
+pub mod process;

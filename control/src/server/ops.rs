@@ -96,13 +96,20 @@ impl Server {
         let deadline = Instant::now() + self.config.write_timeout;
         loop {
             match self.leader().await? {
-                Leader::Me => match self.raft.client_write(cmd.clone()).await {
-                    Ok(resp) => return into_result(resp.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                        // Leadership moved before the entry was proposed; find the new leader.
+                // Bounded: a leader cut off from its majority cannot commit, and the caller
+                // must hear so instead of waiting for the partition to heal.
+                Leader::Me => {
+                    match tokio::time::timeout_at(deadline, self.raft.client_write(cmd.clone()))
+                        .await
+                        .map_err(|_| ServerError::NoLeader)?
+                    {
+                        Ok(resp) => return into_result(resp.data),
+                        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                            // Leadership moved before the entry was proposed; find the new leader.
+                        }
+                        Err(e) => return Err(ServerError::Raft(e.to_string())),
                     }
-                    Err(e) => return Err(ServerError::Raft(e.to_string())),
-                },
+                }
                 Leader::Other(id, node) => {
                     if hops >= MAX_HOPS {
                         return Err(ServerError::NoLeader);
@@ -429,6 +436,15 @@ impl Server {
                     })
             }
         };
+        let key_type = config.config.get("PrivateKeyType").and_then(|v| v.as_str());
+        let key_bits = config.config.get("PrivateKeyBits").and_then(|v| v.as_u64());
+        if key_type.is_some_and(|t| t != "ec") || key_bits.is_some_and(|b| b != 256) {
+            return Err(ServerError::BadRequest(format!(
+                "unsupported root key {}/{}: the built-in CA issues ECDSA P-256 (PrivateKeyType \"ec\", PrivateKeyBits 256)",
+                key_type.unwrap_or("ec"),
+                key_bits.unwrap_or(256)
+            )));
+        }
         if config.provider != self.ca.name() {
             return Err(ServerError::BadRequest(format!(
                 "unknown CA provider {:?} (available: {:?})",

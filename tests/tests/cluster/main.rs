@@ -49,30 +49,34 @@ impl ProcCluster {
     /// Waits until every live server agrees on one leader (other than `not`), returning its
     /// node name.
     pub fn wait_leader(&self, not: Option<&str>) -> anyhow::Result<String> {
-        eventually("a leader all live servers agree on", Duration::from_secs(30), || {
-            let mut leader = None;
-            for (i, s) in self.servers.iter().enumerate() {
-                if s.child.is_none() {
-                    continue;
+        eventually(
+            "a leader all live servers agree on",
+            Duration::from_secs(30),
+            || {
+                let mut leader = None;
+                for (i, s) in self.servers.iter().enumerate() {
+                    if s.child.is_none() {
+                        continue;
+                    }
+                    let conf = self.configuration(i)?;
+                    let leaders: Vec<String> = conf["Servers"]
+                        .as_array()?
+                        .iter()
+                        .filter(|s| s["Leader"].as_bool() == Some(true))
+                        .map(|s| s["Node"].as_str().unwrap_or_default().to_string())
+                        .collect();
+                    if leaders.len() != 1 || Some(leaders[0].as_str()) == not {
+                        return None;
+                    }
+                    match &leader {
+                        None => leader = Some(leaders[0].clone()),
+                        Some(l) if *l != leaders[0] => return None,
+                        _ => {}
+                    }
                 }
-                let conf = self.configuration(i)?;
-                let leaders: Vec<String> = conf["Servers"]
-                    .as_array()?
-                    .iter()
-                    .filter(|s| s["Leader"].as_bool() == Some(true))
-                    .map(|s| s["Node"].as_str().unwrap_or_default().to_string())
-                    .collect();
-                if leaders.len() != 1 || Some(leaders[0].as_str()) == not {
-                    return None;
-                }
-                match &leader {
-                    None => leader = Some(leaders[0].clone()),
-                    Some(l) if *l != leaders[0] => return None,
-                    _ => {}
-                }
-            }
-            leader
-        })
+                leader
+            },
+        )
     }
 
     pub fn index_of(&self, name: &str) -> usize {

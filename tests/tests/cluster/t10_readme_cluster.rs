@@ -25,7 +25,11 @@ fn readme_commands() -> Vec<Vec<String>> {
 #[test]
 fn readme_three_server_cluster_has_one_leader() {
     let commands = readme_commands();
-    assert_eq!(commands.len(), 4, "three servers and one list-peers: {commands:?}");
+    assert_eq!(
+        commands.len(),
+        4,
+        "three servers and one list-peers: {commands:?}"
+    );
     let tmp = tempfile::tempdir().unwrap();
     let mut servers = Vec::new();
     for cmd in &commands[..3] {
@@ -38,12 +42,19 @@ fn readme_three_server_cluster_has_one_leader() {
     }
     let ctl = &commands[3];
     assert_eq!(ctl[1], "--http-addr");
-    let out = eventually("list-peers to show 3 voters and a leader", Duration::from_secs(30), || {
-        let out = meshctl(&ctl[2], &ctl[3..].iter().map(String::as_str).collect::<Vec<_>>());
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let voters = text.lines().filter(|l| l.contains(" true ")).count();
-        (out.status.success() && voters == 3 && text.contains("leader")).then_some(text)
-    })
+    let out = eventually(
+        "list-peers to show 3 voters and a leader",
+        Duration::from_secs(30),
+        || {
+            let out = meshctl(
+                &ctl[2],
+                &ctl[3..].iter().map(String::as_str).collect::<Vec<_>>(),
+            );
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let voters = text.lines().filter(|l| l.contains(" true ")).count();
+            (out.status.success() && voters == 3 && text.contains("leader")).then_some(text)
+        },
+    )
     .unwrap();
     let leaders = out.lines().filter(|l| l.contains(" leader ")).count();
     let followers = out.lines().filter(|l| l.contains(" follower ")).count();
@@ -53,8 +64,15 @@ fn readme_three_server_cluster_has_one_leader() {
     }
     // Every server answers the same, including through a follower (linearizable read).
     for s in &servers {
-        let out = meshctl(&s.http_addr.to_string(), &["operator", "raft", "list-peers"]);
+        let out = meshctl(
+            &s.http_addr.to_string(),
+            &["operator", "raft", "list-peers"],
+        );
         let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(text.lines().filter(|l| l.contains(" leader ")).count(), 1, "{text}");
+        assert_eq!(
+            text.lines().filter(|l| l.contains(" leader ")).count(),
+            1,
+            "{text}"
+        );
     }
 }

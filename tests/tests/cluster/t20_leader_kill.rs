@@ -20,7 +20,13 @@ fn leader_kill_loses_no_acknowledged_write() {
     // Writes through a follower are applied.
     let follower_i = (leader_i + 1) % 3;
     assert_eq!(
-        put_intention(c.servers[follower_i].http_addr, "via-follower", "db", "allow").unwrap(),
+        put_intention(
+            c.servers[follower_i].http_addr,
+            "via-follower",
+            "db",
+            "allow"
+        )
+        .unwrap(),
         200
     );
 
@@ -31,8 +37,13 @@ fn leader_kill_loses_no_acknowledged_write() {
     let dead = Arc::new(AtomicUsize::new(usize::MAX));
     let mut writers = Vec::new();
     for w in 0..3 {
-        let (acked, stop, seq, dead, addrs) =
-            (acked.clone(), stop.clone(), seq.clone(), dead.clone(), addrs.clone());
+        let (acked, stop, seq, dead, addrs) = (
+            acked.clone(),
+            stop.clone(),
+            seq.clone(),
+            dead.clone(),
+            addrs.clone(),
+        );
         writers.push(std::thread::spawn(move || {
             let started = Instant::now();
             // Bounded: at most 5,000 attempts per writer and 60 s.
@@ -64,9 +75,11 @@ fn leader_kill_loses_no_acknowledged_write() {
 
     let new_leader = c.wait_leader(Some(&leader)).unwrap();
     assert_ne!(new_leader, leader);
-    eventually("40 more acknowledged writes after the kill", Duration::from_secs(30), || {
-        (acked.lock().unwrap().len() >= at_kill + 40).then_some(())
-    })
+    eventually(
+        "40 more acknowledged writes after the kill",
+        Duration::from_secs(30),
+        || (acked.lock().unwrap().len() >= at_kill + 40).then_some(()),
+    )
     .unwrap();
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -83,10 +96,20 @@ fn leader_kill_loses_no_acknowledged_write() {
             .or_default() += 1;
     }
     let acked = acked.lock().unwrap().clone();
-    for src in acked.iter().chain(std::iter::once(&"via-follower".to_string())) {
-        assert_eq!(counts.get(src), Some(&1), "acknowledged write {src} missing or duplicated");
+    for src in acked
+        .iter()
+        .chain(std::iter::once(&"via-follower".to_string()))
+    {
+        assert_eq!(
+            counts.get(src),
+            Some(&1),
+            "acknowledged write {src} missing or duplicated"
+        );
     }
-    assert!(counts.values().all(|n| *n == 1), "duplicate intentions: {counts:?}");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "duplicate intentions: {counts:?}"
+    );
     // Both survivors hold the same state.
     c.wait_converged().unwrap();
 }

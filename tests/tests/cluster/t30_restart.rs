@@ -12,7 +12,10 @@ fn full_restart_keeps_identical_state() {
     let mut c = ProcCluster::start(3).unwrap();
     let a = c.servers[0].http_addr;
     for i in 0..30 {
-        assert_eq!(put_intention(a, &format!("svc{i}"), "db", "allow").unwrap(), 200);
+        assert_eq!(
+            put_intention(a, &format!("svc{i}"), "db", "allow").unwrap(),
+            200
+        );
     }
     let reg = r#"{"Node":"n1","Address":"127.0.0.1","Service":{"Service":"web","Port":8080}}"#;
     let r = http("PUT", a, "/v1/catalog/register", Some(reg)).unwrap();

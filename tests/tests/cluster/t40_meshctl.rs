@@ -17,34 +17,56 @@ fn remove_peer_and_errors() {
         .unwrap();
     let addr = c.servers[c.index_of(&leader)].http_addr.to_string();
 
-    let out = meshctl(&addr, &["operator", "raft", "remove-peer", "--id", "no-such-server"]);
+    let out = meshctl(
+        &addr,
+        &["operator", "raft", "remove-peer", "--id", "no-such-server"],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not found"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one-line error: {err}");
 
     let out = meshctl(&addr, &["operator", "raft", "remove-peer", "--id", victim]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let i = c.index_of(victim);
     c.servers[i].kill();
-    let text = eventually("list-peers without the removed server", Duration::from_secs(20), || {
-        let out = meshctl(&addr, &["operator", "raft", "list-peers", "--format", "json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let names: Vec<&str> = v["Servers"]
-            .as_array()?
-            .iter()
-            .filter_map(|s| s["Node"].as_str())
-            .collect();
-        (names.len() == 2 && !names.contains(&victim)).then(|| v.to_string())
-    })
+    let text = eventually(
+        "list-peers without the removed server",
+        Duration::from_secs(20),
+        || {
+            let out = meshctl(
+                &addr,
+                &["operator", "raft", "list-peers", "--format", "json"],
+            );
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let names: Vec<&str> = v["Servers"]
+                .as_array()?
+                .iter()
+                .filter_map(|s| s["Node"].as_str())
+                .collect();
+            (names.len() == 2 && !names.contains(&victim)).then(|| v.to_string())
+        },
+    )
     .unwrap();
     assert!(text.contains(&leader));
 
     // Two voters left still form a quorum: writes work.
     let out = meshctl(&addr, &["intention", "create", "--allow", "web", "db"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = meshctl(&addr, &["intention", "create", "--allow", "web", "db"]);
-    assert_eq!(out.status.code(), Some(1), "duplicate create without --replace must fail");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "duplicate create without --replace must fail"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     let out = meshctl(&addr, &["intention", "check", "web", "db"]);
     assert_eq!(out.status.code(), Some(0));
@@ -68,7 +90,13 @@ fn remove_peer_and_errors() {
     std::fs::write(bad.path(), "{not json").unwrap();
     let out = meshctl(
         &addr,
-        &["connect", "ca", "set-config", "--config-file", bad.path().to_str().unwrap()],
+        &[
+            "connect",
+            "ca",
+            "set-config",
+            "--config-file",
+            bad.path().to_str().unwrap(),
+        ],
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid JSON"));

@@ -11,9 +11,12 @@ use mesh_control::server::Server;
 
 /// Sources of every intention `server` holds, sorted.
 pub fn intention_sources(server: &Server) -> Vec<String> {
-    let mut v: Vec<String> = server
-        .state
-        .read(|s| s.intentions.values().map(|i| i.source_name.clone()).collect());
+    let mut v: Vec<String> = server.state.read(|s| {
+        s.intentions
+            .values()
+            .map(|i| i.source_name.clone())
+            .collect()
+    });
     v.sort();
     v
 }

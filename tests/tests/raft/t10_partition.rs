@@ -67,9 +67,20 @@ async fn isolated_follower_cannot_write_while_majority_commits() {
     );
 
     let s = cluster.server(isolated);
-    assert_eq!(s.state.read(|st| st.digest()), frozen_digest, "isolated state moved");
-    assert_eq!(s.state.applied_index(), frozen_applied, "isolated applied index moved");
-    assert!(!has_intention(s, "majority-1"), "isolated follower saw a majority write");
+    assert_eq!(
+        s.state.read(|st| st.digest()),
+        frozen_digest,
+        "isolated state moved"
+    );
+    assert_eq!(
+        s.state.applied_index(),
+        frozen_applied,
+        "isolated applied index moved"
+    );
+    assert!(
+        !has_intention(s, "majority-1"),
+        "isolated follower saw a majority write"
+    );
 
     cluster.heal();
     cluster.wait_converged().await;
@@ -139,8 +150,16 @@ async fn isolated_leader_cannot_commit_and_majority_elects_a_new_one() {
         Err(_) => eprintln!("write on the isolated old leader still pending after {took:?}"),
     }
     let s = cluster.server(old);
-    assert_eq!(s.state.read(|st| st.digest()), frozen_digest, "minority state moved");
-    assert_eq!(s.state.applied_index(), frozen_applied, "minority applied index moved");
+    assert_eq!(
+        s.state.read(|st| st.digest()),
+        frozen_digest,
+        "minority state moved"
+    );
+    assert_eq!(
+        s.state.applied_index(),
+        frozen_applied,
+        "minority applied index moved"
+    );
     assert!(!has_intention(s, "minority"));
 
     cluster.heal();

@@ -38,14 +38,18 @@ async fn new_and_wiped_servers_catch_up_from_a_snapshot() {
     }
 
     // The leader has snapshotted and purged the log the snapshot covers.
-    let purged = eventually("a snapshot and a purged log on the leader", CONVERGE_TIMEOUT, || {
-        let m = cluster.server(leader).raft.metrics().borrow().clone();
-        let r = match (m.snapshot, m.purged) {
-            (Some(_), Some(p)) => Ok(p.index),
-            (s, p) => Err(format!("snapshot {s:?}, purged {p:?}")),
-        };
-        async move { r }
-    })
+    let purged = eventually(
+        "a snapshot and a purged log on the leader",
+        CONVERGE_TIMEOUT,
+        || {
+            let m = cluster.server(leader).raft.metrics().borrow().clone();
+            let r = match (m.snapshot, m.purged) {
+                (Some(_), Some(p)) => Ok(p.index),
+                (s, p) => Err(format!("snapshot {s:?}, purged {p:?}")),
+            };
+            async move { r }
+        },
+    )
     .await;
     assert!(purged > 0);
 
@@ -87,14 +91,20 @@ async fn new_and_wiped_servers_catch_up_from_a_snapshot() {
     sources.sort();
     cluster.restart(victim, true).await.expect("restart wiped");
     let after = cluster.wait_converged().await;
-    assert_ne!(after, digest, "the writes while it was down changed the state");
+    assert_ne!(
+        after, digest,
+        "the writes while it was down changed the state"
+    );
     let s = cluster.server(victim);
     assert_eq!(super::intention_sources(s), sources);
     assert!(
         s.raft.metrics().borrow().snapshot.is_some(),
         "the wiped server caught up without a snapshot"
     );
-    assert!(!s.state.read(|st| st.ca.roots.is_empty()), "CA state restored");
+    assert!(
+        !s.state.read(|st| st.ca.roots.is_empty()),
+        "CA state restored"
+    );
     cluster.wait_voters(4).await;
 
     // And the cluster still takes writes with the rejoined member.
@@ -105,6 +115,9 @@ async fn new_and_wiped_servers_catch_up_from_a_snapshot() {
         .await
         .expect("write after the rejoin");
     cluster.wait_converged().await;
-    assert!(mesh_tests::inproc::has_intention(cluster.server(victim), "after-rejoin"));
+    assert!(mesh_tests::inproc::has_intention(
+        cluster.server(victim),
+        "after-rejoin"
+    ));
     cluster.shutdown().await;
 }

@@ -80,7 +80,11 @@ async fn follower_reads_are_linearizable_unless_stale() {
         .expect("an answer");
     assert_eq!(stale.status, 200, "{}", stale.text());
     let local = sources(&stale.json());
-    assert_eq!(local.len(), 10, "stale read answers the local state: {local:?}");
+    assert_eq!(
+        local.len(),
+        10,
+        "stale read answers the local state: {local:?}"
+    );
     assert!(
         !local.contains(&"during-partition".to_string()),
         "a cut-off follower cannot know the newest write"

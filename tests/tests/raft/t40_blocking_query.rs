@@ -43,19 +43,33 @@ async fn blocking_query_wakes_on_change_and_times_out_without_one() {
         took < Duration::from_secs(3),
         "blocking query took {took:?} to notice a change (wait was 5s)"
     );
-    assert!(reply.index() > x, "index {} did not pass {x}", reply.index());
-    assert_eq!(reply.index(), wrote.index, "X-Consul-Index is the write's index");
+    assert!(
+        reply.index() > x,
+        "index {} did not pass {x}",
+        reply.index()
+    );
+    assert_eq!(
+        reply.index(),
+        wrote.index,
+        "X-Consul-Index is the write's index"
+    );
     assert!(reply.text().contains("\"second\""), "{}", reply.text());
 
     // Nothing changes: the query waits its full 300 ms and returns the same index.
     let y = reply.index();
     let started = Instant::now();
-    let idle = http_raw::get(addr, &format!("/v1/connect/intentions?index={y}&wait=300ms"))
-        .await
-        .expect("idle blocking query answers");
+    let idle = http_raw::get(
+        addr,
+        &format!("/v1/connect/intentions?index={y}&wait=300ms"),
+    )
+    .await
+    .expect("idle blocking query answers");
     let took = started.elapsed();
     assert_eq!(idle.status, 200, "{}", idle.text());
-    assert!(took >= Duration::from_millis(300), "returned early, after {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "returned early, after {took:?}"
+    );
     assert!(took < Duration::from_secs(3), "overslept: {took:?}");
     assert_eq!(idle.index(), y);
     cluster.shutdown().await;

@@ -1,0 +1,116 @@
+//! The built-in CA through a running cluster: CSRs signed by the servers, certificates checked
+//! by `openssl verify` (an independent X.509 implementation), rotation with cross-signing and
+//! CA configuration changes through the HTTP API.
+
+mod t10_sign_and_verify;
+mod t20_rotation;
+mod t30_configuration;
+mod t40_no_private_keys;
+
+use std::path::Path;
+
+use mesh_control::ca::generate_csr;
+use mesh_control::model::IssuedLeaf;
+use mesh_control::server::Server;
+use mesh_control::spiffe::SpiffeId;
+
+/// Issues a leaf for `service` from `server`, with a fresh key and a CSR for the cluster's own
+/// trust domain.
+pub fn issue_leaf(server: &Server, service: &str) -> IssuedLeaf {
+    let td = server.state.read(|s| s.ca.trust_domain.clone());
+    let (csr, _key) = generate_csr(&SpiffeId::service(&td, "dc1", service)).expect("CSR");
+    server
+        .sign_csr(service, "dc1", &csr)
+        .unwrap_or_else(|e| panic!("signing a CSR for {service}: {e}"))
+}
+
+/// Writes `pem` to `dir/name` and returns the path.
+pub fn write_pem(dir: &Path, name: &str, pem: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write PEM");
+    path.to_string_lossy().into_owned()
+}
+
+/// Runs `openssl verify <args>`; `Ok(stdout)` when it exits 0, `Err(stdout+stderr)` otherwise.
+pub async fn openssl_verify(args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new("openssl")
+        .arg("verify")
+        .args(args)
+        .output()
+        .await
+        .expect("the openssl binary must be installed for the CA tests");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// `NotAfter - now` of a PEM certificate, in seconds.
+pub fn seconds_left(cert_pem: &str) -> i64 {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("PEM");
+    let cert = pem.parse_x509().expect("X.509");
+    cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The URI SANs of a PEM certificate.
+pub fn uri_sans(cert_pem: &str) -> Vec<String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("PEM");
+    let cert = pem.parse_x509().expect("X.509");
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The root list of `GET /v1/connect/ca/roots`, as JSON.
+pub async fn roots(http: std::net::SocketAddr) -> serde_json::Value {
+    let r = mesh_tests::http_raw::get(http, "/v1/connect/ca/roots")
+        .await
+        .expect("GET roots");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// Every `Roots[]` entry.
+pub fn root_entries(list: &serde_json::Value) -> Vec<serde_json::Value> {
+    list["Roots"].as_array().expect("Roots array").clone()
+}
+
+/// The one active root, asserting there is exactly one.
+pub fn active_root(list: &serde_json::Value) -> serde_json::Value {
+    let active: Vec<_> = root_entries(list)
+        .into_iter()
+        .filter(|r| r["Active"] == true)
+        .collect();
+    assert_eq!(active.len(), 1, "exactly one active root: {list}");
+    assert_eq!(active[0]["ID"], list["ActiveRootID"], "{list}");
+    active[0].clone()
+}
+
+/// Concatenated `RootCert`s of every root.
+pub fn bundle(list: &serde_json::Value) -> String {
+    root_entries(list)
+        .iter()
+        .map(|r| {
+            r["RootCert"]
+                .as_str()
+                .expect("RootCert")
+                .trim_end()
+                .to_string()
+                + "\n"
+        })
+        .collect()
+}
