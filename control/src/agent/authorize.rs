@@ -62,6 +62,7 @@ mod tests {
         IntentionView {
             set: IntentionSet::new(intentions, DefaultPolicy::Deny),
             trust_domain: "td.consul".into(),
+            raw: Default::default(),
         }
     }
 

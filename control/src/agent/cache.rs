@@ -86,6 +86,8 @@ impl CacheKey {
 pub struct IntentionView {
     pub set: IntentionSet,
     pub trust_domain: String,
+    /// The JSON as received (`{DefaultPolicy, TrustDomain, Intentions}`), served to proxies.
+    pub raw: Bytes,
 }
 
 /// A cached value.
@@ -322,6 +324,7 @@ fn decode(kind: Kind, json: &[u8]) -> serde_json::Result<Value> {
             Value::Intentions(Arc::new(IntentionView {
                 set: IntentionSet::new(b.intentions, b.default_policy),
                 trust_domain: b.trust_domain,
+                raw: Bytes::copy_from_slice(json),
             }))
         }
         Kind::Health => Value::Health(Bytes::copy_from_slice(json)),

@@ -41,7 +41,11 @@ pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
         .route("/v1/agent/check/update/{id}", put(check_update))
         .route("/v1/agent/connect/ca/roots", get(roots))
         .route("/v1/agent/connect/ca/leaf/{service}", get(leaf))
-        .route("/v1/agent/connect/authorize", post(authorize));
+        .route("/v1/agent/connect/authorize", post(authorize))
+        .route(
+            "/v1/agent/connect/intentions/{destination}",
+            get(intentions),
+        );
     if cached_health {
         r.route("/v1/health/connect/{service}", get(health_connect))
     } else {
@@ -315,6 +319,33 @@ async fn authorize(State(a): St, headers: HeaderMap, Query(p): Params, body: Byt
         return Err(unavailable("unexpected cache value"));
     };
     Ok(axum::Json(authorize::decide(&view, &r.target, &r.client_cert_uri)).into_response())
+}
+
+/// `/v1/agent/connect/intentions/:destination` (extension): the cached intentions that can
+/// apply to `destination` with the default policy and trust domain, as a blocking query, so a
+/// proxy can authorize connections itself without a request per connection.
+async fn intentions(
+    State(a): St,
+    Path(destination): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Res {
+    let q = options(&p)?;
+    let key = CacheKey::intentions(&destination, &dc(&a, &p)).with_token(&token(&headers, &p));
+    let c = a
+        .cache
+        .get(&key, q.index.unwrap_or(0), q.wait()?)
+        .await
+        .map_err(unavailable)?;
+    match c.value {
+        Value::Intentions(view) => {
+            let mut h = HeaderMap::new();
+            h.insert("X-Consul-Index", HeaderValue::from(c.index));
+            h.insert("content-type", HeaderValue::from_static("application/json"));
+            Ok((h, view.raw.clone()).into_response())
+        }
+        _ => Err(unavailable("unexpected cache value")),
+    }
 }
 
 /// `/v1/health/connect/:s`: from the cache with `?cached`, otherwise from the servers.
