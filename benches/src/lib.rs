@@ -1,1 +1,244 @@
-//! Benchmark harness helpers.
+//! Shared pieces of the benchmark harness binaries (`src/bin/*`): the common command-line
+//! flags, bounded timing loops, rates and percentiles, the machine load average and the aligned
+//! table every harness prints.
+//!
+//! Why a harness and not a timed test: speed targets are reported as ratios against a baseline
+//! measured in the same run on the same machine (see `benches/README.md`), which stays meaningful
+//! on a shared, noisy machine where absolute figures do not.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Longest measurement any harness accepts, so a typo cannot tie up a shared machine.
+pub const MAX_SECONDS: f64 = 300.0;
+
+/// Flags every harness takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Length of each timed phase, in seconds (at most 300).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Print the figures as one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory to create the temporary data directories in (default: the system temp dir).
+    /// Pass a directory on the disk you want to measure.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    /// The phase length, checked to be positive and at most [`MAX_SECONDS`].
+    pub fn duration(&self) -> anyhow::Result<Duration> {
+        anyhow::ensure!(
+            self.seconds.is_finite() && self.seconds > 0.0 && self.seconds <= MAX_SECONDS,
+            "--seconds must be in (0, {MAX_SECONDS}], got {}",
+            self.seconds
+        );
+        Ok(Duration::from_secs_f64(self.seconds))
+    }
+
+    /// A fresh temporary directory (removed when dropped) under `--dir` or the system default.
+    pub fn tempdir(&self, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
+        let mut b = tempfile::Builder::new();
+        b.prefix(prefix);
+        Ok(match &self.dir {
+            Some(dir) => b.tempdir_in(dir)?,
+            None => b.tempdir()?,
+        })
+    }
+}
+
+/// The 1, 5 and 15 minute load averages from `/proc/loadavg` (`None` where it is unavailable).
+pub fn load_average() -> Option<[f64; 3]> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|f| f.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
+/// `uptime`-style rendering of [`load_average`].
+pub fn load_average_text(l: Option<[f64; 3]>) -> String {
+    match l {
+        Some([a, b, c]) => format!("load average: {a:.2}, {b:.2}, {c:.2}"),
+        None => "load average: unavailable".to_string(),
+    }
+}
+
+/// [`load_average`] as JSON (`null` where unavailable).
+pub fn load_average_json(l: Option<[f64; 3]>) -> serde_json::Value {
+    match l {
+        Some(v) => serde_json::json!(v),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// Number of CPUs this process may use (1 if unknown).
+pub fn parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// How many operations completed in how long.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Count {
+    pub ops: u64,
+    pub elapsed: Duration,
+}
+
+impl Count {
+    /// Operations per second (0 for an empty measurement).
+    pub fn per_sec(&self) -> f64 {
+        let s = self.elapsed.as_secs_f64();
+        if s > 0.0 { self.ops as f64 / s } else { 0.0 }
+    }
+}
+
+/// Runs `op` repeatedly on this thread until `duration` has passed or `max_ops` calls were made,
+/// whichever comes first. Stops at the first error.
+pub fn run_for<E>(
+    duration: Duration,
+    max_ops: u64,
+    mut op: impl FnMut(u64) -> Result<(), E>,
+) -> Result<Count, E> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut ops = 0;
+    while ops < max_ops && Instant::now() < deadline {
+        op(ops)?;
+        ops += 1;
+    }
+    Ok(Count {
+        ops,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The `p`-th percentile (0..=100) of already sorted samples, nearest-rank; zero when empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `a / b`, or 0 when `b` is 0 (no baseline measured).
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+/// Milliseconds with three decimals, for latency columns.
+pub fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A rate with thousands separators and no decimals, e.g. `12,345/s`.
+pub fn rate(per_sec: f64) -> String {
+    let n = per_sec.round() as u64;
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out.push_str("/s");
+    out
+}
+
+/// A small table printed with every column padded to its widest cell; the first column is left
+/// aligned, the others right aligned (they hold numbers).
+#[derive(Debug, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(header: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            header: header.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row<S: Into<String>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    /// The table as text, one line per row, with a rule under the header.
+    pub fn render(&self) -> String {
+        let cols = std::iter::once(&self.header)
+            .chain(&self.rows)
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        let mut widths = vec![0; cols];
+        for row in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, cell) in row.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let line = |row: &[String]| {
+            let cells: Vec<String> = (0..cols)
+                .map(|i| {
+                    let cell = row.get(i).map(String::as_str).unwrap_or("");
+                    if i == 0 {
+                        format!("{cell:<w$}", w = widths[i])
+                    } else {
+                        format!("{cell:>w$}", w = widths[i])
+                    }
+                })
+                .collect();
+            cells.join("  ").trim_end().to_string()
+        };
+        let mut out = line(&self.header);
+        out.push('\n');
+        let total = widths.iter().sum::<usize>() + 2 * cols.saturating_sub(1);
+        out.push_str(&"-".repeat(total));
+        out.push('\n');
+        for row in &self.rows {
+            out.push_str(&line(row));
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&v, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn rate_groups_thousands() {
+        assert_eq!(rate(1234567.4), "1,234,567/s");
+        assert_eq!(rate(999.0), "999/s");
+    }
+
+    #[test]
+    fn run_for_is_bounded_by_count() {
+        let c = run_for(Duration::from_secs(60), 10, |_| Ok::<_, ()>(())).unwrap();
+        assert_eq!(c.ops, 10);
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(["a", "value"]);
+        t.row(["long name", "1"]);
+        let text = t.render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "a          value");
+        assert_eq!(lines[2], "long name      1");
+    }
+}
