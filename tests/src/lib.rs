@@ -4,3 +4,4 @@ pub mod eventually;
 pub mod http_raw;
 pub mod inproc;
 pub mod process;
+pub mod python;

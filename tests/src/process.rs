@@ -85,10 +85,27 @@ impl Meshd {
                 .parse()
                 .with_context(|| format!("bad {key} in {line:?}"))
         };
+        let addrs = field("http=").and_then(|http| {
+            // Agents have no gRPC listener; servers report both.
+            let rpc = if line.contains("rpc=") {
+                field("rpc=")?
+            } else {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            };
+            Ok((rpc, http))
+        });
+        let (rpc_addr, http_addr) = match addrs {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
         Ok(Self {
             name: name.to_string(),
-            rpc_addr: field("rpc=")?,
-            http_addr: field("http=")?,
+            rpc_addr,
+            http_addr,
             child: Some(child),
             args: args.to_vec(),
         })

@@ -41,7 +41,12 @@ pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
         .route("/v1/agent/check/update/{id}", put(check_update))
         .route("/v1/agent/connect/ca/roots", get(roots))
         .route("/v1/agent/connect/ca/leaf/{service}", get(leaf))
-        .route("/v1/agent/connect/authorize", post(authorize))
+        // Consul registers POST only, but py-consul (and python-consul before it) sends PUT:
+        // accept both so such clients work unmodified.
+        .route(
+            "/v1/agent/connect/authorize",
+            post(authorize).put(authorize),
+        )
         .route(
             "/v1/agent/connect/intentions/{destination}",
             get(intentions),

@@ -145,6 +145,11 @@ fn renew_point(leaf: &IssuedLeaf) -> Option<OffsetDateTime> {
     let fmt = time::format_description::well_known::Rfc3339;
     let after = OffsetDateTime::parse(&leaf.valid_after, &fmt).ok()?;
     let before = OffsetDateTime::parse(&leaf.valid_before, &fmt).ok()?;
+    // ValidAfter is backdated (a minute, for clock skew): measured from it, a leaf with a short
+    // LeafCertTTL would be "due" the moment it is issued and re-signed in a tight loop. The
+    // lifetime that matters for renewal starts when the leaf was issued (now: this runs right
+    // after issuing).
+    let after = after.max(OffsetDateTime::now_utc()).min(before);
     let life = before - after;
     let frac = rand::rng().random_range(0.6..0.9);
     Some(after + life * frac)

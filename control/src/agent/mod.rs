@@ -155,7 +155,12 @@ impl Agent {
             node_id: node_id(&config.node),
             cache: Arc::new(cache::Cache::new(config.cache_ttl)),
             leaves: leaf::Leaves::default(),
-            local: Mutex::new(local::LocalState::default()),
+            // Index 1 before anything is synced, so `wait_synced` waits for the first pass
+            // (which registers the node) even when nothing was registered locally.
+            local: Mutex::new(local::LocalState {
+                index: 1,
+                ..Default::default()
+            }),
             connected: watch::Sender::new(false),
             synced: watch::Sender::new(0),
             local_index: watch::Sender::new(0),

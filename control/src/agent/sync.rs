@@ -36,10 +36,12 @@ fn same_service(a: &ServiceInstance, b: &ServiceInstance) -> bool {
     strip(a) == strip(b)
 }
 
+/// Output-only changes are not pushed on their own (as Consul defers them with
+/// `check_update_interval`): they would wake every blocking health query for nothing. They ride
+/// along with the next status change or registration.
 fn same_check(a: &HealthCheck, b: &HealthCheck) -> bool {
     a.name == b.name
         && a.status == b.status
-        && a.output == b.output
         && a.service_id == b.service_id
         && a.service_name == b.service_name
 }

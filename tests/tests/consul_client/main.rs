@@ -1,0 +1,73 @@
+//! Acceptance: a third-party Consul client, unmodified, works against `meshd dev`.
+//!
+//! `tests/py/consul_client_test.py` drives a real `meshd dev` process with py-consul (pinned
+//! in `tests/py/requirements.txt`, installed into a venv under `target/` by
+//! `mesh_tests::python`): it registers a service with a connect sidecar, upserts, reads,
+//! lists, checks, matches and deletes intentions, reads the CA roots and a leaf, calls
+//! authorize, and runs blocking `health.connect` queries (woken by a registration change, and
+//! returning at the deadline when nothing changes). Needs `python3` with `venv`, and PyPI (or a
+//! mirror via `PIP_INDEX_URL`) the first time.
+
+use std::process::Command;
+use std::time::Duration;
+
+use mesh_tests::process::{Meshd, eventually, http};
+use mesh_tests::python::{self, run_bounded};
+
+/// The whole script takes a few seconds; this only bounds a hang.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+
+#[test]
+fn py_consul_against_meshd_dev() {
+    // The venv first: a cold pip install can take a while and needs no server.
+    let py = python::python();
+
+    let args: Vec<String> = ["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let meshd = Meshd::spawn("dev", &args).expect("starting meshd dev");
+    let addr = meshd.http_addr;
+    // Ready once the agent answers for the CA roots with an active root: before the CA is
+    // initialized (just after the election) it answers 200 with an empty `Roots` list.
+    eventually(
+        "meshd dev to serve an active root at /v1/agent/connect/ca/roots",
+        Duration::from_secs(30),
+        || {
+            http("GET", addr, "/v1/agent/connect/ca/roots", None)
+                .ok()
+                .filter(|r| r.status == 200)
+                .and_then(|r| r.json().ok())
+                .filter(|v| v["ActiveRootID"].as_str().is_some_and(|id| !id.is_empty()))
+        },
+    )
+    .expect("meshd dev ready");
+
+    let script = python::py_dir().join("consul_client_test.py");
+    let out = run_bounded(
+        Command::new(&py)
+            .arg(&script)
+            .arg(addr.to_string())
+            // Hermetic: py-consul reads these, and requests honours proxy variables.
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env_remove("CONSUL_HTTP_SSL")
+            .env_remove("CONSUL_HTTP_SSL_VERIFY")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .env("PYTHONUNBUFFERED", "1")
+            // Keep `tests/py` free of __pycache__.
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        SCRIPT_TIMEOUT,
+    )
+    .expect("running the py-consul script");
+    assert!(
+        out.success(),
+        "py-consul script against meshd dev at {addr} failed ({}) after {:.1?}\n{}",
+        out.describe(),
+        out.elapsed,
+        out.text()
+    );
+    println!("{}", out.stdout);
+    drop(meshd);
+}
