@@ -35,10 +35,7 @@ pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
         .route("/v1/agent/service/register", put(register))
         .route("/v1/agent/service/deregister/{id}", put(deregister))
         .route("/v1/agent/checks", get(checks))
-        .route("/v1/agent/check/pass/{id}", put(check_pass))
-        .route("/v1/agent/check/warn/{id}", put(check_warn))
-        .route("/v1/agent/check/fail/{id}", put(check_fail))
-        .route("/v1/agent/check/update/{id}", put(check_update))
+        .route("/v1/agent/check/{op}/{id}", put(check_op))
         .route("/v1/agent/connect/ca/roots", get(roots))
         .route("/v1/agent/connect/ca/leaf/{service}", get(leaf))
         // Consul registers POST only, but py-consul (and python-consul before it) sends PUT:
@@ -59,19 +56,7 @@ pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
 }
 
 fn options(p: &HashMap<String, String>) -> Result<QueryOptions, ApiError> {
-    let index = match p.get("index") {
-        None => None,
-        Some(s) => Some(
-            s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("Invalid index {s:?}")))?,
-        ),
-    };
-    Ok(QueryOptions {
-        index,
-        wait: p.get("wait").cloned(),
-        stale: p.get("stale").cloned(),
-        consistent: p.get("consistent").cloned(),
-    })
+    QueryOptions::from_params(p)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -230,31 +215,24 @@ fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
     Ok(StatusCode::OK.into_response())
 }
 
-async fn check_pass(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
-    ttl(
-        &a,
-        &id,
-        HealthStatus::Passing,
-        p.get("note").map_or("", String::as_str),
-    )
-}
-
-async fn check_warn(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
-    ttl(
-        &a,
-        &id,
-        HealthStatus::Warning,
-        p.get("note").map_or("", String::as_str),
-    )
-}
-
-async fn check_fail(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
-    ttl(
-        &a,
-        &id,
-        HealthStatus::Critical,
-        p.get("note").map_or("", String::as_str),
-    )
+/// `/v1/agent/check/{pass,warn,fail}/:id?note=` and `/v1/agent/check/update/:id` (body
+/// `{Status, Output}`): a TTL check's new state.
+async fn check_op(
+    State(a): St,
+    Path((op, id)): Path<(String, String)>,
+    Query(p): Params,
+    body: Bytes,
+) -> Res {
+    let note = p.get("note").map_or("", String::as_str);
+    match op.as_str() {
+        "pass" => ttl(&a, &id, HealthStatus::Passing, note),
+        "warn" => ttl(&a, &id, HealthStatus::Warning, note),
+        "fail" => ttl(&a, &id, HealthStatus::Critical, note),
+        "update" => check_update(&a, &id, &body),
+        _ => Err(ApiError::not_found(format!(
+            "unknown check operation {op:?}"
+        ))),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -265,8 +243,8 @@ struct CheckUpdateBody {
     output: String,
 }
 
-async fn check_update(State(a): St, Path(id): Path<String>, body: Bytes) -> Res {
-    let b: CheckUpdateBody = serde_json::from_slice(&body)
+fn check_update(a: &Agent, id: &str, body: &Bytes) -> Res {
+    let b: CheckUpdateBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let status = match b.status.as_str() {
         "passing" => HealthStatus::Passing,
@@ -278,7 +256,7 @@ async fn check_update(State(a): St, Path(id): Path<String>, body: Bytes) -> Res 
             )));
         }
     };
-    ttl(&a, &id, status, &b.output)
+    ttl(a, id, status, &b.output)
 }
 
 async fn roots(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {

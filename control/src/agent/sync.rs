@@ -81,6 +81,18 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
                 .await
         }
     };
+    let deregister = |v: serde_json::Value| {
+        let r = req(v);
+        async move {
+            agent
+                .conn
+                .call(|mut c| {
+                    let r = r.clone();
+                    async move { c.deregister(r).await }
+                })
+                .await
+        }
+    };
     let node_ok = remote.node.as_ref().is_some_and(|n| {
         n.id == node.id && n.address == node.address && n.datacenter == node.datacenter
     });
@@ -117,14 +129,7 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
     }
     for r in &remote.services {
         if !services.iter().any(|s| s.id == r.id) {
-            let body = req(json!({"Node": node_name, "ServiceID": r.id}));
-            agent
-                .conn
-                .call(|mut c| {
-                    let b = body.clone();
-                    async move { c.deregister(b).await }
-                })
-                .await?;
+            deregister(json!({"Node": node_name, "ServiceID": r.id})).await?;
             writes += 1;
         }
     }
@@ -164,14 +169,7 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
             && !owned_by_removed_service
             && !checks.iter().any(|c| c.check_id == r.check_id)
         {
-            let body = req(json!({"Node": node_name, "CheckID": r.check_id}));
-            agent
-                .conn
-                .call(|mut c| {
-                    let b = body.clone();
-                    async move { c.deregister(b).await }
-                })
-                .await?;
+            deregister(json!({"Node": node_name, "CheckID": r.check_id})).await?;
             writes += 1;
         }
     }

@@ -29,6 +29,23 @@ pub struct QueryOptions {
 }
 
 impl QueryOptions {
+    /// Reads `index`, `wait`, `stale` and `consistent` from a request's query parameters.
+    pub fn from_params(p: &std::collections::HashMap<String, String>) -> Result<Self, ApiError> {
+        let index = match p.get("index") {
+            None => None,
+            Some(s) => Some(
+                s.parse::<u64>()
+                    .map_err(|_| ApiError::bad_request(format!("Invalid index {s:?}")))?,
+            ),
+        };
+        Ok(Self {
+            index,
+            wait: p.get("wait").cloned(),
+            stale: p.get("stale").cloned(),
+            consistent: p.get("consistent").cloned(),
+        })
+    }
+
     pub fn is_stale(&self) -> bool {
         self.stale.is_some()
     }

@@ -73,19 +73,7 @@ fn server(b: &Backend) -> &Server {
 }
 
 fn options(p: &HashMap<String, String>) -> Result<QueryOptions, ApiError> {
-    let index = match p.get("index") {
-        None => None,
-        Some(s) => Some(
-            s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("Invalid index {s:?}")))?,
-        ),
-    };
-    Ok(QueryOptions {
-        index,
-        wait: p.get("wait").cloned(),
-        stale: p.get("stale").cloned(),
-        consistent: p.get("consistent").cloned(),
-    })
+    QueryOptions::from_params(p)
 }
 
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
@@ -321,14 +309,7 @@ async fn catalog_service(
     Path(service): Path<String>,
     Query(p): Params,
 ) -> Res {
-    let q = options(&p)?;
-    blocking::read(
-        &b,
-        &q,
-        |s| s.tables.services.max(s.tables.nodes),
-        |s| Ok(catalog_rows(s, &service, false)),
-    )
-    .await
+    catalog_read(&b, &p, &service, false).await
 }
 
 async fn catalog_connect(
@@ -336,12 +317,21 @@ async fn catalog_connect(
     Path(service): Path<String>,
     Query(p): Params,
 ) -> Res {
-    let q = options(&p)?;
+    catalog_read(&b, &p, &service, true).await
+}
+
+async fn catalog_read(
+    b: &Backend,
+    p: &HashMap<String, String>,
+    service: &str,
+    connect: bool,
+) -> Res {
+    let q = options(p)?;
     blocking::read(
-        &b,
+        b,
         &q,
         |s| s.tables.services.max(s.tables.nodes),
-        |s| Ok(catalog_rows(s, &service, true)),
+        |s| Ok(catalog_rows(s, service, connect)),
     )
     .await
 }

@@ -24,6 +24,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("embedded agent: {0}")]
+    Agent(#[from] Box<crate::agent::AgentError>),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]

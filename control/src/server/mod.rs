@@ -119,7 +119,7 @@ impl Server {
         agent_config.address = rpc_addr.ip().to_string();
         let agent_handle = crate::agent::Agent::start(agent_config)
             .await
-            .map_err(|e| ServerError::Raft(format!("embedded agent: {e}")))?;
+            .map_err(|e| ServerError::Agent(Box::new(e)))?;
         let agent = agent_handle.agent.clone();
         let app = agent
             .router(false)
