@@ -77,7 +77,11 @@ async fn leaf_ttl_change_does_not_rotate_but_root_key_changes_do() {
     let r = put_config(http, &body).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("unsupported root key"), "{}", r.text());
-    assert_eq!(root_entries(&roots(http).await).len(), 1, "a refused change rotated");
+    assert_eq!(
+        root_entries(&roots(http).await).len(),
+        1,
+        "a refused change rotated"
+    );
     assert_eq!(get_config(http).await["Config"]["PrivateKeyBits"], 256);
 
     // RootCertTTL changes: a new root.
