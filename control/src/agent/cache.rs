@@ -330,3 +330,53 @@ fn decode(kind: Kind, json: &[u8]) -> serde_json::Result<Value> {
         Kind::Health => Value::Health(Bytes::copy_from_slice(json)),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn unused_entries_are_evicted_after_the_ttl() {
+        let cache = Cache::new(Duration::from_secs(72 * 3600));
+        let web = CacheKey::health("web", true, "dc1");
+        let db = CacheKey::health("db", true, "dc1");
+        cache.touch(&web);
+        cache.touch(&db);
+        assert_eq!(cache.len(), 2);
+        tokio::time::advance(Duration::from_secs(71 * 3600)).await;
+        cache.touch(&web);
+        assert_eq!(cache.evict(), 0, "nothing is older than the TTL yet");
+        tokio::time::advance(Duration::from_secs(2 * 3600)).await;
+        assert_eq!(cache.evict(), 1, "db was unused for 73h");
+        assert_eq!(cache.len(), 1);
+        cache.touch(&web);
+        assert_eq!(cache.evict(), 0);
+    }
+
+    #[test]
+    fn entries_are_partitioned_by_token_and_datacenter() {
+        let cache = Cache::new(Duration::from_secs(60));
+        let a = CacheKey::roots("dc1");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            cache.touch(&a);
+            cache.touch(&a.clone().with_token("t1"));
+            cache.touch(&CacheKey::roots("dc2"));
+            cache.touch(&a);
+        });
+        assert_eq!(cache.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_without_servers_or_cached_value_fails_with_a_reason() {
+        let cache = Cache::new(Duration::from_secs(60));
+        let err = cache
+            .get(&CacheKey::roots("dc1"), 0, Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no server reachable"), "{err}");
+    }
+}

@@ -5,6 +5,7 @@ mod t10_readme_cluster;
 mod t20_leader_kill;
 mod t30_restart;
 mod t40_meshctl;
+mod t50_dev_ready;
 
 use std::time::Duration;
 
