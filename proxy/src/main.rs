@@ -1,27 +1,36 @@
-//! `meshproxy`: the data plane (mutual TLS sidecar, intention enforcement, eBPF redirection).
-//!
-//! Only the command-line shell exists so far; the proxy itself is built by the data-plane
-//! issue. It refuses to run rather than pretend to proxy anything.
+//! `meshproxy`: the data plane's binary. Parses the command line, sets up logging and runs
+//! [`meshproxy::app::run`] on the data-plane runtime.
 
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::Parser;
+use meshproxy::config::{Cli, Command, Config};
 
-#[derive(Parser)]
-#[command(name = "meshproxy", version, about = "Mesh data plane proxy")]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the proxy (not available yet).
-    Run,
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
-        Cmd::Run => {
-            anyhow::bail!("meshproxy run is not implemented yet: the data plane is pending")
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Run(args) => {
+            let config = Config::from_args(args).context("invalid command line")?;
+            tracing::debug!(?config, "starting");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("meshproxy-data")
+                .build()
+                .context("starting the data-plane runtime")?;
+            rt.block_on(meshproxy::app::run(config))
+                .context("meshproxy run")?;
+            // Connections still open after the drain deadline are dropped here.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(())
         }
     }
 }

@@ -234,8 +234,10 @@ async fn maintain(agent: Arc<Agent>, service: String, tx: watch::Sender<Option<A
                         rand::rng().random_range(Duration::ZERO..jitter)
                     };
                     tracing::info!(%service, ?delay, "active root changed; re-issuing leaf");
-                    tokio::time::sleep(delay).await;
-                    renew_at = Some(Instant::now());
+                    // The jitter never postpones a renewal that is due sooner: a short-lived
+                    // leaf must not expire while waiting its turn after a rotation.
+                    let at = (Instant::now() + delay).min(renew_at.unwrap_or(Instant::now() + delay));
+                    renew_at = Some(at);
                 }
             }
         }

@@ -76,6 +76,9 @@ struct ServerArgs {
     /// Snapshot and compact the log every this many entries.
     #[arg(long, default_value_t = 10_000)]
     snapshot_threshold: u64,
+    /// Re-issue the embedded agent's leaves within this window after a CA root rotation.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    leaf_rotation_jitter: std::time::Duration,
 }
 
 #[derive(Parser)]
@@ -89,6 +92,9 @@ struct DevArgs {
     bind: SocketAddr,
     #[arg(long, default_value = "dev")]
     node: String,
+    /// Re-issue the agent's leaves within this window after a CA root rotation.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    leaf_rotation_jitter: std::time::Duration,
 }
 
 fn init_logging() {
@@ -146,6 +152,7 @@ async fn main() -> anyhow::Result<()> {
             c.join = a.join;
             c.datacenter = a.datacenter;
             c.snapshot_threshold = a.snapshot_threshold;
+            c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             (c, None)
         }
         Cmd::Dev(a) => {
@@ -163,6 +170,7 @@ async fn main() -> anyhow::Result<()> {
             c.bind = a.bind;
             c.http_addr = a.http_addr;
             c.bootstrap_expect = 1;
+            c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             // A single node has nobody to wait for: elect at once.
             c.election_timeout_min = std::time::Duration::from_millis(150);
             c.election_timeout_max = std::time::Duration::from_millis(300);

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub election_timeout_max: Duration,
     /// How long a write waits for a leader before failing.
     pub write_timeout: Duration,
+    /// Leaf re-issue window of the embedded agent after a root rotation.
+    pub leaf_rotation_jitter: Duration,
 }
 
 impl ServerConfig {
@@ -45,6 +47,7 @@ impl ServerConfig {
             election_timeout_min: Duration::from_millis(800),
             election_timeout_max: Duration::from_millis(1600),
             write_timeout: Duration::from_secs(10),
+            leaf_rotation_jitter: Duration::from_secs(30),
         }
     }
 }

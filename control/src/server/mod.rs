@@ -117,6 +117,7 @@ impl Server {
             crate::agent::AgentConfig::new(server.me.name.clone(), vec![rpc_addr.to_string()]);
         agent_config.datacenter = server.config.datacenter.clone();
         agent_config.address = rpc_addr.ip().to_string();
+        agent_config.leaf_rotation_jitter = server.config.leaf_rotation_jitter;
         let agent_handle = crate::agent::Agent::start(agent_config)
             .await
             .map_err(|e| ServerError::Agent(Box::new(e)))?;

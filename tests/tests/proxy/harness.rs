@@ -387,17 +387,76 @@ impl Chain {
         let db = Proxy::start(http_addr, "db", db_flags);
         let web = Proxy::start(http_addr, "web", &[]);
         // web learns db's instance once db's sidecar check passes.
-        eventually("web sees a healthy db instance", Duration::from_secs(30), || {
-            let c = web.config();
-            let n = c["Upstreams"][0]["Instances"].as_array().map_or(0, Vec::len);
-            (n > 0).then_some(())
-        })
+        eventually(
+            "web sees a healthy db instance",
+            Duration::from_secs(30),
+            || {
+                let c = web.config();
+                let n = c["Upstreams"][0]["Instances"]
+                    .as_array()
+                    .map_or(0, Vec::len);
+                (n > 0).then_some(())
+            },
+        )
         .unwrap_or_else(|e| panic!("{e}\n--- web log ---\n{}", web.log()));
         Self {
             echo,
             db,
             web,
             upstream: format!("127.0.0.1:{up}").parse().unwrap(),
+        }
+    }
+}
+
+/// A `meshd agent` process (client agent of a server), killed by PID on drop.
+pub struct Agent {
+    child: Option<Child>,
+    pub http_addr: SocketAddr,
+}
+
+impl Agent {
+    /// `meshd agent --server RPC --node NODE --http-addr 127.0.0.1:0 <extra>`.
+    pub fn spawn(server_rpc: SocketAddr, node: &str, extra: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(mesh_tests::process::bin("meshd"))
+            .args(["agent", "--server", &server_rpc.to_string(), "--node", node])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .args(extra)
+            .env("MESH_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn meshd agent");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            if let Some(Ok(l)) = lines.next() {
+                let _ = tx.send(l);
+            }
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("agent reports its address");
+        let http_addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no http= in {line:?}"));
+        Self {
+            child: Some(child),
+            http_addr,
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }

@@ -17,9 +17,17 @@ fn allowed_traffic_flows_both_ways_with_half_close_and_large_transfer() {
 
     // The allow reaches db's proxy through its blocking query: poll until a connection passes.
     eventually("allowed connection echoes", Duration::from_secs(15), || {
-        roundtrip(chain.upstream, b"hello").ok().filter(|b| b == b"hello")
+        roundtrip(chain.upstream, b"hello")
+            .ok()
+            .filter(|b| b == b"hello")
     })
-    .unwrap_or_else(|e| panic!("{e}\n--- db ---\n{}\n--- web ---\n{}", chain.db.log(), chain.web.log()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- db ---\n{}\n--- web ---\n{}",
+            chain.db.log(),
+            chain.web.log()
+        )
+    });
 
     // Half-close: the client shuts down its write side after the request and still reads the
     // whole echo, sent by the app after it saw EOF.
@@ -90,7 +98,12 @@ fn allowed_traffic_flows_both_ways_with_half_close_and_large_transfer() {
             &["decision=\"allow\"", "reason=\"intention_allow\""]
         ) >= 1.0
     );
-    assert!(chain.web.metric("meshproxy_tls_handshake_seconds_count", &["outbound"]) >= 1.0);
+    assert!(
+        chain
+            .web
+            .metric("meshproxy_tls_handshake_seconds_count", &["outbound"])
+            >= 1.0
+    );
     assert!(chain.db.metrics().contains("meshproxy_leaf_expiry_seconds"));
     // The admin view never carries key material.
     let cfg = chain.db.config().to_string();
@@ -136,5 +149,9 @@ fn sigterm_drains_live_connections_then_exits() {
     let (ok, took) = chain.web.terminate(Duration::from_secs(10));
     assert!(ok, "clean exit after drain");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(chain.web.log().contains("drained; exiting"), "{}", chain.web.log());
+    assert!(
+        chain.web.log().contains("drained; exiting"),
+        "{}",
+        chain.web.log()
+    );
 }

@@ -35,20 +35,30 @@ fn denied_connections_never_reach_the_app_and_allow_lets_the_next_one_through() 
     })
     .unwrap();
     assert!(line.contains("/svc/web"), "names the source: {line}");
-    assert!(line.contains("destination=db"), "names the destination: {line}");
-    assert!(line.contains("default policy (deny)"), "names the reason: {line}");
+    assert!(
+        line.contains("destination=db"),
+        "names the destination: {line}"
+    );
+    assert!(
+        line.contains("default policy (deny)"),
+        "names the reason: {line}"
+    );
     assert_eq!(chain.echo.seen(), (0, 0), "the app saw something");
 
     // An explicit deny intention.
     set_intention(http, "web", "db", "deny");
-    eventually("db logs the deny intention", Duration::from_secs(10), || {
-        assert_refused(&chain, "deny intention");
-        chain
-            .db
-            .log()
-            .contains("Matched L4 intention \"web\" => \"db\" (deny")
-            .then_some(())
-    })
+    eventually(
+        "db logs the deny intention",
+        Duration::from_secs(10),
+        || {
+            assert_refused(&chain, "deny intention");
+            chain
+                .db
+                .log()
+                .contains("Matched L4 intention \"web\" => \"db\" (deny")
+                .then_some(())
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", chain.db.log()));
     assert_eq!(chain.echo.seen(), (0, 0), "the app saw something");
     assert!(
@@ -108,7 +118,11 @@ fn deleting_the_allow_closes_a_live_connection() {
     );
     eprintln!("live connection closed {took:?} after the intention was deleted");
     // And new connections are refused again.
-    assert!(roundtrip(chain.upstream, b"y").unwrap_or_default().is_empty());
+    assert!(
+        roundtrip(chain.upstream, b"y")
+            .unwrap_or_default()
+            .is_empty()
+    );
 }
 
 #[test]
@@ -127,13 +141,17 @@ fn keep_denied_connections_flag_keeps_them() {
     let mut buf = [0u8; 4];
     live.read_exact(&mut buf).unwrap();
     delete_intention(http, "web", "db");
-    eventually("db reports the kept connection", Duration::from_secs(5), || {
-        chain
-            .db
-            .log()
-            .contains("keeping it open (--keep-denied-connections)")
-            .then_some(())
-    })
+    eventually(
+        "db reports the kept connection",
+        Duration::from_secs(5),
+        || {
+            chain
+                .db
+                .log()
+                .contains("keeping it open (--keep-denied-connections)")
+                .then_some(())
+        },
+    )
     .unwrap();
     live.write_all(b"pong").unwrap();
     live.read_exact(&mut buf).unwrap();

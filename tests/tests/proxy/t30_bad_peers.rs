@@ -30,7 +30,12 @@ use super::harness::{Echo, Proxy, meshd_dev, ok, register, roundtrip, set_intent
 /// "hello" and returns what came back before the server closed (or 8 s passed).
 fn s_client(port: u16, cert: Option<(&Path, &Path)>) -> String {
     let mut cmd = Command::new("/usr/bin/openssl");
-    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}"), "-quiet"]);
+    cmd.args([
+        "s_client",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-quiet",
+    ]);
     if let Some((c, k)) = cert {
         cmd.arg("-cert").arg(c).arg("-key").arg(k);
     }
@@ -51,7 +56,9 @@ fn s_client(port: u16, cert: Option<(&Path, &Path)>) -> String {
             if n == 0 {
                 break;
             }
-            o.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            o.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     let _ = eventually("s_client done", Duration::from_secs(8), || {
@@ -78,7 +85,10 @@ fn foreign_leaf(uri: &str) -> (String, String) {
     dn.push(DnType::CommonName, "Foreign Test CA");
     ca.distinguished_name = dn;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let issuer = Issuer::new(ca, ca_key);
     leaf_signed_by(uri, &issuer)
 }
@@ -116,7 +126,9 @@ async fn bad_client_certificates_are_refused_before_the_app() {
         set_intention(http, "web", "db", "allow");
         (db, echo, db_public)
     });
-    let (td, root) = server.state.read(|s| (s.ca.trust_domain.clone(), s.ca.active().cloned()));
+    let (td, root) = server
+        .state
+        .read(|s| (s.ca.trust_domain.clone(), s.ca.active().cloned()));
     let root = root.expect("active root");
     let web_id = SpiffeId::service(&td, "dc1", "web");
 
@@ -126,19 +138,28 @@ async fn bad_client_certificates_are_refused_before_the_app() {
         assert!(!out.contains("hello"), "{what}: echoed {out:?}");
         assert_eq!(echo.seen(), (0, 0), "{what}: the app saw something");
         tokio::task::block_in_place(|| {
-            eventually(&format!("{what}: db counts {expect}"), Duration::from_secs(5), || {
-                (db.metrics() != before && db.metrics().contains(expect)).then_some(())
-            })
+            eventually(
+                &format!("{what}: db counts {expect}"),
+                Duration::from_secs(5),
+                || (db.metrics() != before && db.metrics().contains(expect)).then_some(()),
+            )
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", db.metrics()));
     };
 
     // 1. No client certificate at all.
-    check("no client certificate", None, "kind=\"no_client_certificate\"");
+    check(
+        "no client certificate",
+        None,
+        "kind=\"no_client_certificate\"",
+    );
 
     // 2. A certificate for web's exact identity, from a CA the mesh does not trust.
     let (c, k) = foreign_leaf(&web_id.uri());
-    let (c, k) = (write(dir.path(), "f.pem", &c), write(dir.path(), "f.key", &k));
+    let (c, k) = (
+        write(dir.path(), "f.pem", &c),
+        write(dir.path(), "f.key", &k),
+    );
     check("foreign CA", Some((&c, &k)), "kind=\"unknown_issuer\"");
 
     // 3. A leaf from the mesh's own root that expired two hours ago.
@@ -171,13 +192,21 @@ async fn bad_client_certificates_are_refused_before_the_app() {
     .unwrap();
     let other = SpiffeId::service("other.consul", "dc1", "web");
     let (c, k) = leaf_signed_by(&other.uri(), &issuer);
-    let (c, k) = (write(dir.path(), "o.pem", &c), write(dir.path(), "o.key", &k));
+    let (c, k) = (
+        write(dir.path(), "o.pem", &c),
+        write(dir.path(), "o.key", &k),
+    );
     check(
         "other trust domain, our root",
         Some((&c, &k)),
         "reason=\"foreign_trust_domain\"",
     );
-    assert!(db.log().contains("peer is in trust domain \"other.consul\""), "{}", db.log());
+    assert!(
+        db.log()
+            .contains("peer is in trust domain \"other.consul\""),
+        "{}",
+        db.log()
+    );
 
     // 5. Another trust domain with its own (built-in provider) root.
     let other_root = BuiltinProvider
@@ -197,15 +226,29 @@ async fn bad_client_certificates_are_refused_before_the_app() {
             OffsetDateTime::now_utc(),
         )
         .unwrap();
-    let (c, k) = (write(dir.path(), "t.pem", &l.cert_pem), write(dir.path(), "t.key", &key));
-    check("other trust domain, other root", Some((&c, &k)), "kind=\"unknown_issuer\"");
+    let (c, k) = (
+        write(dir.path(), "t.pem", &l.cert_pem),
+        write(dir.path(), "t.key", &key),
+    );
+    check(
+        "other trust domain, other root",
+        Some((&c, &k)),
+        "kind=\"unknown_issuer\"",
+    );
 
     // Control: a valid leaf for web through the same client is echoed.
     let (csr, key) = generate_csr(&web_id).unwrap();
     let valid = server.sign_csr("web", "dc1", &csr).expect("sign");
-    let (c, k) = (write(dir.path(), "v.pem", &valid.cert_pem), write(dir.path(), "v.key", &key));
+    let (c, k) = (
+        write(dir.path(), "v.pem", &valid.cert_pem),
+        write(dir.path(), "v.key", &key),
+    );
     let out = tokio::task::block_in_place(|| s_client(db_public, Some((&c, &k))));
-    assert!(out.contains("hello"), "valid leaf not echoed: {out:?}\n{}", db.log());
+    assert!(
+        out.contains("hello"),
+        "valid leaf not echoed: {out:?}\n{}",
+        db.log()
+    );
     assert_eq!(echo.seen().0, 1);
 
     drop(db);
@@ -240,15 +283,19 @@ fn web_refuses_an_upstream_presenting_another_services_certificate() {
     // Every intention that could let it through is there: only the identity check can stop it.
     set_intention(http, "web", "db", "allow");
     set_intention(http, "web", "api", "allow");
-    eventually("web sees the impostor as db", Duration::from_secs(30), || {
-        let c = web.config();
-        let ports: Vec<u64> = c["Upstreams"][0]["Instances"]
-            .as_array()?
-            .iter()
-            .filter_map(|i| i["port"].as_u64())
-            .collect();
-        (ports == [u64::from(api_public)]).then_some(())
-    })
+    eventually(
+        "web sees the impostor as db",
+        Duration::from_secs(30),
+        || {
+            let c = web.config();
+            let ports: Vec<u64> = c["Upstreams"][0]["Instances"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["port"].as_u64())
+                .collect();
+            (ports == [u64::from(api_public)]).then_some(())
+        },
+    )
     .unwrap_or_else(|e| panic!("{e}\n{}", web.config()));
 
     let upstream = format!("127.0.0.1:{up}").parse().unwrap();
@@ -259,11 +306,17 @@ fn web_refuses_an_upstream_presenting_another_services_certificate() {
     assert_eq!(api_app.seen(), (0, 0), "the impostor's app saw something");
     let log = web.log();
     assert!(
-        log.lines().any(|l| l.contains("upstream TLS handshake failed")
-            && l.contains("kind=\"wrong_identity\"")
-            && l.contains("/svc/api")),
+        log.lines()
+            .any(|l| l.contains("upstream TLS handshake failed")
+                && l.contains("kind=\"wrong_identity\"")
+                && l.contains("/svc/api")),
         "{log}"
     );
-    assert!(web.metric("meshproxy_tls_handshake_failures_total", &["wrong_identity"]) >= 3.0);
+    assert!(
+        web.metric(
+            "meshproxy_tls_handshake_failures_total",
+            &["wrong_identity"]
+        ) >= 3.0
+    );
     drop(api);
 }

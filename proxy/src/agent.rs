@@ -1,0 +1,472 @@
+//! Client of the local agent's HTTP API, and the blocking-query loops that keep the proxy's
+//! view current.
+//!
+//! Each loop ([`spawn_watch`]) long-polls one endpoint with `?index=N&wait=…` (Consul's
+//! blocking queries), publishes each new value on a `watch` channel and keeps the last good
+//! value while the agent is unreachable (fail static), retrying with capped exponential backoff.
+//! Start-up reads ([`AgentClient::get_with_retry`]) retry a bounded number of times, so a proxy
+//! pointed at the wrong agent fails instead of hanging.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use mesh_control::model::{CaRootList, ProxyConfig};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How long a blocking query may wait on the agent (Consul caps at 10 minutes).
+pub const BLOCKING_WAIT: Duration = Duration::from_secs(60);
+
+/// Extra time on top of [`BLOCKING_WAIT`] before a request is given up (the agent adds jitter).
+const REQUEST_SLACK: Duration = Duration::from_secs(15);
+
+/// Cap of the retry backoff of the watch loops.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Errors talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("request to agent {path} failed")]
+    Request {
+        path: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("reading agent response body of {path} failed")]
+    Body {
+        path: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("agent request {path} timed out after {after:?}")]
+    Timeout { path: String, after: Duration },
+    #[error("agent answered {path} with HTTP {status}: {body}")]
+    Status {
+        path: String,
+        status: u16,
+        body: String,
+    },
+    #[error("agent response of {path} is not a valid {what}")]
+    Decode {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid request {path}")]
+    BadRequest {
+        path: String,
+        #[source]
+        source: http::Error,
+    },
+    #[error("no sidecar proxy registered on the agent for service ID {service_id:?}")]
+    NoSidecar { service_id: String },
+    #[error("several sidecar proxies registered for service ID {service_id:?}: {ids:?}")]
+    AmbiguousSidecar {
+        service_id: String,
+        ids: Vec<String>,
+    },
+    #[error("sidecar {id:?} has no Proxy block or no public Port")]
+    IncompleteSidecar { id: String },
+    #[error("gave up on {path} after {attempts} attempts")]
+    GaveUp {
+        path: String,
+        attempts: u32,
+        #[source]
+        last: Box<AgentError>,
+    },
+}
+
+/// A response: body and `X-Consul-Index`.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub index: u64,
+    pub body: Bytes,
+}
+
+/// HTTP client of the local agent (loopback, one pooled HTTP/1.1 client).
+#[derive(Clone)]
+pub struct AgentClient {
+    addr: SocketAddr,
+    token: Option<Arc<str>>,
+    http: Client<HttpConnector, Empty<Bytes>>,
+}
+
+impl fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentClient {
+    pub fn new(addr: SocketAddr, token: Option<String>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Self {
+            addr,
+            token: token.map(Into::into),
+            http,
+        }
+    }
+
+    /// `GET path`, as a blocking query from `index` when it is non-zero.
+    pub async fn get(&self, path: &str, index: u64) -> Result<Answer, AgentError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let full = if index > 0 {
+            format!("{path}{sep}index={index}&wait={}s", BLOCKING_WAIT.as_secs())
+        } else {
+            path.to_string()
+        };
+        let uri = format!("http://{}{full}", self.addr);
+        let mut req = http::Request::get(uri);
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", &**t);
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|source| AgentError::BadRequest {
+                path: path.to_string(),
+                source,
+            })?;
+        let after = BLOCKING_WAIT + REQUEST_SLACK;
+        let fut = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|source| AgentError::Request {
+                    path: path.to_string(),
+                    source,
+                })?;
+            let status = resp.status();
+            let index = resp
+                .headers()
+                .get("X-Consul-Index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| AgentError::Body {
+                    path: path.to_string(),
+                    source,
+                })?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(AgentError::Status {
+                    path: path.to_string(),
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body).trim().to_string(),
+                });
+            }
+            Ok(Answer { index, body })
+        };
+        tokio::time::timeout(after, fut)
+            .await
+            .map_err(|_| AgentError::Timeout {
+                path: path.to_string(),
+                after,
+            })?
+    }
+
+    /// `GET path` (not blocking), retried up to `attempts` times with backoff.
+    pub async fn get_with_retry(&self, path: &str, attempts: u32) -> Result<Answer, AgentError> {
+        let mut backoff = Duration::from_millis(100);
+        let mut last = None;
+        for attempt in 1..=attempts.max(1) {
+            match self.get(path, 0).await {
+                Ok(a) => return Ok(a),
+                Err(e) => {
+                    tracing::debug!(path, attempt, error = %e, "agent request failed; retrying");
+                    last = Some(e);
+                }
+            }
+            if attempt < attempts {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+        Err(AgentError::GaveUp {
+            path: path.to_string(),
+            attempts,
+            last: Box::new(last.expect("at least one attempt")),
+        })
+    }
+
+    /// Finds the `connect-proxy` registered on the agent for service ID `service_id`.
+    pub async fn find_sidecar(
+        &self,
+        service_id: &str,
+        attempts: u32,
+    ) -> Result<AgentService, AgentError> {
+        let path = "/v1/agent/services";
+        let a = self.get_with_retry(path, attempts).await?;
+        let all: BTreeMap<String, AgentService> =
+            serde_json::from_slice(&a.body).map_err(|source| AgentError::Decode {
+                path: path.into(),
+                what: "service map",
+                source,
+            })?;
+        let mut found: Vec<AgentService> = all
+            .into_values()
+            .filter(|s| {
+                s.kind == "connect-proxy"
+                    && s.proxy
+                        .as_ref()
+                        .is_some_and(|p| p.destination_service_id == service_id)
+            })
+            .collect();
+        match found.len() {
+            0 => Err(AgentError::NoSidecar {
+                service_id: service_id.to_string(),
+            }),
+            1 => {
+                let s = found.remove(0);
+                s.check()?;
+                Ok(s)
+            }
+            _ => Err(AgentError::AmbiguousSidecar {
+                service_id: service_id.to_string(),
+                ids: found.into_iter().map(|s| s.id).collect(),
+            }),
+        }
+    }
+}
+
+/// A service as `/v1/agent/service/:id` returns it (the fields the proxy uses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentService {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub service: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub address: String,
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub proxy: Option<ProxyConfig>,
+    #[serde(default)]
+    pub datacenter: String,
+}
+
+impl AgentService {
+    fn check(&self) -> Result<(), AgentError> {
+        if self.proxy.is_none() || self.port == 0 {
+            return Err(AgentError::IncompleteSidecar {
+                id: self.id.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The proxied service's name (the proxy's identity and intention destination).
+    pub fn destination(&self) -> &str {
+        self.proxy
+            .as_ref()
+            .map(|p| p.destination_service_name.as_str())
+            .unwrap_or_default()
+    }
+
+    /// `LocalServiceAddress:LocalServicePort` of the application.
+    pub fn local_app(&self) -> (String, u16) {
+        let p = self.proxy.as_ref();
+        let host = p
+            .map(|p| p.local_service_address.as_str())
+            .filter(|a| !a.is_empty())
+            .unwrap_or("127.0.0.1");
+        (host.to_string(), p.map_or(0, |p| p.local_service_port))
+    }
+}
+
+/// `/v1/agent/connect/ca/leaf/:service`.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LeafCert {
+    #[serde(default)]
+    pub serial_number: String,
+    #[serde(rename = "CertPEM")]
+    pub cert_pem: String,
+    #[serde(rename = "PrivateKeyPEM")]
+    pub private_key_pem: String,
+    #[serde(default)]
+    pub service: String,
+    #[serde(rename = "ServiceURI")]
+    pub service_uri: String,
+    #[serde(default)]
+    pub valid_after: String,
+    #[serde(default)]
+    pub valid_before: String,
+    #[serde(default)]
+    pub modify_index: u64,
+    #[serde(rename = "RootID", default)]
+    pub root_id: String,
+}
+
+impl fmt::Debug for LeafCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeafCert")
+            .field("serial_number", &self.serial_number)
+            .field("service_uri", &self.service_uri)
+            .field("valid_before", &self.valid_before)
+            .field("root_id", &self.root_id)
+            .field("private_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// One healthy instance of an upstream: where its proxy accepts mTLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    /// Service ID of the instance (its sidecar proxy).
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthEntry {
+    node: HealthNode,
+    service: HealthService,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthNode {
+    #[serde(default)]
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HealthService {
+    #[serde(rename = "ID", default)]
+    id: String,
+    #[serde(default)]
+    address: String,
+    #[serde(default)]
+    port: u16,
+}
+
+/// Decodes `/v1/health/connect/:service?passing` into endpoints (Service.Address, or the
+/// node's address when the service has none), sorted by ID so round-robin is stable.
+pub fn decode_endpoints(path: &str, body: &[u8]) -> Result<Vec<Endpoint>, AgentError> {
+    let entries: Vec<HealthEntry> =
+        serde_json::from_slice(body).map_err(|source| AgentError::Decode {
+            path: path.to_string(),
+            what: "health result",
+            source,
+        })?;
+    let mut out: Vec<Endpoint> = entries
+        .into_iter()
+        .filter(|e| e.service.port != 0)
+        .map(|e| Endpoint {
+            id: e.service.id,
+            host: if e.service.address.is_empty() {
+                e.node.address
+            } else {
+                e.service.address
+            },
+            port: e.service.port,
+        })
+        .filter(|e| !e.host.is_empty())
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id).then(a.port.cmp(&b.port)));
+    Ok(out)
+}
+
+pub fn decode_json<T: for<'de> Deserialize<'de>>(
+    path: &str,
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, AgentError> {
+    serde_json::from_slice(body).map_err(|source| AgentError::Decode {
+        path: path.to_string(),
+        what,
+        source,
+    })
+}
+
+pub fn decode_roots(path: &str, body: &[u8]) -> Result<CaRootList, AgentError> {
+    decode_json(path, "CA root list", body)
+}
+
+/// Long-polls `path` and publishes every new value on `tx` until `tx` has no receivers.
+///
+/// `decode` gets the response index and body. A value that fails to decode is logged and
+/// skipped (the previous one stays). Per Consul's rules, an index that goes backwards resets
+/// the loop to a fresh read, and a query that returns at once with the same index is paced.
+pub fn spawn_watch<T, E, F>(
+    client: AgentClient,
+    what: &'static str,
+    path: String,
+    decode: F,
+    tx: watch::Sender<Option<Arc<T>>>,
+) -> JoinHandle<()>
+where
+    T: Send + Sync + 'static,
+    E: fmt::Display,
+    F: Fn(u64, &[u8]) -> Result<T, E> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut index = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
+        while !tx.is_closed() {
+            let started = Instant::now();
+            match client.get(&path, index).await {
+                Ok(a) => {
+                    if failing {
+                        tracing::info!(what, %path, "agent reachable again");
+                        failing = false;
+                    }
+                    backoff = Duration::from_millis(100);
+                    let fresh = a.index != index || index == 0 || tx.borrow().is_none();
+                    if fresh {
+                        match decode(a.index, &a.body) {
+                            Ok(v) => {
+                                tx.send_replace(Some(Arc::new(v)));
+                            }
+                            Err(e) => {
+                                tracing::warn!(what, error = %e, "ignoring undecodable update");
+                            }
+                        }
+                    } else if started.elapsed() < Duration::from_millis(100) {
+                        // Same index at once: the endpoint did not block; do not spin.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    index = if a.index < index { 0 } else { a.index.max(1) };
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(what, error = %e, "agent query failed; keeping the last value and retrying");
+                    }
+                    failing = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    })
+}

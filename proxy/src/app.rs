@@ -1,0 +1,379 @@
+//! Wiring: starts the agent loops, the identity manager, the admin server and the listeners,
+//! and drains on SIGTERM.
+//!
+//! Two runtimes, as ztunnel does: the data plane (listeners and byte pumps) runs on the main
+//! multi-threaded runtime; the agent loops, certificate rebuilding, connection re-checks and
+//! the admin server run on a one-thread "control" runtime, so a burst of traffic never delays a
+//! certificate rotation or an intention change, and the reverse. They talk through `watch`
+//! channels only.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use mesh_control::model::CaRootList;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::agent::{self, AgentClient, AgentError, AgentService, Endpoint, LeafCert};
+use crate::authz::Policy;
+use crate::config::Config;
+use crate::connections::{self, Registry};
+use crate::drain::{Drain, DrainOutcome};
+use crate::identity::{self, Identity, UpstreamTarget};
+use crate::inbound::{self, InboundContext};
+use crate::metrics::Metrics;
+use crate::outbound::{self, OutboundContext, Upstream};
+use crate::transport::{self, TransportError};
+
+/// Attempts of the start-up sidecar lookup (about 30 s with backoff).
+const STARTUP_ATTEMPTS: u32 = 20;
+
+/// How long the proxy waits for its certificates and intentions before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors that stop the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("finding the sidecar registration failed")]
+    Sidecar(#[source] AgentError),
+    #[error("upstream {name:?} has no local bind port")]
+    UpstreamPort { name: String },
+    #[error("upstream {name:?}: local bind address {address:?} is not an IP address")]
+    UpstreamAddress { name: String, address: String },
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("not ready after {after:?}: still waiting for {missing}")]
+    NotReady { after: Duration, missing: String },
+    #[error("starting the control runtime failed")]
+    Runtime(#[source] std::io::Error),
+    #[error("installing the signal handler failed")]
+    Signal(#[source] std::io::Error),
+    #[error("a control task stopped unexpectedly")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+/// An upstream listener to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct UpstreamPlan {
+    name: String,
+    datacenter: String,
+    bind: SocketAddr,
+}
+
+/// Registered upstreams, overridden and extended by `--upstream`.
+fn plan_upstreams(sidecar: &AgentService, config: &Config) -> Result<Vec<UpstreamPlan>, AppError> {
+    let mut out: Vec<UpstreamPlan> = Vec::new();
+    let registered = sidecar
+        .proxy
+        .as_ref()
+        .map(|p| p.upstreams.as_slice())
+        .unwrap_or_default();
+    for u in registered {
+        if !(u.destination_type.is_empty() || u.destination_type == "service") {
+            tracing::warn!(upstream = %u.destination_name, kind = %u.destination_type, "ignoring upstream of unsupported type");
+            continue;
+        }
+        if config
+            .upstreams
+            .iter()
+            .any(|c| c.name == u.destination_name)
+        {
+            continue;
+        }
+        if u.local_bind_port == 0 {
+            return Err(AppError::UpstreamPort {
+                name: u.destination_name.clone(),
+            });
+        }
+        let ip: IpAddr = if u.local_bind_address.is_empty() {
+            Ipv4Addr::LOCALHOST.into()
+        } else {
+            u.local_bind_address
+                .parse()
+                .map_err(|_| AppError::UpstreamAddress {
+                    name: u.destination_name.clone(),
+                    address: u.local_bind_address.clone(),
+                })?
+        };
+        out.push(UpstreamPlan {
+            name: u.destination_name.clone(),
+            datacenter: u.datacenter.clone(),
+            bind: SocketAddr::new(ip, u.local_bind_port),
+        });
+    }
+    for c in &config.upstreams {
+        out.push(UpstreamPlan {
+            name: c.name.clone(),
+            datacenter: String::new(),
+            bind: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), c.port),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs the proxy until SIGTERM/SIGINT, then drains.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    // One crypto provider for everything (aws-lc-rs); rustls would panic if it had to guess.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let metrics = Arc::new(Metrics::new());
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("meshproxy-control")
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)?;
+    let result = run_with(config, provider, metrics, &control).await;
+    control.shutdown_background();
+    result
+}
+
+async fn run_with(
+    config: Config,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    metrics: Arc<Metrics>,
+    control: &tokio::runtime::Runtime,
+) -> Result<(), AppError> {
+    let client = AgentClient::new(config.agent_addr, config.token.clone());
+    let sidecar = {
+        let (c, id) = (client.clone(), config.sidecar_for.clone());
+        control
+            .spawn(async move { c.find_sidecar(&id, STARTUP_ATTEMPTS).await })
+            .await
+            .map_err(AppError::Join)?
+            .map_err(AppError::Sidecar)?
+    };
+    let destination = sidecar.destination().to_string();
+    let plans = plan_upstreams(&sidecar, &config)?;
+    tracing::info!(
+        sidecar = %sidecar.id, service = %destination, port = sidecar.port,
+        upstreams = ?plans.iter().map(|p| (&p.name, p.bind)).collect::<Vec<_>>(),
+        "sidecar registration found"
+    );
+
+    let (sidecar_tx, sidecar_rx) = watch::channel(Some(Arc::new(sidecar.clone())));
+    let (leaf_tx, leaf_rx) = watch::channel::<Option<Arc<LeafCert>>>(None);
+    let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
+    let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
+    let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
+    let registry = Arc::new(Registry::default());
+    let drain = Drain::new();
+
+    // Agent loops and the identity manager, on the control runtime.
+    {
+        let _enter = control.enter();
+        let path = format!("/v1/agent/service/{}", sidecar.id);
+        let p = path.clone();
+        agent::spawn_watch(
+            client.clone(),
+            "sidecar registration",
+            path,
+            move |_, body| agent::decode_json::<AgentService>(&p, "service", body),
+            sidecar_tx,
+        );
+        let path = format!("/v1/agent/connect/ca/leaf/{destination}");
+        let p = path.clone();
+        agent::spawn_watch(
+            client.clone(),
+            "leaf certificate",
+            path,
+            move |_, body| agent::decode_json::<LeafCert>(&p, "leaf certificate", body),
+            leaf_tx,
+        );
+        let path = "/v1/agent/connect/ca/roots".to_string();
+        let p = path.clone();
+        agent::spawn_watch(
+            client.clone(),
+            "CA roots",
+            path,
+            move |_, body| agent::decode_roots(&p, body),
+            roots_tx,
+        );
+        let path = format!("/v1/agent/connect/intentions/{destination}");
+        let roots_for_td = roots_rx.clone();
+        let dest = destination.clone();
+        agent::spawn_watch(
+            client.clone(),
+            "intentions",
+            path,
+            move |index, body| {
+                let td = roots_for_td
+                    .borrow()
+                    .as_ref()
+                    .map(|r| r.trust_domain.clone())
+                    .unwrap_or_default();
+                Policy::from_agent_json(&dest, &td, index, body)
+            },
+            policy_tx,
+        );
+        let targets: Vec<UpstreamTarget> = plans
+            .iter()
+            .map(|p| UpstreamTarget {
+                name: p.name.clone(),
+                datacenter: p.datacenter.clone(),
+            })
+            .collect();
+        control.spawn(identity::run_manager(
+            provider,
+            leaf_rx,
+            roots_rx,
+            targets,
+            identity_tx,
+        ));
+        control.spawn(connections::run_rechecks(
+            registry.clone(),
+            policy_rx.clone(),
+            config.keep_denied_connections,
+        ));
+        control.spawn(warn_on_registration_change(
+            sidecar_rx.clone(),
+            sidecar.clone(),
+        ));
+    }
+    let mut upstreams = Vec::new();
+    for plan in &plans {
+        let (tx, rx) = watch::channel::<Option<Arc<Vec<Endpoint>>>>(None);
+        let path = format!("/v1/health/connect/{}?passing", plan.name);
+        let p = path.clone();
+        let _enter = control.enter();
+        agent::spawn_watch(
+            client.clone(),
+            "upstream instances",
+            path,
+            move |_, body| agent::decode_endpoints(&p, body),
+            tx,
+        );
+        upstreams.push(Arc::new(Upstream::new(plan.name.clone(), plan.bind, rx)));
+    }
+
+    let admin_state = Arc::new(AdminState {
+        config: config.clone(),
+        identity: identity_rx.clone(),
+        policy: policy_rx.clone(),
+        sidecar: sidecar_rx.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        draining: drain.draining(),
+        listeners: OnceLock::new(),
+    });
+    let admin_listener = {
+        let _enter = control.enter();
+        transport::bind(config.admin_addr).await?
+    };
+    let admin_addr = admin_listener.local_addr().ok();
+    control.spawn(admin::serve(admin_listener, admin_state.clone()));
+
+    // Listeners open only once the proxy can serve: otherwise the agent's TCP check would mark
+    // the sidecar healthy while every connection is refused.
+    let ready = {
+        let (mut i, mut p) = (identity_rx.clone(), policy_rx.clone());
+        tokio::time::timeout(READY_TIMEOUT, async move {
+            let _ = i.wait_for(Option::is_some).await;
+            let _ = p.wait_for(Option::is_some).await;
+        })
+        .await
+    };
+    if ready.is_err() {
+        return Err(AppError::NotReady {
+            after: READY_TIMEOUT,
+            missing: admin_state.missing().join(", "),
+        });
+    }
+
+    let public_ip: IpAddr = sidecar
+        .address
+        .parse()
+        .unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+    let public = transport::bind(SocketAddr::new(public_ip, sidecar.port)).await?;
+    let public_addr = public
+        .local_addr()
+        .unwrap_or(SocketAddr::new(public_ip, sidecar.port));
+    let mut upstream_listeners = Vec::new();
+    for u in &upstreams {
+        upstream_listeners.push((transport::bind(u.bind).await?, u.clone()));
+    }
+    let _ = admin_state.listeners.set((public_addr, upstreams.clone()));
+
+    let inbound_ctx = Arc::new(InboundContext {
+        identity: identity_rx.clone(),
+        policy: policy_rx.clone(),
+        sidecar: sidecar_rx.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        connect_timeout: config.connect_timeout,
+        handshake_timeout: config.handshake_timeout,
+    });
+    tokio::spawn(inbound::serve(public, inbound_ctx, drain.watch()));
+    let outbound_ctx = Arc::new(OutboundContext {
+        identity: identity_rx.clone(),
+        metrics: metrics.clone(),
+        connect_timeout: config.connect_timeout,
+        handshake_timeout: config.handshake_timeout,
+    });
+    for (listener, up) in upstream_listeners {
+        tokio::spawn(outbound::serve(
+            listener,
+            up,
+            outbound_ctx.clone(),
+            drain.watch(),
+        ));
+    }
+    let id = identity_rx
+        .borrow()
+        .as_ref()
+        .map(|i| i.id.uri())
+        .unwrap_or_default();
+    tracing::info!(%id, public = %public_addr, admin = ?admin_addr, "proxy ready");
+    // Machine-readable line for scripts and tests.
+    println!(
+        "meshproxy: ready id={id} public={public_addr} admin={}",
+        admin_addr.map(|a| a.to_string()).unwrap_or_default()
+    );
+
+    wait_for_signal().await?;
+    let live = registry.len();
+    tracing::info!(
+        inbound_connections = live,
+        timeout = ?config.drain_timeout,
+        "draining: no longer accepting, waiting for live connections"
+    );
+    match drain.drain(config.drain_timeout).await {
+        DrainOutcome::Complete => tracing::info!("drained; exiting"),
+        DrainOutcome::TimedOut => tracing::warn!(
+            still_open = registry.len(),
+            "drain timeout passed; closing the remaining connections"
+        ),
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+    Ok(())
+}
+
+/// Listeners are fixed at start; say so when the registration's ports or upstreams change.
+async fn warn_on_registration_change(
+    mut rx: watch::Receiver<Option<Arc<AgentService>>>,
+    initial: AgentService,
+) {
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow_and_update().clone();
+        if let Some(now) = now {
+            let upstreams = |s: &AgentService| s.proxy.as_ref().map(|p| p.upstreams.clone());
+            if now.port != initial.port || upstreams(&now) != upstreams(&initial) {
+                tracing::warn!(
+                    sidecar = %now.id,
+                    "sidecar port or upstreams changed; restart the proxy to apply (the local service address is applied live)"
+                );
+            }
+        }
+    }
+}

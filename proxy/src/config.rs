@@ -1,0 +1,323 @@
+//! Command line of `meshproxy` and the validated [`Config`] the proxy runs with.
+//!
+//! Parsing (clap) and validation are separate so that every rule lives in
+//! [`Config::from_args`] and a `Config` that exists is one the proxy can run with. The config
+//! is printable (`Debug`, and `/config` on the admin port) without the ACL token.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+/// Errors in the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--upstream {value:?}: {reason} (expected NAME:PORT, e.g. db:9191)")]
+    BadUpstream { value: String, reason: &'static str },
+    #[error("--upstream {name:?} is given more than once")]
+    DuplicateUpstream { name: String },
+    #[error("--sidecar-for must name a service ID")]
+    EmptySidecarFor,
+    #[error("--{flag} must be greater than zero")]
+    ZeroDuration { flag: &'static str },
+    #[error("--admin-addr {addr} is not a loopback address; the admin port must stay local")]
+    AdminNotLoopback { addr: SocketAddr },
+    #[error("invalid duration {value:?}")]
+    BadDuration {
+        value: String,
+        #[source]
+        source: mesh_control::duration::DurationError,
+    },
+}
+
+/// `meshproxy` command line.
+#[derive(Debug, Parser)]
+#[command(name = "meshproxy", version, about = "Mesh data plane proxy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar proxy of a registered service.
+    Run(RunArgs),
+}
+
+/// Flags of `meshproxy run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// ID of the service this proxy is the sidecar for; its `connect-proxy` registration is
+    /// looked up on the agent.
+    #[arg(long)]
+    pub sidecar_for: String,
+    /// HTTP address of the local agent.
+    #[arg(long, default_value = "127.0.0.1:8500", env = "MESH_HTTP_ADDR")]
+    pub agent_addr: SocketAddr,
+    /// ACL token sent to the agent (X-Consul-Token).
+    #[arg(long, env = "MESH_HTTP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Extra upstream NAME:PORT (loopback listener on PORT for service NAME); repeatable.
+    /// Overrides a registered upstream of the same name.
+    #[arg(long = "upstream", value_parser = UpstreamArg::from_str)]
+    pub upstreams: Vec<UpstreamArg>,
+    /// Admin HTTP address (/ready, /config, /metrics); must be loopback.
+    #[arg(long, default_value = "127.0.0.1:19000")]
+    pub admin_addr: SocketAddr,
+    /// Timeout of a TCP connect to an upstream instance or to the local application.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Timeout of a TLS handshake, inbound or outbound.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// On SIGTERM, how long live connections may take to finish before the proxy exits.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Keep live inbound connections open when a later intention change denies them (by
+    /// default they are closed within a second).
+    #[arg(long)]
+    pub keep_denied_connections: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
+    mesh_control::duration::parse_duration(s).map_err(|source| ConfigError::BadDuration {
+        value: s.to_string(),
+        source,
+    })
+}
+
+/// An upstream given on the command line: service `name` on loopback port `port`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamArg {
+    pub name: String,
+    pub port: u16,
+}
+
+impl FromStr for UpstreamArg {
+    type Err = ConfigError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let bad = |reason| ConfigError::BadUpstream {
+            value: value.to_string(),
+            reason,
+        };
+        let (name, port) = value.rsplit_once(':').ok_or_else(|| bad("missing :PORT"))?;
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(bad("NAME must be a service name (letters, digits, - _ .)"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("PORT is not a number"))?;
+        if port == 0 {
+            return Err(bad("PORT must not be 0"));
+        }
+        Ok(Self {
+            name: name.to_string(),
+            port,
+        })
+    }
+}
+
+/// The validated configuration of a running proxy.
+#[derive(Clone, Serialize)]
+pub struct Config {
+    pub sidecar_for: String,
+    pub agent_addr: SocketAddr,
+    /// Never printed or served.
+    #[serde(skip)]
+    pub token: Option<String>,
+    pub upstreams: Vec<UpstreamArg>,
+    pub admin_addr: SocketAddr,
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    #[serde(with = "secs")]
+    pub handshake_timeout: Duration,
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
+    pub keep_denied_connections: bool,
+}
+
+mod secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&mesh_control::duration::format_duration(*d))
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("sidecar_for", &self.sidecar_for)
+            .field("agent_addr", &self.agent_addr)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("upstreams", &self.upstreams)
+            .field("admin_addr", &self.admin_addr)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("keep_denied_connections", &self.keep_denied_connections)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Validates the flags of `meshproxy run`.
+    pub fn from_args(a: RunArgs) -> Result<Self, ConfigError> {
+        if a.sidecar_for.trim().is_empty() {
+            return Err(ConfigError::EmptySidecarFor);
+        }
+        for (flag, d) in [
+            ("connect-timeout", a.connect_timeout),
+            ("handshake-timeout", a.handshake_timeout),
+            ("drain-timeout", a.drain_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroDuration { flag });
+            }
+        }
+        if !a.admin_addr.ip().is_loopback() {
+            return Err(ConfigError::AdminNotLoopback { addr: a.admin_addr });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for u in &a.upstreams {
+            if !seen.insert(u.name.as_str()) {
+                return Err(ConfigError::DuplicateUpstream {
+                    name: u.name.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            sidecar_for: a.sidecar_for,
+            agent_addr: a.agent_addr,
+            token: a.token.filter(|t| !t.is_empty()),
+            upstreams: a.upstreams,
+            admin_addr: a.admin_addr,
+            connect_timeout: a.connect_timeout,
+            handshake_timeout: a.handshake_timeout,
+            drain_timeout: a.drain_timeout,
+            keep_denied_connections: a.keep_denied_connections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        let Command::Run(a) = cli.command;
+        Config::from_args(a).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = parse(&[
+            "meshproxy",
+            "run",
+            "--sidecar-for",
+            "web",
+            "--upstream",
+            "db:9191",
+            "--upstream",
+            "cache:9192",
+            "--drain-timeout",
+            "2s",
+            "--token",
+            "secret",
+        ])
+        .unwrap();
+        assert_eq!(c.sidecar_for, "web");
+        assert_eq!(c.agent_addr, "127.0.0.1:8500".parse().unwrap());
+        assert_eq!(c.admin_addr, "127.0.0.1:19000".parse().unwrap());
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert_eq!(c.upstreams.len(), 2);
+        assert_eq!(c.upstreams[1].name, "cache");
+        assert!(!c.keep_denied_connections);
+        assert!(!format!("{c:?}").contains("secret"));
+        assert!(!serde_json::to_string(&c).unwrap().contains("secret"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        for args in [
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--upstream",
+                "db",
+            ][..],
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--upstream",
+                "db:0",
+            ],
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--upstream",
+                ":80",
+            ],
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--upstream",
+                "d b:80",
+            ],
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--upstream",
+                "db:1",
+                "--upstream",
+                "db:2",
+            ],
+            &["meshproxy", "run", "--sidecar-for", " "],
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--drain-timeout",
+                "0s",
+            ],
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--drain-timeout",
+                "x",
+            ],
+            &[
+                "meshproxy",
+                "run",
+                "--sidecar-for",
+                "web",
+                "--admin-addr",
+                "0.0.0.0:1",
+            ],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The byte pump: copies both directions between two streams in one future, with half-close.
+//!
+//! When one side reads EOF, the pump shuts down the *write* half of the other side (a TCP FIN,
+//! or a TLS `close_notify` followed by FIN) and keeps copying the other direction until it ends
+//! too; that is what lets a client send a request, half-close, and still read the whole reply.
+//!
+//! Each direction owns one buffer that starts at [`INITIAL_BUF`] and grows to [`MAX_BUF`] when
+//! reads keep filling it (bulk transfers), as ztunnel does; a connection that only exchanges
+//! small messages never holds a large buffer. Nothing is allocated per read or per byte. Both
+//! directions are polled from the same task, so neither stream needs splitting (TLS streams
+//! cannot be split without a lock).
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// First buffer size of each direction: one full TLS record of plaintext.
+pub const INITIAL_BUF: usize = 16 * 1024;
+
+/// Largest buffer size of each direction.
+pub const MAX_BUF: usize = 256 * 1024;
+
+/// Reads that must fill the buffer in a row before it grows.
+const FULL_READS_TO_GROW: u8 = 4;
+
+/// Bytes copied in each direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transferred {
+    pub a_to_b: u64,
+    pub b_to_a: u64,
+}
+
+/// Errors of the pump, naming the direction and side.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("reading from the {side} side failed after {a_to_b} bytes a→b, {b_to_a} bytes b→a")]
+    Read {
+        side: Side,
+        a_to_b: u64,
+        b_to_a: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing to the {side} side failed after {a_to_b} bytes a→b, {b_to_a} bytes b→a")]
+    Write {
+        side: Side,
+        a_to_b: u64,
+        b_to_a: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl CopyError {
+    /// What was copied before the error.
+    pub fn transferred(&self) -> Transferred {
+        match *self {
+            CopyError::Read { a_to_b, b_to_a, .. } | CopyError::Write { a_to_b, b_to_a, .. } => {
+                Transferred { a_to_b, b_to_a }
+            }
+        }
+    }
+}
+
+/// Which stream an error came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Side::A => "a",
+            Side::B => "b",
+        })
+    }
+}
+
+enum HalfError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// One direction: reads from one stream into `buf`, writes `buf[pos..filled]` to the other.
+struct Half {
+    buf: Vec<u8>,
+    pos: usize,
+    filled: usize,
+    read_eof: bool,
+    need_flush: bool,
+    done: bool,
+    full_reads: u8,
+    copied: u64,
+}
+
+impl Half {
+    fn new() -> Self {
+        Self {
+            buf: vec![0; INITIAL_BUF],
+            pos: 0,
+            filled: 0,
+            read_eof: false,
+            need_flush: false,
+            done: false,
+            full_reads: 0,
+            copied: 0,
+        }
+    }
+
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut reader: Pin<&mut R>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<Result<(), HalfError>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            if self.pos == self.filled && !self.read_eof {
+                self.grow_if_busy();
+                self.pos = 0;
+                self.filled = 0;
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match reader.as_mut().poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.read_eof = true;
+                        } else {
+                            self.full_reads = if n == self.buf.len() {
+                                self.full_reads.saturating_add(1)
+                            } else {
+                                0
+                            };
+                            self.filled = n;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Read(e))),
+                    Poll::Pending => {
+                        // Nothing more to read now: push out what was written (TLS buffers a
+                        // record until flushed).
+                        if self.need_flush {
+                            ready!(writer.as_mut().poll_flush(cx)).map_err(HalfError::Write)?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.filled {
+                let n = ready!(
+                    writer
+                        .as_mut()
+                        .poll_write(cx, &self.buf[self.pos..self.filled])
+                )
+                .map_err(HalfError::Write)?;
+                if n == 0 {
+                    return Poll::Ready(Err(HalfError::Write(io::ErrorKind::WriteZero.into())));
+                }
+                self.pos += n;
+                self.copied += n as u64;
+                self.need_flush = true;
+            }
+            if self.read_eof {
+                // Half-close: the peer of `writer` sees EOF, the other direction keeps going.
+                ready!(writer.as_mut().poll_shutdown(cx)).map_err(HalfError::Write)?;
+                self.need_flush = false;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    /// Grows the buffer after a run of reads that filled it (only between reads, when empty).
+    fn grow_if_busy(&mut self) {
+        if self.full_reads >= FULL_READS_TO_GROW && self.buf.len() < MAX_BUF {
+            let new = (self.buf.len() * 4).min(MAX_BUF);
+            self.buf.resize(new, 0);
+            self.full_reads = 0;
+        }
+    }
+}
+
+/// Copies `a → b` and `b → a` until both directions reached EOF (each followed by a shutdown
+/// of the other side's write half), or either failed.
+pub async fn bidirectional<A, B>(a: &mut A, b: &mut B) -> Result<Transferred, CopyError>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let mut ab = Half::new();
+    let mut ba = Half::new();
+    poll_fn(|cx| {
+        let totals = |ab: &Half, ba: &Half| (ab.copied, ba.copied);
+        if !ab.done {
+            match ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+                Poll::Ready(Ok(())) => ab.done = true,
+                Poll::Ready(Err(e)) => {
+                    let (x, y) = totals(&ab, &ba);
+                    return Poll::Ready(Err(match e {
+                        HalfError::Read(source) => CopyError::Read {
+                            side: Side::A,
+                            a_to_b: x,
+                            b_to_a: y,
+                            source,
+                        },
+                        HalfError::Write(source) => CopyError::Write {
+                            side: Side::B,
+                            a_to_b: x,
+                            b_to_a: y,
+                            source,
+                        },
+                    }));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if !ba.done {
+            match ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+                Poll::Ready(Ok(())) => ba.done = true,
+                Poll::Ready(Err(e)) => {
+                    let (x, y) = totals(&ab, &ba);
+                    return Poll::Ready(Err(match e {
+                        HalfError::Read(source) => CopyError::Read {
+                            side: Side::B,
+                            a_to_b: x,
+                            b_to_a: y,
+                            source,
+                        },
+                        HalfError::Write(source) => CopyError::Write {
+                            side: Side::A,
+                            a_to_b: x,
+                            b_to_a: y,
+                            source,
+                        },
+                    }));
+                }
+                Poll::Pending => {}
+            }
+        }
+        if ab.done && ba.done {
+            Poll::Ready(Ok(Transferred {
+                a_to_b: ab.copied,
+                b_to_a: ba.copied,
+            }))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction() {
+        // client <-> (c1, p1) pump (p2, s1) <-> server
+        let (mut client, mut p1) = duplex(64 * 1024);
+        let (mut p2, mut server) = duplex(64 * 1024);
+        let pump = tokio::spawn(async move { bidirectional(&mut p1, &mut p2).await });
+
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"request", "server sees the data then EOF");
+        // The reverse direction still works after the client's half-close.
+        server.write_all(b"reply after half-close").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"reply after half-close");
+        let t = pump.await.unwrap().unwrap();
+        assert_eq!(t.a_to_b, 7);
+        assert_eq!(t.b_to_a, 22);
+    }
+
+    #[tokio::test]
+    async fn large_transfer_grows_buffer_and_keeps_bytes() {
+        let (mut client, mut p1) = duplex(1 << 20);
+        let (mut p2, mut server) = duplex(1 << 20);
+        let pump = tokio::spawn(async move { bidirectional(&mut p1, &mut p2).await });
+        let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            rest
+        });
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        server.shutdown().await.unwrap();
+        assert!(got == expected, "payload corrupted");
+        assert!(writer.await.unwrap().is_empty());
+        let t = pump.await.unwrap().unwrap();
+        assert_eq!(t.a_to_b, expected.len() as u64);
+    }
+
+    #[test]
+    fn buffer_growth_is_bounded() {
+        let mut h = Half::new();
+        for _ in 0..10 {
+            h.full_reads = FULL_READS_TO_GROW;
+            h.grow_if_busy();
+        }
+        assert_eq!(h.buf.len(), MAX_BUF);
+    }
+}

@@ -1,0 +1,173 @@
+//! The public listener: mutual TLS from other proxies, authorized in-process, then piped to the
+//! local application.
+//!
+//! Order matters: handshake (bounded by `--handshake-timeout`) → peer SPIFFE ID from the
+//! verified client certificate → [`Policy::authorize`]. Only an allowed connection causes a
+//! connect to the application, so a denied peer never gets a single byte to it. A denial is
+//! logged as one line naming source, destination and the intention or default policy that
+//! decided. Allowed connections are registered with the [`Registry`] so that a later intention
+//! change can close them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::agent::AgentService;
+use crate::authz::Policy;
+use crate::connections::Registry;
+use crate::copy::{self, Transferred};
+use crate::drain;
+use crate::identity::Identity;
+use crate::metrics::{ConnResult, Direction, Metrics};
+use crate::tls;
+use crate::transport;
+
+/// Bound on sending `close_notify` to a refused peer.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What inbound connections need.
+#[derive(Debug)]
+pub struct InboundContext {
+    pub identity: watch::Receiver<Option<Arc<Identity>>>,
+    pub policy: watch::Receiver<Option<Arc<Policy>>>,
+    pub sidecar: watch::Receiver<Option<Arc<AgentService>>>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts until draining starts.
+pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, mut drain: drain::Watch) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.signaled() => break,
+        };
+        match accepted {
+            Ok((tcp, client)) => {
+                let guard = drain.guard();
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _active = ctx.metrics.open(Direction::Inbound);
+                    let (result, t) = handle(&ctx, tcp, client).await;
+                    ctx.metrics
+                        .connection_closed(Direction::Inbound, result, t.a_to_b, t.b_to_a);
+                });
+            }
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "inbound accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(addr = ?listener.local_addr().ok(), "inbound listener stopped (draining)");
+}
+
+async fn handle(
+    ctx: &InboundContext,
+    tcp: TcpStream,
+    client: SocketAddr,
+) -> (ConnResult, Transferred) {
+    let none = Transferred::default();
+    if let Err(e) = transport::tune(&tcp) {
+        tracing::debug!(%client, error = %e, "socket options");
+    }
+    let Some(identity) = ctx.identity.borrow().clone() else {
+        return (ConnResult::NotReady, none);
+    };
+    let started = Instant::now();
+    let acceptor = TlsAcceptor::from(identity.server.clone());
+    let mut tls = match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let kind = tls::handshake_failure_kind(&e);
+            ctx.metrics.handshake_failed(Direction::Inbound, kind);
+            if kind == "eof" {
+                // A TCP health check (connect, then close): not worth a line every interval.
+                tracing::debug!(%client, "inbound connection closed before a TLS handshake");
+            } else {
+                tracing::info!(%client, kind, error = %e, "inbound TLS handshake refused");
+            }
+            return (ConnResult::HandshakeFailed, none);
+        }
+        Err(_) => {
+            ctx.metrics.handshake_failed(Direction::Inbound, "timeout");
+            tracing::info!(%client, timeout = ?ctx.handshake_timeout, "inbound TLS handshake timed out");
+            return (ConnResult::HandshakeFailed, none);
+        }
+    };
+    ctx.metrics
+        .handshake_ok(Direction::Inbound, started.elapsed().as_secs_f64());
+
+    let peer = match tls::peer_spiffe_id(tls.get_ref().1.peer_certificates()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%client, error = %e, "inbound connection refused: no usable peer identity");
+            let _ =
+                tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::shutdown(&mut tls))
+                    .await;
+            return (ConnResult::BadPeerIdentity, none);
+        }
+    };
+    let Some(policy) = ctx.policy.borrow().clone() else {
+        return (ConnResult::NotReady, none);
+    };
+    let verdict = policy.authorize(&peer);
+    ctx.metrics
+        .authorization(verdict.allowed, verdict.kind().as_str());
+    if !verdict.allowed {
+        tracing::warn!(
+            source = %peer, destination = %policy.destination, %client, reason = %verdict.reason,
+            "inbound connection denied"
+        );
+        let _ =
+            tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
+        return (ConnResult::Denied, none);
+    }
+    let registration = ctx.registry.register(peer.clone(), client);
+    // The policy may have changed between the decision and the registration; a re-check run in
+    // that window did not see this connection, so decide again against the newest snapshot.
+    let latest = ctx.policy.borrow().clone();
+    if let Some(latest) = latest.filter(|l| l.index != policy.index) {
+        let v = latest.authorize(&peer);
+        if !v.allowed {
+            tracing::warn!(
+                source = %peer, destination = %latest.destination, %client, reason = %v.reason,
+                "inbound connection denied"
+            );
+            return (ConnResult::Denied, none);
+        }
+    }
+
+    let (host, port) = ctx
+        .sidecar
+        .borrow()
+        .as_ref()
+        .map(|s| s.local_app())
+        .unwrap_or_else(|| ("127.0.0.1".into(), 0));
+    let mut app = match transport::connect(&host, port, ctx.connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(source = %peer, error = %e, "cannot reach the local application");
+            return (ConnResult::ConnectFailed, none);
+        }
+    };
+    tracing::debug!(source = %peer, %client, "inbound connection authorized");
+    tokio::select! {
+        r = copy::bidirectional(&mut tls, &mut app) => match r {
+            Ok(t) => (ConnResult::Ok, t),
+            Err(e) => {
+                tracing::debug!(source = %peer, error = %e, "inbound connection ended with an error");
+                (ConnResult::Error, e.transferred())
+            }
+        },
+        _ = registration.closed() => (ConnResult::ClosedByPolicy, none),
+    }
+}

@@ -1,0 +1,35 @@
+//! `meshproxy`: the data plane of the mesh, a sidecar proxy in the style of Consul Connect's
+//! built-in proxy.
+//!
+//! Inbound, it terminates mutual TLS on the sidecar's public port, reads the client's SPIFFE ID
+//! from its certificate, authorizes it in-process against the intentions of the local service
+//! and only then connects to the application. Outbound, it listens on one loopback port per
+//! upstream and opens mutual TLS to a healthy instance of the upstream, refusing any server that
+//! does not present exactly the upstream's SPIFFE ID.
+//!
+//! Everything it needs (its sidecar registration, leaf certificate, CA roots, intentions and the
+//! healthy instances of its upstreams) comes from the local agent's HTTP API as blocking
+//! queries, so certificate rotation and intention changes apply without restarts.
+//!
+//! Module map: [`config`] (CLI), [`app`] (wiring), [`agent`] (agent client), [`identity`] and
+//! [`tls`] (certificate store and the SPIFFE verifier), [`authz`] (pure decisions),
+//! [`inbound`] / [`outbound`] (listeners), [`copy`] (byte pump), [`connections`] (live inbound
+//! connections, re-checked on policy change), [`drain`] (graceful shutdown), [`admin`] and
+//! [`metrics`] (observability), [`transport`] (socket options).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod agent;
+pub mod app;
+pub mod authz;
+pub mod config;
+pub mod connections;
+pub mod copy;
+pub mod drain;
+pub mod identity;
+pub mod inbound;
+pub mod metrics;
+pub mod outbound;
+pub mod tls;
+pub mod transport;

@@ -1,0 +1,180 @@
+//! Upstream listeners: one loopback port per upstream; each connection goes over mutual TLS to
+//! a healthy instance of the upstream.
+//!
+//! Instances come from the agent's `/v1/health/connect/:upstream?passing` loop. Connections are
+//! spread round-robin; when the TCP connect to an instance fails, the next one is tried (each
+//! instance at most once per connection). The TLS client verifies that the server presents
+//! exactly the upstream's SPIFFE ID (see [`crate::tls`]): a healthy-looking instance that
+//! presents another service's certificate is refused, not failed over to silently.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use mesh_control::spiffe::SpiffeId;
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+
+use crate::agent::Endpoint;
+use crate::copy::{self, Transferred};
+use crate::drain;
+use crate::identity::Identity;
+use crate::metrics::{ConnResult, Direction, Metrics};
+use crate::tls;
+use crate::transport;
+
+/// One upstream listener's state.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub endpoints: watch::Receiver<Option<Arc<Vec<Endpoint>>>>,
+    next: AtomicUsize,
+}
+
+impl Upstream {
+    pub fn new(
+        name: String,
+        bind: SocketAddr,
+        endpoints: watch::Receiver<Option<Arc<Vec<Endpoint>>>>,
+    ) -> Self {
+        Self {
+            name,
+            bind,
+            endpoints,
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// What outbound connections need.
+#[derive(Debug)]
+pub struct OutboundContext {
+    pub identity: watch::Receiver<Option<Arc<Identity>>>,
+    pub metrics: Arc<Metrics>,
+    pub connect_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// The SNI sent to upstreams (Consul's `<svc>.<ns>.<dc>.internal.<trust-domain>`); servers do
+/// not route on it, but it is a valid DNS name and names the intended service.
+fn server_name(expected: &SpiffeId) -> ServerName<'static> {
+    ServerName::try_from(format!(
+        "{}.{}.{}.internal.{}",
+        expected.service, expected.namespace, expected.datacenter, expected.trust_domain
+    ))
+    .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("static DNS name"))
+}
+
+/// Accepts on `listener` for `up` until draining starts.
+pub async fn serve(
+    listener: TcpListener,
+    up: Arc<Upstream>,
+    ctx: Arc<OutboundContext>,
+    mut drain: drain::Watch,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.signaled() => break,
+        };
+        match accepted {
+            Ok((tcp, client)) => {
+                let guard = drain.guard();
+                let (ctx, up) = (ctx.clone(), up.clone());
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _active = ctx.metrics.open(Direction::Outbound);
+                    let (result, t) = handle(&ctx, &up, tcp, client).await;
+                    ctx.metrics
+                        .connection_closed(Direction::Outbound, result, t.a_to_b, t.b_to_a);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %up.name, error = %e, "outbound accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    tracing::info!(upstream = %up.name, bind = %up.bind, "upstream listener stopped (draining)");
+}
+
+async fn handle(
+    ctx: &OutboundContext,
+    up: &Upstream,
+    mut client_tcp: TcpStream,
+    client: SocketAddr,
+) -> (ConnResult, Transferred) {
+    let none = Transferred::default();
+    if let Err(e) = transport::tune(&client_tcp) {
+        tracing::debug!(%client, error = %e, "socket options");
+    }
+    let Some(identity) = ctx.identity.borrow().clone() else {
+        return (ConnResult::NotReady, none);
+    };
+    let Some((expected, config)) = identity.client(&up.name) else {
+        return (ConnResult::NotReady, none);
+    };
+    let endpoints = ctx.endpoints_of(up);
+    if endpoints.is_empty() {
+        tracing::warn!(upstream = %up.name, "no healthy instance of the upstream");
+        return (ConnResult::NoEndpoints, none);
+    }
+    let start = up.next.fetch_add(1, Ordering::Relaxed);
+    let mut server_tcp = None;
+    for i in 0..endpoints.len() {
+        let ep = &endpoints[(start + i) % endpoints.len()];
+        match transport::connect(&ep.host, ep.port, ctx.connect_timeout).await {
+            Ok(s) => {
+                server_tcp = Some((s, ep));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %up.name, instance = %ep.id, error = %e, "upstream instance unreachable; trying the next one");
+            }
+        }
+    }
+    let Some((server_tcp, ep)) = server_tcp else {
+        return (ConnResult::ConnectFailed, none);
+    };
+
+    let started = Instant::now();
+    let connector = TlsConnector::from(config);
+    let handshake = connector.connect(server_name(expected), server_tcp);
+    let mut server = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let kind = tls::handshake_failure_kind(&e);
+            ctx.metrics.handshake_failed(Direction::Outbound, kind);
+            tracing::warn!(
+                upstream = %up.name, instance = %ep.id, addr = %format_args!("{}:{}", ep.host, ep.port),
+                expected = %expected, kind, error = %e,
+                "upstream TLS handshake failed; refusing the connection"
+            );
+            return (ConnResult::HandshakeFailed, none);
+        }
+        Err(_) => {
+            ctx.metrics.handshake_failed(Direction::Outbound, "timeout");
+            tracing::warn!(upstream = %up.name, instance = %ep.id, "upstream TLS handshake timed out");
+            return (ConnResult::HandshakeFailed, none);
+        }
+    };
+    ctx.metrics
+        .handshake_ok(Direction::Outbound, started.elapsed().as_secs_f64());
+    match copy::bidirectional(&mut client_tcp, &mut server).await {
+        Ok(t) => (ConnResult::Ok, t),
+        Err(e) => {
+            tracing::debug!(upstream = %up.name, error = %e, "outbound connection ended with an error");
+            (ConnResult::Error, e.transferred())
+        }
+    }
+}
+
+impl OutboundContext {
+    fn endpoints_of(&self, up: &Upstream) -> Arc<Vec<Endpoint>> {
+        up.endpoints.borrow().clone().unwrap_or_default()
+    }
+}
