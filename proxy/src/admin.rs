@@ -3,7 +3,7 @@
 //! * `/ready` answers 200 once the leaf, the roots and the intentions are loaded and the
 //!   listeners are bound, and 503 (saying what is missing) before that and while draining.
 //! * `/config` is a JSON view of what the proxy holds: its identity, certificate serials and
-//!   root IDs, intentions, upstream instances and live inbound connections. It never contains
+//!   root IDs, intentions (or the static `allowed_sources`), upstream instances and live inbound connections. It never contains
 //!   key material (the private key is only ever inside rustls's `CertifiedKey`).
 //! * `/metrics` is the Prometheus text exposition of [`crate::metrics`].
 
@@ -24,24 +24,28 @@ use tokio::sync::watch;
 
 use crate::agent::AgentService;
 use crate::authz::Policy;
-use crate::config::Config;
 use crate::connections::Registry;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::outbound::Upstream;
 
+/// An upstream listener and the address it is bound to.
+pub type BoundUpstream = (Arc<Upstream>, SocketAddr);
+
 /// Everything the admin endpoints read.
 #[derive(Debug)]
 pub struct AdminState {
-    pub config: Config,
+    /// The printable settings the proxy runs with (agent flags or the static config file).
+    pub config: serde_json::Value,
     pub identity: watch::Receiver<Option<Arc<Identity>>>,
     pub policy: watch::Receiver<Option<Arc<Policy>>>,
     pub sidecar: watch::Receiver<Option<Arc<AgentService>>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub draining: watch::Receiver<bool>,
-    /// Set once the listeners are bound: public address and upstream listeners.
-    pub listeners: OnceLock<(SocketAddr, Vec<Arc<Upstream>>)>,
+    /// Set once the listeners are bound: public address and upstream listeners, each with the
+    /// address actually bound (differs from the configured one when that has port 0).
+    pub listeners: OnceLock<(SocketAddr, Vec<BoundUpstream>)>,
 }
 
 impl AdminState {
@@ -73,13 +77,13 @@ impl AdminState {
         };
         let upstreams: Vec<_> = upstreams
             .iter()
-            .map(|u| {
+            .map(|(u, bound)| {
                 let expected = identity
                     .as_ref()
                     .and_then(|i| i.client(&u.name).map(|(id, _)| id.uri()));
                 json!({
                     "Name": u.name,
-                    "LocalBindAddress": u.bind.to_string(),
+                    "LocalBindAddress": bound.to_string(),
                     "ExpectedServerIdentity": expected,
                     "Instances": u.endpoints.borrow().as_deref().cloned().unwrap_or_default(),
                 })
@@ -101,6 +105,7 @@ impl AdminState {
                 "Destination": p.destination,
                 "TrustDomain": p.trust_domain,
                 "DefaultPolicy": p.default_policy(),
+                "AllowedSources": p.allowed_sources().map(|l| l.iter().map(ToString::to_string).collect::<Vec<_>>()),
                 "Intentions": p.intentions().map(|i| json!({
                     "ID": i.id,
                     "SourceNS": i.source_ns,

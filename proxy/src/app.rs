@@ -1,5 +1,8 @@
-//! Wiring: starts the agent loops, the identity manager, the admin server and the listeners,
-//! and drains on SIGTERM.
+//! Wiring: starts the agent loops (or, in static mode, the file watcher), the identity manager,
+//! the admin server and the listeners, and drains on SIGTERM.
+//!
+//! The two modes differ only in what feeds the `watch` channels (leaf, roots, policy, local
+//! application, upstream instances); [`serve`] and everything behind it is shared.
 //!
 //! Two runtimes, as ztunnel does: the data plane (listeners and byte pumps) runs on the main
 //! multi-threaded runtime; the agent loops, certificate rebuilding, connection re-checks and
@@ -21,9 +24,10 @@ use crate::config::Config;
 use crate::connections::{self, Registry};
 use crate::drain::{Drain, DrainOutcome};
 use crate::identity::{self, Identity, UpstreamTarget};
-use crate::inbound::{self, InboundContext};
+use crate::inbound::{self, InboundContext, LocalApp};
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundContext, Upstream};
+use crate::static_config::{self, Loaded, Outputs};
 use crate::transport::{self, TransportError};
 
 /// Attempts of the start-up sidecar lookup (about 30 s with backoff).
@@ -114,9 +118,36 @@ fn plan_upstreams(sidecar: &AgentService, config: &Config) -> Result<Vec<Upstrea
 
 /// Runs the proxy until SIGTERM/SIGINT, then drains.
 pub async fn run(config: Config) -> Result<(), AppError> {
-    // One crypto provider for everything (aws-lc-rs); rustls would panic if it had to guess.
+    with_runtimes(async |provider, metrics, control| {
+        run_agent(config, provider, metrics, control).await
+    })
+    .await
+}
+
+/// Runs the proxy in static mode (config file, no control plane) until SIGTERM/SIGINT.
+/// `initial` is the validated first load (see [`static_config::load`]).
+pub async fn run_static(initial: Loaded) -> Result<(), AppError> {
+    with_runtimes(async |provider, metrics, control| {
+        run_static_with(initial, provider, metrics, control).await
+    })
+    .await
+}
+
+/// The crypto provider for everything (aws-lc-rs; rustls would panic if it had to guess).
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+async fn with_runtimes<F>(f: F) -> Result<(), AppError>
+where
+    F: AsyncFnOnce(
+        Arc<rustls::crypto::CryptoProvider>,
+        Arc<Metrics>,
+        &tokio::runtime::Runtime,
+    ) -> Result<(), AppError>,
+{
+    let provider = crypto_provider();
     let metrics = Arc::new(Metrics::new());
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -124,12 +155,30 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         .enable_all()
         .build()
         .map_err(AppError::Runtime)?;
-    let result = run_with(config, provider, metrics, &control).await;
+    let result = f(provider, metrics, &control).await;
     control.shutdown_background();
     result
 }
 
-async fn run_with(
+/// What both modes hand to [`serve`]: the channels the data path reads, wherever they are fed
+/// from, and the addresses to bind.
+struct DataPlane {
+    settings: serde_json::Value,
+    public: SocketAddr,
+    admin: Option<SocketAddr>,
+    identity: watch::Receiver<Option<Arc<Identity>>>,
+    policy: watch::Receiver<Option<Arc<Policy>>>,
+    sidecar: watch::Receiver<Option<Arc<AgentService>>>,
+    local_app: watch::Receiver<Option<Arc<LocalApp>>>,
+    upstreams: Vec<Arc<Upstream>>,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    drain_timeout: Duration,
+}
+
+async fn run_agent(
     config: Config,
     provider: Arc<rustls::crypto::CryptoProvider>,
     metrics: Arc<Metrics>,
@@ -153,12 +202,12 @@ async fn run_with(
     );
 
     let (sidecar_tx, sidecar_rx) = watch::channel(Some(Arc::new(sidecar.clone())));
+    let (local_app_tx, local_app_rx) = watch::channel(Some(Arc::new(local_app_of(&sidecar))));
     let (leaf_tx, leaf_rx) = watch::channel::<Option<Arc<LeafCert>>>(None);
     let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
     let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
     let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
     let registry = Arc::new(Registry::default());
-    let drain = Drain::new();
 
     // Agent loops and the identity manager, on the control runtime.
     {
@@ -212,6 +261,7 @@ async fn run_with(
             .map(|p| UpstreamTarget {
                 name: p.name.clone(),
                 datacenter: p.datacenter.clone(),
+                spiffe_id: None,
             })
             .collect();
         control.spawn(identity::run_manager(
@@ -226,6 +276,7 @@ async fn run_with(
             policy_rx.clone(),
             config.keep_denied_connections,
         ));
+        control.spawn(follow_local_app(sidecar_rx.clone(), local_app_tx));
         control.spawn(warn_on_registration_change(
             sidecar_rx.clone(),
             sidecar.clone(),
@@ -247,30 +298,136 @@ async fn run_with(
         upstreams.push(Arc::new(Upstream::new(plan.name.clone(), plan.bind, rx)));
     }
 
+    let public_ip: IpAddr = sidecar
+        .address
+        .parse()
+        .unwrap_or(Ipv4Addr::UNSPECIFIED.into());
+    serve(
+        DataPlane {
+            settings: serde_json::to_value(&config).unwrap_or_default(),
+            public: SocketAddr::new(public_ip, sidecar.port),
+            admin: Some(config.admin_addr),
+            identity: identity_rx,
+            policy: policy_rx,
+            sidecar: sidecar_rx,
+            local_app: local_app_rx,
+            upstreams,
+            registry,
+            metrics,
+            connect_timeout: config.connect_timeout,
+            handshake_timeout: config.handshake_timeout,
+            drain_timeout: config.drain_timeout,
+        },
+        control,
+    )
+    .await
+}
+
+/// Static mode: the file watcher feeds the channels the agent loops feed in agent mode, and the
+/// same identity manager, re-check loop and data path consume them.
+async fn run_static_with(
+    initial: Loaded,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    metrics: Arc<Metrics>,
+    control: &tokio::runtime::Runtime,
+) -> Result<(), AppError> {
+    let config = initial.config.clone();
+    let generation = initial.leaf.modify_index;
+    tracing::info!(
+        config = %config.path.display(), id = %initial.id,
+        upstreams = ?config.upstreams.iter().map(|u| (&u.name, u.listen)).collect::<Vec<_>>(),
+        "static mode"
+    );
+    let (leaf_tx, leaf_rx) = watch::channel::<Option<Arc<LeafCert>>>(None);
+    let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
+    let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
+    let (local_app_tx, local_app_rx) = watch::channel::<Option<Arc<LocalApp>>>(None);
+    let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
+    // No registration in static mode; the admin API shows `Sidecar: null`.
+    let (_sidecar_tx, sidecar_rx) = watch::channel::<Option<Arc<AgentService>>>(None);
+    let registry = Arc::new(Registry::default());
+    let mut upstreams = Vec::new();
+    let mut endpoint_txs = Vec::new();
+    for u in &config.upstreams {
+        let (tx, rx) = watch::channel::<Option<Arc<Vec<Endpoint>>>>(None);
+        endpoint_txs.push((u.name.clone(), tx));
+        upstreams.push(Arc::new(Upstream::new(u.name.clone(), u.listen, rx)));
+    }
+    let outputs = Outputs {
+        leaf: leaf_tx,
+        roots: roots_tx,
+        policy: policy_tx,
+        local_app: local_app_tx,
+        endpoints: endpoint_txs,
+    };
+    outputs.publish(&initial, generation);
+    {
+        let _enter = control.enter();
+        control.spawn(identity::run_manager(
+            provider.clone(),
+            leaf_rx,
+            roots_rx,
+            config.targets(),
+            identity_tx,
+        ));
+        control.spawn(connections::run_rechecks(
+            registry.clone(),
+            policy_rx.clone(),
+            config.keep_denied_connections,
+        ));
+        control.spawn(static_config::watch_files(provider, initial, outputs));
+    }
+    serve(
+        DataPlane {
+            settings: serde_json::to_value(&config).unwrap_or_default(),
+            public: config.listen,
+            admin: config.admin,
+            identity: identity_rx,
+            policy: policy_rx,
+            sidecar: sidecar_rx,
+            local_app: local_app_rx,
+            upstreams,
+            registry,
+            metrics,
+            connect_timeout: config.connect_timeout,
+            handshake_timeout: config.handshake_timeout,
+            drain_timeout: config.drain_timeout,
+        },
+        control,
+    )
+    .await
+}
+
+/// The data path of both modes: admin server, readiness, listeners, drain on SIGTERM.
+async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), AppError> {
+    let drain = Drain::new();
     let admin_state = Arc::new(AdminState {
-        config: config.clone(),
-        identity: identity_rx.clone(),
-        policy: policy_rx.clone(),
-        sidecar: sidecar_rx.clone(),
-        registry: registry.clone(),
-        metrics: metrics.clone(),
+        config: p.settings,
+        identity: p.identity.clone(),
+        policy: p.policy.clone(),
+        sidecar: p.sidecar.clone(),
+        registry: p.registry.clone(),
+        metrics: p.metrics.clone(),
         draining: drain.draining(),
         listeners: OnceLock::new(),
     });
-    let admin_listener = {
-        let _enter = control.enter();
-        transport::bind(config.admin_addr).await?
-    };
-    let admin_addr = admin_listener.local_addr().ok();
-    control.spawn(admin::serve(admin_listener, admin_state.clone()));
+    let mut admin_addr = None;
+    if let Some(addr) = p.admin {
+        let admin_listener = {
+            let _enter = control.enter();
+            transport::bind(addr).await?
+        };
+        admin_addr = admin_listener.local_addr().ok();
+        control.spawn(admin::serve(admin_listener, admin_state.clone()));
+    }
 
     // Listeners open only once the proxy can serve: otherwise the agent's TCP check would mark
     // the sidecar healthy while every connection is refused.
     let ready = {
-        let (mut i, mut p) = (identity_rx.clone(), policy_rx.clone());
+        let (mut i, mut pol) = (p.identity.clone(), p.policy.clone());
         tokio::time::timeout(READY_TIMEOUT, async move {
             let _ = i.wait_for(Option::is_some).await;
-            let _ = p.wait_for(Option::is_some).await;
+            let _ = pol.wait_for(Option::is_some).await;
         })
         .await
     };
@@ -281,35 +438,36 @@ async fn run_with(
         });
     }
 
-    let public_ip: IpAddr = sidecar
-        .address
-        .parse()
-        .unwrap_or(Ipv4Addr::UNSPECIFIED.into());
-    let public = transport::bind(SocketAddr::new(public_ip, sidecar.port)).await?;
-    let public_addr = public
-        .local_addr()
-        .unwrap_or(SocketAddr::new(public_ip, sidecar.port));
+    let public = transport::bind(p.public).await?;
+    let public_addr = public.local_addr().unwrap_or(p.public);
     let mut upstream_listeners = Vec::new();
-    for u in &upstreams {
-        upstream_listeners.push((transport::bind(u.bind).await?, u.clone()));
+    let mut bound = Vec::new();
+    for u in &p.upstreams {
+        let l = transport::bind(u.bind).await?;
+        bound.push((u.clone(), l.local_addr().unwrap_or(u.bind)));
+        upstream_listeners.push((l, u.clone()));
     }
-    let _ = admin_state.listeners.set((public_addr, upstreams.clone()));
+    let upstream_line: String = bound
+        .iter()
+        .map(|(u, a)| format!(" upstream.{}={a}", u.name))
+        .collect();
+    let _ = admin_state.listeners.set((public_addr, bound));
 
     let inbound_ctx = Arc::new(InboundContext {
-        identity: identity_rx.clone(),
-        policy: policy_rx.clone(),
-        sidecar: sidecar_rx.clone(),
-        registry: registry.clone(),
-        metrics: metrics.clone(),
-        connect_timeout: config.connect_timeout,
-        handshake_timeout: config.handshake_timeout,
+        identity: p.identity.clone(),
+        policy: p.policy.clone(),
+        local_app: p.local_app.clone(),
+        registry: p.registry.clone(),
+        metrics: p.metrics.clone(),
+        connect_timeout: p.connect_timeout,
+        handshake_timeout: p.handshake_timeout,
     });
     tokio::spawn(inbound::serve(public, inbound_ctx, drain.watch()));
     let outbound_ctx = Arc::new(OutboundContext {
-        identity: identity_rx.clone(),
-        metrics: metrics.clone(),
-        connect_timeout: config.connect_timeout,
-        handshake_timeout: config.handshake_timeout,
+        identity: p.identity.clone(),
+        metrics: p.metrics.clone(),
+        connect_timeout: p.connect_timeout,
+        handshake_timeout: p.handshake_timeout,
     });
     for (listener, up) in upstream_listeners {
         tokio::spawn(outbound::serve(
@@ -319,33 +477,58 @@ async fn run_with(
             drain.watch(),
         ));
     }
-    let id = identity_rx
+    let id = p
+        .identity
         .borrow()
         .as_ref()
         .map(|i| i.id.uri())
         .unwrap_or_default();
     tracing::info!(%id, public = %public_addr, admin = ?admin_addr, "proxy ready");
-    // Machine-readable line for scripts and tests.
+    // Machine-readable line for scripts and tests (with the bound addresses, so port 0 works).
     println!(
-        "meshproxy: ready id={id} public={public_addr} admin={}",
+        "meshproxy: ready id={id} public={public_addr} admin={}{upstream_line}",
         admin_addr.map(|a| a.to_string()).unwrap_or_default()
     );
 
     wait_for_signal().await?;
-    let live = registry.len();
+    let live = p.registry.len();
     tracing::info!(
         inbound_connections = live,
-        timeout = ?config.drain_timeout,
+        timeout = ?p.drain_timeout,
         "draining: no longer accepting, waiting for live connections"
     );
-    match drain.drain(config.drain_timeout).await {
+    match drain.drain(p.drain_timeout).await {
         DrainOutcome::Complete => tracing::info!("drained; exiting"),
         DrainOutcome::TimedOut => tracing::warn!(
-            still_open = registry.len(),
+            still_open = p.registry.len(),
             "drain timeout passed; closing the remaining connections"
         ),
     }
     Ok(())
+}
+
+fn local_app_of(s: &AgentService) -> LocalApp {
+    let (host, port) = s.local_app();
+    LocalApp { host, port }
+}
+
+/// Agent mode: the local application's address follows the sidecar registration.
+async fn follow_local_app(
+    mut sidecar: watch::Receiver<Option<Arc<AgentService>>>,
+    out: watch::Sender<Option<Arc<LocalApp>>>,
+) {
+    while sidecar.changed().await.is_ok() {
+        let app = sidecar.borrow_and_update().as_deref().map(local_app_of);
+        if let Some(app) = app {
+            out.send_if_modified(|old| {
+                let changed = old.as_deref() != Some(&app);
+                if changed {
+                    *old = Some(Arc::new(app));
+                }
+                changed
+            });
+        }
+    }
 }
 
 async fn wait_for_signal() -> Result<(), AppError> {

@@ -10,6 +10,11 @@
 //! root we trust, but it does not name a workload of this mesh); otherwise the
 //! highest-precedence matching intention decides, an intention with L7 `Permissions` counting as
 //! deny at L4; otherwise the default policy decides (deny unless the agent says allow).
+//!
+//! Static mode (`meshproxy run --config`) has no intentions: its policy is an allow-list of
+//! source SPIFFE IDs ([`SourcePattern`]), default deny. It is the same [`Policy`] type behind the
+//! same [`Policy::authorize`], so inbound decisions and the re-check of live connections need
+//! no mode of their own.
 
 use std::fmt;
 
@@ -41,16 +46,99 @@ struct IntentionsBody {
     intentions: Vec<Intention>,
 }
 
-/// The intentions snapshot this proxy enforces.
+/// The policy snapshot this proxy enforces.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// The local service (destination of every inbound connection).
     pub destination: String,
     /// The mesh's trust domain, lower case.
     pub trust_domain: String,
-    /// `X-Consul-Index` of the snapshot.
+    /// `X-Consul-Index` of the snapshot (static mode: the reload generation).
     pub index: u64,
-    set: IntentionSet,
+    rules: Rules,
+}
+
+/// Where the decisions come from.
+#[derive(Debug, Clone)]
+enum Rules {
+    /// Agent mode: the intentions of the destination.
+    Intentions(IntentionSet),
+    /// Static mode: only these sources are allowed, everything else is denied.
+    AllowList(Vec<SourcePattern>),
+}
+
+/// Errors in an `allowed_sources` entry.
+#[derive(Debug, thiserror::Error)]
+pub enum SourcePatternError {
+    #[error("{value:?} is not a SPIFFE service ID or spiffe://<td>/ns/<ns>/dc/<dc>/svc/*")]
+    Invalid {
+        value: String,
+        #[source]
+        source: mesh_control::spiffe::SpiffeIdError,
+    },
+}
+
+/// One entry of a static allow-list: an exact SPIFFE ID, or every service of one trust domain,
+/// namespace and datacenter (`spiffe://<td>/ns/<ns>/dc/<dc>/svc/*`). No other wildcard exists,
+/// so an entry never matches more than its text says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourcePattern {
+    Exact(SpiffeId),
+    AllServices {
+        trust_domain: String,
+        namespace: String,
+        datacenter: String,
+    },
+}
+
+impl SourcePattern {
+    pub fn parse(value: &str) -> Result<Self, SourcePatternError> {
+        let invalid = |source| SourcePatternError::Invalid {
+            value: value.to_string(),
+            source,
+        };
+        if let Some(prefix) = value.strip_suffix("/svc/*") {
+            // Validate the rest with the one SPIFFE parser, using a placeholder service.
+            let id = SpiffeId::parse(&format!("{prefix}/svc/x")).map_err(invalid)?;
+            return Ok(Self::AllServices {
+                trust_domain: id.trust_domain,
+                namespace: id.namespace,
+                datacenter: id.datacenter,
+            });
+        }
+        SpiffeId::parse(value).map(Self::Exact).map_err(invalid)
+    }
+
+    pub fn matches(&self, peer: &SpiffeId) -> bool {
+        match self {
+            Self::Exact(id) => id == peer,
+            Self::AllServices {
+                trust_domain,
+                namespace,
+                datacenter,
+            } => {
+                peer.trust_domain == *trust_domain
+                    && peer.namespace == *namespace
+                    && peer.datacenter == *datacenter
+            }
+        }
+    }
+}
+
+impl fmt::Display for SourcePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(id) => id.fmt(f),
+            Self::AllServices {
+                trust_domain,
+                namespace,
+                datacenter,
+            } => write!(
+                f,
+                "spiffe://{trust_domain}/ns/{namespace}/dc/{datacenter}/svc/*"
+            ),
+        }
+    }
 }
 
 /// Why a connection was allowed or denied.
@@ -60,6 +148,10 @@ pub enum VerdictReason {
     ForeignTrustDomain { expected: String, got: String },
     /// An intention or the default policy decided.
     Intentions(Reason),
+    /// Static mode: this `allowed_sources` entry matched.
+    AllowedSource { entry: String },
+    /// Static mode: no `allowed_sources` entry matched (default deny).
+    NotAllowed,
 }
 
 impl fmt::Display for VerdictReason {
@@ -70,6 +162,10 @@ impl fmt::Display for VerdictReason {
                 "peer is in trust domain {got:?}, this mesh is {expected:?}"
             ),
             VerdictReason::Intentions(r) => r.fmt(f),
+            VerdictReason::AllowedSource { entry } => {
+                write!(f, "allowed by allowed_sources entry {entry}")
+            }
+            VerdictReason::NotAllowed => f.write_str("not in allowed_sources (default deny)"),
         }
     }
 }
@@ -84,6 +180,8 @@ pub enum ReasonKind {
     DefaultAllow,
     DefaultDeny,
     ForeignTrustDomain,
+    AllowedSource,
+    NotAllowedSource,
 }
 
 impl ReasonKind {
@@ -96,6 +194,8 @@ impl ReasonKind {
             ReasonKind::DefaultAllow => "default_allow",
             ReasonKind::DefaultDeny => "default_deny",
             ReasonKind::ForeignTrustDomain => "foreign_trust_domain",
+            ReasonKind::AllowedSource => "allowed_source",
+            ReasonKind::NotAllowedSource => "not_allowed_source",
         }
     }
 }
@@ -121,6 +221,8 @@ impl Verdict {
                 DefaultPolicy::Allow => ReasonKind::DefaultAllow,
                 DefaultPolicy::Deny => ReasonKind::DefaultDeny,
             },
+            VerdictReason::AllowedSource { .. } => ReasonKind::AllowedSource,
+            VerdictReason::NotAllowed => ReasonKind::NotAllowedSource,
         }
     }
 }
@@ -138,7 +240,23 @@ impl Policy {
             destination: destination.to_string(),
             trust_domain: trust_domain.to_ascii_lowercase(),
             index,
-            set: IntentionSet::new(intentions, default),
+            rules: Rules::Intentions(IntentionSet::new(intentions, default)),
+        }
+    }
+
+    /// A static allow-list snapshot: `sources` are allowed, everything else is denied.
+    /// `trust_domain` is this proxy's own (shown on `/config`; entries carry their own).
+    pub fn allow_list(
+        destination: &str,
+        trust_domain: &str,
+        index: u64,
+        sources: Vec<SourcePattern>,
+    ) -> Self {
+        Self {
+            destination: destination.to_string(),
+            trust_domain: trust_domain.to_ascii_lowercase(),
+            index,
+            rules: Rules::AllowList(sources),
         }
     }
 
@@ -170,15 +288,49 @@ impl Policy {
     }
 
     pub fn default_policy(&self) -> DefaultPolicy {
-        self.set.default_policy()
+        match &self.rules {
+            Rules::Intentions(set) => set.default_policy(),
+            Rules::AllowList(_) => DefaultPolicy::Deny,
+        }
     }
 
+    /// The intentions (none in static mode).
     pub fn intentions(&self) -> impl Iterator<Item = &Intention> {
-        self.set.iter()
+        let set = match &self.rules {
+            Rules::Intentions(set) => Some(set),
+            Rules::AllowList(_) => None,
+        };
+        set.into_iter().flat_map(IntentionSet::iter)
+    }
+
+    /// The static allow-list, when this policy is one.
+    pub fn allowed_sources(&self) -> Option<&[SourcePattern]> {
+        match &self.rules {
+            Rules::Intentions(_) => None,
+            Rules::AllowList(l) => Some(l),
+        }
     }
 
     /// Decides a connection from `peer` to this proxy's service.
     pub fn authorize(&self, peer: &SpiffeId) -> Verdict {
+        let set = match &self.rules {
+            Rules::Intentions(set) => set,
+            // Entries name their trust domain themselves, so no trust-domain rule applies.
+            Rules::AllowList(list) => {
+                return match list.iter().find(|p| p.matches(peer)) {
+                    Some(p) => Verdict {
+                        allowed: true,
+                        reason: VerdictReason::AllowedSource {
+                            entry: p.to_string(),
+                        },
+                    },
+                    None => Verdict {
+                        allowed: false,
+                        reason: VerdictReason::NotAllowed,
+                    },
+                };
+            }
+        };
         if !peer.trust_domain.eq_ignore_ascii_case(&self.trust_domain) {
             return Verdict {
                 allowed: false,
@@ -188,7 +340,7 @@ impl Policy {
                 },
             };
         }
-        let d = self.set.decide_ns(
+        let d = set.decide_ns(
             &peer.namespace,
             &peer.service,
             DEFAULT_NAMESPACE,
@@ -293,6 +445,53 @@ mod tests {
                 .allowed
         );
         assert!(Policy::from_agent_json("db", "x", 7, b"nope").is_err());
+    }
+
+    #[test]
+    fn allow_list_exact_and_all_services() {
+        let web = SpiffeId::service(TD, "dc1", "web");
+        let p = Policy::allow_list("db", TD, 1, vec![SourcePattern::parse(&web.uri()).unwrap()]);
+        assert_eq!(p.authorize(&web).kind(), ReasonKind::AllowedSource);
+        let v = p.authorize(&peer("api"));
+        assert!(!v.allowed);
+        assert_eq!(v.kind(), ReasonKind::NotAllowedSource);
+        assert!(!p.authorize(&SpiffeId::service(TD, "dc2", "web")).allowed);
+        assert!(
+            !p.authorize(&SpiffeId::service("other", "dc1", "web"))
+                .allowed
+        );
+        assert_eq!(p.intentions().count(), 0);
+
+        let all = SourcePattern::parse(&format!("spiffe://{TD}/ns/default/dc/dc1/svc/*")).unwrap();
+        assert_eq!(
+            all.to_string(),
+            format!("spiffe://{TD}/ns/default/dc/dc1/svc/*")
+        );
+        let p = Policy::allow_list("db", TD, 1, vec![all]);
+        assert!(p.authorize(&peer("api")).allowed);
+        assert!(!p.authorize(&SpiffeId::service(TD, "dc2", "api")).allowed);
+        assert!(
+            !p.authorize(&SpiffeId::service("other", "dc1", "api"))
+                .allowed
+        );
+        assert!(
+            !Policy::allow_list("db", TD, 1, vec![])
+                .authorize(&peer("web"))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn allow_list_rejects_other_wildcards() {
+        for bad in [
+            "spiffe://td/ns/default/dc/dc1/svc/web*",
+            "spiffe://td/ns/default/dc/*/svc/*",
+            "spiffe://td/*",
+            "spiffe://*/ns/default/dc/dc1/svc/web",
+            "web",
+        ] {
+            assert!(SourcePattern::parse(bad).is_err(), "{bad} accepted");
+        }
     }
 
     fn arb_intention() -> impl Strategy<Value = Intention> {

@@ -1,4 +1,6 @@
-//! Command line of `meshproxy` and the validated [`Config`] the proxy runs with.
+//! Command line of `meshproxy` and the validated [`Config`] the proxy runs with in agent mode.
+//! Static mode (`--config FILE`) takes its settings from the file instead; see
+//! [`crate::static_config`].
 //!
 //! Parsing (clap) and validation are separate so that every rule lives in
 //! [`Config::from_args`] and a `Config` that exists is one the proxy can run with. The config
@@ -19,7 +21,7 @@ pub enum ConfigError {
     BadUpstream { value: String, reason: &'static str },
     #[error("--upstream {name:?} is given more than once")]
     DuplicateUpstream { name: String },
-    #[error("--sidecar-for must name a service ID")]
+    #[error("--sidecar-for must name a service ID (or use --config FILE for static mode)")]
     EmptySidecarFor,
     #[error("--{flag} must be greater than zero")]
     ZeroDuration { flag: &'static str },
@@ -53,8 +55,20 @@ pub enum Command {
 pub struct RunArgs {
     /// ID of the service this proxy is the sidecar for; its `connect-proxy` registration is
     /// looked up on the agent.
-    #[arg(long)]
-    pub sidecar_for: String,
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    pub sidecar_for: Option<String>,
+    /// Static mode: run from this JSON config file (certificates on disk, no agent); see the
+    /// README. Every other setting comes from the file.
+    /// (The agent address and token are ignored there; they may come from the environment.)
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "upstreams", "admin_addr", "connect_timeout", "handshake_timeout", "drain_timeout",
+            "keep_denied_connections",
+        ]
+    )]
+    pub config: Option<std::path::PathBuf>,
     /// HTTP address of the local agent.
     #[arg(long, default_value = "127.0.0.1:8500", env = "MESH_HTTP_ADDR")]
     pub agent_addr: SocketAddr,
@@ -170,7 +184,8 @@ impl fmt::Debug for Config {
 impl Config {
     /// Validates the flags of `meshproxy run`.
     pub fn from_args(a: RunArgs) -> Result<Self, ConfigError> {
-        if a.sidecar_for.trim().is_empty() {
+        let sidecar_for = a.sidecar_for.unwrap_or_default();
+        if sidecar_for.trim().is_empty() {
             return Err(ConfigError::EmptySidecarFor);
         }
         for (flag, d) in [
@@ -194,7 +209,7 @@ impl Config {
             }
         }
         Ok(Self {
-            sidecar_for: a.sidecar_for,
+            sidecar_for,
             agent_addr: a.agent_addr,
             token: a.token.filter(|t| !t.is_empty()),
             upstreams: a.upstreams,
@@ -319,5 +334,31 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn config_and_sidecar_for_are_exclusive() {
+        let both = [
+            "meshproxy",
+            "run",
+            "--sidecar-for",
+            "web",
+            "--config",
+            "p.json",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+        assert!(Cli::try_parse_from(["meshproxy", "run"]).is_err());
+        let with_flag = [
+            "meshproxy",
+            "run",
+            "--config",
+            "p.json",
+            "--drain-timeout",
+            "1s",
+        ];
+        assert!(Cli::try_parse_from(with_flag).is_err());
+        let cli = Cli::try_parse_from(["meshproxy", "run", "--config", "p.json"]).unwrap();
+        let Command::Run(a) = cli.command;
+        assert_eq!(a.config.as_deref(), Some(std::path::Path::new("p.json")));
     }
 }

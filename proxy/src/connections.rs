@@ -142,7 +142,7 @@ impl Registry {
                 tracing::warn!(
                     source = %e.peer, destination = %policy.destination, client = %e.client,
                     reason = %v.reason,
-                    "closing live connection: intentions changed and now deny it"
+                    "closing live connection: the policy (intentions, or allowed_sources in static mode) changed and now denies it"
                 );
                 e.closing = true;
                 // A stored permit: the connection sees it even if it is not waiting right now.

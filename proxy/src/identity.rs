@@ -120,6 +120,9 @@ pub struct UpstreamTarget {
     pub name: String,
     /// Datacenter of the upstream; empty means ours.
     pub datacenter: String,
+    /// The exact identity the server must present. `None` (agent mode) derives it from the
+    /// name, the datacenter and our trust domain; static mode names it in its config file.
+    pub spiffe_id: Option<SpiffeId>,
 }
 
 impl Identity {
@@ -197,7 +200,10 @@ impl Identity {
             } else {
                 u.datacenter.as_str()
             };
-            let expected = SpiffeId::service(&trust_domain, dc, &u.name);
+            let expected = u
+                .spiffe_id
+                .clone()
+                .unwrap_or_else(|| SpiffeId::service(&trust_domain, dc, &u.name));
             let verifier = SpiffeServerVerifier::new(
                 store.clone(),
                 expected.clone(),
@@ -346,6 +352,7 @@ mod tests {
         let up = [UpstreamTarget {
             name: upstream.into(),
             datacenter: String::new(),
+            spiffe_id: None,
         }];
         Identity::build(&provider, &leaf(root, service), &roots, &up).unwrap()
     }
@@ -425,6 +432,7 @@ mod tests {
         let up = [UpstreamTarget {
             name: "db".into(),
             datacenter: String::new(),
+            spiffe_id: None,
         }];
         let web = Identity::build(&provider, &leaf(&other, "web"), &both, &up).unwrap();
         assert!(handshake(&web, "db", &db).await.is_err());

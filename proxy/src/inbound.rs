@@ -12,11 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::agent::AgentService;
 use crate::authz::Policy;
 use crate::connections::Registry;
 use crate::copy::{self, Transferred};
@@ -29,12 +29,20 @@ use crate::transport;
 /// Bound on sending `close_notify` to a refused peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Where the local application listens. Agent mode follows the sidecar registration's
+/// `LocalServiceAddress`/`LocalServicePort`; static mode takes `inbound.local_app`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalApp {
+    pub host: String,
+    pub port: u16,
+}
+
 /// What inbound connections need.
 #[derive(Debug)]
 pub struct InboundContext {
     pub identity: watch::Receiver<Option<Arc<Identity>>>,
     pub policy: watch::Receiver<Option<Arc<Policy>>>,
-    pub sidecar: watch::Receiver<Option<Arc<AgentService>>>,
+    pub local_app: watch::Receiver<Option<Arc<LocalApp>>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub connect_timeout: Duration,
@@ -147,10 +155,10 @@ async fn handle(
     }
 
     let (host, port) = ctx
-        .sidecar
+        .local_app
         .borrow()
         .as_ref()
-        .map(|s| s.local_app())
+        .map(|a| (a.host.clone(), a.port))
         .unwrap_or_else(|| ("127.0.0.1".into(), 0));
     let mut app = match transport::connect(&host, port, ctx.connect_timeout).await {
         Ok(s) => s,

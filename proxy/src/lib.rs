@@ -11,7 +11,12 @@
 //! healthy instances of its upstreams) comes from the local agent's HTTP API as blocking
 //! queries, so certificate rotation and intention changes apply without restarts.
 //!
-//! Module map: [`config`] (CLI), [`app`] (wiring), [`agent`] (agent client), [`identity`] and
+//! Static mode (`meshproxy run --config FILE`, [`static_config`]) runs the same data path
+//! without a control plane: certificates, trust bundle and allowed source IDs come from files
+//! (e.g. written by SPIRE), polled for changes.
+//!
+//! Module map: [`config`] (CLI), [`app`] (wiring), [`agent`] (agent client), [`static_config`]
+//! (config file and file watcher of static mode), [`identity`] and
 //! [`tls`] (certificate store and the SPIFFE verifier), [`authz`] (pure decisions),
 //! [`inbound`] / [`outbound`] (listeners), [`copy`] (byte pump), [`connections`] (live inbound
 //! connections, re-checked on policy change), [`drain`] (graceful shutdown), [`admin`] and
@@ -31,5 +36,6 @@ pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod static_config;
 pub mod tls;
 pub mod transport;

@@ -1,0 +1,92 @@
+//! Start-up refusals: one clear line on stderr and a non-zero exit, before anything binds.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::support::{Ca, Files, WAIT, config, loopback, spawn, wait_exit, write_atomic};
+
+/// Runs `meshproxy run --config <config>`; returns the non-empty stderr lines.
+fn refused(config: &Path) -> Vec<String> {
+    let log = config.with_extension("log");
+    let mut child = spawn(config, &log);
+    let status = wait_exit(&mut child, WAIT);
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "meshproxy started: {err}");
+    err.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn service(tmp: &Path, ca: &Ca) -> Files {
+    let f = Files::new(tmp, "db");
+    f.write_leaf(&ca.leaf("db"));
+    f.write_bundle(&[ca]);
+    f.write_config(&config(loopback(), loopback(), loopback(), &[], json!([])));
+    f
+}
+
+#[test]
+fn key_readable_by_others_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = service(tmp.path(), &Ca::new(1));
+    let key = std::fs::read(f.key()).unwrap();
+    write_atomic(&f.key(), &key, 0o644);
+    let lines = refused(&f.config());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let l = &lines[0];
+    assert!(
+        l.contains("key") && l.contains("0644") && l.contains("0600"),
+        "{l}"
+    );
+    assert!(l.contains(&f.key().display().to_string()), "{l}");
+}
+
+#[test]
+fn malformed_config_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = service(tmp.path(), &Ca::new(1));
+    write_atomic(&f.config(), b"{\"cert\": \"cert.pem\",", 0o644);
+    let lines = refused(&f.config());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("is not valid") && lines[0].contains("line"),
+        "{}",
+        lines[0]
+    );
+
+    // A well-formed file with a bad field names the field.
+    let mut c = config(loopback(), loopback(), loopback(), &[], json!([]));
+    c["inbound"]["listen"] = "localhost:80:80".into();
+    f.write_config(&c);
+    let lines = refused(&f.config());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("inbound.listen"), "{}", lines[0]);
+}
+
+#[test]
+fn missing_file_is_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = service(tmp.path(), &Ca::new(1));
+    std::fs::remove_file(f.dir.join("bundle.pem")).unwrap();
+    let lines = refused(&f.config());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("trust_bundle: cannot read") && lines[0].contains("bundle.pem"),
+        "{}",
+        lines[0]
+    );
+
+    // And a key that belongs to another certificate.
+    let other = Ca::new(1).leaf("db");
+    f.write_bundle(&[&Ca::new(2)]);
+    write_atomic(&f.key(), other.1.as_bytes(), 0o600);
+    let lines = refused(&f.config());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("key") && lines[0].contains("does not match"),
+        "{}",
+        lines[0]
+    );
+}
