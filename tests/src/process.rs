@@ -16,7 +16,7 @@ pub fn bin(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "mesh-control", "--bins"])
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .status()
             .expect("running cargo build for the binaries");
         assert!(status.success(), "building meshd/meshctl failed");

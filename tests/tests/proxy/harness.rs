@@ -5,34 +5,18 @@
 use std::hash::Hasher;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mesh_tests::process::{HttpResponse, Meshd, eventually, free_port, http};
 use serde_json::{Value, json};
 
-/// `meshproxy`, built once per test process (like `process::bin` does for meshd).
+/// `meshproxy`, built with the rest of the workspace's binaries once per test process.
 pub fn proxy_bin() -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "meshproxy", "--bin", "meshproxy"])
-            .status()
-            .expect("running cargo build for meshproxy");
-        assert!(status.success(), "building meshproxy failed");
-    });
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let path = dir.join("meshproxy");
-    assert!(path.exists(), "{} was not built", path.display());
-    path
+    mesh_tests::process::bin("meshproxy")
 }
 
 /// `meshd dev` on OS-chosen ports.
