@@ -157,7 +157,8 @@ pub struct Config {
     pub keep_denied_connections: bool,
 }
 
-mod secs {
+/// Durations serialized as Go-style strings ("5s") in `/config`.
+pub(crate) mod secs {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -158,21 +158,13 @@ pub struct StaticConfig {
     pub allowed_sources: Vec<String>,
     pub upstreams: Vec<StaticUpstream>,
     pub admin: Option<SocketAddr>,
-    #[serde(with = "secs")]
+    #[serde(with = "crate::config::secs")]
     pub connect_timeout: Duration,
-    #[serde(with = "secs")]
+    #[serde(with = "crate::config::secs")]
     pub handshake_timeout: Duration,
-    #[serde(with = "secs")]
+    #[serde(with = "crate::config::secs")]
     pub drain_timeout: Duration,
     pub keep_denied_connections: bool,
-}
-
-mod secs {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&mesh_control::duration::format_duration(*d))
-    }
 }
 
 impl StaticConfig {
