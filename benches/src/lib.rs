@@ -1,13 +1,21 @@
 //! Shared pieces of the benchmark harness binaries (`src/bin/*`): the common command-line
 //! flags, bounded timing loops, rates and percentiles, the machine load average and the aligned
-//! table every harness prints.
+//! table every harness prints; for the agent harnesses also a single fast-electing in-process
+//! server, a client agent, a keep-alive loopback HTTP connection and the process RSS.
 //!
 //! Why a harness and not a timed test: speed targets are reported as ratios against a baseline
 //! measured in the same run on the same machine (see `benches/README.md`), which stays meaningful
 //! on a shared, noisy machine where absolute figures do not.
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use mesh_control::agent::{Agent, AgentConfig, AgentHandle};
+use mesh_control::server::{Server, ServerConfig, ServerHandle};
 
 /// Longest measurement any harness accepts, so a typo cannot tie up a shared machine.
 pub const MAX_SECONDS: f64 = 300.0;
@@ -207,6 +215,218 @@ impl Table {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// In-process servers and agents, loopback HTTP, process memory (the agent_* harnesses).
+
+/// Raft heartbeat of the single-node harnesses (the default is 100 ms).
+pub const FAST_HEARTBEAT: Duration = Duration::from_millis(50);
+/// Election timeout range of the single-node harnesses (the default is 800–1600 ms), so a lone
+/// server elects itself in well under a second.
+pub const FAST_ELECTION: (Duration, Duration) =
+    (Duration::from_millis(150), Duration::from_millis(300));
+
+/// Settings of a server that bootstraps alone with [`FAST_HEARTBEAT`] and [`FAST_ELECTION`], on
+/// 127.0.0.1 with OS-chosen ports.
+pub fn single_server_config(name: &str, data_dir: &Path) -> ServerConfig {
+    let mut config = ServerConfig::new(name, data_dir);
+    config.bootstrap_expect = 1;
+    config.heartbeat = FAST_HEARTBEAT;
+    config.election_timeout_min = FAST_ELECTION.0;
+    config.election_timeout_max = FAST_ELECTION.1;
+    config
+}
+
+/// Starts one server from [`single_server_config`] and waits (at most `timeout`) until it leads
+/// and its CA is initialized. On failure the server is shut down again.
+pub async fn start_single_server(
+    name: &str,
+    data_dir: &Path,
+    timeout: Duration,
+) -> anyhow::Result<ServerHandle> {
+    let handle = Server::start(single_server_config(name, data_dir))
+        .await
+        .with_context(|| format!("starting server {name}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = &handle.server;
+        let leads = s.raft.metrics().borrow().current_leader == Some(s.id);
+        if leads && s.state.read(|st| !st.ca.roots.is_empty()) {
+            return Ok(handle);
+        }
+        if Instant::now() >= deadline {
+            shutdown_server(handle, SHUTDOWN_TIMEOUT).await;
+            anyhow::bail!("server {name} not leader with a CA after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a client agent (HTTP API on 127.0.0.1, OS-chosen port) talking to the server at
+/// `server_rpc`, and waits (at most `timeout`) until a server answered its heartbeat and its
+/// node is in the catalog. On failure the agent is shut down again.
+pub async fn start_client_agent(
+    node: &str,
+    server_rpc: SocketAddr,
+    timeout: Duration,
+) -> anyhow::Result<AgentHandle> {
+    let mut config = AgentConfig::new(node, vec![server_rpc.to_string()]);
+    config.http_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let handle = Agent::start(config)
+        .await
+        .with_context(|| format!("starting agent {node}"))?;
+    let agent = handle.agent.clone();
+    let ready = async {
+        let mut connected = agent.connected.subscribe();
+        connected.wait_for(|c| *c).await.is_ok() && agent.wait_synced(timeout).await
+    };
+    match tokio::time::timeout(timeout, ready).await {
+        Ok(true) if handle.http_addr.is_some() => Ok(handle),
+        _ => {
+            shutdown_agent(handle, SHUTDOWN_TIMEOUT).await;
+            anyhow::bail!("agent {node} not connected and synced after {timeout:?}")
+        }
+    }
+}
+
+/// How long shutting down one server or agent may take before the harness gives up on it.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Shuts a server down, giving up (with a message on stderr) after `timeout`.
+pub async fn shutdown_server(handle: ServerHandle, timeout: Duration) {
+    if tokio::time::timeout(timeout, handle.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("warning: server shutdown did not finish within {timeout:?}");
+    }
+}
+
+/// Shuts an agent down, giving up (with a message on stderr) after `timeout`.
+pub async fn shutdown_agent(handle: AgentHandle, timeout: Duration) {
+    if tokio::time::timeout(timeout, handle.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("warning: agent shutdown did not finish within {timeout:?}");
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection to a loopback API (one request at a time, as one client).
+pub struct HttpConn {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+/// A response, fully read.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    pub status: u16,
+    /// `X-Consul-Index`, when present and numeric.
+    pub index: Option<u64>,
+    pub body: Bytes,
+}
+
+impl HttpConn {
+    /// Connects to `addr` (no request is sent yet).
+    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            sender,
+            host: addr.to_string(),
+            driver,
+        })
+    }
+
+    /// Sends one request and reads the whole response.
+    pub async fn request(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<HttpReply> {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, self.host.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(HttpReply {
+            status,
+            index,
+            body,
+        })
+    }
+
+    /// `GET path`.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<HttpReply> {
+        self.request(http::Method::GET, path, Bytes::new()).await
+    }
+}
+
+impl Drop for HttpConn {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Resident set size of this process in bytes (`VmRSS` of `/proc/self/status`, kB
+/// resolution); `None` where unavailable.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Signed milliseconds with three decimals (`b - a` for two instants, negative when `b` came
+/// first).
+pub fn signed_ms_between(a: Instant, b: Instant) -> f64 {
+    if b >= a {
+        (b - a).as_secs_f64() * 1e3
+    } else {
+        -((a - b).as_secs_f64() * 1e3)
+    }
+}
+
+/// The `p`-th percentile (0..=100) of already sorted `f64` samples, nearest-rank; zero when
+/// empty (the signed counterpart of [`percentile`]).
+pub fn percentile_f64(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A byte count with thousands separators, e.g. `12,345 B`.
+pub fn bytes_text(n: f64) -> String {
+    let mut s = rate(n.abs());
+    s.truncate(s.len() - 2);
+    s.push_str(" B");
+    if n < 0.0 {
+        s.insert(0, '-');
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +438,15 @@ mod tests {
         assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
         assert_eq!(percentile(&v, 100.0), Duration::from_millis(100));
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+        let f: Vec<f64> = (-50..50).map(f64::from).collect();
+        assert_eq!(percentile_f64(&f, 50.0), -1.0);
+        assert_eq!(percentile_f64(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn bytes_text_groups_thousands() {
+        assert_eq!(bytes_text(4096.0), "4,096 B");
+        assert_eq!(bytes_text(12.4), "12 B");
     }
 
     #[test]
