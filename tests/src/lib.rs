@@ -3,5 +3,6 @@
 pub mod eventually;
 pub mod http_raw;
 pub mod inproc;
+pub mod openssl;
 pub mod process;
 pub mod python;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use mesh_tests::eventually::eventually;
+use mesh_tests::openssl::openssl_verify;
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -14,24 +15,6 @@ const JITTER: Duration = Duration::from_secs(2);
 /// Roots reach the agent over its watch stream and the leaf is signed by a server: a small
 /// margin on top of the jitter window.
 const MARGIN: Duration = Duration::from_secs(3);
-
-async fn openssl_verify(ca_file: &str, cert: &str) -> Result<String, String> {
-    let out = tokio::process::Command::new("openssl")
-        .args(["verify", "-CAfile", ca_file, cert])
-        .output()
-        .await
-        .expect("the openssl binary must be installed for this test");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_are_reissued_within_the_jitter_after_rotation() {
@@ -117,7 +100,7 @@ async fn leaves_are_reissued_within_the_jitter_after_rotation() {
         assert_eq!(l["Service"], s);
         let pem = dir.path().join(format!("{s}.pem"));
         std::fs::write(&pem, l["CertPEM"].as_str().expect("CertPEM")).unwrap();
-        openssl_verify(ca_file.to_str().unwrap(), pem.to_str().unwrap())
+        openssl_verify(&["-CAfile", ca_file.to_str().unwrap(), pem.to_str().unwrap()])
             .await
             .unwrap_or_else(|e| panic!("new {s} leaf does not verify against the roots: {e}"));
     }

@@ -31,25 +31,7 @@ pub fn write_pem(dir: &Path, name: &str, pem: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// Runs `openssl verify <args>`; `Ok(stdout)` when it exits 0, `Err(stdout+stderr)` otherwise.
-pub async fn openssl_verify(args: &[&str]) -> Result<String, String> {
-    let out = tokio::process::Command::new("openssl")
-        .arg("verify")
-        .args(args)
-        .output()
-        .await
-        .expect("the openssl binary must be installed for the CA tests");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text)
-    } else {
-        Err(text)
-    }
-}
+pub use mesh_tests::openssl::openssl_verify;
 
 /// `NotAfter - now` of a PEM certificate, in seconds.
 pub fn seconds_left(cert_pem: &str) -> i64 {
