@@ -121,6 +121,18 @@ pub struct ServiceInstance {
 }
 
 impl ServiceInstance {
+    /// Whether `other` registers the same thing, ignoring the indexes the catalog assigns.
+    /// The state machine uses it to skip no-op writes, the agent's anti-entropy to skip
+    /// needless ones.
+    pub fn same_registration(&self, other: &ServiceInstance) -> bool {
+        let strip = |s: &ServiceInstance| ServiceInstance {
+            create_index: 0,
+            modify_index: 0,
+            ..s.clone()
+        };
+        strip(self) == strip(other)
+    }
+
     /// Name of the service this instance carries mesh traffic for: itself when connect-native,
     /// the destination when it is a sidecar proxy.
     pub fn connect_target(&self) -> Option<&str> {

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::Agent;
 use super::authorize::{self, AuthorizeRequest};
-use super::cache::{CacheKey, Value};
+use super::cache::{CacheKey, Cached, Value};
 use super::registration;
 use crate::http::ApiError;
 use crate::http::blocking::{QueryOptions, json_with_index};
@@ -55,8 +55,23 @@ pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
     }
 }
 
-fn options(p: &HashMap<String, String>) -> Result<QueryOptions, ApiError> {
-    QueryOptions::from_params(p)
+/// Reads a cache entry for `?index=&wait=` as a blocking query.
+async fn cached(a: &Agent, key: &CacheKey, q: &QueryOptions) -> Result<Cached, ApiError> {
+    a.cache
+        .get(key, q.index.unwrap_or(0), q.wait()?)
+        .await
+        .map_err(unavailable)
+}
+
+/// A cached JSON body served as is, with its index.
+fn raw_json(index: u64, body: Bytes, cache_hit: bool) -> Response {
+    let mut h = HeaderMap::new();
+    h.insert("X-Consul-Index", HeaderValue::from(index));
+    if cache_hit {
+        h.insert("X-Cache", HeaderValue::from_static("HIT"));
+    }
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    (h, body).into_response()
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -138,7 +153,7 @@ fn agent_service_json(a: &Agent, s: &crate::model::ServiceInstance) -> serde_jso
 }
 
 async fn services(State(a): St, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
     let map: BTreeMap<String, serde_json::Value> = a
         .local
@@ -152,7 +167,7 @@ async fn services(State(a): St, Query(p): Params) -> Res {
 }
 
 async fn service(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
     let s = a.local.lock().unwrap().services.get(&id).cloned();
     match s {
@@ -260,13 +275,9 @@ fn check_update(a: &Agent, id: &str, body: &Bytes) -> Res {
 }
 
 async fn roots(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let key = CacheKey::roots(&dc(&a, &p)).with_token(&token(&headers, &p));
-    let c = a
-        .cache
-        .get(&key, q.index.unwrap_or(0), q.wait()?)
-        .await
-        .map_err(unavailable)?;
+    let c = cached(&a, &key, &q).await?;
     match c.value {
         Value::Roots(r) => Ok(json_with_index(c.index, &*r)),
         _ => Err(unavailable("unexpected cache value")),
@@ -274,7 +285,7 @@ async fn roots(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
 }
 
 async fn leaf(State(a): St, Path(service): Path<String>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let l = a
         .leaf(&service, q.index.unwrap_or(0), q.wait()?)
         .await
@@ -313,20 +324,11 @@ async fn intentions(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let key = CacheKey::intentions(&destination, &dc(&a, &p)).with_token(&token(&headers, &p));
-    let c = a
-        .cache
-        .get(&key, q.index.unwrap_or(0), q.wait()?)
-        .await
-        .map_err(unavailable)?;
+    let c = cached(&a, &key, &q).await?;
     match c.value {
-        Value::Intentions(view) => {
-            let mut h = HeaderMap::new();
-            h.insert("X-Consul-Index", HeaderValue::from(c.index));
-            h.insert("content-type", HeaderValue::from_static("application/json"));
-            Ok((h, view.raw.clone()).into_response())
-        }
+        Value::Intentions(view) => Ok(raw_json(c.index, view.raw.clone(), false)),
         _ => Err(unavailable("unexpected cache value")),
     }
 }
@@ -342,22 +344,12 @@ async fn health_connect(
     if !p.contains_key("cached") {
         return passthrough(State(a), req).await;
     }
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let key = CacheKey::health(&service, p.contains_key("passing"), &dc(&a, &p))
         .with_token(&token(&headers, &p));
-    let c = a
-        .cache
-        .get(&key, q.index.unwrap_or(0), q.wait()?)
-        .await
-        .map_err(unavailable)?;
+    let c = cached(&a, &key, &q).await?;
     match c.value {
-        Value::Health(body) => {
-            let mut h = HeaderMap::new();
-            h.insert("X-Consul-Index", HeaderValue::from(c.index));
-            h.insert("X-Cache", HeaderValue::from_static("HIT"));
-            h.insert("content-type", HeaderValue::from_static("application/json"));
-            Ok((h, body).into_response())
-        }
+        Value::Health(body) => Ok(raw_json(c.index, body, true)),
         _ => Err(unavailable("unexpected cache value")),
     }
 }

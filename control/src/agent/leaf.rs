@@ -236,8 +236,8 @@ async fn maintain(agent: Arc<Agent>, service: String, tx: watch::Sender<Option<A
                     tracing::info!(%service, ?delay, "active root changed; re-issuing leaf");
                     // The jitter never postpones a renewal that is due sooner: a short-lived
                     // leaf must not expire while waiting its turn after a rotation.
-                    let at = (Instant::now() + delay).min(renew_at.unwrap_or(Instant::now() + delay));
-                    renew_at = Some(at);
+                    let jittered = Instant::now() + delay;
+                    renew_at = Some(renew_at.map_or(jittered, |due| due.min(jittered)));
                 }
             }
         }

@@ -27,15 +27,6 @@ fn req(v: serde_json::Value) -> JsonRequest {
     }
 }
 
-fn same_service(a: &ServiceInstance, b: &ServiceInstance) -> bool {
-    let strip = |s: &ServiceInstance| ServiceInstance {
-        create_index: 0,
-        modify_index: 0,
-        ..s.clone()
-    };
-    strip(a) == strip(b)
-}
-
 /// Output-only changes are not pushed on their own (as Consul defers them with
 /// `check_update_interval`): they would wake every blocking health query for nothing. They ride
 /// along with the next status change or registration.
@@ -122,7 +113,7 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
         let checks_known = mine
             .iter()
             .all(|c| remote.checks.iter().any(|r| r.check_id == c.check_id));
-        if remote_s.is_none_or(|r| !same_service(r, s)) || !checks_known {
+        if remote_s.is_none_or(|r| !r.same_registration(s)) || !checks_known {
             register(json!({"Node": node, "Service": s, "Checks": mine})).await?;
             writes += 1;
         }

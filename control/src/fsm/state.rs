@@ -405,7 +405,7 @@ impl State {
             }
             let services = self.services.entry(node.node.clone()).or_default();
             match services.get(&s.id) {
-                Some(existing) if same_service(existing, &s) => {}
+                Some(existing) if existing.same_registration(&s) => {}
                 existing => {
                     s.create_index = existing.map(|e| e.create_index).unwrap_or(index);
                     s.modify_index = index;
@@ -553,15 +553,6 @@ impl State {
 
 fn same_node(a: &Node, b: &Node) -> bool {
     a.id == b.id && a.address == b.address && a.datacenter == b.datacenter && a.meta == b.meta
-}
-
-fn same_service(a: &ServiceInstance, b: &ServiceInstance) -> bool {
-    let strip = |s: &ServiceInstance| ServiceInstance {
-        create_index: 0,
-        modify_index: 0,
-        ..s.clone()
-    };
-    strip(a) == strip(b)
 }
 
 fn same_check(a: &HealthCheck, b: &HealthCheck) -> bool {

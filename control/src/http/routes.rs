@@ -72,10 +72,6 @@ fn server(b: &Backend) -> &Server {
     s
 }
 
-fn options(p: &HashMap<String, String>) -> Result<QueryOptions, ApiError> {
-    QueryOptions::from_params(p)
-}
-
 fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
@@ -253,7 +249,7 @@ async fn catalog_deregister(AxState(b): AxState<Backend>, body: Bytes) -> Res {
 }
 
 async fn catalog_services(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     blocking::read(
         &b,
         &q,
@@ -275,7 +271,7 @@ async fn catalog_services(AxState(b): AxState<Backend>, Query(p): Params) -> Res
 }
 
 async fn catalog_nodes(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     blocking::read(
         &b,
         &q,
@@ -326,7 +322,7 @@ async fn catalog_read(
     service: &str,
     connect: bool,
 ) -> Res {
-    let q = options(p)?;
+    let q = QueryOptions::from_params(p)?;
     blocking::read(
         b,
         &q,
@@ -339,7 +335,7 @@ async fn catalog_read(
 /// `/v1/internal/members` (used by `/v1/agent/members`): catalog nodes with their liveness as
 /// Consul's member status (1 alive, 4 failed), servers tagged `role: consul`.
 async fn members(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let mut q = options(&p)?;
+    let mut q = QueryOptions::from_params(&p)?;
     q.stale = Some(String::new());
     let servers: Vec<String> = server(&b)
         .peers()
@@ -390,7 +386,7 @@ async fn health_service(
     Path(service): Path<String>,
     Query(p): Params,
 ) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let passing = p.contains_key("passing");
     blocking::read(&b, &q, State::health_index, |s| {
         Ok(health_entries(s, &service, false, passing))
@@ -403,7 +399,7 @@ async fn health_connect(
     Path(service): Path<String>,
     Query(p): Params,
 ) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let passing = p.contains_key("passing");
     blocking::read(&b, &q, State::health_index, |s| {
         Ok(health_entries(s, &service, true, passing))
@@ -416,7 +412,7 @@ fn intentions_index(s: &State) -> u64 {
 }
 
 async fn intention_list(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     blocking::read(&b, &q, intentions_index, |s| Ok(s.intention_list())).await
 }
 
@@ -534,7 +530,7 @@ async fn intention_create(AxState(b): AxState<Backend>, body: Bytes) -> Res {
 }
 
 async fn intention_get(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let source = required(&p, "source")?.to_string();
     let destination = required(&p, "destination")?.to_string();
     let id = intentions::legacy_id("default", &source, "default", &destination);
@@ -568,7 +564,7 @@ async fn intention_delete(AxState(b): AxState<Backend>, Query(p): Params) -> Res
 }
 
 async fn intention_check(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let source = required(&p, "source")?.to_string();
     let destination = required(&p, "destination")?.to_string();
     blocking::read(&b, &q, intentions_index, |s| {
@@ -579,7 +575,7 @@ async fn intention_check(AxState(b): AxState<Backend>, Query(p): Params) -> Res 
 }
 
 async fn intention_match(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     let by = required(&p, "by")?.to_string();
     let by_source = match by.as_str() {
         "source" => true,
@@ -608,12 +604,12 @@ async fn intention_match(AxState(b): AxState<Backend>, Query(p): Params) -> Res 
 }
 
 async fn ca_roots(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     blocking::read(&b, &q, |s| s.tables.roots, |s| Ok(s.ca.root_list())).await
 }
 
 async fn ca_config_get(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     blocking::read(
         &b,
         &q,
@@ -666,7 +662,7 @@ async fn ca_rotate(AxState(b): AxState<Backend>) -> Res {
 /// `GET /v1/internal/state-hash` (extension): digest of the replicated state, to compare
 /// servers.
 async fn state_hash(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
-    let q = options(&p)?;
+    let q = QueryOptions::from_params(&p)?;
     blocking::read(
         &b,
         &q,
