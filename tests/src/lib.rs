@@ -4,5 +4,6 @@ pub mod eventually;
 pub mod http_raw;
 pub mod inproc;
 pub mod openssl;
+pub mod pod;
 pub mod process;
 pub mod python;

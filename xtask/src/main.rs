@@ -2,6 +2,8 @@
 //!
 //! - `demo`: the main job. Starts the embedded single-node control plane (`meshd dev`), shows
 //!   its state, writes and checks intentions, rotates the CA, and stops it.
+//! - `build-ebpf`: builds the eBPF programs in `ebpf/` (nightly, `bpfel-unknown-none`),
+//!   installing nightly `rust-src` and a project-local bpf-linker first when missing.
 //! - `test`: the whole test suite, exactly what CI runs (`.ci/run` calls it): format check,
 //!   clippy with warnings denied, then every test in the workspace.
 //!
@@ -16,6 +18,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
+mod ebpf;
+
 #[derive(Parser)]
 #[command(name = "xtask")]
 struct Cli {
@@ -27,6 +31,8 @@ struct Cli {
 enum Task {
     /// Run the demo on the embedded single-node control plane.
     Demo,
+    /// Build the eBPF programs (installs nightly rust-src and bpf-linker when missing).
+    BuildEbpf,
     /// Run the whole test suite (what CI runs).
     Test,
 }
@@ -34,6 +40,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Demo => demo(),
+        Task::BuildEbpf => ebpf::build_ebpf().map(|_| ()),
         Task::Test => test(),
     }
 }
