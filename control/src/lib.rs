@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod config_entries;
 pub mod duration;
 pub mod fsm;
 pub mod hash;

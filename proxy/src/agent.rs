@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::l7::Protocol;
+
 /// How long a blocking query may wait on the agent (Consul caps at 10 minutes).
 pub const BLOCKING_WAIT: Duration = Duration::from_secs(60);
 
@@ -50,6 +52,13 @@ pub enum AgentError {
     },
     #[error("agent request {path} timed out after {after:?}")]
     Timeout { path: String, after: Duration },
+    #[error("agent answered {path} with HTTP 404: {body}")]
+    NotFound {
+        path: String,
+        /// `X-Consul-Index` of the 404 (0 when absent).
+        index: u64,
+        body: String,
+    },
     #[error("agent answered {path} with HTTP {status}: {body}")]
     Status {
         path: String,
@@ -170,6 +179,13 @@ impl AgentClient {
                     source,
                 })?
                 .to_bytes();
+            if status == http::StatusCode::NOT_FOUND {
+                return Err(AgentError::NotFound {
+                    path: path.to_string(),
+                    index,
+                    body: String::from_utf8_lossy(&body).trim().to_string(),
+                });
+            }
             if !status.is_success() {
                 return Err(AgentError::Status {
                     path: path.to_string(),
@@ -185,6 +201,20 @@ impl AgentClient {
                 path: path.to_string(),
                 after,
             })?
+    }
+
+    /// `GET path` like [`get`](Self::get), but a 404 is an answer (`None`) carrying the
+    /// response's `X-Consul-Index`, so a blocking query can wait for the entry to appear.
+    pub async fn get_optional(
+        &self,
+        path: &str,
+        index: u64,
+    ) -> Result<(u64, Option<Bytes>), AgentError> {
+        match self.get(path, index).await {
+            Ok(a) => Ok((a.index, Some(a.body))),
+            Err(AgentError::NotFound { index, .. }) => Ok((index, None)),
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET path` (not blocking), retried up to `attempts` times with backoff.
@@ -469,4 +499,186 @@ where
             }
         }
     })
+}
+
+/// `GET /v1/config/service-defaults/:name` (the fields the proxy uses).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceDefaults {
+    #[serde(default)]
+    protocol: String,
+}
+
+/// Errors reading a service's protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolDecodeError {
+    #[error("service-defaults entry is not valid JSON")]
+    Json(#[source] serde_json::Error),
+    #[error("service-defaults entry")]
+    Protocol(#[source] crate::l7::ProtocolError),
+}
+
+/// The declared protocol from a `service-defaults` entry (`None`: no entry, so `tcp`).
+pub fn decode_protocol(body: Option<&[u8]>) -> Result<Protocol, ProtocolDecodeError> {
+    let Some(body) = body else {
+        return Ok(Protocol::Tcp);
+    };
+    let d: ServiceDefaults = serde_json::from_slice(body).map_err(ProtocolDecodeError::Json)?;
+    d.protocol.parse().map_err(ProtocolDecodeError::Protocol)
+}
+
+/// Keeps `tx` set to the declared protocol of `service`, from its `service-defaults` config
+/// entry (blocking queries; a missing entry, HTTP 404, means `tcp` as in Consul). Like
+/// [`spawn_watch`]: fail static with backoff, and an undecodable entry keeps the last value.
+pub fn spawn_protocol_watch(
+    client: AgentClient,
+    service: &str,
+    tx: watch::Sender<Option<Protocol>>,
+) -> JoinHandle<()> {
+    let path = format!("/v1/config/service-defaults/{service}");
+    tokio::spawn(async move {
+        let mut index = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        let mut failing = false;
+        while !tx.is_closed() {
+            let started = Instant::now();
+            match client.get_optional(&path, index).await {
+                Ok((new_index, body)) => {
+                    if failing {
+                        tracing::info!(%path, "agent reachable again");
+                        failing = false;
+                    }
+                    backoff = Duration::from_millis(100);
+                    let fresh = new_index != index || index == 0 || tx.borrow().is_none();
+                    if fresh {
+                        match decode_protocol(body.as_deref()) {
+                            Ok(p) => {
+                                tx.send_if_modified(|old| {
+                                    let changed = *old != Some(p);
+                                    if changed {
+                                        tracing::info!(protocol = %p, "service protocol (applies to new connections)");
+                                        *old = Some(p);
+                                    }
+                                    changed
+                                });
+                            }
+                            Err(e) => {
+                                tracing::warn!(%path, error = %e, "ignoring undecodable service-defaults entry");
+                            }
+                        }
+                    }
+                    if (!fresh || new_index == 0) && started.elapsed() < Duration::from_millis(100)
+                    {
+                        // The endpoint did not block (same index at once, or no index on a
+                        // 404): do not spin.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    index = if new_index < index {
+                        0
+                    } else {
+                        new_index.max(1)
+                    };
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(%path, error = %e, "agent query failed; keeping the last protocol and retrying");
+                    }
+                    failing = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    })
+}
+
+/// Publishes on `out` the newest intentions snapshot of `intentions` stamped with the newest
+/// protocol of `protocol` (once both are known), again whenever either changes. A protocol
+/// change so reaches the re-check of live connections like an intention change does, and new
+/// connections pick the new protocol from the snapshot they are authorized with.
+pub async fn apply_protocol(
+    mut intentions: watch::Receiver<Option<Arc<crate::authz::Policy>>>,
+    mut protocol: watch::Receiver<Option<Protocol>>,
+    out: watch::Sender<Option<Arc<crate::authz::Policy>>>,
+) {
+    // A fixed protocol (`--protocol`) comes on a channel whose sender is already gone.
+    let mut protocol_open = true;
+    loop {
+        let snapshot = intentions.borrow_and_update().clone();
+        let p = *protocol.borrow_and_update();
+        if let (Some(snapshot), Some(p)) = (snapshot, p) {
+            out.send_replace(Some(Arc::new((*snapshot).clone().with_protocol(p))));
+        }
+        tokio::select! {
+            r = intentions.changed() => if r.is_err() { return },
+            r = protocol.changed(), if protocol_open => protocol_open = r.is_ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use super::*;
+    use crate::authz::Policy;
+    use mesh_control::intentions::DefaultPolicy;
+
+    #[test]
+    fn service_defaults_protocol() {
+        assert_eq!(decode_protocol(None).unwrap(), Protocol::Tcp);
+        let body = br#"{"Kind":"service-defaults","Name":"db","Protocol":"grpc"}"#;
+        assert_eq!(decode_protocol(Some(body)).unwrap(), Protocol::Grpc);
+        let body = br#"{"Kind":"service-defaults","Name":"db"}"#;
+        assert_eq!(decode_protocol(Some(body)).unwrap(), Protocol::Tcp);
+        let e = decode_protocol(Some(br#"{"Protocol":"quic"}"#)).unwrap_err();
+        assert!(format!("{:?}", e).contains("quic"), "{e:?}");
+        assert!(decode_protocol(Some(b"nope")).is_err());
+    }
+
+    #[tokio::test]
+    async fn protocol_is_stamped_on_every_snapshot() {
+        let (itx, irx) = watch::channel(None);
+        let (ptx, prx) = watch::channel(None);
+        let (otx, mut orx) = watch::channel(None);
+        tokio::spawn(apply_protocol(irx, prx, otx));
+        itx.send_replace(Some(Arc::new(Policy::new(
+            "db",
+            "td",
+            1,
+            vec![],
+            DefaultPolicy::Deny,
+        ))));
+        // The protocol arrives after the intentions.
+        ptx.send_replace(Some(Protocol::Http));
+        let p = orx
+            .wait_for(Option::is_some)
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!((p.index, p.protocol), (1, Protocol::Http));
+        ptx.send_replace(Some(Protocol::Tcp));
+        let p = orx
+            .wait_for(|p| p.as_ref().is_some_and(|p| p.protocol == Protocol::Tcp))
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(p.index, 1);
+        // A fixed protocol (sender dropped) keeps applying to new intentions.
+        drop(ptx);
+        itx.send_replace(Some(Arc::new(Policy::new(
+            "db",
+            "td",
+            2,
+            vec![],
+            DefaultPolicy::Deny,
+        ))));
+        let p = orx
+            .wait_for(|p| p.as_ref().is_some_and(|p| p.index == 2))
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(p.protocol, Protocol::Tcp);
+    }
 }

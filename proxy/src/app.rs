@@ -53,6 +53,8 @@ pub enum AppError {
     Runtime(#[source] std::io::Error),
     #[error("installing the signal handler failed")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Transparent(#[from] crate::transparent::TransparentError),
     #[error("a control task stopped unexpectedly")]
     Join(#[source] tokio::task::JoinError),
 }
@@ -176,6 +178,8 @@ struct DataPlane {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     drain_timeout: Duration,
+    /// `--transparent`: started once the public listener is bound.
+    transparent: Option<crate::transparent::TransparentPlan>,
 }
 
 async fn run_agent(
@@ -184,6 +188,13 @@ async fn run_agent(
     metrics: Arc<Metrics>,
     control: &tokio::runtime::Runtime,
 ) -> Result<(), AppError> {
+    // Transparent mode's preflight comes first: a bad environment is refused before anything
+    // else happens (one line, nothing attached).
+    let prepared = config
+        .transparent
+        .as_ref()
+        .map(crate::transparent::prepare)
+        .transpose()?;
     let client = AgentClient::new(config.agent_addr, config.token.clone());
     let sidecar = {
         let (c, id) = (client.clone(), config.sidecar_for.clone());
@@ -206,8 +217,29 @@ async fn run_agent(
     let (leaf_tx, leaf_rx) = watch::channel::<Option<Arc<LeafCert>>>(None);
     let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
     let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
+    // Intentions as the agent serves them; `policy_*` adds the service's protocol to them.
+    let (intentions_tx, intentions_rx) = watch::channel::<Option<Arc<Policy>>>(None);
+    let (protocol_tx, protocol_rx) = watch::channel(config.protocol);
     let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
     let registry = Arc::new(Registry::default());
+    let transparent = prepared.map(|prepared| crate::transparent::TransparentPlan {
+        prepared,
+        mesh_destinations_only: config
+            .transparent
+            .as_ref()
+            .is_some_and(|t| t.mesh_destinations_only),
+        outbound_port: config
+            .transparent
+            .as_ref()
+            .map_or(crate::transparent::args::DEFAULT_OUTBOUND_PORT, |t| {
+                t.outbound_port
+            }),
+        client: client.clone(),
+        app_ports: vec![sidecar.local_app().1],
+        leaf: leaf_rx.clone(),
+        roots: roots_rx.clone(),
+        provider: provider.clone(),
+    });
 
     // Agent loops and the identity manager, on the control runtime.
     {
@@ -254,8 +286,13 @@ async fn run_agent(
                     .unwrap_or_default();
                 Policy::from_agent_json(&dest, &td, index, body)
             },
-            policy_tx,
+            intentions_tx,
         );
+        // The declared protocol (L7 issue #6): `--protocol`, or the service-defaults entry.
+        if config.protocol.is_none() {
+            agent::spawn_protocol_watch(client.clone(), &destination, protocol_tx);
+        }
+        control.spawn(agent::apply_protocol(intentions_rx, protocol_rx, policy_tx));
         let targets: Vec<UpstreamTarget> = plans
             .iter()
             .map(|p| UpstreamTarget {
@@ -264,11 +301,12 @@ async fn run_agent(
                 spiffe_id: None,
             })
             .collect();
-        control.spawn(identity::run_manager(
+        control.spawn(identity::run_manager_with(
             provider,
             leaf_rx,
             roots_rx,
             targets,
+            config.tls,
             identity_tx,
         ));
         control.spawn(connections::run_rechecks(
@@ -317,6 +355,7 @@ async fn run_agent(
             connect_timeout: config.connect_timeout,
             handshake_timeout: config.handshake_timeout,
             drain_timeout: config.drain_timeout,
+            transparent,
         },
         control,
     )
@@ -363,11 +402,12 @@ async fn run_static_with(
     outputs.publish(&initial, generation);
     {
         let _enter = control.enter();
-        control.spawn(identity::run_manager(
+        control.spawn(identity::run_manager_with(
             provider.clone(),
             leaf_rx,
             roots_rx,
             config.targets(),
+            config.tls,
             identity_tx,
         ));
         control.spawn(connections::run_rechecks(
@@ -392,6 +432,7 @@ async fn run_static_with(
             connect_timeout: config.connect_timeout,
             handshake_timeout: config.handshake_timeout,
             drain_timeout: config.drain_timeout,
+            transparent: None,
         },
         control,
     )
@@ -415,7 +456,7 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
     if let Some(addr) = p.admin {
         let admin_listener = {
             let _enter = control.enter();
-            transport::bind(addr).await?
+            transport::bind_host(addr).await?
         };
         admin_addr = admin_listener.local_addr().ok();
         control.spawn(admin::serve(admin_listener, admin_state.clone()));
@@ -453,6 +494,26 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
         .collect();
     let _ = admin_state.listeners.set((public_addr, bound));
 
+    // Attached before "ready"; held (and so attached) until this function returns.
+    let transparent = match p.transparent {
+        Some(plan) => Some(
+            crate::transparent::start(
+                plan,
+                control,
+                &public,
+                p.metrics.clone(),
+                p.connect_timeout,
+                p.handshake_timeout,
+                &drain,
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let transparent_line = transparent
+        .as_ref()
+        .map(|t| format!(" transparent={}", t.outbound))
+        .unwrap_or_default();
     let inbound_ctx = Arc::new(InboundContext {
         identity: p.identity.clone(),
         policy: p.policy.clone(),
@@ -486,7 +547,7 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
     tracing::info!(%id, public = %public_addr, admin = ?admin_addr, "proxy ready");
     // Machine-readable line for scripts and tests (with the bound addresses, so port 0 works).
     println!(
-        "meshproxy: ready id={id} public={public_addr} admin={}{upstream_line}",
+        "meshproxy: ready id={id} public={public_addr} admin={}{upstream_line}{transparent_line}",
         admin_addr.map(|a| a.to_string()).unwrap_or_default()
     );
 
@@ -503,6 +564,10 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
             still_open = p.registry.len(),
             "drain timeout passed; closing the remaining connections"
         ),
+    }
+    if let Some(t) = &transparent {
+        // Dropped (so detached) when this function returns.
+        tracing::info!(stats = ?t.stats(), "transparent mode: detaching the eBPF programs");
     }
     Ok(())
 }

@@ -11,6 +11,18 @@
 //! highest-precedence matching intention decides, an intention with L7 `Permissions` counting as
 //! deny at L4; otherwise the default policy decides (deny unless the agent says allow).
 //!
+//! L7 services (declared protocol `http`, `http2` or `grpc`, carried in the snapshot as
+//! [`Policy::protocol`]) are decided per request by [`Policy::authorize_http`], which calls the
+//! control plane's own matcher (`IntentionSet::decide_http`, the code `meshctl intention check
+//! --http-*` runs). For them the connection-level check only rejects peers of another trust
+//! domain and admits every other peer with [`VerdictReason::PerRequest`]: every intention,
+//! L4 or with `Permissions`, and the default policy then decide each request, as Consul's
+//! Envoy configuration does (its network RBAC filter is replaced by the HTTP one for L7
+//! protocols). A denied source so gets a 403 or `PERMISSION_DENIED` per request instead of a
+//! reset connection, its bytes never reach the application, and the re-check of live
+//! connections never closes an L7 connection over an intention change: the next request is
+//! decided against the new intentions anyway.
+//!
 //! Static mode (`meshproxy run --config`) has no intentions: its policy is an allow-list of
 //! source SPIFFE IDs ([`SourcePattern`]), default deny. It is the same [`Policy`] type behind the
 //! same [`Policy::authorize`], so inbound decisions and the re-check of live connections need
@@ -18,10 +30,13 @@
 
 use std::fmt;
 
+use mesh_control::intentions::l7::{HttpReason, HttpRequest};
 use mesh_control::intentions::{DEFAULT_NAMESPACE, DefaultPolicy, IntentionSet, Reason};
 use mesh_control::model::{Intention, IntentionAction};
 use mesh_control::spiffe::SpiffeId;
 use serde::Deserialize;
+
+use crate::l7::Protocol;
 
 /// Errors reading an intentions snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +70,8 @@ pub struct Policy {
     pub trust_domain: String,
     /// `X-Consul-Index` of the snapshot (static mode: the reload generation).
     pub index: u64,
+    /// Declared protocol of the destination: `tcp` decides connections, the others requests.
+    pub protocol: Protocol,
     rules: Rules,
 }
 
@@ -152,6 +169,8 @@ pub enum VerdictReason {
     AllowedSource { entry: String },
     /// Static mode: no `allowed_sources` entry matched (default deny).
     NotAllowed,
+    /// L7 destination: the connection is admitted and every request is decided on its own.
+    PerRequest { protocol: Protocol },
 }
 
 impl fmt::Display for VerdictReason {
@@ -166,6 +185,10 @@ impl fmt::Display for VerdictReason {
                 write!(f, "allowed by allowed_sources entry {entry}")
             }
             VerdictReason::NotAllowed => f.write_str("not in allowed_sources (default deny)"),
+            VerdictReason::PerRequest { protocol } => write!(
+                f,
+                "destination protocol is {protocol}: every request is authorized on its own"
+            ),
         }
     }
 }
@@ -182,6 +205,7 @@ pub enum ReasonKind {
     ForeignTrustDomain,
     AllowedSource,
     NotAllowedSource,
+    PerRequest,
 }
 
 impl ReasonKind {
@@ -196,6 +220,7 @@ impl ReasonKind {
             ReasonKind::ForeignTrustDomain => "foreign_trust_domain",
             ReasonKind::AllowedSource => "allowed_source",
             ReasonKind::NotAllowedSource => "not_allowed_source",
+            ReasonKind::PerRequest => "per_request",
         }
     }
 }
@@ -223,6 +248,7 @@ impl Verdict {
             },
             VerdictReason::AllowedSource { .. } => ReasonKind::AllowedSource,
             VerdictReason::NotAllowed => ReasonKind::NotAllowedSource,
+            VerdictReason::PerRequest { .. } => ReasonKind::PerRequest,
         }
     }
 }
@@ -240,6 +266,7 @@ impl Policy {
             destination: destination.to_string(),
             trust_domain: trust_domain.to_ascii_lowercase(),
             index,
+            protocol: Protocol::Tcp,
             rules: Rules::Intentions(IntentionSet::new(intentions, default)),
         }
     }
@@ -256,6 +283,7 @@ impl Policy {
             destination: destination.to_string(),
             trust_domain: trust_domain.to_ascii_lowercase(),
             index,
+            protocol: Protocol::Tcp,
             rules: Rules::AllowList(sources),
         }
     }
@@ -285,6 +313,12 @@ impl Policy {
             b.intentions,
             b.default_policy,
         ))
+    }
+
+    /// The same snapshot for a destination with declared protocol `protocol`.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     pub fn default_policy(&self) -> DefaultPolicy {
@@ -340,6 +374,14 @@ impl Policy {
                 },
             };
         }
+        if self.protocol.is_l7() {
+            return Verdict {
+                allowed: true,
+                reason: VerdictReason::PerRequest {
+                    protocol: self.protocol,
+                },
+            };
+        }
         let d = set.decide_ns(
             &peer.namespace,
             &peer.service,
@@ -349,6 +391,132 @@ impl Policy {
         Verdict {
             allowed: d.allowed,
             reason: VerdictReason::Intentions(d.reason),
+        }
+    }
+}
+
+/// Why a request was allowed or denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpVerdictReason {
+    /// The peer's certificate names a different trust domain.
+    ForeignTrustDomain { expected: String, got: String },
+    /// The control plane's L7 matcher decided.
+    Intentions(HttpReason),
+    /// Static mode: this `allowed_sources` entry matched (no per-request rules exist there).
+    AllowedSource { entry: String },
+    /// Static mode: no `allowed_sources` entry matched.
+    NotAllowed,
+}
+
+impl fmt::Display for HttpVerdictReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpVerdictReason::ForeignTrustDomain { expected, got } => write!(
+                f,
+                "peer is in trust domain {got:?}, this mesh is {expected:?}"
+            ),
+            HttpVerdictReason::Intentions(r) => r.fmt(f),
+            HttpVerdictReason::AllowedSource { entry } => {
+                write!(f, "allowed by allowed_sources entry {entry}")
+            }
+            HttpVerdictReason::NotAllowed => f.write_str("not in allowed_sources (default deny)"),
+        }
+    }
+}
+
+/// A per-request decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpVerdict {
+    pub allowed: bool,
+    pub reason: HttpVerdictReason,
+}
+
+impl HttpVerdict {
+    /// Metric label of the rule that decided, with bounded cardinality: the intention key
+    /// (`web=>db`), with `#N` for permission N of it, or `default` when the default policy
+    /// decided; fixed words otherwise. At most (intentions × permissions + a few) values.
+    pub fn rule_label(&self) -> String {
+        match &self.reason {
+            HttpVerdictReason::Intentions(r) => match (r, r.key()) {
+                (HttpReason::NoPermissionMatched { .. } | HttpReason::DefaultPolicy(_), _)
+                | (_, None) => "default".to_string(),
+                (_, Some(k)) => {
+                    let mut s = String::with_capacity(32);
+                    if k.source_ns != DEFAULT_NAMESPACE {
+                        s.push_str(&k.source_ns);
+                        s.push('/');
+                    }
+                    s.push_str(&k.source_name);
+                    s.push_str("=>");
+                    if k.destination_ns != DEFAULT_NAMESPACE {
+                        s.push_str(&k.destination_ns);
+                        s.push('/');
+                    }
+                    s.push_str(&k.destination_name);
+                    if let Some(i) = r.permission_index() {
+                        s.push('#');
+                        s.push_str(&i.to_string());
+                    }
+                    s
+                }
+            },
+            HttpVerdictReason::ForeignTrustDomain { .. } => "foreign_trust_domain".to_string(),
+            HttpVerdictReason::AllowedSource { .. } => "allowed_sources".to_string(),
+            HttpVerdictReason::NotAllowed => "not_allowed_source".to_string(),
+        }
+    }
+
+    /// Metric label of the kind of reason (a closed set).
+    pub fn kind(&self) -> &'static str {
+        match &self.reason {
+            HttpVerdictReason::Intentions(r) => r.kind(),
+            HttpVerdictReason::ForeignTrustDomain { .. } => "foreign_trust_domain",
+            HttpVerdictReason::AllowedSource { .. } => "allowed_source",
+            HttpVerdictReason::NotAllowed => "not_allowed_source",
+        }
+    }
+}
+
+impl Policy {
+    /// Decides one HTTP request from `peer` to this proxy's service: the L7 counterpart of
+    /// [`authorize`](Self::authorize), with the same trust-domain rule first.
+    pub fn authorize_http(&self, peer: &SpiffeId, req: &HttpRequest<'_>) -> HttpVerdict {
+        let set = match &self.rules {
+            Rules::Intentions(set) => set,
+            Rules::AllowList(list) => {
+                return match list.iter().find(|p| p.matches(peer)) {
+                    Some(p) => HttpVerdict {
+                        allowed: true,
+                        reason: HttpVerdictReason::AllowedSource {
+                            entry: p.to_string(),
+                        },
+                    },
+                    None => HttpVerdict {
+                        allowed: false,
+                        reason: HttpVerdictReason::NotAllowed,
+                    },
+                };
+            }
+        };
+        if !peer.trust_domain.eq_ignore_ascii_case(&self.trust_domain) {
+            return HttpVerdict {
+                allowed: false,
+                reason: HttpVerdictReason::ForeignTrustDomain {
+                    expected: self.trust_domain.clone(),
+                    got: peer.trust_domain.clone(),
+                },
+            };
+        }
+        let d = set.decide_http(
+            &peer.namespace,
+            &peer.service,
+            DEFAULT_NAMESPACE,
+            &self.destination,
+            req,
+        );
+        HttpVerdict {
+            allowed: d.allowed,
+            reason: HttpVerdictReason::Intentions(d.reason),
         }
     }
 }
@@ -492,6 +660,117 @@ mod tests {
         ] {
             assert!(SourcePattern::parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    fn get(path: &str) -> (http::Method, String, http::HeaderMap) {
+        (http::Method::GET, path.to_string(), http::HeaderMap::new())
+    }
+
+    fn decide_http(p: &Policy, src: &SpiffeId, path: &str) -> HttpVerdict {
+        let (m, path, h) = get(path);
+        p.authorize_http(
+            src,
+            &HttpRequest {
+                method: &m,
+                path: &path,
+                headers: &h,
+            },
+        )
+    }
+
+    fn l7(src: &str, perms: serde_json::Value) -> Intention {
+        let mut i = intention(src, "db", None);
+        i.permissions = serde_json::from_value(perms).unwrap();
+        i
+    }
+
+    #[test]
+    fn l7_protocol_admits_in_trust_domain_and_decides_per_request() {
+        let p = Policy::new(
+            "db",
+            TD,
+            1,
+            vec![
+                l7(
+                    "web",
+                    serde_json::json!([
+                        {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
+                        {"Action": "allow", "HTTP": {"PathPrefix": "/"}},
+                    ]),
+                ),
+                intention("api", "db", Some(IntentionAction::Deny)),
+            ],
+            DefaultPolicy::Deny,
+        );
+        // tcp: the permission intention denies the connection.
+        assert_eq!(p.authorize(&peer("web")).kind(), ReasonKind::L7Intention);
+        let p = p.with_protocol(Protocol::Http);
+        for src in ["web", "api", "other"] {
+            let v = p.authorize(&peer(src));
+            assert!(v.allowed, "{src}: {v:?}");
+            assert_eq!(v.kind(), ReasonKind::PerRequest);
+        }
+        let foreign = SpiffeId::service("other.consul", "dc1", "web");
+        assert_eq!(p.authorize(&foreign).kind(), ReasonKind::ForeignTrustDomain);
+        let v = decide_http(&p, &foreign, "/");
+        assert!(!v.allowed);
+        assert_eq!(v.kind(), "foreign_trust_domain");
+
+        let v = decide_http(&p, &peer("web"), "/admin/x");
+        assert!(!v.allowed);
+        assert_eq!(v.rule_label(), "web=>db#0");
+        assert!(
+            v.reason.to_string().contains("Permissions[0]"),
+            "{}",
+            v.reason
+        );
+        let v = decide_http(&p, &peer("web"), "/x");
+        assert!(v.allowed);
+        assert_eq!(
+            (v.rule_label().as_str(), v.kind()),
+            ("web=>db#1", "permission")
+        );
+        // An L4 deny intention denies every request; no intention: the default policy.
+        let v = decide_http(&p, &peer("api"), "/x");
+        assert!(!v.allowed);
+        assert_eq!(
+            (v.rule_label().as_str(), v.kind()),
+            ("api=>db", "intention")
+        );
+        let v = decide_http(&p, &peer("other"), "/x");
+        assert!(!v.allowed);
+        assert_eq!(
+            (v.rule_label().as_str(), v.kind()),
+            ("default", "default_policy")
+        );
+    }
+
+    #[test]
+    fn no_permission_matched_falls_back_to_default() {
+        let perms = serde_json::json!([{"Action": "allow", "HTTP": {"PathExact": "/a"}}]);
+        for (default, allowed) in [(DefaultPolicy::Deny, false), (DefaultPolicy::Allow, true)] {
+            let p = Policy::new("db", TD, 1, vec![l7("web", perms.clone())], default)
+                .with_protocol(Protocol::Grpc);
+            let v = decide_http(&p, &peer("web"), "/b");
+            assert_eq!(v.allowed, allowed);
+            assert_eq!(
+                (v.rule_label().as_str(), v.kind()),
+                ("default", "no_permission_matched")
+            );
+        }
+    }
+
+    #[test]
+    fn static_allow_list_decides_requests_by_source() {
+        let web = peer("web");
+        let p = Policy::allow_list("db", TD, 1, vec![SourcePattern::parse(&web.uri()).unwrap()])
+            .with_protocol(Protocol::Http);
+        assert!(decide_http(&p, &web, "/anything").allowed);
+        let v = decide_http(&p, &peer("api"), "/anything");
+        assert!(!v.allowed);
+        assert_eq!(v.rule_label(), "not_allowed_source");
+        // The allow-list still applies at the connection.
+        assert!(!p.authorize(&peer("api")).allowed);
     }
 
     fn arb_intention() -> impl Strategy<Value = Intention> {

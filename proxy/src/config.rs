@@ -27,6 +27,8 @@ pub enum ConfigError {
     ZeroDuration { flag: &'static str },
     #[error("--admin-addr {addr} is not a loopback address; the admin port must stay local")]
     AdminNotLoopback { addr: SocketAddr },
+    #[error(transparent)]
+    Transparent(#[from] crate::transparent::args::ArgsError),
     #[error("invalid duration {value:?}")]
     BadDuration {
         value: String,
@@ -65,7 +67,9 @@ pub struct RunArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "upstreams", "admin_addr", "connect_timeout", "handshake_timeout", "drain_timeout",
-            "keep_denied_connections",
+            "keep_denied_connections", "no_tls_resumption", "protocol",
+            // Transparent mode needs the agent (catalog, per-service identities).
+            "transparent",
         ]
     )]
     pub config: Option<std::path::PathBuf>,
@@ -95,6 +99,17 @@ pub struct RunArgs {
     /// default they are closed within a second).
     #[arg(long)]
     pub keep_denied_connections: bool,
+    /// Never resume TLS sessions, inbound or outbound: every connection is a full mutual-TLS
+    /// handshake (by default sessions are resumed, as Envoy and Linkerd do).
+    #[arg(long)]
+    pub no_tls_resumption: bool,
+    /// Declared protocol of the local service (tcp, http, http2, grpc), instead of reading it
+    /// from the agent's service-defaults config entry.
+    #[arg(long, value_parser = crate::l7::Protocol::from_str)]
+    pub protocol: Option<crate::l7::Protocol>,
+    /// Transparent mode (eBPF capture): `--transparent` and its options.
+    #[command(flatten)]
+    pub transparent: crate::transparent::TransparentArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
@@ -155,6 +170,12 @@ pub struct Config {
     #[serde(with = "secs")]
     pub drain_timeout: Duration,
     pub keep_denied_connections: bool,
+    /// TLS settings besides certificates (session resumption).
+    pub tls: crate::identity::TlsOptions,
+    /// `--transparent` and its options, when on.
+    pub transparent: Option<crate::transparent::TransparentConfig>,
+    /// `--protocol`: overrides the service-defaults entry when set.
+    pub protocol: Option<crate::l7::Protocol>,
 }
 
 /// Durations serialized as Go-style strings ("5s") in `/config`.
@@ -178,6 +199,9 @@ impl fmt::Debug for Config {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .field("keep_denied_connections", &self.keep_denied_connections)
+            .field("tls", &self.tls)
+            .field("transparent", &self.transparent)
+            .field("protocol", &self.protocol)
             .finish()
     }
 }
@@ -209,7 +233,10 @@ impl Config {
                 });
             }
         }
+        let transparent = a.transparent.validate()?;
         Ok(Self {
+            transparent,
+            protocol: a.protocol,
             sidecar_for,
             agent_addr: a.agent_addr,
             token: a.token.filter(|t| !t.is_empty()),
@@ -219,6 +246,9 @@ impl Config {
             handshake_timeout: a.handshake_timeout,
             drain_timeout: a.drain_timeout,
             keep_denied_connections: a.keep_denied_connections,
+            tls: crate::identity::TlsOptions {
+                resumption: !a.no_tls_resumption,
+            },
         })
     }
 }
@@ -258,6 +288,15 @@ mod tests {
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[1].name, "cache");
         assert!(!c.keep_denied_connections);
+        assert!(c.tls.resumption, "TLS resumption is on by default");
+        let off = parse(&[
+            "meshproxy",
+            "run",
+            "--sidecar-for",
+            "web",
+            "--no-tls-resumption",
+        ]);
+        assert!(!off.unwrap().tls.resumption);
         assert!(!format!("{c:?}").contains("secret"));
         assert!(!serde_json::to_string(&c).unwrap().contains("secret"));
     }

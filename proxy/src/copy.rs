@@ -9,6 +9,16 @@
 //! small messages never holds a large buffer. Nothing is allocated per read or per byte. Both
 //! directions are polled from the same task, so neither stream needs splitting (TLS streams
 //! cannot be split without a lock).
+//!
+//! Latency and throughput pull in different directions, so the pump decides per read:
+//!
+//! * a short read (a request, a reply) is written out at once and, once the reader has nothing
+//!   more, flushed: a message never waits for more data;
+//! * a read of at least [`BULK_READ`] bytes (a full TLS record's plaintext, or a plain read
+//!   that filled a large part of the buffer) means a bulk transfer: the pump keeps reading
+//!   into the same buffer while the reader has data ready, then writes it in one call. From a
+//!   TLS stream that turns one 16 KiB write per record into one write of up to [`MAX_BUF`], and
+//!   towards a TLS stream it hands rustls enough plaintext for full-size records.
 
 use std::future::poll_fn;
 use std::io;
@@ -17,14 +27,20 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// First buffer size of each direction: one full TLS record of plaintext.
-pub const INITIAL_BUF: usize = 16 * 1024;
+/// First buffer size of each direction: one page, so an idle or interactive connection costs
+/// little (1,000 held connections hold 2,000 of these per proxy).
+pub const INITIAL_BUF: usize = 4 * 1024;
 
 /// Largest buffer size of each direction.
 pub const MAX_BUF: usize = 256 * 1024;
 
 /// Reads that must fill the buffer in a row before it grows.
 const FULL_READS_TO_GROW: u8 = 4;
+
+/// A read at least this large marks a bulk transfer: keep reading before writing. One TLS
+/// record carries at most 16 KiB of plaintext (RFC 8446 §5.1), so a TLS stream returns exactly
+/// this much per read while a bulk transfer is running.
+pub const BULK_READ: usize = 16 * 1024;
 
 /// Bytes copied in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -91,6 +107,8 @@ struct Half {
     buf: Vec<u8>,
     pos: usize,
     filled: usize,
+    /// Size of the last read (0 before the first).
+    last_read: usize,
     read_eof: bool,
     need_flush: bool,
     done: bool,
@@ -104,6 +122,7 @@ impl Half {
             buf: vec![0; INITIAL_BUF],
             pos: 0,
             filled: 0,
+            last_read: 0,
             read_eof: false,
             need_flush: false,
             done: false,
@@ -127,22 +146,27 @@ impl Half {
                 self.grow_if_busy();
                 self.pos = 0;
                 self.filled = 0;
-                let mut rb = ReadBuf::new(&mut self.buf);
+            }
+            // Read: at least once when the buffer is empty, and on while a bulk transfer keeps
+            // the reader supplied and the buffer has room for another full read.
+            while !self.read_eof && self.filled < self.buf.len() {
+                let pending_data = self.pos < self.filled;
+                if pending_data && !self.keep_reading() {
+                    break;
+                }
+                let mut rb = ReadBuf::new(&mut self.buf[self.filled..]);
                 match reader.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
                         if n == 0 {
                             self.read_eof = true;
                         } else {
-                            self.full_reads = if n == self.buf.len() {
-                                self.full_reads.saturating_add(1)
-                            } else {
-                                0
-                            };
-                            self.filled = n;
+                            self.filled += n;
+                            self.last_read = n;
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(HalfError::Read(e))),
+                    Poll::Pending if pending_data => break,
                     Poll::Pending => {
                         // Nothing more to read now: push out what was written (TLS buffers a
                         // record until flushed).
@@ -153,6 +177,11 @@ impl Half {
                         return Poll::Pending;
                     }
                 }
+            }
+            if self.filled == self.buf.len() && self.pos == 0 {
+                self.full_reads = self.full_reads.saturating_add(1);
+            } else if self.pos == 0 && self.filled > 0 {
+                self.full_reads = 0;
             }
             while self.pos < self.filled {
                 let n = ready!(
@@ -175,6 +204,12 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
         }
+    }
+
+    /// Whether to read more before writing what is buffered: only in a bulk transfer, and
+    /// only while another full read fits.
+    fn keep_reading(&self) -> bool {
+        self.last_read >= BULK_READ && self.buf.len() - self.filled >= BULK_READ
     }
 
     /// Grows the buffer after a run of reads that filled it (only between reads, when empty).
@@ -259,6 +294,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
     #[tokio::test]
@@ -307,6 +343,118 @@ mod tests {
         assert!(writer.await.unwrap().is_empty());
         let t = pump.await.unwrap().unwrap();
         assert_eq!(t.a_to_b, expected.len() as u64);
+    }
+
+    /// A scripted stream: each read hands out the next chunk (at most what was asked for),
+    /// then `Pending` once they are used up (or EOF when `eof`); writes and flushes are
+    /// recorded. Nothing ever wakes the task: the tests poll once and look at what happened.
+    #[derive(Default)]
+    struct Script {
+        chunks: std::collections::VecDeque<Vec<u8>>,
+        eof: bool,
+        writes: Vec<usize>,
+        flushes: usize,
+    }
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.chunks.pop_front() {
+                Some(mut c) => {
+                    if c.len() > buf.remaining() {
+                        let rest = c.split_off(buf.remaining());
+                        self.chunks.push_front(rest);
+                    }
+                    buf.put_slice(&c);
+                    Poll::Ready(Ok(()))
+                }
+                None if self.eof => Poll::Ready(Ok(())),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Script {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Polls the pump between `a` and `b` once.
+    fn poll_once(a: &mut Script, b: &mut Script) -> Poll<Result<Transferred, CopyError>> {
+        let mut pump = std::pin::pin!(bidirectional(a, b));
+        pump.as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[test]
+    fn a_short_message_is_written_and_flushed_at_once() {
+        let mut a = Script {
+            chunks: [vec![7u8; 64]].into(),
+            ..Default::default()
+        };
+        let mut b = Script::default();
+        assert!(poll_once(&mut a, &mut b).is_pending());
+        assert_eq!(b.writes, [64], "written without waiting for more");
+        assert!(b.flushes >= 1, "flushed once the reader had nothing more");
+    }
+
+    #[test]
+    fn a_bulk_stream_is_coalesced_into_large_writes() {
+        // 4 MiB arriving as 16 KiB reads, as a TLS stream returns one record at a time.
+        let mut a = Script {
+            chunks: (0..256).map(|_| vec![1u8; BULK_READ]).collect(),
+            ..Default::default()
+        };
+        let mut b = Script::default();
+        assert!(poll_once(&mut a, &mut b).is_pending());
+        assert_eq!(
+            b.writes.iter().sum::<usize>(),
+            256 * BULK_READ,
+            "every byte"
+        );
+        assert_eq!(*b.writes.iter().max().unwrap(), MAX_BUF, "{:?}", b.writes);
+        assert!(
+            b.writes.len() < 40,
+            "one write per buffer, not per read: {} writes",
+            b.writes.len()
+        );
+        // Small buffers until the stream proved to be bulk.
+        assert_eq!(b.writes[0], INITIAL_BUF);
+    }
+
+    #[test]
+    fn eof_after_data_writes_then_shuts_down() {
+        let mut a = Script {
+            chunks: [vec![1u8; 100], vec![2u8; 100]].into(),
+            eof: true,
+            ..Default::default()
+        };
+        let mut b = Script {
+            eof: true,
+            ..Default::default()
+        };
+        match poll_once(&mut a, &mut b) {
+            Poll::Ready(Ok(t)) => assert_eq!((t.a_to_b, t.b_to_a), (200, 0)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The proxy's certificate store: its leaf (with key) and the mesh's trust bundle, and the
 //! rustls configurations built from them.
 //!
-//! The agent loops publish the leaf and the roots on `watch` channels; [`run_manager`] combines
-//! them into one immutable [`Identity`] (rebuilt whenever either changes) and publishes it on
-//! its own `watch` channel. A handshake takes the current `Arc<Identity>` when it starts, so
+//! The agent loops publish the leaf and the roots on `watch` channels; [`run_manager_with`]
+//! combines them into one immutable [`Identity`] (rebuilt whenever either changes) and
+//! publishes it on its own `watch` channel. A handshake takes the current `Arc<Identity>` when it starts, so
 //! established connections keep the material they started with and every new handshake uses
 //! the newest leaf and roots (linkerd `meshtls`, ztunnel `identity/manager.rs`).
 //!
@@ -11,6 +11,13 @@
 //! old root. The proxy sends it after its leaf, so a peer that has not yet seen the new root can
 //! still verify a leaf signed by it; and it trusts every root in the bundle, so leaves signed by
 //! the old root stay valid until the control plane prunes that root.
+//!
+//! TLS session resumption is on by default (rustls's stateful TLS 1.3 tickets on the server
+//! side, an in-memory session cache per upstream on the client side), as Envoy and Linkerd do:
+//! a resumed handshake skips both certificate signatures and verifications. [`TlsOptions`]
+//! turns it off (`--no-tls-resumption`, or `tls.resumption: false` in a static config) for
+//! deployments that want every connection to prove possession of the current key, and for
+//! benchmarks that must compare full mutual-TLS handshakes.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -18,10 +25,11 @@ use std::sync::Arc;
 
 use mesh_control::model::CaRootList;
 use mesh_control::spiffe::{SpiffeId, SpiffeIdError};
+use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use serde::Serialize;
@@ -114,6 +122,21 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// TLS settings that are not certificates: fixed for the life of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TlsOptions {
+    /// Resume TLS sessions: the server issues TLS 1.3 session tickets (stateful, kept in
+    /// memory) and the client keeps the sessions it was given, per upstream. When false every
+    /// connection is a full handshake with both certificate chains and signatures.
+    pub resumption: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self { resumption: true }
+    }
+}
+
 /// An upstream the identity must build a client configuration for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamTarget {
@@ -126,12 +149,23 @@ pub struct UpstreamTarget {
 }
 
 impl Identity {
-    /// Builds the material from a leaf and the CA roots.
+    /// Builds the material from a leaf and the CA roots, with the default [`TlsOptions`].
     pub fn build(
         provider: &Arc<CryptoProvider>,
         leaf: &LeafCert,
         roots: &CaRootList,
         upstreams: &[UpstreamTarget],
+    ) -> Result<Self, IdentityError> {
+        Self::build_with(provider, leaf, roots, upstreams, TlsOptions::default())
+    }
+
+    /// Builds the material from a leaf and the CA roots.
+    pub fn build_with(
+        provider: &Arc<CryptoProvider>,
+        leaf: &LeafCert,
+        roots: &CaRootList,
+        upstreams: &[UpstreamTarget],
+        options: TlsOptions,
     ) -> Result<Self, IdentityError> {
         let id = SpiffeId::parse(&leaf.service_uri).map_err(|source| IdentityError::LeafId {
             uri: leaf.service_uri.clone(),
@@ -187,11 +221,18 @@ impl Identity {
         let verifier = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
             .build()
             .map_err(IdentityError::ServerVerifier)?;
-        let server = ServerConfig::builder_with_provider(provider.clone())
+        let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(rustls::DEFAULT_VERSIONS)
             .map_err(IdentityError::Config)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
+        if !options.resumption {
+            // No session cache (TLS 1.2 IDs, TLS 1.3 stateful tickets) and no tickets sent:
+            // nothing a client could resume with. The default ticketer makes no stateless
+            // tickets either.
+            server.session_storage = Arc::new(NoServerSessionStorage {});
+            server.send_tls13_tickets = 0;
+        }
 
         let mut clients = BTreeMap::new();
         for u in upstreams {
@@ -209,12 +250,15 @@ impl Identity {
                 expected.clone(),
                 provider.signature_verification_algorithms,
             );
-            let client = ClientConfig::builder_with_provider(provider.clone())
+            let mut client = ClientConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(rustls::DEFAULT_VERSIONS)
                 .map_err(IdentityError::Config)?
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
+            if !options.resumption {
+                client.resumption = Resumption::disabled();
+            }
             clients.insert(u.name.clone(), (expected, Arc::new(client)));
         }
 
@@ -258,13 +302,14 @@ impl Identity {
     }
 }
 
-/// Rebuilds the [`Identity`] whenever the leaf or the roots change; stops when every receiver
-/// of `out` is gone or an input channel closes.
-pub async fn run_manager(
+/// Rebuilds the [`Identity`] (with `options`) whenever the leaf or the roots change; stops when
+/// every receiver of `out` is gone or an input channel closes.
+pub async fn run_manager_with(
     provider: Arc<CryptoProvider>,
     mut leaf: watch::Receiver<Option<Arc<LeafCert>>>,
     mut roots: watch::Receiver<Option<Arc<CaRootList>>>,
     upstreams: Vec<UpstreamTarget>,
+    options: TlsOptions,
     out: watch::Sender<Option<Arc<Identity>>>,
 ) {
     loop {
@@ -273,7 +318,7 @@ pub async fn run_manager(
             roots.borrow_and_update().clone(),
         );
         if let (Some(l), Some(r)) = (l, r) {
-            match Identity::build(&provider, &l, &r, &upstreams) {
+            match Identity::build_with(&provider, &l, &r, &upstreams, options) {
                 Ok(id) => {
                     let changed = out.borrow().as_ref().is_none_or(|old| {
                         old.leaf.serial_number != id.leaf.serial_number
@@ -343,6 +388,15 @@ mod tests {
     }
 
     fn identity(root: &StoredRoot, service: &str, upstream: &str) -> Identity {
+        identity_with(root, service, upstream, TlsOptions::default())
+    }
+
+    fn identity_with(
+        root: &StoredRoot,
+        service: &str,
+        upstream: &str,
+        options: TlsOptions,
+    ) -> Identity {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let roots = CaRootList {
             active_root_id: root.root.id.clone(),
@@ -354,7 +408,39 @@ mod tests {
             datacenter: String::new(),
             spiffe_id: None,
         }];
-        Identity::build(&provider, &leaf(root, service), &roots, &up).unwrap()
+        Identity::build_with(&provider, &leaf(root, service), &roots, &up, options).unwrap()
+    }
+
+    /// One connection from `client` (dialling `upstream`) to `server`, with a request and a
+    /// reply so the client reads whatever session tickets the server sends; returns how the
+    /// client's handshake went.
+    async fn exchange(
+        client: &Identity,
+        upstream: &str,
+        server: &Identity,
+    ) -> rustls::HandshakeKind {
+        let (c, s) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(server.server.clone());
+        let srv = tokio::spawn(async move {
+            let mut tls = acceptor.accept(s).await.unwrap();
+            let mut b = [0u8; 4];
+            tls.read_exact(&mut b).await.unwrap();
+            tls.write_all(b"pong").await.unwrap();
+            tls.flush().await.unwrap();
+            tls.get_ref().1.handshake_kind()
+        });
+        let (_, config) = client.client(upstream).unwrap();
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let name = rustls::pki_types::ServerName::try_from("mesh.invalid").unwrap();
+        let mut tls = connector.connect(name, c).await.unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        tls.flush().await.unwrap();
+        let mut b = [0u8; 4];
+        tls.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"pong");
+        let kind = tls.get_ref().1.handshake_kind().unwrap();
+        assert_eq!(srv.await.unwrap(), Some(kind), "both sides agree");
+        kind
     }
 
     /// A handshake between `client` (dialling `upstream`) and `server` over an in-memory pipe;
@@ -398,6 +484,36 @@ mod tests {
         assert_eq!(peer.service, "web");
         assert!(web.seconds_until_expiry() > 3000);
         assert!(!format!("{web:?}").contains("PRIVATE"));
+    }
+
+    #[tokio::test]
+    async fn sessions_resume_by_default_and_never_when_disabled() {
+        use rustls::HandshakeKind::{Full, Resumed};
+        let root = BuiltinProvider
+            .generate_root(TD, 1, OffsetDateTime::now_utc())
+            .unwrap();
+        let on = TlsOptions::default();
+        let off = TlsOptions { resumption: false };
+        assert!(on.resumption, "resumption is on unless switched off");
+
+        let web = identity_with(&root, "web", "db", on);
+        let db = identity_with(&root, "db", "web", on);
+        assert_eq!(exchange(&web, "db", &db).await, Full);
+        assert_eq!(exchange(&web, "db", &db).await, Resumed);
+
+        // Either side alone switching it off is enough: the server issues no tickets, or the
+        // client neither stores nor offers them.
+        for (client, server) in [(off, on), (on, off), (off, off)] {
+            let web = identity_with(&root, "web", "db", client);
+            let db = identity_with(&root, "db", "web", server);
+            for _ in 0..3 {
+                assert_eq!(
+                    exchange(&web, "db", &db).await,
+                    Full,
+                    "client {client:?}, server {server:?}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

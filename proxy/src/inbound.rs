@@ -92,7 +92,8 @@ async fn handle(
     };
     let started = Instant::now();
     let acceptor = TlsAcceptor::from(identity.server.clone());
-    let mut tls = match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(tcp)).await {
+    let handshake = acceptor.accept(crate::read_ahead::ReadAhead::new(tcp));
+    let mut tls = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let kind = tls::handshake_failure_kind(&e);
@@ -160,6 +161,30 @@ async fn handle(
         .as_ref()
         .map(|a| (a.host.clone(), a.port))
         .unwrap_or_else(|| ("127.0.0.1".into(), 0));
+    if policy.protocol.is_l7() {
+        // L7 destination (issue #6): serve HTTP on the stream and decide every request.
+        let cx = crate::l7::server::ConnContext {
+            peer: peer.clone(),
+            client,
+            protocol: policy.protocol,
+            policy: ctx.policy.clone(),
+            metrics: ctx.metrics.clone(),
+            app_host: host,
+            app_port: port,
+            connect_timeout: ctx.connect_timeout,
+        };
+        tracing::debug!(source = %peer, %client, protocol = %policy.protocol, "inbound connection admitted for per-request authorization");
+        return tokio::select! {
+            r = crate::l7::server::serve(tls, cx) => match r {
+                Ok(()) => (ConnResult::Ok, none),
+                Err(e) => {
+                    tracing::debug!(source = %peer, error = %e, "inbound HTTP connection ended with an error");
+                    (ConnResult::Error, none)
+                }
+            },
+            _ = registration.closed() => (ConnResult::ClosedByPolicy, none),
+        };
+    }
     let mut app = match transport::connect(&host, port, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {

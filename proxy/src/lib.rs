@@ -20,7 +20,8 @@
 //! [`tls`] (certificate store and the SPIFFE verifier), [`authz`] (pure decisions),
 //! [`inbound`] / [`outbound`] (listeners), [`copy`] (byte pump), [`connections`] (live inbound
 //! connections, re-checked on policy change), [`drain`] (graceful shutdown), [`admin`] and
-//! [`metrics`] (observability), [`transport`] (socket options).
+//! [`metrics`] (observability), [`transport`] (socket options), [`read_ahead`] (large socket
+//! reads under TLS).
 
 #![forbid(unsafe_code)]
 
@@ -34,8 +35,11 @@ pub mod copy;
 pub mod drain;
 pub mod identity;
 pub mod inbound;
+pub mod l7;
 pub mod metrics;
 pub mod outbound;
+pub mod read_ahead;
 pub mod static_config;
 pub mod tls;
+pub mod transparent;
 pub mod transport;

@@ -101,6 +101,22 @@ pub struct AuthzLabels {
     pub reason: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpRequestLabels {
+    pub decision: &'static str,
+    /// Kind of rule that decided (a closed set, see `authz::HttpVerdict::kind`).
+    pub reason: &'static str,
+    /// Intention key with `#N` for permission N, or `default` (`HttpVerdict::rule_label`):
+    /// bounded by the destination's intentions and their permissions.
+    pub rule: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct HttpResponseLabels {
+    /// `1xx` … `5xx`.
+    pub class: &'static str,
+}
+
 type HistogramFamily = Family<DirLabels, Histogram, fn() -> Histogram>;
 
 fn handshake_histogram() -> Histogram {
@@ -117,6 +133,8 @@ pub struct Metrics {
     handshake_seconds: HistogramFamily,
     handshake_failures: Family<FailureLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
+    http_requests: Family<HttpRequestLabels, Counter>,
+    http_responses: Family<HttpResponseLabels, Counter>,
     leaf_expiry: Gauge<f64, AtomicU64>,
 }
 
@@ -172,6 +190,18 @@ impl Metrics {
             "Inbound authorization decisions, by decision and reason",
             authz.clone(),
         );
+        let http_requests = Family::<HttpRequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Inbound L7 requests, by decision, reason kind and the rule (intention and permission, or default) that decided",
+            http_requests.clone(),
+        );
+        let http_responses = Family::<HttpResponseLabels, Counter>::default();
+        registry.register(
+            "http_responses",
+            "Responses to inbound L7 requests (the application's or the proxy's), by status class",
+            http_responses.clone(),
+        );
         let leaf_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "leaf_expiry_seconds",
@@ -186,6 +216,8 @@ impl Metrics {
             handshake_seconds,
             handshake_failures,
             authz,
+            http_requests,
+            http_responses,
             leaf_expiry,
         }
     }
@@ -257,6 +289,31 @@ impl Metrics {
                 decision: if allowed { "allow" } else { "deny" },
                 reason,
             })
+            .inc();
+    }
+
+    /// Counts one inbound L7 request decision.
+    pub fn http_request(&self, allowed: bool, reason: &'static str, rule: String) {
+        self.http_requests
+            .get_or_create(&HttpRequestLabels {
+                decision: if allowed { "allow" } else { "deny" },
+                reason,
+                rule,
+            })
+            .inc();
+    }
+
+    /// Counts one response to an inbound L7 request by status class.
+    pub fn http_response(&self, status: http::StatusCode) {
+        let class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.http_responses
+            .get_or_create(&HttpResponseLabels { class })
             .inc();
     }
 

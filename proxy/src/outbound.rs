@@ -102,16 +102,32 @@ pub async fn serve(
     tracing::info!(upstream = %up.name, bind = %up.bind, "upstream listener stopped (draining)");
 }
 
-async fn handle(
+/// One accepted connection to `up`: healthy instance, mutual TLS, byte pump. Also used by
+/// transparent mode ([`crate::transparent::outbound`]) once it knows the service.
+pub(crate) async fn handle(
     ctx: &OutboundContext,
     up: &Upstream,
-    mut client_tcp: TcpStream,
+    client_tcp: TcpStream,
     client: SocketAddr,
 ) -> (ConnResult, Transferred) {
-    let none = Transferred::default();
     if let Err(e) = transport::tune(&client_tcp) {
         tracing::debug!(%client, error = %e, "socket options");
     }
+    handle_stream(ctx, up, client_tcp, client).await
+}
+
+/// [`handle`] over any client-side stream (transparent mode wraps the app's socket to reset it
+/// when the upstream refuses).
+pub(crate) async fn handle_stream<C>(
+    ctx: &OutboundContext,
+    up: &Upstream,
+    mut client_tcp: C,
+    client: SocketAddr,
+) -> (ConnResult, Transferred)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let none = Transferred::default();
     let Some(identity) = ctx.identity.borrow().clone() else {
         return (ConnResult::NotReady, none);
     };
@@ -143,7 +159,10 @@ async fn handle(
 
     let started = Instant::now();
     let connector = TlsConnector::from(config);
-    let handshake = connector.connect(server_name(expected), server_tcp);
+    let handshake = connector.connect(
+        server_name(expected),
+        crate::read_ahead::ReadAhead::new(server_tcp),
+    );
     let mut server = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -167,7 +186,7 @@ async fn handle(
     match copy::bidirectional(&mut client_tcp, &mut server).await {
         Ok(t) => (ConnResult::Ok, t),
         Err(e) => {
-            tracing::debug!(upstream = %up.name, error = %e, "outbound connection ended with an error");
+            tracing::debug!(upstream = %up.name, %client, error = %e, "outbound connection ended with an error");
             (ConnResult::Error, e.transferred())
         }
     }

@@ -103,6 +103,29 @@ struct FileConfig {
     timeouts: FileTimeouts,
     #[serde(default)]
     keep_denied_connections: bool,
+    #[serde(default)]
+    tls: FileTls,
+    /// Declared protocol of the local service (tcp, http, http2, grpc; default tcp).
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+/// `"tls": {"resumption": false}`: TLS settings besides certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    #[serde(default = "default_true")]
+    resumption: bool,
+}
+
+impl Default for FileTls {
+    fn default() -> Self {
+        Self { resumption: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +188,10 @@ pub struct StaticConfig {
     #[serde(with = "crate::config::secs")]
     pub drain_timeout: Duration,
     pub keep_denied_connections: bool,
+    /// TLS settings besides certificates (session resumption); applied at start.
+    pub tls: crate::identity::TlsOptions,
+    /// Declared protocol of the local service; a change applies to new connections.
+    pub protocol: crate::l7::Protocol,
 }
 
 impl StaticConfig {
@@ -201,6 +228,7 @@ impl StaticConfig {
             self.handshake_timeout,
             self.drain_timeout,
             self.keep_denied_connections,
+            self.tls,
         )
     }
 }
@@ -379,6 +407,15 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
             DEFAULT_DRAIN_TIMEOUT,
         )?,
         keep_denied_connections: f.keep_denied_connections,
+        tls: crate::identity::TlsOptions {
+            resumption: f.tls.resumption,
+        },
+        protocol: f
+            .protocol
+            .as_deref()
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: crate::l7::ProtocolError| invalid("protocol", e.to_string()))?,
     })
 }
 
@@ -401,6 +438,7 @@ impl Loaded {
             generation,
             self.config.source_patterns(),
         )
+        .with_protocol(self.config.protocol)
     }
 
     pub fn endpoints(&self) -> Vec<(String, Vec<Endpoint>)> {
@@ -651,6 +689,7 @@ impl Outputs {
         self.policy.send_if_modified(|p| {
             let same = p
                 .as_ref()
+                .filter(|p| p.protocol == l.config.protocol)
                 .and_then(|p| p.allowed_sources())
                 .is_some_and(|old| old == sources.as_slice());
             if !same {
@@ -783,6 +822,31 @@ mod tests {
             json.contains("spiffe://td/ns/default/dc/dc1/svc/db"),
             "{json}"
         );
+    }
+
+    #[test]
+    fn tls_resumption_is_on_unless_switched_off() {
+        assert!(parse(GOOD).unwrap().tls.resumption);
+        let with = |tls: &str| GOOD.replace("\"admin\"", &format!("\"tls\": {tls}, \"admin\""));
+        assert!(parse(&with("{}")).unwrap().tls.resumption);
+        assert!(
+            !parse(&with(r#"{"resumption": false}"#))
+                .unwrap()
+                .tls
+                .resumption
+        );
+        let e = parse(&with(r#"{"resume": false}"#)).unwrap_err();
+        assert!(e.contains("resume"), "{e}");
+    }
+
+    #[test]
+    fn protocol_defaults_to_tcp_and_is_validated() {
+        use crate::l7::Protocol;
+        assert_eq!(parse(GOOD).unwrap().protocol, Protocol::Tcp);
+        let with = |p: &str| GOOD.replace("\"admin\"", &format!("\"protocol\": {p}, \"admin\""));
+        assert_eq!(parse(&with("\"grpc\"")).unwrap().protocol, Protocol::Grpc);
+        let e = parse(&with("\"quic\"")).unwrap_err();
+        assert!(e.contains("protocol") && e.contains("quic"), "{e}");
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<TcpStream, TransportError> {
     let target = || format!("{host}:{port}");
-    let s = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    let s = tokio::time::timeout(timeout, connect_in_netns(host, port))
         .await
         .map_err(|_| TransportError::ConnectTimeout {
             target: target(),
@@ -83,12 +83,46 @@ pub async fn connect(
     Ok(s)
 }
 
-/// Binds a listener.
+/// Binds a data-path listener: in the pod's network namespace when transparent mode installed
+/// one ([`crate::transparent::netns`]), else here.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
+    let Some(ns) = crate::transparent::netns::installed() else {
+        return bind_host(addr).await;
+    };
+    let listen = || -> io::Result<TcpListener> {
+        let s = ns.socket(socket2::Domain::for_address(addr))?;
+        s.set_reuse_address(true)?;
+        s.bind(&addr.into())?;
+        s.listen(1024)?;
+        TcpListener::from_std(s.into())
+    };
+    listen().map_err(|source| TransportError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Binds a listener in the proxy's own network namespace (the admin port).
+pub async fn bind_host(addr: SocketAddr) -> Result<TcpListener, TransportError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| TransportError::Bind {
             addr: addr.to_string(),
             source,
         })
+}
+
+/// `TcpStream::connect`, from a socket created in the installed pod namespace if any.
+async fn connect_in_netns(host: &str, port: u16) -> io::Result<TcpStream> {
+    let Some(ns) = crate::transparent::netns::installed() else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+    let s = ns.socket(socket2::Domain::for_address(addr))?;
+    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(s))
+        .connect(addr)
+        .await
 }

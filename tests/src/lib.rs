@@ -7,3 +7,4 @@ pub mod openssl;
 pub mod pod;
 pub mod process;
 pub mod python;
+pub mod transparent;

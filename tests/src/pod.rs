@@ -12,8 +12,8 @@
 //! killed by PID, the cgroups are emptied and removed, the namespaces deleted (which deletes
 //! the veth pair). All of it needs root; [`require_root`] says so in one line.
 //!
-//! `unsafe` is allowed here for three syscalls std does not wrap: joining a cgroup and a
-//! namespace between fork and exec (`pre_exec`), and an `AF_PACKET` socket for the capture.
+//! `unsafe` is allowed here for syscalls std does not wrap: joining a cgroup and a namespace
+//! between fork and exec (`pre_exec`), an `AF_PACKET` socket for the capture, and kill(2).
 #![allow(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
@@ -22,7 +22,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,7 +59,8 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One simulated pod.
+/// One simulated pod (a description: the [`PodPair`] that made it owns and removes it).
+#[derive(Debug, Clone)]
 pub struct Pod {
     /// `ip netns` name (also the cgroup directory name).
     pub name: String,
@@ -69,7 +70,6 @@ pub struct Pod {
     pub veth: String,
     /// The pod's cgroup v2 directory.
     pub cgroup: PathBuf,
-    children: Mutex<Vec<Child>>,
 }
 
 impl Pod {
@@ -78,9 +78,8 @@ impl Pod {
         Path::new("/var/run/netns").join(&self.name)
     }
 
-    /// A command that runs inside this pod: in its cgroup and its network namespace. Start it
-    /// with [`Pod::spawn`] so it is killed when the pod goes away, or with `output()` for a
-    /// short-lived client.
+    /// A command that runs inside this pod: in its cgroup and its network namespace. Whatever
+    /// is still running in the pod's cgroup when the pod goes away is killed by PID.
     pub fn command(&self, program: &str) -> anyhow::Result<Command> {
         let procs = OpenOptions::new()
             .write(true)
@@ -101,17 +100,6 @@ impl Pod {
             });
         }
         Ok(cmd)
-    }
-
-    /// Starts `cmd` (from [`Pod::command`]) and keeps it to kill on drop; returns its PID.
-    pub fn spawn(&self, mut cmd: Command) -> anyhow::Result<u32> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .spawn()
-            .context("spawning in pod")?;
-        let pid = child.id();
-        self.children.lock().unwrap().push(child);
-        Ok(pid)
     }
 
     /// Runs `f` on a fresh thread that has entered this pod's network namespace (not its
@@ -141,20 +129,21 @@ impl Pod {
     }
 
     fn teardown(&self) {
-        for mut c in self.children.lock().unwrap().drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Anything else left in the cgroup goes back to the root before rmdir.
-        let root_procs = Path::new(CGROUP2_ROOT).join("cgroup.procs");
-        for pid in self.cgroup_pids() {
-            let _ = std::fs::write(&root_procs, pid.to_string());
-        }
+        // Everything still in the pod was started by the test: kill it by PID, then wait
+        // (bounded) until the cgroup is empty so it can be removed.
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(&self.cgroup).is_err()
-            && self.cgroup.exists()
-            && Instant::now() < deadline
-        {
+        loop {
+            let pids = self.cgroup_pids();
+            for pid in &pids {
+                // SAFETY: kill(2) by PID, no memory involved.
+                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+            }
+            if (pids.is_empty() && std::fs::remove_dir(&self.cgroup).is_ok())
+                || !self.cgroup.exists()
+                || Instant::now() >= deadline
+            {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = ip(&["netns", "del", &self.name]);
@@ -187,7 +176,6 @@ impl PodPair {
             ip: Ipv4Addr::new(10, net.0, net.1, host),
             veth: format!("{tag}{side}v"),
             cgroup: Path::new(CGROUP2_ROOT).join(format!("mesh-test-{tag}{side}")),
-            children: Mutex::new(Vec::new()),
         };
         let pair = PodPair {
             a: mk("a", 1),

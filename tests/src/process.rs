@@ -10,23 +10,25 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-/// Path of a workspace binary, built once per test process so it is never stale.
+/// Path of a workspace binary next to the running one. From a test binary
+/// (`target/<profile>/deps/<test>`) the workspace binaries are built once per test process,
+/// so they are never stale; from a workspace binary such as the demo (`target/<profile>/`)
+/// they are its siblings, built by whoever built it.
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "--workspace", "--bins"])
-            .status()
-            .expect("running cargo build for the binaries");
-        assert!(status.success(), "building meshd/meshctl failed");
-    });
-    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
+    let mut dir = exe.parent().expect("exe has a directory").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        BUILT.get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "--workspace", "--bins"])
+                .status()
+                .expect("running cargo build for the binaries");
+            assert!(status.success(), "building meshd/meshctl failed");
+        });
+        dir.pop();
+    }
     let path = dir.join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path

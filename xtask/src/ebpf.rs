@@ -110,7 +110,10 @@ fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<PathBuf> {
     std::os::unix::fs::symlink(&libllvm, &link)
         .with_context(|| format!("linking {} -> {}", link.display(), libllvm.display()))?;
     run(
-        &format!("build bpf-linker {BPF_LINKER_VERSION} against {}", libllvm.display()),
+        &format!(
+            "build bpf-linker {BPF_LINKER_VERSION} against {}",
+            libllvm.display()
+        ),
         clean("cargo")
             .args([
                 &format!("+{NIGHTLY}"),
@@ -132,7 +135,10 @@ fn ensure_bpf_linker(sysroot: &Path) -> anyhow::Result<PathBuf> {
             ),
     )?;
     if !linker_works(&linker) {
-        bail!("bpf-linker was built but `{} --version` fails", linker.display());
+        bail!(
+            "bpf-linker was built but `{} --version` fails",
+            linker.display()
+        );
     }
     Ok(linker)
 }
@@ -144,7 +150,10 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
     let linker = ensure_bpf_linker(&sysroot)?;
     let crate_dir = root().join("ebpf");
     if !crate_dir.join("Cargo.toml").is_file() {
-        bail!("{} has no Cargo.toml: nothing to build", crate_dir.display());
+        bail!(
+            "{} has no Cargo.toml: nothing to build",
+            crate_dir.display()
+        );
     }
     run(
         "build the eBPF programs (nightly, bpfel-unknown-none)",
@@ -164,7 +173,10 @@ pub fn build_ebpf() -> anyhow::Result<PathBuf> {
     )?;
     let object = object_path();
     if !object.is_file() {
-        bail!("the eBPF build succeeded but {} is missing", object.display());
+        bail!(
+            "the eBPF build succeeded but {} is missing",
+            object.display()
+        );
     }
     eprintln!("==> eBPF object: {}", object.display());
     Ok(object)

@@ -5,7 +5,7 @@
 //! - `build-ebpf`: builds the eBPF programs in `ebpf/` (nightly, `bpfel-unknown-none`),
 //!   installing nightly `rust-src` and a project-local bpf-linker first when missing.
 //! - `test`: the whole test suite, exactly what CI runs (`.ci/run` calls it): format check,
-//!   clippy with warnings denied, then every test in the workspace.
+//!   clippy with warnings denied, the eBPF build, then every test in the workspace.
 //!
 //! Each task installs what it needs that a fresh machine lacks, so the README's two commands
 //! work as they are.
@@ -84,7 +84,44 @@ fn ensure_component(tool_args: &[&str], component: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs a Debian package when the program it provides is missing (the tests drive real
+/// `curl`, `openssl` and `ip`; a fresh machine may lack some of them).
+fn ensure_program(program: &str, package: &str) -> anyhow::Result<()> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()));
+    if found {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("`{program}` is missing: install the Debian package {package}");
+    }
+    run(
+        &format!("apt-get install {package} (for `{program}`)"),
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null()),
+    )
+    .or_else(|_| {
+        // The package lists may be missing or stale on a fresh machine.
+        run(
+            "apt-get update",
+            Command::new("apt-get").arg("update").stdin(Stdio::null()),
+        )?;
+        run(
+            &format!("apt-get install {package} (for `{program}`)"),
+            Command::new("apt-get")
+                .args(["install", "-y", "--no-install-recommends", package])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null()),
+        )
+    })
+}
+
 fn test() -> anyhow::Result<()> {
+    for (program, package) in [("curl", "curl"), ("openssl", "openssl"), ("ip", "iproute2")] {
+        ensure_program(program, package)?;
+    }
     ensure_component(&["fmt", "--version"], "rustfmt")?;
     ensure_component(&["clippy", "--version"], "clippy")?;
     run(
@@ -106,7 +143,14 @@ fn test() -> anyhow::Result<()> {
         "cargo build (binaries used by the process tests)",
         cargo().args(["build", "--workspace", "--bins"]),
     )?;
-    run("cargo test", cargo().args(["test", "--workspace"]))?;
+    // The transparent-mode tests load the eBPF programs: build them first.
+    let object = ebpf::build_ebpf()?;
+    run(
+        "cargo test",
+        cargo()
+            .args(["test", "--workspace"])
+            .env("MESH_EBPF_OBJECT", &object),
+    )?;
     Ok(())
 }
 
@@ -130,7 +174,53 @@ impl Drop for DevServer {
     }
 }
 
+/// The main job. As root: the full transparent-mode demo (`mesh-demo`: control plane, two
+/// pods with eBPF capture, an allowed and a denied connection, teardown). Without root, which
+/// namespaces, cgroups and eBPF need, the control-plane part only, saying so.
 fn demo() -> anyhow::Result<()> {
+    if !is_root() {
+        eprintln!(
+            "==> not root: network namespaces, cgroups and eBPF need root, so this runs the \
+             control-plane part of the demo only (run as root for the full demo)"
+        );
+        return demo_control_plane();
+    }
+    ensure_program("ip", "iproute2")?;
+    let object = ebpf::build_ebpf()?;
+    run(
+        "build meshd, meshctl, meshproxy and the demo (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "mesh-control",
+            "-p",
+            "meshproxy",
+            "-p",
+            "mesh-tests",
+            "--bins",
+        ]),
+    )?;
+    run(
+        "mesh-demo",
+        Command::new(root().join("target/release/mesh-demo"))
+            .env("MESH_EBPF_OBJECT", &object)
+            .env("MESH_LOG", "warn")
+            .stdin(Stdio::null()),
+    )
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// The control plane on its own: `meshd dev`, its state, intentions, a CA rotation.
+fn demo_control_plane() -> anyhow::Result<()> {
     run(
         "build meshd and meshctl",
         cargo().args(["build", "--release", "-p", "mesh-control", "--bins"]),

@@ -15,10 +15,12 @@
 //! (`proxy_chain/peers.rs`). All chains are started first and then measured phase by phase,
 //! column after column, so a change in background load hits every column alike.
 //!
-//! Session resumption: meshproxy uses rustls's defaults (stateful TLS 1.3 resumption, which its
-//! command line cannot switch off), so its client side resumes. Each peer is therefore measured
-//! twice: resuming (like for like with meshproxy) and with resumption off (a full handshake per
-//! connection). The loopback bytes per connection show which one happened.
+//! Session resumption: every chain is measured twice, through a client side that never resumes
+//! TLS sessions (meshproxy `--no-tls-resumption`, stunnel `sessionResume = no`, HAProxy
+//! `no-ssl-reuse`: a full mutual-TLS handshake per connection, the acceptance figure) and
+//! through one that resumes (each proxy's default). The server side is the same process in
+//! both modes; a client that never offers a session gets a full handshake whatever the server
+//! would allow. The loopback bytes per connection show which one happened.
 
 #[path = "../proxy_chain/load.rs"]
 mod load;
@@ -66,6 +68,9 @@ const HOLD_CAP: Duration = Duration::from_secs(60);
 const HOLD_PARALLEL: usize = 16;
 /// Settling time before a memory reading.
 const SETTLE: Duration = Duration::from_millis(500);
+
+/// Column of `--compare-proxy`.
+const COMPARE_COLUMN: &str = "meshproxy-b";
 
 /// Names of the phases, for `--only`.
 const PHASES: [&str; 5] = ["integrity", "latency", "bulk", "conn", "rss"];
@@ -119,6 +124,11 @@ struct Args {
     /// Do not apt-get install missing peers (skip them instead).
     #[arg(long)]
     no_install: bool,
+    /// Another meshproxy binary (e.g. a release build of the previous commit) measured as an
+    /// extra column "meshproxy-b", with its own meshd and sidecars: a before/after comparison
+    /// in one run.
+    #[arg(long, value_name = "FILE")]
+    compare_proxy: Option<PathBuf>,
 }
 
 /// Everything measured for one column.
@@ -152,16 +162,36 @@ struct Measured {
 struct Column {
     name: String,
     entry: SocketAddr,
-    /// Entry that never resumes TLS sessions (the peers only).
+    /// Entry that never resumes TLS sessions (none for direct).
     entry_full: Option<SocketAddr>,
     /// Client-side, then server-side proxy (empty for direct).
     pids: Vec<u32>,
+    /// The proxies behind `entry_full`, when they are not `pids` (meshproxy's no-resumption
+    /// client side is a sidecar of its own).
+    pids_full: Option<Vec<u32>>,
     m: Measured,
 }
 
 impl Column {
     fn is_direct(&self) -> bool {
         self.pids.is_empty()
+    }
+
+    /// Connection figures of the full-handshake mode (direct TCP has no TLS: its one figure).
+    fn conn_full_or_direct(&self) -> &Option<(ConnRate, Option<f64>)> {
+        if self.is_direct() {
+            &self.m.conn_resume
+        } else {
+            &self.m.conn_full
+        }
+    }
+
+    /// The proxies a connection through the full-handshake (or the resuming) entry crosses.
+    fn pids_for(&self, full: bool) -> &[u32] {
+        match (&self.pids_full, full) {
+            (Some(p), true) => p,
+            _ => &self.pids,
+        }
     }
 }
 
@@ -313,7 +343,27 @@ fn main() -> anyhow::Result<()> {
 
     // ---- start every chain -----------------------------------------------------------------
     eprintln!("starting meshd dev and the meshproxy chain ...");
-    let mesh_chain = rt.block_on(mesh::start(&bin_dir, tmp.path(), app))?;
+    let mesh_chain = rt.block_on(mesh::start(
+        &bin_dir,
+        &bin_dir.join("meshproxy"),
+        &tmp.path().join("mesh"),
+        app,
+    ))?;
+    let compare_chain = match &args.compare_proxy {
+        Some(bin) => {
+            anyhow::ensure!(
+                bin.exists(),
+                "--compare-proxy {} does not exist",
+                bin.display()
+            );
+            eprintln!(
+                "starting the second meshproxy chain ({}) ...",
+                bin.display()
+            );
+            Some(rt.block_on(mesh::start(&bin_dir, bin, &tmp.path().join("mesh-b"), app))?)
+        }
+        None => None,
+    };
     let mut negotiated: Vec<(String, String)> = Vec::new();
     if let Ok((cert, key, ca)) = rt.block_on(mesh::leaf_for(mesh_chain.http, "web")) {
         let d = tmp.path();
@@ -375,22 +425,35 @@ fn main() -> anyhow::Result<()> {
             entry: app,
             entry_full: None,
             pids: vec![],
+            pids_full: None,
             m: Measured::default(),
         },
         Column {
             name: "meshproxy".into(),
             entry: mesh_chain.entry,
-            entry_full: None,
+            entry_full: Some(mesh_chain.entry_full),
             pids: mesh_chain.pids(),
+            pids_full: Some(mesh_chain.pids_full()),
             m: Measured::default(),
         },
     ];
+    if let Some(b) = &compare_chain {
+        cols.push(Column {
+            name: COMPARE_COLUMN.into(),
+            entry: b.entry,
+            entry_full: Some(b.entry_full),
+            pids: b.pids(),
+            pids_full: Some(b.pids_full()),
+            m: Measured::default(),
+        });
+    }
     for c in &peer_chains {
         cols.push(Column {
             name: c.kind.name().into(),
             entry: c.entry,
             entry_full: Some(c.entry_full),
             pids: c.pids(),
+            pids_full: None,
             m: Measured::default(),
         });
     }
@@ -516,19 +579,20 @@ fn main() -> anyhow::Result<()> {
     };
     for rep in 0..reps * usize::from(run("conn")) {
         for c in &mut cols {
-            for (addr, full) in [(Some(c.entry), false), (c.entry_full, true)] {
+            for (addr, full) in [(c.entry_full, true), (Some(c.entry), false)] {
                 let Some(addr) = addr else { continue };
                 if rep == 0 {
                     blocking(move || load::conn_rate(addr, conc, CONN_WARMUP));
                 }
-                let cpu0 = cpu_sum(&c.pids);
+                let pids = c.pids_for(full).to_vec();
+                let cpu0 = cpu_sum(&pids);
                 let (acc, cpu) = if full {
                     (&mut c.m.conn_full, &mut c.m.conn_cpu_full)
                 } else {
                     (&mut c.m.conn_resume, &mut c.m.conn_cpu_resume)
                 };
                 timed_conns(addr, acc);
-                if let (Some(a), Some(b)) = (cpu0, cpu_sum(&c.pids)) {
+                if let (Some(a), Some(b)) = (cpu0, cpu_sum(&pids)) {
                     *cpu.get_or_insert(0.0) += b - a;
                 }
             }
@@ -582,6 +646,9 @@ fn main() -> anyhow::Result<()> {
         c.stop();
     }
     mesh_chain.stop();
+    if let Some(b) = compare_chain {
+        b.stop();
+    }
     rt.shutdown_timeout(Duration::from_secs(1));
     let load_end = load_average();
 
@@ -604,6 +671,9 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One figure of a column, for the `meshproxy / meshproxy-b` lines.
+type Figure = dyn Fn(&Column) -> Option<f64>;
+
 struct Report<'a> {
     args: &'a Args,
     cols: &'a [Column],
@@ -622,7 +692,7 @@ fn best_peer(
     value: impl Fn(&Column) -> Option<f64>,
 ) -> Option<(String, f64)> {
     cols.iter()
-        .filter(|c| !c.is_direct() && c.name != "meshproxy")
+        .filter(|c| !c.is_direct() && c.name != "meshproxy" && c.name != COMPARE_COLUMN)
         .filter_map(|c| value(c).filter(|v| *v > 0.0).map(|v| (c.name.clone(), v)))
         .reduce(|a, b| {
             if (b.1 < a.1) == lower && b.1 != a.1 {
@@ -704,33 +774,33 @@ impl Report<'_> {
             ),
         }
         match (
-            conn(m, false),
-            best_peer(self.cols, false, |c| conn(c, false)),
+            conn(m, true),
+            best_peer(self.cols, false, |c| conn(c, true)),
         ) {
             (Some(v), Some((name, b))) => {
                 let r = ratio(v, b);
                 push(
                     format!(
-                        "new conn/s, resumption on everywhere: meshproxy / best peer ({name}) = {r:.2}x (target >= {TARGET_CONN_RATE}x)"
+                        "new conn/s, full mutual-TLS handshake each: meshproxy / best peer ({name}) = {r:.2}x (target >= {TARGET_CONN_RATE}x)"
                     ),
                     Some(r),
                     Some(r >= TARGET_CONN_RATE),
                 );
             }
             _ => push(
-                "new conn/s (resuming): no peer to compare with".into(),
+                "new conn/s (full handshake): no peer to compare with".into(),
                 None,
                 None,
             ),
         }
         if let (Some(v), Some((name, b))) = (
             conn(m, false),
-            best_peer(self.cols, false, |c| conn(c, true)),
+            best_peer(self.cols, false, |c| conn(c, false)),
         ) {
             let r = ratio(v, b);
             push(
                 format!(
-                    "new conn/s, meshproxy (resuming; cannot be switched off) / best peer with a full handshake each ({name}) = {r:.2}x (not like for like)"
+                    "new conn/s, resumption on everywhere: meshproxy / best peer ({name}) = {r:.2}x (extra figure)"
                 ),
                 Some(r),
                 None,
@@ -749,6 +819,26 @@ impl Report<'_> {
                 );
             }
             _ => push("latency p99: no peer to compare with".into(), None, None),
+        }
+        if let Some(b) = self.cols.iter().find(|c| c.name == COMPARE_COLUMN) {
+            let p50 = |c: &Column| p(c, 50.0).map(|d| d.as_secs_f64());
+            let figures: [(&str, &Figure); 5] = [
+                ("bulk throughput", &throughput),
+                ("new conn/s, full handshake", &|c| conn(c, true)),
+                ("new conn/s, resuming", &|c| conn(c, false)),
+                ("latency p50", &p50),
+                ("latency p99", &p99),
+            ];
+            for (what, f) in figures {
+                if let (Some(x), Some(y)) = (f(m), f(b)) {
+                    let r = ratio(x, y);
+                    push(
+                        format!("{what}: meshproxy / {COMPARE_COLUMN} = {r:.2}x"),
+                        Some(r),
+                        None,
+                    );
+                }
+            }
         }
         out
     }
@@ -811,35 +901,23 @@ impl Report<'_> {
         };
         row(
             &mut t,
-            &format!("new conn/s, resumption on (C={})", a.concurrency),
-            &|c| conn_cell(&c.m.conn_resume),
+            &format!("new conn/s, full handshake (C={})", a.concurrency),
+            &|c| conn_cell(c.conn_full_or_direct()),
         );
         row(
             &mut t,
-            &format!("new conn/s, full handshake (C={})", a.concurrency),
-            &|c| {
-                if c.is_direct() {
-                    conn_cell(&c.m.conn_resume)
-                } else if c.entry_full.is_none() {
-                    "n/a (always resumes)".into()
-                } else {
-                    conn_cell(&c.m.conn_full)
-                }
-            },
+            &format!("new conn/s, resumption on (C={})", a.concurrency),
+            &|c| conn_cell(&c.m.conn_resume),
         );
         let bytes_cell = |r: &Option<(ConnRate, Option<f64>)>| match r {
             Some((_, Some(b))) => format!("{b:.0} B"),
             _ => "n/a".into(),
         };
+        row(&mut t, "loopback bytes/conn, full handshake", &|c| {
+            bytes_cell(c.conn_full_or_direct())
+        });
         row(&mut t, "loopback bytes/conn, resumption on", &|c| {
             bytes_cell(&c.m.conn_resume)
-        });
-        row(&mut t, "loopback bytes/conn, full handshake", &|c| {
-            if c.is_direct() {
-                bytes_cell(&c.m.conn_resume)
-            } else {
-                bytes_cell(&c.m.conn_full)
-            }
         });
         row(
             &mut t,
@@ -860,11 +938,11 @@ impl Report<'_> {
             (Some(cpu), Some((r, _))) if r.ok > 0 => format!("{:.0} us", cpu / r.ok as f64 * 1e6),
             _ => "n/a".into(),
         };
-        row(&mut t, "proxy CPU per new conn, resumption on", &|c| {
-            per_conn_cpu(c.m.conn_cpu_resume, &c.m.conn_resume)
-        });
         row(&mut t, "proxy CPU per new conn, full handshake", &|c| {
             per_conn_cpu(c.m.conn_cpu_full, &c.m.conn_full)
+        });
+        row(&mut t, "proxy CPU per new conn, resumption on", &|c| {
+            per_conn_cpu(c.m.conn_cpu_resume, &c.m.conn_resume)
         });
         row(&mut t, "proxy CPU per round trip", &|c| {
             if c.m.lat_rounds > 0 {
@@ -929,9 +1007,10 @@ impl Report<'_> {
             out.push_str(&format!("{line}{verdict}\n"));
         }
         out.push_str(
-            "\nresumption: meshproxy resumes TLS 1.3 sessions between its proxies (rustls defaults, no \
-             flag to disable); the peers were measured both resuming (OpenSSL defaults) and with \
-             resumption off (stunnel sessionResume = no, HAProxy no-ssl-reuse).\n",
+            "\nresumption: every chain was measured through a client side that never resumes TLS \
+             sessions (meshproxy --no-tls-resumption, stunnel sessionResume = no, HAProxy \
+             no-ssl-reuse: a full mutual-TLS handshake per connection) and through one that resumes \
+             (each proxy's default: rustls stateful TLS 1.3 tickets, OpenSSL tickets).\n",
         );
         out.push_str(&format!(
             "connection phases: {:.1} s each after {:.1} s warm-up; loopback bytes/conn = lo tx bytes over the phase / connections (all three hops, both directions, plus any other loopback traffic)\n",

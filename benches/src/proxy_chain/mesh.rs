@@ -5,6 +5,12 @@
 //!
 //! Load generator → web's upstream listener (plain TCP) → web's proxy ⇒ mutual TLS ⇒ db's
 //! proxy (public port) → app.
+//!
+//! A third sidecar, for service `web-full` (upstream `db` too, allowed in as well), runs with
+//! `--no-tls-resumption`: every connection through it is a full mutual-TLS handshake with db's
+//! proxy, the way the peers' no-resumption listeners work (the client never offers a session;
+//! the server side is the same process for both). Its upstream listener is
+//! [`MeshChain::entry_full`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,9 +32,13 @@ pub struct MeshChain {
     /// Client side (web's sidecar) and server side (db's sidecar).
     pub client: Child,
     pub server: Child,
+    /// Client side that never resumes TLS sessions (web-full's sidecar).
+    pub client_full: Child,
     pub meshd: Child,
     /// Where the load generator connects: web's upstream listener for db.
     pub entry: SocketAddr,
+    /// web-full's upstream listener for db (a full handshake per connection).
+    pub entry_full: SocketAddr,
     /// db's public (mutual TLS) port, for the negotiation probe.
     pub server_public: SocketAddr,
     /// The agent's HTTP address.
@@ -93,16 +103,18 @@ fn registration(name: &str, app_port: u16, public_port: u16, upstreams: &[(&str,
 }
 
 fn spawn_proxy(
-    bin_dir: &Path,
+    proxy_bin: &Path,
     dir: &Path,
     http: SocketAddr,
     sidecar_for: &str,
+    extra: &[&str],
 ) -> anyhow::Result<Child> {
     let admin = local(free_port()?);
-    let mut cmd = Command::new(bin_dir.join("meshproxy"));
+    let mut cmd = Command::new(proxy_bin);
     cmd.args(["run", "--sidecar-for", sidecar_for])
         .args(["--agent-addr", &http.to_string()])
         .args(["--admin-addr", &admin.to_string()])
+        .args(extra)
         .env("MESH_LOG", "warn")
         .env("NO_COLOR", "1");
     let mut child = Child::spawn(
@@ -114,8 +126,15 @@ fn spawn_proxy(
     Ok(child)
 }
 
-/// Starts meshd dev, registers web → db and starts both sidecars; `app` is db's application.
-pub async fn start(bin_dir: &Path, dir: &Path, app: SocketAddr) -> anyhow::Result<MeshChain> {
+/// Starts meshd dev (from `bin_dir`), registers web → db and starts the sidecars (`proxy_bin`),
+/// with their files in `dir`; `app` is db's application.
+pub async fn start(
+    bin_dir: &Path,
+    proxy_bin: &Path,
+    dir: &Path,
+    app: SocketAddr,
+) -> anyhow::Result<MeshChain> {
+    std::fs::create_dir_all(dir)?;
     let mut cmd = Command::new(bin_dir.join("meshd"));
     cmd.args(["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -139,6 +158,7 @@ pub async fn start(bin_dir: &Path, dir: &Path, app: SocketAddr) -> anyhow::Resul
 
     let (db_public, web_public, upstream, web_app) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
+    let (full_public, upstream_full, full_app) = (free_port()?, free_port()?, free_port()?);
     let mut api = HttpConn::connect(http).await?;
     put(
         &mut api,
@@ -154,13 +174,22 @@ pub async fn start(bin_dir: &Path, dir: &Path, app: SocketAddr) -> anyhow::Resul
     .await?;
     put(
         &mut api,
-        "/v1/connect/intentions/exact?source=web&destination=db",
-        &json!({"Action": "allow"}),
+        "/v1/agent/service/register",
+        &registration("web-full", full_app, full_public, &[("db", upstream_full)]),
     )
     .await?;
+    for source in ["web", "web-full"] {
+        put(
+            &mut api,
+            &format!("/v1/connect/intentions/exact?source={source}&destination=db"),
+            &json!({"Action": "allow"}),
+        )
+        .await?;
+    }
 
-    let server = spawn_proxy(bin_dir, dir, http, "db")?;
-    let client = spawn_proxy(bin_dir, dir, http, "web")?;
+    let server = spawn_proxy(proxy_bin, dir, http, "db", &[])?;
+    let client = spawn_proxy(proxy_bin, dir, http, "web", &[])?;
+    let client_full = spawn_proxy(proxy_bin, dir, http, "web-full", &["--no-tls-resumption"])?;
     // web learns db's instance once db's sidecar check passes (1 s interval).
     wait_until(
         "web's proxy sees a healthy db instance",
@@ -175,25 +204,31 @@ pub async fn start(bin_dir: &Path, dir: &Path, app: SocketAddr) -> anyhow::Resul
     let chain = MeshChain {
         client,
         server,
+        client_full,
         meshd,
         entry: local(upstream),
+        entry_full: local(upstream_full),
         server_public: local(db_public),
         http,
     };
     // The proxy's own view lags the catalog by one blocking-query round: wait for a first
     // connection to go through end to end.
-    let entry = chain.entry;
-    wait_until(
-        "a first connection through the meshproxy chain",
-        START_TIMEOUT,
-        || async move {
-            tokio::task::spawn_blocking(move || super::load::verify(entry, 1024).is_ok())
-                .await
-                .unwrap_or(false)
-        },
-    )
-    .await
-    .map_err(|e| chain.client.failure(e))?;
+    for (entry, client) in [
+        (chain.entry, &chain.client),
+        (chain.entry_full, &chain.client_full),
+    ] {
+        wait_until(
+            "a first connection through the meshproxy chain",
+            START_TIMEOUT,
+            || async move {
+                tokio::task::spawn_blocking(move || super::load::verify(entry, 1024).is_ok())
+                    .await
+                    .unwrap_or(false)
+            },
+        )
+        .await
+        .map_err(|e| client.failure(e))?;
+    }
     Ok(chain)
 }
 
@@ -225,9 +260,15 @@ impl MeshChain {
         vec![self.client.pid(), self.server.pid()]
     }
 
+    /// PIDs of the proxies on the no-resumption path (client side, server side).
+    pub fn pids_full(&self) -> Vec<u32> {
+        vec![self.client_full.pid(), self.server.pid()]
+    }
+
     /// Stops the proxies, then meshd.
     pub fn stop(mut self) {
         self.client.stop();
+        self.client_full.stop();
         self.server.stop();
         self.meshd.stop();
     }

@@ -1,5 +1,11 @@
 //! The agent's own HTTP endpoints (`/v1/agent/*`, and `?cached` health reads), and the
 //! passthrough that sends every other API request to a server over the agent's connection.
+//!
+//! `/v1/config/*` (config entries) goes through the passthrough with its query string, so a
+//! proxy's blocking query on its `service-defaults` entry waits on the server (up to the 10 min
+//! cap), and a missing entry's 404 keeps its `X-Consul-Index`. L7 `Permissions` need no route
+//! of their own: they are part of the intentions served by
+//! `/v1/agent/connect/intentions/:destination` from the cache.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

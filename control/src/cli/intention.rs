@@ -36,7 +36,23 @@ pub enum IntentionCmd {
         format: Format,
     },
     /// Would SRC be allowed to connect to DST? Exit 0 if allowed, 2 if denied.
-    Check { source: String, destination: String },
+    ///
+    /// With any `--http-*` flag, evaluates one HTTP request with the L7 matcher the proxy
+    /// uses (`IntentionSet::decide_http`) over the intentions the agent serves to proxies,
+    /// and prints the rule that decided.
+    Check {
+        source: String,
+        destination: String,
+        /// Request method (default GET when another --http-* flag is given).
+        #[arg(long)]
+        http_method: Option<String>,
+        /// Request path (default `/`); a query string is ignored, as by the proxy.
+        #[arg(long)]
+        http_path: Option<String>,
+        /// Request header `Name=Value` (or `Name:Value`); repeat for more.
+        #[arg(long = "http-header")]
+        http_header: Vec<String>,
+    },
     /// Intentions that match a source or destination, in evaluation order.
     Match {
         #[arg(long, conflicts_with = "destination")]
@@ -190,6 +206,17 @@ pub async fn run(api: &ApiClient, cmd: IntentionCmd) -> Result<i32, CliError> {
         IntentionCmd::Check {
             source,
             destination,
+            http_method,
+            http_path,
+            http_header,
+        } if http_method.is_some() || http_path.is_some() || !http_header.is_empty() => {
+            let req = HttpCheck::parse(http_method, http_path, &http_header)?;
+            check_http(api, &source, &destination, &req).await
+        }
+        IntentionCmd::Check {
+            source,
+            destination,
+            ..
         } => {
             let v = api
                 .get_json(&format!(
@@ -231,4 +258,86 @@ pub async fn run(api: &ApiClient, cmd: IntentionCmd) -> Result<i32, CliError> {
             Ok(0)
         }
     }
+}
+
+/// The request of `intention check --http-*`, owned so `HttpRequest` can borrow it.
+struct HttpCheck {
+    method: http::Method,
+    path: String,
+    headers: http::HeaderMap,
+}
+
+impl HttpCheck {
+    fn parse(
+        method: Option<String>,
+        path: Option<String>,
+        headers: &[String],
+    ) -> Result<Self, CliError> {
+        let method = method.unwrap_or_else(|| "GET".to_string());
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|_| CliError::Usage(format!("invalid --http-method {method:?}")))?;
+        let mut path = path.unwrap_or_else(|| "/".to_string());
+        if let Some(q) = path.find('?') {
+            path.truncate(q);
+        }
+        if !path.starts_with('/') {
+            return Err(CliError::Usage(format!(
+                "--http-path must start with '/' (got {path:?})"
+            )));
+        }
+        let mut map = http::HeaderMap::new();
+        for h in headers {
+            let (k, v) = h
+                .split_once('=')
+                .or_else(|| h.split_once(':'))
+                .ok_or_else(|| {
+                    CliError::Usage(format!("--http-header must be Name=Value (got {h:?})"))
+                })?;
+            let name = http::HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|_| CliError::Usage(format!("invalid header name {k:?}")))?;
+            let value = http::HeaderValue::from_str(v.trim_start())
+                .map_err(|_| CliError::Usage(format!("invalid header value {v:?}")))?;
+            map.append(name, value);
+        }
+        Ok(Self {
+            method,
+            path,
+            headers: map,
+        })
+    }
+}
+
+/// The intentions feed proxies read (`/v1/agent/connect/intentions/:dst`).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct IntentionFeed {
+    default_policy: crate::intentions::DefaultPolicy,
+    intentions: Vec<crate::model::Intention>,
+}
+
+async fn check_http(
+    api: &ApiClient,
+    source: &str,
+    destination: &str,
+    req: &HttpCheck,
+) -> Result<i32, CliError> {
+    let path = format!("/v1/agent/connect/intentions/{}", encode(destination));
+    let body = api.call(http::Method::GET, &path, None).await?;
+    let feed: IntentionFeed = serde_json::from_slice(&body).map_err(|e| CliError::Decode {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let set = crate::intentions::IntentionSet::new(feed.intentions, feed.default_policy);
+    let d = set.decide_http_default_ns(
+        source,
+        destination,
+        &crate::intentions::HttpRequest {
+            method: &req.method,
+            path: &req.path,
+            headers: &req.headers,
+        },
+    );
+    println!("{}", if d.allowed { "Allowed" } else { "Denied" });
+    println!("Reason: {}", d.reason);
+    Ok(if d.allowed { 0 } else { 2 })
 }

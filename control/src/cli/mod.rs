@@ -3,6 +3,7 @@
 
 mod catalog;
 pub mod client;
+mod config;
 mod connect;
 mod intention;
 mod operator;
@@ -46,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: intention::IntentionCmd,
     },
+    /// Configuration entries (service-defaults, service-intentions).
+    Config {
+        #[command(subcommand)]
+        command: config::ConfigCmd,
+    },
     /// Service mesh (Connect) settings.
     Connect {
         #[command(subcommand)]
@@ -69,6 +75,7 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Operator { command } => operator::run(&api, command).await,
         Command::Intention { command } => intention::run(&api, command).await,
+        Command::Config { command } => config::run(&api, command).await,
         Command::Connect { command } => connect::run(&api, command).await,
         Command::Services { format } => catalog::services(&api, format).await,
         Command::Members { format } => catalog::members(&api, format).await,

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ca::StoredRoot;
+use crate::config_entries::{ConfigEntry, ConfigKind};
 use crate::model::{CaConfig, HealthCheck, HealthStatus, Index, Intention, Node, ServiceInstance};
 
 /// A state change, as written to the Raft log.
@@ -76,6 +77,23 @@ pub enum Command {
     /// Set the intention default policy.
     SetDefaultPolicy {
         policy: crate::intentions::DefaultPolicy,
+    },
+    /// Create or replace a config entry (`PUT /v1/config`). A `service-intentions` entry
+    /// replaces every intention of its destination in this one command (see
+    /// `crate::config_entries`). `cas`: `Some(0)` only creates, `Some(n)` only replaces an
+    /// entry whose `ModifyIndex` is `n`; a failed check is a `Conflict`.
+    ConfigEntrySet {
+        entry: ConfigEntry,
+        #[serde(default)]
+        cas: Option<Index>,
+    },
+    /// Delete a config entry; a missing one is a no-op success (as in Consul) unless `cas` is
+    /// given, which must match its `ModifyIndex`.
+    ConfigEntryDelete {
+        kind: ConfigKind,
+        name: String,
+        #[serde(default)]
+        cas: Option<Index>,
     },
 }
 

@@ -1,5 +1,6 @@
 //! The replicated state machine: one deterministic `apply(index, command)` over the catalog,
-//! the intentions and the CA state.
+//! the intentions, the config entries (`service-defaults`; `service-intentions` are a view of
+//! the intentions, see `crate::config_entries`) and the CA state.
 //!
 //! No I/O, no clock, no randomness: whatever varies is inside the command (see `command`). The
 //! Raft storage layer (`crate::store`) calls `State::apply` for every committed entry and takes

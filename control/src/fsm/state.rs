@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{ApplyError, ApplyResult, Command};
 use crate::ca::StoredRoot;
+use crate::config_entries::{
+    self, ConfigEntry, ConfigKind, IntentionEntryMeta, ServiceDefaults, ServiceIntentions,
+};
 use crate::intentions::{self, DefaultPolicy};
 use crate::model::{
     CaConfig, CaRoot, CaRootList, HealthCheck, HealthStatus, Index, Intention, Node,
@@ -70,6 +73,9 @@ pub struct TableIndexes {
     pub roots: Index,
     pub ca_config: Index,
     pub config: Index,
+    /// `service-defaults` entries (`service-intentions` live in `intentions`).
+    #[serde(default)]
+    pub config_entries: Index,
 }
 
 /// A service instance with the checks that decide its health (Consul's `/v1/health/service`
@@ -105,6 +111,13 @@ pub struct State {
     pub intentions: BTreeMap<String, Intention>,
     pub ca: CaState,
     pub default_policy: DefaultPolicy,
+    /// `service-defaults` config entries by service name.
+    #[serde(default)]
+    pub service_defaults: BTreeMap<String, ServiceDefaults>,
+    /// Entry-level indexes and `Meta` of `service-intentions` entries, keyed `ns/name` of the
+    /// destination; the entry's sources are the intentions of that destination.
+    #[serde(default)]
+    pub intention_entries: BTreeMap<String, IntentionEntryMeta>,
     pub tables: TableIndexes,
     /// Index of the last applied command.
     pub last_index: Index,
@@ -212,7 +225,12 @@ impl State {
                     Some(existing) => intention.create_index = existing.create_index,
                     None => intention.create_index = index,
                 }
+                let dest = config_entries::destination_key(
+                    &intention.destination_ns,
+                    &intention.destination_name,
+                );
                 self.intentions.insert(id, intention);
+                self.touch_intention_entry(index, dest);
                 self.tables.intentions = index;
                 Ok(())
             }
@@ -227,6 +245,16 @@ impl State {
                     return Err(ApplyError::NotFound(format!(
                         "Intention with source {source:?} and destination {destination:?} not found"
                     )));
+                }
+                let dest = config_entries::destination_key(&destination_ns, &destination);
+                let any_left = self.intentions.values().any(|i| {
+                    i.destination_ns == destination_ns && i.destination_name == destination
+                });
+                if any_left {
+                    self.touch_intention_entry(index, dest);
+                } else {
+                    // Removing the last source removes the entry, as in Consul.
+                    self.intention_entries.remove(&dest);
                 }
                 self.tables.intentions = index;
                 Ok(())
@@ -325,6 +353,211 @@ impl State {
                 self.tables.config = index;
                 Ok(())
             }
+            Command::ConfigEntrySet { entry, cas } => self.config_entry_set(index, entry, cas),
+            Command::ConfigEntryDelete { kind, name, cas } => {
+                self.config_entry_delete(index, kind, &name, cas)
+            }
+        }
+    }
+
+    /// Records a change to the intentions of destination `dest` (`ns/name`) in its entry's
+    /// bookkeeping, creating it when the destination had none.
+    fn touch_intention_entry(&mut self, index: Index, dest: String) {
+        let e = self
+            .intention_entries
+            .entry(dest)
+            .or_insert_with(|| IntentionEntryMeta {
+                create_index: index,
+                ..Default::default()
+            });
+        e.modify_index = index;
+    }
+
+    /// `ModifyIndex` of an entry, `None` when absent.
+    fn config_modify_index(&self, kind: ConfigKind, name: &str) -> Option<Index> {
+        self.config_entry(kind, name).map(|e| e.modify_index())
+    }
+
+    fn check_cas(
+        &self,
+        kind: ConfigKind,
+        name: &str,
+        cas: Option<Index>,
+    ) -> Result<(), ApplyError> {
+        let Some(want) = cas else { return Ok(()) };
+        let have = self.config_modify_index(kind, name);
+        let ok = match (want, have) {
+            (0, None) => true,
+            (w, Some(h)) => w == h,
+            (_, None) => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ApplyError::Conflict(format!(
+                "check-and-set failed for {kind} {name:?}: cas index {want}, current ModifyIndex {}",
+                have.map_or_else(|| "none (entry absent)".to_string(), |h| h.to_string())
+            )))
+        }
+    }
+
+    fn config_entry_set(
+        &mut self,
+        index: Index,
+        mut entry: ConfigEntry,
+        cas: Option<Index>,
+    ) -> Result<(), ApplyError> {
+        entry.normalize();
+        config_entries::validate(&entry).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        self.check_cas(entry.kind(), entry.name(), cas)?;
+        match entry {
+            ConfigEntry::ServiceDefaults(mut e) => {
+                e.create_index = self
+                    .service_defaults
+                    .get(&e.name)
+                    .map_or(index, |old| old.create_index);
+                e.modify_index = index;
+                self.service_defaults.insert(e.name.clone(), e);
+                self.tables.config_entries = index;
+            }
+            ConfigEntry::ServiceIntentions(e) => {
+                let dest = config_entries::destination_key(&e.namespace, &e.name);
+                let mut old: BTreeMap<String, Intention> = BTreeMap::new();
+                self.intentions.retain(|id, i| {
+                    if i.destination_ns == e.namespace && i.destination_name == e.name {
+                        old.insert(id.clone(), i.clone());
+                        false
+                    } else {
+                        true
+                    }
+                });
+                for s in &e.sources {
+                    let mut i = config_entries::source_to_intention(&e, s);
+                    i.precedence = intentions::precedence(
+                        &i.source_ns,
+                        &i.source_name,
+                        &i.destination_ns,
+                        &i.destination_name,
+                    );
+                    i.create_index = old.get(&i.id).map_or(index, |o| o.create_index);
+                    i.modify_index = index;
+                    self.intentions.insert(i.id.clone(), i);
+                }
+                let create_index = self
+                    .intention_entries
+                    .get(&dest)
+                    .map(|m| m.create_index)
+                    .or_else(|| old.values().map(|i| i.create_index).min())
+                    .unwrap_or(index);
+                self.intention_entries.insert(
+                    dest,
+                    IntentionEntryMeta {
+                        meta: e.meta,
+                        create_index,
+                        modify_index: index,
+                    },
+                );
+                self.tables.intentions = index;
+            }
+        }
+        Ok(())
+    }
+
+    fn config_entry_delete(
+        &mut self,
+        index: Index,
+        kind: ConfigKind,
+        name: &str,
+        cas: Option<Index>,
+    ) -> Result<(), ApplyError> {
+        if cas.is_some_and(|c| c == 0) {
+            return Err(ApplyError::Invalid(
+                "cas index 0 is not valid for a delete".into(),
+            ));
+        }
+        self.check_cas(kind, name, cas)?;
+        match kind {
+            ConfigKind::ServiceDefaults => {
+                if self.service_defaults.remove(name).is_some() {
+                    self.tables.config_entries = index;
+                }
+            }
+            ConfigKind::ServiceIntentions => {
+                let ns = intentions::DEFAULT_NAMESPACE;
+                let before = self.intentions.len();
+                self.intentions
+                    .retain(|_, i| !(i.destination_ns == ns && i.destination_name == name));
+                let had_meta = self
+                    .intention_entries
+                    .remove(&config_entries::destination_key(ns, name))
+                    .is_some();
+                if had_meta || self.intentions.len() != before {
+                    self.tables.intentions = index;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry `kind`/`name` (default namespace), `None` when absent.
+    pub fn config_entry(&self, kind: ConfigKind, name: &str) -> Option<ConfigEntry> {
+        match kind {
+            ConfigKind::ServiceDefaults => self
+                .service_defaults
+                .get(name)
+                .cloned()
+                .map(ConfigEntry::ServiceDefaults),
+            ConfigKind::ServiceIntentions => self
+                .intentions_entry(intentions::DEFAULT_NAMESPACE, name)
+                .map(ConfigEntry::ServiceIntentions),
+        }
+    }
+
+    /// The `service-intentions` entry of destination `ns/name`, built from the intentions.
+    pub fn intentions_entry(&self, ns: &str, name: &str) -> Option<ServiceIntentions> {
+        config_entries::intentions_entry(
+            ns,
+            name,
+            self.intention_entries
+                .get(&config_entries::destination_key(ns, name)),
+            self.intentions.values(),
+        )
+    }
+
+    /// Every entry of `kind`, by name.
+    pub fn config_entries(&self, kind: ConfigKind) -> Vec<ConfigEntry> {
+        match kind {
+            ConfigKind::ServiceDefaults => self
+                .service_defaults
+                .values()
+                .cloned()
+                .map(ConfigEntry::ServiceDefaults)
+                .collect(),
+            ConfigKind::ServiceIntentions => {
+                let mut dests: std::collections::BTreeSet<(String, String)> = self
+                    .intentions
+                    .values()
+                    .map(|i| (i.destination_ns.clone(), i.destination_name.clone()))
+                    .collect();
+                for k in self.intention_entries.keys() {
+                    if let Some((ns, name)) = k.split_once('/') {
+                        dests.insert((ns.to_string(), name.to_string()));
+                    }
+                }
+                dests
+                    .into_iter()
+                    .filter_map(|(ns, name)| self.intentions_entry(&ns, &name))
+                    .map(ConfigEntry::ServiceIntentions)
+                    .collect()
+            }
+        }
+    }
+
+    /// Index that changes whenever an entry of `kind` may change (for blocking queries).
+    pub fn config_index(&self, kind: ConfigKind) -> Index {
+        match kind {
+            ConfigKind::ServiceDefaults => self.tables.config_entries,
+            ConfigKind::ServiceIntentions => self.tables.intentions,
         }
     }
 

@@ -1426,6 +1426,12 @@ fn scenario() -> Vec<Command> {
         Command::CaPruneRoots {
             now_unix: NOW + 2 * HOUR,
         },
+        defaults_set("web", "http", None),
+        intentions_entry_set(
+            "web",
+            r#"[{"Name":"billing","Permissions":[{"Action":"allow","HTTP":{"PathRegex":"/v[0-9]+/.*","Header":[{"Name":"x-a","Present":true,"Invert":true}]}}]}]"#,
+            None,
+        ),
     ]
 }
 
@@ -1442,9 +1448,10 @@ fn same_commands_give_same_state_on_every_replica() {
         assert_eq!(one.digest(), two.digest(), "diverged at index {index}");
     }
     assert_eq!(one, two);
-    assert_eq!(one.last_index, 13);
+    assert_eq!(one.last_index, 15);
     assert_eq!(one.ca.roots.len(), 1);
-    assert_eq!(one.intentions.len(), 2);
+    assert_eq!(one.intentions.len(), 3);
+    assert_eq!(one.service_defaults.len(), 1);
 }
 
 #[test]
@@ -1734,4 +1741,237 @@ proptest! {
         prop_assert_eq!(restored.digest(), one.digest());
         prop_assert_eq!(restored, one);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config entries
+// ---------------------------------------------------------------------------------------------
+
+use crate::config_entries::{ConfigEntry, ConfigKind, Protocol};
+
+fn defaults_set(name: &str, protocol: &str, cas: Option<u64>) -> Command {
+    let json = format!(r#"{{"Kind":"service-defaults","Name":"{name}","Protocol":"{protocol}"}}"#);
+    Command::ConfigEntrySet {
+        entry: ConfigEntry::from_json(json.as_bytes()).expect("valid entry"),
+        cas,
+    }
+}
+
+fn intentions_entry_set(name: &str, sources: &str, cas: Option<u64>) -> Command {
+    let json = format!(r#"{{"Kind":"service-intentions","Name":"{name}","Sources":{sources}}}"#);
+    Command::ConfigEntrySet {
+        entry: ConfigEntry::from_json(json.as_bytes()).expect("valid entry"),
+        cas,
+    }
+}
+
+fn entry_delete(kind: ConfigKind, name: &str, cas: Option<u64>) -> Command {
+    Command::ConfigEntryDelete {
+        kind,
+        name: name.to_string(),
+        cas,
+    }
+}
+
+fn protocol_of(state: &State, name: &str) -> Option<Protocol> {
+    match state.config_entry(ConfigKind::ServiceDefaults, name)? {
+        ConfigEntry::ServiceDefaults(d) => Some(d.protocol()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn service_defaults_set_cas_and_delete() {
+    let mut s = State::default();
+    apply_ok(&mut s, 5, defaults_set("api", "http", Some(0)));
+    assert_eq!(protocol_of(&s, "api"), Some(Protocol::Http));
+    assert_eq!(s.config_index(ConfigKind::ServiceDefaults), 5);
+    // cas 0 on an existing entry, and a stale cas, fail and change nothing.
+    let e = apply_rejected(&mut s, 6, defaults_set("api", "grpc", Some(0)));
+    assert!(matches!(e, ApplyError::Conflict(_)), "{e:?}");
+    let e = apply_rejected(&mut s, 7, defaults_set("api", "grpc", Some(4)));
+    assert!(matches!(e, ApplyError::Conflict(_)), "{e:?}");
+    apply_ok(&mut s, 8, defaults_set("api", "grpc", Some(5)));
+    let Some(ConfigEntry::ServiceDefaults(d)) = s.config_entry(ConfigKind::ServiceDefaults, "api")
+    else {
+        panic!()
+    };
+    assert_eq!((d.create_index, d.modify_index), (5, 8));
+    assert_eq!(d.protocol(), Protocol::Grpc);
+    // Invalid entries are refused by the FSM too (a command built without from_json).
+    let mut bad = d.clone();
+    bad.protocol = "udp".into();
+    let e = apply_rejected(
+        &mut s,
+        9,
+        Command::ConfigEntrySet {
+            entry: ConfigEntry::ServiceDefaults(bad),
+            cas: None,
+        },
+    );
+    assert!(
+        matches!(e, ApplyError::Invalid(ref m) if m.contains("udp")),
+        "{e:?}"
+    );
+    // Delete with a stale cas fails; missing-entry delete is a no-op success.
+    apply_rejected(
+        &mut s,
+        10,
+        entry_delete(ConfigKind::ServiceDefaults, "api", Some(5)),
+    );
+    apply_ok(
+        &mut s,
+        11,
+        entry_delete(ConfigKind::ServiceDefaults, "api", Some(8)),
+    );
+    assert_eq!(protocol_of(&s, "api"), None);
+    assert_eq!(s.config_index(ConfigKind::ServiceDefaults), 11);
+    apply_noop(
+        &mut s,
+        12,
+        entry_delete(ConfigKind::ServiceDefaults, "api", None),
+    );
+    assert!(s.config_entries(ConfigKind::ServiceDefaults).is_empty());
+}
+
+#[test]
+fn service_intentions_entry_replaces_its_destination_atomically() {
+    let mut s = State::default();
+    apply_ok(
+        &mut s,
+        3,
+        upsert(intention("web", "api", IntentionAction::Allow), false),
+    );
+    apply_ok(
+        &mut s,
+        4,
+        upsert(intention("old", "api", IntentionAction::Allow), false),
+    );
+    apply_ok(
+        &mut s,
+        5,
+        upsert(intention("web", "db", IntentionAction::Allow), false),
+    );
+    // The legacy intentions already form an entry.
+    let Some(ConfigEntry::ServiceIntentions(e)) =
+        s.config_entry(ConfigKind::ServiceIntentions, "api")
+    else {
+        panic!()
+    };
+    assert_eq!(e.sources.len(), 2);
+    assert_eq!((e.create_index, e.modify_index), (3, 4));
+
+    apply_ok(
+        &mut s,
+        6,
+        intentions_entry_set(
+            "api",
+            r#"[{"Name":"web","Permissions":[{"Action":"deny","HTTP":{"PathPrefix":"/admin"}}]},
+                {"Name":"*","Action":"deny"}]"#,
+            Some(4),
+        ),
+    );
+    let api: Vec<&Intention> = s
+        .intentions
+        .values()
+        .filter(|i| i.destination_name == "api")
+        .collect();
+    assert_eq!(api.len(), 2, "`old` was removed, `*` added: {api:?}");
+    let web = api.iter().find(|i| i.source_name == "web").unwrap();
+    assert_eq!(web.create_index, 3, "same source keeps its create index");
+    assert_eq!(web.modify_index, 6);
+    assert_eq!(web.action, None);
+    assert_eq!(web.permissions.len(), 1);
+    assert_eq!(web.precedence, 9);
+    // Other destinations are untouched.
+    assert!(s.intentions.values().any(|i| i.destination_name == "db"));
+    assert_eq!(s.tables.intentions, 6);
+
+    // The L4 view keeps denying the L7 intention (Consul), the wildcard applies to others.
+    let set = intentions::IntentionSet::new(s.intentions.values().cloned(), DefaultPolicy::Allow);
+    assert!(!set.decide("web", "api").allowed);
+    assert!(!set.decide("other", "api").allowed);
+
+    // A legacy write to the destination shows up in the entry and moves its ModifyIndex, so a
+    // cas with the entry's old index now fails.
+    apply_ok(
+        &mut s,
+        7,
+        upsert(intention("ops", "api", IntentionAction::Allow), false),
+    );
+    let Some(ConfigEntry::ServiceIntentions(e)) =
+        s.config_entry(ConfigKind::ServiceIntentions, "api")
+    else {
+        panic!()
+    };
+    assert_eq!(e.modify_index, 7);
+    assert_eq!(e.create_index, 3);
+    assert_eq!(e.sources.len(), 3);
+    let err = apply_rejected(&mut s, 8, intentions_entry_set("api", "[]", Some(6)));
+    assert!(matches!(err, ApplyError::Conflict(_)), "{err:?}");
+
+    // A bad source rejects the whole entry, nothing changes.
+    let bad = ConfigEntry::ServiceIntentions(crate::config_entries::ServiceIntentions {
+        sources: vec![crate::config_entries::SourceIntention {
+            action: None,
+            ..e.sources[0].clone()
+        }],
+        ..e.clone()
+    });
+    let err = apply_rejected(
+        &mut s,
+        9,
+        Command::ConfigEntrySet {
+            entry: bad,
+            cas: None,
+        },
+    );
+    assert!(
+        matches!(err, ApplyError::Invalid(ref m) if m.starts_with("Sources[0]")),
+        "{err:?}"
+    );
+
+    // Deleting the entry removes every intention of the destination and nothing else.
+    apply_ok(
+        &mut s,
+        10,
+        entry_delete(ConfigKind::ServiceIntentions, "api", None),
+    );
+    assert!(
+        s.config_entry(ConfigKind::ServiceIntentions, "api")
+            .is_none()
+    );
+    assert!(!s.intentions.values().any(|i| i.destination_name == "api"));
+    assert_eq!(
+        s.config_entries(ConfigKind::ServiceIntentions).len(),
+        1,
+        "db remains"
+    );
+
+    // Legacy delete of the last source removes the entry too.
+    apply_ok(&mut s, 11, delete_intention("web", "db"));
+    assert!(s.config_entries(ConfigKind::ServiceIntentions).is_empty());
+    assert!(s.intention_entries.is_empty());
+}
+
+#[test]
+fn empty_intentions_entry_exists_until_deleted() {
+    let mut s = State::default();
+    apply_ok(&mut s, 2, intentions_entry_set("api", "[]", Some(0)));
+    let Some(ConfigEntry::ServiceIntentions(e)) =
+        s.config_entry(ConfigKind::ServiceIntentions, "api")
+    else {
+        panic!()
+    };
+    assert!(e.sources.is_empty());
+    assert_eq!(e.modify_index, 2);
+    apply_ok(
+        &mut s,
+        3,
+        entry_delete(ConfigKind::ServiceIntentions, "api", Some(2)),
+    );
+    assert!(
+        s.config_entry(ConfigKind::ServiceIntentions, "api")
+            .is_none()
+    );
 }

@@ -82,6 +82,21 @@ where
     R: FnOnce(&State) -> Result<T, ApiError>,
 {
     let Backend::Server(server) = backend;
+    wait(backend, q, &index_of).await?;
+    let (index, body) = server
+        .state
+        .read(|s| Ok::<_, ApiError>((index_of(s).max(1), render(s)?)))?;
+    Ok(json_with_index(index, &body))
+}
+
+/// The first half of [`read`]: consistency barrier, then (with `?index`) wait until
+/// `index_of` passes it or the wait elapses. For reads whose answer is not always a 200 JSON
+/// body (a missing config entry is a 404 that still carries `X-Consul-Index`).
+pub async fn wait<I>(backend: &Backend, q: &QueryOptions, index_of: &I) -> Result<(), ApiError>
+where
+    I: Fn(&State) -> u64,
+{
+    let Backend::Server(server) = backend;
     if !q.is_stale() {
         server.read_barrier().await?;
     }
@@ -89,7 +104,7 @@ where
         let deadline = Instant::now() + q.wait()?;
         let mut applied = server.state.subscribe();
         loop {
-            if server.state.read(&index_of) > min {
+            if server.state.read(index_of) > min {
                 break;
             }
             if tokio::time::timeout_at(deadline, applied.changed())
@@ -100,10 +115,7 @@ where
             }
         }
     }
-    let (index, body) = server
-        .state
-        .read(|s| Ok::<_, ApiError>((index_of(s).max(1), render(s)?)))?;
-    Ok(json_with_index(index, &body))
+    Ok(())
 }
 
 /// A JSON response with `X-Consul-Index` and the leader headers.

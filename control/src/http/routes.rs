@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::blocking::{self, QueryOptions, json_with_index};
 use super::{ApiError, Backend};
+use crate::config_entries::{ConfigEntry, ConfigKind};
 use crate::fsm::{Command, State};
 use crate::intentions::{self, IntentionSet};
 use crate::model::{
@@ -61,6 +62,12 @@ pub fn server_router(backend: Backend) -> Router {
         )
         .route("/v1/connect/ca/rotate", put(ca_rotate).post(ca_rotate))
         .route("/v1/internal/state-hash", get(state_hash))
+        .route("/v1/config", put(config_put))
+        .route("/v1/config/{kind}", get(config_list))
+        .route(
+            "/v1/config/{kind}/{name}",
+            get(config_get).delete(config_delete),
+        )
         .fallback(|| async {
             ApiError::not_found("Invalid URL path: not a recognized HTTP API endpoint")
         })
@@ -670,4 +677,110 @@ async fn state_hash(AxState(b): AxState<Backend>, Query(p): Params) -> Res {
         |s| Ok(json!({ "Hash": s.digest(), "Index": s.last_index })),
     )
     .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config entries (`/v1/config`, see `crate::config_entries`).
+// ---------------------------------------------------------------------------------------------
+
+fn config_kind(kind: &str) -> Result<ConfigKind, ApiError> {
+    kind.parse::<ConfigKind>()
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `?cas=N`: `None` when absent.
+fn cas_param(p: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    p.get("cas")
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("Invalid cas index {c:?}")))
+        })
+        .transpose()
+}
+
+/// The outcome of a write that may carry `?cas=`: `true`, or `false` when the check failed
+/// (Consul answers 200 `false`, not an error).
+fn cas_outcome(
+    result: Result<crate::fsm::ApplyResult, crate::server::ServerError>,
+    cas: Option<u64>,
+) -> Res {
+    match result {
+        Ok(_) => Ok(axum::Json(true).into_response()),
+        Err(crate::server::ServerError::Apply(crate::fsm::ApplyError::Conflict(_)))
+            if cas.is_some() =>
+        {
+            Ok(axum::Json(false).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `PUT /v1/config[?cas=N]`: create or replace the entry in the body.
+async fn config_put(AxState(b): AxState<Backend>, Query(p): Params, body: Bytes) -> Res {
+    let cas = cas_param(&p)?;
+    let entry = ConfigEntry::from_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let result = server(&b)
+        .write(Command::ConfigEntrySet { entry, cas })
+        .await;
+    cas_outcome(result, cas)
+}
+
+/// `GET /v1/config/:kind/:name`: the entry, or 404 (with `X-Consul-Index`, so a blocking
+/// query can wait for it to appear).
+async fn config_get(
+    AxState(b): AxState<Backend>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(p): Params,
+) -> Res {
+    let kind = config_kind(&kind)?;
+    let q = QueryOptions::from_params(&p)?;
+    let index_of = move |s: &State| s.config_index(kind);
+    blocking::wait(&b, &q, &index_of).await?;
+    let (index, entry) = server(&b)
+        .state
+        .read(|s| (index_of(s).max(1), s.config_entry(kind, &name)));
+    match entry {
+        Some(e) => Ok(json_with_index(index, &e)),
+        None => {
+            let mut r = ApiError::not_found(format!(
+                "Config entry not found for {:?} / {name:?}",
+                kind.as_str()
+            ))
+            .into_response();
+            r.headers_mut()
+                .insert("X-Consul-Index", axum::http::HeaderValue::from(index));
+            Ok(r)
+        }
+    }
+}
+
+/// `GET /v1/config/:kind`: every entry of the kind (`[]` when none).
+async fn config_list(
+    AxState(b): AxState<Backend>,
+    Path(kind): Path<String>,
+    Query(p): Params,
+) -> Res {
+    let kind = config_kind(&kind)?;
+    let q = QueryOptions::from_params(&p)?;
+    blocking::read(
+        &b,
+        &q,
+        move |s| s.config_index(kind),
+        move |s| Ok(s.config_entries(kind)),
+    )
+    .await
+}
+
+/// `DELETE /v1/config/:kind/:name[?cas=N]`.
+async fn config_delete(
+    AxState(b): AxState<Backend>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(p): Params,
+) -> Res {
+    let kind = config_kind(&kind)?;
+    let cas = cas_param(&p)?;
+    let result = server(&b)
+        .write(Command::ConfigEntryDelete { kind, name, cas })
+        .await;
+    cas_outcome(result, cas)
 }

@@ -22,9 +22,12 @@
 //! [`IntentionSet`] indexes a snapshot by destination and then by source so a decision is at
 //! most nine hash look-ups, whatever the number of intentions (10k-intention bench).
 
+pub mod l7;
 mod legacy_id;
 mod validate;
 
+#[cfg(test)]
+mod l7_tests;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Intention, IntentionAction};
 
+pub use l7::{HttpDecision, HttpReason, HttpRequest};
 pub use legacy_id::legacy_id;
 pub use validate::{
     HTTP_METHODS, IntentionError, MAX_DESCRIPTION_LEN, MAX_META_KEY_LEN, MAX_META_PAIRS,
@@ -407,6 +411,8 @@ pub struct IntentionSet {
     /// Source pattern → positions, ascending.
     by_source: PairMap<Vec<usize>>,
     default: DefaultPolicy,
+    /// Compiled L7 permissions (regexes built once), parallel to `intentions`.
+    l7: l7::L7Index,
 }
 
 impl IntentionSet {
@@ -439,11 +445,13 @@ impl IntentionSet {
                 .push(pos);
             by_source.entry(&i.source_ns, &i.source_name).push(pos);
         }
+        let l7 = l7::L7Index::build(&intentions);
         Self {
             intentions,
             by_destination,
             by_source,
             default,
+            l7,
         }
     }
 
@@ -475,17 +483,27 @@ impl IntentionSet {
     /// specific. Destination-major order is strictly decreasing precedence (a destination step
     /// is worth 3, a source step at most 2), so the first pair holding an intention decides.
     pub fn decide_ns(&self, src_ns: &str, src: &str, dst_ns: &str, dst: &str) -> Decision {
+        match self.deciding(src_ns, src, dst_ns, dst) {
+            Some(pos) => Decision::from_intention(&self.intentions[pos]),
+            None => Decision::from_default(self.default),
+        }
+    }
+
+    /// Position of the intention that decides `src_ns/src => dst_ns/dst`, `None` when no
+    /// intention matches. Shared by the L4 ([`decide_ns`](Self::decide_ns)) and L7
+    /// ([`decide_http`](Self::decide_http)) decisions so both pick the same intention.
+    fn deciding(&self, src_ns: &str, src: &str, dst_ns: &str, dst: &str) -> Option<usize> {
         for (dns, dname) in patterns(dst_ns, dst) {
             let Some(bucket) = self.by_destination.get(dns, dname) else {
                 continue;
             };
             for (sns, sname) in patterns(src_ns, src) {
                 if let Some(&pos) = bucket.by_source.get(sns, sname).and_then(|v| v.first()) {
-                    return Decision::from_intention(&self.intentions[pos]);
+                    return Some(pos);
                 }
             }
         }
-        Decision::from_default(self.default)
+        None
     }
 
     /// Consul's `/v1/connect/intentions/match`: the intentions that apply to `name` (default

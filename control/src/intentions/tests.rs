@@ -946,6 +946,16 @@ fn error_codes_are_distinct() {
             index: 0,
             method: String::new(),
         },
+        IntentionError::InvalidRegex {
+            index: 0,
+            field: String::new(),
+            reason: String::new(),
+        },
+        IntentionError::InvalidHeaderName {
+            index: 0,
+            header: 0,
+            name: String::new(),
+        },
     ];
     let codes: std::collections::BTreeSet<&str> = errors.iter().map(|e| e.code()).collect();
     assert_eq!(codes.len(), errors.len());

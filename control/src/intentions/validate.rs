@@ -5,6 +5,11 @@
 //! field named in each message so an API client can show the user what to fix. The decision
 //! code in the parent module never depends on an intention being valid, but it only promises
 //! Consul's precedence table for intentions that pass.
+//!
+//! L7 permissions are checked by compiling them exactly as the matcher will
+//! (`l7::compile_permission`): unknown fields are refused by serde (`deny_unknown_fields` on
+//! the model), and a regex that does not parse or exceeds `l7::REGEX_SIZE_LIMIT` is refused
+//! here, with its field named, so no request ever meets a bad pattern.
 
 use crate::model::{HeaderPermission, HttpPermission, Intention, IntentionPermission};
 
@@ -80,6 +85,20 @@ pub enum IntentionError {
     InvalidMethod { index: usize, method: String },
     #[error("Permissions[{index}].HTTP.Methods contains {method:?} more than once")]
     DuplicateMethod { index: usize, method: String },
+    #[error("Permissions[{index}].HTTP.{field} is not a valid regular expression: {reason}")]
+    InvalidRegex {
+        index: usize,
+        field: String,
+        reason: String,
+    },
+    #[error(
+        "Permissions[{index}].HTTP.Header[{header}].Name {name:?} is not a valid HTTP header name (pseudo-headers such as :authority are not supported)"
+    )]
+    InvalidHeaderName {
+        index: usize,
+        header: usize,
+        name: String,
+    },
 }
 
 impl IntentionError {
@@ -107,6 +126,8 @@ impl IntentionError {
             IntentionError::HeaderMatchers { .. } => "header_matchers",
             IntentionError::InvalidMethod { .. } => "invalid_method",
             IntentionError::DuplicateMethod { .. } => "duplicate_method",
+            IntentionError::InvalidRegex { .. } => "invalid_regex",
+            IntentionError::InvalidHeaderName { .. } => "invalid_header_name",
         }
     }
 }
@@ -176,8 +197,10 @@ pub fn validate(i: &Intention) -> Result<(), IntentionError> {
         });
     }
 
+    // Compiling runs the structural checks too, and proves every regex builds within the size
+    // limit the proxy will use: a pattern stored is a pattern the matcher can run.
     for (index, perm) in i.permissions.iter().enumerate() {
-        validate_permission(index, perm)?;
+        super::l7::compile_permission(index, perm)?;
     }
     Ok(())
 }
@@ -213,7 +236,10 @@ fn validate_wildcards(
     Ok(())
 }
 
-fn validate_permission(index: usize, perm: &IntentionPermission) -> Result<(), IntentionError> {
+pub(super) fn validate_permission(
+    index: usize,
+    perm: &IntentionPermission,
+) -> Result<(), IntentionError> {
     // `Action` is a required enum in the model, so serde already rejected anything but
     // allow/deny; only the HTTP block is left to check.
     let http: &HttpPermission = perm

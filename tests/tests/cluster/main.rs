@@ -35,14 +35,18 @@ impl ProcCluster {
         // The leader initializes the CA in its own Raft write after it wins; tests that rotate
         // or sign must not race it.
         let first = c.servers[0].http_addr;
-        eventually("the leader to initialize the CA", Duration::from_secs(30), || {
-            let r = http("GET", first, "/v1/connect/ca/roots", None).ok()?;
-            let roots: serde_json::Value = r.json().ok()?;
-            roots["ActiveRootID"]
-                .as_str()
-                .filter(|id| !id.is_empty())
-                .map(str::to_owned)
-        })?;
+        eventually(
+            "the leader to initialize the CA",
+            Duration::from_secs(30),
+            || {
+                let r = http("GET", first, "/v1/connect/ca/roots", None).ok()?;
+                let roots: serde_json::Value = r.json().ok()?;
+                roots["ActiveRootID"]
+                    .as_str()
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned)
+            },
+        )?;
         Ok(c)
     }
 

@@ -1,0 +1,378 @@
+//! meshproxy's transparent-mode eBPF programs (kernel side; the loader is
+//! `proxy/src/transparent/`).
+//!
+//! - `mesh_connect4` (cgroup `connect4`): a TCP connect from the pod's cgroup is rewritten to
+//!   the proxy's outbound listener unless excluded (proxy's own cgroup, uid, port, CIDR,
+//!   loopback); the original destination is remembered under the socket cookie.
+//! - `mesh_sock_ops` (cgroup `sock_ops`): when such a connect completes, the original
+//!   destination is re-keyed by the client's local address, the key the proxy sees as its
+//!   accepted connection's peer.
+//! - `mesh_getpeername4` (cgroup `getpeername4`): the app still sees the original destination.
+//! - `mesh_connect6` / `mesh_getpeername6`: the same for IPv6 connects, to the proxy's IPv6
+//!   outbound listener (`MESH_OUTBOUND6`, on `::1`); `sock_ops` re-keys them as for IPv4.
+//! - `mesh_sk_lookup` (netns `sk_lookup`): inbound TCP to the app's ports (not on loopback) is
+//!   handed to the proxy's inbound mTLS listener held in a sockmap.
+//!
+//! Every entry point is a thin wrapper over `try_*` and maps errors to the *safe* verdict: let
+//! the syscall or packet through unchanged, never break the host's networking on an error path.
+
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key as LpmKey},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
+};
+use mesh_ebpf_common::{
+    ClientKey, ClientKey6, Config, EXCLUSION_ENTRIES, FLAG_ENABLED, FLAG_SKIP_LOOPBACK,
+    INBOUND_LISTENER_INDEX, ORIG_DST_ENTRIES, OrigDst, OrigDst6, Outbound6, STAT_COUNT,
+    STAT_EXCLUDED, STAT_INBOUND_STEERED, STAT_ORIG_RECORDED, STAT_REDIRECTED, STAT_REDIRECTED6,
+};
+
+/// `bpf_sock_addr` verdicts: 1 lets the syscall proceed.
+const ALLOW: i32 = 1;
+/// `sk_lookup` verdict: continue (with the assigned socket, if any).
+const SK_PASS: u32 = 1;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+/// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: an active (connect) TCP socket got established.
+const SOCK_OPS_ACTIVE_ESTABLISHED: u32 = 4;
+
+// Map names must equal the MAP_* constants of mesh-ebpf-common (the loader opens them by name).
+#[map]
+static MESH_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static MESH_ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(ORIG_DST_ENTRIES, 0);
+#[map]
+static MESH_ORIG_BY_CLIENT: LruHashMap<ClientKey, OrigDst> =
+    LruHashMap::with_max_entries(ORIG_DST_ENTRIES, 0);
+#[map]
+static MESH_EXCLUDED_OUT_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(EXCLUSION_ENTRIES, 0);
+#[map]
+static MESH_EXCLUDED_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(EXCLUSION_ENTRIES, 0);
+#[map]
+static MESH_EXCLUDED_CIDRS4: LpmTrie<u32, u8> = LpmTrie::with_max_entries(EXCLUSION_ENTRIES, 0);
+#[map]
+static MESH_INBOUND_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(EXCLUSION_ENTRIES, 0);
+#[map]
+static MESH_INBOUND_LISTENER: SockMap = SockMap::with_max_entries(1, 0);
+#[map]
+static MESH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+#[map]
+static MESH_OUTBOUND6: Array<Outbound6> = Array::with_max_entries(1, 0);
+#[map]
+static MESH_ORIG6_BY_COOKIE: LruHashMap<u64, OrigDst6> =
+    LruHashMap::with_max_entries(ORIG_DST_ENTRIES, 0);
+#[map]
+static MESH_ORIG6_BY_CLIENT: LruHashMap<ClientKey6, OrigDst6> =
+    LruHashMap::with_max_entries(ORIG_DST_ENTRIES, 0);
+
+/// Per-CPU counter bump (no atomic RMW on this target; the loader sums the CPUs).
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(p) = MESH_STATS.get_ptr_mut(stat) {
+        // SAFETY: a per-CPU slot is only touched by programs on this CPU, one at a time.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn config() -> Option<Config> {
+    let c = *MESH_CONFIG.get(0)?;
+    if c.flags & FLAG_ENABLED == 0 {
+        None
+    } else {
+        Some(c)
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect4(&ctx);
+    ALLOW
+}
+
+/// `Err` means "leave the connect alone".
+#[inline(always)]
+fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
+    let cfg = config().ok_or(())?;
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the verifier-checked context pointer; these fields are readable.
+    let (ty, ip4, port) = unsafe { ((*sa).type_, (*sa).user_ip4, (*sa).user_port) };
+    if ty != SOCK_STREAM {
+        return Err(());
+    }
+    if excluded(&cfg, ip4, port) {
+        count(STAT_EXCLUDED);
+        return Err(());
+    }
+    // SAFETY: helper valid for cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    MESH_ORIG_BY_COOKIE
+        .insert(&cookie, &OrigDst { ip4, port }, 0)
+        .map_err(|_| ())?;
+    // SAFETY: writable context fields of connect4; one volatile 4-byte store each so LLVM
+    // cannot merge them into a wider store the verifier rejects.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip4, cfg.outbound_ip4);
+        core::ptr::write_volatile(&mut (*sa).user_port, cfg.outbound_port);
+    }
+    count(STAT_REDIRECTED);
+    Ok(())
+}
+
+#[inline(always)]
+fn excluded(cfg: &Config, ip4: u32, port: u32) -> bool {
+    // The proxy's own sockets: never redirected (no loops).
+    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
+    if cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id {
+        return true;
+    }
+    // Already aimed at the proxy.
+    if ip4 == cfg.outbound_ip4 && port == cfg.outbound_port {
+        return true;
+    }
+    // 127.0.0.0/8: first octet in the lowest byte of the network-order word.
+    if cfg.flags & FLAG_SKIP_LOOPBACK != 0 && (ip4 & 0xff) == 127 {
+        return true;
+    }
+    if excluded_port_or_uid(port) {
+        return true;
+    }
+    MESH_EXCLUDED_CIDRS4.get(LpmKey::new(32, ip4)).is_some()
+}
+
+/// The exclusions that do not depend on the address family.
+#[inline(always)]
+fn excluded_port_or_uid(port: u32) -> bool {
+    let host_port = u16::from_be(port as u16);
+    // SAFETY: value not kept past the call.
+    if unsafe { MESH_EXCLUDED_OUT_PORTS.get(&host_port) }.is_some() {
+        return true;
+    }
+    let uid = bpf_get_current_uid_gid() as u32;
+    // SAFETY: as above.
+    unsafe { MESH_EXCLUDED_UIDS.get(&uid) }.is_some()
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+    let _ = try_connect6(&ctx);
+    ALLOW
+}
+
+/// As [`try_connect4`], to the proxy's IPv6 outbound listener. `Err` means "leave it alone".
+#[inline(always)]
+fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
+    let cfg = config().ok_or(())?;
+    let out = *MESH_OUTBOUND6.get(0).ok_or(())?;
+    if out.enabled == 0 {
+        return Err(());
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the verifier-checked context pointer; these fields are readable, each
+    // `user_ip6` word with its own 4-byte load.
+    let (ty, port, ip6) = unsafe {
+        (
+            (*sa).type_,
+            (*sa).user_port,
+            [
+                core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                core::ptr::read_volatile(&(*sa).user_ip6[2]),
+                core::ptr::read_volatile(&(*sa).user_ip6[3]),
+            ],
+        )
+    };
+    if ty != SOCK_STREAM {
+        return Err(());
+    }
+    if excluded6(&cfg, &out, &ip6, port) {
+        count(STAT_EXCLUDED);
+        return Err(());
+    }
+    // SAFETY: helper valid for cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    MESH_ORIG6_BY_COOKIE
+        .insert(&cookie, &OrigDst6 { ip6, port }, 0)
+        .map_err(|_| ())?;
+    // SAFETY: writable context fields of connect6; one volatile 4-byte store each.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip6[0], out.ip6[0]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[1], out.ip6[1]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[2], out.ip6[2]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[3], out.ip6[3]);
+        core::ptr::write_volatile(&mut (*sa).user_port, out.port);
+    }
+    count(STAT_REDIRECTED);
+    count(STAT_REDIRECTED6);
+    Ok(())
+}
+
+#[inline(always)]
+fn excluded6(cfg: &Config, out: &Outbound6, ip6: &[u32; 4], port: u32) -> bool {
+    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
+    if cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id {
+        return true;
+    }
+    if *ip6 == out.ip6 && port == out.port {
+        return true;
+    }
+    let head_zero = ip6[0] == 0 && ip6[1] == 0;
+    // ::1 (words in network order: the last word's lowest byte is the address's last byte).
+    if cfg.flags & FLAG_SKIP_LOOPBACK != 0 && head_zero && ip6[2] == 0 && ip6[3] == 1u32.to_be() {
+        return true;
+    }
+    // ::ffff:a.b.c.d (an IPv4 destination through an IPv6 socket): left alone; the proxy's
+    // IPv6 listener is on ::1, which such a socket cannot pair with an IPv4 peer.
+    if head_zero && ip6[2] == 0xffffu32.to_be() {
+        return true;
+    }
+    excluded_port_or_uid(port)
+}
+
+#[sock_ops]
+pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
+    let _ = try_sock_ops(&ctx);
+    1
+}
+
+#[inline(always)]
+fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
+    if ctx.op() != SOCK_OPS_ACTIVE_ESTABLISHED {
+        return Err(());
+    }
+    let family = ctx.family();
+    if family == AF_INET6 {
+        return try_sock_ops6(ctx);
+    }
+    if family != AF_INET {
+        return Err(());
+    }
+    // SAFETY: helper valid for sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let orig = *unsafe { MESH_ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let key = ClientKey {
+        ip4: ctx.local_ip4(),
+        port: ctx.local_port(),
+    };
+    MESH_ORIG_BY_CLIENT.insert(&key, &orig, 0).map_err(|_| ())?;
+    count(STAT_ORIG_RECORDED);
+    Ok(())
+}
+
+#[inline(always)]
+fn try_sock_ops6(ctx: &SockOpsContext) -> Result<(), ()> {
+    // SAFETY: helper valid for sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let orig = *unsafe { MESH_ORIG6_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let ops = ctx.ops;
+    // SAFETY: verifier-checked context pointer; one 4-byte load per word (the verifier
+    // rejects the wider loads an array copy compiles to).
+    let ip6 = unsafe {
+        [
+            core::ptr::read_volatile(&(*ops).local_ip6[0]),
+            core::ptr::read_volatile(&(*ops).local_ip6[1]),
+            core::ptr::read_volatile(&(*ops).local_ip6[2]),
+            core::ptr::read_volatile(&(*ops).local_ip6[3]),
+        ]
+    };
+    let key = ClientKey6 {
+        ip6,
+        port: ctx.local_port(),
+    };
+    MESH_ORIG6_BY_CLIENT
+        .insert(&key, &orig, 0)
+        .map_err(|_| ())?;
+    count(STAT_ORIG_RECORDED);
+    Ok(())
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
+    let _ = try_getpeername6(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_getpeername6(ctx: &SockAddrContext) -> Result<(), ()> {
+    // SAFETY: helper valid for cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let orig = *unsafe { MESH_ORIG6_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let sa = ctx.sock_addr;
+    // SAFETY: writable context fields of getpeername6; separate volatile stores.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip6[0], orig.ip6[0]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[1], orig.ip6[1]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[2], orig.ip6[2]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[3], orig.ip6[3]);
+        core::ptr::write_volatile(&mut (*sa).user_port, orig.port);
+    }
+    Ok(())
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn mesh_getpeername4(ctx: SockAddrContext) -> i32 {
+    let _ = try_getpeername4(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_getpeername4(ctx: &SockAddrContext) -> Result<(), ()> {
+    // SAFETY: helper valid for cgroup sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    let orig = *unsafe { MESH_ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let sa = ctx.sock_addr;
+    // SAFETY: writable context fields of getpeername4; separate volatile stores as above.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip4, orig.ip4);
+        core::ptr::write_volatile(&mut (*sa).user_port, orig.port);
+    }
+    Ok(())
+}
+
+#[sk_lookup]
+pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
+    let _ = try_sk_lookup(&ctx);
+    SK_PASS
+}
+
+#[inline(always)]
+fn try_sk_lookup(ctx: &SkLookupContext) -> Result<(), ()> {
+    let l = ctx.lookup;
+    // SAFETY: verifier-checked context pointer; readable fields.
+    let (family, protocol, local_ip4, local_port) =
+        unsafe { ((*l).family, (*l).protocol, (*l).local_ip4, (*l).local_port) };
+    if family != AF_INET || protocol != IPPROTO_TCP {
+        return Err(());
+    }
+    // Loopback stays with whoever listens there: the proxy reaches the app on 127.0.0.1.
+    if (local_ip4 & 0xff) == 127 {
+        return Err(());
+    }
+    // SAFETY: value not kept past the call.
+    if unsafe { MESH_INBOUND_PORTS.get(&(local_port as u16)) }.is_none() {
+        return Err(());
+    }
+    MESH_INBOUND_LISTENER
+        .redirect_sk_lookup(ctx, INBOUND_LISTENER_INDEX, 0)
+        .map_err(|_| ())?;
+    count(STAT_INBOUND_STEERED);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,102 @@
+//! Responses the proxy writes itself: a denied request, and an application that cannot be
+//! reached.
+//!
+//! HTTP gets a status with a short `text/plain` body. gRPC clients ignore HTTP statuses, so a
+//! gRPC request gets what a gRPC server would send for an error: HTTP 200 with
+//! `content-type: application/grpc` and `grpc-status`/`grpc-message` in a *trailers-only*
+//! response (one HEADERS frame ending the stream, gRPC's HTTP/2 protocol spec), which every
+//! gRPC library maps to the status code (7 `PERMISSION_DENIED`, 14 `UNAVAILABLE`).
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::server::Body;
+
+/// Body of a denied HTTP request (no policy details: those go to the proxy's log).
+pub const FORBIDDEN_BODY: &str = "access denied by mesh intentions\n";
+/// `grpc-message` of a denied gRPC call.
+pub const FORBIDDEN_GRPC_MESSAGE: &str = "access denied by mesh intentions";
+/// gRPC status code `PERMISSION_DENIED`.
+pub const GRPC_PERMISSION_DENIED: u8 = 7;
+/// gRPC status code `UNAVAILABLE`.
+pub const GRPC_UNAVAILABLE: u8 = 14;
+
+/// Whether a request is a gRPC call (`content-type: application/grpc[+proto|;…]`).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn grpc(code: u8, message: &'static str) -> Response<Body> {
+    // An empty body ends the stream with the HEADERS frame: a trailers-only response.
+    let mut r = Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    h.insert("grpc-message", HeaderValue::from_static(message));
+    r
+}
+
+/// The answer to a denied request.
+pub fn forbidden(grpc_call: bool) -> Response<Body> {
+    if grpc_call {
+        grpc(GRPC_PERMISSION_DENIED, FORBIDDEN_GRPC_MESSAGE)
+    } else {
+        text(StatusCode::FORBIDDEN, FORBIDDEN_BODY)
+    }
+}
+
+/// The answer when the application cannot be reached or fails mid-request.
+pub fn bad_gateway(grpc_call: bool) -> Response<Body> {
+    if grpc_call {
+        grpc(GRPC_UNAVAILABLE, "upstream application unavailable")
+    } else {
+        text(
+            StatusCode::BAD_GATEWAY,
+            "upstream application unavailable\n",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_denial_is_trailers_only() {
+        let r = forbidden(true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "7");
+        assert!(hyper::body::Body::is_end_stream(r.body()));
+        let r = forbidden(false);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert!(is_grpc(&h));
+    }
+}

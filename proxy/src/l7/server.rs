@@ -1,0 +1,172 @@
+//! The HTTP server on an authorized inbound mutual-TLS stream: HTTP/1.1 (keep-alive and
+//! pipelining, upgrades) or HTTP/2, by the destination's declared protocol, never sniffed.
+//!
+//! Per request: decide with the newest [`Policy`] snapshot → denied: answer it here
+//! ([`deny`]), log one line and count it, leaving the connection open for the next request →
+//! allowed: strip hop-by-hop headers, forward to the application with the body streaming
+//! ([`Forwarder`]), strip the response's hop-by-hop headers and stream its body back, frames
+//! (and so trailers) unchanged. A 101 to an upgrade request joins the two upgraded connections
+//! with a byte copy. Malformed requests never reach this code: hyper answers them with 400
+//! (HTTP/1.1) or a stream reset (HTTP/2) and the proxy keeps serving.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh_control::intentions::l7::HttpRequest;
+use mesh_control::spiffe::SpiffeId;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::forward::Forwarder;
+use super::{Protocol, deny, hop};
+use crate::authz::Policy;
+use crate::metrics::Metrics;
+
+/// Response body type of the L7 server: the application's body, or one the proxy wrote.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// How long the application connection may take to finish once the inbound one is done.
+const DRIVER_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a client may take to send a request head (slowloris bound).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one L7 connection needs.
+#[derive(Debug)]
+pub struct ConnContext {
+    pub peer: SpiffeId,
+    pub client: SocketAddr,
+    pub protocol: Protocol,
+    /// Read per request, so an intention change applies to the next request.
+    pub policy: watch::Receiver<Option<Arc<Policy>>>,
+    pub metrics: Arc<Metrics>,
+    pub app_host: String,
+    pub app_port: u16,
+    pub connect_timeout: Duration,
+}
+
+/// Serves HTTP on `io` until the client closes it (or the server errors).
+pub async fn serve<I>(io: I, cx: ConnContext) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (fwd, driver) = Forwarder::new(
+        cx.app_host.clone(),
+        cx.app_port,
+        cx.protocol.is_h2(),
+        cx.connect_timeout,
+    );
+    let fwd = Arc::new(fwd);
+    let cx = Arc::new(cx);
+    let svc = {
+        let cx = cx.clone();
+        service_fn(move |req| {
+            let (cx, fwd) = (cx.clone(), fwd.clone());
+            async move { Ok::<_, std::convert::Infallible>(handle(&cx, &fwd, req).await) }
+        })
+    };
+    let io = TokioIo::new(io);
+    let server = async {
+        if cx.protocol.is_h2() {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, svc)
+                .await
+        } else {
+            hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(io, svc)
+                .with_upgrades()
+                .await
+        }
+    };
+    // The connection to the application runs in this task too (see `forward`). The driver
+    // ends only after the server, which owns the forwarder: once the server is done, the
+    // driver finishes what is left (the hand-over of an upgraded connection after a 101, the
+    // close of the idle application connection), bounded.
+    tokio::pin!(driver);
+    let r = tokio::select! {
+        r = server => r,
+        () = &mut driver => return Ok(()),
+    };
+    let _ = tokio::time::timeout(DRIVER_GRACE, driver).await;
+    r
+}
+
+async fn handle(cx: &ConnContext, fwd: &Forwarder, mut req: Request<Incoming>) -> Response<Body> {
+    let grpc_call = cx.protocol == Protocol::Grpc || deny::is_grpc(req.headers());
+    let policy = cx.policy.borrow().clone();
+    let Some(policy) = policy else {
+        // Cannot happen once the listener is open (it waits for a policy); fail closed.
+        return deny::forbidden(grpc_call);
+    };
+    let verdict = policy.authorize_http(
+        &cx.peer,
+        &HttpRequest {
+            method: req.method(),
+            path: req.uri().path(),
+            headers: req.headers(),
+        },
+    );
+    cx.metrics
+        .http_request(verdict.allowed, verdict.kind(), verdict.rule_label());
+    if !verdict.allowed {
+        tracing::warn!(
+            source = %cx.peer, destination = %policy.destination, method = %req.method(),
+            path = %req.uri().path(), client = %cx.client, reason = %verdict.reason,
+            "inbound request denied"
+        );
+        let r = deny::forbidden(grpc_call);
+        cx.metrics.http_response(r.status());
+        return r;
+    }
+
+    let upgrade = req.version() == Version::HTTP_11 && hop::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    hop::strip(req.headers_mut(), upgrade);
+    if cx.protocol.is_h2() {
+        *req.version_mut() = Version::HTTP_2;
+    }
+    let mut resp = match fwd.send(req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(source = %cx.peer, client = %cx.client, error = %e, "forwarding to the local application failed");
+            let r = deny::bad_gateway(grpc_call);
+            cx.metrics.http_response(r.status());
+            return r;
+        }
+    };
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, client_upgrade) {
+        (true, Some(client_upgrade)) => {
+            let app_upgrade = hyper::upgrade::on(&mut resp);
+            let peer = cx.peer.clone();
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, app_upgrade) {
+                    Ok((client, app)) => {
+                        let (mut c, mut a) = (TokioIo::new(client), TokioIo::new(app));
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut a).await {
+                            tracing::debug!(source = %peer, error = %e, "upgraded connection ended with an error");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(source = %peer, error = %e, "protocol upgrade failed")
+                    }
+                }
+            });
+            hop::strip(resp.headers_mut(), true);
+        }
+        _ => hop::strip(resp.headers_mut(), false),
+    }
+    cx.metrics.http_response(resp.status());
+    resp.map(BodyExt::boxed)
+}

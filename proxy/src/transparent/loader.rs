@@ -1,0 +1,526 @@
+//! Loading, configuring and attaching the eBPF programs with aya.
+//!
+//! Two steps, so the proxy refuses to start before binding anything when the environment is
+//! wrong, yet attaches only once its listeners exist: [`Prepared::prepare`] runs the preflight
+//! checks, takes the per-cgroup lock and loads every program (the verifier runs here);
+//! [`Prepared::attach`] fills the maps and creates the `bpf_link`s. Links are never pinned:
+//! they belong to this process's file descriptors, so the kernel detaches them when it exits
+//! for any reason (SIGKILL included). If any step fails, dropping the `aya::Ebpf` closes every
+//! link already made: nothing stays half-attached.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::path::PathBuf;
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockMap, lpm_trie::Key};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkLookup, SockOps};
+use aya::{Ebpf, EbpfError};
+use mesh_ebpf_common as common;
+use tokio::net::TcpListener;
+
+use super::TransparentError;
+use super::args::TransparentConfig;
+use super::netns::Netns;
+use super::preflight::{self, Cgroup};
+
+/// Programs loaded into the kernel and checked by the verifier, not attached yet.
+pub struct Prepared {
+    config: TransparentConfig,
+    ebpf: Ebpf,
+    cgroup: Cgroup,
+    proxy_cgroup_id: u64,
+    netns: Option<Netns>,
+    lock: File,
+    object: PathBuf,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("cgroup", &self.cgroup.path)
+            .field("object", &self.object)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Attached programs. Dropping this detaches everything and releases the lock.
+pub struct Attached {
+    /// Held for the links it owns.
+    _ebpf: Ebpf,
+    _lock: File,
+    /// Entries are removed once read, so a later connection that reuses the client port
+    /// without being redirected (one aimed at the listener itself) cannot inherit them.
+    orig_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey, common::OrigDst>>,
+    /// The same for IPv6 connects.
+    orig6_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey6, common::OrigDst6>>,
+    stats: PerCpuArray<MapData, u64>,
+    pub cgroup: PathBuf,
+    pub netns: Option<PathBuf>,
+    pub outbound: SocketAddrV4,
+    /// The IPv6 outbound listener IPv6 connects go to (`None`: they go out unchanged).
+    pub outbound6: Option<SocketAddrV6>,
+    pub inbound_ports: Vec<u16>,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached")
+            .field("cgroup", &self.cgroup)
+            .field("netns", &self.netns)
+            .field("outbound", &self.outbound)
+            .field("outbound6", &self.outbound6)
+            .field("inbound_ports", &self.inbound_ports)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters the programs keep (summed over CPUs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    pub redirected: u64,
+    pub excluded: u64,
+    pub inbound_steered: u64,
+    pub orig_recorded: u64,
+    /// IPv6 connects redirected (included in `redirected`).
+    pub redirected6: u64,
+}
+
+/// In attach order: the connect programs last, once what they record is re-keyed and hidden.
+const CGROUP_PROGRAMS: [&str; 5] = [
+    common::PROG_SOCK_OPS,
+    common::PROG_GETPEERNAME4,
+    common::PROG_GETPEERNAME6,
+    common::PROG_CONNECT4,
+    common::PROG_CONNECT6,
+];
+
+fn is_enosys(e: &EbpfError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(38)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The verifier's reason: the last non-empty lines of its log.
+pub fn verifier_reason(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(2)..];
+    if tail.is_empty() {
+        "no verifier log".to_string()
+    } else {
+        tail.join("; ")
+    }
+}
+
+fn load_error(name: &'static str, e: ProgramError) -> TransparentError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => TransparentError::Verifier {
+            name,
+            detail: format!("{io_error}: {}", verifier_reason(&verifier_log.to_string())),
+        },
+        other => TransparentError::Verifier {
+            name,
+            detail: other.to_string(),
+        },
+    }
+}
+
+impl Prepared {
+    /// Preflight checks, the lock, and loading (verifying) every program.
+    pub fn prepare(config: &TransparentConfig) -> Result<Self, TransparentError> {
+        preflight::check_privileges()?;
+        let (cgroup, proxy_cgroup_id) = preflight::check_cgroup(config.cgroup.as_deref())?;
+        let netns = config.netns.as_deref().map(Netns::open).transpose()?;
+        let object = preflight::find_object(config.ebpf_object.as_deref())?;
+        let lock = preflight::take_lock(&cgroup)?;
+        let mut ebpf = Ebpf::load_file(&object).map_err(|source| {
+            if is_enosys(&source) {
+                TransparentError::NoBpf {
+                    detail: source.to_string(),
+                }
+            } else {
+                TransparentError::Object {
+                    path: object.display().to_string(),
+                    source: Box::new(source),
+                }
+            }
+        })?;
+        let missing = |name| TransparentError::MissingProgram {
+            path: object.display().to_string(),
+            name,
+        };
+        for name in [
+            common::PROG_CONNECT4,
+            common::PROG_GETPEERNAME4,
+            common::PROG_CONNECT6,
+            common::PROG_GETPEERNAME6,
+        ] {
+            let p: &mut CgroupSockAddr = program(&mut ebpf, name).ok_or_else(|| missing(name))?;
+            p.load().map_err(|e| load_error(name, e))?;
+        }
+        let p: &mut SockOps = program(&mut ebpf, common::PROG_SOCK_OPS)
+            .ok_or_else(|| missing(common::PROG_SOCK_OPS))?;
+        p.load().map_err(|e| load_error(common::PROG_SOCK_OPS, e))?;
+        if netns.is_some() {
+            let p: &mut SkLookup = program(&mut ebpf, common::PROG_SK_LOOKUP)
+                .ok_or_else(|| missing(common::PROG_SK_LOOKUP))?;
+            p.load()
+                .map_err(|e| load_error(common::PROG_SK_LOOKUP, e))?;
+        }
+        Ok(Self {
+            config: config.clone(),
+            ebpf,
+            cgroup,
+            proxy_cgroup_id,
+            netns,
+            lock,
+            object,
+        })
+    }
+
+    /// The pod's network namespace, if `--netns` was given.
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns.as_ref()
+    }
+
+    /// Fills the maps and attaches. `outbound` is the bound outbound listener and `outbound6`
+    /// its IPv6 twin if one could be bound (without it IPv6 connects are not redirected);
+    /// `inbound` is the mTLS listener that gets the app's `app_ports` (minus the excluded
+    /// ones) when `--netns` was given.
+    pub fn attach(
+        mut self,
+        outbound: SocketAddr,
+        outbound6: Option<SocketAddr>,
+        inbound: &TcpListener,
+        app_ports: &[u16],
+    ) -> Result<Attached, TransparentError> {
+        let outbound = match outbound {
+            SocketAddr::V4(a) => a,
+            // An unspecified IPv4 bind is reachable on loopback.
+            SocketAddr::V6(_) => return Err(TransparentError::NotIpv4 { addr: outbound }),
+        };
+        let target_ip = if outbound.ip().is_unspecified() {
+            Ipv4Addr::LOCALHOST
+        } else {
+            *outbound.ip()
+        };
+        let cfg = common::Config {
+            outbound_ip4: u32::from_ne_bytes(target_ip.octets()),
+            outbound_port: u32::from(outbound.port().to_be()),
+            proxy_cgroup_id: self.proxy_cgroup_id,
+            flags: common::FLAG_ENABLED | common::FLAG_SKIP_LOOPBACK,
+            _reserved: 0,
+        };
+        let map_err = |name| {
+            move |source| TransparentError::Map {
+                name,
+                source: Box::new(source),
+            }
+        };
+        {
+            let mut m: HashMap<&mut MapData, u16, u8> =
+                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_OUT_PORTS)?;
+            for p in &self.config.exclude_outbound_ports {
+                m.insert(p, 1, 0)
+                    .map_err(map_err(common::MAP_EXCLUDED_OUT_PORTS))?;
+            }
+        }
+        {
+            let mut m: HashMap<&mut MapData, u32, u8> =
+                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_UIDS)?;
+            for u in &self.config.exclude_uids {
+                m.insert(u, 1, 0)
+                    .map_err(map_err(common::MAP_EXCLUDED_UIDS))?;
+            }
+        }
+        {
+            let mut m: LpmTrie<&mut MapData, u32, u8> =
+                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_CIDRS4)?;
+            for c in &self.config.exclude_cidrs {
+                let key = Key::new(u32::from(c.prefix), u32::from_ne_bytes(c.addr.octets()));
+                m.insert(&key, 1, 0)
+                    .map_err(map_err(common::MAP_EXCLUDED_CIDRS4))?;
+            }
+        }
+        let mut inbound_ports: Vec<u16> = app_ports
+            .iter()
+            .copied()
+            .filter(|p| *p != 0 && !self.config.exclude_inbound_ports.contains(p))
+            .collect();
+        inbound_ports.sort_unstable();
+        inbound_ports.dedup();
+        if self.netns.is_some() {
+            {
+                let mut m: HashMap<&mut MapData, u16, u8> =
+                    map_mut(&mut self.ebpf, common::MAP_INBOUND_PORTS)?;
+                for p in &inbound_ports {
+                    m.insert(p, 1, 0)
+                        .map_err(map_err(common::MAP_INBOUND_PORTS))?;
+                }
+            }
+            let mut m: SockMap<&mut MapData> =
+                map_mut(&mut self.ebpf, common::MAP_INBOUND_LISTENER)?;
+            m.set(common::INBOUND_LISTENER_INDEX, inbound, 0)
+                .map_err(map_err(common::MAP_INBOUND_LISTENER))?;
+        }
+        let outbound6 = match outbound6 {
+            Some(SocketAddr::V6(a)) => {
+                let ip = if a.ip().is_unspecified() {
+                    Ipv6Addr::LOCALHOST
+                } else {
+                    *a.ip()
+                };
+                Some(SocketAddrV6::new(ip, a.port(), 0, 0))
+            }
+            _ => None,
+        };
+        if let Some(a) = outbound6 {
+            let mut m: Array<&mut MapData, common::Outbound6> =
+                map_mut(&mut self.ebpf, common::MAP_OUTBOUND6)?;
+            let rec = common::Outbound6 {
+                ip6: ip6_words(a.ip()),
+                port: u32::from(a.port().to_be()),
+                enabled: 1,
+            };
+            m.set(0, rec, 0).map_err(map_err(common::MAP_OUTBOUND6))?;
+        }
+        {
+            let mut m: Array<&mut MapData, common::Config> =
+                map_mut(&mut self.ebpf, common::MAP_CONFIG)?;
+            m.set(0, cfg, 0).map_err(map_err(common::MAP_CONFIG))?;
+        }
+
+        // connect4 last: by then sock_ops records what it redirects.
+        let target = self.cgroup.path.display().to_string();
+        let attach_err = |name, target: &str| {
+            let target = target.to_string();
+            move |source| TransparentError::Attach {
+                name,
+                target,
+                source: Box::new(source),
+            }
+        };
+        let cgroup_programs: &[&'static str] = if self.config.external_outbound_capture {
+            &[]
+        } else {
+            &CGROUP_PROGRAMS
+        };
+        for &name in cgroup_programs {
+            let fd = &self.cgroup.dir;
+            match self.ebpf.program_mut(name) {
+                Some(Program::SockOps(p)) => {
+                    p.attach(fd, CgroupAttachMode::Single)
+                        .map_err(attach_err(name, &target))?;
+                }
+                Some(Program::CgroupSockAddr(p)) => {
+                    p.attach(fd, CgroupAttachMode::Single)
+                        .map_err(attach_err(name, &target))?;
+                }
+                _ => {
+                    return Err(TransparentError::MissingProgram {
+                        path: self.object.display().to_string(),
+                        name,
+                    });
+                }
+            }
+        }
+        if let Some(ns) = &self.netns {
+            let p: &mut SkLookup = program(&mut self.ebpf, common::PROG_SK_LOOKUP).ok_or(
+                TransparentError::MissingProgram {
+                    path: self.object.display().to_string(),
+                    name: common::PROG_SK_LOOKUP,
+                },
+            )?;
+            p.attach(ns.file()).map_err(attach_err(
+                common::PROG_SK_LOOKUP,
+                &ns.path().display().to_string(),
+            ))?;
+        }
+        let orig_by_client =
+            std::sync::Mutex::new(take_map(&mut self.ebpf, common::MAP_ORIG_BY_CLIENT)?);
+        let orig6_by_client =
+            std::sync::Mutex::new(take_map(&mut self.ebpf, common::MAP_ORIG6_BY_CLIENT)?);
+        let stats = take_map(&mut self.ebpf, common::MAP_STATS)?;
+        Ok(Attached {
+            _ebpf: self.ebpf,
+            _lock: self.lock,
+            orig_by_client,
+            orig6_by_client,
+            stats,
+            cgroup: self.cgroup.path,
+            netns: self.netns.map(|n| n.path().to_path_buf()),
+            outbound: SocketAddrV4::new(target_ip, outbound.port()),
+            outbound6,
+            inbound_ports,
+        })
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Option<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program>,
+{
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok())
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, TransparentError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf
+        .map_mut(name)
+        .ok_or(TransparentError::MissingMap { name })?;
+    T::try_from(m).map_err(|source| TransparentError::Map {
+        name,
+        source: Box::new(source),
+    })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, TransparentError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let m = ebpf
+        .take_map(name)
+        .ok_or(TransparentError::MissingMap { name })?;
+    T::try_from(m).map_err(|source| TransparentError::Map {
+        name,
+        source: Box::new(source),
+    })
+}
+
+impl Attached {
+    /// The original destination of a redirected connection, by the client's address as the
+    /// proxy's accepted socket sees it (its peer).
+    pub fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        let peer = match peer {
+            SocketAddr::V4(p) => p,
+            SocketAddr::V6(p) => return self.original_destination6(p),
+        };
+        let key = common::ClientKey {
+            ip4: u32::from_ne_bytes(peer.ip().octets()),
+            port: u32::from(peer.port()),
+        };
+        let mut map = self
+            .orig_by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let orig = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(decode_orig(orig))
+    }
+
+    fn original_destination6(&self, peer: SocketAddrV6) -> Option<SocketAddr> {
+        let key = common::ClientKey6 {
+            ip6: ip6_words(peer.ip()),
+            port: u32::from(peer.port()),
+        };
+        let mut map = self
+            .orig6_by_client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let orig = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(decode_orig6(orig))
+    }
+
+    /// The programs' counters.
+    pub fn stats(&self) -> Stats {
+        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        Stats {
+            redirected: sum(common::STAT_REDIRECTED),
+            excluded: sum(common::STAT_EXCLUDED),
+            inbound_steered: sum(common::STAT_INBOUND_STEERED),
+            orig_recorded: sum(common::STAT_ORIG_RECORDED),
+            redirected6: sum(common::STAT_REDIRECTED6),
+        }
+    }
+}
+
+/// `OrigDst` (bpf_sock_addr byte orders) to a socket address.
+pub fn decode_orig(o: common::OrigDst) -> SocketAddr {
+    SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::from(o.ip4.to_ne_bytes())),
+        u16::from_be(o.port as u16),
+    )
+}
+
+/// An IPv6 address as `bpf_sock_addr.user_ip6` holds it: four words in network byte order.
+pub fn ip6_words(ip: &Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// `OrigDst6` (bpf_sock_addr byte orders) to a socket address.
+pub fn decode_orig6(o: common::OrigDst6) -> SocketAddr {
+    let mut b = [0u8; 16];
+    for (i, w) in o.ip6.iter().enumerate() {
+        b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::from(b)), u16::from_be(o.port as u16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orig_dst_byte_orders() {
+        // What connect4 stores for 10.1.2.3:8080: user_ip4 and user_port as the kernel has
+        // them (network order in memory).
+        let ip = Ipv4Addr::new(10, 1, 2, 3);
+        let o = common::OrigDst {
+            ip4: u32::from_ne_bytes(ip.octets()),
+            port: u32::from(8080u16.to_be()),
+        };
+        assert_eq!(decode_orig(o), "10.1.2.3:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn orig_dst6_byte_orders() {
+        let ip: Ipv6Addr = "fd00:77::2".parse().unwrap();
+        let w = ip6_words(&ip);
+        // The first word holds fd 00 00 77 in memory order, as the kernel stores it.
+        assert_eq!(w[0].to_ne_bytes(), [0xfd, 0x00, 0x00, 0x77]);
+        assert_eq!(w[3].to_ne_bytes(), [0, 0, 0, 2]);
+        let o = common::OrigDst6 {
+            ip6: w,
+            port: u32::from(8080u16.to_be()),
+        };
+        assert_eq!(decode_orig6(o), "[fd00:77::2]:8080".parse().unwrap());
+    }
+
+    /// The shared map types have the sizes the eBPF side was compiled with (no padding).
+    #[test]
+    fn shared_layouts() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<common::Config>(), 24);
+        assert_eq!(size_of::<common::OrigDst>(), 8);
+        assert_eq!(size_of::<common::ClientKey>(), 8);
+    }
+
+    #[test]
+    fn verifier_reason_is_the_log_tail() {
+        let log = "0: (b7) r0 = 0\n1: (95) exit\n\ninvalid bpf_context access off=24 size=8\nprocessed 2 insns\n";
+        assert_eq!(
+            verifier_reason(log),
+            "invalid bpf_context access off=24 size=8; processed 2 insns"
+        );
+        assert_eq!(verifier_reason(""), "no verifier log");
+    }
+}

@@ -1,0 +1,266 @@
+//! Transparent mode (`meshproxy run --transparent`): applications join the mesh without a
+//! change. eBPF programs (crate `ebpf/`, types shared through `mesh-ebpf-common`) send the
+//! pod's outbound TCP connects to the proxy's outbound listener and hand inbound connections
+//! for the app's ports to the proxy's mTLS listener; the proxy recovers each connection's
+//! original destination, maps it to a mesh service through the catalog and opens mutual TLS
+//! to that service's sidecar (or passes it through, or refuses it).
+//!
+//! Why eBPF rather than iptables: nothing to conflict with other rules, attach is atomic, and
+//! everything is held by `bpf_link`s that belong to this process only (never pinned), so the
+//! kernel detaches them when the proxy exits, even on SIGKILL.
+//!
+//! Pieces: [`args`] (flags and their validation), [`preflight`] (root, cgroup v2, the
+//! single-instance lock; pure parsers with I/O at the edge), [`loader`] (aya: load, fill the
+//! maps, attach), [`netns`] (creating sockets inside the pod's network namespace while the
+//! proxy stays in the host's, as ztunnel's in-pod mode does), [`catalog`] (address → mesh
+//! service index, pure), [`route`] (the per-connection decision, pure) and [`outbound`]
+//! (the outbound listener's data path).
+
+pub mod args;
+pub mod catalog;
+pub mod loader;
+pub mod netns;
+pub mod outbound;
+pub mod preflight;
+pub mod route;
+
+pub use args::{TransparentArgs, TransparentConfig};
+pub use loader::{Attached, Prepared};
+
+/// Why transparent mode refuses to start. Each variant renders as one line saying which
+/// precondition failed; nothing is left attached when any of them is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum TransparentError {
+    #[error(
+        "transparent mode needs root (CAP_BPF and CAP_NET_ADMIN); this process (uid {uid}) lacks {missing}"
+    )]
+    NotPrivileged { uid: u32, missing: &'static str },
+    #[error("the kernel has no usable BPF support: {detail}")]
+    NoBpf { detail: String },
+    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("--cgroup {path}: {reason}")]
+    BadCgroup { path: String, reason: String },
+    #[error("--netns {path}: cannot open the network namespace")]
+    BadNetns {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another meshproxy already runs in transparent mode on cgroup {cgroup} (lock {lock} is held)"
+    )]
+    AlreadyRunning { cgroup: String, lock: String },
+    #[error("creating the lock file {lock} failed")]
+    Lock {
+        lock: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "eBPF object not found (tried {tried}); run `cargo xtask build-ebpf` or pass --ebpf-object PATH"
+    )]
+    ObjectMissing { tried: String },
+    #[error("loading the eBPF object {path} failed")]
+    Object {
+        path: String,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("the eBPF object {path} has no program {name:?} (built from another version?)")]
+    MissingProgram { path: String, name: &'static str },
+    #[error("the eBPF object has no map {name:?} (built from another version?)")]
+    MissingMap { name: &'static str },
+    #[error("the kernel's verifier rejected program {name}: {detail}")]
+    Verifier { name: &'static str, detail: String },
+    #[error("attaching {name} to {target} failed")]
+    Attach {
+        name: &'static str,
+        target: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("writing eBPF map {name} failed")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("the outbound listener {addr} is not IPv4; transparent mode redirects IPv4 only")]
+    NotIpv4 { addr: std::net::SocketAddr },
+    #[error("creating a socket in the pod's network namespace failed")]
+    Netns(#[source] std::io::Error),
+}
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_control::model::CaRootList;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::agent::{AgentClient, LeafCert};
+use crate::drain::Drain;
+use crate::identity::{Identity, UpstreamTarget};
+use crate::metrics::Metrics;
+use crate::outbound::OutboundContext;
+use catalog::MeshIndex;
+
+/// What agent mode hands over to start transparent mode once its listeners are bound.
+pub struct TransparentPlan {
+    pub prepared: Prepared,
+    pub mesh_destinations_only: bool,
+    pub outbound_port: u16,
+    pub client: AgentClient,
+    /// The app's ports captured inbound (the sidecar's local service port).
+    pub app_ports: Vec<u16>,
+    pub leaf: watch::Receiver<Option<Arc<LeafCert>>>,
+    pub roots: watch::Receiver<Option<Arc<CaRootList>>>,
+    pub provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl std::fmt::Debug for TransparentPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransparentPlan")
+            .field("prepared", &self.prepared)
+            .field("app_ports", &self.app_ports)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Preflight and program loading for `--transparent`; installs the pod's namespace for the
+/// data path's sockets. Call before binding anything.
+pub fn prepare(config: &TransparentConfig) -> Result<Prepared, TransparentError> {
+    let prepared = Prepared::prepare(config)?;
+    if let Some(ns) = prepared.netns() {
+        netns::install(ns.clone());
+    }
+    Ok(prepared)
+}
+
+/// Binds the outbound listener, attaches the programs (after which the pod's traffic flows to
+/// the proxy), and starts the catalog index, the identity for every mesh service and the
+/// outbound accept loop. Returns the attachment, which must live until the proxy exits.
+#[allow(clippy::too_many_arguments)]
+pub async fn start(
+    plan: TransparentPlan,
+    control: &tokio::runtime::Runtime,
+    inbound: &TcpListener,
+    metrics: Arc<Metrics>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    drain: &Drain,
+) -> Result<Arc<Attached>, TransparentError> {
+    let bind = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), plan.outbound_port);
+    let listener = crate::transport::bind(bind)
+        .await
+        .map_err(|e| TransparentError::Netns(std::io::Error::other(e.to_string())))?;
+    let listen = listener.local_addr().unwrap_or(bind);
+    // IPv6 connects go to a twin listener on ::1 (same port), as Istio ambient and Cilium
+    // redirect IPv6 to an IPv6 listener; without IPv6 in the pod they go out unchanged.
+    let bind6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port());
+    let listener6 = match crate::transport::bind(bind6).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "transparent mode: no IPv6 outbound listener; IPv6 connects are not redirected");
+            None
+        }
+    };
+    let listen6 = listener6.as_ref().map(|l| l.local_addr().unwrap_or(bind6));
+    let attached = Arc::new(
+        plan.prepared
+            .attach(listen, listen6, inbound, &plan.app_ports)?,
+    );
+    tracing::info!(
+        cgroup = %attached.cgroup.display(),
+        netns = ?attached.netns,
+        outbound = %attached.outbound,
+        outbound6 = ?attached.outbound6,
+        inbound_ports = ?attached.inbound_ports,
+        "transparent mode: eBPF programs attached"
+    );
+
+    let (index_tx, index_rx) = watch::channel::<Option<Arc<MeshIndex>>>(None);
+    let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
+    {
+        let _enter = control.enter();
+        control.spawn(catalog::run_index(plan.client.clone(), index_tx));
+        control.spawn(run_identity(
+            plan.provider,
+            plan.leaf,
+            plan.roots,
+            index_rx.clone(),
+            identity_tx,
+        ));
+    }
+    let ctx = Arc::new(OutboundContext {
+        identity: identity_rx,
+        metrics,
+        connect_timeout,
+        handshake_timeout,
+    });
+    let t = Arc::new(outbound::TransparentOutbound::new(
+        attached.clone(),
+        index_rx,
+        ctx,
+        plan.mesh_destinations_only,
+        plan.client,
+        control.handle().clone(),
+        listen,
+    ));
+    if let Some(l6) = listener6 {
+        tokio::spawn(outbound::serve(l6, t.clone(), drain.watch()));
+    }
+    tokio::spawn(outbound::serve(listener, t, drain.watch()));
+    Ok(attached)
+}
+
+/// Rebuilds an [`Identity`] whose client configurations cover every mesh service in the index
+/// whenever the leaf, the roots or the set of services changes.
+async fn run_identity(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    mut leaf: watch::Receiver<Option<Arc<LeafCert>>>,
+    mut roots: watch::Receiver<Option<Arc<CaRootList>>>,
+    mut index: watch::Receiver<Option<Arc<MeshIndex>>>,
+    out: watch::Sender<Option<Arc<Identity>>>,
+) {
+    let mut last_services: Option<Vec<Arc<str>>> = None;
+    let mut last_inputs: Option<(usize, usize)> = None;
+    loop {
+        let (l, r, i) = (
+            leaf.borrow_and_update().clone(),
+            roots.borrow_and_update().clone(),
+            index.borrow_and_update().clone(),
+        );
+        if let (Some(l), Some(r), Some(i)) = (l, r, i) {
+            let services: Vec<Arc<str>> = i.services().cloned().collect();
+            let inputs = (Arc::as_ptr(&l) as usize, Arc::as_ptr(&r) as usize);
+            if last_services.as_ref() != Some(&services) || last_inputs != Some(inputs) {
+                let targets: Vec<UpstreamTarget> = services
+                    .iter()
+                    .map(|s| UpstreamTarget {
+                        name: s.to_string(),
+                        datacenter: String::new(),
+                        spiffe_id: None,
+                    })
+                    .collect();
+                match Identity::build(&provider, &l, &r, &targets) {
+                    Ok(id) => {
+                        out.send_replace(Some(Arc::new(id)));
+                        last_services = Some(services);
+                        last_inputs = Some(inputs);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "transparent mode: building the TLS identity failed")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            r = leaf.changed() => if r.is_err() { return },
+            r = roots.changed() => if r.is_err() { return },
+            r = index.changed() => if r.is_err() { return },
+        }
+    }
+}

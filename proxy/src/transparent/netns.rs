@@ -1,0 +1,119 @@
+//! Sockets inside the pod's network namespace while the proxy process stays in the host's.
+//!
+//! This is ztunnel's in-pod model: the proxy keeps talking to the agent on the host's
+//! 127.0.0.1, but every pod-facing socket (the outbound and mTLS listeners, connects to other
+//! pods' proxies and to the local app) is *created* in the pod's namespace, so pod-to-pod
+//! traffic really crosses the pod's interface. A socket's namespace is fixed when it is
+//! created; `setns` only affects the calling thread, so creation happens on one dedicated
+//! thread that entered the namespace, and the socket is then used from any thread.
+//!
+//! [`install`] makes [`crate::transport`]'s `bind` and `connect` use the namespace for the rest
+//! of the process (the admin listener binds with `bind_host` and stays on the host).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, mpsc};
+
+use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::TransparentError;
+
+/// An open network namespace.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    file: Arc<File>,
+    path: PathBuf,
+    /// Requests to the thread that lives inside the namespace and creates the sockets.
+    maker: mpsc::Sender<SocketRequest>,
+}
+
+type SocketRequest = (Domain, mpsc::SyncSender<io::Result<Socket>>);
+
+static INSTALLED: OnceLock<Netns> = OnceLock::new();
+
+impl Netns {
+    /// Opens the namespace file (`/run/netns/NAME` or `/proc/PID/ns/net`).
+    pub fn open(path: &Path) -> Result<Self, TransparentError> {
+        let file = File::open(path).map_err(|source| TransparentError::BadNetns {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let file = Arc::new(file);
+        let maker = spawn_maker(file.clone()).map_err(|source| TransparentError::BadNetns {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let ns = Self {
+            file,
+            path: path.to_path_buf(),
+            maker,
+        };
+        // Fail now, with the path in the message, rather than on the first connection.
+        ns.socket(Domain::IPV4)
+            .map_err(|source| TransparentError::BadNetns {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// A non-blocking, close-on-exec TCP socket created inside the namespace (a round trip
+    /// to the namespace's socket thread: a few microseconds, no thread spawn per socket).
+    pub fn socket(&self, domain: Domain) -> io::Result<Socket> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.maker
+            .send((domain, tx))
+            .map_err(|_| io::Error::other("the netns socket thread is gone"))?;
+        rx.recv()
+            .map_err(|_| io::Error::other("the netns socket thread is gone"))?
+    }
+}
+
+/// Starts the thread that enters the namespace once and then creates sockets on request.
+/// It ends when every [`Netns`] clone (every sender) is dropped.
+fn spawn_maker(file: Arc<File>) -> io::Result<mpsc::Sender<SocketRequest>> {
+    let (tx, rx) = mpsc::channel::<SocketRequest>();
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("meshproxy-netns".into())
+        .spawn(move || {
+            let entered = setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(io::Error::from);
+            let failed = entered.is_err();
+            let _ = ready_tx.send(entered);
+            if failed {
+                return;
+            }
+            for (domain, reply) in rx {
+                let _ = reply.send(Socket::new(
+                    domain,
+                    Type::STREAM.nonblocking().cloexec(),
+                    Some(Protocol::TCP),
+                ));
+            }
+        })?;
+    ready_rx
+        .recv()
+        .map_err(|_| io::Error::other("the netns socket thread died"))??;
+    Ok(tx)
+}
+
+/// Routes [`crate::transport`]'s sockets into `ns` from now on. Only the first call counts.
+pub fn install(ns: Netns) {
+    let _ = INSTALLED.set(ns);
+}
+
+/// The namespace installed for data-path sockets, if any.
+pub fn installed() -> Option<&'static Netns> {
+    INSTALLED.get()
+}

@@ -1,0 +1,443 @@
+//! Transparent-mode mesh pieces shared by the tests (`tests/tests/transparent/`) and the demo
+//! (`cargo xtask demo`): `meshd dev` in the host namespace, simulated pods
+//! ([`crate::pod`]), a counting echo server whose socket lives in a pod, unmodified Python
+//! clients run inside a pod, a veth capture, and `meshproxy run --transparent` processes.
+//! Everything is removed on drop (processes by PID, then namespaces and cgroups).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+pub use crate::pod::{Pod, PodPair as Pods};
+use crate::process::{HttpResponse, Meshd, eventually, free_port, http};
+use crate::python::run_bounded;
+use serde_json::{Value, json};
+
+/// The eBPF object (`$MESH_EBPF_OBJECT`, else the repository's build); a missing one fails
+/// with the command that builds it.
+pub fn ebpf_object() -> PathBuf {
+    let p = std::env::var_os("MESH_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../ebpf/target/bpfel-unknown-none/release/mesh-ebpf")
+        });
+    assert!(
+        p.is_file(),
+        "the eBPF object {} is missing: run `cargo xtask build-ebpf` first",
+        p.display()
+    );
+    p
+}
+
+/// These tests need root (BPF, namespaces, cgroups): fail loudly, never skip.
+pub fn require_root() {
+    crate::pod::require_root().expect("root");
+}
+
+/// Two fresh pods (see [`crate::pod::PodPair`]).
+pub fn pods() -> Pods {
+    Pods::create().expect("create the pods")
+}
+
+/// One test at a time in this target: the tests count loaded `mesh_*` programs system-wide.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What an [`Echo`] saw of one connection.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub peer: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// A TCP echo server whose listening socket lives in a pod's network namespace (created on a
+/// thread that entered it), recording every connection's peer and bytes.
+pub struct Echo {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    pub fn start(pod: &Pod, port: u16) -> Self {
+        let ns = File::open(pod.netns_path()).expect("open the pod netns");
+        let listener = std::thread::spawn(move || {
+            nix::sched::setns(
+                std::os::fd::AsFd::as_fd(&ns),
+                nix::sched::CloneFlags::CLONE_NEWNET,
+            )
+            .expect("setns");
+            TcpListener::bind(("0.0.0.0", port))
+        })
+        .join()
+        .expect("netns thread")
+        .expect("bind the echo server in the pod");
+        listener.set_nonblocking(true).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, a, st) = (seen.clone(), accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let (mut c, peer) = match listener.accept() {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        // Polling the stop flag; not a synchronization sleep.
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+                    let mut all = Vec::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match c.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                all.extend_from_slice(&buf[..n]);
+                                if c.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = c.shutdown(Shutdown::Write);
+                    s.lock().unwrap().push(Seen { peer, bytes: all });
+                });
+            }
+        });
+        Self {
+            seen,
+            accepted,
+            stop,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Connections finished so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+const CLIENT_PY: &str = r#"
+import json, socket, sys
+host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+out = {}
+try:
+    s = socket.create_connection((host, port), timeout=10)
+    out["peername"] = "%s:%d" % s.getpeername()
+    s.sendall(msg)
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    out["echo"] = data.decode(errors="replace")
+except Exception as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"#;
+
+/// An unmodified client in `pod`: connects to `dst`, sends `msg`, half-closes and reads the
+/// answer. Returns the JSON it prints (`peername`, `echo` or `error`).
+pub fn client(pod: &Pod, dst: SocketAddr, msg: &str) -> Value {
+    let mut cmd = pod.command("python3").expect("command in pod");
+    cmd.args([
+        "-c",
+        CLIENT_PY,
+        &dst.ip().to_string(),
+        &dst.port().to_string(),
+        msg,
+    ]);
+    run_client(&mut cmd)
+}
+
+/// [`client`] run as `uid` (the system interpreter: root's pyenv is not readable by others).
+pub fn client_as(pod: &Pod, uid: u32, dst: SocketAddr, msg: &str) -> Value {
+    let uid = uid.to_string();
+    let mut cmd = pod.command("setpriv").expect("command in pod");
+    cmd.args([
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        "/usr/bin/python3",
+        "-c",
+        CLIENT_PY,
+        &dst.ip().to_string(),
+        &dst.port().to_string(),
+        msg,
+    ]);
+    run_client(&mut cmd)
+}
+
+fn run_client(cmd: &mut Command) -> Value {
+    let r = run_bounded(cmd, Duration::from_secs(30)).expect("run the client");
+    assert!(r.success(), "client in pod failed: {}", r.text());
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+/// A capture on a pod's veth that counts frames carrying a plaintext marker and frames carrying
+/// TLS records (handshake or application data, TLS 1.2/1.3 wire versions).
+pub struct Capture {
+    inner: crate::pod::Capture,
+    marker: Vec<u8>,
+}
+
+impl Capture {
+    pub fn start(pod: &Pod, marker: &str) -> Self {
+        Self {
+            inner: crate::pod::Capture::start(pod).expect("start the capture"),
+            marker: marker.as_bytes().to_vec(),
+        }
+    }
+
+    /// Stops the capture and returns its counts: `packets`, `marker`, `tls_records`.
+    pub fn finish(self) -> Value {
+        let frames = self.inner.finish();
+        let has = |f: &Vec<u8>, n: &[u8]| f.windows(n.len()).any(|w| w == n);
+        let marker = frames.iter().filter(|f| has(f, &self.marker)).count();
+        let tls = frames
+            .iter()
+            .filter(|f| {
+                [&b"\x16\x03\x01"[..], b"\x16\x03\x03", b"\x17\x03\x03"]
+                    .iter()
+                    .any(|n| has(f, n))
+            })
+            .count();
+        json!({ "packets": frames.len(), "marker": marker, "tls_records": tls })
+    }
+}
+
+/// `meshd dev` on OS-chosen loopback ports (in the host namespace, like the proxies).
+pub fn meshd_dev() -> Meshd {
+    Meshd::spawn(
+        "dev",
+        &[
+            "dev".into(),
+            "--http-addr".into(),
+            "127.0.0.1:0".into(),
+            "--bind".into(),
+            "127.0.0.1:0".into(),
+        ],
+    )
+    .expect("meshd dev starts")
+}
+
+pub fn call(method: &str, addr: SocketAddr, path: &str, body: Option<&Value>) -> HttpResponse {
+    let body = body.map(Value::to_string);
+    http(method, addr, path, body.as_deref())
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e:#}"))
+}
+
+pub fn ok(method: &str, addr: SocketAddr, path: &str, body: Option<&Value>) -> Value {
+    let r = call(method, addr, path, body);
+    assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+    r.json().unwrap_or(Value::Null)
+}
+
+pub fn wait_ca(http_addr: SocketAddr) {
+    eventually("CA roots", Duration::from_secs(20), || {
+        let r = http("GET", http_addr, "/v1/connect/ca/roots", None).ok()?;
+        let v = r.json().ok()?;
+        (r.status == 200 && v["Roots"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
+    })
+    .unwrap();
+}
+
+pub fn set_intention(http_addr: SocketAddr, src: &str, dst: &str, action: &str) {
+    ok(
+        "PUT",
+        http_addr,
+        &format!("/v1/connect/intentions/exact?source={src}&destination={dst}"),
+        Some(&json!({ "Action": action })),
+    );
+}
+
+/// Sidecar port of every pod's proxy (inside the pod's namespace, so no clash).
+pub const SIDECAR_PORT: u16 = 21000;
+
+/// Registers service `name` at `pod.ip:port` with a sidecar at `pod.ip:21000`. The sidecar's
+/// health is a passing TTL check: the agent, in the host namespace, cannot dial into the pod.
+pub fn register(http_addr: SocketAddr, name: &str, pod: &Pod, port: u16) {
+    ok(
+        "PUT",
+        http_addr,
+        "/v1/agent/service/register",
+        Some(&json!({
+            "Name": name, "ID": name, "Address": pod.ip.to_string(), "Port": port,
+            "Connect": {"SidecarService": {
+                "Port": SIDECAR_PORT,
+                "Checks": [{"Name": "ttl", "TTL": "1h", "Status": "passing"}]
+            }}
+        })),
+    );
+}
+
+/// A running `meshproxy run --transparent` process; killed (by PID) on drop.
+pub struct Proxy {
+    child: Option<Child>,
+    pub admin: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// `meshproxy run --transparent` for `service` in `pod`, with extra flags.
+pub fn proxy_command(
+    http_addr: SocketAddr,
+    service: &str,
+    pod: &Pod,
+    admin: SocketAddr,
+    extra: &[&str],
+) -> Command {
+    proxy_command_with_object(http_addr, service, pod, admin, extra, &ebpf_object())
+}
+
+/// [`proxy_command`] with another eBPF object path.
+pub fn proxy_command_with_object(
+    http_addr: SocketAddr,
+    service: &str,
+    pod: &Pod,
+    admin: SocketAddr,
+    extra: &[&str],
+    object: &Path,
+) -> Command {
+    let mut c = Command::new(crate::process::bin("meshproxy"));
+    c.args([
+        "run",
+        "--sidecar-for",
+        service,
+        "--agent-addr",
+        &http_addr.to_string(),
+        "--admin-addr",
+        &admin.to_string(),
+        "--transparent",
+        "--cgroup",
+    ])
+    .arg(&pod.cgroup)
+    .arg("--netns")
+    .arg(pod.netns_path())
+    .arg("--ebpf-object")
+    .arg(object)
+    .args(extra)
+    .env("NO_COLOR", "1")
+    .stdin(Stdio::null());
+    c
+}
+
+impl Proxy {
+    pub fn start(http_addr: SocketAddr, service: &str, pod: &Pod, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("proxy.log");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = proxy_command(http_addr, service, pod, admin, extra)
+            .env("MESH_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn meshproxy");
+        let p = Self {
+            child: Some(child),
+            admin,
+            log,
+            _dir: dir,
+        };
+        let r = eventually(
+            &format!("{service} proxy /ready"),
+            Duration::from_secs(30),
+            || {
+                let r = http("GET", p.admin, "/ready", None).ok()?;
+                (r.status == 200).then_some(())
+            },
+        );
+        if let Err(e) = r {
+            panic!("{e}\n--- {service} log ---\n{}", p.log());
+        }
+        p
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sum of the samples of metric `name` whose labels contain every `label`.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        call("GET", self.admin, "/metrics", None)
+            .body
+            .lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGTERM (or SIGKILL) and wait (bounded) for the exit.
+    pub fn stop(&mut self, signal: &str) {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status();
+        let r = eventually("proxy exit", Duration::from_secs(20), || {
+            c.try_wait().ok().flatten()
+        });
+        if r.is_err() {
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("proxy did not exit on {signal}");
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Names of loaded eBPF programs that are ours (the kernel keeps 15 characters of a name).
+pub fn loaded_mesh_programs() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|n| n.starts_with("mesh_"))
+        .collect()
+}
+
+/// Waits until none of our programs is loaded any more.
+pub fn assert_no_programs_left() {
+    let r = eventually(
+        "no mesh_* eBPF program loaded",
+        Duration::from_secs(10),
+        || loaded_mesh_programs().is_empty().then_some(()),
+    );
+    assert!(r.is_ok(), "still loaded: {:?}", loaded_mesh_programs());
+}

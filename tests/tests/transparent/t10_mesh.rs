@@ -1,0 +1,139 @@
+//! Acceptance 1 and 2: an unmodified client in pod A reaches service B's app through both
+//! proxies over mutual TLS; a deny intention resets it before any byte reaches B's app.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_tests::process::eventually;
+
+use crate::harness::*;
+
+const APP_PORT: u16 = 8080;
+
+#[test]
+fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
+    require_root();
+    let _serial = serial();
+    let _obj = ebpf_object();
+    let pods = pods();
+    let meshd = meshd_dev();
+    let http = meshd.http_addr;
+    wait_ca(http);
+    register(http, "svc-a", &pods.a, APP_PORT);
+    register(http, "svc-b", &pods.b, APP_PORT);
+    set_intention(http, "svc-a", "svc-b", "allow");
+    let app_b = Echo::start(&pods.b, APP_PORT);
+    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
+    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
+
+    let marker = "PLAINTEXT-MARKER-7f3a9c";
+    let capture = Capture::start(&pods.a, marker);
+    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
+    let out = client(&pods.a, dst, marker);
+    let counts = capture.finish();
+
+    assert_eq!(
+        out["echo"].as_str(),
+        Some(marker),
+        "client: {out}\n--- proxy A ---\n{}\n--- proxy B ---\n{}",
+        proxy_a.log(),
+        proxy_b.log()
+    );
+    // getpeername in the app shows the original destination, not the proxy's listener.
+    assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
+    let seen = eventually(
+        "B's app saw the connection",
+        Duration::from_secs(10),
+        || {
+            let s = app_b.seen();
+            (!s.is_empty()).then_some(s)
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // B's app sees its local proxy as the peer, and exactly the client's bytes.
+    assert!(seen[0].peer.ip().is_loopback(), "{:?}", seen[0].peer);
+    assert_eq!(seen[0].bytes, marker.as_bytes());
+    // Both proxies counted it.
+    let outbound_ok = eventually(
+        "proxy A counted the connection",
+        Duration::from_secs(10),
+        || {
+            let n = proxy_a.metric(
+                "meshproxy_connections_total",
+                &["outbound", "result=\"ok\""],
+            );
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .unwrap();
+    assert_eq!(outbound_ok, 1.0);
+    let inbound_ok = eventually(
+        "proxy B counted the connection",
+        Duration::from_secs(10),
+        || {
+            let n = proxy_b.metric("meshproxy_connections_total", &["inbound", "result=\"ok\""]);
+            (n >= 1.0).then_some(n)
+        },
+    )
+    .unwrap();
+    assert_eq!(inbound_ok, 1.0);
+    // On the wire between the pods: TLS records, never the plaintext marker.
+    assert!(counts["packets"].as_u64().unwrap() > 0, "{counts}");
+    assert!(counts["tls_records"].as_u64().unwrap() > 0, "{counts}");
+    assert_eq!(
+        counts["marker"].as_u64(),
+        Some(0),
+        "plaintext crossed the veth: {counts}"
+    );
+    assert!(
+        proxy_a.log().contains("mesh destination"),
+        "{}",
+        proxy_a.log()
+    );
+}
+
+#[test]
+fn deny_intention_resets_the_client_and_no_byte_reaches_the_app() {
+    require_root();
+    let _serial = serial();
+    let _obj = ebpf_object();
+    let pods = pods();
+    let meshd = meshd_dev();
+    let http = meshd.http_addr;
+    wait_ca(http);
+    register(http, "svc-a", &pods.a, APP_PORT);
+    register(http, "svc-b", &pods.b, APP_PORT);
+    set_intention(http, "svc-a", "svc-b", "deny");
+    let app_b = Echo::start(&pods.b, APP_PORT);
+    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
+    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
+
+    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
+    let out = client(&pods.a, dst, "must-not-arrive");
+    // The client is connected to its local proxy, which resets the connection once B's proxy
+    // refuses it: the app sees ECONNRESET (not an orderly end, not the echo).
+    assert_eq!(out.get("echo"), None, "{out}");
+    let err = out["error"].as_str().unwrap_or_default();
+    assert!(
+        err.starts_with("ConnectionResetError"),
+        "expected a reset, got {out}\n--- proxy A ---\n{}",
+        proxy_a.log()
+    );
+    eventually("proxy A logged the reset", Duration::from_secs(10), || {
+        proxy_a
+            .log()
+            .contains("resetting the app's connection")
+            .then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy_a.log()));
+    eventually("proxy B denied it", Duration::from_secs(10), || {
+        (proxy_b.metric(
+            "meshproxy_connections_total",
+            &["inbound", "result=\"denied\""],
+        ) >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
+    assert_eq!(app_b.accepted(), 0, "a denied connection reached B's app");
+}

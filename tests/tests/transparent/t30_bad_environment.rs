@@ -1,0 +1,123 @@
+//! Acceptance 5: a bad environment (not root, missing cgroup, missing eBPF object, a second
+//! instance on the same cgroup) gives one clear error line and leaves nothing attached.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mesh_tests::python::run_bounded;
+
+use crate::harness::*;
+
+/// Runs `cmd` to completion and returns (exit code, stderr lines).
+fn refused(cmd: &mut std::process::Command) -> (Option<i32>, Vec<String>) {
+    cmd.env("MESH_LOG", "info");
+    let r = run_bounded(cmd, Duration::from_secs(30)).expect("run meshproxy");
+    let lines = r
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    (r.status.and_then(|s| s.code()), lines)
+}
+
+fn unused_admin() -> SocketAddr {
+    format!("127.0.0.1:{}", mesh_tests::process::free_port())
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn not_root_missing_cgroup_and_missing_object_are_one_line_each() {
+    require_root();
+    let _serial = serial();
+    let _obj = ebpf_object();
+    let pods = pods();
+    // Nothing listens there: the refusals come before any agent call.
+    let agent: SocketAddr = "127.0.0.1:9".parse().unwrap();
+
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+    let base = proxy_command(agent, "svc-a", &pods.a, unused_admin(), &[]);
+    cmd.arg(base.get_program()).args(base.get_args());
+    let (code, lines) = refused(&mut cmd);
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("needs root"), "{lines:?}");
+    assert!(lines[0].contains("uid 65534"), "{lines:?}");
+
+    let mut missing = pods.a.clone();
+    missing.cgroup =
+        std::path::Path::new(mesh_tests::pod::CGROUP2_ROOT).join("mesh-test-no-such-cgroup");
+    let (code, lines) = refused(&mut proxy_command(
+        agent,
+        "svc-a",
+        &missing,
+        unused_admin(),
+        &[],
+    ));
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("--cgroup"), "{lines:?}");
+    assert!(lines[0].contains("mesh-test-no-such-cgroup"), "{lines:?}");
+
+    let mut cmd = proxy_command_with_object(
+        agent,
+        "svc-a",
+        &pods.a,
+        unused_admin(),
+        &[],
+        std::path::Path::new("/nonexistent/mesh-ebpf"),
+    );
+    let (code, lines) = refused(&mut cmd);
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("cargo xtask build-ebpf"), "{lines:?}");
+
+    assert_no_programs_left();
+}
+
+#[test]
+fn a_second_instance_on_the_same_cgroup_is_refused_and_the_first_keeps_working() {
+    require_root();
+    let _serial = serial();
+    let _obj = ebpf_object();
+    let pods = pods();
+    let meshd = meshd_dev();
+    let http = meshd.http_addr;
+    wait_ca(http);
+    register(http, "svc-a", &pods.a, 8080);
+    let plain_b = Echo::start(&pods.b, 9000);
+    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
+    let loaded = loaded_mesh_programs().len();
+
+    let (code, lines) = refused(&mut proxy_command(
+        http,
+        "svc-a",
+        &pods.a,
+        unused_admin(),
+        &[],
+    ));
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("already runs"), "{lines:?}");
+    assert_eq!(
+        loaded_mesh_programs().len(),
+        loaded,
+        "the refused instance left programs"
+    );
+
+    // The first instance still captures: pass-through via its outbound listener.
+    let out = client(
+        &pods.a,
+        SocketAddr::new(pods.b.ip.into(), 9000),
+        "still-here",
+    );
+    assert_eq!(out["echo"].as_str(), Some("still-here"), "{out}");
+    assert!(
+        proxy_a.log().contains("passing through"),
+        "{}",
+        proxy_a.log()
+    );
+    assert_eq!(plain_b.accepted(), 1);
+}

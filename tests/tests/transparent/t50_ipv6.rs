@@ -1,0 +1,213 @@
+//! Issue 5, IPv6: `connect6` sends the pod's IPv6 TCP connects to the proxy's IPv6 outbound
+//! listener (on `::1`), `getpeername6` keeps showing the original destination, and the proxy
+//! maps the IPv6 destination to a mesh service through the catalog (or passes it through).
+//! The pods get IPv6 addresses on their veth (`nodad`, usable at once) next to their IPv4 ones.
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpListener};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mesh_tests::process::eventually;
+use mesh_tests::python::run_bounded;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const APP_PORT: u16 = 8080;
+const V6_A: &str = "fd00:77::1";
+const V6_B: &str = "fd00:77::2";
+
+/// Adds `addr/64` to the pod's veth without duplicate address detection.
+fn add_v6(pod: &Pod, addr: &str) {
+    let out = Command::new("ip")
+        .args(["-n", &pod.name, "addr", "add", &format!("{addr}/64"), "dev"])
+        .arg(&pod.veth)
+        .arg("nodad")
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip addr add {addr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An unmodified IPv6 client: connect to `[host]:port`, send, half-close, read to the end.
+const CLIENT6_PY: &str = r#"
+import json, socket, sys
+host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+out = {}
+try:
+    s = socket.create_connection((host, port), timeout=10)
+    p = s.getpeername()
+    out["peername"] = "[%s]:%d" % (p[0], p[1])
+    out["family"] = "inet6" if s.family == socket.AF_INET6 else "other"
+    s.sendall(msg)
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    out["echo"] = data.decode(errors="replace")
+except Exception as e:
+    out["error"] = type(e).__name__ + ": " + str(e)
+print(json.dumps(out))
+"#;
+
+fn client6(pod: &Pod, dst: SocketAddr, msg: &str) -> Value {
+    let mut cmd = pod.command("python3").expect("command in pod");
+    cmd.args([
+        "-c",
+        CLIENT6_PY,
+        &dst.ip().to_string(),
+        &dst.port().to_string(),
+        msg,
+    ]);
+    let r = run_bounded(&mut cmd, Duration::from_secs(30)).expect("run the client");
+    assert!(r.success(), "client in pod failed: {}", r.text());
+    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+/// Service `name` at `[v6]:port`, its sidecar at the pod's IPv4 address (Consul lets the two
+/// differ); the mesh index maps the IPv6 service address to `name`.
+fn register_v6(http: SocketAddr, name: &str, pod: &Pod, v6: &str, port: u16) {
+    ok(
+        "PUT",
+        http,
+        "/v1/agent/service/register",
+        Some(&json!({
+            "Name": name, "ID": name, "Address": v6, "Port": port,
+            "Connect": {"SidecarService": {
+                "Address": pod.ip.to_string(),
+                "Port": SIDECAR_PORT,
+                "Checks": [{"Name": "ttl", "TTL": "1h", "Status": "passing"}]
+            }}
+        })),
+    );
+}
+
+#[test]
+fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
+    require_root();
+    let _serial = serial();
+    let _obj = ebpf_object();
+    let pods = pods();
+    add_v6(&pods.a, V6_A);
+    add_v6(&pods.b, V6_B);
+    let meshd = meshd_dev();
+    let http = meshd.http_addr;
+    wait_ca(http);
+    register(http, "svc-a", &pods.a, APP_PORT);
+    register_v6(http, "svc-b", &pods.b, V6_B, APP_PORT);
+    set_intention(http, "svc-a", "svc-b", "allow");
+    let app_b = Echo::start(&pods.b, APP_PORT);
+    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
+    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
+
+    let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), APP_PORT);
+    let marker = "over-ipv6-through-the-mesh";
+    let out = client6(&pods.a, dst, marker);
+    assert_eq!(
+        out["echo"].as_str(),
+        Some(marker),
+        "client: {out}\n--- proxy A ---\n{}\n--- proxy B ---\n{}",
+        proxy_a.log(),
+        proxy_b.log()
+    );
+    assert_eq!(out["family"].as_str(), Some("inet6"), "{out}");
+    // getpeername6 shows the original destination, not [::1]:<outbound port>.
+    assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
+    let seen = eventually(
+        "B's app saw the connection",
+        Duration::from_secs(10),
+        || {
+            let s = app_b.seen();
+            (!s.is_empty()).then_some(s)
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // Through proxy B (its local peer), with exactly the client's bytes.
+    assert!(seen[0].peer.ip().is_loopback(), "{:?}", seen[0].peer);
+    assert_eq!(seen[0].bytes, marker.as_bytes());
+    let log = proxy_a.log();
+    assert!(
+        log.contains("mesh destination") && log.contains(&dst.to_string()),
+        "{log}"
+    );
+    eventually("proxy B counted it", Duration::from_secs(10), || {
+        (proxy_b.metric("meshproxy_connections_total", &["inbound", "result=\"ok\""]) >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
+}
+
+/// A one-connection echo server on `[addr]:port` inside `pod`; sends the peer it saw.
+fn echo6_once(pod: &Pod, addr: SocketAddr) -> mpsc::Receiver<(SocketAddr, Vec<u8>)> {
+    let listener = pod
+        .in_netns(move || TcpListener::bind(addr))
+        .expect("enter pod B")
+        .expect("bind the IPv6 server in pod B");
+    listener.set_nonblocking(true).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut c, peer)) => {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                    let mut all = Vec::new();
+                    let _ = c.read_to_end(&mut all);
+                    let _ = c.write_all(&all);
+                    let _ = tx.send((peer, all));
+                    return;
+                }
+                // Polling a non-blocking accept until the deadline; not a synchronization sleep.
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
+    require_root();
+    let _serial = serial();
+    let _obj = ebpf_object();
+    let pods = pods();
+    add_v6(&pods.a, V6_A);
+    add_v6(&pods.b, V6_B);
+    let meshd = meshd_dev();
+    let http = meshd.http_addr;
+    wait_ca(http);
+    register(http, "svc-a", &pods.a, APP_PORT);
+    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
+
+    let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
+    let seen = echo6_once(&pods.b, dst);
+    let out = client6(&pods.a, dst, "plain-ipv6");
+    assert_eq!(
+        out["echo"].as_str(),
+        Some("plain-ipv6"),
+        "client: {out}\n--- proxy A ---\n{}",
+        proxy_a.log()
+    );
+    assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
+    let (peer, bytes) = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server saw the connection");
+    assert_eq!(bytes, b"plain-ipv6");
+    assert_eq!(peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
+    // It went through proxy A: redirected by connect6, then passed through.
+    let log = proxy_a.log();
+    assert!(
+        log.contains("passing through") && log.contains(&dst.to_string()),
+        "{log}"
+    );
+}
