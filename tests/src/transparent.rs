@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+pub use crate::dev::{call, meshd_dev, ok, set_intention, wait_ca};
 pub use crate::pod::{Pod, PodPair as Pods};
-use crate::process::{HttpResponse, Meshd, eventually, free_port, http};
+use crate::process::{eventually, free_port, http};
 use crate::python::run_bounded;
 use serde_json::{Value, json};
 
@@ -234,51 +235,6 @@ impl Capture {
             .count();
         json!({ "packets": frames.len(), "marker": marker, "tls_records": tls })
     }
-}
-
-/// `meshd dev` on OS-chosen loopback ports (in the host namespace, like the proxies).
-pub fn meshd_dev() -> Meshd {
-    Meshd::spawn(
-        "dev",
-        &[
-            "dev".into(),
-            "--http-addr".into(),
-            "127.0.0.1:0".into(),
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-        ],
-    )
-    .expect("meshd dev starts")
-}
-
-pub fn call(method: &str, addr: SocketAddr, path: &str, body: Option<&Value>) -> HttpResponse {
-    let body = body.map(Value::to_string);
-    http(method, addr, path, body.as_deref())
-        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e:#}"))
-}
-
-pub fn ok(method: &str, addr: SocketAddr, path: &str, body: Option<&Value>) -> Value {
-    let r = call(method, addr, path, body);
-    assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
-    r.json().unwrap_or(Value::Null)
-}
-
-pub fn wait_ca(http_addr: SocketAddr) {
-    eventually("CA roots", Duration::from_secs(20), || {
-        let r = http("GET", http_addr, "/v1/connect/ca/roots", None).ok()?;
-        let v = r.json().ok()?;
-        (r.status == 200 && v["Roots"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
-    })
-    .unwrap();
-}
-
-pub fn set_intention(http_addr: SocketAddr, src: &str, dst: &str, action: &str) {
-    ok(
-        "PUT",
-        http_addr,
-        &format!("/v1/connect/intentions/exact?source={src}&destination={dst}"),
-        Some(&json!({ "Action": action })),
-    );
 }
 
 /// Sidecar port of every pod's proxy (inside the pod's namespace, so no clash).

@@ -109,6 +109,11 @@ impl Protocol {
     pub fn is_l7(self) -> bool {
         self != Protocol::Tcp
     }
+
+    /// Whether the proxy's HTTP layer speaks HTTP/2 on both legs (`http2`, `grpc`).
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
 }
 
 impl fmt::Display for Protocol {
@@ -120,8 +125,13 @@ impl fmt::Display for Protocol {
 impl FromStr for Protocol {
     type Err = ConfigEntryError;
 
-    /// Case-insensitive, as Consul lower-cases `Protocol` when it normalizes an entry.
+    /// Case-insensitive, as Consul lower-cases `Protocol` when it normalizes an entry; empty
+    /// means `tcp` (Consul's default).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(Protocol::Tcp);
+        }
         Protocol::ALL
             .into_iter()
             .find(|p| p.as_str().eq_ignore_ascii_case(s))

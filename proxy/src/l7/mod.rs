@@ -17,76 +17,9 @@ pub mod forward;
 pub mod hop;
 pub mod server;
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::Serialize;
-
-/// Declared protocol of a service (Consul's `service-defaults` `Protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Opaque bytes: L4 authorization once per connection, then the byte pump.
-    #[default]
-    Tcp,
-    /// HTTP/1.1 on both legs.
-    Http,
-    /// HTTP/2 over the mesh, h2c (prior knowledge) to the application.
-    Http2,
-    /// HTTP/2 like `http2`; denials are gRPC `PERMISSION_DENIED` statuses.
-    Grpc,
-}
-
-/// An unknown protocol name.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown protocol {value:?} (expected tcp, http, http2 or grpc)")]
-pub struct ProtocolError {
-    pub value: String,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Http => "http",
-            Protocol::Http2 => "http2",
-            Protocol::Grpc => "grpc",
-        }
-    }
-
-    /// Whether connections are served by the HTTP layer (per-request authorization).
-    pub fn is_l7(self) -> bool {
-        self != Protocol::Tcp
-    }
-
-    /// Whether the HTTP layer speaks HTTP/2 on both legs.
-    pub fn is_h2(self) -> bool {
-        matches!(self, Protocol::Http2 | Protocol::Grpc)
-    }
-}
-
-impl FromStr for Protocol {
-    type Err = ProtocolError;
-
-    /// Case-insensitive, as Consul lower-cases the field; empty means `tcp` (Consul's default).
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "tcp" => Ok(Protocol::Tcp),
-            "http" => Ok(Protocol::Http),
-            "http2" => Ok(Protocol::Http2),
-            "grpc" => Ok(Protocol::Grpc),
-            _ => Err(ProtocolError {
-                value: s.to_string(),
-            }),
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The declared protocol is the control plane's own type, so the proxy and the config-entry
+/// validation can never disagree about a spelling.
+pub use mesh_control::config_entries::{ConfigEntryError as ProtocolError, Protocol};
 
 #[cfg(test)]
 mod tests {

@@ -11,58 +11,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mesh_tests::process::{HttpResponse, Meshd, eventually, free_port, http};
+// This file is included by several test targets (`#[path]`); not each uses every helper.
+#[allow(unused_imports)]
+pub use mesh_tests::dev::{call, meshd_dev, ok, set_intention, wait_ca};
+use mesh_tests::process::{eventually, free_port, http};
 use serde_json::{Value, json};
 
 /// `meshproxy`, built with the rest of the workspace's binaries once per test process.
 pub fn proxy_bin() -> PathBuf {
     mesh_tests::process::bin("meshproxy")
-}
-
-/// `meshd dev` on OS-chosen ports.
-pub fn meshd_dev() -> Meshd {
-    Meshd::spawn(
-        "dev",
-        &[
-            "dev".into(),
-            "--http-addr".into(),
-            "127.0.0.1:0".into(),
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-        ],
-    )
-    .expect("meshd dev starts")
-}
-
-pub fn call(method: &str, addr: SocketAddr, path: &str, body: Option<&Value>) -> HttpResponse {
-    let body = body.map(Value::to_string);
-    http(method, addr, path, body.as_deref())
-        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e:#}"))
-}
-
-pub fn ok(method: &str, addr: SocketAddr, path: &str, body: Option<&Value>) -> Value {
-    let r = call(method, addr, path, body);
-    assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
-    r.json().unwrap_or(Value::Null)
-}
-
-/// Waits until the control plane has a CA root (the proxies need one to get a leaf).
-pub fn wait_ca(http_addr: SocketAddr) {
-    eventually("CA roots", Duration::from_secs(20), || {
-        let r = http("GET", http_addr, "/v1/connect/ca/roots", None).ok()?;
-        let v = r.json().ok()?;
-        (r.status == 200 && v["Roots"].as_array().is_some_and(|a| !a.is_empty())).then_some(())
-    })
-    .unwrap();
-}
-
-pub fn set_intention(http_addr: SocketAddr, src: &str, dst: &str, action: &str) {
-    ok(
-        "PUT",
-        http_addr,
-        &format!("/v1/connect/intentions/exact?source={src}&destination={dst}"),
-        Some(&json!({ "Action": action })),
-    );
 }
 
 pub fn delete_intention(http_addr: SocketAddr, src: &str, dst: &str) {
