@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use crate::dev::{call, meshd_dev, ok, set_intention, wait_ca};
 pub use crate::pod::{Pod, PodPair as Pods};
-use crate::process::{eventually, free_port, http};
+use crate::process::{Meshd, eventually, free_port, http};
 use crate::python::run_bounded;
 use serde_json::{Value, json};
 
@@ -255,6 +255,42 @@ pub fn register(http_addr: SocketAddr, name: &str, pod: &Pod, port: u16) {
             }}
         })),
     );
+}
+
+/// The scene most transparent-mode tests start from: root checked, tests serialized, the eBPF
+/// object present, two pods, `meshd dev` with its CA, `svc-a` (pod A) and `svc-b` (pod B)
+/// registered at `app_port` with sidecars, an `svc-a -> svc-b` intention with `action`, and
+/// an echo app in pod B. The test starts the proxies itself (their flags differ).
+pub struct Scene {
+    // Dropped in this order: the app, the control plane, the pods, then the serial lock.
+    pub app_b: Echo,
+    pub meshd: Meshd,
+    pub pods: Pods,
+    pub http: SocketAddr,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Scene {
+    pub fn start(action: &str, app_port: u16) -> Self {
+        require_root();
+        let serial = serial();
+        let _ = ebpf_object();
+        let pods = pods();
+        let meshd = meshd_dev();
+        let http = meshd.http_addr;
+        wait_ca(http);
+        register(http, "svc-a", &pods.a, app_port);
+        register(http, "svc-b", &pods.b, app_port);
+        set_intention(http, "svc-a", "svc-b", action);
+        let app_b = Echo::start(&pods.b, app_port);
+        Self {
+            app_b,
+            meshd,
+            pods,
+            http,
+            _serial: serial,
+        }
+    }
 }
 
 /// A running `meshproxy run --transparent` process; killed (by PID) on drop.

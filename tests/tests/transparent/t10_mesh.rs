@@ -12,17 +12,8 @@ const APP_PORT: u16 = 8080;
 
 #[test]
 fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, APP_PORT);
-    register(http, "svc-b", &pods.b, APP_PORT);
-    set_intention(http, "svc-a", "svc-b", "allow");
-    let app_b = Echo::start(&pods.b, APP_PORT);
+    let scene = Scene::start("allow", APP_PORT);
+    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
     let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
 
@@ -95,17 +86,8 @@ fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
 
 #[test]
 fn deny_intention_resets_the_client_and_no_byte_reaches_the_app() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, APP_PORT);
-    register(http, "svc-b", &pods.b, APP_PORT);
-    set_intention(http, "svc-a", "svc-b", "deny");
-    let app_b = Echo::start(&pods.b, APP_PORT);
+    let scene = Scene::start("deny", APP_PORT);
+    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
     let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
 

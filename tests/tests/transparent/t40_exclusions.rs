@@ -13,17 +13,8 @@ const APP_PORT: u16 = 8080;
 
 #[test]
 fn excluded_port_pass_through_and_mesh_destinations_only() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, APP_PORT);
-    register(http, "svc-b", &pods.b, APP_PORT);
-    set_intention(http, "svc-a", "svc-b", "allow");
-    let app_b = Echo::start(&pods.b, APP_PORT);
+    let scene = Scene::start("allow", APP_PORT);
+    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
     let plain = Echo::start(&pods.b, 9000);
     let excluded = Echo::start(&pods.b, 9001);
     let _proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
