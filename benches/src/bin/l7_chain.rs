@@ -31,7 +31,7 @@ mod procs;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -72,49 +72,6 @@ struct Args {
     /// Permissions on the web → db-l7 intention (the matching one is the last).
     #[arg(long, default_value_t = 100)]
     permissions: usize,
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// `target/release` next to this binary (where meshd and meshproxy must be built).
-fn release_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("binary has no directory")?;
-    if dir.file_name().is_some_and(|n| n == "release") {
-        Ok(dir.to_path_buf())
-    } else {
-        eprintln!(
-            "warning: this harness is not a release build ({}); run it with \
-             `cargo run --release -p mesh-benches --bin l7_chain`",
-            dir.display()
-        );
-        Ok(dir.parent().context("no target dir")?.join("release"))
-    }
-}
-
-fn build_binaries() -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building meshd and meshproxy (release) ...");
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "mesh-control",
-            "-p",
-            "meshproxy",
-        ])
-        .status()
-        .context("running cargo build")?;
-    anyhow::ensure!(status.success(), "cargo build failed");
-    Ok(())
 }
 
 /// The permissions of web → db-l7: `n - 1` that never match [`PATH`] (a mix of the match kinds
@@ -401,9 +358,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let phase = args.common.duration()?;
     anyhow::ensure!(args.reps >= 1 && args.concurrency >= 1 && args.permissions >= 1);
-    let bin = release_dir()?;
+    let bin = mesh_benches::release::release_dir("l7_chain")?;
     if !(bin.join("meshd").exists() && bin.join("meshproxy").exists()) {
-        build_binaries()?;
+        mesh_benches::release::build_binaries()?;
     }
     let load_start = load_average();
     let tmp = args.common.tempdir("l7-chain")?;

@@ -33,10 +33,8 @@ mod procs;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Parser;
 use mesh_benches::{
     CommonArgs, Table, load_average, load_average_json, load_average_text, ms, percentile, rate,
@@ -227,51 +225,6 @@ fn rss_text(v: &Option<Vec<u64>>) -> String {
     }
 }
 
-/// Workspace root (this crate lives in `<root>/benches`).
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// `target/release` next to this binary (the release binaries of meshd and meshproxy).
-fn release_dir() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("binary has no directory")?;
-    if dir.file_name().is_some_and(|n| n == "release") {
-        Ok(dir.to_path_buf())
-    } else {
-        eprintln!(
-            "warning: this harness is not a release build ({}); run it with \
-             `cargo run --release -p mesh-benches --bin proxy_chain`",
-            dir.display()
-        );
-        Ok(dir.parent().context("no target dir")?.join("release"))
-    }
-}
-
-fn build_binaries() -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    eprintln!("building meshd and meshproxy (release) ...");
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "mesh-control",
-            "-p",
-            "meshproxy",
-            "--bins",
-        ])
-        .status()
-        .context("running cargo build")?;
-    anyhow::ensure!(status.success(), "cargo build of meshd/meshproxy failed");
-    Ok(())
-}
-
 /// Runs a blocking load-generator function on its own thread (so the app's runtime keeps both
 /// workers) and waits for it.
 fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -320,9 +273,9 @@ fn main() -> anyhow::Result<()> {
         eprintln!("{l}");
     }
     if !args.no_build {
-        build_binaries()?;
+        mesh_benches::release::build_binaries()?;
     }
-    let bin_dir = release_dir()?;
+    let bin_dir = mesh_benches::release::release_dir("proxy_chain")?;
     for b in ["meshd", "meshproxy"] {
         anyhow::ensure!(
             bin_dir.join(b).exists(),
