@@ -22,6 +22,18 @@
 //! `--concurrency` connections (requests/s under load, with latency percentiles). At the end the
 //! harness checks on db-l7's metrics that the requests were allowed by the last permission.
 
+#[path = "../proxy_chain/load.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with proxy_chain; mesh.rs's readiness check uses it"
+)]
+mod load;
+#[path = "../proxy_chain/mesh.rs"]
+#[allow(
+    dead_code,
+    reason = "shared with proxy_chain; this harness uses its meshd and sidecar start-up only"
+)]
+mod mesh;
 #[path = "../proxy_chain/procs.rs"]
 #[allow(
     dead_code,
@@ -32,10 +44,9 @@ mod procs;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
@@ -125,44 +136,6 @@ async fn put(api: SocketAddr, path: &str, body: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn registration(name: &str, app_port: u16, public_port: u16, upstreams: &[(&str, u16)]) -> Value {
-    let ups: Vec<Value> = upstreams
-        .iter()
-        .map(|(n, p)| json!({"DestinationName": n, "LocalBindPort": p}))
-        .collect();
-    json!({
-        "Name": name, "ID": name, "Port": app_port,
-        "Connect": {"SidecarService": {
-            "Port": public_port,
-            "Proxy": {"Upstreams": ups},
-            "Checks": [{"Name": "listening", "TCP": format!("127.0.0.1:{public_port}"),
-                        "Interval": "1s"}]
-        }}
-    })
-}
-
-fn spawn_proxy(
-    bin: &Path,
-    dir: &Path,
-    http: SocketAddr,
-    sidecar_for: &str,
-) -> anyhow::Result<(Child, SocketAddr)> {
-    let admin = local(free_port()?);
-    let mut cmd = Command::new(bin.join("meshproxy"));
-    cmd.args(["run", "--sidecar-for", sidecar_for])
-        .args(["--agent-addr", &http.to_string()])
-        .args(["--admin-addr", &admin.to_string()])
-        .env("MESH_LOG", "warn")
-        .env("NO_COLOR", "1");
-    let mut child = Child::spawn(
-        &format!("meshproxy ({sidecar_for})"),
-        cmd,
-        &dir.join(format!("meshproxy-{sidecar_for}.log")),
-    )?;
-    child.wait_line("meshproxy: ready", START_TIMEOUT)?;
-    Ok((child, admin))
-}
-
 /// Everything running: dropped in reverse order (proxies, then meshd).
 struct Setup {
     _proxies: Vec<Child>,
@@ -173,30 +146,7 @@ struct Setup {
 }
 
 async fn start(bin: &Path, dir: &Path, app: SocketAddr, n_perms: usize) -> anyhow::Result<Setup> {
-    let mut cmd = Command::new(bin.join("meshd"));
-    cmd.args(["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir.join("meshd-data"))
-        .env("MESH_LOG", "warn,openraft=off")
-        .env("NO_COLOR", "1");
-    let mut meshd = Child::spawn("meshd dev", cmd, &dir.join("meshd.log"))?;
-    let line = meshd.wait_line("listening", START_TIMEOUT)?;
-    let api: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("no http= address in {line:?}"))?;
-    wait_for("CA roots", || async {
-        let Ok(mut c) = HttpConn::connect(api).await else {
-            return false;
-        };
-        c.get("/v1/connect/ca/roots").await.is_ok_and(|r| {
-            r.status == 200
-                && serde_json::from_slice::<Value>(&r.body)
-                    .is_ok_and(|v| v["Roots"].as_array().is_some_and(|a| !a.is_empty()))
-        })
-    })
-    .await?;
+    let (meshd, api) = mesh::start_meshd(bin, dir).await?;
 
     let (up_l4, up_l7) = (free_port()?, free_port()?);
     put(
@@ -209,14 +159,14 @@ async fn start(bin: &Path, dir: &Path, app: SocketAddr, n_perms: usize) -> anyho
         put(
             api,
             "/v1/agent/service/register",
-            &registration(name, app.port(), free_port()?, &[]),
+            &mesh::registration(name, app.port(), free_port()?, &[]),
         )
         .await?;
     }
     put(
         api,
         "/v1/agent/service/register",
-        &registration(
+        &mesh::registration(
             "web",
             free_port()?,
             free_port()?,
@@ -236,9 +186,9 @@ async fn start(bin: &Path, dir: &Path, app: SocketAddr, n_perms: usize) -> anyho
         &json!({"Permissions": permissions(n_perms)}),
     )
     .await?;
-    let (l4_proxy, _) = spawn_proxy(bin, dir, api, "db-l4")?;
-    let (l7_proxy, l7_admin) = spawn_proxy(bin, dir, api, "db-l7")?;
-    let (web, _) = spawn_proxy(bin, dir, api, "web")?;
+    let (l4_proxy, _) = mesh::spawn_proxy(&bin.join("meshproxy"), dir, api, "db-l4", &[])?;
+    let (l7_proxy, l7_admin) = mesh::spawn_proxy(&bin.join("meshproxy"), dir, api, "db-l7", &[])?;
+    let (web, _) = mesh::spawn_proxy(&bin.join("meshproxy"), dir, api, "web", &[])?;
     let (l4, l7) = (local(up_l4), local(up_l7));
     for entry in [l4, l7] {
         wait_for("a first request through the chain", || async move {

@@ -86,7 +86,12 @@ where
 
 /// Registers `name` (app on `app_port`) with a sidecar on `public_port` whose health is a 1 s
 /// TCP check of that port; `upstreams` are (service, local port).
-fn registration(name: &str, app_port: u16, public_port: u16, upstreams: &[(&str, u16)]) -> Value {
+pub fn registration(
+    name: &str,
+    app_port: u16,
+    public_port: u16,
+    upstreams: &[(&str, u16)],
+) -> Value {
     let ups: Vec<Value> = upstreams
         .iter()
         .map(|(n, p)| json!({"DestinationName": n, "LocalBindPort": p}))
@@ -102,13 +107,15 @@ fn registration(name: &str, app_port: u16, public_port: u16, upstreams: &[(&str,
     })
 }
 
-fn spawn_proxy(
+/// Starts `meshproxy run --sidecar-for` and waits for its ready line; returns it and its admin
+/// address.
+pub fn spawn_proxy(
     proxy_bin: &Path,
     dir: &Path,
     http: SocketAddr,
     sidecar_for: &str,
     extra: &[&str],
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<(Child, SocketAddr)> {
     let admin = local(free_port()?);
     let mut cmd = Command::new(proxy_bin);
     cmd.args(["run", "--sidecar-for", sidecar_for])
@@ -123,18 +130,12 @@ fn spawn_proxy(
         &dir.join(format!("meshproxy-{sidecar_for}.log")),
     )?;
     child.wait_line("meshproxy: ready", START_TIMEOUT)?;
-    Ok(child)
+    Ok((child, admin))
 }
 
-/// Starts meshd dev (from `bin_dir`), registers web → db and starts the sidecars (`proxy_bin`),
-/// with their files in `dir`; `app` is db's application.
-pub async fn start(
-    bin_dir: &Path,
-    proxy_bin: &Path,
-    dir: &Path,
-    app: SocketAddr,
-) -> anyhow::Result<MeshChain> {
-    std::fs::create_dir_all(dir)?;
+/// Starts `meshd dev` (from `bin_dir`, data in `dir`) and waits until its CA has a root;
+/// returns it and its HTTP address.
+pub async fn start_meshd(bin_dir: &Path, dir: &Path) -> anyhow::Result<(Child, SocketAddr)> {
     let mut cmd = Command::new(bin_dir.join("meshd"));
     cmd.args(["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"])
         .arg("--data-dir")
@@ -155,6 +156,19 @@ pub async fn start(
             .is_ok_and(|(s, v)| s == 200 && v["Roots"].as_array().is_some_and(|a| !a.is_empty()))
     })
     .await?;
+    Ok((meshd, http))
+}
+
+/// Starts meshd dev (from `bin_dir`), registers web → db and starts the sidecars (`proxy_bin`),
+/// with their files in `dir`; `app` is db's application.
+pub async fn start(
+    bin_dir: &Path,
+    proxy_bin: &Path,
+    dir: &Path,
+    app: SocketAddr,
+) -> anyhow::Result<MeshChain> {
+    std::fs::create_dir_all(dir)?;
+    let (meshd, http) = start_meshd(bin_dir, dir).await?;
 
     let (db_public, web_public, upstream, web_app) =
         (free_port()?, free_port()?, free_port()?, free_port()?);
@@ -187,9 +201,9 @@ pub async fn start(
         .await?;
     }
 
-    let server = spawn_proxy(proxy_bin, dir, http, "db", &[])?;
-    let client = spawn_proxy(proxy_bin, dir, http, "web", &[])?;
-    let client_full = spawn_proxy(proxy_bin, dir, http, "web-full", &["--no-tls-resumption"])?;
+    let (server, _) = spawn_proxy(proxy_bin, dir, http, "db", &[])?;
+    let (client, _) = spawn_proxy(proxy_bin, dir, http, "web", &[])?;
+    let (client_full, _) = spawn_proxy(proxy_bin, dir, http, "web-full", &["--no-tls-resumption"])?;
     // web learns db's instance once db's sidecar check passes (1 s interval).
     wait_until(
         "web's proxy sees a healthy db instance",
