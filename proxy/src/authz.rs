@@ -347,33 +347,15 @@ impl Policy {
 
     /// Decides a connection from `peer` to this proxy's service.
     pub fn authorize(&self, peer: &SpiffeId) -> Verdict {
-        let set = match &self.rules {
-            Rules::Intentions(set) => set,
-            // Entries name their trust domain themselves, so no trust-domain rule applies.
-            Rules::AllowList(list) => {
-                return match list.iter().find(|p| p.matches(peer)) {
-                    Some(p) => Verdict {
-                        allowed: true,
-                        reason: VerdictReason::AllowedSource {
-                            entry: p.to_string(),
-                        },
-                    },
-                    None => Verdict {
-                        allowed: false,
-                        reason: VerdictReason::NotAllowed,
-                    },
+        let set = match self.gate(peer) {
+            Gate::Intentions(set) => set,
+            Gate::Decided { allowed, reason } => {
+                return Verdict {
+                    allowed,
+                    reason: reason.into(),
                 };
             }
         };
-        if !peer.trust_domain.eq_ignore_ascii_case(&self.trust_domain) {
-            return Verdict {
-                allowed: false,
-                reason: VerdictReason::ForeignTrustDomain {
-                    expected: self.trust_domain.clone(),
-                    got: peer.trust_domain.clone(),
-                },
-            };
-        }
         if self.protocol.is_l7() {
             return Verdict {
                 allowed: true,
@@ -481,32 +463,15 @@ impl Policy {
     /// Decides one HTTP request from `peer` to this proxy's service: the L7 counterpart of
     /// [`authorize`](Self::authorize), with the same trust-domain rule first.
     pub fn authorize_http(&self, peer: &SpiffeId, req: &HttpRequest<'_>) -> HttpVerdict {
-        let set = match &self.rules {
-            Rules::Intentions(set) => set,
-            Rules::AllowList(list) => {
-                return match list.iter().find(|p| p.matches(peer)) {
-                    Some(p) => HttpVerdict {
-                        allowed: true,
-                        reason: HttpVerdictReason::AllowedSource {
-                            entry: p.to_string(),
-                        },
-                    },
-                    None => HttpVerdict {
-                        allowed: false,
-                        reason: HttpVerdictReason::NotAllowed,
-                    },
+        let set = match self.gate(peer) {
+            Gate::Intentions(set) => set,
+            Gate::Decided { allowed, reason } => {
+                return HttpVerdict {
+                    allowed,
+                    reason: reason.into(),
                 };
             }
         };
-        if !peer.trust_domain.eq_ignore_ascii_case(&self.trust_domain) {
-            return HttpVerdict {
-                allowed: false,
-                reason: HttpVerdictReason::ForeignTrustDomain {
-                    expected: self.trust_domain.clone(),
-                    got: peer.trust_domain.clone(),
-                },
-            };
-        }
         let d = set.decide_http(
             &peer.namespace,
             &peer.service,
@@ -518,6 +483,78 @@ impl Policy {
             allowed: d.allowed,
             reason: HttpVerdictReason::Intentions(d.reason),
         }
+    }
+}
+
+/// What both [`Policy::authorize`] and [`Policy::authorize_http`] decide before any intention
+/// is read, so the connection and the request paths can never apply different rules: the
+/// static allow-list decides on its own (its entries name their trust domain themselves);
+/// otherwise a peer from another trust domain is denied; otherwise the intentions decide.
+enum Gate<'a> {
+    Intentions(&'a IntentionSet),
+    Decided { allowed: bool, reason: GateReason },
+}
+
+/// Why the [`Gate`] decided.
+enum GateReason {
+    ForeignTrustDomain { expected: String, got: String },
+    AllowedSource { entry: String },
+    NotAllowed,
+}
+
+impl From<GateReason> for VerdictReason {
+    fn from(r: GateReason) -> Self {
+        match r {
+            GateReason::ForeignTrustDomain { expected, got } => {
+                VerdictReason::ForeignTrustDomain { expected, got }
+            }
+            GateReason::AllowedSource { entry } => VerdictReason::AllowedSource { entry },
+            GateReason::NotAllowed => VerdictReason::NotAllowed,
+        }
+    }
+}
+
+impl From<GateReason> for HttpVerdictReason {
+    fn from(r: GateReason) -> Self {
+        match r {
+            GateReason::ForeignTrustDomain { expected, got } => {
+                HttpVerdictReason::ForeignTrustDomain { expected, got }
+            }
+            GateReason::AllowedSource { entry } => HttpVerdictReason::AllowedSource { entry },
+            GateReason::NotAllowed => HttpVerdictReason::NotAllowed,
+        }
+    }
+}
+
+impl Policy {
+    fn gate(&self, peer: &SpiffeId) -> Gate<'_> {
+        let set = match &self.rules {
+            Rules::Intentions(set) => set,
+            Rules::AllowList(list) => {
+                return match list.iter().find(|p| p.matches(peer)) {
+                    Some(p) => Gate::Decided {
+                        allowed: true,
+                        reason: GateReason::AllowedSource {
+                            entry: p.to_string(),
+                        },
+                    },
+                    None => Gate::Decided {
+                        allowed: false,
+                        reason: GateReason::NotAllowed,
+                    },
+                };
+            }
+        };
+        if !peer.trust_domain.eq_ignore_ascii_case(&self.trust_domain) {
+            return Gate::Decided {
+                allowed: false,
+                reason: GateReason::ForeignTrustDomain {
+                    expected: self.trust_domain.clone(),
+                    got: peer.trust_domain.clone(),
+                },
+            };
+        }
+        Gate::Intentions(set)
     }
 }
 
