@@ -150,7 +150,11 @@ host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
 out = {}
 try:
     s = socket.create_connection((host, port), timeout=10)
-    out["peername"] = "%s:%d" % s.getpeername()
+    p = s.getpeername()
+    v6 = s.family == socket.AF_INET6
+    # Written the way Rust's SocketAddr displays it, so tests compare with `to_string()`.
+    out["peername"] = ("[%s]:%d" if v6 else "%s:%d") % (p[0], p[1])
+    out["family"] = "inet6" if v6 else "inet"
     s.sendall(msg)
     s.shutdown(socket.SHUT_WR)
     data = b""
@@ -166,7 +170,8 @@ print(json.dumps(out))
 "#;
 
 /// An unmodified client in `pod`: connects to `dst`, sends `msg`, half-closes and reads the
-/// answer. Returns the JSON it prints (`peername`, `echo` or `error`).
+/// answer, over IPv4 or IPv6 as `dst` says. Returns the JSON it prints (`peername`, `family`,
+/// `echo` or `error`).
 pub fn client(pod: &Pod, dst: SocketAddr, msg: &str) -> Value {
     let mut cmd = pod.command("python3").expect("command in pod");
     cmd.args([

@@ -10,8 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use mesh_tests::process::eventually;
-use mesh_tests::python::run_bounded;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::harness::*;
 
@@ -32,44 +31,6 @@ fn add_v6(pod: &Pod, addr: &str) {
         "ip addr add {addr}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// An unmodified IPv6 client: connect to `[host]:port`, send, half-close, read to the end.
-const CLIENT6_PY: &str = r#"
-import json, socket, sys
-host, port, msg = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
-out = {}
-try:
-    s = socket.create_connection((host, port), timeout=10)
-    p = s.getpeername()
-    out["peername"] = "[%s]:%d" % (p[0], p[1])
-    out["family"] = "inet6" if s.family == socket.AF_INET6 else "other"
-    s.sendall(msg)
-    s.shutdown(socket.SHUT_WR)
-    data = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        data += d
-    out["echo"] = data.decode(errors="replace")
-except Exception as e:
-    out["error"] = type(e).__name__ + ": " + str(e)
-print(json.dumps(out))
-"#;
-
-fn client6(pod: &Pod, dst: SocketAddr, msg: &str) -> Value {
-    let mut cmd = pod.command("python3").expect("command in pod");
-    cmd.args([
-        "-c",
-        CLIENT6_PY,
-        &dst.ip().to_string(),
-        &dst.port().to_string(),
-        msg,
-    ]);
-    let r = run_bounded(&mut cmd, Duration::from_secs(30)).expect("run the client");
-    assert!(r.success(), "client in pod failed: {}", r.text());
-    serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
 }
 
 /// Service `name` at `[v6]:port`, its sidecar at the pod's IPv4 address (Consul lets the two
@@ -110,7 +71,7 @@ fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
 
     let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), APP_PORT);
     let marker = "over-ipv6-through-the-mesh";
-    let out = client6(&pods.a, dst, marker);
+    let out = client(&pods.a, dst, marker);
     assert_eq!(
         out["echo"].as_str(),
         Some(marker),
@@ -191,7 +152,7 @@ fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
 
     let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
     let seen = echo6_once(&pods.b, dst);
-    let out = client6(&pods.a, dst, "plain-ipv6");
+    let out = client(&pods.a, dst, "plain-ipv6");
     assert_eq!(
         out["echo"].as_str(),
         Some("plain-ipv6"),
