@@ -107,6 +107,17 @@ pub struct RunArgs {
     /// from the agent's service-defaults config entry.
     #[arg(long, value_parser = crate::l7::Protocol::from_str)]
     pub protocol: Option<crate::l7::Protocol>,
+    /// Threads of the data-plane runtime (listeners and byte pumps); 0 means one per CPU.
+    /// One is the sidecar default, as Linkerd's proxy has: a connection then never moves
+    /// between threads (no cross-core cache traffic on the byte pump) and the proxy leaves the
+    /// other cores to its application. A node-wide proxy (transparent host mode) wants more.
+    #[arg(
+        long,
+        default_value_t = 1,
+        env = "MESHPROXY_WORKER_THREADS",
+        value_name = "N"
+    )]
+    pub worker_threads: usize,
     /// Transparent mode (eBPF capture): `--transparent` and its options.
     #[command(flatten)]
     pub transparent: crate::transparent::TransparentArgs,

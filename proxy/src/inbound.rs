@@ -114,6 +114,7 @@ async fn handle(
     };
     ctx.metrics
         .handshake_ok(Direction::Inbound, started.elapsed().as_secs_f64());
+    tls::allow_bulk_writes(tls.get_mut().1);
 
     let peer = match tls::peer_spiffe_id(tls.get_ref().1.peer_certificates()) {
         Ok(p) => p,

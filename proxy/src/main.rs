@@ -29,8 +29,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let Command::Run(args) = cli.command;
+    let workers = match args.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
             .enable_all()
             .thread_name("meshproxy-data")
             .build()

@@ -183,6 +183,7 @@ where
     };
     ctx.metrics
         .handshake_ok(Direction::Outbound, started.elapsed().as_secs_f64());
+    crate::tls::allow_bulk_writes(server.get_mut().1);
     match copy::bidirectional(&mut client_tcp, &mut server).await {
         Ok(t) => (ConnResult::Ok, t),
         Err(e) => {

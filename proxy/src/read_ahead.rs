@@ -20,8 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// First buffer size: more than rustls's 4 KiB reads, so they are served from it.
 pub const MIN: usize = 8 * 1024;
 
-/// Largest buffer size: four full TLS records.
-pub const MAX: usize = 64 * 1024;
+/// Largest buffer size: sixteen full TLS records, as much as the byte pump writes at once
+/// ([`crate::copy::MAX_BUF`]).
+pub const MAX: usize = crate::copy::MAX_BUF;
 
 /// An `AsyncRead + AsyncWrite` stream whose reads go through a growing buffer.
 #[derive(Debug)]
@@ -121,8 +122,8 @@ mod tests {
 
     #[tokio::test]
     async fn small_reads_are_served_from_one_large_read() {
-        let (mut w, r) = duplex(1 << 20);
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let (mut w, r) = duplex(8 * MAX);
+        let data: Vec<u8> = (0..4 * MAX as u32).map(|i| (i % 251) as u8).collect();
         w.write_all(&data).await.unwrap();
         drop(w);
         let mut ra = ReadAhead::new(r);
