@@ -4,9 +4,12 @@
 //! the number of series is bounded whatever the traffic.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -117,7 +120,50 @@ pub struct HttpResponseLabels {
     pub class: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EbpfEventLabels {
+    /// A counter of the transparent-mode eBPF programs (a fixed set, see
+    /// `transparent::loader::Stats::events`).
+    pub event: &'static str,
+}
+
 type HistogramFamily = Family<DirLabels, Histogram, fn() -> Histogram>;
+
+/// Where the eBPF programs' counters are read at scrape time (empty once they are detached).
+type EbpfSource = Box<dyn Fn() -> Option<[(&'static str, u64); 7]> + Send + Sync>;
+
+/// Exposes the transparent-mode eBPF counters, which live in a kernel map, as
+/// `meshproxy_transparent_ebpf_events_total{event}`: read on each scrape, nothing copied
+/// in between. Emits nothing outside transparent mode.
+#[derive(Default)]
+struct EbpfCollector {
+    source: Arc<OnceLock<EbpfSource>>,
+}
+
+impl std::fmt::Debug for EbpfCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EbpfCollector")
+    }
+}
+
+impl Collector for EbpfCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(events) = self.source.get().and_then(|source| source()) else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "transparent_ebpf_events",
+            "Events counted by the transparent-mode eBPF programs since they were attached (summed over CPUs), by event",
+            None,
+            MetricType::Counter,
+        )?;
+        for (event, n) in events {
+            let labels = EbpfEventLabels { event };
+            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
 
 fn handshake_histogram() -> Histogram {
     // 0.5 ms … ~4 s: loopback handshakes take about a millisecond, a loaded host tens.
@@ -136,6 +182,7 @@ pub struct Metrics {
     http_requests: Family<HttpRequestLabels, Counter>,
     http_responses: Family<HttpResponseLabels, Counter>,
     leaf_expiry: Gauge<f64, AtomicU64>,
+    ebpf_source: Arc<OnceLock<EbpfSource>>,
 }
 
 impl Default for Metrics {
@@ -208,6 +255,9 @@ impl Metrics {
             "Seconds until the proxy's leaf certificate expires",
             leaf_expiry.clone(),
         );
+        let ebpf = EbpfCollector::default();
+        let ebpf_source = ebpf.source.clone();
+        registry.register_collector(Box::new(ebpf));
         Self {
             registry,
             connections,
@@ -219,7 +269,17 @@ impl Metrics {
             http_requests,
             http_responses,
             leaf_expiry,
+            ebpf_source,
         }
+    }
+
+    /// Transparent mode: where `/metrics` reads the eBPF programs' counters (only the first
+    /// call counts). `source` returns `None` once the programs are gone.
+    pub fn set_ebpf_source(
+        &self,
+        source: impl Fn() -> Option<[(&'static str, u64); 7]> + Send + Sync + 'static,
+    ) {
+        let _ = self.ebpf_source.set(Box::new(source));
     }
 
     /// Records a finished connection and its bytes.
@@ -337,5 +397,38 @@ pub struct ActiveGuard(Gauge);
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ebpf_counters_appear_once_a_source_is_set() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("transparent_ebpf_events"));
+        m.set_ebpf_source(|| {
+            Some([
+                ("redirected", 3),
+                ("redirected6", 0),
+                ("excluded", 1),
+                ("inbound_steered", 2),
+                ("orig_recorded", 3),
+                ("sockmap_inserted", 4),
+                ("sockmap_redirected", 9),
+            ])
+        });
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE meshproxy_transparent_ebpf_events counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "meshproxy_transparent_ebpf_events_total{event=\"sockmap_redirected\"} 9"
+            ),
+            "{text}"
+        );
     }
 }

@@ -121,32 +121,82 @@ impl Pod {
 
     /// PIDs currently in the pod's cgroup.
     pub fn cgroup_pids(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.cgroup.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
+        cgroup_pids(&self.cgroup)
     }
 
     fn teardown(&self) {
-        // Everything still in the pod was started by the test: kill it by PID, then wait
-        // (bounded) until the cgroup is empty so it can be removed.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let pids = self.cgroup_pids();
-            for pid in &pids {
-                // SAFETY: kill(2) by PID, no memory involved.
-                unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
-            }
-            if (pids.is_empty() && std::fs::remove_dir(&self.cgroup).is_ok())
-                || !self.cgroup.exists()
-                || Instant::now() >= deadline
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        empty_and_remove(&self.cgroup);
         let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
+    std::fs::read_to_string(cgroup.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Everything still in a cgroup the test made was started by the test: kill it by PID, then
+/// wait (bounded) until the cgroup is empty so it can be removed.
+fn empty_and_remove(cgroup: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids = cgroup_pids(cgroup);
+        for pid in &pids {
+            // SAFETY: kill(2) by PID, no memory involved.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        if (pids.is_empty() && std::fs::remove_dir(cgroup).is_ok())
+            || !cgroup.exists()
+            || Instant::now() >= deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A cgroup v2 directory of the test's own, outside every pod, for processes that must not
+/// share the test's cgroup (e.g. proxies in a cgroup that is neither a pod's nor one of
+/// their ancestors). Whatever still runs in it is killed by PID on drop, then it is removed.
+#[derive(Debug)]
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn create(hint: &str) -> anyhow::Result<Self> {
+        require_root()?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = Path::new(CGROUP2_ROOT).join(format!(
+            "mesh-test-{hint}-{}x{n}",
+            std::process::id() % 100_000
+        ));
+        std::fs::create_dir(&path)
+            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    /// Makes `cmd`'s process join this cgroup between fork and exec.
+    pub fn join_on_exec(&self, cmd: &mut Command) -> anyhow::Result<()> {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .with_context(|| format!("opening {}/cgroup.procs", self.path.display()))?;
+        // SAFETY: the closure runs between fork and exec; it makes one write(2) on a
+        // descriptor opened before the fork and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || (&procs).write_all(b"0"));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        empty_and_remove(&self.path);
     }
 }
 

@@ -12,9 +12,17 @@
 //!   an iptables `REDIRECT` rule in pod A (installed by this bench) sends the connects to it;
 //!   the original destination comes from conntrack (`SO_ORIGINAL_DST`). Inbound steering in
 //!   pod B is the same `sk_lookup` program in both proxied columns.
+//! - `ebpf+sockmap`: `ebpf` with both proxies started with `--sockmap`: the two loopback hops
+//!   (app → proxy A in pod A, proxy B → app in pod B) go socket to socket through a sockhash
+//!   and an `sk_msg` program; the mTLS hop between the pods still crosses the veth.
 //!
 //! Figures: connection setup latency (connect, one byte each way, close; p50/p99 over N
-//! sequential connections, every one a full mutual-TLS chain) and single-stream throughput.
+//! sequential connections, every one a mutual-TLS chain) and single-stream throughput. The
+//! columns are measured in turn, `--rounds` times (proxies restarted for each), and the table
+//! shows each figure's median over the rounds, so a busy phase of the machine hits every
+//! column alike. The client counts the spurious `EAGAIN`s its blocking reads get (and retries
+//! them): with `--sockmap` the kernel's `tcp_bpf_recvmsg` can fail a blocking read that was
+//! woken without data.
 //! Needs root, `iptables`, the eBPF object (`cargo xtask build-ebpf`) and release binaries
 //! (`cargo build --release -p meshproxy -p mesh-control -p mesh-benches`).
 
@@ -29,7 +37,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(about = "Transparent mode: eBPF redirect vs iptables REDIRECT vs direct")]
+#[command(about = "Transparent mode: eBPF redirect vs iptables REDIRECT vs direct, and --sockmap")]
 struct Cli {
     #[command(subcommand)]
     role: Option<Role>,
@@ -39,6 +47,9 @@ struct Cli {
     /// MiB per column for the throughput.
     #[arg(long, default_value_t = 256)]
     mib: u64,
+    /// Rounds of all columns, interleaved; the table shows each figure's median.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -57,6 +68,8 @@ enum Role {
 }
 
 const APP_PORT: u16 = 8080;
+/// The columns, in the order each round measures them.
+const COLUMNS: [&str; 4] = ["direct", "ebpf", "iptables", "ebpf+sockmap"];
 const POD_A: &str = "10.77.0.1";
 const POD_B: &str = "10.77.0.2";
 
@@ -111,23 +124,52 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// A blocking read that retries a spurious `EAGAIN` (one returned before the socket's read
+/// timeout passed), counting it in `spurious`. With `--sockmap` the kernel's `tcp_bpf_recvmsg`
+/// returns `EAGAIN` from a blocking read whose wait was woken without data, e.g. by the
+/// write-space wakeup of another thread writing to the same socket; an app doing blocking
+/// reads sees it as a failed read.
+fn read_blocking(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    timeout: Duration,
+    spurious: &mut u64,
+) -> std::io::Result<usize> {
+    let start = Instant::now();
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < timeout => {
+                *spurious += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Setup latency and throughput against `addr`.
 fn client(addr: SocketAddr, connections: usize, mib: u64) -> anyhow::Result<Value> {
+    let mut spurious_eagain = 0u64;
     let mut lat = Vec::with_capacity(connections);
     for _ in 0..connections {
         let t = Instant::now();
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         s.set_nodelay(true)?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let timeout = Duration::from_secs(10);
+        s.set_read_timeout(Some(timeout))?;
         s.write_all(b"x")?;
         let mut b = [0u8; 1];
-        s.read_exact(&mut b)?;
+        let n = read_blocking(&mut s, &mut b, timeout, &mut spurious_eagain)
+            .context("setup: reading the echoed byte")?;
+        if n != 1 {
+            bail!("setup: the connection ended before the echo");
+        }
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     lat.sort_by(f64::total_cmp);
     let total = mib * 1024 * 1024;
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let timeout = Duration::from_secs(60);
+    s.set_read_timeout(Some(timeout))?;
     let mut w = s.try_clone()?;
     let t = Instant::now();
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
@@ -144,7 +186,8 @@ fn client(addr: SocketAddr, connections: usize, mib: u64) -> anyhow::Result<Valu
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
     while got < total {
-        let n = r.read(&mut buf)?;
+        let n = read_blocking(&mut r, &mut buf, timeout, &mut spurious_eagain)
+            .context("stream: reading the echo")?;
         if n == 0 {
             break;
         }
@@ -153,7 +196,8 @@ fn client(addr: SocketAddr, connections: usize, mib: u64) -> anyhow::Result<Valu
     let secs = t.elapsed().as_secs_f64();
     writer
         .join()
-        .map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        .map_err(|_| anyhow::anyhow!("writer panicked"))?
+        .context("stream: writing")?;
     if got != total {
         bail!("echoed {got} of {total} bytes");
     }
@@ -161,6 +205,7 @@ fn client(addr: SocketAddr, connections: usize, mib: u64) -> anyhow::Result<Valu
         "setup_p50_us": percentile(&lat, 0.5),
         "setup_p99_us": percentile(&lat, 0.99),
         "throughput_mib_s": mib as f64 / secs,
+        "spurious_eagain": spurious_eagain,
     }))
 }
 
@@ -311,18 +356,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        // Newest first: the proxies before the control plane they talk to.
-        for c in self.0.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
+/// Starts a transparent proxy for `service` in pod `i`; returns it with its admin address.
 fn start_proxy(
     bin_dir: &Path,
     agent: SocketAddr,
@@ -331,7 +365,7 @@ fn start_proxy(
     i: usize,
     object: &Path,
     extra: &[&str],
-) -> anyhow::Result<Child> {
+) -> anyhow::Result<(KillOnDrop, SocketAddr)> {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let child = Command::new(bin_dir.join("meshproxy"))
         .args(["run", "--sidecar-for", service, "--agent-addr"])
@@ -353,7 +387,27 @@ fn start_proxy(
         Duration::from_secs(30),
         || http(admin, "GET", "/ready", None).is_ok_and(|(s, _)| s == 200),
     )?;
-    Ok(child)
+    Ok((KillOnDrop(child), admin))
+}
+
+/// One of the eBPF programs' counters from a proxy's `/metrics`.
+fn ebpf_event(admin: SocketAddr, event: &str) -> anyhow::Result<u64> {
+    let (_, body) = http(admin, "GET", "/metrics", None)?;
+    let prefix = format!("meshproxy_transparent_ebpf_events_total{{event=\"{event}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .with_context(|| format!("no {event} counter on {admin}/metrics"))
+}
+
+/// A process (meshd, a proxy) killed and reaped when dropped: an early error never leaves one
+/// running.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn measure(pods: &Pods, exe: &Path, cli: &Cli) -> anyhow::Result<Value> {
@@ -403,7 +457,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .spawn()
         .context("starting meshd dev")?;
-    let mut procs = Procs(vec![meshd]);
+    let meshd = KillOnDrop(meshd);
     wait_for("CA roots", Duration::from_secs(30), || {
         http(agent, "GET", "/v1/connect/ca/roots", None)
             .is_ok_and(|(s, b)| s == 200 && b.contains("RootCert"))
@@ -439,16 +493,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     }
     pods.children.push(app);
 
-    let direct = measure(&pods, &exe, cli)?;
-
-    let proxy_b = start_proxy(&bin_dir, agent, "svc-b", &pods, 1, &object, &[])?;
-    procs.0.push(proxy_b);
-    let proxy_a = start_proxy(&bin_dir, agent, "svc-a", &pods, 0, &object, &[])?;
-    let ebpf = measure(&pods, &exe, cli)?;
-    let mut proxy_a = proxy_a;
-    let _ = proxy_a.kill();
-    let _ = proxy_a.wait();
-
+    let start = |service: &str, i: usize, extra: &[&str]| {
+        start_proxy(&bin_dir, agent, service, &pods, i, &object, extra)
+    };
     let rule = [
         "ip",
         "netns",
@@ -470,63 +517,118 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "--to-ports",
         "15001",
     ];
-    sh(&rule)?;
-    let proxy_a = start_proxy(
-        &bin_dir,
-        agent,
-        "svc-a",
-        &pods,
-        0,
-        &object,
-        &["--outbound-capture", "external"],
-    )?;
-    let iptables = measure(&pods, &exe, cli)?;
-    let mut proxy_a = proxy_a;
-    let _ = proxy_a.kill();
-    let _ = proxy_a.wait();
-
-    // eBPF again, last: shows how much of a difference is the order of the columns.
     let mut undo = rule.to_vec();
     undo[7] = "-D";
-    sh(&undo)?;
-    let proxy_a = start_proxy(&bin_dir, agent, "svc-a", &pods, 0, &object, &[])?;
-    procs.0.push(proxy_a);
-    let ebpf_again = measure(&pods, &exe, cli)?;
+
+    // Rounds of every column in turn, so a slow phase of the (shared) machine hits all
+    // columns alike; each figure is the median over the rounds.
+    let mut rounds: Vec<[Value; COLUMNS.len()]> = Vec::new();
+    let mut sockmap_redirected = [0u64; 2];
+    for _ in 0..cli.rounds.max(1) {
+        let direct = measure(&pods, &exe, cli)?;
+
+        // Proxy B stays up through `ebpf` and `iptables` (only pod A's capture differs).
+        let (proxy_b, _) = start("svc-b", 1, &[])?;
+        let (proxy_a, _) = start("svc-a", 0, &[])?;
+        let ebpf = measure(&pods, &exe, cli)?;
+        drop(proxy_a);
+
+        sh(&rule)?;
+        let (proxy_a, _) = start("svc-a", 0, &["--outbound-capture", "external"])?;
+        let iptables = measure(&pods, &exe, cli);
+        drop(proxy_a);
+        sh(&undo)?;
+        let iptables = iptables?;
+        drop(proxy_b);
+
+        // Both proxies with --sockmap: each pod's loopback hop bypasses TCP.
+        let (proxy_b, admin_b) = start("svc-b", 1, &["--sockmap"])?;
+        let (proxy_a, admin_a) = start("svc-a", 0, &["--sockmap"])?;
+        let sockmap = measure(&pods, &exe, cli)?;
+        // Proof the column measured the bypass: messages the sk_msg programs redirected.
+        sockmap_redirected[0] += ebpf_event(admin_a, "sockmap_redirected")?;
+        sockmap_redirected[1] += ebpf_event(admin_b, "sockmap_redirected")?;
+        drop(proxy_a);
+        drop(proxy_b);
+        rounds.push([direct, ebpf, iptables, sockmap]);
+    }
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    drop(procs);
+    drop(meshd);
     drop(pods);
 
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let median = |col: usize, k: &str| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| f(&r[col], k)).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    let eagain = |col: usize| -> u64 {
+        rounds
+            .iter()
+            .map(|r| r[col]["spurious_eagain"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let mut columns = serde_json::Map::new();
+    for (col, name) in COLUMNS.iter().enumerate() {
+        columns.insert(
+            (*name).to_string(),
+            json!({
+                "setup_p50_us": median(col, "setup_p50_us"),
+                "setup_p99_us": median(col, "setup_p99_us"),
+                "throughput_mib_s": median(col, "throughput_mib_s"),
+                "spurious_eagain": eagain(col),
+                "rounds": rounds.iter().map(|r| r[col].clone()).collect::<Vec<_>>(),
+            }),
+        );
+    }
     let result = json!({
-        "connections": cli.connections, "mib": cli.mib,
-        "direct": direct, "ebpf": ebpf, "iptables": iptables, "ebpf_again": ebpf_again,
+        "connections": cli.connections, "mib": cli.mib, "rounds": rounds.len(),
+        "columns": columns, "sockmap_redirected": sockmap_redirected,
         "loadavg_start": load_start.trim(), "loadavg_end": load_end.trim(),
     });
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
     }
-    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     println!(
-        "{:<10} {:>14} {:>14} {:>16}",
+        "medians of {} interleaved rounds ({} connections, {} MiB each)",
+        rounds.len(),
+        cli.connections,
+        cli.mib
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>16}",
         "column", "setup p50 µs", "setup p99 µs", "stream MiB/s"
     );
-    for (name, v) in [
-        ("direct", &direct),
-        ("ebpf", &ebpf),
-        ("iptables", &iptables),
-        ("ebpf again", &ebpf_again),
-    ] {
+    for (col, name) in COLUMNS.iter().enumerate() {
         println!(
-            "{name:<10} {:>14.0} {:>14.0} {:>16.0}",
-            f(v, "setup_p50_us"),
-            f(v, "setup_p99_us"),
-            f(v, "throughput_mib_s")
+            "{name:<12} {:>14.0} {:>14.0} {:>16.0}",
+            median(col, "setup_p50_us"),
+            median(col, "setup_p99_us"),
+            median(col, "throughput_mib_s")
         );
     }
+    let (ebpf, iptables, sockmap) = (1, 2, 3);
     println!(
-        "ebpf (again) vs iptables: setup p50 speed-up {:.2}x, stream {:.2}x",
-        f(&iptables, "setup_p50_us") / f(&ebpf_again, "setup_p50_us"),
-        f(&ebpf_again, "throughput_mib_s") / f(&iptables, "throughput_mib_s")
+        "ebpf vs iptables: setup p50 speed-up {:.2}x, stream {:.2}x",
+        median(iptables, "setup_p50_us") / median(ebpf, "setup_p50_us"),
+        median(ebpf, "throughput_mib_s") / median(iptables, "throughput_mib_s")
+    );
+    println!(
+        "ebpf+sockmap vs ebpf: setup p50 speed-up {:.2}x, stream {:.2}x; messages redirected by sk_msg: pod A {}, pod B {}",
+        median(ebpf, "setup_p50_us") / median(sockmap, "setup_p50_us"),
+        median(sockmap, "throughput_mib_s") / median(ebpf, "throughput_mib_s"),
+        sockmap_redirected[0],
+        sockmap_redirected[1]
+    );
+    println!(
+        "spurious EAGAIN on the client's blocking reads (retried): {}",
+        COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(col, name)| format!("{name} {}", eagain(col)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("load start {} end {}", load_start.trim(), load_end.trim());
     Ok(())

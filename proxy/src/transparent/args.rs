@@ -105,6 +105,14 @@ pub struct TransparentArgs {
     /// then read with SO_ORIGINAL_DST). Inbound capture is unchanged.
     #[arg(long, value_name = "ebpf|external", default_value = "ebpf", value_parser = ["ebpf", "external"])]
     pub outbound_capture: String,
+    /// Accelerate the pod's two loopback hops (app → outbound listener, proxy → app) with a
+    /// sockhash and an sk_msg program: bytes go from one socket straight to the other's
+    /// receive queue, skipping the TCP/IP stack. The mTLS hop between pods is unchanged.
+    /// Caveat (kernel tcp_bpf): a blocking read on the app's socket can fail with EAGAIN
+    /// when woken without data (e.g. while another thread writes to the same socket); only
+    /// for apps that retry EAGAIN (non-blocking, poll/epoll-based I/O).
+    #[arg(long)]
+    pub sockmap: bool,
     /// Port of the outbound listener (bound on 127.0.0.1, inside the pod with --netns).
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
     pub outbound_port: u16,
@@ -129,6 +137,8 @@ pub struct TransparentConfig {
     pub ebpf_object: Option<PathBuf>,
     /// `--outbound-capture external`: the cgroup programs are not attached.
     pub external_outbound_capture: bool,
+    /// `--sockmap`: the app↔proxy loopback hops bypass TCP (sockhash + sk_msg).
+    pub sockmap: bool,
 }
 
 impl TransparentArgs {
@@ -149,6 +159,7 @@ impl TransparentArgs {
                 ),
                 ("exclude-cidr", !self.exclude_cidrs.is_empty()),
                 ("exclude-uid", !self.exclude_uids.is_empty()),
+                ("sockmap", self.sockmap),
             ];
             if let Some((flag, _)) = given.into_iter().find(|(_, g)| *g) {
                 return Err(ArgsError::NeedsTransparent { flag });
@@ -176,6 +187,7 @@ impl TransparentArgs {
             outbound_port: self.outbound_port,
             ebpf_object: self.ebpf_object,
             external_outbound_capture: self.outbound_capture == "external",
+            sockmap: self.sockmap,
         }))
     }
 }
@@ -232,5 +244,14 @@ mod tests {
             })
         ));
         assert!(TransparentArgs::default().validate().unwrap().is_none());
+        let sockmap_alone = TransparentArgs {
+            sockmap: true,
+            ..Default::default()
+        };
+        assert!(matches!(
+            sockmap_alone.validate(),
+            Err(ArgsError::NeedsTransparent { flag: "sockmap" })
+        ));
+        assert!(!c.sockmap);
     }
 }

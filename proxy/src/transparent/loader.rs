@@ -7,13 +7,22 @@
 //! they belong to this process's file descriptors, so the kernel detaches them when it exits
 //! for any reason (SIGKILL included). If any step fails, dropping the `aya::Ebpf` closes every
 //! link already made: nothing stays half-attached.
+//!
+//! `--sockmap` adds a sockhash with `mesh_sk_msg` attached to it (a program attachment to the
+//! map, released when the last descriptor of the map closes) and `mesh_sockmap_ops` on the
+//! proxy's own cgroup. One caveat of the kernel's design: every socket in the sockhash holds
+//! `mesh_sk_msg`, which holds the map, so after an exit the two stay loaded until the last
+//! accelerated socket is closed (its peer, the proxy's end, is gone, so the app sees EOF).
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockMap, lpm_trie::Key};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkLookup, SockOps};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, SockMap, lpm_trie::Key};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkLookup, SkMsg, SockOps,
+};
 use aya::{Ebpf, EbpfError};
 use mesh_ebpf_common as common;
 use tokio::net::TcpListener;
@@ -29,6 +38,9 @@ pub struct Prepared {
     ebpf: Ebpf,
     cgroup: Cgroup,
     proxy_cgroup_id: u64,
+    /// `--sockmap`: the proxy's own cgroup, where `mesh_sockmap_ops` goes (`None` when it is
+    /// the pod's cgroup itself: `mesh_sock_ops` there already sees the proxy's sockets).
+    proxy_cgroup: Option<Cgroup>,
     netns: Option<Netns>,
     lock: File,
     object: PathBuf,
@@ -54,12 +66,20 @@ pub struct Attached {
     /// The same for IPv6 connects.
     orig6_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey6, common::OrigDst6>>,
     stats: PerCpuArray<MapData, u64>,
+    /// `--sockmap`: the sockhash `mesh_sk_msg` is attached to (taken out of `_ebpf` to
+    /// attach; held like the rest).
+    _sockhash: Option<SockHash<MapData, common::SockKey>>,
     pub cgroup: PathBuf,
     pub netns: Option<PathBuf>,
     pub outbound: SocketAddrV4,
     /// The IPv6 outbound listener IPv6 connects go to (`None`: they go out unchanged).
     pub outbound6: Option<SocketAddrV6>,
     pub inbound_ports: Vec<u16>,
+    /// `--sockmap`: the ports that mark an app↔proxy hop (outbound listener, app ports);
+    /// empty without `--sockmap`.
+    pub sockmap_ports: Vec<u16>,
+    /// `--sockmap`: the proxy's cgroup `mesh_sockmap_ops` is attached to, if not the pod's.
+    pub sockmap_cgroup: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Attached {
@@ -70,6 +90,7 @@ impl std::fmt::Debug for Attached {
             .field("outbound", &self.outbound)
             .field("outbound6", &self.outbound6)
             .field("inbound_ports", &self.inbound_ports)
+            .field("sockmap_ports", &self.sockmap_ports)
             .finish_non_exhaustive()
     }
 }
@@ -83,6 +104,25 @@ pub struct Stats {
     pub orig_recorded: u64,
     /// IPv6 connects redirected (included in `redirected`).
     pub redirected6: u64,
+    /// `--sockmap`: sockets put into the sockhash (two per accelerated hop).
+    pub sockmap_inserted: u64,
+    /// `--sockmap`: messages handed straight to the peer socket.
+    pub sockmap_redirected: u64,
+}
+
+impl Stats {
+    /// Every counter with its metric label, for `/metrics`.
+    pub fn events(&self) -> [(&'static str, u64); 7] {
+        [
+            ("redirected", self.redirected),
+            ("redirected6", self.redirected6),
+            ("excluded", self.excluded),
+            ("inbound_steered", self.inbound_steered),
+            ("orig_recorded", self.orig_recorded),
+            ("sockmap_inserted", self.sockmap_inserted),
+            ("sockmap_redirected", self.sockmap_redirected),
+        ]
+    }
 }
 
 /// In attach order: the connect programs last, once what they record is re-keyed and hidden.
@@ -107,19 +147,14 @@ fn is_enosys(e: &EbpfError) -> bool {
     false
 }
 
-/// The verifier's reason: the last non-empty lines of its log.
+/// The verifier's reason: the last line of its log that is not one of the statistics it
+/// ends with ("processed N insns ...", "stack depth ...", "verification time ...").
 pub fn verifier_reason(log: &str) -> String {
-    let lines: Vec<&str> = log
-        .lines()
+    const STATISTICS: [&str; 3] = ["processed ", "stack depth", "verification time"];
+    log.lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let tail = &lines[lines.len().saturating_sub(2)..];
-    if tail.is_empty() {
-        "no verifier log".to_string()
-    } else {
-        tail.join("; ")
-    }
+        .rfind(|l| !l.is_empty() && !STATISTICS.iter().any(|s| l.starts_with(s)))
+        .map_or_else(|| "no verifier log".to_string(), str::to_string)
 }
 
 fn load_error(name: &'static str, e: ProgramError) -> TransparentError {
@@ -146,6 +181,12 @@ impl Prepared {
         let netns = config.netns.as_deref().map(Netns::open).transpose()?;
         let object = preflight::find_object(config.ebpf_object.as_deref())?;
         let lock = preflight::take_lock(&cgroup)?;
+        let proxy_cgroup = if config.sockmap {
+            let own = preflight::proxy_cgroup()?;
+            (own.id != cgroup.id).then_some(own)
+        } else {
+            None
+        };
         let mut ebpf = Ebpf::load_file(&object).map_err(|source| {
             if is_enosys(&source) {
                 TransparentError::NoBpf {
@@ -174,6 +215,15 @@ impl Prepared {
         let p: &mut SockOps = program(&mut ebpf, common::PROG_SOCK_OPS)
             .ok_or_else(|| missing(common::PROG_SOCK_OPS))?;
         p.load().map_err(|e| load_error(common::PROG_SOCK_OPS, e))?;
+        if config.sockmap {
+            let p: &mut SockOps = program(&mut ebpf, common::PROG_SOCKMAP_OPS)
+                .ok_or_else(|| missing(common::PROG_SOCKMAP_OPS))?;
+            p.load()
+                .map_err(|e| load_error(common::PROG_SOCKMAP_OPS, e))?;
+            let p: &mut SkMsg = program(&mut ebpf, common::PROG_SK_MSG)
+                .ok_or_else(|| missing(common::PROG_SK_MSG))?;
+            p.load().map_err(|e| load_error(common::PROG_SK_MSG, e))?;
+        }
         if netns.is_some() {
             let p: &mut SkLookup = program(&mut ebpf, common::PROG_SK_LOOKUP)
                 .ok_or_else(|| missing(common::PROG_SK_LOOKUP))?;
@@ -185,6 +235,7 @@ impl Prepared {
             ebpf,
             cgroup,
             proxy_cgroup_id,
+            proxy_cgroup,
             netns,
             lock,
             object,
@@ -196,17 +247,21 @@ impl Prepared {
         self.netns.as_ref()
     }
 
-    /// Fills the maps and attaches. `outbound` is the bound outbound listener and `outbound6`
-    /// its IPv6 twin if one could be bound (without it IPv6 connects are not redirected);
-    /// `inbound` is the mTLS listener that gets the app's `app_ports` (minus the excluded
-    /// ones) when `--netns` was given.
+    /// Fills the maps and attaches. `outbound_listener` is the bound outbound listener (in
+    /// the pod's namespace with `--netns`: `--sockmap` reads the namespace's cookie from it)
+    /// and `outbound6` its IPv6 twin's address if one could be bound (without it IPv6
+    /// connects are not redirected); `inbound` is the mTLS listener that gets the app's
+    /// `app_ports` (minus the excluded ones) when `--netns` was given.
     pub fn attach(
         mut self,
-        outbound: SocketAddr,
+        outbound_listener: &TcpListener,
         outbound6: Option<SocketAddr>,
         inbound: &TcpListener,
         app_ports: &[u16],
     ) -> Result<Attached, TransparentError> {
+        let outbound = outbound_listener
+            .local_addr()
+            .map_err(TransparentError::Netns)?;
         let outbound = match outbound {
             SocketAddr::V4(a) => a,
             // An unspecified IPv4 bind is reachable on loopback.
@@ -217,12 +272,13 @@ impl Prepared {
         } else {
             *outbound.ip()
         };
-        let cfg = common::Config {
+        let mut cfg = common::Config {
             outbound_ip4: u32::from_ne_bytes(target_ip.octets()),
             outbound_port: u32::from(outbound.port().to_be()),
             proxy_cgroup_id: self.proxy_cgroup_id,
             flags: common::FLAG_ENABLED | common::FLAG_SKIP_LOOPBACK,
             _reserved: 0,
+            pod_netns_cookie: 0,
         };
         let map_err = |name| {
             move |source| TransparentError::Map {
@@ -276,6 +332,24 @@ impl Prepared {
             m.set(common::INBOUND_LISTENER_INDEX, inbound, 0)
                 .map_err(map_err(common::MAP_INBOUND_LISTENER))?;
         }
+        // --sockmap: the hops are app → outbound listener and proxy → app's service port,
+        // whether or not that port's inbound traffic is captured.
+        let mut sockmap_ports = Vec::new();
+        if self.config.sockmap {
+            sockmap_ports.push(outbound.port());
+            sockmap_ports.extend(app_ports.iter().copied().filter(|p| *p != 0));
+            sockmap_ports.sort_unstable();
+            sockmap_ports.dedup();
+            let mut m: HashMap<&mut MapData, u16, u8> =
+                map_mut(&mut self.ebpf, common::MAP_SOCKMAP_PORTS)?;
+            for p in &sockmap_ports {
+                m.insert(p, 1, 0)
+                    .map_err(map_err(common::MAP_SOCKMAP_PORTS))?;
+            }
+            cfg.pod_netns_cookie = super::netns::netns_cookie(outbound_listener.as_fd())
+                .map_err(TransparentError::NetnsCookie)?;
+            cfg.flags |= common::FLAG_SOCKMAP;
+        }
         let outbound6 = match outbound6 {
             Some(SocketAddr::V6(a)) => {
                 let ip = if a.ip().is_unspecified() {
@@ -303,8 +377,6 @@ impl Prepared {
             m.set(0, cfg, 0).map_err(map_err(common::MAP_CONFIG))?;
         }
 
-        // connect4 last: by then sock_ops records what it redirects.
-        let target = self.cgroup.path.display().to_string();
         let attach_err = |name, target: &str| {
             let target = target.to_string();
             move |source| TransparentError::Attach {
@@ -313,6 +385,37 @@ impl Prepared {
                 source: Box::new(source),
             }
         };
+        let missing = |name| TransparentError::MissingProgram {
+            path: self.object.display().to_string(),
+            name,
+        };
+        // --sockmap, before any sock_ops program can insert a socket: a socket takes the
+        // map's programs when it is inserted, so sk_msg must be on the map first.
+        let mut sockhash = None;
+        if self.config.sockmap {
+            let hash: SockHash<MapData, common::SockKey> =
+                take_map(&mut self.ebpf, common::MAP_SOCKHASH)?;
+            let p: &mut SkMsg = program(&mut self.ebpf, common::PROG_SK_MSG)
+                .ok_or_else(|| missing(common::PROG_SK_MSG))?;
+            p.attach(hash.fd())
+                .map_err(attach_err(common::PROG_SK_MSG, common::MAP_SOCKHASH))?;
+            sockhash = Some(hash);
+            if let Some(own) = &self.proxy_cgroup {
+                let p: &mut SockOps = program(&mut self.ebpf, common::PROG_SOCKMAP_OPS)
+                    .ok_or_else(|| missing(common::PROG_SOCKMAP_OPS))?;
+                // Single: cgroup bpf_links are always multi-attach (the kernel rejects
+                // BPF_F_ALLOW_MULTI in link_create), so this adds to whatever else runs
+                // there, e.g. another pod's proxy in the same cgroup.
+                p.attach(&own.dir, CgroupAttachMode::Single)
+                    .map_err(attach_err(
+                        common::PROG_SOCKMAP_OPS,
+                        &own.path.display().to_string(),
+                    ))?;
+            }
+        }
+
+        // connect4 last: by then sock_ops records what it redirects.
+        let target = self.cgroup.path.display().to_string();
         let cgroup_programs: &[&'static str] = if self.config.external_outbound_capture {
             &[]
         } else {
@@ -354,17 +457,21 @@ impl Prepared {
         let orig6_by_client =
             std::sync::Mutex::new(take_map(&mut self.ebpf, common::MAP_ORIG6_BY_CLIENT)?);
         let stats = take_map(&mut self.ebpf, common::MAP_STATS)?;
+        let sockmap_cgroup = self.proxy_cgroup.map(|c| c.path);
         Ok(Attached {
             _ebpf: self.ebpf,
             _lock: self.lock,
             orig_by_client,
             orig6_by_client,
             stats,
+            _sockhash: sockhash,
             cgroup: self.cgroup.path,
             netns: self.netns.map(|n| n.path().to_path_buf()),
             outbound: SocketAddrV4::new(target_ip, outbound.port()),
             outbound6,
             inbound_ports,
+            sockmap_ports,
+            sockmap_cgroup,
         })
     }
 }
@@ -446,6 +553,8 @@ impl Attached {
             inbound_steered: sum(common::STAT_INBOUND_STEERED),
             orig_recorded: sum(common::STAT_ORIG_RECORDED),
             redirected6: sum(common::STAT_REDIRECTED6),
+            sockmap_inserted: sum(common::STAT_SOCKMAP_INSERTED),
+            sockmap_redirected: sum(common::STAT_SOCKMAP_REDIRECTED),
         }
     }
 }
@@ -509,17 +618,20 @@ mod tests {
     #[test]
     fn shared_layouts() {
         use std::mem::size_of;
-        assert_eq!(size_of::<common::Config>(), 24);
+        assert_eq!(size_of::<common::Config>(), 32);
+        assert_eq!(size_of::<common::SockKey>(), 16);
         assert_eq!(size_of::<common::OrigDst>(), 8);
         assert_eq!(size_of::<common::ClientKey>(), 8);
     }
 
     #[test]
     fn verifier_reason_is_the_log_tail() {
-        let log = "0: (b7) r0 = 0\n1: (95) exit\n\ninvalid bpf_context access off=24 size=8\nprocessed 2 insns\n";
+        let log = "0: (61) r0 = *(u32 *)(r1 +4096)\ninvalid bpf_context access off=4096 size=4\n\
+                   processed 1 insns (limit 1000000) max_states_per_insn 0 total_states 0\n\
+                   stack depth 0\nverification time 12 usec\n";
         assert_eq!(
             verifier_reason(log),
-            "invalid bpf_context access off=24 size=8; processed 2 insns"
+            "invalid bpf_context access off=4096 size=4"
         );
         assert_eq!(verifier_reason(""), "no verifier log");
     }

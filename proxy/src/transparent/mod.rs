@@ -9,6 +9,9 @@
 //! everything is held by `bpf_link`s that belong to this process only (never pinned), so the
 //! kernel detaches them when the proxy exits, even on SIGKILL.
 //!
+//! `--sockmap` also short-cuts the pod's two loopback hops (app → outbound listener, proxy →
+//! app) with a sockhash and an `sk_msg` program (see `ebpf/src/main.rs` and [`loader`]).
+//!
 //! Pieces: [`args`] (flags and their validation), [`preflight`] (root, cgroup v2, the
 //! single-instance lock; pure parsers with I/O at the edge), [`loader`] (aya: load, fill the
 //! maps, attach), [`netns`] (creating sockets inside the pod's network namespace while the
@@ -41,6 +44,10 @@ pub enum TransparentError {
     NoCgroup2,
     #[error("--cgroup {path}: {reason}")]
     BadCgroup { path: String, reason: String },
+    #[error("--sockmap: cannot open this process's own cgroup v2 directory ({reason})")]
+    OwnCgroup { reason: String },
+    #[error("--sockmap: reading the pod's network namespace cookie (SO_NETNS_COOKIE) failed")]
+    NetnsCookie(#[source] std::io::Error),
     #[error("--netns {path}: cannot open the network namespace")]
     BadNetns {
         path: String,
@@ -170,7 +177,7 @@ pub async fn start(
     let listen6 = listener6.as_ref().map(|l| l.local_addr().unwrap_or(bind6));
     let attached = Arc::new(
         plan.prepared
-            .attach(listen, listen6, inbound, &plan.app_ports)?,
+            .attach(&listener, listen6, inbound, &plan.app_ports)?,
     );
     tracing::info!(
         cgroup = %attached.cgroup.display(),
@@ -180,6 +187,17 @@ pub async fn start(
         inbound_ports = ?attached.inbound_ports,
         "transparent mode: eBPF programs attached"
     );
+    if !attached.sockmap_ports.is_empty() {
+        tracing::info!(
+            ports = ?attached.sockmap_ports,
+            proxy_cgroup = ?attached.sockmap_cgroup,
+            "transparent mode: sockmap acceleration on: pod loopback hops on these ports bypass TCP"
+        );
+    }
+    {
+        let weak = Arc::downgrade(&attached);
+        metrics.set_ebpf_source(move || weak.upgrade().map(|a| a.stats().events()));
+    }
 
     let (index_tx, index_rx) = watch::channel::<Option<Arc<MeshIndex>>>(None);
     let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);

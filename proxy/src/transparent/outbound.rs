@@ -229,6 +229,8 @@ fn nat_original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
 struct ResetUnanswered {
     tcp: TcpStream,
     answered: bool,
+    /// The reset is armed (and was logged) already.
+    reset: bool,
     /// For the one log line: the app's address and the destination it asked for.
     peer: SocketAddr,
     orig: SocketAddr,
@@ -239,12 +241,22 @@ impl ResetUnanswered {
         Self {
             tcp,
             answered: false,
+            reset: false,
             peer,
             orig,
         }
     }
 
-    fn arm_reset(&self) {
+    /// Arms the reset (SO_LINGER 0: the close sends a RST) and says why, once.
+    fn arm_reset(&mut self, why: &str) {
+        if self.reset {
+            return;
+        }
+        self.reset = true;
+        tracing::info!(
+            peer = %self.peer, orig = %self.orig,
+            "transparent: {why}; resetting the app's connection"
+        );
         if let Err(e) = SockRef::from(&self.tcp).set_linger(Some(Duration::ZERO)) {
             tracing::debug!(error = %e, "SO_LINGER 0 on the app's socket");
         }
@@ -254,7 +266,9 @@ impl ResetUnanswered {
 impl Drop for ResetUnanswered {
     fn drop(&mut self) {
         if !self.answered {
-            self.arm_reset();
+            // The destination's proxy reset the connection (a refusal can arrive as a RST as
+            // well as a clean close), or it was abandoned before any answer.
+            self.arm_reset("the connection to the destination ended before any answer");
         }
     }
 }
@@ -304,11 +318,9 @@ impl AsyncWrite for ResetUnanswered {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.answered {
-            tracing::info!(
-                peer = %self.peer, orig = %self.orig,
-                "transparent: the destination's proxy ended the connection before answering (refused); resetting the app's connection"
+            self.arm_reset(
+                "the destination's proxy ended the connection before answering (refused)",
             );
-            self.arm_reset();
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 "the upstream ended the connection before answering (refused by the mesh); resetting the app's connection",

@@ -103,9 +103,7 @@ pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, u64), Transpare
         return Err(bad("not a cgroup v2 directory".into()));
     }
     let dir = File::open(&canonical).map_err(|e| bad(format!("{e}")))?;
-    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let own_id = own_cgroup(&own)
-        .map(|p| mount.join(p.trim_start_matches('/')))
+    let own_id = own_cgroup_path(&mount)
         .and_then(|p| std::fs::metadata(p).ok())
         .map(|m| m.ino())
         .unwrap_or(0);
@@ -117,6 +115,33 @@ pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, u64), Transpare
         },
         own_id,
     ))
+}
+
+/// This process's cgroup v2 directory under the `mount` point.
+fn own_cgroup_path(mount: &Path) -> Option<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    own_cgroup(&own).map(|p| mount.join(p.trim_start_matches('/')))
+}
+
+/// The proxy's own cgroup, opened (`--sockmap` attaches `mesh_sockmap_ops` there: the
+/// proxy's sockets belong to it, not to the pod's cgroup).
+pub fn proxy_cgroup() -> Result<Cgroup, TransparentError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mount = cgroup2_mount(&mountinfo).ok_or(TransparentError::NoCgroup2)?;
+    let path = own_cgroup_path(&mount).ok_or_else(|| TransparentError::OwnCgroup {
+        reason: "no cgroup v2 (`0::`) line in /proc/self/cgroup".into(),
+    })?;
+    let bad = |e: std::io::Error| TransparentError::OwnCgroup {
+        reason: format!("{}: {e}", path.display()),
+    };
+    let canonical = std::fs::canonicalize(&path).map_err(bad)?;
+    let meta = std::fs::metadata(&canonical).map_err(bad)?;
+    let dir = File::open(&canonical).map_err(bad)?;
+    Ok(Cgroup {
+        path: canonical,
+        dir,
+        id: meta.ino(),
+    })
 }
 
 /// Takes the per-cgroup lock (an flock, released by the kernel when the process dies, so a

@@ -121,3 +121,43 @@ fn a_second_instance_on_the_same_cgroup_is_refused_and_the_first_keeps_working()
     );
     assert_eq!(plain_b.accepted(), 1);
 }
+
+/// A verifier rejection (a real one: `cargo xtask build-ebpf` also builds
+/// `mesh-ebpf-rejected`, an object whose `mesh_connect4` reads past its context) is one line
+/// naming the program and the verifier's reason, and nothing is attached.
+#[test]
+fn a_verifier_rejection_is_one_line_and_leaves_nothing_attached() {
+    require_root();
+    let _serial = serial();
+    let rejected = ebpf_object().with_file_name("mesh-ebpf-rejected");
+    assert!(
+        rejected.is_file(),
+        "{} is missing: run `cargo xtask build-ebpf`",
+        rejected.display()
+    );
+    let pods = pods();
+    let before = loaded_mesh_programs();
+    // Nothing listens there: the refusal comes before any agent call.
+    let agent: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let (code, lines) = refused(&mut proxy_command_with_object(
+        agent,
+        "svc-a",
+        &pods.a,
+        unused_admin(),
+        &[],
+        &rejected,
+    ));
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("verifier rejected program mesh_connect4"),
+        "{lines:?}"
+    );
+    assert!(lines[0].contains("invalid bpf_context access"), "{lines:?}");
+    assert_eq!(
+        loaded_mesh_programs(),
+        before,
+        "a rejected load left programs"
+    );
+    assert_no_programs_left();
+}
