@@ -10,6 +10,11 @@
 //! * anything else (echo): the app writes back every byte it reads, the first one included,
 //!   and half-closes after the client's EOF.
 //!
+//! The harness's own sockets (the load generator's and the app's) use TCP_NODELAY and the
+//! `cubic` congestion control whatever the system default is: a pacing default such as `bbr`
+//! without the `fq` qdisc would make the harness itself the slowest hop and hide the proxies'
+//! differences behind it. The proxies' own sockets are left as each proxy sets them.
+//!
 //! The load-generator functions are blocking (std sockets on their own threads): each phase is
 //! one tight loop per thread with no runtime in between, bounded by a count and a deadline.
 
@@ -47,8 +52,16 @@ pub async fn serve_app(listener: tokio::net::TcpListener) {
     }
 }
 
+/// TCP_NODELAY and an unpaced congestion control on a harness socket (see the module docs).
+fn tune(s: socket2::SockRef<'_>) -> std::io::Result<()> {
+    s.set_tcp_nodelay(true)?;
+    // A kernel without cubic keeps its default; nothing else depends on it.
+    let _ = s.set_tcp_congestion(b"cubic");
+    Ok(())
+}
+
 async fn app_conn(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
-    s.set_nodelay(true)?;
+    tune(socket2::SockRef::from(&s))?;
     let mut buf = vec![0u8; ECHO_BUF];
     let n = s.read(&mut buf).await?;
     if n == 0 {
@@ -81,7 +94,7 @@ async fn app_conn(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
 fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .with_context(|| format!("connecting to {addr}"))?;
-    s.set_nodelay(true)?;
+    tune(socket2::SockRef::from(&s))?;
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(s)
