@@ -76,6 +76,9 @@ static MESH_EXCLUDED_UIDS: HashMap<u32, u8> = HashMap::with_max_entries(EXCLUSIO
 #[map]
 static MESH_EXCLUDED_CIDRS4: LpmTrie<u32, u8> = LpmTrie::with_max_entries(EXCLUSION_ENTRIES, 0);
 #[map]
+static MESH_EXCLUDED_CIDRS6: LpmTrie<[u32; 4], u8> =
+    LpmTrie::with_max_entries(EXCLUSION_ENTRIES, 0);
+#[map]
 static MESH_INBOUND_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(EXCLUSION_ENTRIES, 0);
 #[map]
 static MESH_INBOUND_LISTENER: SockMap = SockMap::with_max_entries(1, 0);
@@ -255,7 +258,10 @@ fn excluded6(cfg: &Config, out: &Outbound6, ip6: &[u32; 4], port: u32) -> bool {
     if head_zero && ip6[2] == 0xffffu32.to_be() {
         return true;
     }
-    excluded_port_or_uid(port)
+    if excluded_port_or_uid(port) {
+        return true;
+    }
+    MESH_EXCLUDED_CIDRS6.get(LpmKey::new(128, *ip6)).is_some()
 }
 
 #[sock_ops]

@@ -27,6 +27,9 @@ pub const MAP_EXCLUDED_OUT_PORTS: &str = "MESH_EXCLUDED_OUT_PORTS";
 pub const MAP_EXCLUDED_UIDS: &str = "MESH_EXCLUDED_UIDS";
 /// LPM trie: IPv4 prefix (address in network byte order) → 1: not redirected.
 pub const MAP_EXCLUDED_CIDRS4: &str = "MESH_EXCLUDED_CIDRS4";
+/// LPM trie: IPv6 prefix (the address's 16 bytes in network order, as four `u32` words) → 1:
+/// not redirected.
+pub const MAP_EXCLUDED_CIDRS6: &str = "MESH_EXCLUDED_CIDRS6";
 /// Hash: local port (`u16`, host order) → 1: inbound connections to it go to the proxy.
 pub const MAP_INBOUND_PORTS: &str = "MESH_INBOUND_PORTS";
 /// Sockmap with the proxy's inbound (mTLS) listening socket at index [`INBOUND_LISTENER_INDEX`].

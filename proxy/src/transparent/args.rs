@@ -1,7 +1,7 @@
 //! Flags of transparent mode (flattened into `meshproxy run`) and their validation into a
 //! [`TransparentConfig`], kept apart from the loader so every rule is unit-testable.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -18,7 +18,7 @@ pub const DNS_PORT: u16 = 53;
 /// Bad transparent-mode flags.
 #[derive(Debug, thiserror::Error)]
 pub enum ArgsError {
-    #[error("--exclude-cidr {value:?}: {reason} (expected an IPv4 CIDR such as 10.0.0.0/8)")]
+    #[error("--exclude-cidr {value:?}: {reason} (expected a CIDR such as 10.0.0.0/8 or fd00::/8)")]
     BadCidr { value: String, reason: &'static str },
     #[error("--{flag} needs --transparent")]
     NeedsTransparent { flag: &'static str },
@@ -26,26 +26,33 @@ pub enum ArgsError {
     ZeroOutboundPort,
 }
 
-/// An IPv4 prefix excluded from redirection.
+/// An IPv4 or IPv6 prefix excluded from redirection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Cidr4 {
-    pub addr: Ipv4Addr,
+pub struct Cidr {
+    pub addr: IpAddr,
     pub prefix: u8,
 }
 
-impl Cidr4 {
-    /// Whether `ip` is inside the prefix.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
+impl Cidr {
+    /// Whether `ip` is inside the prefix (never across address families).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let masked = |bits: u128, width: u32| match self.prefix {
+            0 => 0,
+            p => bits >> (width - u32::from(p)),
         };
-        u32::from(ip) & mask == u32::from(self.addr) & mask
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), 32) == masked(u32::from(ip).into(), 32)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), 128) == masked(u128::from(ip), 128)
+            }
+            _ => false,
+        }
     }
 }
 
-impl FromStr for Cidr4 {
+impl FromStr for Cidr {
     type Err = ArgsError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
@@ -54,18 +61,23 @@ impl FromStr for Cidr4 {
             reason,
         };
         let (addr, prefix) = match value.split_once('/') {
-            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| bad("bad prefix length"))?),
-            None => (value, 32),
+            Some((a, p)) => (
+                a,
+                Some(p.parse::<u8>().map_err(|_| bad("bad prefix length"))?),
+            ),
+            None => (value, None),
         };
-        if prefix > 32 {
-            return Err(bad("prefix length above 32"));
+        let addr: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+        let width = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(width);
+        if prefix > width {
+            return Err(bad("prefix length longer than the address"));
         }
-        let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
         Ok(Self { addr, prefix })
     }
 }
 
-impl std::fmt::Display for Cidr4 {
+impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
@@ -94,9 +106,9 @@ pub struct TransparentArgs {
     /// Inbound port of the app not captured; repeatable.
     #[arg(long = "exclude-inbound-port", value_name = "PORT")]
     pub exclude_inbound_ports: Vec<u16>,
-    /// Destination IPv4 CIDR never redirected; repeatable.
-    #[arg(long = "exclude-cidr", value_name = "CIDR", value_parser = Cidr4::from_str)]
-    pub exclude_cidrs: Vec<Cidr4>,
+    /// Destination CIDR (IPv4 or IPv6) never redirected; repeatable.
+    #[arg(long = "exclude-cidr", value_name = "CIDR", value_parser = Cidr::from_str)]
+    pub exclude_cidrs: Vec<Cidr>,
     /// Connects by processes of this uid are never redirected; repeatable.
     #[arg(long = "exclude-uid", value_name = "UID")]
     pub exclude_uids: Vec<u32>,
@@ -131,7 +143,7 @@ pub struct TransparentConfig {
     /// Sorted, deduplicated, always containing [`DNS_PORT`].
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_inbound_ports: Vec<u16>,
-    pub exclude_cidrs: Vec<Cidr4>,
+    pub exclude_cidrs: Vec<Cidr>,
     pub exclude_uids: Vec<u32>,
     pub outbound_port: u16,
     pub ebpf_object: Option<PathBuf>,
@@ -207,17 +219,37 @@ mod tests {
 
     #[test]
     fn cidr_parsing_and_matching() {
-        let c: Cidr4 = "10.1.0.0/16".parse().unwrap();
-        assert!(c.contains("10.1.200.3".parse().unwrap()));
-        assert!(!c.contains("10.2.0.1".parse().unwrap()));
-        let host: Cidr4 = "192.0.2.7".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let c: Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(c.contains(ip("10.1.200.3")));
+        assert!(!c.contains(ip("10.2.0.1")));
+        assert!(
+            !c.contains(ip("::ffff:10.1.0.1")),
+            "no match across families"
+        );
+        let host: Cidr = "192.0.2.7".parse().unwrap();
         assert_eq!(host.prefix, 32);
-        assert!(host.contains("192.0.2.7".parse().unwrap()));
-        assert!(!host.contains("192.0.2.8".parse().unwrap()));
-        let all: Cidr4 = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("203.0.113.1".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "10.0.0/8", "::1/128", "10.0.0.0/x", ""] {
-            assert!(bad.parse::<Cidr4>().is_err(), "{bad} accepted");
+        assert!(host.contains(ip("192.0.2.7")));
+        assert!(!host.contains(ip("192.0.2.8")));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("203.0.113.1")));
+        let v6: Cidr = "fd00:77::/64".parse().unwrap();
+        assert!(v6.contains(ip("fd00:77::2")));
+        assert!(!v6.contains(ip("fd00:78::2")));
+        assert!(!v6.contains(ip("10.1.0.1")));
+        let v6host: Cidr = "2001:db8::1".parse().unwrap();
+        assert_eq!(v6host.prefix, 128);
+        assert!(v6host.contains(ip("2001:db8::1")) && !v6host.contains(ip("2001:db8::2")));
+        assert!("::/0".parse::<Cidr>().unwrap().contains(ip("2001:db8::9")));
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "::1/129",
+            "10.0.0.0/x",
+            "",
+            "fd00::/-1",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad} accepted");
         }
     }
 

@@ -306,9 +306,22 @@ impl Prepared {
             let mut m: LpmTrie<&mut MapData, u32, u8> =
                 map_mut(&mut self.ebpf, common::MAP_EXCLUDED_CIDRS4)?;
             for c in &self.config.exclude_cidrs {
-                let key = Key::new(u32::from(c.prefix), u32::from_ne_bytes(c.addr.octets()));
-                m.insert(&key, 1, 0)
-                    .map_err(map_err(common::MAP_EXCLUDED_CIDRS4))?;
+                if let IpAddr::V4(a) = c.addr {
+                    let key = Key::new(u32::from(c.prefix), u32::from_ne_bytes(a.octets()));
+                    m.insert(&key, 1, 0)
+                        .map_err(map_err(common::MAP_EXCLUDED_CIDRS4))?;
+                }
+            }
+        }
+        {
+            let mut m: LpmTrie<&mut MapData, [u32; 4], u8> =
+                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_CIDRS6)?;
+            for c in &self.config.exclude_cidrs {
+                if let IpAddr::V6(a) = c.addr {
+                    let key = Key::new(u32::from(c.prefix), ip6_words(&a));
+                    m.insert(&key, 1, 0)
+                        .map_err(map_err(common::MAP_EXCLUDED_CIDRS6))?;
+                }
             }
         }
         let mut inbound_ports: Vec<u16> = app_ports

@@ -172,3 +172,41 @@ fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
         "{log}"
     );
 }
+
+#[test]
+fn excluded_ipv6_cidr_goes_direct() {
+    require_root();
+    let _serial = serial();
+    let _obj = ebpf_object();
+    let pods = pods();
+    add_v6(&pods.a, V6_A);
+    add_v6(&pods.b, V6_B);
+    let meshd = meshd_dev();
+    let http = meshd.http_addr;
+    wait_ca(http);
+    register(http, "svc-a", &pods.a, APP_PORT);
+    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--exclude-cidr", "fd00:77::/64"]);
+
+    let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
+    let seen = echo6_once(&pods.b, dst);
+    let out = client(&pods.a, dst, "direct-ipv6");
+    assert_eq!(
+        out["echo"].as_str(),
+        Some("direct-ipv6"),
+        "client: {out}\n--- proxy A ---\n{}",
+        proxy_a.log()
+    );
+    let (peer, bytes) = seen
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the server saw the connection");
+    assert_eq!(bytes, b"direct-ipv6");
+    assert_eq!(peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
+    // connect6 left it alone: counted as excluded, nothing redirected, no pass-through.
+    assert!(proxy_a.ebpf_event("excluded") >= 1.0, "{}", proxy_a.log());
+    assert_eq!(proxy_a.ebpf_event("redirected6"), 0.0);
+    assert!(
+        !proxy_a.log().contains("passing through"),
+        "{}",
+        proxy_a.log()
+    );
+}
