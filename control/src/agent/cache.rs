@@ -138,14 +138,19 @@ impl Cache {
     }
 
     fn entry(&self, key: &CacheKey) -> Arc<Entry> {
+        self.entry_at(key, Instant::now())
+    }
+
+    /// The entry for `key`, created if missing, marked used at `now`.
+    fn entry_at(&self, key: &CacheKey, now: Instant) -> Arc<Entry> {
         let mut map = self.entries.lock().unwrap();
         if let Some(e) = map.get(key) {
-            *e.last_used.lock().unwrap() = Instant::now();
+            *e.last_used.lock().unwrap() = now;
             return e.clone();
         }
         let e = Arc::new(Entry {
             tx: watch::Sender::new(None),
-            last_used: Mutex::new(Instant::now()),
+            last_used: Mutex::new(now),
         });
         map.insert(key.clone(), e.clone());
         drop(map);
@@ -204,7 +209,11 @@ impl Cache {
 
     /// Drops entries unused for the TTL; returns how many.
     pub fn evict(&self) -> usize {
-        let now = Instant::now();
+        self.evict_at(Instant::now())
+    }
+
+    /// [`Cache::evict`] as of `now` (the tests pass a time in the future).
+    fn evict_at(&self, now: Instant) -> usize {
         let mut map = self.entries.lock().unwrap();
         let before = map.len();
         map.retain(|_, e| now.duration_since(*e.last_used.lock().unwrap()) < self.ttl);
@@ -335,22 +344,29 @@ fn decode(kind: Kind, json: &[u8]) -> serde_json::Result<Value> {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn unused_entries_are_evicted_after_the_ttl() {
-        let cache = Cache::new(Duration::from_secs(72 * 3600));
+    // Time is passed explicitly rather than paused: tokio's `test-util` feature in this
+    // crate's dev-dependencies would give the test build a second feature set of tokio and
+    // everything above it (twice the compile time and disk in CI).
+    #[test]
+    fn unused_entries_are_evicted_after_the_ttl() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let cache = Cache::new(hours(72));
         let web = CacheKey::health("web", true, "dc1");
         let db = CacheKey::health("db", true, "dc1");
-        cache.touch(&web);
-        cache.touch(&db);
+        let t0 = Instant::now();
+        cache.entry_at(&web, t0);
+        cache.entry_at(&db, t0);
         assert_eq!(cache.len(), 2);
-        tokio::time::advance(Duration::from_secs(71 * 3600)).await;
-        cache.touch(&web);
-        assert_eq!(cache.evict(), 0, "nothing is older than the TTL yet");
-        tokio::time::advance(Duration::from_secs(2 * 3600)).await;
-        assert_eq!(cache.evict(), 1, "db was unused for 73h");
+        cache.entry_at(&web, t0 + hours(71));
+        assert_eq!(
+            cache.evict_at(t0 + hours(71)),
+            0,
+            "nothing is older than the TTL yet"
+        );
+        assert_eq!(cache.evict_at(t0 + hours(73)), 1, "db was unused for 73h");
         assert_eq!(cache.len(), 1);
-        cache.touch(&web);
-        assert_eq!(cache.evict(), 0);
+        cache.entry_at(&web, t0 + hours(73));
+        assert_eq!(cache.evict_at(t0 + hours(74)), 0);
     }
 
     #[test]
@@ -370,9 +386,10 @@ mod tests {
         assert_eq!(cache.len(), 3);
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_read_without_servers_or_cached_value_fails_with_a_reason() {
-        let cache = Cache::new(Duration::from_secs(60));
+        let mut cache = Cache::new(Duration::from_secs(60));
+        cache.first_fetch = Duration::from_millis(50);
         let err = cache
             .get(&CacheKey::roots("dc1"), 0, Duration::ZERO)
             .await
