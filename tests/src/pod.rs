@@ -403,6 +403,83 @@ fn open_packet_socket(ifname: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
     Ok(fd)
 }
 
+/// A network namespace joined to the host's by a veth pair, for host-mode tests (a proxy that
+/// captures the whole host): the host end is `10.X.Y.1/24`, the namespace end `10.X.Y.2/24`.
+/// [`HostLink::far`] describes the namespace end as a [`Pod`] (with no cgroup of its own) so
+/// the pod helpers (servers inside it) work there. Dropping it deletes the namespace, which
+/// deletes the veth pair with it.
+pub struct HostLink {
+    pub far: Pod,
+    pub host_ip: Ipv4Addr,
+    host_veth: String,
+}
+
+impl HostLink {
+    pub fn create() -> anyhow::Result<Self> {
+        require_root()?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("mh{}x{n}", pid % 100_000);
+        let net = (
+            200 + (pid % 50) as u8,
+            ((pid / 50) as u8).wrapping_add(n as u8 * 7),
+        );
+        let link = HostLink {
+            far: Pod {
+                name: tag.clone(),
+                ip: Ipv4Addr::new(10, net.0, net.1, 2),
+                veth: format!("{tag}n"),
+                cgroup: PathBuf::new(),
+            },
+            host_ip: Ipv4Addr::new(10, net.0, net.1, 1),
+            host_veth: format!("{tag}h"),
+        };
+        // From here on, Drop cleans up whatever was made.
+        ip(&["netns", "add", &link.far.name])?;
+        ip(&["-n", &link.far.name, "link", "set", "lo", "up"])?;
+        ip(&[
+            "link",
+            "add",
+            &link.host_veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &link.far.veth,
+            "netns",
+            &link.far.name,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", link.host_ip),
+            "dev",
+            &link.host_veth,
+        ])?;
+        ip(&["link", "set", &link.host_veth, "up"])?;
+        let far = &link.far;
+        ip(&[
+            "-n",
+            &far.name,
+            "addr",
+            "add",
+            &format!("{}/24", far.ip),
+            "dev",
+            &far.veth,
+        ])?;
+        ip(&["-n", &far.name, "link", "set", &far.veth, "up"])?;
+        Ok(link)
+    }
+}
+
+impl Drop for HostLink {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.far.name]);
+        // Normally gone with the namespace; left only if the namespace never got its end.
+        let _ = ip(&["link", "del", &self.host_veth]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read as _;

@@ -184,6 +184,19 @@ pub fn client(pod: &Pod, dst: SocketAddr, msg: &str) -> Value {
     run_client(&mut cmd)
 }
 
+/// [`client`] run on the host: in the host's network namespace and the test's own cgroup.
+pub fn client_host(dst: SocketAddr, msg: &str) -> Value {
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-c",
+        CLIENT_PY,
+        &dst.ip().to_string(),
+        &dst.port().to_string(),
+        msg,
+    ]);
+    run_client(&mut cmd)
+}
+
 /// [`client`] run as `uid` (the system interpreter: root's pyenv is not readable by others).
 pub fn client_as(pod: &Pod, uid: u32, dst: SocketAddr, msg: &str) -> Value {
     let uid = uid.to_string();
@@ -383,6 +396,19 @@ pub fn proxy_command_with_object(
     extra: &[&str],
     object: &Path,
 ) -> Command {
+    transparent_command(http_addr, service, Some(pod), admin, extra, object)
+}
+
+/// `meshproxy run --transparent` capturing `pod` (its cgroup and netns), or the whole host
+/// (no `--cgroup`, no `--netns`) when `pod` is `None`.
+fn transparent_command(
+    http_addr: SocketAddr,
+    service: &str,
+    pod: Option<&Pod>,
+    admin: SocketAddr,
+    extra: &[&str],
+    object: &Path,
+) -> Command {
     let mut c = Command::new(crate::process::bin("meshproxy"));
     c.args([
         "run",
@@ -393,16 +419,18 @@ pub fn proxy_command_with_object(
         "--admin-addr",
         &admin.to_string(),
         "--transparent",
-        "--cgroup",
-    ])
-    .arg(&pod.cgroup)
-    .arg("--netns")
-    .arg(pod.netns_path())
-    .arg("--ebpf-object")
-    .arg(object)
-    .args(extra)
-    .env("NO_COLOR", "1")
-    .stdin(Stdio::null());
+    ]);
+    if let Some(pod) = pod {
+        c.arg("--cgroup")
+            .arg(&pod.cgroup)
+            .arg("--netns")
+            .arg(pod.netns_path());
+    }
+    c.arg("--ebpf-object")
+        .arg(object)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
     c
 }
 
@@ -419,10 +447,31 @@ impl Proxy {
         extra: &[&str],
         cgroup: Option<&crate::pod::Cgroup>,
     ) -> Self {
+        Self::spawn(http_addr, service, Some(pod), extra, cgroup)
+    }
+
+    /// A host-mode proxy (no `--cgroup`: it captures the whole host minus its own cgroup),
+    /// run in `cgroup` so that the test process and its clients are not in the proxy's cgroup.
+    pub fn start_host(
+        http_addr: SocketAddr,
+        service: &str,
+        extra: &[&str],
+        cgroup: &crate::pod::Cgroup,
+    ) -> Self {
+        Self::spawn(http_addr, service, None, extra, Some(cgroup))
+    }
+
+    fn spawn(
+        http_addr: SocketAddr,
+        service: &str,
+        pod: Option<&Pod>,
+        extra: &[&str],
+        cgroup: Option<&crate::pod::Cgroup>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("proxy.log");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = proxy_command(http_addr, service, pod, admin, extra);
+        let mut cmd = transparent_command(http_addr, service, pod, admin, extra, &ebpf_object());
         if let Some(cg) = cgroup {
             cg.join_on_exec(&mut cmd).expect("join the proxy's cgroup");
         }
