@@ -7,6 +7,7 @@
 //! measured in the same run on the same machine (see `benches/README.md`), which stays meaningful
 //! on a shared, noisy machine where absolute figures do not.
 
+pub mod apt;
 pub mod release;
 
 use std::net::SocketAddr;

@@ -439,10 +439,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             object.display()
         );
     }
-    if Command::new("iptables").arg("--version").output().is_err() {
-        bail!(
-            "iptables is not installed (apt-get install iptables) and the iptables column needs it"
-        );
+    let has_iptables = || Command::new("iptables").arg("--version").output().is_ok();
+    if !has_iptables() {
+        if let Some(why) = mesh_benches::apt::cannot_install() {
+            bail!("iptables is not installed and {why}: the iptables column needs it");
+        }
+        if !mesh_benches::apt::install(&["iptables"]) || !has_iptables() {
+            bail!("apt-get install iptables failed: the iptables column needs it");
+        }
     }
     let load_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut pods = Pods::create()?;

@@ -113,19 +113,10 @@ pub fn ensure_installed(kinds: &[Kind], allow_install: bool) -> Vec<String> {
         return lines;
     }
     let names: Vec<&str> = missing.iter().map(|k| k.package()).collect();
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let apt = which("apt-get");
-    let why_not = if !allow_install {
-        Some("--no-install given")
-    } else if apt.is_none() {
-        Some("apt-get is not available")
-    } else if !root {
-        Some("not root, cannot apt-get install")
+    let why_not = if allow_install {
+        mesh_benches::apt::cannot_install()
     } else {
-        None
+        Some("--no-install given")
     };
     if let Some(why) = why_not {
         for k in &missing {
@@ -136,25 +127,7 @@ pub fn ensure_installed(kinds: &[Kind], allow_install: bool) -> Vec<String> {
         }
         return lines;
     }
-    let install = || {
-        eprintln!("installing {} with apt-get ...", names.join(" "));
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&names)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get")
-            .arg("update")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status();
-        let _ = install();
-    }
+    mesh_benches::apt::install(&names);
     for k in &missing {
         lines.push(match k.binary() {
             Some(_) => format!(
