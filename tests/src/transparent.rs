@@ -173,20 +173,16 @@ print(json.dumps(out))
 /// answer, over IPv4 or IPv6 as `dst` says. Returns the JSON it prints (`peername`, `family`,
 /// `echo` or `error`).
 pub fn client(pod: &Pod, dst: SocketAddr, msg: &str) -> Value {
-    let mut cmd = pod.command("python3").expect("command in pod");
-    cmd.args([
-        "-c",
-        CLIENT_PY,
-        &dst.ip().to_string(),
-        &dst.port().to_string(),
-        msg,
-    ]);
-    run_client(&mut cmd)
+    client_in(pod.command("python3").expect("command in pod"), dst, msg)
 }
 
 /// [`client`] run on the host: in the host's network namespace and the test's own cgroup.
 pub fn client_host(dst: SocketAddr, msg: &str) -> Value {
-    let mut cmd = Command::new("python3");
+    client_in(Command::new("python3"), dst, msg)
+}
+
+/// Runs [`CLIENT_PY`] with `python3` (`cmd`, already placed in its namespace and cgroup).
+fn client_in(mut cmd: Command, dst: SocketAddr, msg: &str) -> Value {
     cmd.args([
         "-c",
         CLIENT_PY,
@@ -567,4 +563,31 @@ pub fn assert_no_programs_left() {
         || loaded_mesh_programs().is_empty().then_some(()),
     );
     assert!(r.is_ok(), "still loaded: {:?}", loaded_mesh_programs());
+}
+
+/// After the proxies of `pods` have exited: pod A's connects go straight out again, to a plain
+/// port of pod B (`to_plain`, not redirected to the gone outbound listener) and to B's app port
+/// (`to_app`, no longer steered to B's proxy: the app sees pod A as the peer).
+pub fn assert_direct_both_ways(
+    pods: &Pods,
+    app_b: &Echo,
+    to_plain: SocketAddr,
+    to_app: SocketAddr,
+    after: &str,
+) {
+    let out = client(&pods.a, to_plain, "direct-out");
+    assert_eq!(out["echo"].as_str(), Some("direct-out"), "{after}: {out}");
+    let before = app_b.seen().len();
+    let out = client(&pods.a, to_app, "direct-in");
+    assert_eq!(out["echo"].as_str(), Some("direct-in"), "{after}: {out}");
+    let seen = eventually(
+        "app saw the direct connection",
+        Duration::from_secs(10),
+        || {
+            let s = app_b.seen();
+            (s.len() > before).then_some(s)
+        },
+    )
+    .unwrap();
+    assert_eq!(seen.last().unwrap().peer.ip(), pods.a.ip, "{after}");
 }

@@ -51,18 +51,38 @@ fn register_v6(http: SocketAddr, name: &str, pod: &Pod, v6: &str, port: u16) {
     );
 }
 
+/// The common start of these tests: two pods with IPv6 addresses next to their IPv4 ones,
+/// `meshd dev` with its CA ready, and `svc-a` registered in pod A. Fields drop in order, so the
+/// serial lock is released last.
+struct V6Scene {
+    pods: Pods,
+    meshd: mesh_tests::process::Meshd,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl V6Scene {
+    fn start() -> Self {
+        require_root();
+        let serial = serial();
+        let _obj = ebpf_object();
+        let pods = pods();
+        add_v6(&pods.a, V6_A);
+        add_v6(&pods.b, V6_B);
+        let meshd = meshd_dev();
+        wait_ca(meshd.http_addr);
+        register(meshd.http_addr, "svc-a", &pods.a, APP_PORT);
+        Self {
+            pods,
+            meshd,
+            _serial: serial,
+        }
+    }
+}
+
 #[test]
 fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    add_v6(&pods.a, V6_A);
-    add_v6(&pods.b, V6_B);
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, APP_PORT);
+    let scene = V6Scene::start();
+    let (pods, http) = (&scene.pods, scene.meshd.http_addr);
     register_v6(http, "svc-b", &pods.b, V6_B, APP_PORT);
     set_intention(http, "svc-a", "svc-b", "allow");
     let app_b = Echo::start(&pods.b, APP_PORT);
@@ -138,16 +158,8 @@ fn echo6_once(pod: &Pod, addr: SocketAddr) -> mpsc::Receiver<(SocketAddr, Vec<u8
 
 #[test]
 fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    add_v6(&pods.a, V6_A);
-    add_v6(&pods.b, V6_B);
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, APP_PORT);
+    let scene = V6Scene::start();
+    let (pods, http) = (&scene.pods, scene.meshd.http_addr);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
 
     let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
@@ -175,16 +187,8 @@ fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
 
 #[test]
 fn excluded_ipv6_cidr_goes_direct() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    add_v6(&pods.a, V6_A);
-    add_v6(&pods.b, V6_B);
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, APP_PORT);
+    let scene = V6Scene::start();
+    let (pods, http) = (&scene.pods, scene.meshd.http_addr);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--exclude-cidr", "fd00:77::/64"]);
 
     let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);

@@ -242,29 +242,7 @@ fn exit_with_accelerated_connections_open_leaves_no_program_and_direct_paths_ret
         .unwrap();
         assert_no_programs_left();
 
-        let out = client(&pods.a, to_plain, "direct-out");
-        assert_eq!(
-            out["echo"].as_str(),
-            Some("direct-out"),
-            "after SIG{signal}: {out}"
-        );
-        let before = app_b.seen().len();
-        let out = client(&pods.a, to_app, "direct-in");
-        assert_eq!(
-            out["echo"].as_str(),
-            Some("direct-in"),
-            "after SIG{signal}: {out}"
-        );
-        let seen = eventually(
-            "app saw the direct connection",
-            Duration::from_secs(10),
-            || {
-                let s = app_b.seen();
-                (s.len() > before).then_some(s)
-            },
-        )
-        .unwrap();
-        assert_eq!(seen.last().unwrap().peer.ip(), pods.a.ip);
+        assert_direct_both_ways(pods, app_b, to_plain, to_app, &format!("after SIG{signal}"));
     }
     assert!(plain_b.accepted() >= 2);
 }
