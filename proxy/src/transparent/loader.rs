@@ -38,8 +38,8 @@ pub struct Prepared {
     ebpf: Ebpf,
     cgroup: Cgroup,
     proxy_cgroup_id: u64,
-    /// `--sockmap`: the proxy's own cgroup, where `mesh_sockmap_ops` goes (`None` when it is
-    /// the pod's cgroup itself: `mesh_sock_ops` there already sees the proxy's sockets).
+    /// `--sockmap`: the proxy's own cgroup, where `mesh_sockmap_ops` goes (never the pod's:
+    /// preflight refuses a proxy inside the cgroup it captures).
     proxy_cgroup: Option<Cgroup>,
     netns: Option<Netns>,
     lock: File,
@@ -181,12 +181,7 @@ impl Prepared {
         let netns = config.netns.as_deref().map(Netns::open).transpose()?;
         let object = preflight::find_object(config.ebpf_object.as_deref())?;
         let lock = preflight::take_lock(&cgroup)?;
-        let proxy_cgroup = if config.sockmap {
-            let own = preflight::proxy_cgroup()?;
-            (own.id != cgroup.id).then_some(own)
-        } else {
-            None
-        };
+        let proxy_cgroup = config.sockmap.then(preflight::proxy_cgroup).transpose()?;
         let mut ebpf = Ebpf::load_file(&object).map_err(|source| {
             if is_enosys(&source) {
                 TransparentError::NoBpf {

@@ -44,7 +44,9 @@ pub enum TransparentError {
     NoCgroup2,
     #[error("--cgroup {path}: {reason}")]
     BadCgroup { path: String, reason: String },
-    #[error("--sockmap: cannot open this process's own cgroup v2 directory ({reason})")]
+    #[error(
+        "cannot open this process's own cgroup v2 directory ({reason}); its connects must be told apart from the captured ones"
+    )]
     OwnCgroup { reason: String },
     #[error("--sockmap: reading the pod's network namespace cookie (SO_NETNS_COOKIE) failed")]
     NetnsCookie(#[source] std::io::Error),

@@ -103,10 +103,18 @@ pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, u64), Transpare
         return Err(bad("not a cgroup v2 directory".into()));
     }
     let dir = File::open(&canonical).map_err(|e| bad(format!("{e}")))?;
-    let own_id = own_cgroup_path(&mount)
-        .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| m.ino())
-        .unwrap_or(0);
+    // Fail closed: without its own cgroup ID the programs could not tell the proxy's connects
+    // from the captured ones, and would redirect them back into the proxy.
+    let own_id = proxy_cgroup()?.id;
+    // The programs skip the proxy's cgroup by ID; inside the captured cgroup that would skip
+    // the apps too and capture nothing, silently. Refuse instead.
+    if own_id == meta.ino() {
+        return Err(bad(
+            "this proxy runs in that cgroup itself, so the apps' connects could not be told \
+             from its own: run the proxy in another cgroup (in host mode, a cgroup of its own)"
+                .into(),
+        ));
+    }
     Ok((
         Cgroup {
             path: canonical,

@@ -1,5 +1,6 @@
-//! Acceptance 5: a bad environment (not root, missing cgroup, missing eBPF object, a second
-//! instance on the same cgroup) gives one clear error line and leaves nothing attached.
+//! Acceptance 5: a bad environment (not root, missing cgroup, missing eBPF object, a proxy
+//! inside the cgroup it would capture, a second instance on the same cgroup) gives one clear
+//! error line and leaves nothing attached.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -73,6 +74,20 @@ fn not_root_missing_cgroup_and_missing_object_are_one_line_each() {
     assert_eq!(code, Some(1), "{lines:?}");
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("cargo xtask build-ebpf"), "{lines:?}");
+
+    // Inside the cgroup it would capture, the proxy could not tell the apps' connects from
+    // its own (the programs skip its cgroup): refused rather than capturing nothing.
+    let base = proxy_command(agent, "svc-a", &pods.a, unused_admin(), &[]);
+    let mut cmd = pods
+        .a
+        .command(base.get_program().to_str().unwrap())
+        .expect("command in pod A");
+    cmd.args(base.get_args());
+    let (code, lines) = refused(&mut cmd);
+    assert_eq!(code, Some(1), "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("--cgroup"), "{lines:?}");
+    assert!(lines[0].contains("runs in that cgroup itself"), "{lines:?}");
 
     assert_no_programs_left();
 }
