@@ -60,8 +60,6 @@ use serde_json::{Value, json};
 
 use procs::{Child, free_port, local};
 
-/// How long meshd and each proxy may take to come up.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// The bench's request path: matched by the last permission only.
 const PATH: &str = "/bench/item";
 /// Untimed requests on each new connection before measuring.
@@ -191,12 +189,16 @@ async fn start(bin: &Path, dir: &Path, app: SocketAddr, n_perms: usize) -> anyho
     let (web, _) = mesh::spawn_proxy(&bin.join("meshproxy"), dir, api, "web", &[])?;
     let (l4, l7) = (local(up_l4), local(up_l7));
     for entry in [l4, l7] {
-        wait_for("a first request through the chain", || async move {
-            let Ok(mut c) = HttpConn::connect(entry).await else {
-                return false;
-            };
-            c.get(PATH).await.is_ok_and(|r| r.status == 200)
-        })
+        mesh::wait_until(
+            "a first request through the chain",
+            mesh::START_TIMEOUT,
+            || async move {
+                let Ok(mut c) = HttpConn::connect(entry).await else {
+                    return false;
+                };
+                c.get(PATH).await.is_ok_and(|r| r.status == 200)
+            },
+        )
         .await
         .map_err(|e| web.failure(e))?;
     }
@@ -207,21 +209,6 @@ async fn start(bin: &Path, dir: &Path, app: SocketAddr, n_perms: usize) -> anyho
         l7,
         l7_admin,
     })
-}
-
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !check().await {
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {START_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
 }
 
 /// One slice: `conns` keep-alive connections to `addr`, each sending requests one at a time

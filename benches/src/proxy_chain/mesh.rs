@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use super::procs::{Child, free_port, local};
 
 /// How long meshd and each proxy may take to come up.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The running chain. Dropping it stops the proxies, then meshd.
 pub struct MeshChain {
@@ -69,7 +69,7 @@ async fn get_json(http: SocketAddr, path: &str) -> anyhow::Result<(u16, Value)> 
 }
 
 /// Polls `check` every 100 ms until it returns true or `timeout` passes.
-async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
