@@ -68,19 +68,17 @@ pub struct Echo {
 }
 
 impl Echo {
+    /// Listens on `0.0.0.0:port` in the pod.
     pub fn start(pod: &Pod, port: u16) -> Self {
-        let ns = File::open(pod.netns_path()).expect("open the pod netns");
-        let listener = std::thread::spawn(move || {
-            nix::sched::setns(
-                std::os::fd::AsFd::as_fd(&ns),
-                nix::sched::CloneFlags::CLONE_NEWNET,
-            )
-            .expect("setns");
-            TcpListener::bind(("0.0.0.0", port))
-        })
-        .join()
-        .expect("netns thread")
-        .expect("bind the echo server in the pod");
+        Self::start_on(pod, SocketAddr::from(([0, 0, 0, 0], port)))
+    }
+
+    /// Listens on `addr` in the pod (an IPv6 address, say).
+    pub fn start_on(pod: &Pod, addr: SocketAddr) -> Self {
+        let listener = pod
+            .in_netns(move || TcpListener::bind(addr))
+            .expect("enter the pod netns")
+            .expect("bind the echo server in the pod");
         listener.set_nonblocking(true).unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -135,6 +133,19 @@ impl Echo {
     /// Connections finished so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 10 s) until at least `n` connections have finished; returns them all.
+    pub fn wait_seen(&self, n: usize) -> Vec<Seen> {
+        eventually(
+            &format!("the echo server saw {n} connection(s)"),
+            Duration::from_secs(10),
+            || {
+                let s = self.seen();
+                (s.len() >= n).then_some(s)
+            },
+        )
+        .unwrap()
     }
 }
 
@@ -580,14 +591,6 @@ pub fn assert_direct_both_ways(
     let before = app_b.seen().len();
     let out = client(&pods.a, to_app, "direct-in");
     assert_eq!(out["echo"].as_str(), Some("direct-in"), "{after}: {out}");
-    let seen = eventually(
-        "app saw the direct connection",
-        Duration::from_secs(10),
-        || {
-            let s = app_b.seen();
-            (s.len() > before).then_some(s)
-        },
-    )
-    .unwrap();
+    let seen = app_b.wait_seen(before + 1);
     assert_eq!(seen.last().unwrap().peer.ip(), pods.a.ip, "{after}");
 }

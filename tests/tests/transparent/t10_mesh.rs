@@ -32,15 +32,7 @@ fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
     );
     // getpeername in the app shows the original destination, not the proxy's listener.
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
-    let seen = eventually(
-        "B's app saw the connection",
-        Duration::from_secs(10),
-        || {
-            let s = app_b.seen();
-            (!s.is_empty()).then_some(s)
-        },
-    )
-    .unwrap();
+    let seen = app_b.wait_seen(1);
     assert_eq!(seen.len(), 1, "{seen:?}");
     // B's app sees its local proxy as the peer, and exactly the client's bytes.
     assert!(seen[0].peer.ip().is_loopback(), "{:?}", seen[0].peer);

@@ -2,9 +2,6 @@
 //! programs stays loaded and the pod's direct connectivity is back, in both directions.
 
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use mesh_tests::process::eventually;
 
 use crate::harness::*;
 
@@ -42,11 +39,7 @@ fn programs_detach_on_sigterm_and_sigkill_and_direct_connectivity_returns() {
             "{out}\n{}",
             proxy_a.log()
         );
-        let seen = eventually("app saw it", Duration::from_secs(10), || {
-            let s = app_b.seen();
-            (s.len() > before).then_some(s)
-        })
-        .unwrap();
+        let seen = app_b.wait_seen(before + 1);
         assert!(seen.last().unwrap().peer.ip().is_loopback());
 
         proxy_a.stop(signal);

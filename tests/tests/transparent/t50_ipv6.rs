@@ -3,11 +3,9 @@
 //! maps the IPv6 destination to a mesh service through the catalog (or passes it through).
 //! The pods get IPv6 addresses on their veth (`nodad`, usable at once) next to their IPv4 ones.
 
-use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::process::Command;
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mesh_tests::process::eventually;
 use serde_json::json;
@@ -102,15 +100,7 @@ fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
     assert_eq!(out["family"].as_str(), Some("inet6"), "{out}");
     // getpeername6 shows the original destination, not [::1]:<outbound port>.
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
-    let seen = eventually(
-        "B's app saw the connection",
-        Duration::from_secs(10),
-        || {
-            let s = app_b.seen();
-            (!s.is_empty()).then_some(s)
-        },
-    )
-    .unwrap();
+    let seen = app_b.wait_seen(1);
     assert_eq!(seen.len(), 1, "{seen:?}");
     // Through proxy B (its local peer), with exactly the client's bytes.
     assert!(seen[0].peer.ip().is_loopback(), "{:?}", seen[0].peer);
@@ -127,35 +117,6 @@ fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
     .unwrap();
 }
 
-/// A one-connection echo server on `[addr]:port` inside `pod`; sends the peer it saw.
-fn echo6_once(pod: &Pod, addr: SocketAddr) -> mpsc::Receiver<(SocketAddr, Vec<u8>)> {
-    let listener = pod
-        .in_netns(move || TcpListener::bind(addr))
-        .expect("enter pod B")
-        .expect("bind the IPv6 server in pod B");
-    listener.set_nonblocking(true).unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut c, peer)) => {
-                    let _ = c.set_nonblocking(false);
-                    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-                    let mut all = Vec::new();
-                    let _ = c.read_to_end(&mut all);
-                    let _ = c.write_all(&all);
-                    let _ = tx.send((peer, all));
-                    return;
-                }
-                // Polling a non-blocking accept until the deadline; not a synchronization sleep.
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    });
-    rx
-}
-
 #[test]
 fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
     let scene = V6Scene::start();
@@ -163,7 +124,7 @@ fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
 
     let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
-    let seen = echo6_once(&pods.b, dst);
+    let server = Echo::start_on(&pods.b, dst);
     let out = client(&pods.a, dst, "plain-ipv6");
     assert_eq!(
         out["echo"].as_str(),
@@ -172,11 +133,9 @@ fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
         proxy_a.log()
     );
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
-    let (peer, bytes) = seen
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the server saw the connection");
-    assert_eq!(bytes, b"plain-ipv6");
-    assert_eq!(peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
+    let seen = server.wait_seen(1);
+    assert_eq!(seen[0].bytes, b"plain-ipv6");
+    assert_eq!(seen[0].peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
     // It went through proxy A: redirected by connect6, then passed through.
     let log = proxy_a.log();
     assert!(
@@ -192,7 +151,7 @@ fn excluded_ipv6_cidr_goes_direct() {
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--exclude-cidr", "fd00:77::/64"]);
 
     let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
-    let seen = echo6_once(&pods.b, dst);
+    let server = Echo::start_on(&pods.b, dst);
     let out = client(&pods.a, dst, "direct-ipv6");
     assert_eq!(
         out["echo"].as_str(),
@@ -200,11 +159,9 @@ fn excluded_ipv6_cidr_goes_direct() {
         "client: {out}\n--- proxy A ---\n{}",
         proxy_a.log()
     );
-    let (peer, bytes) = seen
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the server saw the connection");
-    assert_eq!(bytes, b"direct-ipv6");
-    assert_eq!(peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
+    let seen = server.wait_seen(1);
+    assert_eq!(seen[0].bytes, b"direct-ipv6");
+    assert_eq!(seen[0].peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
     // connect6 left it alone: counted as excluded, nothing redirected, no pass-through.
     assert!(proxy_a.ebpf_event("excluded") >= 1.0, "{}", proxy_a.log());
     assert_eq!(proxy_a.ebpf_event("redirected6"), 0.0);

@@ -74,15 +74,7 @@ fn sockmap_bypasses_both_loopback_hops_and_keeps_streams_intact() {
     );
 
     // B's app got exactly the client's bytes, from its proxy (a loopback peer).
-    let seen = eventually(
-        "B's app saw both connections",
-        Duration::from_secs(10),
-        || {
-            let s = app_b.seen();
-            (s.len() >= 2).then_some(s)
-        },
-    )
-    .unwrap();
+    let seen = app_b.wait_seen(2);
     let mut sizes: Vec<usize> = seen.iter().map(|s| s.bytes.len()).collect();
     sizes.sort_unstable();
     assert_eq!(sizes, vec![marker.len(), STREAM_BYTES]);

@@ -8,10 +8,9 @@
 //! time, and this one takes a few seconds.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use mesh_tests::pod::{Cgroup, HostLink};
-use mesh_tests::process::{eventually, free_port};
+use mesh_tests::process::free_port;
 use serde_json::json;
 
 use crate::harness::*;
@@ -69,15 +68,7 @@ fn host_mode_captures_host_processes_but_not_the_proxy_itself() {
     assert!(proxy.ebpf_event("redirected") >= 1.0, "{log}");
     // The proxy's own connect to the server was not redirected back into itself: it reached
     // the server, from the host's end of the veth.
-    let seen = eventually(
-        "the server saw the connection",
-        Duration::from_secs(10),
-        || {
-            let s = server.seen();
-            (!s.is_empty()).then_some(s)
-        },
-    )
-    .unwrap();
+    let seen = server.wait_seen(1);
     assert_eq!(seen.len(), 1, "one connection, no loop: {seen:?}");
     assert_eq!(seen[0].peer.ip(), std::net::IpAddr::from(link.host_ip));
     assert_eq!(seen[0].bytes, b"from-the-host");
