@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use mesh_tests::pod::{Pod, PodPair};
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -70,8 +71,6 @@ enum Role {
 const APP_PORT: u16 = 8080;
 /// The columns, in the order each round measures them.
 const COLUMNS: [&str; 4] = ["direct", "ebpf", "iptables", "ebpf+sockmap"];
-const POD_A: &str = "10.77.0.1";
-const POD_B: &str = "10.77.0.2";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -220,72 +219,33 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mi.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            if right.split_whitespace().next()? != "cgroup2" {
-                return None;
-            }
-            left.split_whitespace().nth(4).map(PathBuf::from)
-        })
-        .context("no cgroup v2 hierarchy mounted")
-}
-
-/// Namespaces, veth and cgroups; removed on drop along with every process started in a pod.
+/// The two pods (network namespaces joined by a veth, a cgroup v2 directory each), made by
+/// the transparent-mode tests' harness (`mesh_tests::pod`), and the processes started in
+/// them, killed before the pods are removed.
 struct Pods {
-    ns: [String; 2],
-    cg: [PathBuf; 2],
-    veth: [String; 2],
+    pair: PodPair,
     children: Vec<Child>,
 }
 
 impl Pods {
     fn create() -> anyhow::Result<Self> {
-        let tag = std::process::id() % 100_000;
-        let root = cgroup2_root()?;
-        let p = Self {
-            ns: [format!("mbpa{tag}"), format!("mbpb{tag}")],
-            cg: [
-                root.join(format!("mesh-bench-poda{tag}")),
-                root.join(format!("mesh-bench-podb{tag}")),
-            ],
-            veth: [format!("mba{tag}"), format!("mbb{tag}")],
+        Ok(Self {
+            pair: PodPair::create()?,
             children: Vec::new(),
-        };
-        for i in 0..2 {
-            sh(&["ip", "netns", "add", &p.ns[i]])?;
-            sh(&["ip", "-n", &p.ns[i], "link", "set", "lo", "up"])?;
-            std::fs::create_dir_all(&p.cg[i])?;
-        }
-        sh(&[
-            "ip", "link", "add", &p.veth[0], "netns", &p.ns[0], "type", "veth", "peer", "name",
-            &p.veth[1], "netns", &p.ns[1],
-        ])?;
-        for (i, ip) in [POD_A, POD_B].into_iter().enumerate() {
-            let cidr = format!("{ip}/24");
-            sh(&[
-                "ip", "-n", &p.ns[i], "addr", "add", &cidr, "dev", &p.veth[i],
-            ])?;
-            sh(&["ip", "-n", &p.ns[i], "link", "set", &p.veth[i], "up"])?;
-        }
-        Ok(p)
+        })
     }
 
-    /// A command run inside pod `i` (its cgroup first: `ip netns exec` remounts /sys).
-    fn command(&self, i: usize, program: &Path, args: &[String]) -> Command {
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec ip netns exec {} \"$@\"",
-                self.cg[i].display(),
-                self.ns[i]
-            ))
-            .arg("sh")
-            .arg(program)
-            .args(args);
-        c
+    /// Pod A (0) or pod B (1).
+    fn pod(&self, i: usize) -> &Pod {
+        if i == 0 { &self.pair.a } else { &self.pair.b }
+    }
+
+    /// A command run inside pod `i` (its cgroup and its network namespace).
+    fn command(&self, i: usize, program: &Path, args: &[String]) -> anyhow::Result<Command> {
+        let program = program.to_str().context("program path is not UTF-8")?;
+        let mut c = self.pod(i).command(program)?;
+        c.args(args);
+        Ok(c)
     }
 }
 
@@ -294,20 +254,6 @@ impl Drop for Pods {
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        for i in 0..2 {
-            if let Ok(procs) = std::fs::read_to_string(self.cg[i].join("cgroup.procs")) {
-                for pid in procs.split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", pid]).status();
-                }
-            }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while std::fs::remove_dir(&self.cg[i]).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.ns[i]])
-                .status();
         }
     }
 }
@@ -373,8 +319,8 @@ fn start_proxy(
         .arg("--admin-addr")
         .arg(admin.to_string())
         .args(["--transparent", "--cgroup"])
-        .arg(&pods.cg[i])
-        .args(["--netns", &pods.ns[i], "--ebpf-object"])
+        .arg(&pods.pod(i).cgroup)
+        .args(["--netns", &pods.pod(i).name, "--ebpf-object"])
         .arg(object)
         .args(extra)
         .env("MESH_LOG", "error")
@@ -413,11 +359,11 @@ impl Drop for KillOnDrop {
 fn measure(pods: &Pods, exe: &Path, cli: &Cli) -> anyhow::Result<Value> {
     let args = vec![
         "client".to_string(),
-        format!("{POD_B}:{APP_PORT}"),
+        format!("{}:{APP_PORT}", pods.pod(1).ip),
         cli.connections.to_string(),
         cli.mib.to_string(),
     ];
-    let out = pods.command(0, exe, &args).output()?;
+    let out = pods.command(0, exe, &args)?.output()?;
     if !out.status.success() {
         bail!("client: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -466,9 +412,9 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         http(agent, "GET", "/v1/connect/ca/roots", None)
             .is_ok_and(|(s, b)| s == 200 && b.contains("RootCert"))
     })?;
-    for (name, ip) in [("svc-a", POD_A), ("svc-b", POD_B)] {
+    for (name, ip) in [("svc-a", pods.pod(0).ip), ("svc-b", pods.pod(1).ip)] {
         let reg = json!({
-            "Name": name, "ID": name, "Address": ip, "Port": APP_PORT,
+            "Name": name, "ID": name, "Address": ip.to_string(), "Port": APP_PORT,
             "Connect": {"SidecarService": {"Port": 21000,
                 "Checks": [{"Name": "ttl", "TTL": "1h", "Status": "passing"}]}}
         });
@@ -487,7 +433,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         bail!("intention: {s} {b}");
     }
     let mut app = pods
-        .command(1, &exe, &["app".into(), APP_PORT.to_string()])
+        .command(1, &exe, &["app".into(), APP_PORT.to_string()])?
         .stdout(Stdio::piped())
         .spawn()?;
     let mut line = String::new();
@@ -500,11 +446,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let start = |service: &str, i: usize, extra: &[&str]| {
         start_proxy(&bin_dir, agent, service, &pods, i, &object, extra)
     };
+    let b_ip = pods.pod(1).ip.to_string();
     let rule = [
         "ip",
         "netns",
         "exec",
-        &pods.ns[0],
+        &pods.pod(0).name,
         "iptables",
         "-t",
         "nat",
@@ -513,7 +460,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         "-p",
         "tcp",
         "-d",
-        POD_B,
+        &b_ip,
         "--dport",
         "8080",
         "-j",
