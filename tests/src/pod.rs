@@ -404,7 +404,9 @@ fn open_packet_socket(ifname: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
 }
 
 /// A network namespace joined to the host's by a veth pair, for host-mode tests (a proxy that
-/// captures the whole host): the host end is `10.X.Y.1/24`, the namespace end `10.X.Y.2/24`.
+/// captures the whole host): the host end is `198.18.X.1/24`, the namespace end
+/// `198.18.X.2/24`. The host gets a route for that /24, so it comes from the benchmarking range
+/// (RFC 2544, 198.18.0.0/15), which no real network the machine may be on uses.
 /// [`HostLink::far`] describes the namespace end as a [`Pod`] (with no cgroup of its own) so
 /// the pod helpers (servers inside it) work there. Dropping it deletes the namespace, which
 /// deletes the veth pair with it.
@@ -420,18 +422,15 @@ impl HostLink {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let tag = format!("mh{}x{n}", pid % 100_000);
-        let net = (
-            200 + (pid % 50) as u8,
-            ((pid / 50) as u8).wrapping_add(n as u8 * 7),
-        );
+        let net = (pid.wrapping_add(n * 7) % 256) as u8;
         let link = HostLink {
             far: Pod {
                 name: tag.clone(),
-                ip: Ipv4Addr::new(10, net.0, net.1, 2),
+                ip: Ipv4Addr::new(198, 18, net, 2),
                 veth: format!("{tag}n"),
                 cgroup: PathBuf::new(),
             },
-            host_ip: Ipv4Addr::new(10, net.0, net.1, 1),
+            host_ip: Ipv4Addr::new(198, 18, net, 1),
             host_veth: format!("{tag}h"),
         };
         // From here on, Drop cleans up whatever was made.
