@@ -177,11 +177,12 @@ impl Prepared {
     /// Preflight checks, the lock, and loading (verifying) every program.
     pub fn prepare(config: &TransparentConfig) -> Result<Self, TransparentError> {
         preflight::check_privileges()?;
-        let (cgroup, proxy_cgroup_id) = preflight::check_cgroup(config.cgroup.as_deref())?;
+        let (cgroup, own_cgroup) = preflight::check_cgroup(config.cgroup.as_deref())?;
+        let proxy_cgroup_id = own_cgroup.id;
         let netns = config.netns.as_deref().map(Netns::open).transpose()?;
         let object = preflight::find_object(config.ebpf_object.as_deref())?;
         let lock = preflight::take_lock(&cgroup)?;
-        let proxy_cgroup = config.sockmap.then(preflight::proxy_cgroup).transpose()?;
+        let proxy_cgroup = config.sockmap.then_some(own_cgroup);
         let mut ebpf = Ebpf::load_file(&object).map_err(|source| {
             if is_enosys(&source) {
                 TransparentError::NoBpf {

@@ -82,8 +82,9 @@ pub struct Cgroup {
     pub id: u64,
 }
 
-/// Resolves `--cgroup` (default: the cgroup v2 root) and the proxy's own cgroup ID.
-pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, u64), TransparentError> {
+/// Resolves `--cgroup` (default: the cgroup v2 root) and opens the proxy's own cgroup (the
+/// programs skip it by ID; `--sockmap` attaches `mesh_sockmap_ops` there).
+pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, Cgroup), TransparentError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mount = cgroup2_mount(&mountinfo).ok_or(TransparentError::NoCgroup2)?;
     let path = requested.map(Path::to_path_buf).unwrap_or(mount.clone());
@@ -105,10 +106,10 @@ pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, u64), Transpare
     let dir = File::open(&canonical).map_err(|e| bad(format!("{e}")))?;
     // Fail closed: without its own cgroup ID the programs could not tell the proxy's connects
     // from the captured ones, and would redirect them back into the proxy.
-    let own_id = proxy_cgroup()?.id;
+    let own = proxy_cgroup(&mount)?;
     // The programs skip the proxy's cgroup by ID; inside the captured cgroup that would skip
     // the apps too and capture nothing, silently. Refuse instead.
-    if own_id == meta.ino() {
+    if own.id == meta.ino() {
         return Err(bad(
             "this proxy runs in that cgroup itself, so the apps' connects could not be told \
              from its own: run the proxy in another cgroup (in host mode, a cgroup of its own)"
@@ -121,7 +122,7 @@ pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, u64), Transpare
             dir,
             id: meta.ino(),
         },
-        own_id,
+        own,
     ))
 }
 
@@ -131,12 +132,9 @@ fn own_cgroup_path(mount: &Path) -> Option<PathBuf> {
     own_cgroup(&own).map(|p| mount.join(p.trim_start_matches('/')))
 }
 
-/// The proxy's own cgroup, opened (`--sockmap` attaches `mesh_sockmap_ops` there: the
-/// proxy's sockets belong to it, not to the pod's cgroup).
-pub fn proxy_cgroup() -> Result<Cgroup, TransparentError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mount = cgroup2_mount(&mountinfo).ok_or(TransparentError::NoCgroup2)?;
-    let path = own_cgroup_path(&mount).ok_or_else(|| TransparentError::OwnCgroup {
+/// The proxy's own cgroup under the cgroup v2 `mount` point, opened.
+fn proxy_cgroup(mount: &Path) -> Result<Cgroup, TransparentError> {
+    let path = own_cgroup_path(mount).ok_or_else(|| TransparentError::OwnCgroup {
         reason: "no cgroup v2 (`0::`) line in /proc/self/cgroup".into(),
     })?;
     let bad = |e: std::io::Error| TransparentError::OwnCgroup {
