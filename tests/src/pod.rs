@@ -124,6 +124,19 @@ impl Pod {
         cgroup_pids(&self.cgroup)
     }
 
+    /// Creates the pod's network namespace, with its loopback up.
+    fn add_netns(&self) -> anyhow::Result<()> {
+        ip(&["netns", "add", &self.name])?;
+        ip(&["-n", &self.name, "link", "set", "lo", "up"])
+    }
+
+    /// Gives the pod's end of the veth its `/24` address and brings it up.
+    fn veth_up(&self) -> anyhow::Result<()> {
+        let cidr = format!("{}/24", self.ip);
+        ip(&["-n", &self.name, "addr", "add", &cidr, "dev", &self.veth])?;
+        ip(&["-n", &self.name, "link", "set", &self.veth, "up"])
+    }
+
     fn teardown(&self) {
         empty_and_remove(&self.cgroup);
         let _ = ip(&["netns", "del", &self.name]);
@@ -233,8 +246,7 @@ impl PodPair {
         };
         // From here on, Drop cleans up whatever was made.
         for p in [&pair.a, &pair.b] {
-            ip(&["netns", "add", &p.name])?;
-            ip(&["-n", &p.name, "link", "set", "lo", "up"])?;
+            p.add_netns()?;
             std::fs::create_dir(&p.cgroup)
                 .with_context(|| format!("creating cgroup {}", p.cgroup.display()))?;
         }
@@ -252,18 +264,8 @@ impl PodPair {
             "netns",
             &pair.b.name,
         ])?;
-        for p in [&pair.a, &pair.b] {
-            ip(&[
-                "-n",
-                &p.name,
-                "addr",
-                "add",
-                &format!("{}/24", p.ip),
-                "dev",
-                &p.veth,
-            ])?;
-            ip(&["-n", &p.name, "link", "set", &p.veth, "up"])?;
-        }
+        pair.a.veth_up()?;
+        pair.b.veth_up()?;
         Ok(pair)
     }
 }
@@ -434,8 +436,7 @@ impl HostLink {
             host_veth: format!("{tag}h"),
         };
         // From here on, Drop cleans up whatever was made.
-        ip(&["netns", "add", &link.far.name])?;
-        ip(&["-n", &link.far.name, "link", "set", "lo", "up"])?;
+        link.far.add_netns()?;
         ip(&[
             "link",
             "add",
@@ -456,17 +457,7 @@ impl HostLink {
             &link.host_veth,
         ])?;
         ip(&["link", "set", &link.host_veth, "up"])?;
-        let far = &link.far;
-        ip(&[
-            "-n",
-            &far.name,
-            "addr",
-            "add",
-            &format!("{}/24", far.ip),
-            "dev",
-            &far.veth,
-        ])?;
-        ip(&["-n", &far.name, "link", "set", &far.veth, "up"])?;
+        link.far.veth_up()?;
         Ok(link)
     }
 }
