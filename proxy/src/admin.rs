@@ -105,6 +105,8 @@ impl AdminState {
                 "Destination": p.destination,
                 "TrustDomain": p.trust_domain,
                 "DefaultPolicy": p.default_policy(),
+                "Protocol": p.protocol.as_str(),
+                "RequestNormalization": p.normalization,
                 "AllowedSources": p.allowed_sources().map(|l| l.iter().map(ToString::to_string).collect::<Vec<_>>()),
                 "Intentions": p.intentions().map(|i| json!({
                     "ID": i.id,

@@ -18,6 +18,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mesh_control::config_entries::ConfigEntry;
+use mesh_control::intentions::normalize::RequestNormalization;
 use mesh_control::model::{CaRootList, ProxyConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -509,33 +511,57 @@ struct ServiceDefaults {
     protocol: String,
 }
 
-/// Errors reading a service's protocol.
+/// Errors reading a config entry the proxy follows.
 #[derive(Debug, thiserror::Error)]
-pub enum ProtocolDecodeError {
-    #[error("service-defaults entry is not valid JSON")]
+pub enum ConfigDecodeError {
+    #[error("config entry is not valid JSON")]
     Json(#[source] serde_json::Error),
     #[error("service-defaults entry")]
     Protocol(#[source] crate::l7::ProtocolError),
+    #[error("the mesh entry is not a mesh entry (Kind {kind})")]
+    NotMesh { kind: String },
 }
 
 /// The declared protocol from a `service-defaults` entry (`None`: no entry, so `tcp`).
-pub fn decode_protocol(body: Option<&[u8]>) -> Result<Protocol, ProtocolDecodeError> {
+pub fn decode_protocol(body: Option<&[u8]>) -> Result<Protocol, ConfigDecodeError> {
     let Some(body) = body else {
         return Ok(Protocol::Tcp);
     };
-    let d: ServiceDefaults = serde_json::from_slice(body).map_err(ProtocolDecodeError::Json)?;
-    d.protocol.parse().map_err(ProtocolDecodeError::Protocol)
+    let d: ServiceDefaults = serde_json::from_slice(body).map_err(ConfigDecodeError::Json)?;
+    d.protocol.parse().map_err(ConfigDecodeError::Protocol)
 }
 
-/// Keeps `tx` set to the declared protocol of `service`, from its `service-defaults` config
-/// entry (blocking queries; a missing entry, HTTP 404, means `tcp` as in Consul). Like
-/// [`spawn_watch`]: fail static with backoff, and an undecodable entry keeps the last value.
-pub fn spawn_protocol_watch(
+/// The request normalization from the `mesh` entry (`None`: no entry, so Consul's defaults).
+/// Parsed with the control plane's own type, so a field it refuses on write is refused here.
+pub fn decode_normalization(
+    body: Option<&[u8]>,
+) -> Result<RequestNormalization, ConfigDecodeError> {
+    let Some(body) = body else {
+        return Ok(RequestNormalization::default());
+    };
+    match serde_json::from_slice(body).map_err(ConfigDecodeError::Json)? {
+        ConfigEntry::Mesh(m) => Ok(m.request_normalization()),
+        other => Err(ConfigDecodeError::NotMesh {
+            kind: other.kind().to_string(),
+        }),
+    }
+}
+
+/// Keeps `tx` set to the value of the config entry at `path` (`/v1/config/:kind/:name`),
+/// decoded by `decode` (which gets `None` for a missing entry, HTTP 404). Like
+/// [`spawn_watch`]: blocking queries, fail static with backoff, and an undecodable entry
+/// keeps the last value. `what` names the value in log lines.
+pub fn spawn_config_watch<T, F>(
     client: AgentClient,
-    service: &str,
-    tx: watch::Sender<Option<Protocol>>,
-) -> JoinHandle<()> {
-    let path = format!("/v1/config/service-defaults/{service}");
+    what: &'static str,
+    path: String,
+    decode: F,
+    tx: watch::Sender<Option<T>>,
+) -> JoinHandle<()>
+where
+    T: Copy + PartialEq + fmt::Display + Send + Sync + 'static,
+    F: Fn(Option<&[u8]>) -> Result<T, ConfigDecodeError> + Send + 'static,
+{
     tokio::spawn(async move {
         let mut index = 0u64;
         let mut backoff = Duration::from_millis(100);
@@ -551,19 +577,19 @@ pub fn spawn_protocol_watch(
                     backoff = Duration::from_millis(100);
                     let fresh = new_index != index || index == 0 || tx.borrow().is_none();
                     if fresh {
-                        match decode_protocol(body.as_deref()) {
-                            Ok(p) => {
+                        match decode(body.as_deref()) {
+                            Ok(v) => {
                                 tx.send_if_modified(|old| {
-                                    let changed = *old != Some(p);
+                                    let changed = *old != Some(v);
                                     if changed {
-                                        tracing::info!(protocol = %p, "service protocol (applies to new connections)");
-                                        *old = Some(p);
+                                        tracing::info!(what, value = %v, "config (applies to new connections and requests)");
+                                        *old = Some(v);
                                     }
                                     changed
                                 });
                             }
                             Err(e) => {
-                                tracing::warn!(%path, error = %e, "ignoring undecodable service-defaults entry");
+                                tracing::warn!(what, %path, error = %e, "ignoring undecodable config entry");
                             }
                         }
                     }
@@ -581,7 +607,7 @@ pub fn spawn_protocol_watch(
                 }
                 Err(e) => {
                     if !failing {
-                        tracing::warn!(%path, error = %e, "agent query failed; keeping the last protocol and retrying");
+                        tracing::warn!(what, %path, error = %e, "agent query failed; keeping the last value and retrying");
                     }
                     failing = true;
                     tokio::time::sleep(backoff).await;
@@ -592,26 +618,60 @@ pub fn spawn_protocol_watch(
     })
 }
 
+/// Keeps `tx` set to the declared protocol of `service`, from its `service-defaults` config
+/// entry (a missing entry means `tcp`, as in Consul).
+pub fn spawn_protocol_watch(
+    client: AgentClient,
+    service: &str,
+    tx: watch::Sender<Option<Protocol>>,
+) -> JoinHandle<()> {
+    let path = format!("/v1/config/service-defaults/{service}");
+    spawn_config_watch(client, "service protocol", path, decode_protocol, tx)
+}
+
+/// Keeps `tx` set to the mesh's request normalization, from the `mesh` config entry (a
+/// missing entry means Consul's defaults: RFC 3986 normalization on).
+pub fn spawn_normalization_watch(
+    client: AgentClient,
+    tx: watch::Sender<Option<RequestNormalization>>,
+) -> JoinHandle<()> {
+    let path = "/v1/config/mesh/mesh".to_string();
+    spawn_config_watch(
+        client,
+        "request normalization",
+        path,
+        decode_normalization,
+        tx,
+    )
+}
+
 /// Publishes on `out` the newest intentions snapshot of `intentions` stamped with the newest
-/// protocol of `protocol` (once both are known), again whenever either changes. A protocol
-/// change so reaches the re-check of live connections like an intention change does, and new
-/// connections pick the new protocol from the snapshot they are authorized with.
+/// protocol of `protocol` and request normalization of `normalization` (once all are known),
+/// again whenever any of them changes. A protocol change so reaches the re-check of live
+/// connections like an intention change does, and new connections pick the new protocol from
+/// the snapshot they are authorized with; requests read the normalization per request.
 pub async fn apply_protocol(
     mut intentions: watch::Receiver<Option<Arc<crate::authz::Policy>>>,
     mut protocol: watch::Receiver<Option<Protocol>>,
+    mut normalization: watch::Receiver<Option<RequestNormalization>>,
     out: watch::Sender<Option<Arc<crate::authz::Policy>>>,
 ) {
-    // A fixed protocol (`--protocol`) comes on a channel whose sender is already gone.
+    // A fixed value (`--protocol`, static mode) comes on a channel whose sender is gone.
     let mut protocol_open = true;
+    let mut normalization_open = true;
     loop {
         let snapshot = intentions.borrow_and_update().clone();
         let p = *protocol.borrow_and_update();
-        if let (Some(snapshot), Some(p)) = (snapshot, p) {
-            out.send_replace(Some(Arc::new((*snapshot).clone().with_protocol(p))));
+        let n = *normalization.borrow_and_update();
+        if let (Some(snapshot), Some(p), Some(n)) = (snapshot, p, n) {
+            out.send_replace(Some(Arc::new(
+                (*snapshot).clone().with_protocol(p).with_normalization(n),
+            )));
         }
         tokio::select! {
             r = intentions.changed() => if r.is_err() { return },
             r = protocol.changed(), if protocol_open => protocol_open = r.is_ok(),
+            r = normalization.changed(), if normalization_open => normalization_open = r.is_ok(),
         }
     }
 }
@@ -638,8 +698,13 @@ mod protocol_tests {
     async fn protocol_is_stamped_on_every_snapshot() {
         let (itx, irx) = watch::channel(None);
         let (ptx, prx) = watch::channel(None);
+        let strict = RequestNormalization {
+            merge_slashes: true,
+            ..Default::default()
+        };
+        let (ntx, nrx) = watch::channel(Some(strict));
         let (otx, mut orx) = watch::channel(None);
-        tokio::spawn(apply_protocol(irx, prx, otx));
+        tokio::spawn(apply_protocol(irx, prx, nrx, otx));
         itx.send_replace(Some(Arc::new(Policy::new(
             "db",
             "td",
@@ -656,6 +721,7 @@ mod protocol_tests {
             .clone()
             .unwrap();
         assert_eq!((p.index, p.protocol), (1, Protocol::Http));
+        assert_eq!(p.normalization, strict);
         ptx.send_replace(Some(Protocol::Tcp));
         let p = orx
             .wait_for(|p| p.as_ref().is_some_and(|p| p.protocol == Protocol::Tcp))
@@ -680,5 +746,32 @@ mod protocol_tests {
             .clone()
             .unwrap();
         assert_eq!(p.protocol, Protocol::Tcp);
+        // A mesh entry change is stamped on the same snapshot.
+        ntx.send_replace(Some(RequestNormalization::default()));
+        let p = orx
+            .wait_for(|p| p.as_ref().is_some_and(|p| !p.normalization.merge_slashes))
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(p.index, 2);
+    }
+
+    #[test]
+    fn mesh_entry_normalization() {
+        assert_eq!(
+            decode_normalization(None).unwrap(),
+            RequestNormalization::default()
+        );
+        let body = br#"{"Kind":"mesh","HTTP":{"Incoming":{"RequestNormalization":
+            {"MergeSlashes":true,"PathWithEscapedSlashesAction":"REJECT_REQUEST"}}},
+            "CreateIndex":5,"ModifyIndex":7}"#;
+        let n = decode_normalization(Some(body)).unwrap();
+        assert!(n.merge_slashes);
+        assert!(matches!(
+            decode_normalization(Some(br#"{"Kind":"service-defaults","Name":"x"}"#)),
+            Err(ConfigDecodeError::NotMesh { .. })
+        ));
+        assert!(decode_normalization(Some(b"{")).is_err());
     }
 }

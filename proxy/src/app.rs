@@ -292,7 +292,15 @@ async fn run_agent(
         if config.protocol.is_none() {
             agent::spawn_protocol_watch(client.clone(), &destination, protocol_tx);
         }
-        control.spawn(agent::apply_protocol(intentions_rx, protocol_rx, policy_tx));
+        // The mesh-wide request normalization every L7 decision starts with.
+        let (normalization_tx, normalization_rx) = watch::channel(None);
+        agent::spawn_normalization_watch(client.clone(), normalization_tx);
+        control.spawn(agent::apply_protocol(
+            intentions_rx,
+            protocol_rx,
+            normalization_rx,
+            policy_tx,
+        ));
         let targets: Vec<UpstreamTarget> = plans
             .iter()
             .map(|p| UpstreamTarget {

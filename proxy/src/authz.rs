@@ -31,6 +31,7 @@
 use std::fmt;
 
 use mesh_control::intentions::l7::{HttpReason, HttpRequest};
+use mesh_control::intentions::normalize::RequestNormalization;
 use mesh_control::intentions::{DEFAULT_NAMESPACE, DefaultPolicy, IntentionSet, Reason};
 use mesh_control::model::{Intention, IntentionAction};
 use mesh_control::spiffe::SpiffeId;
@@ -72,6 +73,9 @@ pub struct Policy {
     pub index: u64,
     /// Declared protocol of the destination: `tcp` decides connections, the others requests.
     pub protocol: Protocol,
+    /// What L7 requests go through before they are decided (the `mesh` config entry's
+    /// `HTTP.Incoming.RequestNormalization`; Consul's defaults in static mode).
+    pub normalization: RequestNormalization,
     rules: Rules,
 }
 
@@ -267,6 +271,7 @@ impl Policy {
             trust_domain: trust_domain.to_ascii_lowercase(),
             index,
             protocol: Protocol::Tcp,
+            normalization: RequestNormalization::default(),
             rules: Rules::Intentions(IntentionSet::new(intentions, default)),
         }
     }
@@ -284,6 +289,7 @@ impl Policy {
             trust_domain: trust_domain.to_ascii_lowercase(),
             index,
             protocol: Protocol::Tcp,
+            normalization: RequestNormalization::default(),
             rules: Rules::AllowList(sources),
         }
     }
@@ -318,6 +324,12 @@ impl Policy {
     /// The same snapshot for a destination with declared protocol `protocol`.
     pub fn with_protocol(mut self, protocol: Protocol) -> Self {
         self.protocol = protocol;
+        self
+    }
+
+    /// The same snapshot with the mesh's request normalization `normalization`.
+    pub fn with_normalization(mut self, normalization: RequestNormalization) -> Self {
+        self.normalization = normalization;
         self
     }
 

@@ -37,9 +37,12 @@ pub enum IntentionCmd {
     },
     /// Would SRC be allowed to connect to DST? Exit 0 if allowed, 2 if denied.
     ///
-    /// With any `--http-*` flag, evaluates one HTTP request with the L7 matcher the proxy
-    /// uses (`IntentionSet::decide_http`) over the intentions the agent serves to proxies,
-    /// and prints the rule that decided.
+    /// With any `--http-*` flag, evaluates one HTTP request as the proxy does: the path and
+    /// headers are first normalized per the `mesh` config entry's
+    /// `HTTP.Incoming.RequestNormalization` (a request the proxy would refuse with 400 is
+    /// reported as such, exit 2), then decided with the L7 matcher
+    /// (`IntentionSet::decide_http`) over the intentions the agent serves to proxies; prints
+    /// the normalized path and the rule that decided.
     Check {
         source: String,
         destination: String,
@@ -315,12 +318,48 @@ struct IntentionFeed {
     intentions: Vec<crate::model::Intention>,
 }
 
+/// The request normalization in force: the `mesh` entry's, or Consul's defaults without one.
+async fn request_normalization(
+    api: &ApiClient,
+) -> Result<crate::intentions::normalize::RequestNormalization, CliError> {
+    let path = "/v1/config/mesh/mesh";
+    match api.call(http::Method::GET, path, None).await {
+        Ok(body) => {
+            let decode_error = |message: String| CliError::Decode {
+                path: path.to_string(),
+                message,
+            };
+            match serde_json::from_slice(&body).map_err(|e| decode_error(e.to_string()))? {
+                crate::config_entries::ConfigEntry::Mesh(mesh) => Ok(mesh.request_normalization()),
+                other => Err(decode_error(format!(
+                    "expected Kind mesh, got {}",
+                    other.kind()
+                ))),
+            }
+        }
+        Err(CliError::Status { status: 404, .. }) => Ok(Default::default()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn check_http(
     api: &ApiClient,
     source: &str,
     destination: &str,
     req: &HttpCheck,
 ) -> Result<i32, CliError> {
+    use crate::intentions::normalize::{PathOutcome, normalize_request};
+    let opts = request_normalization(api).await?;
+    let mut headers = req.headers.clone();
+    let outcome = match normalize_request(&req.path, &mut headers, &opts) {
+        Ok(o) => o,
+        Err(e) => {
+            println!("Denied");
+            println!("Reason: the proxy refuses this request with 400 before any intention: {e}");
+            println!("Normalization: {opts}");
+            return Ok(2);
+        }
+    };
     let path = format!("/v1/agent/connect/intentions/{}", encode(destination));
     let body = api.call(http::Method::GET, &path, None).await?;
     let feed: IntentionFeed = serde_json::from_slice(&body).map_err(|e| CliError::Decode {
@@ -333,11 +372,20 @@ async fn check_http(
         destination,
         &crate::intentions::HttpRequest {
             method: &req.method,
-            path: &req.path,
-            headers: &req.headers,
+            path: outcome.path(),
+            headers: &headers,
         },
     );
     println!("{}", if d.allowed { "Allowed" } else { "Denied" });
     println!("Reason: {}", d.reason);
+    if outcome.path() != req.path {
+        println!("Path: {:?} normalized to {:?}", req.path, outcome.path());
+    } else {
+        println!("Path: {:?} (already normal)", req.path);
+    }
+    if let PathOutcome::Redirect(to) = &outcome {
+        println!("Redirect: the proxy answers 307 to {to:?}; the decision above is for it");
+    }
+    println!("Normalization: {opts}");
     Ok(if d.allowed { 0 } else { 2 })
 }

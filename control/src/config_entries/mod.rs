@@ -1,8 +1,12 @@
-//! Configuration entries (Consul's `/v1/config`): `service-defaults` and `service-intentions`.
+//! Configuration entries (Consul's `/v1/config`): `service-defaults`, `service-intentions` and
+//! `mesh`.
 //!
 //! Why this module exists: the proxy needs a service's declared protocol (`service-defaults`,
-//! `Protocol`) to decide between L4 and L7 enforcement, and operators write L7 intentions as
-//! `service-intentions` entries (`Sources` with `Permissions`), in Consul's shape.
+//! `Protocol`) to decide between L4 and L7 enforcement, operators write L7 intentions as
+//! `service-intentions` entries (`Sources` with `Permissions`), and the mesh-wide request
+//! normalization every L7 decision starts with is the `mesh` entry's
+//! `HTTP.Incoming.RequestNormalization` ([`crate::intentions::normalize`]), all in Consul's
+//! shape.
 //!
 //! How `service-intentions` relates to the intentions table (the same choice Consul made in
 //! 1.9, where intentions *are* stored as service-intentions entries and
@@ -30,6 +34,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::intentions::normalize::RequestNormalization;
 use crate::intentions::{self, DEFAULT_NAMESPACE, IntentionError};
 use crate::model::{Index, Intention, IntentionAction, IntentionPermission};
 
@@ -37,6 +42,8 @@ use crate::model::{Index, Intention, IntentionAction, IntentionPermission};
 pub const SERVICE_DEFAULTS: &str = "service-defaults";
 /// Kind name of a service-intentions entry.
 pub const SERVICE_INTENTIONS: &str = "service-intentions";
+/// Kind name, and the only entry name, of the mesh-wide entry.
+pub const MESH: &str = "mesh";
 
 /// The kinds this mesh stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,6 +52,8 @@ pub enum ConfigKind {
     ServiceDefaults,
     #[serde(rename = "service-intentions")]
     ServiceIntentions,
+    #[serde(rename = "mesh")]
+    Mesh,
 }
 
 impl ConfigKind {
@@ -52,6 +61,7 @@ impl ConfigKind {
         match self {
             ConfigKind::ServiceDefaults => SERVICE_DEFAULTS,
             ConfigKind::ServiceIntentions => SERVICE_INTENTIONS,
+            ConfigKind::Mesh => MESH,
         }
     }
 }
@@ -69,6 +79,7 @@ impl FromStr for ConfigKind {
         match s {
             SERVICE_DEFAULTS => Ok(ConfigKind::ServiceDefaults),
             SERVICE_INTENTIONS => Ok(ConfigKind::ServiceIntentions),
+            MESH => Ok(ConfigKind::Mesh),
             other => Err(ConfigEntryError::UnknownKind {
                 kind: other.to_string(),
             }),
@@ -149,7 +160,7 @@ pub enum ConfigEntryError {
     #[error("Kind must be set")]
     MissingKind,
     #[error(
-        "invalid config entry kind: {kind:?} (supported: service-defaults, service-intentions)"
+        "invalid config entry kind: {kind:?} (supported: service-defaults, service-intentions, mesh)"
     )]
     UnknownKind { kind: String },
     #[error("Name is required")]
@@ -162,6 +173,8 @@ pub enum ConfigEntryError {
     UnknownProtocol { value: String },
     #[error("Meta exceeds maximum element count {max} (got {count})")]
     TooManyMeta { count: usize, max: usize },
+    #[error("the mesh entry is named \"mesh\" (got Name {name:?})")]
+    MeshName { name: String },
     #[error("Sources[{index}]: {source}")]
     Source {
         index: usize,
@@ -188,6 +201,7 @@ impl ConfigEntryError {
             ConfigEntryError::Namespace { .. } => "namespace",
             ConfigEntryError::UnknownProtocol { .. } => "unknown_protocol",
             ConfigEntryError::TooManyMeta { .. } => "too_many_meta",
+            ConfigEntryError::MeshName { .. } => "mesh_name",
             ConfigEntryError::Source { source, .. } => source.code(),
             ConfigEntryError::DuplicateSource { .. } => "duplicate_source",
         }
@@ -276,6 +290,52 @@ pub struct ServiceIntentions {
     pub modify_index: Index,
 }
 
+/// `mesh`: mesh-wide settings; one entry, named `mesh`. Only what this mesh enforces is
+/// accepted (`HTTP.Incoming.RequestNormalization`); other Consul fields are refused rather
+/// than silently ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Optional on write (Consul's mesh entry has no name of its own); must be `mesh` if given.
+    #[serde(default, skip_serializing)]
+    pub name: Option<String>,
+    #[serde(rename = "HTTP", default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<MeshHttp>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub create_index: Index,
+    #[serde(default)]
+    pub modify_index: Index,
+}
+
+/// `mesh` → `HTTP`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct MeshHttp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<MeshHttpIncoming>,
+}
+
+/// `mesh` → `HTTP` → `Incoming`: what inbound proxies do to requests before deciding.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+pub struct MeshHttpIncoming {
+    #[serde(default)]
+    pub request_normalization: RequestNormalization,
+}
+
+impl MeshConfig {
+    /// The request normalization in force (Consul's defaults when unset).
+    pub fn request_normalization(&self) -> RequestNormalization {
+        self.http
+            .as_ref()
+            .and_then(|h| h.incoming.as_ref())
+            .map(|i| i.request_normalization)
+            .unwrap_or_default()
+    }
+}
+
 /// A configuration entry, tagged by `Kind` as in Consul's JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "Kind")]
@@ -284,6 +344,8 @@ pub enum ConfigEntry {
     ServiceDefaults(ServiceDefaults),
     #[serde(rename = "service-intentions")]
     ServiceIntentions(ServiceIntentions),
+    #[serde(rename = "mesh")]
+    Mesh(MeshConfig),
 }
 
 impl ConfigEntry {
@@ -291,6 +353,7 @@ impl ConfigEntry {
         match self {
             ConfigEntry::ServiceDefaults(_) => ConfigKind::ServiceDefaults,
             ConfigEntry::ServiceIntentions(_) => ConfigKind::ServiceIntentions,
+            ConfigEntry::Mesh(_) => ConfigKind::Mesh,
         }
     }
 
@@ -298,6 +361,7 @@ impl ConfigEntry {
         match self {
             ConfigEntry::ServiceDefaults(e) => &e.name,
             ConfigEntry::ServiceIntentions(e) => &e.name,
+            ConfigEntry::Mesh(_) => MESH,
         }
     }
 
@@ -305,6 +369,7 @@ impl ConfigEntry {
         match self {
             ConfigEntry::ServiceDefaults(e) => e.modify_index,
             ConfigEntry::ServiceIntentions(e) => e.modify_index,
+            ConfigEntry::Mesh(e) => e.modify_index,
         }
     }
 
@@ -344,6 +409,7 @@ impl ConfigEntry {
                     s.legacy_id.clear();
                 }
             }
+            ConfigEntry::Mesh(_) => {}
         }
     }
 }
@@ -409,6 +475,20 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), ConfigEntryError> {
                 }
                 intentions::validate(&source_to_intention(e, s))
                     .map_err(|source| ConfigEntryError::Source { index, source })?;
+            }
+            Ok(())
+        }
+        ConfigEntry::Mesh(e) => {
+            if let Some(name) = e.name.as_deref().filter(|n| *n != MESH) {
+                return Err(ConfigEntryError::MeshName {
+                    name: name.to_string(),
+                });
+            }
+            if e.meta.len() > MAX_META_PAIRS {
+                return Err(ConfigEntryError::TooManyMeta {
+                    count: e.meta.len(),
+                    max: MAX_META_PAIRS,
+                });
             }
             Ok(())
         }

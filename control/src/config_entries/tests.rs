@@ -172,3 +172,43 @@ fn intentions_entry_round_trips_through_intentions() {
     assert!(ConfigEntry::from_json(json.to_string().as_bytes()).is_ok());
     assert!(intentions_entry("default", "other", None, &ixns).is_none());
 }
+
+#[test]
+fn mesh_entry_in_consul_shape() {
+    let e = parse(
+        r#"{"Kind":"mesh","HTTP":{"Incoming":{"RequestNormalization":
+            {"MergeSlashes":true,"HeadersWithUnderscoresAction":"REJECT_REQUEST"}}}}"#,
+    )
+    .unwrap();
+    assert_eq!((e.kind(), e.name()), (ConfigKind::Mesh, "mesh"));
+    let ConfigEntry::Mesh(m) = &e else {
+        panic!("{e:?}")
+    };
+    let n = m.request_normalization();
+    assert!(n.merge_slashes && !n.insecure_disable_path_normalization);
+    // Serialized back in the same shape, without a Name of its own.
+    let v = serde_json::to_value(&e).unwrap();
+    assert_eq!(v["Kind"], "mesh");
+    assert_eq!(
+        v["HTTP"]["Incoming"]["RequestNormalization"]["HeadersWithUnderscoresAction"],
+        "REJECT_REQUEST"
+    );
+    assert!(v.get("Name").is_none(), "{v}");
+    // An empty entry means Consul's defaults.
+    let ConfigEntry::Mesh(m) = parse(r#"{"Kind":"mesh","Name":"mesh"}"#).unwrap() else {
+        panic!()
+    };
+    assert_eq!(m.request_normalization(), Default::default());
+    // Refusals: another name, a field this mesh does not enforce, a bad action.
+    let e = parse(r#"{"Kind":"mesh","Name":"other"}"#).unwrap_err();
+    assert_eq!(e.code(), "mesh_name", "{e}");
+    let e =
+        parse(r#"{"Kind":"mesh","TransparentProxy":{"MeshDestinationsOnly":true}}"#).unwrap_err();
+    assert!(e.to_string().contains("TransparentProxy"), "{e}");
+    let e = parse(
+        r#"{"Kind":"mesh","HTTP":{"Incoming":{"RequestNormalization":
+            {"PathWithEscapedSlashesAction":"DECODE"}}}}"#,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("UNESCAPE_AND_FORWARD"), "{e}");
+}

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use super::command::{ApplyError, ApplyResult, Command};
 use crate::ca::StoredRoot;
 use crate::config_entries::{
-    self, ConfigEntry, ConfigKind, IntentionEntryMeta, ServiceDefaults, ServiceIntentions,
+    self, ConfigEntry, ConfigKind, IntentionEntryMeta, MeshConfig, ServiceDefaults,
+    ServiceIntentions,
 };
 use crate::intentions::{self, DefaultPolicy};
 use crate::model::{
@@ -118,6 +119,9 @@ pub struct State {
     /// destination; the entry's sources are the intentions of that destination.
     #[serde(default)]
     pub intention_entries: BTreeMap<String, IntentionEntryMeta>,
+    /// The `mesh` config entry, when written.
+    #[serde(default)]
+    pub mesh: Option<MeshConfig>,
     pub tables: TableIndexes,
     /// Index of the last applied command.
     pub last_index: Index,
@@ -459,6 +463,13 @@ impl State {
                 );
                 self.tables.intentions = index;
             }
+            ConfigEntry::Mesh(mut e) => {
+                e.name = None;
+                e.create_index = self.mesh.as_ref().map_or(index, |old| old.create_index);
+                e.modify_index = index;
+                self.mesh = Some(e);
+                self.tables.config_entries = index;
+            }
         }
         Ok(())
     }
@@ -495,6 +506,11 @@ impl State {
                     self.tables.intentions = index;
                 }
             }
+            ConfigKind::Mesh => {
+                if name == config_entries::MESH && self.mesh.take().is_some() {
+                    self.tables.config_entries = index;
+                }
+            }
         }
         Ok(())
     }
@@ -510,6 +526,11 @@ impl State {
             ConfigKind::ServiceIntentions => self
                 .intentions_entry(intentions::DEFAULT_NAMESPACE, name)
                 .map(ConfigEntry::ServiceIntentions),
+            ConfigKind::Mesh => self
+                .mesh
+                .clone()
+                .filter(|_| name == config_entries::MESH)
+                .map(ConfigEntry::Mesh),
         }
     }
 
@@ -550,13 +571,19 @@ impl State {
                     .map(ConfigEntry::ServiceIntentions)
                     .collect()
             }
+            ConfigKind::Mesh => self
+                .mesh
+                .clone()
+                .map(ConfigEntry::Mesh)
+                .into_iter()
+                .collect(),
         }
     }
 
     /// Index that changes whenever an entry of `kind` may change (for blocking queries).
     pub fn config_index(&self, kind: ConfigKind) -> Index {
         match kind {
-            ConfigKind::ServiceDefaults => self.tables.config_entries,
+            ConfigKind::ServiceDefaults | ConfigKind::Mesh => self.tables.config_entries,
             ConfigKind::ServiceIntentions => self.tables.intentions,
         }
     }

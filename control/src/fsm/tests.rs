@@ -1835,6 +1835,35 @@ fn service_defaults_set_cas_and_delete() {
 }
 
 #[test]
+fn mesh_entry_set_cas_and_delete() {
+    let mut s = State::default();
+    let set = |json: &str, cas| Command::ConfigEntrySet {
+        entry: ConfigEntry::from_json(json.as_bytes()).expect("valid entry"),
+        cas,
+    };
+    let merge =
+        r#"{"Kind":"mesh","HTTP":{"Incoming":{"RequestNormalization":{"MergeSlashes":true}}}}"#;
+    apply_ok(&mut s, 3, set(merge, Some(0)));
+    let Some(ConfigEntry::Mesh(m)) = s.config_entry(ConfigKind::Mesh, "mesh") else {
+        panic!()
+    };
+    assert!(m.request_normalization().merge_slashes);
+    assert_eq!((m.create_index, m.modify_index), (3, 3));
+    assert_eq!(s.config_index(ConfigKind::Mesh), 3);
+    assert!(s.config_entry(ConfigKind::Mesh, "other").is_none());
+    apply_rejected(&mut s, 4, set(r#"{"Kind":"mesh"}"#, Some(2)));
+    apply_ok(&mut s, 5, set(r#"{"Kind":"mesh"}"#, Some(3)));
+    let Some(ConfigEntry::Mesh(m)) = s.config_entry(ConfigKind::Mesh, "mesh") else {
+        panic!()
+    };
+    assert_eq!((m.create_index, m.modify_index), (3, 5));
+    assert_eq!(s.config_entries(ConfigKind::Mesh).len(), 1);
+    apply_ok(&mut s, 6, entry_delete(ConfigKind::Mesh, "mesh", None));
+    assert!(s.config_entries(ConfigKind::Mesh).is_empty());
+    assert_eq!(s.config_index(ConfigKind::Mesh), 6);
+}
+
+#[test]
 fn service_intentions_entry_replaces_its_destination_atomically() {
     let mut s = State::default();
     apply_ok(

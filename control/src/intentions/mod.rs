@@ -24,10 +24,13 @@
 
 pub mod l7;
 mod legacy_id;
+pub mod normalize;
 mod validate;
 
 #[cfg(test)]
 mod l7_tests;
+#[cfg(test)]
+mod normalize_tests;
 #[cfg(test)]
 mod tests;
 

@@ -68,6 +68,37 @@ pub fn forbidden(grpc_call: bool) -> Response<Body> {
     }
 }
 
+/// gRPC status code `INTERNAL`: what an HTTP 400 maps to for gRPC clients (gRPC's "HTTP to
+/// gRPC status code mapping").
+pub const GRPC_INTERNAL: u8 = 13;
+
+/// The answer to a request refused before authorization (malformed path, escaped slash or
+/// underscore header refused by the request normalization). The reason goes to the log only.
+pub fn bad_request(grpc_call: bool) -> Response<Body> {
+    if grpc_call {
+        grpc(
+            GRPC_INTERNAL,
+            "request refused by the mesh: malformed request",
+        )
+    } else {
+        text(
+            StatusCode::BAD_REQUEST,
+            "request refused by the mesh: malformed path or headers\n",
+        )
+    }
+}
+
+/// A 307 to `location` (`PathWithEscapedSlashesAction=UNESCAPE_AND_REDIRECT`): the client
+/// repeats the request, method and body included, on the normalized path, which is then
+/// authorized like any other.
+pub fn redirect(location: &http::Uri) -> Response<Body> {
+    let mut r = text(StatusCode::TEMPORARY_REDIRECT, "");
+    if let Ok(v) = HeaderValue::from_str(&location.to_string()) {
+        r.headers_mut().insert(http::header::LOCATION, v);
+    }
+    r
+}
+
 /// The answer when the application cannot be reached or fails mid-request.
 pub fn bad_gateway(grpc_call: bool) -> Response<Body> {
     if grpc_call {

@@ -1,7 +1,10 @@
 //! The HTTP server on an authorized inbound mutual-TLS stream: HTTP/1.1 (keep-alive and
 //! pipelining, upgrades) or HTTP/2, by the destination's declared protocol, never sniffed.
 //!
-//! Per request: decide with the newest [`Policy`] snapshot → denied: answer it here
+//! Per request: normalize the path and headers per the snapshot's request normalization
+//! ([`normalize`]: malformed → 400, escaped slashes → 307 when configured) so the decision and
+//! the application see the same path → decide with the newest [`Policy`] snapshot → denied:
+//! answer it here
 //! ([`deny`]), log one line and count it, leaving the connection open for the next request →
 //! allowed: strip hop-by-hop headers, forward to the application with the body streaming
 //! ([`Forwarder`]), strip the response's hop-by-hop headers and stream its body back, frames
@@ -21,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh_control::intentions::l7::HttpRequest;
+use mesh_control::intentions::normalize::{self, PathOutcome};
 use mesh_control::spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -102,13 +106,72 @@ where
     r
 }
 
-async fn handle(cx: &ConnContext, fwd: &Forwarder, mut req: Request<Incoming>) -> Response<Body> {
+/// `uri` with its path replaced by `path` (query, scheme and authority kept).
+fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, http::Error> {
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse()?);
+    Ok(http::Uri::from_parts(parts)?)
+}
+
+async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Response<Body> {
     let grpc_call = cx.protocol == Protocol::Grpc || deny::is_grpc(req.headers());
     let policy = cx.policy.borrow().clone();
     let Some(policy) = policy else {
         // Cannot happen once the listener is open (it waits for a policy); fail closed.
         return deny::forbidden(grpc_call);
     };
+    // Policy and application must see the same path: normalize, decide on the result, and
+    // forward the result.
+    let (mut parts, body) = req.into_parts();
+    let outcome =
+        normalize::normalize_request(parts.uri.path(), &mut parts.headers, &policy.normalization)
+            .map(|o| match o {
+                PathOutcome::Forward(p) if p != parts.uri.path() => Some(PathOutcome::Forward(
+                    std::borrow::Cow::Owned(p.into_owned()),
+                )),
+                PathOutcome::Forward(_) => None,
+                PathOutcome::Redirect(to) => Some(PathOutcome::Redirect(to)),
+            });
+    let rewritten = match outcome {
+        Err(e) => {
+            tracing::warn!(
+                source = %cx.peer, destination = %policy.destination, method = %parts.method,
+                path = %parts.uri.path(), client = %cx.client, reason = %e,
+                "inbound request refused before authorization"
+            );
+            cx.metrics
+                .http_request(false, "malformed_request", e.code().to_string());
+            let r = deny::bad_request(grpc_call);
+            cx.metrics.http_response(r.status());
+            return r;
+        }
+        Ok(None) => None,
+        Ok(Some(PathOutcome::Redirect(to))) => {
+            let r = deny::redirect(&with_path(&parts.uri, &to).unwrap_or_default());
+            cx.metrics.http_response(r.status());
+            return r;
+        }
+        Ok(Some(PathOutcome::Forward(p))) => Some(p.into_owned()),
+    };
+    if let Some(p) = rewritten {
+        match with_path(&parts.uri, &p) {
+            Ok(uri) => {
+                tracing::debug!(raw = %parts.uri.path(), normalized = %p, "request path normalized");
+                parts.uri = uri;
+            }
+            Err(e) => {
+                tracing::warn!(source = %cx.peer, path = %p, error = %e, "normalized path is not a valid URI");
+                let r = deny::bad_request(grpc_call);
+                cx.metrics.http_response(r.status());
+                return r;
+            }
+        }
+    }
+    let mut req = Request::from_parts(parts, body);
     let verdict = policy.authorize_http(
         &cx.peer,
         &HttpRequest {
