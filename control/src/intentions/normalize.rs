@@ -235,7 +235,14 @@ fn is_unreserved(b: u8) -> bool {
 
 /// Step 1: escapes well formed, no `%00`, decoded bytes UTF-8, literal bytes visible ASCII.
 fn check_escapes(path: &[u8]) -> Result<bool, PathError> {
-    let mut decoded = Vec::new();
+    if !path.contains(&b'%') {
+        // The common case: nothing to decode, no allocation.
+        return match path.iter().find(|b| !(0x21..=0x7e).contains(*b)) {
+            Some(&byte) => Err(PathError::BadCharacter { byte }),
+            None => Ok(false),
+        };
+    }
+    let mut decoded = Vec::with_capacity(path.len());
     let mut any_escape = false;
     let mut i = 0;
     while i < path.len() {
