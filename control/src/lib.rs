@@ -6,15 +6,13 @@
 
 pub mod agent;
 pub mod ca;
-pub mod config_entries;
-pub mod duration;
 pub mod fsm;
-pub mod hash;
-pub mod intentions;
-pub mod model;
 pub mod raft;
-pub mod spiffe;
 pub mod store;
+
+/// The policy and wire contract live in `mesh-policy` (shared with the proxy); re-exported so
+/// `crate::model`, `crate::intentions`, … read the same everywhere in the control plane.
+pub use mesh_policy::{config_entries, duration, hash, intentions, model, spiffe};
 
 /// Generated gRPC types and services (`proto/mesh.proto`).
 #[allow(clippy::all, missing_docs)]

@@ -6,8 +6,8 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mesh_control::intentions::{DefaultPolicy, HttpReason, HttpRequest, IntentionSet, validate};
-use mesh_control::model::{
+use mesh_policy::intentions::{DefaultPolicy, HttpReason, HttpRequest, IntentionSet, validate};
+use mesh_policy::model::{
     HeaderPermission, HttpPermission, Intention, IntentionAction, IntentionPermission,
 };
 

@@ -7,7 +7,7 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use mesh_control::intentions::normalize::{
+use mesh_policy::intentions::normalize::{
     EscapedSlashesAction, PathOutcome, RequestNormalization, UnderscoresAction, normalize_path,
 };
 

@@ -18,9 +18,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mesh_control::config_entries::ConfigEntry;
-use mesh_control::intentions::normalize::RequestNormalization;
-use mesh_control::model::{CaRootList, ProxyConfig};
+use mesh_policy::config_entries::ConfigEntry;
+use mesh_policy::intentions::normalize::RequestNormalization;
+use mesh_policy::model::{CaRootList, ProxyConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -680,7 +680,7 @@ pub async fn apply_protocol(
 mod protocol_tests {
     use super::*;
     use crate::authz::Policy;
-    use mesh_control::intentions::DefaultPolicy;
+    use mesh_policy::intentions::DefaultPolicy;
 
     #[test]
     fn service_defaults_protocol() {

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use mesh_control::model::CaRootList;
+use mesh_policy::model::CaRootList;
 use tokio::sync::watch;
 
 use crate::admin::{self, AdminState};

@@ -30,11 +30,11 @@
 
 use std::fmt;
 
-use mesh_control::intentions::l7::{HttpReason, HttpRequest};
-use mesh_control::intentions::normalize::RequestNormalization;
-use mesh_control::intentions::{DEFAULT_NAMESPACE, DefaultPolicy, IntentionSet, Reason};
-use mesh_control::model::{Intention, IntentionAction};
-use mesh_control::spiffe::SpiffeId;
+use mesh_policy::intentions::l7::{HttpReason, HttpRequest};
+use mesh_policy::intentions::normalize::RequestNormalization;
+use mesh_policy::intentions::{DEFAULT_NAMESPACE, DefaultPolicy, IntentionSet, Reason};
+use mesh_policy::model::{Intention, IntentionAction};
+use mesh_policy::spiffe::SpiffeId;
 use serde::Deserialize;
 
 use crate::l7::Protocol;
@@ -95,7 +95,7 @@ pub enum SourcePatternError {
     Invalid {
         value: String,
         #[source]
-        source: mesh_control::spiffe::SpiffeIdError,
+        source: mesh_policy::spiffe::SpiffeIdError,
     },
 }
 

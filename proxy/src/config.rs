@@ -33,7 +33,7 @@ pub enum ConfigError {
     BadDuration {
         value: String,
         #[source]
-        source: mesh_control::duration::DurationError,
+        source: mesh_policy::duration::DurationError,
     },
 }
 
@@ -124,7 +124,7 @@ pub struct RunArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
-    mesh_control::duration::parse_duration(s).map_err(|source| ConfigError::BadDuration {
+    mesh_policy::duration::parse_duration(s).map_err(|source| ConfigError::BadDuration {
         value: s.to_string(),
         source,
     })
@@ -194,7 +194,7 @@ pub(crate) mod secs {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&mesh_control::duration::format_duration(*d))
+        s.serialize_str(&mesh_policy::duration::format_duration(*d))
     }
 }
 

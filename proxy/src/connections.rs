@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mesh_control::spiffe::SpiffeId;
+use mesh_policy::spiffe::SpiffeId;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
@@ -170,7 +170,7 @@ pub async fn run_rechecks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_control::intentions::DefaultPolicy;
+    use mesh_policy::intentions::DefaultPolicy;
     use std::time::Duration;
 
     #[tokio::test]
@@ -180,7 +180,7 @@ mod tests {
         let api = SpiffeId::service("td", "dc1", "api");
         let a = r.register(web, "127.0.0.1:1".parse().unwrap());
         let b = r.register(api, "127.0.0.1:2".parse().unwrap());
-        let allow_web: Vec<mesh_control::model::Intention> = vec![
+        let allow_web: Vec<mesh_policy::model::Intention> = vec![
             serde_json::from_value(serde_json::json!({
                 "SourceName": "web", "DestinationName": "db", "Action": "allow"
             }))

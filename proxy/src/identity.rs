@@ -23,8 +23,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use mesh_control::model::CaRootList;
-use mesh_control::spiffe::{SpiffeId, SpiffeIdError};
+use mesh_policy::model::CaRootList;
+use mesh_policy::spiffe::{SpiffeId, SpiffeIdError};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mesh_control::model::{CaRoot, CaRootList};
-use mesh_control::spiffe::SpiffeId;
+use mesh_policy::model::{CaRoot, CaRootList};
+use mesh_policy::spiffe::SpiffeId;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -268,7 +268,7 @@ fn timeout(
     default: Duration,
 ) -> Result<Duration, StaticConfigError> {
     let Some(v) = value else { return Ok(default) };
-    let d = mesh_control::duration::parse_duration(v)
+    let d = mesh_policy::duration::parse_duration(v)
         .map_err(|e| invalid(field, format!("{v:?}: {e}")))?;
     if d.is_zero() {
         return Err(invalid(field, "must be greater than zero"));
@@ -522,7 +522,7 @@ fn roots_from_bundle(
         })?;
         let validity = cert.validity();
         roots.push(CaRoot {
-            id: format!("{:016x}", mesh_control::hash::fnv1a64(&der)),
+            id: format!("{:016x}", mesh_policy::hash::fnv1a64(&der)),
             name: cert.subject().to_string(),
             serial_number: 0,
             signing_key_id: String::new(),

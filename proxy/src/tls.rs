@@ -14,7 +14,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use mesh_control::spiffe::{SpiffeId, SpiffeIdError};
+use mesh_policy::spiffe::{SpiffeId, SpiffeIdError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

@@ -19,7 +19,7 @@ pub mod server;
 
 /// The declared protocol is the control plane's own type, so the proxy and the config-entry
 /// validation can never disagree about a spelling.
-pub use mesh_control::config_entries::{ConfigEntryError as ProtocolError, Protocol};
+pub use mesh_policy::config_entries::{ConfigEntryError as ProtocolError, Protocol};
 
 #[cfg(test)]
 mod tests {

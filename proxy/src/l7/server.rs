@@ -23,9 +23,9 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mesh_control::intentions::l7::HttpRequest;
-use mesh_control::intentions::normalize::{self, PathOutcome};
-use mesh_control::spiffe::SpiffeId;
+use mesh_policy::intentions::l7::HttpRequest;
+use mesh_policy::intentions::normalize::{self, PathOutcome};
+use mesh_policy::spiffe::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 

@@ -105,7 +105,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_control::model::CaRootList;
+use mesh_policy::model::CaRootList;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
