@@ -2,7 +2,9 @@
 //! pipelining, upgrades) or HTTP/2, by the destination's declared protocol, never sniffed.
 //!
 //! Per request: decide with the newest [`Policy`] snapshot → denied: answer it here
-//! ([`deny`]), log one line and count it, leaving the connection open for the next request →
+//! ([`deny`]), log one line and count it, leaving the connection open for the next request
+//! (an HTTP/1.1 body still arriving is drained within bounds, or the answer says
+//! `Connection: close`: [`body`], [`linger`]) →
 //! allowed: strip hop-by-hop headers, forward to the application with the body streaming
 //! ([`Forwarder`]), strip the response's hop-by-hop headers and stream its body back, frames
 //! (and so trailers) unchanged. A 101 to an upgrade request joins the two upgraded connections
@@ -26,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::forward::Forwarder;
-use super::{Protocol, deny, hop};
+use super::{Protocol, body, deny, hop, linger};
 use crate::authz::Policy;
 use crate::metrics::Metrics;
 
@@ -73,6 +75,8 @@ where
             async move { Ok::<_, std::convert::Infallible>(handle(&cx, &fwd, req).await) }
         })
     };
+    // Handed back after hyper's clean shutdown, for the lingering close (`linger`).
+    let (io, returned) = linger::Io::new(io);
     let io = TokioIo::new(io);
     let server = async {
         if cx.protocol.is_h2() {
@@ -98,7 +102,12 @@ where
         r = server => r,
         () = &mut driver => return Ok(()),
     };
-    let _ = tokio::time::timeout(DRIVER_GRACE, driver).await;
+    let linger = async {
+        if let Ok(io) = returned.await {
+            linger::linger(io, linger::LINGER_TIME).await;
+        }
+    };
+    let _ = tokio::join!(tokio::time::timeout(DRIVER_GRACE, driver), linger);
     r
 }
 
@@ -125,7 +134,7 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, mut req: Request<Incoming>) -
             path = %req.uri().path(), client = %cx.client, reason = %verdict.reason,
             "inbound request denied"
         );
-        let r = deny::forbidden(grpc_call);
+        let r = body::answer_unforwarded(req, deny::forbidden(grpc_call)).await;
         cx.metrics.http_response(r.status());
         return r;
     }
@@ -133,6 +142,9 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, mut req: Request<Incoming>) -
     let upgrade = req.version() == Version::HTTP_11 && hop::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     hop::strip(req.headers_mut(), upgrade);
+    // HTTP/1.x with a body: on a 502 the body may be partly unread (`body`).
+    let body_pending =
+        req.version() < Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
     if cx.protocol.is_h2() {
         *req.version_mut() = Version::HTTP_2;
     }
@@ -140,7 +152,10 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, mut req: Request<Incoming>) -
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(source = %cx.peer, client = %cx.client, error = %e, "forwarding to the local application failed");
-            let r = deny::bad_gateway(grpc_call);
+            let mut r = deny::bad_gateway(grpc_call);
+            if body_pending {
+                body::announce(&mut r, &body::Leftover::Close(body::CloseReason::Forwarded));
+            }
             cx.metrics.http_response(r.status());
             return r;
         }

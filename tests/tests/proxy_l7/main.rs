@@ -16,6 +16,7 @@ mod apps;
 mod t10_http1;
 mod t20_h2_grpc;
 mod t30_streams;
+mod t40_denied_body;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
