@@ -116,7 +116,7 @@ pub enum CacheError {
     NotReady {
         what: String,
         #[source]
-        reason: DecodeError,
+        reason: Arc<DecodeError>,
     },
 }
 
@@ -138,7 +138,7 @@ struct Entry {
     tx: watch::Sender<Option<Cached>>,
     last_used: Mutex<Instant>,
     /// Why the last update was refused, while no value is cached (reported by [`Cache::get`]).
-    refused: Mutex<Option<DecodeError>>,
+    refused: Mutex<Option<Arc<DecodeError>>>,
 }
 
 impl Entry {
@@ -152,7 +152,7 @@ impl Entry {
             }
             Err(e) => {
                 tracing::warn!(?kind, index, error = %e, "cache: update refused; keeping the current value");
-                *self.refused.lock().unwrap() = Some(e);
+                *self.refused.lock().unwrap() = Some(Arc::new(e));
                 Err(())
             }
         }
@@ -225,7 +225,7 @@ impl Cache {
             .is_ok_and(|r| r.is_ok());
         if !first {
             let what = format!("{:?} {:?}", key.kind, key.name);
-            return Err(match entry.refused.lock().unwrap().take() {
+            return Err(match entry.refused.lock().unwrap().clone() {
                 Some(reason) => CacheError::NotReady { what, reason },
                 None => CacheError::Unavailable { what },
             });
@@ -438,17 +438,12 @@ mod tests {
         let early = br#"{"DefaultPolicy":"deny","TrustDomain":"","Intentions":[]}"#;
         assert!(entry.offer(Kind::Intentions, 5, early).is_err());
         let err = cache.get(&key, 0, Duration::ZERO).await.unwrap_err();
-        assert!(
-            matches!(
-                &err,
-                CacheError::NotReady {
-                    reason: DecodeError::NoTrustDomain,
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        let is_no_td = |e: &CacheError| matches!(e, CacheError::NotReady { reason, .. } if matches!(**reason, DecodeError::NoTrustDomain));
+        assert!(is_no_td(&err), "{err:?}");
         assert!(err.to_string().contains("no trust domain"), "{err}");
+        // Every reader is told the same, not only the first.
+        let again = cache.get(&key, 0, Duration::ZERO).await.unwrap_err();
+        assert!(is_no_td(&again), "{again:?}");
 
         let good = br#"{"DefaultPolicy":"deny","TrustDomain":"abc.consul","Intentions":[]}"#;
         entry.offer(Kind::Intentions, 6, good).unwrap();
