@@ -645,42 +645,9 @@ pub fn spawn_normalization_watch(
     )
 }
 
-/// Publishes on `out` the newest intentions snapshot of `intentions` stamped with the newest
-/// protocol of `protocol` and request normalization of `normalization` (once all are known),
-/// again whenever any of them changes. A protocol change so reaches the re-check of live
-/// connections like an intention change does, and new connections pick the new protocol from
-/// the snapshot they are authorized with; requests read the normalization per request.
-pub async fn apply_protocol(
-    mut intentions: watch::Receiver<Option<Arc<crate::authz::Policy>>>,
-    mut protocol: watch::Receiver<Option<Protocol>>,
-    mut normalization: watch::Receiver<Option<RequestNormalization>>,
-    out: watch::Sender<Option<Arc<crate::authz::Policy>>>,
-) {
-    // A fixed value (`--protocol`, static mode) comes on a channel whose sender is gone.
-    let mut protocol_open = true;
-    let mut normalization_open = true;
-    loop {
-        let snapshot = intentions.borrow_and_update().clone();
-        let p = *protocol.borrow_and_update();
-        let n = *normalization.borrow_and_update();
-        if let (Some(snapshot), Some(p), Some(n)) = (snapshot, p, n) {
-            out.send_replace(Some(Arc::new(
-                (*snapshot).clone().with_protocol(p).with_normalization(n),
-            )));
-        }
-        tokio::select! {
-            r = intentions.changed() => if r.is_err() { return },
-            r = protocol.changed(), if protocol_open => protocol_open = r.is_ok(),
-            r = normalization.changed(), if normalization_open => normalization_open = r.is_ok(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod protocol_tests {
     use super::*;
-    use crate::authz::Policy;
-    use mesh_policy::intentions::DefaultPolicy;
 
     #[test]
     fn service_defaults_protocol() {
@@ -692,69 +659,6 @@ mod protocol_tests {
         let e = decode_protocol(Some(br#"{"Protocol":"quic"}"#)).unwrap_err();
         assert!(format!("{:?}", e).contains("quic"), "{e:?}");
         assert!(decode_protocol(Some(b"nope")).is_err());
-    }
-
-    #[tokio::test]
-    async fn protocol_is_stamped_on_every_snapshot() {
-        let (itx, irx) = watch::channel(None);
-        let (ptx, prx) = watch::channel(None);
-        let strict = RequestNormalization {
-            merge_slashes: true,
-            ..Default::default()
-        };
-        let (ntx, nrx) = watch::channel(Some(strict));
-        let (otx, mut orx) = watch::channel(None);
-        tokio::spawn(apply_protocol(irx, prx, nrx, otx));
-        itx.send_replace(Some(Arc::new(Policy::new(
-            "db",
-            "td",
-            1,
-            vec![],
-            DefaultPolicy::Deny,
-        ))));
-        // The protocol arrives after the intentions.
-        ptx.send_replace(Some(Protocol::Http));
-        let p = orx
-            .wait_for(Option::is_some)
-            .await
-            .unwrap()
-            .clone()
-            .unwrap();
-        assert_eq!((p.index, p.protocol), (1, Protocol::Http));
-        assert_eq!(p.normalization, strict);
-        ptx.send_replace(Some(Protocol::Tcp));
-        let p = orx
-            .wait_for(|p| p.as_ref().is_some_and(|p| p.protocol == Protocol::Tcp))
-            .await
-            .unwrap()
-            .clone()
-            .unwrap();
-        assert_eq!(p.index, 1);
-        // A fixed protocol (sender dropped) keeps applying to new intentions.
-        drop(ptx);
-        itx.send_replace(Some(Arc::new(Policy::new(
-            "db",
-            "td",
-            2,
-            vec![],
-            DefaultPolicy::Deny,
-        ))));
-        let p = orx
-            .wait_for(|p| p.as_ref().is_some_and(|p| p.index == 2))
-            .await
-            .unwrap()
-            .clone()
-            .unwrap();
-        assert_eq!(p.protocol, Protocol::Tcp);
-        // A mesh entry change is stamped on the same snapshot.
-        ntx.send_replace(Some(RequestNormalization::default()));
-        let p = orx
-            .wait_for(|p| p.as_ref().is_some_and(|p| !p.normalization.merge_slashes))
-            .await
-            .unwrap()
-            .clone()
-            .unwrap();
-        assert_eq!(p.index, 2);
     }
 
     #[test]

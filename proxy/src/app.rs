@@ -217,8 +217,10 @@ async fn run_agent(
     let (leaf_tx, leaf_rx) = watch::channel::<Option<Arc<LeafCert>>>(None);
     let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
     let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
-    // Intentions as the agent serves them; `policy_*` adds the service's protocol to them.
-    let (intentions_tx, intentions_rx) = watch::channel::<Option<Arc<Policy>>>(None);
+    // Intentions as the agent serves them; `policy_feed` makes the policy of them, the roots'
+    // trust domain and the service's protocol.
+    let (intentions_tx, intentions_rx) =
+        watch::channel::<Option<Arc<crate::policy_feed::AgentIntentions>>>(None);
     let (protocol_tx, protocol_rx) = watch::channel(config.protocol);
     let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
     let registry = Arc::new(Registry::default());
@@ -272,19 +274,15 @@ async fn run_agent(
             roots_tx,
         );
         let path = format!("/v1/agent/connect/intentions/{destination}");
-        let roots_for_td = roots_rx.clone();
-        let dest = destination.clone();
         agent::spawn_watch(
             client.clone(),
             "intentions",
             path,
-            move |index, body| {
-                let td = roots_for_td
-                    .borrow()
-                    .as_ref()
-                    .map(|r| r.trust_domain.clone())
-                    .unwrap_or_default();
-                Policy::from_agent_json(&dest, &td, index, body)
+            |index, body| {
+                Ok::<_, std::convert::Infallible>(crate::policy_feed::AgentIntentions {
+                    index,
+                    body: bytes::Bytes::copy_from_slice(body),
+                })
             },
             intentions_tx,
         );
@@ -295,10 +293,14 @@ async fn run_agent(
         // The mesh-wide request normalization every L7 decision starts with.
         let (normalization_tx, normalization_rx) = watch::channel(None);
         agent::spawn_normalization_watch(client.clone(), normalization_tx);
-        control.spawn(agent::apply_protocol(
-            intentions_rx,
-            protocol_rx,
-            normalization_rx,
+        control.spawn(crate::policy_feed::run(
+            destination.clone(),
+            crate::policy_feed::Feeds {
+                intentions: intentions_rx,
+                roots: roots_rx.clone(),
+                protocol: protocol_rx,
+                normalization: normalization_rx,
+            },
             policy_tx,
         ));
         let targets: Vec<UpstreamTarget> = plans

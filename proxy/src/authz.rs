@@ -48,6 +48,10 @@ pub enum AuthzError {
         #[source]
         source: serde_json::Error,
     },
+    /// Neither the snapshot nor the CA roots name the mesh's trust domain yet: every peer
+    /// would be "foreign", so there is no policy to enforce (issue 10 point 2).
+    #[error("intentions for {destination:?} carry no trust domain and the CA roots name none yet")]
+    NoTrustDomain { destination: String },
 }
 
 /// Body of `GET /v1/agent/connect/intentions/:destination`.
@@ -295,7 +299,8 @@ impl Policy {
     }
 
     /// Parses the agent's intentions response for `destination`. `fallback_trust_domain` (from
-    /// the CA roots) is used when the body carries none.
+    /// the CA roots) is used when the body carries none; with neither, there is no policy
+    /// ([`AuthzError::NoTrustDomain`]).
     pub fn from_agent_json(
         destination: &str,
         fallback_trust_domain: &str,
@@ -312,6 +317,11 @@ impl Policy {
         } else {
             &b.trust_domain
         };
+        if td.is_empty() {
+            return Err(AuthzError::NoTrustDomain {
+                destination: destination.to_string(),
+            });
+        }
         Ok(Self::new(
             destination,
             td,
@@ -662,6 +672,14 @@ mod tests {
                 .allowed
         );
         assert!(Policy::from_agent_json("db", "x", 7, b"nope").is_err());
+        // No trust domain in the body: the roots' one, and without that, no policy at all.
+        let early = br#"{"DefaultPolicy":"deny","TrustDomain":"","Intentions":[]}"#;
+        let p = Policy::from_agent_json("db", "td.consul", 8, early).unwrap();
+        assert_eq!(p.trust_domain, "td.consul");
+        assert!(matches!(
+            Policy::from_agent_json("db", "", 8, early),
+            Err(AuthzError::NoTrustDomain { .. })
+        ));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //! Module map: [`config`] (CLI), [`app`] (wiring), [`agent`] (agent client), [`static_config`]
 //! (config file and file watcher of static mode), [`identity`] and
 //! [`tls`] (certificate store and the SPIFFE verifier), [`authz`] (pure decisions),
+//! [`policy_feed`] (agent mode's policy from intentions, roots and protocol),
 //! [`inbound`] / [`outbound`] (listeners), [`copy`] (byte pump), [`connections`] (live inbound
 //! connections, re-checked on policy change), [`drain`] (graceful shutdown), [`admin`] and
 //! [`metrics`] (observability), [`transport`] (socket options), [`read_ahead`] (large socket
@@ -40,6 +41,7 @@ pub mod inbound;
 pub mod l7;
 pub mod metrics;
 pub mod outbound;
+pub mod policy_feed;
 pub mod read_ahead;
 pub mod static_config;
 pub mod tls;

@@ -134,8 +134,9 @@ fn ensure_venv() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// The interpreter the venv is made from: `$MESH_TEST_PYTHON`, else `python3` on `PATH`.
-fn base_python() -> String {
+/// The interpreter the venv is made from: `$MESH_TEST_PYTHON`, else `python3` on `PATH`
+/// (also what scripts that need only the standard library run with).
+pub fn base_python() -> String {
     std::env::var("MESH_TEST_PYTHON")
         .ok()
         .filter(|s| !s.is_empty())

@@ -111,11 +111,52 @@ pub struct Cached {
 pub enum CacheError {
     #[error("no server reachable and nothing cached yet for {what}")]
     Unavailable { what: String },
+    /// The servers answered, but with nothing the cache may serve yet.
+    #[error("not ready: nothing usable cached yet for {what}: {reason}")]
+    NotReady {
+        what: String,
+        #[source]
+        reason: Arc<DecodeError>,
+    },
+}
+
+/// Why an update from the servers was not cached.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("undecodable update")]
+    Json(#[from] serde_json::Error),
+    /// An intentions snapshot from before the CA exists: a proxy given it would believe the
+    /// mesh's trust domain is `""` and refuse every peer (issue 10 point 2). Current servers
+    /// never send one; the cache refuses it from any server.
+    #[error(
+        "the intentions snapshot carries no trust domain (the servers' CA is not initialized yet)"
+    )]
+    NoTrustDomain,
 }
 
 struct Entry {
     tx: watch::Sender<Option<Cached>>,
     last_used: Mutex<Instant>,
+    /// Why the last update was refused, while no value is cached (reported by [`Cache::get`]).
+    refused: Mutex<Option<Arc<DecodeError>>>,
+}
+
+impl Entry {
+    /// Caches an update, or keeps the current value and remembers why not.
+    fn offer(&self, kind: Kind, index: u64, json: &[u8]) -> Result<(), ()> {
+        match decode(kind, json) {
+            Ok(value) => {
+                *self.refused.lock().unwrap() = None;
+                self.tx.send_replace(Some(Cached { index, value }));
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(?kind, index, error = %e, "cache: update refused; keeping the current value");
+                *self.refused.lock().unwrap() = Some(Arc::new(e));
+                Err(())
+            }
+        }
+    }
 }
 
 /// The cache.
@@ -151,6 +192,7 @@ impl Cache {
         let e = Arc::new(Entry {
             tx: watch::Sender::new(None),
             last_used: Mutex::new(now),
+            refused: Mutex::new(None),
         });
         map.insert(key.clone(), e.clone());
         drop(map);
@@ -176,13 +218,16 @@ impl Cache {
         min_index: u64,
         wait: Duration,
     ) -> Result<Cached, CacheError> {
-        let mut rx = self.subscribe(key);
+        let entry = self.entry(key);
+        let mut rx = entry.tx.subscribe();
         let first = tokio::time::timeout(self.first_fetch, rx.wait_for(Option::is_some))
             .await
             .is_ok_and(|r| r.is_ok());
         if !first {
-            return Err(CacheError::Unavailable {
-                what: format!("{:?} {:?}", key.kind, key.name),
+            let what = format!("{:?} {:?}", key.kind, key.name);
+            return Err(match entry.refused.lock().unwrap().clone() {
+                Some(reason) => CacheError::NotReady { what, reason },
+                None => CacheError::Unavailable { what },
             });
         }
         if min_index > 0 {
@@ -281,12 +326,7 @@ impl Cache {
                             connected.send_replace(true);
                             backoff = Duration::from_millis(100);
                             let Some((key, entry)) = keys.get(ev.topic as usize) else { continue };
-                            match decode(key.kind, &ev.json) {
-                                Ok(value) => {
-                                    entry.tx.send_replace(Some(Cached { index: ev.index, value }));
-                                }
-                                Err(e) => tracing::warn!(error = %e, "cache: undecodable update"),
-                            }
+                            let _ = entry.offer(key.kind, ev.index, &ev.json);
                         }
                         Ok(None) | Err(_) => {
                             connected.send_replace(false);
@@ -325,11 +365,14 @@ struct IntentionsBody {
     intentions: Vec<Intention>,
 }
 
-fn decode(kind: Kind, json: &[u8]) -> serde_json::Result<Value> {
+fn decode(kind: Kind, json: &[u8]) -> Result<Value, DecodeError> {
     Ok(match kind {
         Kind::Roots => Value::Roots(Arc::new(serde_json::from_slice(json)?)),
         Kind::Intentions => {
             let b: IntentionsBody = serde_json::from_slice(json)?;
+            if b.trust_domain.is_empty() {
+                return Err(DecodeError::NoTrustDomain);
+            }
             Value::Intentions(Arc::new(IntentionView {
                 set: IntentionSet::new(b.intentions, b.default_policy),
                 trust_domain: b.trust_domain,
@@ -384,6 +427,35 @@ mod tests {
             cache.touch(&a);
         });
         assert_eq!(cache.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_intentions_snapshot_without_trust_domain_is_never_cached() {
+        let mut cache = Cache::new(Duration::from_secs(60));
+        cache.first_fetch = Duration::from_millis(50);
+        let key = CacheKey::intentions("db", "dc1");
+        let entry = cache.entry(&key);
+        let early = br#"{"DefaultPolicy":"deny","TrustDomain":"","Intentions":[]}"#;
+        assert!(entry.offer(Kind::Intentions, 5, early).is_err());
+        let err = cache.get(&key, 0, Duration::ZERO).await.unwrap_err();
+        let is_no_td = |e: &CacheError| matches!(e, CacheError::NotReady { reason, .. } if matches!(**reason, DecodeError::NoTrustDomain));
+        assert!(is_no_td(&err), "{err:?}");
+        assert!(err.to_string().contains("no trust domain"), "{err}");
+        // Every reader is told the same, not only the first.
+        let again = cache.get(&key, 0, Duration::ZERO).await.unwrap_err();
+        assert!(is_no_td(&again), "{again:?}");
+
+        let good = br#"{"DefaultPolicy":"deny","TrustDomain":"abc.consul","Intentions":[]}"#;
+        entry.offer(Kind::Intentions, 6, good).unwrap();
+        // A later TD-less update leaves the good value in place.
+        assert!(entry.offer(Kind::Intentions, 7, early).is_err());
+        let c = cache.get(&key, 0, Duration::ZERO).await.unwrap();
+        assert_eq!(c.index, 6);
+        let Value::Intentions(view) = c.value else {
+            panic!("not intentions")
+        };
+        assert_eq!(view.trust_domain, "abc.consul");
+        assert!(!view.raw.is_empty() && view.raw.as_ref() == good);
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use serde_json::json;
 
 use super::Agent;
 use super::authorize::{self, AuthorizeRequest};
-use super::cache::{CacheKey, Cached, Value};
+use super::cache::{CacheError, CacheKey, Cached, Value};
 use super::registration;
 use crate::http::ApiError;
 use crate::http::blocking::{QueryOptions, json_with_index};
@@ -66,7 +66,19 @@ async fn cached(a: &Agent, key: &CacheKey, q: &QueryOptions) -> Result<Cached, A
     a.cache
         .get(key, q.index.unwrap_or(0), q.wait()?)
         .await
-        .map_err(unavailable)
+        .map_err(cache_error)
+}
+
+/// A cache read that failed: 503 while the servers have nothing servable yet (a client should
+/// retry), 500 when no server answered.
+fn cache_error(e: CacheError) -> ApiError {
+    match e {
+        CacheError::NotReady { .. } => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: e.to_string(),
+        },
+        CacheError::Unavailable { .. } => unavailable(e),
+    }
 }
 
 /// A cached JSON body served as is, with its index.
@@ -314,7 +326,7 @@ async fn authorize(State(a): St, headers: HeaderMap, Query(p): Params, body: Byt
         .cache
         .get(&key, 0, Duration::ZERO)
         .await
-        .map_err(unavailable)?;
+        .map_err(cache_error)?;
     let Value::Intentions(view) = c.value else {
         return Err(unavailable("unexpected cache value"));
     };

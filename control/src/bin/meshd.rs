@@ -1,5 +1,8 @@
 //! `meshd`: the control-plane daemon. `meshd server` runs one Raft server; `meshd dev` runs a
 //! single-node server with its data in a temporary directory, for trying the mesh out.
+//!
+//! Stdout carries machine-readable lines only: `meshd: node N listening rpc=A http=B` and
+//! `meshd: node N ready leader=A trust_domain=T` (see `main`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -142,6 +145,7 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     init_logging();
     let cli = Cli::parse();
+    let dev = matches!(cli.command, Cmd::Dev(_));
     let (config, _tmp) = match cli.command {
         Cmd::Agent(a) => return run_agent(a).await,
         Cmd::Server(a) => {
@@ -182,12 +186,32 @@ async fn main() -> anyhow::Result<()> {
     let handle = Server::start(config)
         .await
         .with_context(|| format!("starting server {name}"))?;
-    // Machine-readable line for scripts and tests (ports may have been chosen by the OS).
-    println!(
+    // Machine-readable lines for scripts and tests. `listening` carries the ports (maybe chosen
+    // by the OS); `ready` comes once a leader is known and the CA is initialized, so leaves
+    // and intentions (with the trust domain) can be served (issue 10 point 2). A server of a
+    // cluster says `listening` at once, since its peers may need its ports to form the cluster
+    // that makes it ready; `meshd dev` has no peers and says both when ready, so whoever took
+    // `listening` as "ready" is right.
+    let listening = format!(
         "meshd: node {name} listening rpc={} http={}",
         handle.rpc_addr, handle.http_addr
     );
-    wait_for_signal().await?;
+    if !dev {
+        println!("{listening}");
+    }
+    tokio::select! {
+        r = handle.server.wait_ready() => {
+            if dev {
+                println!("{listening}");
+            }
+            println!(
+                "meshd: node {name} ready leader={} trust_domain={}",
+                r.leader_rpc_addr, r.trust_domain
+            );
+            wait_for_signal().await?;
+        }
+        r = wait_for_signal() => r?,
+    }
     tracing::info!("shutting down");
     handle.shutdown().await;
     Ok(())

@@ -91,13 +91,13 @@ fn required<'a>(p: &'a HashMap<String, String>, key: &str) -> Result<&'a str, Ap
         .ok_or_else(|| ApiError::bad_request(format!("required query parameter '{key}' not set")))
 }
 
+/// The leader's address, or `""` (as Consul while there is none) until this server is ready:
+/// a leader known *and* the CA initialized here, so a health probe on this endpoint never
+/// passes before leaves and intentions can be served (issue 10 point 2).
 async fn status_leader(AxState(b): AxState<Backend>) -> Response {
-    let s = server(&b);
-    let m = s.raft.metrics().borrow().clone();
-    let addr = m
-        .current_leader
-        .and_then(|l| m.membership_config.membership().get_node(&l).cloned())
-        .map(|n| n.rpc_addr)
+    let addr = server(&b)
+        .readiness()
+        .map(|r| r.leader_rpc_addr)
         .unwrap_or_default();
     axum::Json(addr).into_response()
 }

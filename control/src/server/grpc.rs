@@ -196,7 +196,8 @@ impl CatalogApi {
 
     /// Streams an event for each topic whenever its index passes the last one sent and its
     /// rendering differs from the last one sent (so unrelated writes wake nobody), until the
-    /// client goes away or the server stops.
+    /// client goes away or the server stops. A topic that is not [`topics::ready`] yet is
+    /// skipped until it is.
     fn watch_topics(&self, topics: Vec<Topic>) -> EventStream {
         let shared = self.0.state.clone();
         let mut applied = shared.subscribe();
@@ -211,7 +212,7 @@ impl CatalogApi {
                 shared.read(|s| {
                     for (i, t) in topics.iter().enumerate() {
                         let idx = topics::index(s, t);
-                        if idx <= last_index[i] {
+                        if idx <= last_index[i] || !topics::ready(s, t) {
                             continue;
                         }
                         last_index[i] = idx;

@@ -31,10 +31,19 @@ pub fn default_ca_config(provider: &str) -> CaConfig {
 
 pub(super) async fn run(server: Arc<Server>) {
     let mut shutdown = std::pin::pin!(server.shutdown_signal());
+    let mut metrics = server.raft.metrics();
     loop {
+        let was_leader = metrics.borrow().current_leader == Some(server.id);
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(TICK) => {}
+            // A new leader creates the CA at once, not a tick later: until it exists the
+            // server is not ready (issue 10 point 2).
+            r = metrics.wait_for(|m| (m.current_leader == Some(server.id)) != was_leader) => {
+                if r.is_err() {
+                    return;
+                }
+            }
         }
         let is_leader = server.raft.metrics().borrow().current_leader == Some(server.id);
         if let Err(e) = server.check_liveness(is_leader).await {

@@ -160,6 +160,49 @@ impl Server {
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }
+
+    /// This server's view of readiness: a leader is known and an active CA root is applied
+    /// here, so leaves can be signed and intentions carry the trust domain. `None` until then.
+    pub fn readiness(&self) -> Option<Readiness> {
+        let trust_domain = self.state.read(|s| {
+            s.ca.active()
+                .is_some()
+                .then(|| s.ca.trust_domain.clone())
+                .filter(|td| !td.is_empty())
+        })?;
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned())?;
+        Some(Readiness {
+            leader_rpc_addr: leader.rpc_addr,
+            trust_domain,
+        })
+    }
+
+    /// Resolves once [`Server::readiness`] is `Some` (it may never on a server whose peers do
+    /// not come: callers race it with their own shutdown).
+    pub async fn wait_ready(&self) -> Readiness {
+        let mut applied = self.state.subscribe();
+        let mut metrics = self.raft.metrics();
+        // Each round waits for a new applied index or Raft metrics change; no fixed count.
+        loop {
+            if let Some(r) = self.readiness() {
+                return r;
+            }
+            tokio::select! {
+                r = applied.changed() => if r.is_err() { std::future::pending::<()>().await },
+                r = metrics.changed() => if r.is_err() { std::future::pending::<()>().await },
+            }
+        }
+    }
+}
+
+/// What [`Server::wait_ready`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub leader_rpc_addr: String,
+    pub trust_domain: String,
 }
 
 impl ServerHandle {

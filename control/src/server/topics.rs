@@ -17,6 +17,18 @@ pub fn index(s: &State, t: &Topic) -> u64 {
     .max(1)
 }
 
+/// Whether the topic can be rendered yet. An intentions snapshot carries the trust domain the
+/// proxies check peers against, and that exists only once the CA is initialized: one sent
+/// before would tell every proxy that this mesh is `""` and make it refuse every peer (issue 10
+/// point 2). It is withheld until then; the table index it reports is unchanged, so the first
+/// write after (the CA's own) sends it.
+pub fn ready(s: &State, t: &Topic) -> bool {
+    match t.kind() {
+        TopicKind::TopicIntentions => !s.ca.trust_domain.is_empty(),
+        TopicKind::TopicRoots | TopicKind::TopicHealth => true,
+    }
+}
+
 /// The topic's current value as JSON.
 pub fn render(s: &State, t: &Topic) -> serde_json::Result<Vec<u8>> {
     match t.kind() {

@@ -12,9 +12,11 @@
 //! streaming and slow uploads pass unchanged, and an HTTP/1.1 `Upgrade` answered with 101
 //! becomes a plain byte tunnel.
 
+pub mod body;
 pub mod deny;
 pub mod forward;
 pub mod hop;
+pub mod linger;
 pub mod server;
 
 /// The declared protocol is the control plane's own type, so the proxy and the config-entry

@@ -4,8 +4,9 @@
 //! Per request: normalize the path and headers per the snapshot's request normalization
 //! ([`normalize`]: malformed → 400, escaped slashes → 307 when configured) so the decision and
 //! the application see the same path → decide with the newest [`Policy`] snapshot → denied:
-//! answer it here
-//! ([`deny`]), log one line and count it, leaving the connection open for the next request →
+//! answer it here ([`deny`]), log one line and count it, leaving the connection open for the
+//! next request (an HTTP/1.1 body still arriving is drained within bounds, or the answer says
+//! `Connection: close`: [`body`], [`linger`]) →
 //! allowed: strip hop-by-hop headers, forward to the application with the body streaming
 //! ([`Forwarder`]), strip the response's hop-by-hop headers and stream its body back, frames
 //! (and so trailers) unchanged. A 101 to an upgrade request joins the two upgraded connections
@@ -30,7 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::forward::Forwarder;
-use super::{Protocol, deny, hop};
+use super::{Protocol, body, deny, hop, linger};
 use crate::authz::Policy;
 use crate::metrics::Metrics;
 
@@ -77,6 +78,8 @@ where
             async move { Ok::<_, std::convert::Infallible>(handle(&cx, &fwd, req).await) }
         })
     };
+    // Handed back after hyper's clean shutdown, for the lingering close (`linger`).
+    let (io, returned) = linger::Io::new(io);
     let io = TokioIo::new(io);
     let server = async {
         if cx.protocol.is_h2() {
@@ -102,7 +105,12 @@ where
         r = server => r,
         () = &mut driver => return Ok(()),
     };
-    let _ = tokio::time::timeout(DRIVER_GRACE, driver).await;
+    let linger = async {
+        if let Ok(io) = returned.await {
+            linger::linger(io, linger::LINGER_TIME).await;
+        }
+    };
+    let _ = tokio::join!(tokio::time::timeout(DRIVER_GRACE, driver), linger);
     r
 }
 
@@ -117,26 +125,38 @@ fn with_path(uri: &http::Uri, path: &str) -> Result<http::Uri, http::Error> {
     Ok(http::Uri::from_parts(parts)?)
 }
 
-async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Response<Body> {
-    let grpc_call = cx.protocol == Protocol::Grpc || deny::is_grpc(req.headers());
-    let policy = cx.policy.borrow().clone();
-    let Some(policy) = policy else {
-        // Cannot happen once the listener is open (it waits for a policy); fail closed.
-        return deny::forbidden(grpc_call);
-    };
-    // Policy and application must see the same path: normalize, decide on the result, and
-    // forward the result.
+/// The request with its path and headers normalized per the policy's request normalization,
+/// so that the decision and the application see the same path; or the answer when the request
+/// is refused (400) or redirected (307) before any rule is read, whose unread body is handled
+/// like a denied request's ([`body::answer_unforwarded`]).
+async fn normalized(
+    cx: &ConnContext,
+    policy: &Policy,
+    grpc_call: bool,
+    req: Request<Incoming>,
+) -> Result<Request<Incoming>, Response<Body>> {
     let (mut parts, body) = req.into_parts();
     let outcome =
         normalize::normalize_request(parts.uri.path(), &mut parts.headers, &policy.normalization)
             .map(|o| match o {
-                PathOutcome::Forward(p) if p != parts.uri.path() => Some(PathOutcome::Forward(
-                    std::borrow::Cow::Owned(p.into_owned()),
-                )),
-                PathOutcome::Forward(_) => None,
-                PathOutcome::Redirect(to) => Some(PathOutcome::Redirect(to)),
+                PathOutcome::Forward(p) if p != parts.uri.path() => Ok(Some(p.into_owned())),
+                PathOutcome::Forward(_) => Ok(None),
+                PathOutcome::Redirect(to) => Err(to),
             });
-    let rewritten = match outcome {
+    let answer = match outcome {
+        Ok(Ok(None)) => return Ok(Request::from_parts(parts, body)),
+        Ok(Ok(Some(path))) => match with_path(&parts.uri, &path) {
+            Ok(uri) => {
+                tracing::debug!(raw = %parts.uri.path(), normalized = %path, "request path normalized");
+                parts.uri = uri;
+                return Ok(Request::from_parts(parts, body));
+            }
+            Err(e) => {
+                tracing::warn!(source = %cx.peer, path = %path, error = %e, "normalized path is not a valid URI");
+                deny::bad_request(grpc_call)
+            }
+        },
+        Ok(Err(to)) => deny::redirect(&with_path(&parts.uri, &to).unwrap_or_default()),
         Err(e) => {
             tracing::warn!(
                 source = %cx.peer, destination = %policy.destination, method = %parts.method,
@@ -145,33 +165,25 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Re
             );
             cx.metrics
                 .http_request(false, "malformed_request", e.code().to_string());
-            let r = deny::bad_request(grpc_call);
-            cx.metrics.http_response(r.status());
-            return r;
+            deny::bad_request(grpc_call)
         }
-        Ok(None) => None,
-        Ok(Some(PathOutcome::Redirect(to))) => {
-            let r = deny::redirect(&with_path(&parts.uri, &to).unwrap_or_default());
-            cx.metrics.http_response(r.status());
-            return r;
-        }
-        Ok(Some(PathOutcome::Forward(p))) => Some(p.into_owned()),
     };
-    if let Some(p) = rewritten {
-        match with_path(&parts.uri, &p) {
-            Ok(uri) => {
-                tracing::debug!(raw = %parts.uri.path(), normalized = %p, "request path normalized");
-                parts.uri = uri;
-            }
-            Err(e) => {
-                tracing::warn!(source = %cx.peer, path = %p, error = %e, "normalized path is not a valid URI");
-                let r = deny::bad_request(grpc_call);
-                cx.metrics.http_response(r.status());
-                return r;
-            }
-        }
-    }
-    let mut req = Request::from_parts(parts, body);
+    let r = body::answer_unforwarded(Request::from_parts(parts, body), answer).await;
+    cx.metrics.http_response(r.status());
+    Err(r)
+}
+
+async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Response<Body> {
+    let grpc_call = cx.protocol == Protocol::Grpc || deny::is_grpc(req.headers());
+    let policy = cx.policy.borrow().clone();
+    let Some(policy) = policy else {
+        // Cannot happen once the listener is open (it waits for a policy); fail closed.
+        return deny::forbidden(grpc_call);
+    };
+    let mut req = match normalized(cx, &policy, grpc_call, req).await {
+        Ok(req) => req,
+        Err(answer) => return answer,
+    };
     let verdict = policy.authorize_http(
         &cx.peer,
         &HttpRequest {
@@ -188,7 +200,7 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Re
             path = %req.uri().path(), client = %cx.client, reason = %verdict.reason,
             "inbound request denied"
         );
-        let r = deny::forbidden(grpc_call);
+        let r = body::answer_unforwarded(req, deny::forbidden(grpc_call)).await;
         cx.metrics.http_response(r.status());
         return r;
     }
@@ -196,6 +208,9 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Re
     let upgrade = req.version() == Version::HTTP_11 && hop::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     hop::strip(req.headers_mut(), upgrade);
+    // HTTP/1.x with a body: on a 502 the body may be partly unread (`body`).
+    let body_pending =
+        req.version() < Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
     if cx.protocol.is_h2() {
         *req.version_mut() = Version::HTTP_2;
     }
@@ -203,7 +218,10 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Re
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(source = %cx.peer, client = %cx.client, error = %e, "forwarding to the local application failed");
-            let r = deny::bad_gateway(grpc_call);
+            let mut r = deny::bad_gateway(grpc_call);
+            if body_pending {
+                body::announce(&mut r, &body::Leftover::Close(body::CloseReason::Forwarded));
+            }
             cx.metrics.http_response(r.status());
             return r;
         }

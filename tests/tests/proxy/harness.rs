@@ -140,6 +140,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(http_addr: SocketAddr, sidecar_for: &str, extra: &[&str]) -> Self {
+        let p = Self::spawn(http_addr, sidecar_for, extra);
+        p.wait_ready();
+        p
+    }
+
+    /// Starts the process without waiting for `/ready` (see [`Proxy::wait_ready`]).
+    pub fn spawn(http_addr: SocketAddr, sidecar_for: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("proxy.log");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -161,15 +168,13 @@ impl Proxy {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn meshproxy");
-        let p = Self {
+        Self {
             name: sidecar_for.to_string(),
             child: Some(child),
             admin,
             log,
             _dir: dir,
-        };
-        p.wait_ready();
-        p
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -12,3 +12,4 @@ mod t20_intentions;
 mod t30_bad_peers;
 mod t40_rotation;
 mod t50_resumption;
+mod t60_early_sidecars;

@@ -17,6 +17,7 @@ mod t10_http1;
 mod t20_h2_grpc;
 mod t30_streams;
 mod t40_normalization;
+mod t50_denied_body;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
