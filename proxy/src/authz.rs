@@ -30,9 +30,12 @@
 
 use std::fmt;
 
+use mesh_policy::authorize::{Reason, authorize};
 use mesh_policy::intentions::l7::{HttpReason, HttpRequest};
 use mesh_policy::intentions::normalize::RequestNormalization;
-use mesh_policy::intentions::{DEFAULT_NAMESPACE, DefaultPolicy, IntentionSet, Reason};
+use mesh_policy::intentions::{
+    DEFAULT_NAMESPACE, DefaultPolicy, IntentionSet, Reason as IntentionReason,
+};
 use mesh_policy::model::{Intention, IntentionAction};
 use mesh_policy::spiffe::SpiffeId;
 use serde::Deserialize;
@@ -166,13 +169,13 @@ impl fmt::Display for SourcePattern {
     }
 }
 
-/// Why a connection was allowed or denied.
+/// Why a connection or a request was allowed or denied: one type for both, so log lines,
+/// metric labels and the admin view tell the same story as the agent's authorize endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VerdictReason {
-    /// The peer's certificate names a different trust domain.
-    ForeignTrustDomain { expected: String, got: String },
-    /// An intention or the default policy decided.
-    Intentions(Reason),
+    /// The one decider ([`mesh_policy::authorize`]) decided: trust domain, intention, L7
+    /// permission or default policy.
+    Policy(Reason),
     /// Static mode: this `allowed_sources` entry matched.
     AllowedSource { entry: String },
     /// Static mode: no `allowed_sources` entry matched (default deny).
@@ -184,11 +187,7 @@ pub enum VerdictReason {
 impl fmt::Display for VerdictReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            VerdictReason::ForeignTrustDomain { expected, got } => write!(
-                f,
-                "peer is in trust domain {got:?}, this mesh is {expected:?}"
-            ),
-            VerdictReason::Intentions(r) => r.fmt(f),
+            VerdictReason::Policy(r) => r.fmt(f),
             VerdictReason::AllowedSource { entry } => {
                 write!(f, "allowed by allowed_sources entry {entry}")
             }
@@ -210,10 +209,21 @@ pub enum ReasonKind {
     NoAction,
     DefaultAllow,
     DefaultDeny,
+    NoTrustDomain,
     ForeignTrustDomain,
     AllowedSource,
     NotAllowedSource,
     PerRequest,
+    /// Requests: an L7 permission matched.
+    Permission,
+    /// Requests: an L7 intention had no matching permission; the default policy decided.
+    NoPermissionMatched,
+    /// Requests: an L4 intention decided.
+    Intention,
+    /// Requests: the deciding intention's permissions could not be compiled (deny).
+    InvalidPermissions,
+    /// Requests: no intention matched; the default policy decided.
+    DefaultPolicy,
 }
 
 impl ReasonKind {
@@ -225,15 +235,21 @@ impl ReasonKind {
             ReasonKind::NoAction => "no_action",
             ReasonKind::DefaultAllow => "default_allow",
             ReasonKind::DefaultDeny => "default_deny",
+            ReasonKind::NoTrustDomain => "no_trust_domain",
             ReasonKind::ForeignTrustDomain => "foreign_trust_domain",
             ReasonKind::AllowedSource => "allowed_source",
             ReasonKind::NotAllowedSource => "not_allowed_source",
             ReasonKind::PerRequest => "per_request",
+            ReasonKind::Permission => "permission",
+            ReasonKind::NoPermissionMatched => "no_permission_matched",
+            ReasonKind::Intention => "intention",
+            ReasonKind::InvalidPermissions => "invalid_permissions",
+            ReasonKind::DefaultPolicy => "default_policy",
         }
     }
 }
 
-/// A decision.
+/// A decision on a connection or a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
@@ -243,20 +259,74 @@ pub struct Verdict {
 impl Verdict {
     pub fn kind(&self) -> ReasonKind {
         match &self.reason {
-            VerdictReason::ForeignTrustDomain { .. } => ReasonKind::ForeignTrustDomain,
-            VerdictReason::Intentions(Reason::Intention { action, .. }) => match action {
-                IntentionAction::Allow => ReasonKind::IntentionAllow,
-                IntentionAction::Deny => ReasonKind::IntentionDeny,
-            },
-            VerdictReason::Intentions(Reason::L7Intention { .. }) => ReasonKind::L7Intention,
-            VerdictReason::Intentions(Reason::NoAction { .. }) => ReasonKind::NoAction,
-            VerdictReason::Intentions(Reason::DefaultPolicy(p)) => match p {
-                DefaultPolicy::Allow => ReasonKind::DefaultAllow,
-                DefaultPolicy::Deny => ReasonKind::DefaultDeny,
+            VerdictReason::Policy(r) => match r {
+                Reason::NoTrustDomain => ReasonKind::NoTrustDomain,
+                Reason::ForeignTrustDomain { .. } => ReasonKind::ForeignTrustDomain,
+                Reason::Connection(r) => match r {
+                    IntentionReason::Intention { action, .. } => match action {
+                        IntentionAction::Allow => ReasonKind::IntentionAllow,
+                        IntentionAction::Deny => ReasonKind::IntentionDeny,
+                    },
+                    IntentionReason::L7Intention { .. } => ReasonKind::L7Intention,
+                    IntentionReason::NoAction { .. } => ReasonKind::NoAction,
+                    IntentionReason::DefaultPolicy(p) => match p {
+                        DefaultPolicy::Allow => ReasonKind::DefaultAllow,
+                        DefaultPolicy::Deny => ReasonKind::DefaultDeny,
+                    },
+                },
+                Reason::Request(r) => match r {
+                    HttpReason::Permission { .. } => ReasonKind::Permission,
+                    HttpReason::NoPermissionMatched { .. } => ReasonKind::NoPermissionMatched,
+                    HttpReason::Intention { .. } => ReasonKind::Intention,
+                    HttpReason::NoAction { .. } => ReasonKind::NoAction,
+                    HttpReason::InvalidPermissions { .. } => ReasonKind::InvalidPermissions,
+                    HttpReason::DefaultPolicy(_) => ReasonKind::DefaultPolicy,
+                },
             },
             VerdictReason::AllowedSource { .. } => ReasonKind::AllowedSource,
             VerdictReason::NotAllowed => ReasonKind::NotAllowedSource,
             VerdictReason::PerRequest { .. } => ReasonKind::PerRequest,
+        }
+    }
+
+    /// Metric label of the rule that decided a request, with bounded cardinality: the
+    /// intention key (`web=>db`), with `#N` for permission N of it, or `default` when the
+    /// default policy decided; fixed words otherwise. At most (intentions × permissions + a
+    /// few) values.
+    pub fn rule_label(&self) -> String {
+        let r = match &self.reason {
+            VerdictReason::Policy(Reason::Request(r)) => r,
+            VerdictReason::Policy(Reason::Connection(_)) => return "connection".to_string(),
+            VerdictReason::Policy(Reason::NoTrustDomain) => return "no_trust_domain".to_string(),
+            VerdictReason::Policy(Reason::ForeignTrustDomain { .. }) => {
+                return "foreign_trust_domain".to_string();
+            }
+            VerdictReason::AllowedSource { .. } => return "allowed_sources".to_string(),
+            VerdictReason::NotAllowed => return "not_allowed_source".to_string(),
+            VerdictReason::PerRequest { .. } => return "per_request".to_string(),
+        };
+        match (r, r.key()) {
+            (HttpReason::NoPermissionMatched { .. } | HttpReason::DefaultPolicy(_), _)
+            | (_, None) => "default".to_string(),
+            (_, Some(k)) => {
+                let mut s = String::with_capacity(32);
+                if k.source_ns != DEFAULT_NAMESPACE {
+                    s.push_str(&k.source_ns);
+                    s.push('/');
+                }
+                s.push_str(&k.source_name);
+                s.push_str("=>");
+                if k.destination_ns != DEFAULT_NAMESPACE {
+                    s.push_str(&k.destination_ns);
+                    s.push('/');
+                }
+                s.push_str(&k.destination_name);
+                if let Some(i) = r.permission_index() {
+                    s.push('#');
+                    s.push_str(&i.to_string());
+                }
+                s
+            }
         }
     }
 }
@@ -369,16 +439,46 @@ impl Policy {
 
     /// Decides a connection from `peer` to this proxy's service.
     pub fn authorize(&self, peer: &SpiffeId) -> Verdict {
-        let set = match self.gate(peer) {
-            Gate::Intentions(set) => set,
-            Gate::Decided { allowed, reason } => {
-                return Verdict {
-                    allowed,
-                    reason: reason.into(),
+        self.decide(peer, None)
+    }
+
+    /// Decides one HTTP request from `peer` to this proxy's service: the L7 counterpart of
+    /// [`authorize`](Self::authorize), with the same trust-domain rules first.
+    pub fn authorize_http(&self, peer: &SpiffeId, req: &HttpRequest<'_>) -> Verdict {
+        self.decide(peer, Some(req))
+    }
+
+    /// Static mode decides by its allow-list; agent mode asks the one decider, except that an
+    /// L7 destination admits every connection its trust-domain rules admit (each request is
+    /// then decided on its own).
+    fn decide(&self, peer: &SpiffeId, req: Option<&HttpRequest<'_>>) -> Verdict {
+        let set = match &self.rules {
+            Rules::Intentions(set) => set,
+            Rules::AllowList(list) => {
+                return match list.iter().find(|p| p.matches(peer)) {
+                    Some(p) => Verdict {
+                        allowed: true,
+                        reason: VerdictReason::AllowedSource {
+                            entry: p.to_string(),
+                        },
+                    },
+                    None => Verdict {
+                        allowed: false,
+                        reason: VerdictReason::NotAllowed,
+                    },
                 };
             }
         };
-        if self.protocol.is_l7() {
+        if req.is_none() && self.protocol.is_l7() {
+            // The trust-domain rules still apply to the connection: decide as for a request
+            // and keep only a trust-domain denial.
+            let probe = authorize(set, &self.trust_domain, peer, &self.destination, None);
+            if let Reason::NoTrustDomain | Reason::ForeignTrustDomain { .. } = probe.reason {
+                return Verdict {
+                    allowed: false,
+                    reason: VerdictReason::Policy(probe.reason),
+                };
+            }
             return Verdict {
                 allowed: true,
                 reason: VerdictReason::PerRequest {
@@ -386,197 +486,11 @@ impl Policy {
                 },
             };
         }
-        let d = set.decide_ns(
-            &peer.namespace,
-            &peer.service,
-            DEFAULT_NAMESPACE,
-            &self.destination,
-        );
+        let d = authorize(set, &self.trust_domain, peer, &self.destination, req);
         Verdict {
             allowed: d.allowed,
-            reason: VerdictReason::Intentions(d.reason),
+            reason: VerdictReason::Policy(d.reason),
         }
-    }
-}
-
-/// Why a request was allowed or denied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HttpVerdictReason {
-    /// The peer's certificate names a different trust domain.
-    ForeignTrustDomain { expected: String, got: String },
-    /// The control plane's L7 matcher decided.
-    Intentions(HttpReason),
-    /// Static mode: this `allowed_sources` entry matched (no per-request rules exist there).
-    AllowedSource { entry: String },
-    /// Static mode: no `allowed_sources` entry matched.
-    NotAllowed,
-}
-
-impl fmt::Display for HttpVerdictReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HttpVerdictReason::ForeignTrustDomain { expected, got } => write!(
-                f,
-                "peer is in trust domain {got:?}, this mesh is {expected:?}"
-            ),
-            HttpVerdictReason::Intentions(r) => r.fmt(f),
-            HttpVerdictReason::AllowedSource { entry } => {
-                write!(f, "allowed by allowed_sources entry {entry}")
-            }
-            HttpVerdictReason::NotAllowed => f.write_str("not in allowed_sources (default deny)"),
-        }
-    }
-}
-
-/// A per-request decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpVerdict {
-    pub allowed: bool,
-    pub reason: HttpVerdictReason,
-}
-
-impl HttpVerdict {
-    /// Metric label of the rule that decided, with bounded cardinality: the intention key
-    /// (`web=>db`), with `#N` for permission N of it, or `default` when the default policy
-    /// decided; fixed words otherwise. At most (intentions × permissions + a few) values.
-    pub fn rule_label(&self) -> String {
-        match &self.reason {
-            HttpVerdictReason::Intentions(r) => match (r, r.key()) {
-                (HttpReason::NoPermissionMatched { .. } | HttpReason::DefaultPolicy(_), _)
-                | (_, None) => "default".to_string(),
-                (_, Some(k)) => {
-                    let mut s = String::with_capacity(32);
-                    if k.source_ns != DEFAULT_NAMESPACE {
-                        s.push_str(&k.source_ns);
-                        s.push('/');
-                    }
-                    s.push_str(&k.source_name);
-                    s.push_str("=>");
-                    if k.destination_ns != DEFAULT_NAMESPACE {
-                        s.push_str(&k.destination_ns);
-                        s.push('/');
-                    }
-                    s.push_str(&k.destination_name);
-                    if let Some(i) = r.permission_index() {
-                        s.push('#');
-                        s.push_str(&i.to_string());
-                    }
-                    s
-                }
-            },
-            HttpVerdictReason::ForeignTrustDomain { .. } => "foreign_trust_domain".to_string(),
-            HttpVerdictReason::AllowedSource { .. } => "allowed_sources".to_string(),
-            HttpVerdictReason::NotAllowed => "not_allowed_source".to_string(),
-        }
-    }
-
-    /// Metric label of the kind of reason (a closed set).
-    pub fn kind(&self) -> &'static str {
-        match &self.reason {
-            HttpVerdictReason::Intentions(r) => r.kind(),
-            HttpVerdictReason::ForeignTrustDomain { .. } => "foreign_trust_domain",
-            HttpVerdictReason::AllowedSource { .. } => "allowed_source",
-            HttpVerdictReason::NotAllowed => "not_allowed_source",
-        }
-    }
-}
-
-impl Policy {
-    /// Decides one HTTP request from `peer` to this proxy's service: the L7 counterpart of
-    /// [`authorize`](Self::authorize), with the same trust-domain rule first.
-    pub fn authorize_http(&self, peer: &SpiffeId, req: &HttpRequest<'_>) -> HttpVerdict {
-        let set = match self.gate(peer) {
-            Gate::Intentions(set) => set,
-            Gate::Decided { allowed, reason } => {
-                return HttpVerdict {
-                    allowed,
-                    reason: reason.into(),
-                };
-            }
-        };
-        let d = set.decide_http(
-            &peer.namespace,
-            &peer.service,
-            DEFAULT_NAMESPACE,
-            &self.destination,
-            req,
-        );
-        HttpVerdict {
-            allowed: d.allowed,
-            reason: HttpVerdictReason::Intentions(d.reason),
-        }
-    }
-}
-
-/// What both [`Policy::authorize`] and [`Policy::authorize_http`] decide before any intention
-/// is read, so the connection and the request paths can never apply different rules: the
-/// static allow-list decides on its own (its entries name their trust domain themselves);
-/// otherwise a peer from another trust domain is denied; otherwise the intentions decide.
-enum Gate<'a> {
-    Intentions(&'a IntentionSet),
-    Decided { allowed: bool, reason: GateReason },
-}
-
-/// Why the [`Gate`] decided.
-enum GateReason {
-    ForeignTrustDomain { expected: String, got: String },
-    AllowedSource { entry: String },
-    NotAllowed,
-}
-
-impl From<GateReason> for VerdictReason {
-    fn from(r: GateReason) -> Self {
-        match r {
-            GateReason::ForeignTrustDomain { expected, got } => {
-                VerdictReason::ForeignTrustDomain { expected, got }
-            }
-            GateReason::AllowedSource { entry } => VerdictReason::AllowedSource { entry },
-            GateReason::NotAllowed => VerdictReason::NotAllowed,
-        }
-    }
-}
-
-impl From<GateReason> for HttpVerdictReason {
-    fn from(r: GateReason) -> Self {
-        match r {
-            GateReason::ForeignTrustDomain { expected, got } => {
-                HttpVerdictReason::ForeignTrustDomain { expected, got }
-            }
-            GateReason::AllowedSource { entry } => HttpVerdictReason::AllowedSource { entry },
-            GateReason::NotAllowed => HttpVerdictReason::NotAllowed,
-        }
-    }
-}
-
-impl Policy {
-    fn gate(&self, peer: &SpiffeId) -> Gate<'_> {
-        let set = match &self.rules {
-            Rules::Intentions(set) => set,
-            Rules::AllowList(list) => {
-                return match list.iter().find(|p| p.matches(peer)) {
-                    Some(p) => Gate::Decided {
-                        allowed: true,
-                        reason: GateReason::AllowedSource {
-                            entry: p.to_string(),
-                        },
-                    },
-                    None => Gate::Decided {
-                        allowed: false,
-                        reason: GateReason::NotAllowed,
-                    },
-                };
-            }
-        };
-        if !peer.trust_domain.eq_ignore_ascii_case(&self.trust_domain) {
-            return Gate::Decided {
-                allowed: false,
-                reason: GateReason::ForeignTrustDomain {
-                    expected: self.trust_domain.clone(),
-                    got: peer.trust_domain.clone(),
-                },
-            };
-        }
-        Gate::Intentions(set)
     }
 }
 
@@ -733,7 +647,7 @@ mod tests {
         (http::Method::GET, path.to_string(), http::HeaderMap::new())
     }
 
-    fn decide_http(p: &Policy, src: &SpiffeId, path: &str) -> HttpVerdict {
+    fn decide_http(p: &Policy, src: &SpiffeId, path: &str) -> Verdict {
         let (m, path, h) = get(path);
         p.authorize_http(
             src,
@@ -781,7 +695,7 @@ mod tests {
         assert_eq!(p.authorize(&foreign).kind(), ReasonKind::ForeignTrustDomain);
         let v = decide_http(&p, &foreign, "/");
         assert!(!v.allowed);
-        assert_eq!(v.kind(), "foreign_trust_domain");
+        assert_eq!(v.kind().as_str(), "foreign_trust_domain");
 
         let v = decide_http(&p, &peer("web"), "/admin/x");
         assert!(!v.allowed);
@@ -794,20 +708,20 @@ mod tests {
         let v = decide_http(&p, &peer("web"), "/x");
         assert!(v.allowed);
         assert_eq!(
-            (v.rule_label().as_str(), v.kind()),
+            (v.rule_label().as_str(), v.kind().as_str()),
             ("web=>db#1", "permission")
         );
         // An L4 deny intention denies every request; no intention: the default policy.
         let v = decide_http(&p, &peer("api"), "/x");
         assert!(!v.allowed);
         assert_eq!(
-            (v.rule_label().as_str(), v.kind()),
+            (v.rule_label().as_str(), v.kind().as_str()),
             ("api=>db", "intention")
         );
         let v = decide_http(&p, &peer("other"), "/x");
         assert!(!v.allowed);
         assert_eq!(
-            (v.rule_label().as_str(), v.kind()),
+            (v.rule_label().as_str(), v.kind().as_str()),
             ("default", "default_policy")
         );
     }
@@ -821,7 +735,7 @@ mod tests {
             let v = decide_http(&p, &peer("web"), "/b");
             assert_eq!(v.allowed, allowed);
             assert_eq!(
-                (v.rule_label().as_str(), v.kind()),
+                (v.rule_label().as_str(), v.kind().as_str()),
                 ("default", "no_permission_matched")
             );
         }
@@ -882,6 +796,39 @@ mod tests {
             if v.kind() == ReasonKind::L7Intention {
                 prop_assert!(!v.allowed);
             }
+        }
+
+        /// One decider: the agent's `/v1/agent/connect/authorize` and this proxy's connection
+        /// gate decide identically, reason text included, for random intention sets (L4 and
+        /// L7, wildcards, both default policies) and random callers (own or foreign trust
+        /// domain in any case, other namespaces, wildcard-matching and unknown names).
+        #[test]
+        fn agent_endpoint_and_proxy_decide_identically(
+            intentions in proptest::collection::vec(arb_intention(), 0..8),
+            src in prop_oneof![Just("web"), Just("api"), Just("db"), Just("other")],
+            dst in prop_oneof![Just("web"), Just("api"), Just("db")],
+            ns in prop_oneof![Just("default"), Just("team-a")],
+            td in prop_oneof![Just(TD), Just("other.consul"), Just("OTHER.consul")],
+            mesh_td in prop_oneof![Just(TD.to_string()), Just(TD.to_ascii_uppercase())],
+            allow_default in any::<bool>(),
+        ) {
+            let default = if allow_default { DefaultPolicy::Allow } else { DefaultPolicy::Deny };
+            let uri = format!("spiffe://{td}/ns/{ns}/dc/dc1/svc/{src}");
+            let view = mesh_control::agent::cache::IntentionView {
+                set: IntentionSet::new(intentions.clone(), default),
+                trust_domain: mesh_td.clone(),
+                raw: Default::default(),
+            };
+            let agent = mesh_control::agent::authorize::decide(&view, dst, &uri);
+            let Ok(peer) = SpiffeId::parse(&uri) else {
+                // Not a SPIFFE ID this mesh accepts: the proxy's certificate check refuses
+                // such a peer before any decision; the endpoint must refuse it too.
+                prop_assert!(!agent.authorized, "{}", uri);
+                return Ok(());
+            };
+            let proxy = Policy::new(dst, &mesh_td, 1, intentions, default).authorize(&peer);
+            prop_assert_eq!(agent.authorized, proxy.allowed, "{}", uri);
+            prop_assert_eq!(agent.reason, proxy.reason.to_string(), "{}", uri);
         }
     }
 }

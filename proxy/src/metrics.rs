@@ -107,9 +107,9 @@ pub struct AuthzLabels {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HttpRequestLabels {
     pub decision: &'static str,
-    /// Kind of rule that decided (a closed set, see `authz::HttpVerdict::kind`).
+    /// Kind of rule that decided (a closed set, see `authz::Verdict::kind`).
     pub reason: &'static str,
-    /// Intention key with `#N` for permission N, or `default` (`HttpVerdict::rule_label`):
+    /// Intention key with `#N` for permission N, or `default` (`Verdict::rule_label`):
     /// bounded by the destination's intentions and their permissions.
     pub rule: String,
 }

@@ -1,6 +1,7 @@
 //! `/v1/agent/connect/authorize`: may the client with this certificate URI connect to the
-//! target service? Decided from cached intentions only (no server round trip), with the reason
-//! naming the matched intention or the default policy. Pure code.
+//! target service? Decided from cached intentions only (no server round trip) by the one
+//! decider the proxy also runs ([`crate::authorize::authorize`]), so the endpoint and the data
+//! plane give the same answer and the same reason. Pure code.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,15 +38,7 @@ pub fn decide(view: &IntentionView, target: &str, client_cert_uri: &str) -> Auth
         Ok(id) => id,
         Err(e) => return deny(format!("Invalid ClientCertURI: {e}")),
     };
-    if !view.trust_domain.is_empty() && id.trust_domain != view.trust_domain {
-        return deny(format!(
-            "Identity from an external trust domain: {} is not {}",
-            id.trust_domain, view.trust_domain
-        ));
-    }
-    let d = view
-        .set
-        .decide_ns(&id.namespace, &id.service, "default", target);
+    let d = crate::authorize::authorize(&view.set, &view.trust_domain, &id, target, None);
     AuthorizeResponse {
         authorized: d.allowed,
         reason: d.reason.to_string(),
@@ -107,7 +100,9 @@ mod tests {
         let foreign = decide(&v, "db", "spiffe://other.consul/ns/default/dc/dc1/svc/web");
         assert!(!foreign.authorized);
         assert!(
-            foreign.reason.contains("external trust domain"),
+            foreign
+                .reason
+                .contains(r#"peer is in trust domain "other.consul""#),
             "{}",
             foreign.reason
         );

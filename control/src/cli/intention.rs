@@ -315,6 +315,8 @@ impl HttpCheck {
 #[serde(rename_all = "PascalCase")]
 struct IntentionFeed {
     default_policy: crate::intentions::DefaultPolicy,
+    #[serde(default)]
+    trust_domain: String,
     intentions: Vec<crate::model::Intention>,
 }
 
@@ -367,14 +369,19 @@ async fn check_http(
         message: e.to_string(),
     })?;
     let set = crate::intentions::IntentionSet::new(feed.intentions, feed.default_policy);
-    let d = set.decide_http_default_ns(
-        source,
+    // The one decider the proxy runs, for a caller of this mesh's trust domain (the
+    // datacenter is not part of any decision).
+    let peer = crate::spiffe::SpiffeId::service(&feed.trust_domain, "dc1", source);
+    let d = crate::authorize::authorize(
+        &set,
+        &feed.trust_domain,
+        &peer,
         destination,
-        &crate::intentions::HttpRequest {
+        Some(&crate::intentions::HttpRequest {
             method: &req.method,
             path: outcome.path(),
             headers: &headers,
-        },
+        }),
     );
     println!("{}", if d.allowed { "Allowed" } else { "Denied" });
     println!("Reason: {}", d.reason);

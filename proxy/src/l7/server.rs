@@ -192,8 +192,11 @@ async fn handle(cx: &ConnContext, fwd: &Forwarder, req: Request<Incoming>) -> Re
             headers: req.headers(),
         },
     );
-    cx.metrics
-        .http_request(verdict.allowed, verdict.kind(), verdict.rule_label());
+    cx.metrics.http_request(
+        verdict.allowed,
+        verdict.kind().as_str(),
+        verdict.rule_label(),
+    );
     if !verdict.allowed {
         tracing::warn!(
             source = %cx.peer, destination = %policy.destination, method = %req.method(),
