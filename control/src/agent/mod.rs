@@ -88,7 +88,8 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("agent data directory: {0}")]
+    /// The data directory could not be used (every variant names the path).
+    #[error(transparent)]
     Persist(#[from] persist::PersistError),
 }
 
@@ -262,12 +263,7 @@ impl Agent {
     /// Re-registers the services read from the data directory. A service whose record no
     /// longer validates is set aside like an undecodable file (see `persist`).
     fn restore(&self, loaded: persist::Loaded) -> Result<(), AgentError> {
-        for s in &loaded.set_aside {
-            tracing::error!(
-                file = %s.path.display(), moved_to = %s.moved_to.display(), reason = %s.reason,
-                "cannot decode a persisted service; skipped it and set the file aside"
-            );
-        }
+        // Undecodable files were already set aside and logged by `Store::load`.
         let Some(store) = &self.store else {
             return Ok(());
         };

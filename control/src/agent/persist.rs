@@ -349,22 +349,34 @@ impl Store {
             // Anything else (`*.corrupt`, files an operator left) is not ours to read.
         }
         paths.sort();
-        let mut loaded = Loaded::default();
+        // Read and decode everything before moving anything: an error that stops the agent
+        // leaves the directory exactly as it was.
+        let mut decoded = Vec::new();
         for path in paths {
             let bytes = fs::read(&path).map_err(|source| PersistError::Read {
                 path: path.clone(),
                 source,
             })?;
-            match decode(&bytes) {
+            decoded.push((path, decode(&bytes)));
+        }
+        let mut loaded = Loaded::default();
+        let mut corrupt = Vec::new();
+        for (path, result) in decoded {
+            match result {
                 Ok(s) => loaded.services.push((path, s)),
                 Err(e @ FormatError::UnsupportedVersion { .. }) => {
                     return Err(PersistError::NewerVersion { path, source: e });
                 }
-                Err(e) => {
-                    let reason = e.to_string();
-                    loaded.set_aside.push(self.set_aside(&path, &reason)?);
-                }
+                Err(e) => corrupt.push((path, e.to_string())),
             }
+        }
+        for (path, reason) in corrupt {
+            let aside = self.set_aside(&path, &reason)?;
+            tracing::error!(
+                file = %path.display(), moved_to = %aside.moved_to.display(), %reason,
+                "cannot decode a persisted service; skipped it and set the file aside"
+            );
+            loaded.set_aside.push(aside);
         }
         Ok(loaded)
     }

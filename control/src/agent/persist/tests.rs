@@ -241,10 +241,14 @@ fn unreadable_and_newer_files_stop_the_load_naming_the_file() {
     v["Version"] = json!(9);
     let newer = store.services_dir().join("newer.json");
     fs::write(&newer, serde_json::to_vec(&v).unwrap()).unwrap();
+    // A corrupt file sorted before it is not moved either: an error leaves everything as is.
+    let bad = store.services_dir().join("aaa.json");
+    fs::write(&bad, b"garbage").unwrap();
     let err = store.load().unwrap_err();
     assert!(matches!(err, PersistError::NewerVersion { .. }), "{err}");
     assert!(err.to_string().contains("newer.json"), "{err}");
     assert!(newer.exists(), "a newer file is left in place");
+    assert!(bad.exists(), "nothing was set aside by a load that failed");
 }
 
 /// Register, record, restore into a fresh state: the same services and checks with the same
