@@ -8,4 +8,5 @@ pub mod openssl;
 pub mod pod;
 pub mod process;
 pub mod python;
+pub mod sidecar;
 pub mod transparent;

@@ -22,7 +22,7 @@ pub use definition::{
     CheckDefinition, CheckKind, DurationField, HttpCheck, MIN_DEREGISTER_CRITICAL_SERVICE_AFTER,
     TcpCheck, ValidatedCheck,
 };
-pub use runner::{CheckHandle, CheckRunner, RunnerConfig, spawn};
+pub use runner::{CheckHandle, CheckRunner, Resume, RunnerConfig, spawn};
 
 use crate::duration::DurationError;
 use crate::model::HealthStatus;

@@ -199,6 +199,7 @@ async fn register(State(a): St, Query(p): Params, body: Bytes) -> Res {
     let used = a.local.lock().unwrap().sidecar_ports();
     let specs = registration::parse(&body, &a.config.node, &used)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ids: Vec<String> = specs.iter().map(|s| s.service.id.clone()).collect();
     a.local
         .lock()
         .unwrap()
@@ -210,17 +211,41 @@ async fn register(State(a): St, Query(p): Params, body: Bytes) -> Res {
             &a.config.checks,
         )
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Err(e) = a.persist(ids.clone()).await {
+        // As Consul does: a registration that cannot be persisted is undone, so the agent
+        // never serves a service it would lose on restart.
+        {
+            let mut local = a.local.lock().unwrap();
+            for id in &ids {
+                let _ = local.deregister(id);
+            }
+        }
+        if let Err(cleanup) = a.persist(ids).await {
+            tracing::warn!(error = %cleanup, "cannot remove the files of an undone registration");
+        }
+        a.local_changed();
+        return Err(unavailable(format!(
+            "cannot persist the service registration, so it was not registered: {e}"
+        )));
+    }
     a.local_changed();
     Ok(StatusCode::OK.into_response())
 }
 
 async fn deregister(State(a): St, Path(id): Path<String>) -> Res {
-    a.local
+    let removed = a
+        .local
         .lock()
         .unwrap()
         .deregister(&id)
         .map_err(|e| ApiError::not_found(e.to_string()))?;
     a.local_changed();
+    a.persist(removed).await.map_err(|e| {
+        unavailable(format!(
+            "service {id:?} was deregistered but its persisted file could not be removed \
+             (it would come back on restart): {e}"
+        ))
+    })?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -236,15 +261,23 @@ async fn checks(State(a): St) -> Res {
     Ok(axum::Json(map).into_response())
 }
 
-fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
-    a.local
-        .lock()
-        .unwrap()
-        .ttl_update(id, status, note)
-        .map_err(|e| match e {
+async fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
+    let service = {
+        let mut local = a.local.lock().unwrap();
+        local.ttl_update(id, status, note).map_err(|e| match e {
             super::local::LocalError::UnknownCheck(_) => ApiError::not_found(e.to_string()),
             other => ApiError::bad_request(other.to_string()),
         })?;
+        local.service_of_check(id)
+    };
+    // The new TTL deadline must survive a restart, even when the status did not change.
+    if let Some(sid) = service.filter(|s| !s.is_empty()) {
+        a.persist(vec![sid]).await.map_err(|e| {
+            unavailable(format!(
+                "check {id:?} was updated but its new TTL deadline could not be persisted: {e}"
+            ))
+        })?;
+    }
     Ok(StatusCode::OK.into_response())
 }
 
@@ -258,10 +291,10 @@ async fn check_op(
 ) -> Res {
     let note = p.get("note").map_or("", String::as_str);
     match op.as_str() {
-        "pass" => ttl(&a, &id, HealthStatus::Passing, note),
-        "warn" => ttl(&a, &id, HealthStatus::Warning, note),
-        "fail" => ttl(&a, &id, HealthStatus::Critical, note),
-        "update" => check_update(&a, &id, &body),
+        "pass" => ttl(&a, &id, HealthStatus::Passing, note).await,
+        "warn" => ttl(&a, &id, HealthStatus::Warning, note).await,
+        "fail" => ttl(&a, &id, HealthStatus::Critical, note).await,
+        "update" => check_update(&a, &id, &body).await,
         _ => Err(ApiError::not_found(format!(
             "unknown check operation {op:?}"
         ))),
@@ -276,7 +309,7 @@ struct CheckUpdateBody {
     output: String,
 }
 
-fn check_update(a: &Agent, id: &str, body: &Bytes) -> Res {
+async fn check_update(a: &Agent, id: &str, body: &Bytes) -> Res {
     let b: CheckUpdateBody = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let status = match b.status.as_str() {
@@ -289,7 +322,7 @@ fn check_update(a: &Agent, id: &str, body: &Bytes) -> Res {
             )));
         }
     };
-    ttl(a, id, status, &b.output)
+    ttl(a, id, status, &b.output).await
 }
 
 async fn roots(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {

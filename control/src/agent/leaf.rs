@@ -57,10 +57,27 @@ impl Drop for Entry {
 }
 
 /// Leaves of the local services.
-#[derive(Default)]
 pub struct Leaves {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     next_index: Mutex<u64>,
+}
+
+impl Default for Leaves {
+    /// Leaf indexes are this agent's own (servers keep no index for a leaf), so they start
+    /// from the wall clock in milliseconds: a restarted agent must hand out indexes above the
+    /// ones its previous run did. Its new leaf (with a new key: keys are never persisted) came
+    /// otherwise under the very index a proxy already held from before the restart, the proxy's
+    /// blocking query took it for "no change", and the proxy kept its old leaf, possibly until
+    /// that leaf expired (`tests/tests/agent/t80_restart.rs` caught it).
+    fn default() -> Self {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2));
+        Leaves {
+            entries: Mutex::default(),
+            next_index: Mutex::new(now_ms),
+        }
+    }
 }
 
 /// Errors of a leaf read.

@@ -6,6 +6,10 @@
 //!
 //! Every `meshd server` embeds one (as every Consul server is also an agent); `meshd agent`
 //! runs one alone.
+//!
+//! With a data directory, the local services and checks (with their state) are kept on disk
+//! and restored at start, before the API is served or anything is synced (`persist`), so a
+//! restarted agent keeps its node's services in the catalog and their health unchanged.
 
 pub mod authorize;
 pub mod cache;
@@ -14,12 +18,14 @@ mod conn;
 mod http;
 pub mod leaf;
 pub mod local;
+pub mod persist;
 pub mod registration;
 pub mod sync;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
@@ -48,6 +54,9 @@ pub struct AgentConfig {
     /// Periodic anti-entropy even when nothing changed.
     pub sync_interval: Duration,
     pub checks: checks::RunnerConfig,
+    /// Where local services and checks are kept across restarts (`persist`); `None` keeps
+    /// them in memory only (in-process tests, benchmarks). `meshd agent` requires one.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -63,6 +72,7 @@ impl AgentConfig {
             heartbeat: Duration::from_secs(1),
             sync_interval: Duration::from_secs(60),
             checks: checks::RunnerConfig::default(),
+            data_dir: None,
         }
     }
 }
@@ -78,6 +88,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The data directory could not be used (every variant names the path).
+    #[error(transparent)]
+    Persist(#[from] persist::PersistError),
 }
 
 /// A running agent.
@@ -94,6 +107,10 @@ pub struct Agent {
     /// Changes of the local state (blocking queries on `/v1/agent/*`).
     pub local_index: watch::Sender<u64>,
     check_updates: mpsc::Sender<checks::CheckUpdate>,
+    /// The data directory, when there is one.
+    store: Option<persist::Store>,
+    /// Serializes writes to the data directory, so the last snapshot taken is the last written.
+    persist_lock: tokio::sync::Mutex<()>,
     sync_now: Notify,
     node_id: String,
     shutdown: watch::Sender<bool>,
@@ -137,6 +154,16 @@ impl Agent {
     /// Starts the agent; serves the HTTP API when `config.http_addr` is set.
     pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         let conn = Arc::new(ServerConn::new(&config.servers)?);
+        // Read the data directory first: a directory that cannot be used stops the agent
+        // before it binds anything.
+        let (store, loaded) = match &config.data_dir {
+            Some(dir) => {
+                let store = persist::Store::open(dir)?;
+                let loaded = store.load()?;
+                (Some(store), loaded)
+            }
+            None => (None, persist::Loaded::default()),
+        };
         let listener = match config.http_addr {
             Some(addr) => {
                 Some(
@@ -165,11 +192,16 @@ impl Agent {
             synced: watch::Sender::new(0),
             local_index: watch::Sender::new(0),
             check_updates,
+            store,
+            persist_lock: tokio::sync::Mutex::new(()),
             sync_now: Notify::new(),
             shutdown: watch::Sender::new(false),
             conn,
             config,
         });
+        // Before any task runs: the first anti-entropy pass and the first answer of the API
+        // must already see the restored services.
+        agent.restore(loaded)?;
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(agent.cache.clone().run(
             agent.conn.clone(),
@@ -181,9 +213,18 @@ impl Agent {
         let a = agent.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(u) = check_rx.recv().await {
-                let changed = a.local.lock().unwrap().apply_update(u);
+                let check_id = u.check_id.clone();
+                let (changed, service) = {
+                    let mut local = a.local.lock().unwrap();
+                    (local.apply_update(u), local.service_of_check(&check_id))
+                };
                 if changed {
                     a.local_changed();
+                    if let Some(sid) = service.filter(|s| !s.is_empty())
+                        && let Err(e) = a.persist(vec![sid]).await
+                    {
+                        tracing::warn!(check_id, error = %e, "cannot persist the check's new status");
+                    }
                 }
             }
         }));
@@ -217,6 +258,82 @@ impl Agent {
             http_addr,
             tasks,
         })
+    }
+
+    /// Re-registers the services read from the data directory. A service whose record no
+    /// longer validates is set aside like an undecodable file (see `persist`).
+    fn restore(&self, loaded: persist::Loaded) -> Result<(), AgentError> {
+        // Undecodable files were already set aside and logged by `Store::load`.
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let now = SystemTime::now();
+        let mut restored = 0;
+        for (path, rec) in loaded.services {
+            let id = rec.service.id.clone();
+            let result = self.local.lock().unwrap().restore(
+                &self.config.node,
+                rec,
+                &self.check_updates,
+                &self.config.checks,
+                now,
+            );
+            match result {
+                Ok(()) => restored += 1,
+                Err(e) => {
+                    let reason = e.to_string();
+                    let aside = store.set_aside(&path, &reason)?;
+                    tracing::error!(
+                        service_id = %id, file = %path.display(),
+                        moved_to = %aside.moved_to.display(), %reason,
+                        "cannot restore a persisted service; skipped it and set the file aside"
+                    );
+                }
+            }
+        }
+        tracing::info!(
+            dir = %store.dir().display(), services = restored,
+            set_aside = loaded.set_aside.len(), "restored local services"
+        );
+        Ok(())
+    }
+
+    /// Writes the current state of services `ids` to the data directory (deleting the file of
+    /// those no longer registered). A no-op without a data directory. Snapshots are taken
+    /// under `persist_lock`, so concurrent callers write in the order they read.
+    pub async fn persist(&self, ids: Vec<String>) -> Result<(), persist::PersistError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let _guard = self.persist_lock.lock().await;
+        let records: Vec<(String, Option<persist::PersistedService>)> = {
+            let local = self.local.lock().unwrap();
+            ids.into_iter()
+                .map(|id| {
+                    let r = local.record(&id);
+                    (id, r)
+                })
+                .collect()
+        };
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (id, rec) in records {
+                match rec {
+                    Some(r) => store.save(&r)?,
+                    None => {
+                        store.remove(&id)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| persist::PersistError::Task(e.to_string()))?
+    }
+
+    /// The data directory, when the agent has one.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.store.as_ref().map(persist::Store::dir)
     }
 
     /// The agent's routes (`/v1/agent/*`, plus cached health reads when `cached_health`).

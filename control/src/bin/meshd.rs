@@ -25,6 +25,7 @@ enum Cmd {
     /// Run a single-node server for development (data in a temporary directory).
     Dev(DevArgs),
     /// Run a client agent: the local HTTP API, cached, with one connection to the servers.
+    /// Its services and checks are kept in --data-dir and restored at start.
     Agent(AgentArgs),
 }
 
@@ -35,6 +36,11 @@ struct AgentArgs {
     servers: Vec<String>,
     #[arg(long)]
     node: String,
+    /// Directory for the agent's state: the services and checks registered through its HTTP
+    /// API, with their status, restored when the agent restarts. Required (as Consul's
+    /// `-data-dir`): without it a restart would drop every service of the node.
+    #[arg(long, required = true)]
+    data_dir: PathBuf,
     #[arg(long, default_value = "dc1")]
     datacenter: String,
     #[arg(long, default_value = "127.0.0.1:8500")]
@@ -59,7 +65,8 @@ struct ServerArgs {
     /// Unique name of this server.
     #[arg(long)]
     node: String,
-    /// Directory for the Raft log, vote and snapshots.
+    /// Directory for the Raft log, vote and snapshots, and (in `agent/`) the embedded agent's
+    /// services and checks.
     #[arg(long)]
     data_dir: PathBuf,
     /// gRPC address for Raft and agents.
@@ -117,6 +124,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     c.address = a.address;
     c.cache_ttl = a.cache_ttl;
     c.leaf_rotation_jitter = a.leaf_rotation_jitter;
+    c.data_dir = Some(a.data_dir);
     let handle = Agent::start(c)
         .await
         .with_context(|| format!("starting agent {}", a.node))?;

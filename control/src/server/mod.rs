@@ -30,6 +30,9 @@ use crate::ca::{BuiltinProvider, CaProvider};
 use crate::raft::{Channels, Faults, MeshNode, NetworkFactory, NodeId, Raft, node_id};
 use crate::store::{self, SharedState};
 
+/// Subdirectory of a server's data directory holding its embedded agent's services and checks.
+pub const AGENT_DIR: &str = "agent";
+
 /// A running server.
 pub struct Server {
     pub id: NodeId,
@@ -118,6 +121,8 @@ impl Server {
         agent_config.datacenter = server.config.datacenter.clone();
         agent_config.address = rpc_addr.ip().to_string();
         agent_config.leaf_rotation_jitter = server.config.leaf_rotation_jitter;
+        // The embedded agent's services survive a restart too, in a directory of its own.
+        agent_config.data_dir = Some(server.config.data_dir.join(AGENT_DIR));
         let agent_handle = crate::agent::Agent::start(agent_config)
             .await
             .map_err(|e| ServerError::Agent(Box::new(e)))?;

@@ -15,17 +15,16 @@ mod t40_agent_kill;
 mod t50_failing_checks;
 mod t60_blocking_queries;
 mod t70_bad_input;
+mod t80_restart;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use mesh_control::agent::{Agent, AgentConfig, AgentHandle};
 use mesh_tests::eventually::eventually;
 use mesh_tests::http_raw::{self, Reply};
 use mesh_tests::inproc::TestCluster;
-use mesh_tests::process::{Meshd, bin, free_port, server_args};
+use mesh_tests::process::{Meshd, free_port, server_args};
 use serde_json::Value;
 
 /// Ceiling of one HTTP exchange in these tests (blocking queries included).
@@ -204,61 +203,31 @@ impl ProcServers {
     }
 }
 
-/// Spawns `meshd agent --node NAME --server ... --http-addr 127.0.0.1:<free> EXTRA...` and
-/// waits (bounded) for its "listening" line.
-///
-/// `Meshd::spawn` cannot be used for agents: it requires an `rpc=` field in the first line and
-/// an agent reports only `http=` (and on that error it drops the `Child` without killing it,
-/// leaking the process). The returned `Meshd` is killed by PID on drop like a server's; its
-/// `rpc_addr` is `0.0.0.0:0` because an agent has no RPC listener.
-pub fn spawn_agent(name: &str, servers: &[SocketAddr], extra: &[&str]) -> Meshd {
+/// Spawns `meshd agent --node NAME --server ... --http-addr 127.0.0.1:<free> --data-dir DIR
+/// EXTRA...` and waits (bounded) for its "listening" line. The HTTP port is fixed up front, so
+/// `Meshd::spawn(&agent.name, &agent.args)` restarts it on the same address with the same data
+/// directory. Its `rpc_addr` is `0.0.0.0:0`: an agent has no RPC listener.
+pub fn spawn_agent(
+    name: &str,
+    servers: &[SocketAddr],
+    data_dir: &std::path::Path,
+    extra: &[&str],
+) -> Meshd {
     let mut args = vec![
         "agent".to_string(),
         "--node".into(),
         name.into(),
         "--http-addr".into(),
         format!("127.0.0.1:{}", free_port()),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
     ];
     for s in servers {
         args.push("--server".into());
         args.push(s.to_string());
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let mut child = Command::new(bin("meshd"))
-        .args(&args)
-        .env("MESH_LOG", "warn,openraft=off")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawning meshd agent");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(line)) = lines.next() {
-            let _ = tx.send(line);
-        }
-        // Keep draining so the child never blocks on a full pipe.
-        for _ in lines {}
-    });
-    let mut agent = Meshd {
-        name: name.to_string(),
-        child: Some(child),
-        rpc_addr: "0.0.0.0:0".parse().expect("address"),
-        http_addr: "0.0.0.0:0".parse().expect("address"),
-        args,
-    };
-    // `agent` is killed on drop if anything below panics.
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("meshd agent {name} did not report its address within 30s"));
-    agent.http_addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("http="))
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no http= address in {line:?}"));
-    agent
+    Meshd::spawn(name, &args).unwrap_or_else(|e| panic!("meshd agent {name}: {e:#}"))
 }
 
 /// One in-process server and one in-process client agent with its own HTTP API.

@@ -19,9 +19,11 @@ const MARGIN: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_are_reissued_within_the_jitter_after_rotation() {
     let servers = ProcServers::start(1).await;
+    let agent_dir = tempfile::tempdir().expect("agent data dir");
     let agent = spawn_agent(
         "client-rot",
         &servers.rpc_addrs(),
+        agent_dir.path(),
         &["--leaf-rotation-jitter", "2s"],
     );
     let a = agent.http_addr;

@@ -23,7 +23,8 @@ const HEARTBEAT_GAP: Duration = Duration::from_secs(3);
 async fn killed_agent_drops_out_of_passing_and_shows_failed() {
     let servers = ProcServers::start(1).await;
     let s = servers.http(0);
-    let mut agent = spawn_agent("client-kill", &servers.rpc_addrs(), &[]);
+    let agent_dir = tempfile::tempdir().expect("agent data dir");
+    let mut agent = spawn_agent("client-kill", &servers.rpc_addrs(), agent_dir.path(), &[]);
     let a = agent.http_addr;
 
     let reg = r#"{"Name":"web","Port":8080,"Connect":{"SidecarService":{

@@ -7,6 +7,10 @@
 //! `FailuresBeforeWarning` and `FailuresBeforeCritical` are applied as in Consul's
 //! `StatusHandler`. TTL checks are passive: the status set through the pass/warn/fail API holds
 //! until `TTL` passes without an update, then the check goes critical.
+//!
+//! A check restored from the agent's data directory ([`Resume`], see `agent::persist`) starts
+//! from the status and output it had before the restart instead of its initial status, and a
+//! TTL check keeps the deadline it had: a restart of the agent does not flap its checks.
 
 use std::time::Duration;
 
@@ -78,17 +82,46 @@ impl CheckRunner {
         def: ValidatedCheck,
         updates: mpsc::Sender<CheckUpdate>,
     ) -> CheckHandle {
+        self.spawn_from(id, def, updates, None)
+    }
+
+    /// Like [`spawn`](Self::spawn), for a check restored after an agent restart: it starts from
+    /// `resume` instead of the definition's initial status. A probing check keeps that status
+    /// until its first probe (after the usual stagger) says otherwise, counted against its
+    /// thresholds as usual; a TTL check keeps it until `resume.ttl_left` passes without an
+    /// update. A TTL check that is already critical with no time left stays critical (with its
+    /// output) until the next update, as it would have without the restart.
+    pub fn spawn_resumed(
+        &self,
+        id: String,
+        def: ValidatedCheck,
+        updates: mpsc::Sender<CheckUpdate>,
+        resume: Resume,
+    ) -> CheckHandle {
+        self.spawn_from(id, def, updates, Some(resume))
+    }
+
+    fn spawn_from(
+        &self,
+        id: String,
+        def: ValidatedCheck,
+        updates: mpsc::Sender<CheckUpdate>,
+        resume: Option<Resume>,
+    ) -> CheckHandle {
         let reporter = Reporter {
             check_id: id.clone(),
             tx: updates,
             last: None,
         };
         let thresholds = Thresholds::new(&def);
-        let initial = def.initial_status;
+        let (initial, ttl_left) = match resume {
+            Some(r) => ((r.status, r.output), Some(r.ttl_left)),
+            None => ((def.initial_status, String::new()), None),
+        };
         let (ttl_tx, task) = match def.kind {
             CheckKind::Ttl { ttl } => {
                 let (tx, rx) = watch::channel(None);
-                let task = tokio::spawn(run_ttl(reporter, initial, ttl, rx));
+                let task = tokio::spawn(run_ttl(reporter, initial, ttl, ttl_left, rx));
                 (Some(tx), task)
             }
             CheckKind::Tcp(tcp) => {
@@ -118,7 +151,7 @@ impl CheckRunner {
     fn spawn_probe(
         &self,
         reporter: Reporter,
-        initial: HealthStatus,
+        initial: (HealthStatus, String),
         thresholds: Thresholds,
         interval: Duration,
         probe: Probe,
@@ -146,6 +179,16 @@ impl CheckRunner {
             interval
         }
     }
+}
+
+/// Where a restored check resumes: its status and output before the agent restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub status: HealthStatus,
+    pub output: String,
+    /// TTL checks: time left before the TTL runs out (zero: it ran out while the agent was
+    /// down, or before). Ignored for probing checks.
+    pub ttl_left: Duration,
 }
 
 /// A pass/warn/fail update for a TTL check.
@@ -236,19 +279,26 @@ impl Reporter {
     }
 }
 
+/// `ttl_left`: for a restored check, the time left of the TTL it had before the restart.
 async fn run_ttl(
     mut reporter: Reporter,
-    initial: HealthStatus,
+    initial: (HealthStatus, String),
     ttl: Duration,
+    ttl_left: Option<Duration>,
     mut rx: watch::Receiver<Option<TtlUpdate>>,
 ) {
-    if reporter.report(initial, "").await.is_err() {
+    let (status, mut last_output) = initial;
+    if reporter.report(status, &last_output).await.is_err() {
         return;
     }
-    let mut last_output = String::new();
     // Consul starts the timer at registration, restarts it on every update and, once it has
     // fired, leaves the check critical until the next update.
-    let mut deadline = Some(Instant::now() + ttl);
+    let mut deadline = match ttl_left {
+        None => Some(Instant::now() + ttl),
+        // Expired before the restart: its output already says so; do not expire it again.
+        Some(left) if left.is_zero() && status == HealthStatus::Critical => None,
+        Some(left) => Some(Instant::now() + left),
+    };
     loop {
         let expired = async {
             match deadline {
@@ -288,14 +338,14 @@ fn expired_output(last_output: &str) -> String {
 
 async fn run_probe(
     mut reporter: Reporter,
-    initial: HealthStatus,
+    initial: (HealthStatus, String),
     mut thresholds: Thresholds,
     interval: Duration,
     stagger: Duration,
     probe: Probe,
 ) {
     tokio::time::sleep(stagger).await;
-    let mut current = (initial, String::new());
+    let mut current = initial;
     loop {
         let (status, output) = probe.run().await;
         if let Some(next) = thresholds.observe(status, output) {

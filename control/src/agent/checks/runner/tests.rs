@@ -344,6 +344,87 @@ async fn ttl_expires_without_updates() {
     );
 }
 
+/// A TTL check restored after a restart keeps its status and output, and expires at the
+/// deadline it had (`ttl_left`), not a full TTL later.
+#[tokio::test]
+async fn resumed_ttl_keeps_status_and_deadline() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let def = validated(json!({"TTL": "1h"}));
+    let resume = Resume {
+        status: HealthStatus::Passing,
+        output: "fine".into(),
+        ttl_left: Duration::from_millis(200),
+    };
+    let started = Instant::now();
+    let _handle = runner().spawn_resumed("ttl".into(), def, tx, resume);
+    let u = next(&mut rx).await;
+    assert_eq!(
+        (u.status, u.output.as_str()),
+        (HealthStatus::Passing, "fine")
+    );
+    let u = next(&mut rx).await;
+    assert_eq!(u.status, HealthStatus::Critical);
+    assert_eq!(
+        u.output,
+        "TTL expired (last output before timeout follows): fine"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(200) && took < Duration::from_secs(30),
+        "expired after {took:?}, not at the persisted deadline"
+    );
+}
+
+/// A TTL check that had expired before the restart stays critical with its output (no second
+/// expiry), and an update revives it.
+#[tokio::test]
+async fn resumed_expired_ttl_stays_critical_until_updated() {
+    let (tx, mut rx) = mpsc::channel(16);
+    let resume = Resume {
+        status: HealthStatus::Critical,
+        output: "TTL expired".into(),
+        ttl_left: Duration::ZERO,
+    };
+    let handle = runner().spawn_resumed("ttl".into(), validated(json!({"TTL": "1h"})), tx, resume);
+    let u = next(&mut rx).await;
+    assert_eq!(
+        (u.status, u.output.as_str()),
+        (HealthStatus::Critical, "TTL expired")
+    );
+    handle.ttl_update(HealthStatus::Passing, "back").unwrap();
+    let u = next(&mut rx).await;
+    assert_eq!(
+        (u.status, u.output.as_str()),
+        (HealthStatus::Passing, "back")
+    );
+}
+
+/// A probing check restored as passing stays passing until a probe says otherwise, and the
+/// failure thresholds count from the restart.
+#[tokio::test]
+async fn resumed_probe_keeps_status_until_thresholds_say_otherwise() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let def = validated(json!({
+        "TCP": addr.to_string(), "Interval": "50ms", "FailuresBeforeCritical": 2,
+        "FailuresBeforeWarning": 2,
+    }));
+    let resume = Resume {
+        status: HealthStatus::Passing,
+        output: format!("TCP connect {addr}: Success"),
+        ttl_left: Duration::ZERO,
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let _handle = runner().spawn_resumed("tcp".into(), def, tx, resume);
+    // First failed probe: below the threshold, so the restored status is reported unchanged.
+    let u = next(&mut rx).await;
+    assert_eq!(u.status, HealthStatus::Passing);
+    assert!(u.output.ends_with("Success"), "{}", u.output);
+    let u = next(&mut rx).await;
+    assert_eq!(u.status, HealthStatus::Critical, "{}", u.output);
+}
+
 #[tokio::test]
 async fn ttl_update_is_only_for_ttl_checks() {
     let (tx, _rx) = mpsc::channel(16);
