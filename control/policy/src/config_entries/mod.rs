@@ -429,6 +429,16 @@ fn check_name(name: &str, wildcard_ok: bool) -> Result<(), ConfigEntryError> {
     Ok(())
 }
 
+fn check_meta(meta: &BTreeMap<String, String>) -> Result<(), ConfigEntryError> {
+    if meta.len() > MAX_META_PAIRS {
+        return Err(ConfigEntryError::TooManyMeta {
+            count: meta.len(),
+            max: MAX_META_PAIRS,
+        });
+    }
+    Ok(())
+}
+
 fn check_ns(ns: &str) -> Result<(), ConfigEntryError> {
     if ns != DEFAULT_NAMESPACE {
         return Err(ConfigEntryError::Namespace {
@@ -447,23 +457,13 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), ConfigEntryError> {
             if !e.protocol.is_empty() {
                 e.protocol.parse::<Protocol>()?;
             }
-            if e.meta.len() > MAX_META_PAIRS {
-                return Err(ConfigEntryError::TooManyMeta {
-                    count: e.meta.len(),
-                    max: MAX_META_PAIRS,
-                });
-            }
+            check_meta(&e.meta)?;
             Ok(())
         }
         ConfigEntry::ServiceIntentions(e) => {
             check_name(&e.name, true)?;
             check_ns(&e.namespace)?;
-            if e.meta.len() > MAX_META_PAIRS {
-                return Err(ConfigEntryError::TooManyMeta {
-                    count: e.meta.len(),
-                    max: MAX_META_PAIRS,
-                });
-            }
+            check_meta(&e.meta)?;
             let mut seen: BTreeMap<(&str, &str), usize> = BTreeMap::new();
             for (index, s) in e.sources.iter().enumerate() {
                 if let Some(first) = seen.insert((&s.namespace, &s.name), index) {
@@ -484,12 +484,7 @@ pub fn validate(entry: &ConfigEntry) -> Result<(), ConfigEntryError> {
                     name: name.to_string(),
                 });
             }
-            if e.meta.len() > MAX_META_PAIRS {
-                return Err(ConfigEntryError::TooManyMeta {
-                    count: e.meta.len(),
-                    max: MAX_META_PAIRS,
-                });
-            }
+            check_meta(&e.meta)?;
             Ok(())
         }
     }
