@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests.
 
+pub mod chain;
 pub mod dev;
 pub mod eventually;
 pub mod http_raw;

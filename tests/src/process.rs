@@ -152,6 +152,28 @@ impl Drop for Meshd {
     }
 }
 
+/// Spawns `meshd agent --node NAME --server ... --http-addr 127.0.0.1:<free> --data-dir DIR
+/// EXTRA...` and waits (bounded) for its "listening" line. The HTTP port is fixed up front, so
+/// `Meshd::spawn(&agent.name, &agent.args)` restarts it on the same address with the same data
+/// directory. Its `rpc_addr` is `0.0.0.0:0`: an agent has no RPC listener.
+pub fn spawn_agent(name: &str, servers: &[SocketAddr], data_dir: &Path, extra: &[&str]) -> Meshd {
+    let mut args = vec![
+        "agent".to_string(),
+        "--node".into(),
+        name.into(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    for s in servers {
+        args.push("--server".into());
+        args.push(s.to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Meshd::spawn(name, &args).unwrap_or_else(|e| panic!("meshd agent {name}: {e:#}"))
+}
+
 /// Arguments of `meshd server` for one member of a cluster on fixed loopback ports.
 pub fn server_args(
     name: &str,

@@ -22,25 +22,7 @@
 //! `--concurrency` connections (requests/s under load, with latency percentiles). At the end the
 //! harness checks on db-l7's metrics that the requests were allowed by the last permission.
 
-#[path = "../proxy_chain/load.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with proxy_chain; mesh.rs's readiness check uses it"
-)]
-mod load;
-#[path = "../proxy_chain/mesh.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with proxy_chain; this harness uses its meshd and sidecar start-up only"
-)]
-mod mesh;
-#[path = "../proxy_chain/procs.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with proxy_chain; this harness uses the process helpers only"
-)]
-mod procs;
-
+use mesh_benches::proxy_chain::{mesh, procs};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;

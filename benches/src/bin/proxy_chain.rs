@@ -22,15 +22,7 @@
 //! both modes; a client that never offers a session gets a full handshake whatever the server
 //! would allow. The loopback bytes per connection show which one happened.
 
-#[path = "../proxy_chain/load.rs"]
-mod load;
-#[path = "../proxy_chain/mesh.rs"]
-mod mesh;
-#[path = "../proxy_chain/peers.rs"]
-mod peers;
-#[path = "../proxy_chain/procs.rs"]
-mod procs;
-
+use mesh_benches::proxy_chain::{load, mesh, peers, procs};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -240,7 +240,7 @@ pub fn latency(
         s.read_exact(&mut back)?;
     }
     let mut samples = Vec::with_capacity(rounds.min(1_000_000) as usize);
-    mesh_benches::run_for(cap, rounds, |_| -> anyhow::Result<()> {
+    crate::run_for(cap, rounds, |_| -> anyhow::Result<()> {
         let t = Instant::now();
         s.write_all(&msg)?;
         s.read_exact(&mut back)?;

@@ -17,9 +17,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::HttpConn;
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use mesh_benches::HttpConn;
 use serde_json::{Value, json};
 
 use super::procs::{Child, free_port, local};

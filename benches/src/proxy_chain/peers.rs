@@ -114,7 +114,7 @@ pub fn ensure_installed(kinds: &[Kind], allow_install: bool) -> Vec<String> {
     }
     let names: Vec<&str> = missing.iter().map(|k| k.package()).collect();
     let why_not = if allow_install {
-        mesh_benches::apt::cannot_install()
+        crate::apt::cannot_install()
     } else {
         Some("--no-install given")
     };
@@ -127,7 +127,7 @@ pub fn ensure_installed(kinds: &[Kind], allow_install: bool) -> Vec<String> {
         }
         return lines;
     }
-    mesh_benches::apt::install(&names);
+    crate::apt::install(&names);
     for k in &missing {
         lines.push(match k.binary() {
             Some(_) => format!(

@@ -17,6 +17,7 @@ mod t60_blocking_queries;
 mod t70_bad_input;
 mod t80_restart;
 
+pub use mesh_tests::process::spawn_agent;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -201,33 +202,6 @@ impl ProcServers {
         )
         .await;
     }
-}
-
-/// Spawns `meshd agent --node NAME --server ... --http-addr 127.0.0.1:<free> --data-dir DIR
-/// EXTRA...` and waits (bounded) for its "listening" line. The HTTP port is fixed up front, so
-/// `Meshd::spawn(&agent.name, &agent.args)` restarts it on the same address with the same data
-/// directory. Its `rpc_addr` is `0.0.0.0:0`: an agent has no RPC listener.
-pub fn spawn_agent(
-    name: &str,
-    servers: &[SocketAddr],
-    data_dir: &std::path::Path,
-    extra: &[&str],
-) -> Meshd {
-    let mut args = vec![
-        "agent".to_string(),
-        "--node".into(),
-        name.into(),
-        "--http-addr".into(),
-        format!("127.0.0.1:{}", free_port()),
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-    ];
-    for s in servers {
-        args.push("--server".into());
-        args.push(s.to_string());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Meshd::spawn(name, &args).unwrap_or_else(|e| panic!("meshd agent {name}: {e:#}"))
 }
 
 /// One in-process server and one in-process client agent with its own HTTP API.

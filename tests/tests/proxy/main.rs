@@ -6,7 +6,8 @@
 //! t10 echoes 1 GiB through the chain (acceptance 1); the dev profile optimizes meshproxy and
 //! its TLS stack so that takes seconds, not minutes (root `Cargo.toml`).
 
-mod harness;
+/// The shared proxy-test helpers (one library copy for every target).
+use mesh_tests::chain as harness;
 mod t10_traffic;
 mod t20_intentions;
 mod t30_bad_peers;

@@ -5,12 +5,8 @@
 //! chunked upload, malformed headers). Every request crosses web's outbound proxy, mutual TLS,
 //! and db's inbound L7 server, which decides it with the control plane's matcher.
 
-#[path = "../proxy/harness.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with the proxy target; this target uses part of it"
-)]
-mod harness;
+/// The shared proxy-test helpers (one library copy for every target).
+use mesh_tests::chain as harness;
 
 mod apps;
 mod t10_http1;

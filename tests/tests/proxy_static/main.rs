@@ -7,12 +7,8 @@
 //! (`tests/proxy/harness.rs`, included unchanged); `support` adds the PKI, the config files and
 //! the static-mode process.
 
-#[path = "../proxy/harness.rs"]
-#[allow(
-    dead_code,
-    reason = "shared with the agent-mode suite; this suite uses its echo server, binary and stream helpers"
-)]
-mod harness;
+/// The shared proxy-test helpers (one library copy for every target).
+use mesh_tests::chain as harness;
 mod support;
 
 mod t10_traffic;

@@ -1,19 +1,17 @@
-//! Real components for the proxy tests: a control plane (`meshd dev` process, or an in-process
-//! server when a test needs the CA's root key), `meshproxy run` processes, a counting TCP echo
-//! server as the application, and helpers for the agent API. The processes and the echo server
-//! live in `mesh_tests::sidecar` (the agent tests use them too) and are re-exported here.
+//! The proxy tests' shared scene and byte-stream helpers, as a library so the proxy,
+//! proxy_l7 and proxy_static targets (and the benches) link one copy instead of compiling a
+//! harness file into each: the web → db [`Chain`] of two sidecars around an echo app, a client
+//! [`Agent`] process, deterministic payloads ([`Pattern`]) and stream hashes ([`StreamHash`]).
+//! The control plane, sidecar and echo helpers they use are re-exported, so a test imports
+//! one module.
 
 use std::hash::Hasher;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-// This file is included by several test targets (`#[path]`); not each uses every helper.
-#[allow(unused_imports)]
-pub use mesh_tests::dev::{call, meshd_dev, ok, set_intention, wait_ca};
-use mesh_tests::process::{eventually, free_port};
-#[allow(unused_imports)]
-pub use mesh_tests::sidecar::{Echo, Proxy, proxy_bin, register, roundtrip};
+pub use crate::dev::{call, meshd_dev, ok, set_intention, wait_ca};
+use crate::process::{Meshd, eventually, free_port, spawn_agent};
+pub use crate::sidecar::{Echo, Proxy, proxy_bin, register, roundtrip};
 
 pub fn delete_intention(http_addr: SocketAddr, src: &str, dst: &str) {
     ok(
@@ -104,60 +102,27 @@ impl Chain {
     }
 }
 
-/// A `meshd agent` process (client agent of a server), killed by PID on drop.
+/// A `meshd agent` process (client agent of a server) with its own data directory, killed by
+/// PID on drop.
 pub struct Agent {
-    child: Option<Child>,
+    meshd: Meshd,
     pub http_addr: SocketAddr,
     _data_dir: tempfile::TempDir,
 }
 
 impl Agent {
-    /// `meshd agent --server RPC --node NODE --http-addr 127.0.0.1:0 --data-dir TMP <extra>`.
+    /// `meshd agent --server RPC --node NODE --http-addr <free port> --data-dir TMP <extra>`.
     pub fn spawn(server_rpc: SocketAddr, node: &str, extra: &[&str]) -> Self {
-        use std::io::BufRead;
         let data_dir = tempfile::tempdir().expect("agent data dir");
-        let mut child = Command::new(mesh_tests::process::bin("meshd"))
-            .args(["agent", "--server", &server_rpc.to_string(), "--node", node])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir.path())
-            .args(extra)
-            .env("MESH_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn meshd agent");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            if let Some(Ok(l)) = lines.next() {
-                let _ = tx.send(l);
-            }
-            for _ in lines {}
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("agent reports its address");
-        let http_addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no http= in {line:?}"));
+        let meshd = spawn_agent(node, &[server_rpc], data_dir.path(), extra);
         Self {
-            child: Some(child),
-            http_addr,
+            http_addr: meshd.http_addr,
+            meshd,
             _data_dir: data_dir,
         }
     }
-}
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    pub fn pid(&self) -> Option<u32> {
+        self.meshd.pid()
     }
 }
