@@ -1,7 +1,10 @@
 //! Errors of the server's operations, with the HTTP status and gRPC code each maps to.
 
+use axum::http::StatusCode;
+
 use crate::ca::CaError;
 use crate::fsm::ApplyError;
+use crate::http::ApiError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,17 @@ impl ServerError {
                 leader: leader.to_string(),
                 message: s.message().to_string(),
             },
+        }
+    }
+}
+
+/// A server error answered over HTTP: Consul's status, the error's text.
+impl From<ServerError> for ApiError {
+    fn from(e: ServerError) -> Self {
+        Self {
+            status: StatusCode::from_u16(e.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            message: e.to_string(),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! Writes go through `Server::write`, which proposes on the leader or forwards to it; reads are
 //! linearizable through `Server::read_barrier` (ReadIndex on the leader) unless `?stale`.
 
+pub mod api;
 mod bootstrap;
 mod config;
 mod error;
@@ -130,9 +131,7 @@ impl Server {
         let app = agent
             .router(false)
             .with_state(agent.clone())
-            .merge(crate::http::server_router(crate::http::Backend::Server(
-                server.clone(),
-            )))
+            .merge(api::router(server.clone()))
             .fallback(crate::http::not_found);
         let tasks = vec![
             grpc_task,
