@@ -9,7 +9,7 @@
 mod command;
 mod state;
 
-pub use command::{ApplyError, ApplyResult, Command};
+pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
 pub use state::{CaState, InstanceHealth, State, TableIndexes, leaf_ttl};
 
 #[cfg(test)]

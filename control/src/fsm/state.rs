@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{ApplyError, ApplyResult, Command};
+use super::command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
 use crate::ca::StoredRoot;
 use crate::config_entries::{
     self, ConfigEntry, ConfigKind, IntentionEntryMeta, MeshConfig, ServiceDefaults,
@@ -158,10 +158,9 @@ impl State {
                     .checks
                     .get_mut(&node)
                     .and_then(|m| m.get_mut(&check_id))
-                    .ok_or_else(|| {
-                        ApplyError::NotFound(format!(
-                            "Unknown check ID {check_id:?} on node {node:?}"
-                        ))
+                    .ok_or_else(|| NotFound::Check {
+                        node: node.clone(),
+                        check_id: check_id.clone(),
                     })?;
                 if check.status != status || check.output != output {
                     check.status = status;
@@ -177,7 +176,7 @@ impl State {
                 output,
             } => {
                 if !self.nodes.contains_key(&node) {
-                    return Err(ApplyError::NotFound(format!("Unknown node {node:?}")));
+                    return Err(NotFound::Node { node }.into());
                 }
                 let mut changed = false;
                 // `get_mut`, not `entry`: a node without checks must not gain an empty map (a
@@ -204,7 +203,9 @@ impl State {
                 mut intention,
                 replace,
             } => {
-                intentions::validate(&intention).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                intentions::validate(&intention).map_err(|e| Invalid::Intention {
+                    reason: e.to_string(),
+                })?;
                 let id = intentions::legacy_id(
                     &intention.source_ns,
                     &intention.source_name,
@@ -221,10 +222,11 @@ impl State {
                 intention.modify_index = index;
                 match self.intentions.get(&id) {
                     Some(existing) if !replace => {
-                        return Err(ApplyError::Conflict(format!(
-                            "Intention with source {:?} and destination {:?} already exists",
-                            existing.source_name, existing.destination_name
-                        )));
+                        return Err(Conflict::IntentionExists {
+                            source_name: existing.source_name.clone(),
+                            destination_name: existing.destination_name.clone(),
+                        }
+                        .into());
                     }
                     Some(existing) => intention.create_index = existing.create_index,
                     None => intention.create_index = index,
@@ -246,9 +248,11 @@ impl State {
             } => {
                 let id = intentions::legacy_id(&source_ns, &source, &destination_ns, &destination);
                 if self.intentions.remove(&id).is_none() {
-                    return Err(ApplyError::NotFound(format!(
-                        "Intention with source {source:?} and destination {destination:?} not found"
-                    )));
+                    return Err(NotFound::Intention {
+                        source_name: source,
+                        destination_name: destination,
+                    }
+                    .into());
                 }
                 let dest = config_entries::destination_key(&destination_ns, &destination);
                 let any_left = self.intentions.values().any(|i| {
@@ -296,18 +300,16 @@ impl State {
                 config,
                 now_unix,
             } => {
-                let current = self
-                    .ca
-                    .active()
-                    .ok_or_else(|| ApplyError::Invalid("CA is not initialized".into()))?;
+                let current = self.ca.active().ok_or(Invalid::CaNotInitialized)?;
                 if current.root.id != expected_active {
-                    return Err(ApplyError::Conflict(format!(
-                        "active root changed during rotation (expected {expected_active}, found {})",
-                        current.root.id
-                    )));
+                    return Err(Conflict::RootChanged {
+                        expected: expected_active,
+                        found: current.root.id.clone(),
+                    }
+                    .into());
                 }
                 if self.ca.roots.iter().any(|r| r.root.id == new_root.root.id) {
-                    return Err(ApplyError::Conflict("new root is already present".into()));
+                    return Err(Conflict::RootPresent.into());
                 }
                 // Every leaf the old root signed was signed with at most the current TTL.
                 let ttl = leaf_ttl(self.ca.config.as_ref()).as_secs() as i64;
@@ -398,10 +400,13 @@ impl State {
         if ok {
             Ok(())
         } else {
-            Err(ApplyError::Conflict(format!(
-                "check-and-set failed for {kind} {name:?}: cas index {want}, current ModifyIndex {}",
-                have.map_or_else(|| "none (entry absent)".to_string(), |h| h.to_string())
-            )))
+            Err(Conflict::Cas {
+                kind,
+                name: name.to_string(),
+                want,
+                have,
+            }
+            .into())
         }
     }
 
@@ -412,7 +417,9 @@ impl State {
         cas: Option<Index>,
     ) -> Result<(), ApplyError> {
         entry.normalize();
-        config_entries::validate(&entry).map_err(|e| ApplyError::Invalid(e.to_string()))?;
+        config_entries::validate(&entry).map_err(|e| Invalid::ConfigEntry {
+            reason: e.to_string(),
+        })?;
         self.check_cas(entry.kind(), entry.name(), cas)?;
         match entry {
             ConfigEntry::ServiceDefaults(mut e) => {
@@ -482,9 +489,7 @@ impl State {
         cas: Option<Index>,
     ) -> Result<(), ApplyError> {
         if cas.is_some_and(|c| c == 0) {
-            return Err(ApplyError::Invalid(
-                "cas index 0 is not valid for a delete".into(),
-            ));
+            return Err(Invalid::CasZeroOnDelete.into());
         }
         self.check_cas(kind, name, cas)?;
         match kind {
@@ -611,25 +616,23 @@ impl State {
         checks: Vec<HealthCheck>,
     ) -> Result<(), ApplyError> {
         if node.node.is_empty() {
-            return Err(ApplyError::Invalid("Must provide node".into()));
+            return Err(Invalid::MissingNode.into());
         }
         if let Some(s) = &service {
             if s.service.is_empty() {
-                return Err(ApplyError::Invalid("Must provide service name".into()));
+                return Err(Invalid::MissingServiceName.into());
             }
             if s.kind == "connect-proxy"
                 && s.proxy
                     .as_ref()
                     .is_none_or(|p| p.destination_service_name.is_empty())
             {
-                return Err(ApplyError::Invalid(
-                    "Proxy.DestinationServiceName must be set for a connect-proxy".into(),
-                ));
+                return Err(Invalid::ProxyWithoutDestination.into());
             }
         }
         for c in &checks {
             if c.check_id.is_empty() {
-                return Err(ApplyError::Invalid("Must provide CheckID".into()));
+                return Err(Invalid::MissingCheckId.into());
             }
             if !c.service_id.is_empty()
                 // The service's ID defaults to its name (below), as in Consul.
@@ -642,10 +645,11 @@ impl State {
                     .get(&node.node)
                     .is_some_and(|m| m.contains_key(&c.service_id))
             {
-                return Err(ApplyError::Invalid(format!(
-                    "Check {:?} refers to unknown service {:?}",
-                    c.check_id, c.service_id
-                )));
+                return Err(Invalid::CheckForUnknownService {
+                    check_id: c.check_id.clone(),
+                    service_id: c.service_id.clone(),
+                }
+                .into());
             }
         }
         // Node: upsert, keeping its create index.
@@ -721,9 +725,11 @@ impl State {
                     .and_then(|m| m.remove(&sid))
                     .is_some();
                 if !removed {
-                    return Err(ApplyError::NotFound(format!(
-                        "Unknown service ID {sid:?} on node {node:?}"
-                    )));
+                    return Err(NotFound::Service {
+                        node: node.to_string(),
+                        service_id: sid,
+                    }
+                    .into());
                 }
                 self.tables.services = index;
                 if let Some(checks) = self.checks.get_mut(node) {
@@ -741,9 +747,11 @@ impl State {
                     .and_then(|m| m.remove(&cid))
                     .is_some();
                 if !removed {
-                    return Err(ApplyError::NotFound(format!(
-                        "Unknown check ID {cid:?} on node {node:?}"
-                    )));
+                    return Err(NotFound::Check {
+                        node: node.to_string(),
+                        check_id: cid,
+                    }
+                    .into());
                 }
                 self.tables.checks = index;
             }

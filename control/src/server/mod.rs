@@ -96,7 +96,7 @@ impl Server {
         let raft_config = raft_config(&config)?;
         let raft = Raft::new(id, raft_config, network, log_store, sm)
             .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
+            .map_err(|e| ServerError::Start(Box::new(e)))?;
         let (shutdown, _) = watch::channel(false);
         let server = Arc::new(Server {
             id,
@@ -245,6 +245,6 @@ fn raft_config(c: &ServerConfig) -> Result<Arc<openraft::Config>, ServerError> {
     Ok(Arc::new(
         config
             .validate()
-            .map_err(|e| ServerError::Raft(e.to_string()))?,
+            .map_err(|e| ServerError::Config(Box::new(e)))?,
     ))
 }

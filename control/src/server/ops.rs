@@ -149,7 +149,7 @@ impl Server {
                         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                             // Leadership moved before the entry was proposed; find the new leader.
                         }
-                        Err(e) => return Err(ServerError::Raft(e.to_string())),
+                        Err(e) => return Err(ServerError::Write(Box::new(e))),
                     }
                 }
                 Some(mut leader) => {
@@ -179,7 +179,7 @@ impl Server {
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                     Err(ServerError::NoLeader)
                 }
-                Err(e) => Err(ServerError::Raft(e.to_string())),
+                Err(e) => Err(ServerError::ReadIndex(Box::new(e))),
             },
             Some(mut leader) => {
                 let mut req = tonic::Request::new(ReadIndexRequest {});
@@ -197,9 +197,7 @@ impl Server {
         if self.state.wait_applied(index, deadline).await {
             Ok(())
         } else {
-            Err(ServerError::Raft(format!(
-                "timed out waiting to apply index {index}"
-            )))
+            Err(ServerError::ApplyTimeout { index })
         }
     }
 
@@ -276,7 +274,7 @@ impl Server {
                 self.raft
                     .add_learner(id, node.clone(), true)
                     .await
-                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                    .map_err(|e| ServerError::Write(Box::new(e)))?;
                 let mut voters: BTreeSet<NodeId> = self
                     .raft
                     .metrics()
@@ -291,7 +289,7 @@ impl Server {
                     .raft
                     .change_membership(voters, false)
                     .await
-                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                    .map_err(|e| ServerError::Write(Box::new(e)))?;
                 Ok(resp.log_id.index)
             }
             Some(mut leader) => {
@@ -341,7 +339,7 @@ impl Server {
                     .raft
                     .change_membership(voters, false)
                     .await
-                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                    .map_err(|e| ServerError::Write(Box::new(e)))?;
                 Ok(resp.log_id.index)
             }
             Some(mut leader) => {
