@@ -21,28 +21,26 @@ fn health_entries(
         .collect()
 }
 
-pub(super) async fn health_service(
-    AxState(srv): Api,
-    Path(service): Path<String>,
-    Query(p): Params,
-) -> Res {
-    let q = QueryOptions::from_params(&p)?;
-    let passing = p.contains_key("passing");
-    read(&srv, &q, State::health_index, |s| {
-        Ok(health_entries(s, &service, false, passing))
-    })
-    .await
+/// `/v1/health/service/:service[?passing]`.
+pub(super) async fn health_service(srv: Api, service: Path<String>, p: Params) -> Res {
+    health_read(srv, service, p, false).await
 }
 
-pub(super) async fn health_connect(
+/// `/v1/health/connect/:service[?passing]`: the service's Connect-capable instances.
+pub(super) async fn health_connect(srv: Api, service: Path<String>, p: Params) -> Res {
+    health_read(srv, service, p, true).await
+}
+
+async fn health_read(
     AxState(srv): Api,
     Path(service): Path<String>,
     Query(p): Params,
+    connect: bool,
 ) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let passing = p.contains_key("passing");
     read(&srv, &q, State::health_index, |s| {
-        Ok(health_entries(s, &service, true, passing))
+        Ok(health_entries(s, &service, connect, passing))
     })
     .await
 }
