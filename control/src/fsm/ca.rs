@@ -1,53 +1,17 @@
-//! The CA's part of the state (roots with their keys, configuration, pruning schedule) and
-//! applying CA commands: initialize, rotate with a cross-signed root, set the configuration,
-//! prune rotated-out roots once their leaves have expired.
+//! Applying CA commands to `State::ca`: initialize, rotate with a cross-signed root, set the
+//! configuration, prune rotated-out roots once their leaves have expired; and the leaf TTL a
+//! configuration implies. (`CaState` itself is data of `State`, in `state.rs`, so this module
+//! imports the state and not the other way round.)
 
-use std::collections::BTreeMap;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use super::command::{ApplyError, Conflict, Invalid};
 use super::state::State;
 use crate::ca::StoredRoot;
-use crate::model::{CaConfig, CaRoot, CaRootList, Index};
+use crate::model::{CaConfig, Index};
 
 /// Default lifetime of a leaf certificate (Consul's `LeafCertTTL` default).
 pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(72 * 3600);
-
-/// The CA's part of the state. Private keys live here, as with Consul's built-in provider; they
-/// are never part of an API answer (`CaState::root_list` strips them).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CaState {
-    pub cluster_id: String,
-    pub trust_domain: String,
-    /// Oldest first; exactly one is active once initialized.
-    pub roots: Vec<StoredRoot>,
-    pub config: Option<CaConfig>,
-    /// Root ID → unix time after which every leaf it signed has expired.
-    pub prune_after: BTreeMap<String, i64>,
-    /// Next `SerialNumber` for a new root.
-    pub next_serial: u64,
-}
-
-impl CaState {
-    pub fn active(&self) -> Option<&StoredRoot> {
-        self.roots.iter().find(|r| r.root.active)
-    }
-
-    /// The roots as published: public parts only.
-    pub fn root_list(&self) -> CaRootList {
-        CaRootList {
-            active_root_id: self.active().map(|r| r.root.id.clone()).unwrap_or_default(),
-            trust_domain: self.trust_domain.clone(),
-            roots: self.roots.iter().map(|r| r.root.clone()).collect(),
-        }
-    }
-
-    pub fn public_roots(&self) -> Vec<CaRoot> {
-        self.roots.iter().map(|r| r.root.clone()).collect()
-    }
-}
 
 /// `LeafCertTTL` of a CA configuration, or the default.
 pub fn leaf_ttl(config: Option<&CaConfig>) -> Duration {

@@ -13,10 +13,10 @@ mod config_entries;
 mod intentions;
 mod state;
 
-pub use ca::{CaState, DEFAULT_LEAF_TTL, leaf_ttl};
+pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
 pub use catalog::InstanceHealth;
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
-pub use state::{State, TableIndexes};
+pub use state::{CaState, State, TableIndexes};
 
 #[cfg(test)]
 mod tests;

@@ -6,11 +6,47 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ca::CaState;
 use super::command::{ApplyError, ApplyResult, Command};
+use crate::ca::StoredRoot;
 use crate::config_entries::{IntentionEntryMeta, MeshConfig, ServiceDefaults};
 use crate::intentions::DefaultPolicy;
-use crate::model::{HealthCheck, Index, Intention, Node, ServiceInstance};
+use crate::model::{
+    CaConfig, CaRoot, CaRootList, HealthCheck, Index, Intention, Node, ServiceInstance,
+};
+
+/// The CA's part of the state. Private keys live here, as with Consul's built-in provider; they
+/// are never part of an API answer (`CaState::root_list` strips them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaState {
+    pub cluster_id: String,
+    pub trust_domain: String,
+    /// Oldest first; exactly one is active once initialized.
+    pub roots: Vec<StoredRoot>,
+    pub config: Option<CaConfig>,
+    /// Root ID → unix time after which every leaf it signed has expired.
+    pub prune_after: BTreeMap<String, i64>,
+    /// Next `SerialNumber` for a new root.
+    pub next_serial: u64,
+}
+
+impl CaState {
+    pub fn active(&self) -> Option<&StoredRoot> {
+        self.roots.iter().find(|r| r.root.active)
+    }
+
+    /// The roots as published: public parts only.
+    pub fn root_list(&self) -> CaRootList {
+        CaRootList {
+            active_root_id: self.active().map(|r| r.root.id.clone()).unwrap_or_default(),
+            trust_domain: self.trust_domain.clone(),
+            roots: self.roots.iter().map(|r| r.root.clone()).collect(),
+        }
+    }
+
+    pub fn public_roots(&self) -> Vec<CaRoot> {
+        self.roots.iter().map(|r| r.root.clone()).collect()
+    }
+}
 
 /// Modify index of each table, for blocking queries and watches ("has anything I care about
 /// changed since index N").
