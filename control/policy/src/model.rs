@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 /// Raft log index; doubles as Consul's `CreateIndex` / `ModifyIndex`.
 pub type Index = u64;
 
+/// ID of the node check the servers own (Consul's `serfHealth`): the leader's failure
+/// detector turns it critical for a silent node, the agent's anti-entropy never removes it, and
+/// `/v1/internal/members` reads a node's liveness from it.
+pub const SERF_CHECK: &str = "serfHealth";
+
 /// Health of a check, node or service instance (Consul's check states).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

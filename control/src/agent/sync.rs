@@ -9,9 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Agent;
+use crate::model::SERF_CHECK;
 use crate::model::{HealthCheck, HealthStatus, Node, ServiceInstance};
 use crate::proto::{HeartbeatRequest, JsonRequest, NodeStateRequest};
-use crate::server::liveness::SERF_CHECK;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -6,6 +6,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::error_chain::error_chain;
+
 /// Errors talking to the API, each printed as one line by `meshctl`.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -86,17 +88,6 @@ impl ApiClient {
             message: e.to_string(),
         })
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Percent-encodes a query parameter value.

@@ -6,11 +6,17 @@
 //! Raft storage layer (`crate::store`) calls `State::apply` for every committed entry and takes
 //! snapshots by serializing `State`; this module is unit-tested alone.
 
+mod ca;
+mod catalog;
 mod command;
+mod config_entries;
+mod intentions;
 mod state;
 
-pub use command::{ApplyError, ApplyResult, Command};
-pub use state::{CaState, InstanceHealth, State, TableIndexes, leaf_ttl};
+pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
+pub use catalog::InstanceHealth;
+pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
+pub use state::{CaState, State, TableIndexes};
 
 #[cfg(test)]
 mod tests;

@@ -1810,7 +1810,7 @@ fn service_defaults_set_cas_and_delete() {
         },
     );
     assert!(
-        matches!(e, ApplyError::Invalid(ref m) if m.contains("udp")),
+        matches!(e, ApplyError::Invalid(Invalid::ConfigEntry { ref reason }) if reason.contains("udp")),
         "{e:?}"
     );
     // Delete with a stale cas fails; missing-entry delete is a no-op success.
@@ -1956,7 +1956,7 @@ fn service_intentions_entry_replaces_its_destination_atomically() {
         },
     );
     assert!(
-        matches!(err, ApplyError::Invalid(ref m) if m.starts_with("Sources[0]")),
+        matches!(err, ApplyError::Invalid(Invalid::ConfigEntry { ref reason }) if reason.starts_with("Sources[0]")),
         "{err:?}"
     );
 

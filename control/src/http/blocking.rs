@@ -13,8 +13,9 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{ApiError, Backend};
+use super::ApiError;
 use crate::fsm::State;
+use crate::store::SharedState;
 
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 pub const MAX_WAIT: Duration = Duration::from_secs(600);
@@ -68,43 +69,22 @@ impl QueryOptions {
     }
 }
 
-/// Answers a read: consistency barrier, optional blocking on `index_of`, then `render` as JSON
-/// with Consul's headers.
-pub async fn read<T, I, R>(
-    backend: &Backend,
+/// The blocking half of a read: with `?index=N` (N > 0), waits until `index_of` over `state`
+/// passes N or the query's wait elapses; without it, returns at once. The caller runs any
+/// consistency barrier first.
+pub async fn wait_for_index<I>(
+    state: &SharedState,
     q: &QueryOptions,
-    index_of: I,
-    render: R,
-) -> Result<Response, ApiError>
-where
-    T: Serialize,
-    I: Fn(&State) -> u64,
-    R: FnOnce(&State) -> Result<T, ApiError>,
-{
-    let Backend::Server(server) = backend;
-    wait(backend, q, &index_of).await?;
-    let (index, body) = server
-        .state
-        .read(|s| Ok::<_, ApiError>((index_of(s).max(1), render(s)?)))?;
-    Ok(json_with_index(index, &body))
-}
-
-/// The first half of [`read`]: consistency barrier, then (with `?index`) wait until
-/// `index_of` passes it or the wait elapses. For reads whose answer is not always a 200 JSON
-/// body (a missing config entry is a 404 that still carries `X-Consul-Index`).
-pub async fn wait<I>(backend: &Backend, q: &QueryOptions, index_of: &I) -> Result<(), ApiError>
+    index_of: &I,
+) -> Result<(), ApiError>
 where
     I: Fn(&State) -> u64,
 {
-    let Backend::Server(server) = backend;
-    if !q.is_stale() {
-        server.read_barrier().await?;
-    }
     if let Some(min) = q.index.filter(|i| *i > 0) {
         let deadline = Instant::now() + q.wait()?;
-        let mut applied = server.state.subscribe();
+        let mut applied = state.subscribe();
         loop {
-            if server.state.read(index_of) > min {
+            if state.read(index_of) > min {
                 break;
             }
             if tokio::time::timeout_at(deadline, applied.changed())

@@ -1,29 +1,18 @@
-//! The Consul-shaped HTTP API (paths, JSON field names, `X-Consul-Index`, `?index=&wait=`
-//! blocking queries, `?stale`), served by every server on `--http-addr`.
+//! HTTP plumbing shared by the server's API (`crate::server::api`) and the agent's
+//! (`crate::agent::http`): Consul-shaped errors, `?index=&wait=&stale` parsing and the blocking
+//! wait, `X-Consul-Index` answers, the serve loop.
 //!
 //! Errors are plain text with Consul's status codes; bodies with unknown fields or malformed
-//! JSON get 400 with the reason, and nothing is applied.
+//! JSON get 400 with the reason, and nothing is applied. This module imports nothing from
+//! `server` or `agent`: each converts its own errors into [`ApiError`] where it owns them.
 
 pub mod blocking;
-pub mod proxy;
-mod routes;
-
-use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
 pub use blocking::QueryOptions;
-pub use routes::server_router;
-
-use crate::server::{Server, ServerError};
-
-/// What answers the API.
-#[derive(Clone)]
-pub enum Backend {
-    Server(Arc<Server>),
-}
 
 /// Answers a path no route knows, as Consul does.
 pub async fn not_found() -> ApiError {
@@ -63,16 +52,6 @@ impl ApiError {
         Self {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
-        }
-    }
-}
-
-impl From<ServerError> for ApiError {
-    fn from(e: ServerError) -> Self {
-        Self {
-            status: StatusCode::from_u16(e.http_status())
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            message: e.to_string(),
         }
     }
 }

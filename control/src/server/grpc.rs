@@ -474,7 +474,7 @@ impl Catalog for CatalogApi {
 
     async fn http(&self, req: Request<HttpRequest>) -> Result<Response<HttpReply>, Status> {
         Ok(Response::new(
-            crate::http::proxy::handle(&self.0, req.into_inner()).await,
+            super::api::forwarded::handle(&self.0, req.into_inner()).await,
         ))
     }
 }

@@ -15,12 +15,10 @@ use tokio::time::Instant;
 
 use super::{Server, ServerError};
 use crate::fsm::Command;
-use crate::model::HealthStatus;
+use crate::model::{HealthStatus, SERF_CHECK};
 use crate::proto::HeartbeatRequest;
 use crate::proto::catalog_client::CatalogClient;
 
-/// Node check the servers own, as in Consul.
-pub const SERF_CHECK: &str = "serfHealth";
 /// Silence after which a node is considered gone.
 pub const FAIL_AFTER: Duration = Duration::from_secs(5);
 /// How often the leader looks.

@@ -4,6 +4,7 @@
 //! Writes go through `Server::write`, which proposes on the leader or forwards to it; reads are
 //! linearizable through `Server::read_barrier` (ReadIndex on the leader) unless `?stale`.
 
+pub mod api;
 mod bootstrap;
 mod config;
 mod error;
@@ -95,7 +96,7 @@ impl Server {
         let raft_config = raft_config(&config)?;
         let raft = Raft::new(id, raft_config, network, log_store, sm)
             .await
-            .map_err(|e| ServerError::Raft(e.to_string()))?;
+            .map_err(|e| ServerError::Start(Box::new(e)))?;
         let (shutdown, _) = watch::channel(false);
         let server = Arc::new(Server {
             id,
@@ -130,9 +131,7 @@ impl Server {
         let app = agent
             .router(false)
             .with_state(agent.clone())
-            .merge(crate::http::server_router(crate::http::Backend::Server(
-                server.clone(),
-            )))
+            .merge(api::router(server.clone()))
             .fallback(crate::http::not_found);
         let tasks = vec![
             grpc_task,
@@ -246,6 +245,6 @@ fn raft_config(c: &ServerConfig) -> Result<Arc<openraft::Config>, ServerError> {
     Ok(Arc::new(
         config
             .validate()
-            .map_err(|e| ServerError::Raft(e.to_string()))?,
+            .map_err(|e| ServerError::Config(Box::new(e)))?,
     ))
 }

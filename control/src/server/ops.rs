@@ -36,6 +36,35 @@ enum Leader {
     Other(NodeId, MeshNode),
 }
 
+/// A connection to the leader for one forwarded operation, with the leader's address that
+/// errors name.
+struct ToLeader {
+    client: ClusterClient<tonic::transport::Channel>,
+    addr: String,
+}
+
+impl ToLeader {
+    /// The leader's answer, or its status turned back into the error it stood for.
+    fn answer<T>(
+        &self,
+        reply: Result<tonic::Response<T>, tonic::Status>,
+    ) -> Result<T, ServerError> {
+        reply
+            .map(tonic::Response::into_inner)
+            .map_err(|s| ServerError::from_status(&self.addr, s))
+    }
+
+    /// A forwarded write's or rotation's `ApplyResult`, carried as JSON.
+    fn apply_result(&self, json: &[u8]) -> Result<ApplyResult, ServerError> {
+        let result: ApplyResult =
+            serde_json::from_slice(json).map_err(|e| ServerError::Forward {
+                leader: self.addr.clone(),
+                message: format!("malformed reply: {e}"),
+            })?;
+        into_result(result)
+    }
+}
+
 impl Server {
     fn client(&self, addr: &str) -> Result<ClusterClient<tonic::transport::Channel>, ServerError> {
         let ch = self.channels.get(addr).map_err(|e| ServerError::Forward {
@@ -73,14 +102,27 @@ impl Server {
         }
     }
 
-    fn check_reachable(&self, peer: NodeId, node: &MeshNode) -> Result<(), ServerError> {
-        if self.faults.is_blocked(peer) {
+    /// Where an operation only the leader runs goes: `None` when this server leads (run it
+    /// here), else a connection to the leader, once the hop budget and the fault injection
+    /// allow the hop. Every leader-only operation starts here.
+    async fn leader_or_forward(&self, hops: u32) -> Result<Option<ToLeader>, ServerError> {
+        let (id, node) = match self.leader().await? {
+            Leader::Me => return Ok(None),
+            Leader::Other(id, node) => (id, node),
+        };
+        if hops >= MAX_HOPS {
+            return Err(ServerError::NoLeader);
+        }
+        if self.faults.is_blocked(id) {
             return Err(ServerError::Forward {
-                leader: node.rpc_addr.clone(),
+                leader: node.rpc_addr,
                 message: "partitioned by fault injection".into(),
             });
         }
-        Ok(())
+        Ok(Some(ToLeader {
+            client: self.client(&node.rpc_addr)?,
+            addr: node.rpc_addr,
+        }))
     }
 
     /// Applies `cmd` through Raft, forwarding to the leader when this server is not it.
@@ -95,10 +137,10 @@ impl Server {
     ) -> Result<ApplyResult, ServerError> {
         let deadline = Instant::now() + self.config.write_timeout;
         loop {
-            match self.leader().await? {
+            match self.leader_or_forward(hops).await? {
                 // Bounded: a leader cut off from its majority cannot commit, and the caller
                 // must hear so instead of waiting for the partition to heal.
-                Leader::Me => {
+                None => {
                     match tokio::time::timeout_at(deadline, self.raft.client_write(cmd.clone()))
                         .await
                         .map_err(|_| ServerError::NoLeader)?
@@ -107,32 +149,19 @@ impl Server {
                         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                             // Leadership moved before the entry was proposed; find the new leader.
                         }
-                        Err(e) => return Err(ServerError::Raft(e.to_string())),
+                        Err(e) => return Err(ServerError::Write(Box::new(e))),
                     }
                 }
-                Leader::Other(id, node) => {
-                    if hops >= MAX_HOPS {
-                        return Err(ServerError::NoLeader);
-                    }
-                    self.check_reachable(id, &node)?;
+                Some(mut leader) => {
                     let json = serde_json::to_vec(&cmd)
                         .map_err(|e| ServerError::BadRequest(e.to_string()))?;
-                    let mut client = self.client(&node.rpc_addr)?;
                     let mut req = tonic::Request::new(CommandRequest {
                         json,
                         hops: hops + 1,
                     });
                     req.set_timeout(self.config.write_timeout);
-                    let reply = client
-                        .write(req)
-                        .await
-                        .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
-                    let result: ApplyResult = serde_json::from_slice(&reply.into_inner().json)
-                        .map_err(|e| ServerError::Forward {
-                            leader: node.rpc_addr.clone(),
-                            message: format!("malformed reply: {e}"),
-                        })?;
-                    return into_result(result);
+                    let reply = leader.client.write(req).await;
+                    return leader.apply_result(&leader.answer(reply)?.json);
                 }
             }
             if Instant::now() >= deadline {
@@ -144,27 +173,19 @@ impl Server {
 
     /// The index a linearizable read must observe: confirmed by the leader (ReadIndex).
     pub async fn read_index(&self, hops: u32) -> Result<u64, ServerError> {
-        match self.leader().await? {
-            Leader::Me => match self.raft.ensure_linearizable().await {
+        match self.leader_or_forward(hops).await? {
+            None => match self.raft.ensure_linearizable().await {
                 Ok(log_id) => Ok(log_id.map(|l| l.index).unwrap_or(0)),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
                     Err(ServerError::NoLeader)
                 }
-                Err(e) => Err(ServerError::Raft(e.to_string())),
+                Err(e) => Err(ServerError::ReadIndex(Box::new(e))),
             },
-            Leader::Other(id, node) => {
-                if hops >= MAX_HOPS {
-                    return Err(ServerError::NoLeader);
-                }
-                self.check_reachable(id, &node)?;
+            Some(mut leader) => {
                 let mut req = tonic::Request::new(ReadIndexRequest {});
                 req.set_timeout(self.config.write_timeout);
-                let reply = self
-                    .client(&node.rpc_addr)?
-                    .read_index(req)
-                    .await
-                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
-                Ok(reply.into_inner().index)
+                let reply = leader.client.read_index(req).await;
+                Ok(leader.answer(reply)?.index)
             }
         }
     }
@@ -176,9 +197,7 @@ impl Server {
         if self.state.wait_applied(index, deadline).await {
             Ok(())
         } else {
-            Err(ServerError::Raft(format!(
-                "timed out waiting to apply index {index}"
-            )))
+            Err(ServerError::ApplyTimeout { index })
         }
     }
 
@@ -205,16 +224,12 @@ impl Server {
         if stale {
             return Ok(self.peers());
         }
-        match self.leader().await? {
-            Leader::Me => Ok(self.peers()),
-            Leader::Other(id, node) => {
-                self.check_reachable(id, &node)?;
-                let reply = self
-                    .client(&node.rpc_addr)?
-                    .configuration(ConfigurationRequest {})
-                    .await
-                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?
-                    .into_inner();
+        // The leader answers from its own view, never forwarding: no hops to count.
+        match self.leader_or_forward(0).await? {
+            None => Ok(self.peers()),
+            Some(mut leader) => {
+                let reply = leader.client.configuration(ConfigurationRequest {}).await;
+                let reply = leader.answer(reply)?;
                 let peers = reply
                     .servers
                     .into_iter()
@@ -240,8 +255,8 @@ impl Server {
     /// Adds a server as a voter: learner first (it catches up, from a snapshot if the log was
     /// compacted), then promoted. Runs on the leader; forwarded otherwise.
     pub async fn join(&self, info: ServerInfo, hops: u32) -> Result<u64, ServerError> {
-        match self.leader().await? {
-            Leader::Me => {
+        match self.leader_or_forward(hops).await? {
+            None => {
                 let id = info.id;
                 let node = MeshNode {
                     name: info.name,
@@ -259,7 +274,7 @@ impl Server {
                 self.raft
                     .add_learner(id, node.clone(), true)
                     .await
-                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                    .map_err(|e| ServerError::Write(Box::new(e)))?;
                 let mut voters: BTreeSet<NodeId> = self
                     .raft
                     .metrics()
@@ -274,22 +289,14 @@ impl Server {
                     .raft
                     .change_membership(voters, false)
                     .await
-                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                    .map_err(|e| ServerError::Write(Box::new(e)))?;
                 Ok(resp.log_id.index)
             }
-            Leader::Other(lid, node) => {
-                if hops >= MAX_HOPS {
-                    return Err(ServerError::NoLeader);
-                }
-                self.check_reachable(lid, &node)?;
+            Some(mut leader) => {
                 let mut req = tonic::Request::new(info);
                 req.set_timeout(Duration::from_secs(120));
-                let reply = self
-                    .client(&node.rpc_addr)?
-                    .join(req)
-                    .await
-                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
-                Ok(reply.into_inner().index)
+                let reply = leader.client.join(req).await;
+                Ok(leader.answer(reply)?.index)
             }
         }
     }
@@ -301,8 +308,8 @@ impl Server {
         address: &str,
         hops: u32,
     ) -> Result<u64, ServerError> {
-        match self.leader().await? {
-            Leader::Me => {
+        match self.leader_or_forward(hops).await? {
+            None => {
                 let (peers, _) = self.peers();
                 let target = peers
                     .iter()
@@ -332,23 +339,18 @@ impl Server {
                     .raft
                     .change_membership(voters, false)
                     .await
-                    .map_err(|e| ServerError::Raft(e.to_string()))?;
+                    .map_err(|e| ServerError::Write(Box::new(e)))?;
                 Ok(resp.log_id.index)
             }
-            Leader::Other(lid, node) => {
-                if hops >= MAX_HOPS {
-                    return Err(ServerError::NoLeader);
-                }
-                self.check_reachable(lid, &node)?;
-                let reply = self
-                    .client(&node.rpc_addr)?
+            Some(mut leader) => {
+                let reply = leader
+                    .client
                     .remove_peer(RemovePeerRequest {
                         id: id.to_string(),
                         address: address.to_string(),
                     })
-                    .await
-                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?;
-                Ok(reply.into_inner().index)
+                    .await;
+                Ok(leader.answer(reply)?.index)
             }
         }
     }
@@ -360,8 +362,8 @@ impl Server {
         config: Option<CaConfig>,
         hops: u32,
     ) -> Result<ApplyResult, ServerError> {
-        match self.leader().await? {
-            Leader::Me => {
+        match self.leader_or_forward(hops).await? {
+            None => {
                 self.read_barrier().await?;
                 let (active, serial, td) = self.state.read(|s| {
                     (
@@ -385,32 +387,21 @@ impl Server {
                 })
                 .await
             }
-            Leader::Other(lid, node) => {
-                if hops >= MAX_HOPS {
-                    return Err(ServerError::NoLeader);
-                }
-                self.check_reachable(lid, &node)?;
+            Some(mut leader) => {
                 let config_json = match &config {
                     Some(c) => {
                         serde_json::to_vec(c).map_err(|e| ServerError::BadRequest(e.to_string()))?
                     }
                     None => Vec::new(),
                 };
-                let reply = self
-                    .client(&node.rpc_addr)?
+                let reply = leader
+                    .client
                     .rotate_ca(RotateCaRequest {
                         config_json,
                         hops: hops + 1,
                     })
-                    .await
-                    .map_err(|s| ServerError::from_status(&node.rpc_addr, s))?
-                    .into_inner();
-                let result: ApplyResult =
-                    serde_json::from_slice(&reply.json).map_err(|e| ServerError::Forward {
-                        leader: node.rpc_addr.clone(),
-                        message: format!("malformed reply: {e}"),
-                    })?;
-                into_result(result)
+                    .await;
+                leader.apply_result(&leader.answer(reply)?.json)
             }
         }
     }

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 
-use super::l7::{HttpReason, HttpRequest, MAX_REGEX_LEN, RegexError, compile_regex};
+use super::l7::{HttpReason, HttpRequest};
+use super::matcher::{MAX_REGEX_LEN, RegexError, compile_regex};
 use super::*;
 use crate::model::{HeaderPermission, HttpPermission, IntentionPermission};
 

@@ -22,8 +22,10 @@
 //! [`IntentionSet`] indexes a snapshot by destination and then by source so a decision is at
 //! most nine hash look-ups, whatever the number of intentions (10k-intention bench).
 
+mod error;
 pub mod l7;
 mod legacy_id;
+pub mod matcher;
 pub mod normalize;
 mod validate;
 
@@ -42,11 +44,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Intention, IntentionAction};
 
+pub use error::IntentionError;
 pub use l7::{HttpDecision, HttpReason, HttpRequest};
 pub use legacy_id::legacy_id;
 pub use validate::{
-    HTTP_METHODS, IntentionError, MAX_DESCRIPTION_LEN, MAX_META_KEY_LEN, MAX_META_PAIRS,
-    MAX_META_VALUE_LEN, validate,
+    HTTP_METHODS, MAX_DESCRIPTION_LEN, MAX_META_KEY_LEN, MAX_META_PAIRS, MAX_META_VALUE_LEN,
+    validate,
 };
 
 /// The wildcard that stands for "any" namespace or service name.

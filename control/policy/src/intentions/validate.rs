@@ -7,13 +7,14 @@
 //! Consul's precedence table for intentions that pass.
 //!
 //! L7 permissions are checked by compiling them exactly as the matcher will
-//! (`l7::compile_permission`): unknown fields are refused by serde (`deny_unknown_fields` on
-//! the model), and a regex that does not parse or exceeds `l7::REGEX_SIZE_LIMIT` is refused
+//! (`matcher`): unknown fields are refused by serde (`deny_unknown_fields` on
+//! the model), and a regex that does not parse or exceeds `matcher::REGEX_SIZE_LIMIT` is refused
 //! here, with its field named, so no request ever meets a bad pattern.
 
 use crate::model::{HeaderPermission, HttpPermission, Intention, IntentionPermission};
 
-use super::WILDCARD;
+use super::matcher::{CompiledPermission, compile_permission};
+use super::{IntentionError, WILDCARD};
 
 /// Longest `Description` / meta value Consul accepts (`metaValueMaxLength`).
 pub const MAX_DESCRIPTION_LEN: usize = 512;
@@ -28,109 +29,6 @@ pub const MAX_META_VALUE_LEN: usize = 512;
 pub const HTTP_METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE",
 ];
-
-/// Why an intention was rejected. `field` is the JSON path of the offending field, in
-/// Consul's spelling (`SourceName`, `Permissions[0].HTTP.PathExact`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum IntentionError {
-    #[error("{field} must be set")]
-    Empty { field: &'static str },
-    #[error("{field}: wildcard character '*' cannot be used with partial values (got {value:?})")]
-    PartialWildcard { field: &'static str, value: String },
-    #[error("{field}: exact value {value:?} cannot follow wildcard namespace")]
-    ExactAfterWildcardNamespace { field: &'static str, value: String },
-    #[error("Action must be omitted if Permissions are specified")]
-    ActionWithPermissions,
-    #[error("Action must be set to 'allow' or 'deny' (or Permissions given instead)")]
-    MissingAction,
-    #[error("Permissions cannot be specified on intentions with wildcarded destinations")]
-    PermissionsOnWildcardDestination,
-    #[error("SourceType must be set to 'consul' (got {value:?})")]
-    SourceType { value: String },
-    #[error("Description exceeds maximum length {max} (got {len})")]
-    DescriptionTooLong { len: usize, max: usize },
-    #[error("Meta exceeds maximum element count {max} (got {count})")]
-    TooManyMeta { count: usize, max: usize },
-    #[error("Meta key {key:?} exceeds maximum length {max}")]
-    MetaKeyTooLong { key: String, max: usize },
-    #[error("Meta value for key {key:?} exceeds maximum length {max}")]
-    MetaValueTooLong { key: String, max: usize },
-    #[error("Permissions[{index}].HTTP is required")]
-    MissingHttp { index: usize },
-    #[error("Permissions[{index}].HTTP should not be empty")]
-    EmptyHttp { index: usize },
-    #[error(
-        "Permissions[{index}].HTTP should only contain at most one of PathExact, PathPrefix, or PathRegex"
-    )]
-    ConflictingPaths { index: usize },
-    #[error("Permissions[{index}].HTTP.{field} doesn't start with '/': {value:?}")]
-    PathNotAbsolute {
-        index: usize,
-        field: &'static str,
-        value: String,
-    },
-    #[error("Permissions[{index}].HTTP.Header[{header}] missing required Name field")]
-    HeaderMissingName { index: usize, header: usize },
-    #[error(
-        "Permissions[{index}].HTTP.Header[{header}] should contain exactly one of Present, Exact, Prefix, Suffix, or Regex (got {count})"
-    )]
-    HeaderMatchers {
-        index: usize,
-        header: usize,
-        count: usize,
-    },
-    #[error(
-        "Permissions[{index}].HTTP.Methods contains an invalid method {method:?} (expected one of GET, HEAD, POST, PUT, PATCH, DELETE, CONNECT, OPTIONS, TRACE in upper case)"
-    )]
-    InvalidMethod { index: usize, method: String },
-    #[error("Permissions[{index}].HTTP.Methods contains {method:?} more than once")]
-    DuplicateMethod { index: usize, method: String },
-    #[error("Permissions[{index}].HTTP.{field} is not a valid regular expression: {reason}")]
-    InvalidRegex {
-        index: usize,
-        field: String,
-        reason: String,
-    },
-    #[error(
-        "Permissions[{index}].HTTP.Header[{header}].Name {name:?} is not a valid HTTP header name (pseudo-headers such as :authority are not supported)"
-    )]
-    InvalidHeaderName {
-        index: usize,
-        header: usize,
-        name: String,
-    },
-}
-
-impl IntentionError {
-    /// Stable machine-readable code, for API error bodies and metrics labels.
-    pub fn code(&self) -> &'static str {
-        match self {
-            IntentionError::Empty { .. } => "empty_field",
-            IntentionError::PartialWildcard { .. } => "partial_wildcard",
-            IntentionError::ExactAfterWildcardNamespace { .. } => "exact_after_wildcard_namespace",
-            IntentionError::ActionWithPermissions => "action_with_permissions",
-            IntentionError::MissingAction => "missing_action",
-            IntentionError::PermissionsOnWildcardDestination => {
-                "permissions_on_wildcard_destination"
-            }
-            IntentionError::SourceType { .. } => "invalid_source_type",
-            IntentionError::DescriptionTooLong { .. } => "description_too_long",
-            IntentionError::TooManyMeta { .. } => "too_many_meta",
-            IntentionError::MetaKeyTooLong { .. } => "meta_key_too_long",
-            IntentionError::MetaValueTooLong { .. } => "meta_value_too_long",
-            IntentionError::MissingHttp { .. } => "missing_http",
-            IntentionError::EmptyHttp { .. } => "empty_http",
-            IntentionError::ConflictingPaths { .. } => "conflicting_paths",
-            IntentionError::PathNotAbsolute { .. } => "path_not_absolute",
-            IntentionError::HeaderMissingName { .. } => "header_missing_name",
-            IntentionError::HeaderMatchers { .. } => "header_matchers",
-            IntentionError::InvalidMethod { .. } => "invalid_method",
-            IntentionError::DuplicateMethod { .. } => "duplicate_method",
-            IntentionError::InvalidRegex { .. } => "invalid_regex",
-            IntentionError::InvalidHeaderName { .. } => "invalid_header_name",
-        }
-    }
-}
 
 /// Validates an intention before it is written. Returns the first problem found, in the order
 /// Consul checks them.
@@ -199,9 +97,7 @@ pub fn validate(i: &Intention) -> Result<(), IntentionError> {
 
     // Compiling runs the structural checks too, and proves every regex builds within the size
     // limit the proxy will use: a pattern stored is a pattern the matcher can run.
-    for (index, perm) in i.permissions.iter().enumerate() {
-        super::l7::compile_permission(index, perm)?;
-    }
+    compile_permissions(&i.permissions)?;
     Ok(())
 }
 
@@ -236,10 +132,23 @@ fn validate_wildcards(
     Ok(())
 }
 
-pub(super) fn validate_permission(
-    index: usize,
-    perm: &IntentionPermission,
-) -> Result<(), IntentionError> {
+/// Checks and compiles every permission of one intention; the first error wins. The write
+/// path (`validate`) and the matcher's index (`l7`) both compile through here, so neither can
+/// compile a permission whose structure was not checked.
+pub(super) fn compile_permissions(
+    perms: &[IntentionPermission],
+) -> Result<Vec<CompiledPermission>, IntentionError> {
+    perms
+        .iter()
+        .enumerate()
+        .map(|(index, perm)| {
+            validate_permission(index, perm)?;
+            compile_permission(index, perm)
+        })
+        .collect()
+}
+
+fn validate_permission(index: usize, perm: &IntentionPermission) -> Result<(), IntentionError> {
     // `Action` is a required enum in the model, so serde already rejected anything but
     // allow/deny; only the HTTP block is left to check.
     let http: &HttpPermission = perm

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use super::definition::{CheckKind, HttpCheck, TcpCheck, ValidatedCheck};
 use super::{CheckError, CheckUpdate, MIN_INTERVAL, OUTPUT_MAX_SIZE};
 use crate::duration::format_duration;
+use crate::error_chain::error_chain;
 use crate::model::HealthStatus;
 
 /// Knobs of the runner itself (not of a check).
@@ -510,22 +511,6 @@ impl HttpProbe {
         buf.truncate(OUTPUT_MAX_SIZE);
         Ok((code, String::from_utf8_lossy(&buf).into_owned()))
     }
-}
-
-/// `error: source: source…`, since hyper's top-level messages ("client error (Connect)") alone
-/// do not say what went wrong.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let msg = s.to_string();
-        if !out.contains(&msg) {
-            out.push_str(": ");
-            out.push_str(&msg);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// Truncates to [`OUTPUT_MAX_SIZE`] bytes on a character boundary.

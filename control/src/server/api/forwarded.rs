@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use tower::ServiceExt;
 
-use super::Backend;
 use crate::proto::{HttpHeader, HttpReply, HttpRequest};
 use crate::server::Server;
 
@@ -33,7 +32,7 @@ pub async fn handle(server: &Arc<Server>, req: HttpRequest) -> HttpReply {
         Ok(r) => r,
         Err(e) => return error(400, format!("malformed forwarded request: {e}")),
     };
-    let router = super::routes::server_router(Backend::Server(server.clone()));
+    let router = super::router(server.clone());
     let resp = match router.oneshot(request).await {
         Ok(r) => r,
         Err(e) => match e {},

@@ -1,0 +1,299 @@
+//! Applying catalog commands (nodes, service instances, checks) and reading the catalog back
+//! with health: the catalog's part of `State`, apart from the other tables so each table's
+//! rules read in one place.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{ApplyError, Invalid, NotFound};
+use super::state::State;
+use crate::model::{HealthCheck, HealthStatus, Index, Node, ServiceInstance};
+
+/// A service instance with the checks that decide its health (Consul's `/v1/health/service`
+/// entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceHealth {
+    pub node: Node,
+    pub service: ServiceInstance,
+    pub checks: Vec<HealthCheck>,
+}
+
+impl InstanceHealth {
+    /// Worst status of the node's own checks and the instance's checks; passing when none.
+    pub fn status(&self) -> HealthStatus {
+        self.checks
+            .iter()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(HealthStatus::Passing)
+    }
+}
+
+impl State {
+    pub(super) fn update_check(
+        &mut self,
+        index: Index,
+        node: String,
+        check_id: String,
+        status: HealthStatus,
+        output: String,
+    ) -> Result<(), ApplyError> {
+        let check = self
+            .checks
+            .get_mut(&node)
+            .and_then(|m| m.get_mut(&check_id))
+            .ok_or_else(|| NotFound::Check {
+                node: node.clone(),
+                check_id: check_id.clone(),
+            })?;
+        if check.status != status || check.output != output {
+            check.status = status;
+            check.output = output;
+            check.modify_index = index;
+            self.tables.checks = index;
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_node_health(
+        &mut self,
+        index: Index,
+        node: String,
+        status: HealthStatus,
+        output: String,
+    ) -> Result<(), ApplyError> {
+        if !self.nodes.contains_key(&node) {
+            return Err(NotFound::Node { node }.into());
+        }
+        let mut changed = false;
+        // `get_mut`, not `entry`: a node without checks must not gain an empty map (a
+        // no-op would otherwise change the state and its digest).
+        for check in self
+            .checks
+            .get_mut(&node)
+            .into_iter()
+            .flat_map(|m| m.values_mut())
+        {
+            if check.status != status {
+                check.status = status;
+                check.output = output.clone();
+                check.modify_index = index;
+                changed = true;
+            }
+        }
+        if changed {
+            self.tables.checks = index;
+        }
+        Ok(())
+    }
+
+    pub(super) fn register(
+        &mut self,
+        index: Index,
+        mut node: Node,
+        service: Option<ServiceInstance>,
+        checks: Vec<HealthCheck>,
+    ) -> Result<(), ApplyError> {
+        if node.node.is_empty() {
+            return Err(Invalid::MissingNode.into());
+        }
+        if let Some(s) = &service {
+            if s.service.is_empty() {
+                return Err(Invalid::MissingServiceName.into());
+            }
+            if s.kind == "connect-proxy"
+                && s.proxy
+                    .as_ref()
+                    .is_none_or(|p| p.destination_service_name.is_empty())
+            {
+                return Err(Invalid::ProxyWithoutDestination.into());
+            }
+        }
+        for c in &checks {
+            if c.check_id.is_empty() {
+                return Err(Invalid::MissingCheckId.into());
+            }
+            if !c.service_id.is_empty()
+                // The service's ID defaults to its name (below), as in Consul.
+                && service.as_ref().is_none_or(|s| {
+                    let id = if s.id.is_empty() { &s.service } else { &s.id };
+                    *id != c.service_id
+                })
+                && !self
+                    .services
+                    .get(&node.node)
+                    .is_some_and(|m| m.contains_key(&c.service_id))
+            {
+                return Err(Invalid::CheckForUnknownService {
+                    check_id: c.check_id.clone(),
+                    service_id: c.service_id.clone(),
+                }
+                .into());
+            }
+        }
+        // Node: upsert, keeping its create index.
+        match self.nodes.get(&node.node) {
+            Some(existing) if same_node(existing, &node) => {}
+            existing => {
+                node.create_index = existing.map(|n| n.create_index).unwrap_or(index);
+                node.modify_index = index;
+                self.tables.nodes = index;
+                self.nodes.insert(node.node.clone(), node.clone());
+            }
+        }
+        if let Some(mut s) = service {
+            s.node = node.node.clone();
+            if s.id.is_empty() {
+                s.id = s.service.clone();
+            }
+            let services = self.services.entry(node.node.clone()).or_default();
+            match services.get(&s.id) {
+                Some(existing) if existing.same_registration(&s) => {}
+                existing => {
+                    s.create_index = existing.map(|e| e.create_index).unwrap_or(index);
+                    s.modify_index = index;
+                    services.insert(s.id.clone(), s);
+                    self.tables.services = index;
+                }
+            }
+        }
+        if !checks.is_empty() {
+            let node_checks = self.checks.entry(node.node.clone()).or_default();
+            for mut c in checks {
+                c.node = node.node.clone();
+                match node_checks.get(&c.check_id) {
+                    Some(existing) if same_check(existing, &c) => {}
+                    existing => {
+                        c.create_index = existing.map(|e| e.create_index).unwrap_or(index);
+                        c.modify_index = index;
+                        node_checks.insert(c.check_id.clone(), c);
+                        self.tables.checks = index;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn deregister(
+        &mut self,
+        index: Index,
+        node: &str,
+        service_id: Option<String>,
+        check_id: Option<String>,
+    ) -> Result<(), ApplyError> {
+        if !self.nodes.contains_key(node) {
+            // Consul treats deregistering an unknown node as a no-op success.
+            return Ok(());
+        }
+        match (service_id, check_id) {
+            (None, None) => {
+                self.nodes.remove(node);
+                self.tables.nodes = index;
+                if self.services.remove(node).is_some() {
+                    self.tables.services = index;
+                }
+                if self.checks.remove(node).is_some() {
+                    self.tables.checks = index;
+                }
+            }
+            (Some(sid), _) => {
+                let removed = self
+                    .services
+                    .get_mut(node)
+                    .and_then(|m| m.remove(&sid))
+                    .is_some();
+                if !removed {
+                    return Err(NotFound::Service {
+                        node: node.to_string(),
+                        service_id: sid,
+                    }
+                    .into());
+                }
+                self.tables.services = index;
+                if let Some(checks) = self.checks.get_mut(node) {
+                    let before = checks.len();
+                    checks.retain(|_, c| c.service_id != sid);
+                    if checks.len() != before {
+                        self.tables.checks = index;
+                    }
+                }
+            }
+            (None, Some(cid)) => {
+                let removed = self
+                    .checks
+                    .get_mut(node)
+                    .and_then(|m| m.remove(&cid))
+                    .is_some();
+                if !removed {
+                    return Err(NotFound::Check {
+                        node: node.to_string(),
+                        check_id: cid,
+                    }
+                    .into());
+                }
+                self.tables.checks = index;
+            }
+        }
+        Ok(())
+    }
+
+    /// Instances of `service` (by service name) with the checks deciding their health.
+    /// `connect`: the instances that accept mesh traffic for `service` (its sidecar proxies and
+    /// connect-native instances), as `/v1/health/connect/:s` answers.
+    pub fn service_health(&self, service: &str, connect: bool) -> Vec<InstanceHealth> {
+        let mut out = Vec::new();
+        for (node_name, services) in &self.services {
+            let Some(node) = self.nodes.get(node_name) else {
+                continue;
+            };
+            for s in services.values() {
+                let hit = if connect {
+                    s.connect_target() == Some(service)
+                } else {
+                    s.service == service
+                };
+                if !hit {
+                    continue;
+                }
+                let checks = self
+                    .checks
+                    .get(node_name)
+                    .map(|m| {
+                        m.values()
+                            .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(InstanceHealth {
+                    node: node.clone(),
+                    service: s.clone(),
+                    checks,
+                });
+            }
+        }
+        out
+    }
+
+    /// Index that changes whenever `service_health` may change.
+    pub fn health_index(&self) -> Index {
+        self.tables
+            .nodes
+            .max(self.tables.services)
+            .max(self.tables.checks)
+    }
+}
+
+fn same_node(a: &Node, b: &Node) -> bool {
+    a.id == b.id && a.address == b.address && a.datacenter == b.datacenter && a.meta == b.meta
+}
+
+fn same_check(a: &HealthCheck, b: &HealthCheck) -> bool {
+    let strip = |c: &HealthCheck| HealthCheck {
+        create_index: 0,
+        modify_index: 0,
+        ..c.clone()
+    };
+    strip(a) == strip(b)
+}

@@ -1,0 +1,110 @@
+//! Config entries (`/v1/config`, see `crate::config_entries`), with `?cas=` writes and blocking
+//! reads; a missing entry is a 404 that still carries `X-Consul-Index`.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::response::IntoResponse;
+
+use super::{Api, Params, Res, read, wait};
+use crate::config_entries::{ConfigEntry, ConfigKind};
+use crate::fsm::{ApplyError, ApplyResult, Command, State};
+use crate::http::ApiError;
+use crate::http::blocking::{QueryOptions, json_with_index};
+use crate::server::ServerError;
+
+fn config_kind(kind: &str) -> Result<ConfigKind, ApiError> {
+    kind.parse::<ConfigKind>()
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `?cas=N`: `None` when absent.
+fn cas_param(p: &HashMap<String, String>) -> Result<Option<u64>, ApiError> {
+    p.get("cas")
+        .map(|c| {
+            c.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("Invalid cas index {c:?}")))
+        })
+        .transpose()
+}
+
+/// The outcome of a write that may carry `?cas=`: `true`, or `false` when the check failed
+/// (Consul answers 200 `false`, not an error).
+fn cas_outcome(result: Result<ApplyResult, ServerError>, cas: Option<u64>) -> Res {
+    match result {
+        Ok(_) => Ok(axum::Json(true).into_response()),
+        Err(ServerError::Apply(ApplyError::Conflict(_))) if cas.is_some() => {
+            Ok(axum::Json(false).into_response())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `PUT /v1/config[?cas=N]`: create or replace the entry in the body.
+pub(super) async fn config_put(AxState(srv): Api, Query(p): Params, body: Bytes) -> Res {
+    let cas = cas_param(&p)?;
+    let entry = ConfigEntry::from_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let result = srv.write(Command::ConfigEntrySet { entry, cas }).await;
+    cas_outcome(result, cas)
+}
+
+/// `GET /v1/config/:kind/:name`: the entry, or 404 (with `X-Consul-Index`, so a blocking
+/// query can wait for it to appear).
+pub(super) async fn config_get(
+    AxState(srv): Api,
+    Path((kind, name)): Path<(String, String)>,
+    Query(p): Params,
+) -> Res {
+    let kind = config_kind(&kind)?;
+    let q = QueryOptions::from_params(&p)?;
+    let index_of = move |s: &State| s.config_index(kind);
+    wait(&srv, &q, &index_of).await?;
+    let (index, entry) = srv
+        .state
+        .read(|s| (index_of(s).max(1), s.config_entry(kind, &name)));
+    match entry {
+        Some(e) => Ok(json_with_index(index, &e)),
+        None => {
+            let mut r = ApiError::not_found(format!(
+                "Config entry not found for {:?} / {name:?}",
+                kind.as_str()
+            ))
+            .into_response();
+            r.headers_mut()
+                .insert("X-Consul-Index", axum::http::HeaderValue::from(index));
+            Ok(r)
+        }
+    }
+}
+
+/// `GET /v1/config/:kind`: every entry of the kind (`[]` when none).
+pub(super) async fn config_list(
+    AxState(srv): Api,
+    Path(kind): Path<String>,
+    Query(p): Params,
+) -> Res {
+    let kind = config_kind(&kind)?;
+    let q = QueryOptions::from_params(&p)?;
+    read(
+        &srv,
+        &q,
+        move |s| s.config_index(kind),
+        move |s| Ok(s.config_entries(kind)),
+    )
+    .await
+}
+
+/// `DELETE /v1/config/:kind/:name[?cas=N]`.
+pub(super) async fn config_delete(
+    AxState(srv): Api,
+    Path((kind, name)): Path<(String, String)>,
+    Query(p): Params,
+) -> Res {
+    let kind = config_kind(&kind)?;
+    let cas = cas_param(&p)?;
+    let result = srv
+        .write(Command::ConfigEntryDelete { kind, name, cas })
+        .await;
+    cas_outcome(result, cas)
+}
