@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::l7::Protocol;
+use mesh_policy::config_entries::Protocol;
 
 /// How long a blocking query may wait on the agent (Consul caps at 10 minutes).
 pub const BLOCKING_WAIT: Duration = Duration::from_secs(60);
@@ -517,7 +517,7 @@ pub enum ConfigDecodeError {
     #[error("config entry is not valid JSON")]
     Json(#[source] serde_json::Error),
     #[error("service-defaults entry")]
-    Protocol(#[source] crate::l7::ProtocolError),
+    Protocol(#[source] mesh_policy::config_entries::ConfigEntryError),
     #[error("the mesh entry is not a mesh entry (Kind {kind})")]
     NotMesh { kind: String },
 }

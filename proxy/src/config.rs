@@ -105,8 +105,8 @@ pub struct RunArgs {
     pub no_tls_resumption: bool,
     /// Declared protocol of the local service (tcp, http, http2, grpc), instead of reading it
     /// from the agent's service-defaults config entry.
-    #[arg(long, value_parser = crate::l7::Protocol::from_str)]
-    pub protocol: Option<crate::l7::Protocol>,
+    #[arg(long, value_parser = mesh_policy::config_entries::Protocol::from_str)]
+    pub protocol: Option<mesh_policy::config_entries::Protocol>,
     /// Threads of the data-plane runtime (listeners and byte pumps); 0 means one per CPU.
     /// One is the sidecar default, as Linkerd's proxy has: a connection then never moves
     /// between threads (no cross-core cache traffic on the byte pump) and the proxy leaves the
@@ -186,7 +186,7 @@ pub struct Config {
     /// `--transparent` and its options, when on.
     pub transparent: Option<crate::transparent::TransparentConfig>,
     /// `--protocol`: overrides the service-defaults entry when set.
-    pub protocol: Option<crate::l7::Protocol>,
+    pub protocol: Option<mesh_policy::config_entries::Protocol>,
 }
 
 /// Durations serialized as Go-style strings ("5s") in `/config`.

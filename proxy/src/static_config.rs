@@ -191,7 +191,7 @@ pub struct StaticConfig {
     /// TLS settings besides certificates (session resumption); applied at start.
     pub tls: crate::identity::TlsOptions,
     /// Declared protocol of the local service; a change applies to new connections.
-    pub protocol: crate::l7::Protocol,
+    pub protocol: mesh_policy::config_entries::Protocol,
 }
 
 impl StaticConfig {
@@ -410,12 +410,9 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
         tls: crate::identity::TlsOptions {
             resumption: f.tls.resumption,
         },
-        protocol: f
-            .protocol
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|e: crate::l7::ProtocolError| invalid("protocol", e.to_string()))?,
+        protocol: f.protocol.as_deref().unwrap_or_default().parse().map_err(
+            |e: mesh_policy::config_entries::ConfigEntryError| invalid("protocol", e.to_string()),
+        )?,
     })
 }
 
@@ -841,7 +838,7 @@ mod tests {
 
     #[test]
     fn protocol_defaults_to_tcp_and_is_validated() {
-        use crate::l7::Protocol;
+        use mesh_policy::config_entries::Protocol;
         assert_eq!(parse(GOOD).unwrap().protocol, Protocol::Tcp);
         let with = |p: &str| GOOD.replace("\"admin\"", &format!("\"protocol\": {p}, \"admin\""));
         assert_eq!(parse(&with("\"grpc\"")).unwrap().protocol, Protocol::Grpc);

@@ -17,10 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,12 +29,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::forward::Forwarder;
-use super::{Protocol, body, deny, hop, linger};
+use mesh_policy::config_entries::Protocol;
+
+use super::{Body, body, deny, hop, linger};
 use crate::authz::Policy;
 use crate::metrics::Metrics;
-
-/// Response body type of the L7 server: the application's body, or one the proxy wrote.
-pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// How long the application connection may take to finish once the inbound one is done.
 const DRIVER_GRACE: Duration = Duration::from_secs(5);
