@@ -28,7 +28,7 @@ use crate::inbound::{self, InboundContext, LocalApp};
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundContext, Upstream};
 use crate::static_config::{self, Loaded, Outputs};
-use crate::transport::{self, TransportError};
+use crate::transport::{SocketFactory, TransportError};
 
 /// Attempts of the start-up sidecar lookup (about 30 s with backoff).
 const STARTUP_ATTEMPTS: u32 = 20;
@@ -178,6 +178,9 @@ struct DataPlane {
     connect_timeout: Duration,
     handshake_timeout: Duration,
     drain_timeout: Duration,
+    /// Opens the data path's listeners and connections (the pod's namespace with
+    /// `--transparent --netns`).
+    sockets: SocketFactory,
     /// `--transparent`: started once the public listener is bound.
     transparent: Option<crate::transparent::TransparentPlan>,
 }
@@ -195,6 +198,10 @@ async fn run_agent(
         .as_ref()
         .map(crate::transparent::prepare)
         .transpose()?;
+    let sockets = prepared.as_ref().map_or_else(
+        SocketFactory::host,
+        crate::transparent::Prepared::socket_factory,
+    );
     let client = AgentClient::new(config.agent_addr, config.token.clone());
     let sidecar = {
         let (c, id) = (client.clone(), config.sidecar_for.clone());
@@ -365,6 +372,7 @@ async fn run_agent(
             connect_timeout: config.connect_timeout,
             handshake_timeout: config.handshake_timeout,
             drain_timeout: config.drain_timeout,
+            sockets,
             transparent,
         },
         control,
@@ -442,6 +450,7 @@ async fn run_static_with(
             connect_timeout: config.connect_timeout,
             handshake_timeout: config.handshake_timeout,
             drain_timeout: config.drain_timeout,
+            sockets: SocketFactory::host(),
             transparent: None,
         },
         control,
@@ -466,7 +475,8 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
     if let Some(addr) = p.admin {
         let admin_listener = {
             let _enter = control.enter();
-            transport::bind_host(addr).await?
+            // Always in the proxy's own namespace, where the operator reaches it.
+            SocketFactory::host().bind(addr).await?
         };
         admin_addr = admin_listener.local_addr().ok();
         control.spawn(admin::serve(admin_listener, admin_state.clone()));
@@ -489,12 +499,12 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
         });
     }
 
-    let public = transport::bind(p.public).await?;
+    let public = p.sockets.bind(p.public).await?;
     let public_addr = public.local_addr().unwrap_or(p.public);
     let mut upstream_listeners = Vec::new();
     let mut bound = Vec::new();
     for u in &p.upstreams {
-        let l = transport::bind(u.bind).await?;
+        let l = p.sockets.bind(u.bind).await?;
         bound.push((u.clone(), l.local_addr().unwrap_or(u.bind)));
         upstream_listeners.push((l, u.clone()));
     }
@@ -530,6 +540,7 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
         local_app: p.local_app.clone(),
         registry: p.registry.clone(),
         metrics: p.metrics.clone(),
+        sockets: p.sockets.clone(),
         connect_timeout: p.connect_timeout,
         handshake_timeout: p.handshake_timeout,
     });
@@ -537,6 +548,7 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
     let outbound_ctx = Arc::new(OutboundContext {
         identity: p.identity.clone(),
         metrics: p.metrics.clone(),
+        sockets: p.sockets.clone(),
         connect_timeout: p.connect_timeout,
         handshake_timeout: p.handshake_timeout,
     });

@@ -24,7 +24,7 @@ use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
 use crate::tls;
-use crate::transport;
+use crate::transport::{self, SocketFactory};
 
 /// Bound on sending `close_notify` to a refused peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,6 +45,8 @@ pub struct InboundContext {
     pub local_app: watch::Receiver<Option<Arc<LocalApp>>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Opens the connects to the local application.
+    pub sockets: SocketFactory,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
 }
@@ -172,6 +174,7 @@ async fn handle(
             metrics: ctx.metrics.clone(),
             app_host: host,
             app_port: port,
+            sockets: ctx.sockets.clone(),
             connect_timeout: ctx.connect_timeout,
         };
         tracing::debug!(source = %peer, %client, protocol = %policy.protocol, "inbound connection admitted for per-request authorization");
@@ -186,7 +189,7 @@ async fn handle(
             _ = registration.closed() => (ConnResult::ClosedByPolicy, none),
         };
     }
-    let mut app = match transport::connect(&host, port, ctx.connect_timeout).await {
+    let mut app = match ctx.sockets.connect(&host, port, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(source = %peer, error = %e, "cannot reach the local application");

@@ -24,7 +24,7 @@ use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
 use crate::tls;
-use crate::transport;
+use crate::transport::{self, SocketFactory};
 
 /// One upstream listener's state.
 #[derive(Debug)]
@@ -55,6 +55,8 @@ impl Upstream {
 pub struct OutboundContext {
     pub identity: watch::Receiver<Option<Arc<Identity>>>,
     pub metrics: Arc<Metrics>,
+    /// Opens the connects to the upstream's proxies.
+    pub sockets: SocketFactory,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
 }
@@ -143,7 +145,11 @@ where
     let mut server_tcp = None;
     for i in 0..endpoints.len() {
         let ep = &endpoints[(start + i) % endpoints.len()];
-        match transport::connect(&ep.host, ep.port, ctx.connect_timeout).await {
+        match ctx
+            .sockets
+            .connect(&ep.host, ep.port, ctx.connect_timeout)
+            .await
+        {
             Ok(s) => {
                 server_tcp = Some((s, ep));
                 break;

@@ -34,6 +34,7 @@ use mesh_policy::config_entries::Protocol;
 use super::{Body, body, deny, hop, linger};
 use crate::authz::Policy;
 use crate::metrics::Metrics;
+use crate::transport::SocketFactory;
 
 /// How long the application connection may take to finish once the inbound one is done.
 const DRIVER_GRACE: Duration = Duration::from_secs(5);
@@ -52,6 +53,8 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     pub app_host: String,
     pub app_port: u16,
+    /// Opens the connections to the application.
+    pub sockets: SocketFactory,
     pub connect_timeout: Duration,
 }
 
@@ -64,6 +67,7 @@ where
         cx.app_host.clone(),
         cx.app_port,
         cx.protocol.is_h2(),
+        cx.sockets.clone(),
         cx.connect_timeout,
     );
     let fwd = Arc::new(fwd);

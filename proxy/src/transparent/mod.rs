@@ -138,14 +138,10 @@ impl std::fmt::Debug for TransparentPlan {
     }
 }
 
-/// Preflight and program loading for `--transparent`; installs the pod's namespace for the
-/// data path's sockets. Call before binding anything.
+/// Preflight and program loading for `--transparent`. Call before binding anything, and bind
+/// the data path with [`Prepared::socket_factory`] (the pod's namespace with `--netns`).
 pub fn prepare(config: &TransparentConfig) -> Result<Prepared, TransparentError> {
-    let prepared = Prepared::prepare(config)?;
-    if let Some(ns) = prepared.netns() {
-        netns::install(ns.clone());
-    }
-    Ok(prepared)
+    Prepared::prepare(config)
 }
 
 /// Binds the outbound listener, attaches the programs (after which the pod's traffic flows to
@@ -161,15 +157,17 @@ pub async fn start(
     handshake_timeout: Duration,
     drain: &Drain,
 ) -> Result<Arc<Attached>, TransparentError> {
+    let sockets = plan.prepared.socket_factory();
     let bind = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), plan.outbound_port);
-    let listener = crate::transport::bind(bind)
+    let listener = sockets
+        .bind(bind)
         .await
         .map_err(|e| TransparentError::Netns(std::io::Error::other(e.to_string())))?;
     let listen = listener.local_addr().unwrap_or(bind);
     // IPv6 connects go to a twin listener on ::1 (same port), as Istio ambient and Cilium
     // redirect IPv6 to an IPv6 listener; without IPv6 in the pod they go out unchanged.
     let bind6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port());
-    let listener6 = match crate::transport::bind(bind6).await {
+    let listener6 = match sockets.bind(bind6).await {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!(error = %e, "transparent mode: no IPv6 outbound listener; IPv6 connects are not redirected");
@@ -217,6 +215,7 @@ pub async fn start(
     let ctx = Arc::new(OutboundContext {
         identity: identity_rx,
         metrics,
+        sockets,
         connect_timeout,
         handshake_timeout,
     });

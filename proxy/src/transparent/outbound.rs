@@ -183,12 +183,11 @@ async fn pass_through(
 ) -> (ConnResult, Transferred) {
     let _ = transport::tune(&tcp);
     // The proxy's own cgroup is excluded from redirection, so this connect goes out as is.
-    let mut server = match transport::connect(
-        &orig.ip().to_string(),
-        orig.port(),
-        t.ctx.connect_timeout,
-    )
-    .await
+    let mut server = match t
+        .ctx
+        .sockets
+        .connect(&orig.ip().to_string(), orig.port(), t.ctx.connect_timeout)
+        .await
     {
         Ok(s) => s,
         Err(e) => {
