@@ -23,6 +23,7 @@ use crate::copy::{self, Transferred};
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
+use crate::serve;
 use crate::tls;
 use crate::transport::{self, SocketFactory};
 
@@ -51,33 +52,21 @@ pub struct InboundContext {
     pub handshake_timeout: Duration,
 }
 
-/// Accepts until draining starts.
-pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, mut drain: drain::Watch) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = drain.signaled() => break,
-        };
-        match accepted {
-            Ok((tcp, client)) => {
-                let guard = drain.guard();
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _active = ctx.metrics.open(Direction::Inbound);
-                    let (result, t) = handle(&ctx, tcp, client).await;
-                    ctx.metrics
-                        .connection_closed(Direction::Inbound, result, t.a_to_b, t.b_to_a);
-                });
-            }
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "inbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    tracing::info!(addr = ?listener.local_addr().ok(), "inbound listener stopped (draining)");
+/// Accepts until draining starts (the accept loop is [`serve::serve`]).
+pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, drain: drain::Watch) {
+    let metrics = ctx.metrics.clone();
+    serve::serve(
+        listener,
+        "inbound",
+        Direction::Inbound,
+        metrics,
+        drain,
+        move |tcp, client| {
+            let ctx = ctx.clone();
+            async move { handle(&ctx, tcp, client).await }
+        },
+    )
+    .await;
 }
 
 async fn handle(

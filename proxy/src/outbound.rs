@@ -23,6 +23,7 @@ use crate::copy::{self, Transferred};
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
+use crate::serve;
 use crate::tls;
 use crate::transport::{self, SocketFactory};
 
@@ -71,37 +72,28 @@ fn server_name(expected: &SpiffeId) -> ServerName<'static> {
     .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("static DNS name"))
 }
 
-/// Accepts on `listener` for `up` until draining starts.
+/// Accepts on `listener` for `up` until draining starts (the accept loop is
+/// [`serve::serve`]).
 pub async fn serve(
     listener: TcpListener,
     up: Arc<Upstream>,
     ctx: Arc<OutboundContext>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = drain.signaled() => break,
-        };
-        match accepted {
-            Ok((tcp, client)) => {
-                let guard = drain.guard();
-                let (ctx, up) = (ctx.clone(), up.clone());
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _active = ctx.metrics.open(Direction::Outbound);
-                    let (result, t) = handle(&ctx, &up, tcp, client).await;
-                    ctx.metrics
-                        .connection_closed(Direction::Outbound, result, t.a_to_b, t.b_to_a);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(upstream = %up.name, error = %e, "outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    tracing::info!(upstream = %up.name, bind = %up.bind, "upstream listener stopped (draining)");
+    let name = format!("upstream {}", up.name);
+    let metrics = ctx.metrics.clone();
+    serve::serve(
+        listener,
+        name,
+        Direction::Outbound,
+        metrics,
+        drain,
+        move |tcp, client| {
+            let (ctx, up) = (ctx.clone(), up.clone());
+            async move { handle(&ctx, &up, tcp, client).await }
+        },
+    )
+    .await;
 }
 
 /// One accepted connection to `up`: healthy instance, mutual TLS, byte pump. Also used by

@@ -25,6 +25,7 @@ use crate::copy::{self, Transferred};
 use crate::drain;
 use crate::metrics::{ConnResult, Direction};
 use crate::outbound::{OutboundContext, Upstream};
+use crate::serve;
 use crate::transport;
 
 /// State shared by the outbound listener's connections.
@@ -84,36 +85,22 @@ impl TransparentOutbound {
     }
 }
 
-/// Accepts redirected connections until draining starts.
-pub async fn serve(listener: TcpListener, t: Arc<TransparentOutbound>, mut drain: drain::Watch) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = drain.signaled() => break,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let guard = drain.guard();
-                let t = t.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _active = t.ctx.metrics.open(Direction::Outbound);
-                    let (result, x) = handle(&t, tcp, peer).await;
-                    t.ctx.metrics.connection_closed(
-                        Direction::Outbound,
-                        result,
-                        x.a_to_b,
-                        x.b_to_a,
-                    );
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "transparent outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    tracing::info!(listen = %t.listen, "transparent outbound listener stopped (draining)");
+/// Accepts redirected connections until draining starts (the accept loop is
+/// [`serve::serve`]).
+pub async fn serve(listener: TcpListener, t: Arc<TransparentOutbound>, drain: drain::Watch) {
+    let metrics = t.ctx.metrics.clone();
+    serve::serve(
+        listener,
+        "transparent outbound",
+        Direction::Outbound,
+        metrics,
+        drain,
+        move |tcp, peer| {
+            let t = t.clone();
+            async move { handle(&t, tcp, peer).await }
+        },
+    )
+    .await;
 }
 
 /// Waits (bounded) until `rx` holds a value that satisfies `ok`.
