@@ -22,10 +22,10 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::agent::{self, AgentClient, AgentError, AgentService, Endpoint, LeafCert};
 use crate::authz::Policy;
-use crate::config::Config;
+use crate::config::{Config, DataPathOptions};
 use crate::connections::{self, Registry};
 use crate::drain::{Drain, DrainOutcome};
-use crate::identity::{self, Identity, TlsOptions, UpstreamTarget};
+use crate::identity::{self, Identity, UpstreamTarget};
 use crate::inbound::{self, InboundContext, LocalApp};
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundContext, Upstream};
@@ -178,16 +178,13 @@ struct Feeds {
     roots: watch::Receiver<Option<Arc<CaRootList>>>,
     /// The upstreams the identity holds a TLS client configuration for.
     targets: Vec<UpstreamTarget>,
-    tls: TlsOptions,
     policy: watch::Receiver<Option<Arc<Policy>>>,
     /// The sidecar registration (agent mode; `None` in static mode, shown as `Sidecar: null`).
     sidecar: watch::Receiver<Option<Arc<AgentService>>>,
     local_app: watch::Receiver<Option<Arc<LocalApp>>>,
     upstreams: Vec<Arc<Upstream>>,
-    keep_denied_connections: bool,
-    connect_timeout: Duration,
-    handshake_timeout: Duration,
-    drain_timeout: Duration,
+    /// Timeouts, denied-connection handling, TLS options.
+    options: DataPathOptions,
     /// Opens the data path's listeners and connections (the pod's namespace with
     /// `--transparent --netns`).
     sockets: SocketFactory,
@@ -359,15 +356,11 @@ async fn run_agent(
         leaf: leaf_rx,
         roots: roots_rx,
         targets,
-        tls: config.tls,
         policy: policy_rx,
         sidecar: sidecar_rx,
         local_app: local_app_rx,
         upstreams,
-        keep_denied_connections: config.keep_denied_connections,
-        connect_timeout: config.connect_timeout,
-        handshake_timeout: config.handshake_timeout,
-        drain_timeout: config.drain_timeout,
+        options: config.data_path,
         sockets,
         transparent,
     };
@@ -422,15 +415,11 @@ async fn run_static_with(
         leaf: leaf_rx,
         roots: roots_rx,
         targets: config.targets(),
-        tls: config.tls,
         policy: policy_rx,
         sidecar: sidecar_rx,
         local_app: local_app_rx,
         upstreams,
-        keep_denied_connections: config.keep_denied_connections,
-        connect_timeout: config.connect_timeout,
-        handshake_timeout: config.handshake_timeout,
-        drain_timeout: config.drain_timeout,
+        options: config.data_path,
         sockets: SocketFactory::host(),
         transparent: None,
     };
@@ -455,13 +444,13 @@ async fn serve(
             p.leaf,
             p.roots,
             p.targets,
-            p.tls,
+            p.options.tls,
             identity_tx,
         ));
         control.spawn(connections::run_rechecks(
             registry.clone(),
             p.policy.clone(),
-            p.keep_denied_connections,
+            p.options.keep_denied_connections,
         ));
     }
     let drain = Drain::new();
@@ -526,8 +515,8 @@ async fn serve(
                 control,
                 &public,
                 metrics.clone(),
-                p.connect_timeout,
-                p.handshake_timeout,
+                p.options.connect_timeout,
+                p.options.handshake_timeout,
                 &drain,
             )
             .await?,
@@ -545,16 +534,16 @@ async fn serve(
         registry: registry.clone(),
         metrics: metrics.clone(),
         sockets: p.sockets.clone(),
-        connect_timeout: p.connect_timeout,
-        handshake_timeout: p.handshake_timeout,
+        connect_timeout: p.options.connect_timeout,
+        handshake_timeout: p.options.handshake_timeout,
     });
     tokio::spawn(inbound::serve(public, inbound_ctx, drain.watch()));
     let outbound_ctx = Arc::new(OutboundContext {
         identity: identity.clone(),
         metrics: metrics.clone(),
         sockets: p.sockets.clone(),
-        connect_timeout: p.connect_timeout,
-        handshake_timeout: p.handshake_timeout,
+        connect_timeout: p.options.connect_timeout,
+        handshake_timeout: p.options.handshake_timeout,
     });
     for (listener, up) in upstream_listeners {
         tokio::spawn(outbound::serve(
@@ -580,10 +569,10 @@ async fn serve(
     let live = registry.len();
     tracing::info!(
         inbound_connections = live,
-        timeout = ?p.drain_timeout,
+        timeout = ?p.options.drain_timeout,
         "draining: no longer accepting, waiting for live connections"
     );
-    match drain.drain(p.drain_timeout).await {
+    match drain.drain(p.options.drain_timeout).await {
         DrainOutcome::Complete => tracing::info!("drained; exiting"),
         DrainOutcome::TimedOut => tracing::warn!(
             still_open = registry.len(),

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::agent::{Endpoint, LeafCert};
 use crate::authz::{Policy, SourcePattern};
+use crate::config::DataPathOptions;
 use crate::identity::{Identity, IdentityError, UpstreamTarget};
 use crate::inbound::LocalApp;
 use crate::tls::TlsError;
@@ -181,15 +182,10 @@ pub struct StaticConfig {
     pub allowed_sources: Vec<String>,
     pub upstreams: Vec<StaticUpstream>,
     pub admin: Option<SocketAddr>,
-    #[serde(with = "crate::config::secs")]
-    pub connect_timeout: Duration,
-    #[serde(with = "crate::config::secs")]
-    pub handshake_timeout: Duration,
-    #[serde(with = "crate::config::secs")]
-    pub drain_timeout: Duration,
-    pub keep_denied_connections: bool,
-    /// TLS settings besides certificates (session resumption); applied at start.
-    pub tls: crate::identity::TlsOptions,
+    /// Timeouts, denied-connection handling and TLS options (`tls` applies at start only),
+    /// flattened in `/config` as before.
+    #[serde(flatten)]
+    pub data_path: DataPathOptions,
     /// Declared protocol of the local service; a change applies to new connections.
     pub protocol: mesh_policy::config_entries::Protocol,
 }
@@ -224,11 +220,7 @@ impl StaticConfig {
                 .iter()
                 .map(|u| (u.name.clone(), u.listen, u.spiffe_id.uri()))
                 .collect::<Vec<_>>(),
-            self.connect_timeout,
-            self.handshake_timeout,
-            self.drain_timeout,
-            self.keep_denied_connections,
-            self.tls,
+            self.data_path,
         )
     }
 }
@@ -391,24 +383,26 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
         allowed_sources,
         upstreams,
         admin,
-        connect_timeout: timeout(
-            "timeouts.connect",
-            f.timeouts.connect.as_deref(),
-            DEFAULT_CONNECT_TIMEOUT,
-        )?,
-        handshake_timeout: timeout(
-            "timeouts.handshake",
-            f.timeouts.handshake.as_deref(),
-            DEFAULT_HANDSHAKE_TIMEOUT,
-        )?,
-        drain_timeout: timeout(
-            "timeouts.drain",
-            f.timeouts.drain.as_deref(),
-            DEFAULT_DRAIN_TIMEOUT,
-        )?,
-        keep_denied_connections: f.keep_denied_connections,
-        tls: crate::identity::TlsOptions {
-            resumption: f.tls.resumption,
+        data_path: DataPathOptions {
+            connect_timeout: timeout(
+                "timeouts.connect",
+                f.timeouts.connect.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            handshake_timeout: timeout(
+                "timeouts.handshake",
+                f.timeouts.handshake.as_deref(),
+                DEFAULT_HANDSHAKE_TIMEOUT,
+            )?,
+            drain_timeout: timeout(
+                "timeouts.drain",
+                f.timeouts.drain.as_deref(),
+                DEFAULT_DRAIN_TIMEOUT,
+            )?,
+            keep_denied_connections: f.keep_denied_connections,
+            tls: crate::identity::TlsOptions {
+                resumption: f.tls.resumption,
+            },
         },
         protocol: f.protocol.as_deref().unwrap_or_default().parse().map_err(
             |e: mesh_policy::config_entries::ConfigEntryError| invalid("protocol", e.to_string()),
@@ -810,9 +804,9 @@ mod tests {
         assert_eq!(c.local_app.host, "localhost");
         assert_eq!(c.upstreams[0].addresses[1].host, "::1");
         assert_eq!(c.upstreams[0].addresses[2].port, 21000);
-        assert_eq!(c.connect_timeout, Duration::from_secs(2));
-        assert_eq!(c.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
-        assert_eq!(c.drain_timeout, Duration::from_secs(60));
+        assert_eq!(c.data_path.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.data_path.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT);
+        assert_eq!(c.data_path.drain_timeout, Duration::from_secs(60));
         assert_eq!(c.source_patterns().len(), 2);
         let json = serde_json::to_string(&c).unwrap();
         assert!(
@@ -823,12 +817,13 @@ mod tests {
 
     #[test]
     fn tls_resumption_is_on_unless_switched_off() {
-        assert!(parse(GOOD).unwrap().tls.resumption);
+        assert!(parse(GOOD).unwrap().data_path.tls.resumption);
         let with = |tls: &str| GOOD.replace("\"admin\"", &format!("\"tls\": {tls}, \"admin\""));
-        assert!(parse(&with("{}")).unwrap().tls.resumption);
+        assert!(parse(&with("{}")).unwrap().data_path.tls.resumption);
         assert!(
             !parse(&with(r#"{"resumption": false}"#))
                 .unwrap()
+                .data_path
                 .tls
                 .resumption
         );
