@@ -61,16 +61,14 @@ pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, drain: drain
         Direction::Inbound,
         metrics,
         drain,
-        move |tcp, client| {
-            let ctx = ctx.clone();
-            async move { handle(&ctx, tcp, client).await }
-        },
+        ctx,
+        handle,
     )
     .await;
 }
 
 async fn handle(
-    ctx: &InboundContext,
+    ctx: Arc<InboundContext>,
     tcp: TcpStream,
     client: SocketAddr,
 ) -> (ConnResult, Transferred) {

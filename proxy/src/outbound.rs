@@ -82,16 +82,17 @@ pub async fn serve(
 ) {
     let name = format!("upstream {}", up.name);
     let metrics = ctx.metrics.clone();
+    let accepted = |(ctx, up): (Arc<OutboundContext>, Arc<Upstream>), tcp, client| async move {
+        handle(&ctx, &up, tcp, client).await
+    };
     serve::serve(
         listener,
         name,
         Direction::Outbound,
         metrics,
         drain,
-        move |tcp, client| {
-            let (ctx, up) = (ctx.clone(), up.clone());
-            async move { handle(&ctx, &up, tcp, client).await }
-        },
+        (ctx, up),
+        accepted,
     )
     .await;
 }

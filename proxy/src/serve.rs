@@ -23,18 +23,21 @@ use crate::metrics::{ConnResult, Direction, Metrics};
 /// would spin on the same error until a connection closes.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts on `listener` until `drain` signals, running `handle` for each connection in a
-/// task of its own. `name` names the listener in log lines; `direction` labels its metrics.
-pub async fn serve<N, H, F>(
+/// Accepts on `listener` until `drain` signals, running `handle` with a clone of `ctx` for
+/// each connection in a task of its own. `name` names the listener in log lines;
+/// `direction` labels its metrics.
+pub async fn serve<N, C, H, F>(
     listener: TcpListener,
     name: N,
     direction: Direction,
     metrics: Arc<Metrics>,
     mut drain: drain::Watch,
+    ctx: C,
     handle: H,
 ) where
     N: fmt::Display,
-    H: Fn(TcpStream, SocketAddr) -> F,
+    C: Clone,
+    H: Fn(C, TcpStream, SocketAddr) -> F,
     F: Future<Output = (ConnResult, Transferred)> + Send + 'static,
 {
     loop {
@@ -46,7 +49,7 @@ pub async fn serve<N, H, F>(
             Ok((tcp, client)) => {
                 let guard = drain.guard();
                 let metrics = metrics.clone();
-                let conn = handle(tcp, client);
+                let conn = handle(ctx.clone(), tcp, client);
                 tokio::spawn(async move {
                     let _guard = guard;
                     let _active = metrics.open(direction);

@@ -89,16 +89,15 @@ impl TransparentOutbound {
 /// [`serve::serve`]).
 pub async fn serve(listener: TcpListener, t: Arc<TransparentOutbound>, drain: drain::Watch) {
     let metrics = t.ctx.metrics.clone();
+    let name = "transparent outbound";
     serve::serve(
         listener,
-        "transparent outbound",
+        name,
         Direction::Outbound,
         metrics,
         drain,
-        move |tcp, peer| {
-            let t = t.clone();
-            async move { handle(&t, tcp, peer).await }
-        },
+        t,
+        handle,
     )
     .await;
 }
@@ -117,7 +116,7 @@ async fn wait_until<T>(
 }
 
 async fn handle(
-    t: &TransparentOutbound,
+    t: Arc<TransparentOutbound>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> (ConnResult, Transferred) {
@@ -151,7 +150,7 @@ async fn handle(
         }
         Route::PassThrough => {
             tracing::info!(%peer, %orig, "transparent: not a mesh destination; passing through");
-            pass_through(t, tcp, orig).await
+            pass_through(&t, tcp, orig).await
         }
         Route::Refuse => {
             tracing::info!(%peer, %orig, "transparent: not a mesh destination; refused (--mesh-destinations-only)");
