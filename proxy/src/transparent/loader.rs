@@ -27,8 +27,8 @@ use aya::{Ebpf, EbpfError};
 use mesh_ebpf_common as common;
 use tokio::net::TcpListener;
 
-use super::TransparentError;
 use super::args::TransparentConfig;
+use super::error::TransparentError;
 use super::netns::Netns;
 use super::preflight::{self, Cgroup};
 use crate::transport::SocketFactory;

@@ -19,7 +19,7 @@ use std::sync::{Arc, mpsc};
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::TransparentError;
+use super::error::TransparentError;
 use crate::transport::{MakeSocket, SocketFactory};
 
 /// An open network namespace.
