@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::l7::Protocol;
+use mesh_policy::config_entries::Protocol;
 
 /// How long a blocking query may wait on the agent (Consul caps at 10 minutes).
 pub const BLOCKING_WAIT: Duration = Duration::from_secs(60);
@@ -444,11 +444,88 @@ pub fn decode_roots(path: &str, body: &[u8]) -> Result<CaRootList, AgentError> {
     decode_json(path, "CA root list", body)
 }
 
-/// Long-polls `path` and publishes every new value on `tx` until `tx` has no receivers.
+/// What a 404 means to a watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Missing {
+    /// An error like any other: retried with backoff, the last value kept.
+    IsError,
+    /// The resource is absent, which is a value (a config entry nobody wrote).
+    IsAbsent,
+}
+
+/// The blocking-query loop behind every watch: long-polls `path` until `tx` has no receivers,
+/// hands each fresh answer (its index and body; `None`: absent, only with
+/// [`Missing::IsAbsent`]) to `decode` and the result to `publish`.
 ///
-/// `decode` gets the response index and body. A value that fails to decode is logged and
-/// skipped (the previous one stays). Per Consul's rules, an index that goes backwards resets
-/// the loop to a fresh read, and a query that returns at once with the same index is paced.
+/// A value that fails to decode is logged and skipped (the previous one stays). A failed
+/// query keeps the last value (fail static) and is retried with exponential backoff. Per
+/// Consul's rules, an index that goes backwards resets the loop to a fresh read, and a query
+/// that returns at once without blocking (the same index, or no index at all, as on a 404) is
+/// paced so the loop never spins.
+async fn blocking_queries<T, E>(
+    client: AgentClient,
+    what: &'static str,
+    path: String,
+    missing: Missing,
+    tx: watch::Sender<Option<T>>,
+    decode: impl Fn(u64, Option<&[u8]>) -> Result<T, E>,
+    publish: impl Fn(&watch::Sender<Option<T>>, T),
+) where
+    E: fmt::Display,
+{
+    let mut index = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    while !tx.is_closed() {
+        let started = Instant::now();
+        let answer = match missing {
+            Missing::IsError => client
+                .get(&path, index)
+                .await
+                .map(|a| (a.index, Some(a.body))),
+            Missing::IsAbsent => client.get_optional(&path, index).await,
+        };
+        match answer {
+            Ok((new_index, body)) => {
+                if failing {
+                    tracing::info!(what, %path, "agent reachable again");
+                    failing = false;
+                }
+                backoff = Duration::from_millis(100);
+                let fresh = new_index != index || index == 0 || tx.borrow().is_none();
+                if fresh {
+                    match decode(new_index, body.as_deref()) {
+                        Ok(v) => publish(&tx, v),
+                        Err(e) => {
+                            tracing::warn!(what, %path, error = %e, "ignoring undecodable update");
+                        }
+                    }
+                }
+                if (!fresh || new_index == 0) && started.elapsed() < Duration::from_millis(100) {
+                    // The endpoint did not block (same index at once, or no index on a 404):
+                    // do not spin.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                index = if new_index < index {
+                    0
+                } else {
+                    new_index.max(1)
+                };
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(what, %path, error = %e, "agent query failed; keeping the last value and retrying");
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Long-polls `path` and publishes every new value on `tx` until `tx` has no receivers
+/// ([`blocking_queries`]; a 404 is an error). `decode` gets the response index and body.
 pub fn spawn_watch<T, E, F>(
     client: AgentClient,
     what: &'static str,
@@ -458,49 +535,20 @@ pub fn spawn_watch<T, E, F>(
 ) -> JoinHandle<()>
 where
     T: Send + Sync + 'static,
-    E: fmt::Display,
+    E: fmt::Display + 'static,
     F: Fn(u64, &[u8]) -> Result<T, E> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let mut index = 0u64;
-        let mut backoff = Duration::from_millis(100);
-        let mut failing = false;
-        while !tx.is_closed() {
-            let started = Instant::now();
-            match client.get(&path, index).await {
-                Ok(a) => {
-                    if failing {
-                        tracing::info!(what, %path, "agent reachable again");
-                        failing = false;
-                    }
-                    backoff = Duration::from_millis(100);
-                    let fresh = a.index != index || index == 0 || tx.borrow().is_none();
-                    if fresh {
-                        match decode(a.index, &a.body) {
-                            Ok(v) => {
-                                tx.send_replace(Some(Arc::new(v)));
-                            }
-                            Err(e) => {
-                                tracing::warn!(what, error = %e, "ignoring undecodable update");
-                            }
-                        }
-                    } else if started.elapsed() < Duration::from_millis(100) {
-                        // Same index at once: the endpoint did not block; do not spin.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    index = if a.index < index { 0 } else { a.index.max(1) };
-                }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(what, error = %e, "agent query failed; keeping the last value and retrying");
-                    }
-                    failing = true;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    })
+    tokio::spawn(blocking_queries(
+        client,
+        what,
+        path,
+        Missing::IsError,
+        tx,
+        move |index, body| decode(index, body.unwrap_or_default()).map(Arc::new),
+        |tx, v| {
+            tx.send_replace(Some(v));
+        },
+    ))
 }
 
 /// `GET /v1/config/service-defaults/:name` (the fields the proxy uses).
@@ -517,7 +565,7 @@ pub enum ConfigDecodeError {
     #[error("config entry is not valid JSON")]
     Json(#[source] serde_json::Error),
     #[error("service-defaults entry")]
-    Protocol(#[source] crate::l7::ProtocolError),
+    Protocol(#[source] mesh_policy::config_entries::ConfigEntryError),
     #[error("the mesh entry is not a mesh entry (Kind {kind})")]
     NotMesh { kind: String },
 }
@@ -548,9 +596,9 @@ pub fn decode_normalization(
 }
 
 /// Keeps `tx` set to the value of the config entry at `path` (`/v1/config/:kind/:name`),
-/// decoded by `decode` (which gets `None` for a missing entry, HTTP 404). Like
-/// [`spawn_watch`]: blocking queries, fail static with backoff, and an undecodable entry
-/// keeps the last value. `what` names the value in log lines.
+/// decoded by `decode` (which gets `None` for a missing entry, HTTP 404): the loop of
+/// [`spawn_watch`] with a 404 meaning "absent". A value equal to the last one is not
+/// republished; a new one is logged. `what` names the value in log lines.
 pub fn spawn_config_watch<T, F>(
     client: AgentClient,
     what: &'static str,
@@ -562,60 +610,24 @@ where
     T: Copy + PartialEq + fmt::Display + Send + Sync + 'static,
     F: Fn(Option<&[u8]>) -> Result<T, ConfigDecodeError> + Send + 'static,
 {
-    tokio::spawn(async move {
-        let mut index = 0u64;
-        let mut backoff = Duration::from_millis(100);
-        let mut failing = false;
-        while !tx.is_closed() {
-            let started = Instant::now();
-            match client.get_optional(&path, index).await {
-                Ok((new_index, body)) => {
-                    if failing {
-                        tracing::info!(%path, "agent reachable again");
-                        failing = false;
-                    }
-                    backoff = Duration::from_millis(100);
-                    let fresh = new_index != index || index == 0 || tx.borrow().is_none();
-                    if fresh {
-                        match decode(body.as_deref()) {
-                            Ok(v) => {
-                                tx.send_if_modified(|old| {
-                                    let changed = *old != Some(v);
-                                    if changed {
-                                        tracing::info!(what, value = %v, "config (applies to new connections and requests)");
-                                        *old = Some(v);
-                                    }
-                                    changed
-                                });
-                            }
-                            Err(e) => {
-                                tracing::warn!(what, %path, error = %e, "ignoring undecodable config entry");
-                            }
-                        }
-                    }
-                    if (!fresh || new_index == 0) && started.elapsed() < Duration::from_millis(100)
-                    {
-                        // The endpoint did not block (same index at once, or no index on a
-                        // 404): do not spin.
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    index = if new_index < index {
-                        0
-                    } else {
-                        new_index.max(1)
-                    };
+    tokio::spawn(blocking_queries(
+        client,
+        what,
+        path,
+        Missing::IsAbsent,
+        tx,
+        move |_, body| decode(body),
+        move |tx, v| {
+            tx.send_if_modified(|old| {
+                let changed = *old != Some(v);
+                if changed {
+                    tracing::info!(what, value = %v, "config (applies to new connections and requests)");
+                    *old = Some(v);
                 }
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(what, %path, error = %e, "agent query failed; keeping the last value and retrying");
-                    }
-                    failing = true;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
-    })
+                changed
+            });
+        },
+    ))
 }
 
 /// Keeps `tx` set to the declared protocol of `service`, from its `service-defaults` config

@@ -2,7 +2,9 @@
 //! the admin server and the listeners, and drains on SIGTERM.
 //!
 //! The two modes differ only in what feeds the `watch` channels (leaf, roots, policy, local
-//! application, upstream instances); [`serve`] and everything behind it is shared.
+//! application, upstream instances): each fills one [`Feeds`] (agent mode from blocking
+//! queries, static mode from the file watcher) and hands it to [`serve`], which builds the
+//! identity, re-checks connections and runs the listeners the same way for both.
 //!
 //! Two runtimes, as ztunnel does: the data plane (listeners and byte pumps) runs on the main
 //! multi-threaded runtime; the agent loops, certificate rebuilding, connection re-checks and
@@ -20,7 +22,7 @@ use tokio::sync::watch;
 use crate::admin::{self, AdminState};
 use crate::agent::{self, AgentClient, AgentError, AgentService, Endpoint, LeafCert};
 use crate::authz::Policy;
-use crate::config::Config;
+use crate::config::{Config, DataPathOptions};
 use crate::connections::{self, Registry};
 use crate::drain::{Drain, DrainOutcome};
 use crate::identity::{self, Identity, UpstreamTarget};
@@ -28,7 +30,7 @@ use crate::inbound::{self, InboundContext, LocalApp};
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundContext, Upstream};
 use crate::static_config::{self, Loaded, Outputs};
-use crate::transport::{self, TransportError};
+use crate::transport::{SocketFactory, TransportError};
 
 /// Attempts of the start-up sidecar lookup (about 30 s with backoff).
 const STARTUP_ATTEMPTS: u32 = 20;
@@ -162,22 +164,30 @@ where
     result
 }
 
-/// What both modes hand to [`serve`]: the channels the data path reads, wherever they are fed
-/// from, and the addresses to bind.
-struct DataPlane {
+/// What either mode feeds the data path: the channels its sources fill (the agent's blocking
+/// queries, or the static config file's watcher) and the settings the data path runs with.
+/// Both modes fill one of these and hand it to [`serve`], which builds the identity, re-checks
+/// live connections and runs the listeners the same way for both: nothing behind it knows
+/// which mode runs.
+struct Feeds {
+    /// The settings shown on `/config`.
     settings: serde_json::Value,
     public: SocketAddr,
     admin: Option<SocketAddr>,
-    identity: watch::Receiver<Option<Arc<Identity>>>,
+    leaf: watch::Receiver<Option<Arc<LeafCert>>>,
+    roots: watch::Receiver<Option<Arc<CaRootList>>>,
+    /// The upstreams the identity holds a TLS client configuration for.
+    targets: Vec<UpstreamTarget>,
     policy: watch::Receiver<Option<Arc<Policy>>>,
+    /// The sidecar registration (agent mode; `None` in static mode, shown as `Sidecar: null`).
     sidecar: watch::Receiver<Option<Arc<AgentService>>>,
     local_app: watch::Receiver<Option<Arc<LocalApp>>>,
     upstreams: Vec<Arc<Upstream>>,
-    registry: Arc<Registry>,
-    metrics: Arc<Metrics>,
-    connect_timeout: Duration,
-    handshake_timeout: Duration,
-    drain_timeout: Duration,
+    /// Timeouts, denied-connection handling, TLS options.
+    options: DataPathOptions,
+    /// Opens the data path's listeners and connections (the pod's namespace with
+    /// `--transparent --netns`).
+    sockets: SocketFactory,
     /// `--transparent`: started once the public listener is bound.
     transparent: Option<crate::transparent::TransparentPlan>,
 }
@@ -195,6 +205,10 @@ async fn run_agent(
         .as_ref()
         .map(crate::transparent::prepare)
         .transpose()?;
+    let sockets = prepared.as_ref().map_or_else(
+        SocketFactory::host,
+        crate::transparent::Prepared::socket_factory,
+    );
     let client = AgentClient::new(config.agent_addr, config.token.clone());
     let sidecar = {
         let (c, id) = (client.clone(), config.sidecar_for.clone());
@@ -222,8 +236,6 @@ async fn run_agent(
     let (intentions_tx, intentions_rx) =
         watch::channel::<Option<Arc<crate::policy_feed::AgentIntentions>>>(None);
     let (protocol_tx, protocol_rx) = watch::channel(config.protocol);
-    let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
-    let registry = Arc::new(Registry::default());
     let transparent = prepared.map(|prepared| crate::transparent::TransparentPlan {
         prepared,
         mesh_destinations_only: config
@@ -243,7 +255,7 @@ async fn run_agent(
         provider: provider.clone(),
     });
 
-    // Agent loops and the identity manager, on the control runtime.
+    // Agent loops, on the control runtime.
     {
         let _enter = control.enter();
         let path = format!("/v1/agent/service/{}", sidecar.id);
@@ -303,27 +315,6 @@ async fn run_agent(
             },
             policy_tx,
         ));
-        let targets: Vec<UpstreamTarget> = plans
-            .iter()
-            .map(|p| UpstreamTarget {
-                name: p.name.clone(),
-                datacenter: p.datacenter.clone(),
-                spiffe_id: None,
-            })
-            .collect();
-        control.spawn(identity::run_manager_with(
-            provider,
-            leaf_rx,
-            roots_rx,
-            targets,
-            config.tls,
-            identity_tx,
-        ));
-        control.spawn(connections::run_rechecks(
-            registry.clone(),
-            policy_rx.clone(),
-            config.keep_denied_connections,
-        ));
         control.spawn(follow_local_app(sidecar_rx.clone(), local_app_tx));
         control.spawn(warn_on_registration_change(
             sidecar_rx.clone(),
@@ -350,26 +341,30 @@ async fn run_agent(
         .address
         .parse()
         .unwrap_or(Ipv4Addr::UNSPECIFIED.into());
-    serve(
-        DataPlane {
-            settings: serde_json::to_value(&config).unwrap_or_default(),
-            public: SocketAddr::new(public_ip, sidecar.port),
-            admin: Some(config.admin_addr),
-            identity: identity_rx,
-            policy: policy_rx,
-            sidecar: sidecar_rx,
-            local_app: local_app_rx,
-            upstreams,
-            registry,
-            metrics,
-            connect_timeout: config.connect_timeout,
-            handshake_timeout: config.handshake_timeout,
-            drain_timeout: config.drain_timeout,
-            transparent,
-        },
-        control,
-    )
-    .await
+    let targets = plans
+        .iter()
+        .map(|p| UpstreamTarget {
+            name: p.name.clone(),
+            datacenter: p.datacenter.clone(),
+            spiffe_id: None,
+        })
+        .collect();
+    let feeds = Feeds {
+        settings: serde_json::to_value(&config).unwrap_or_default(),
+        public: SocketAddr::new(public_ip, sidecar.port),
+        admin: Some(config.admin_addr),
+        leaf: leaf_rx,
+        roots: roots_rx,
+        targets,
+        policy: policy_rx,
+        sidecar: sidecar_rx,
+        local_app: local_app_rx,
+        upstreams,
+        options: config.data_path,
+        sockets,
+        transparent,
+    };
+    serve(feeds, provider, metrics, control).await
 }
 
 /// Static mode: the file watcher feeds the channels the agent loops feed in agent mode, and the
@@ -391,10 +386,8 @@ async fn run_static_with(
     let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
     let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
     let (local_app_tx, local_app_rx) = watch::channel::<Option<Arc<LocalApp>>>(None);
-    let (identity_tx, identity_rx) = watch::channel::<Option<Arc<Identity>>>(None);
     // No registration in static mode; the admin API shows `Sidecar: null`.
     let (_sidecar_tx, sidecar_rx) = watch::channel::<Option<Arc<AgentService>>>(None);
-    let registry = Arc::new(Registry::default());
     let mut upstreams = Vec::new();
     let mut endpoint_txs = Vec::new();
     for u in &config.upstreams {
@@ -410,55 +403,64 @@ async fn run_static_with(
         endpoints: endpoint_txs,
     };
     outputs.publish(&initial, generation);
+    control.spawn(static_config::watch_files(
+        provider.clone(),
+        initial,
+        outputs,
+    ));
+    let feeds = Feeds {
+        settings: serde_json::to_value(&config).unwrap_or_default(),
+        public: config.listen,
+        admin: config.admin,
+        leaf: leaf_rx,
+        roots: roots_rx,
+        targets: config.targets(),
+        policy: policy_rx,
+        sidecar: sidecar_rx,
+        local_app: local_app_rx,
+        upstreams,
+        options: config.data_path,
+        sockets: SocketFactory::host(),
+        transparent: None,
+    };
+    serve(feeds, provider, metrics, control).await
+}
+
+/// Everything after the feeds, the same for both modes: the identity manager and the
+/// connection re-checks (on the control runtime), admin server, readiness, listeners, drain on
+/// SIGTERM.
+async fn serve(
+    p: Feeds,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    metrics: Arc<Metrics>,
+    control: &tokio::runtime::Runtime,
+) -> Result<(), AppError> {
+    let (identity_tx, identity) = watch::channel::<Option<Arc<Identity>>>(None);
+    let registry = Arc::new(Registry::default());
     {
         let _enter = control.enter();
         control.spawn(identity::run_manager_with(
-            provider.clone(),
-            leaf_rx,
-            roots_rx,
-            config.targets(),
-            config.tls,
+            provider,
+            p.leaf,
+            p.roots,
+            p.targets,
+            p.options.tls,
             identity_tx,
         ));
         control.spawn(connections::run_rechecks(
             registry.clone(),
-            policy_rx.clone(),
-            config.keep_denied_connections,
+            p.policy.clone(),
+            p.options.keep_denied_connections,
         ));
-        control.spawn(static_config::watch_files(provider, initial, outputs));
     }
-    serve(
-        DataPlane {
-            settings: serde_json::to_value(&config).unwrap_or_default(),
-            public: config.listen,
-            admin: config.admin,
-            identity: identity_rx,
-            policy: policy_rx,
-            sidecar: sidecar_rx,
-            local_app: local_app_rx,
-            upstreams,
-            registry,
-            metrics,
-            connect_timeout: config.connect_timeout,
-            handshake_timeout: config.handshake_timeout,
-            drain_timeout: config.drain_timeout,
-            transparent: None,
-        },
-        control,
-    )
-    .await
-}
-
-/// The data path of both modes: admin server, readiness, listeners, drain on SIGTERM.
-async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), AppError> {
     let drain = Drain::new();
     let admin_state = Arc::new(AdminState {
         config: p.settings,
-        identity: p.identity.clone(),
+        identity: identity.clone(),
         policy: p.policy.clone(),
         sidecar: p.sidecar.clone(),
-        registry: p.registry.clone(),
-        metrics: p.metrics.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
         draining: drain.draining(),
         listeners: OnceLock::new(),
     });
@@ -466,7 +468,8 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
     if let Some(addr) = p.admin {
         let admin_listener = {
             let _enter = control.enter();
-            transport::bind_host(addr).await?
+            // Always in the proxy's own namespace, where the operator reaches it.
+            SocketFactory::host().bind(addr).await?
         };
         admin_addr = admin_listener.local_addr().ok();
         control.spawn(admin::serve(admin_listener, admin_state.clone()));
@@ -475,7 +478,7 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
     // Listeners open only once the proxy can serve: otherwise the agent's TCP check would mark
     // the sidecar healthy while every connection is refused.
     let ready = {
-        let (mut i, mut pol) = (p.identity.clone(), p.policy.clone());
+        let (mut i, mut pol) = (identity.clone(), p.policy.clone());
         tokio::time::timeout(READY_TIMEOUT, async move {
             let _ = i.wait_for(Option::is_some).await;
             let _ = pol.wait_for(Option::is_some).await;
@@ -489,12 +492,12 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
         });
     }
 
-    let public = transport::bind(p.public).await?;
+    let public = p.sockets.bind(p.public).await?;
     let public_addr = public.local_addr().unwrap_or(p.public);
     let mut upstream_listeners = Vec::new();
     let mut bound = Vec::new();
     for u in &p.upstreams {
-        let l = transport::bind(u.bind).await?;
+        let l = p.sockets.bind(u.bind).await?;
         bound.push((u.clone(), l.local_addr().unwrap_or(u.bind)));
         upstream_listeners.push((l, u.clone()));
     }
@@ -511,9 +514,9 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
                 plan,
                 control,
                 &public,
-                p.metrics.clone(),
-                p.connect_timeout,
-                p.handshake_timeout,
+                metrics.clone(),
+                p.options.connect_timeout,
+                p.options.handshake_timeout,
                 &drain,
             )
             .await?,
@@ -525,20 +528,22 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
         .map(|t| format!(" transparent={}", t.outbound))
         .unwrap_or_default();
     let inbound_ctx = Arc::new(InboundContext {
-        identity: p.identity.clone(),
+        identity: identity.clone(),
         policy: p.policy.clone(),
         local_app: p.local_app.clone(),
-        registry: p.registry.clone(),
-        metrics: p.metrics.clone(),
-        connect_timeout: p.connect_timeout,
-        handshake_timeout: p.handshake_timeout,
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        sockets: p.sockets.clone(),
+        connect_timeout: p.options.connect_timeout,
+        handshake_timeout: p.options.handshake_timeout,
     });
     tokio::spawn(inbound::serve(public, inbound_ctx, drain.watch()));
     let outbound_ctx = Arc::new(OutboundContext {
-        identity: p.identity.clone(),
-        metrics: p.metrics.clone(),
-        connect_timeout: p.connect_timeout,
-        handshake_timeout: p.handshake_timeout,
+        identity: identity.clone(),
+        metrics: metrics.clone(),
+        sockets: p.sockets.clone(),
+        connect_timeout: p.options.connect_timeout,
+        handshake_timeout: p.options.handshake_timeout,
     });
     for (listener, up) in upstream_listeners {
         tokio::spawn(outbound::serve(
@@ -548,8 +553,7 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
             drain.watch(),
         ));
     }
-    let id = p
-        .identity
+    let id = identity
         .borrow()
         .as_ref()
         .map(|i| i.id.uri())
@@ -562,16 +566,16 @@ async fn serve(p: DataPlane, control: &tokio::runtime::Runtime) -> Result<(), Ap
     );
 
     wait_for_signal().await?;
-    let live = p.registry.len();
+    let live = registry.len();
     tracing::info!(
         inbound_connections = live,
-        timeout = ?p.drain_timeout,
+        timeout = ?p.options.drain_timeout,
         "draining: no longer accepting, waiting for live connections"
     );
-    match drain.drain(p.drain_timeout).await {
+    match drain.drain(p.options.drain_timeout).await {
         DrainOutcome::Complete => tracing::info!("drained; exiting"),
         DrainOutcome::TimedOut => tracing::warn!(
-            still_open = p.registry.len(),
+            still_open = registry.len(),
             "drain timeout passed; closing the remaining connections"
         ),
     }

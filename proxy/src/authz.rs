@@ -40,7 +40,7 @@ use mesh_policy::model::{Intention, IntentionAction};
 use mesh_policy::spiffe::SpiffeId;
 use serde::Deserialize;
 
-use crate::l7::Protocol;
+use mesh_policy::config_entries::Protocol;
 
 /// Errors reading an intentions snapshot.
 #[derive(Debug, thiserror::Error)]

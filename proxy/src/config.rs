@@ -105,8 +105,8 @@ pub struct RunArgs {
     pub no_tls_resumption: bool,
     /// Declared protocol of the local service (tcp, http, http2, grpc), instead of reading it
     /// from the agent's service-defaults config entry.
-    #[arg(long, value_parser = crate::l7::Protocol::from_str)]
-    pub protocol: Option<crate::l7::Protocol>,
+    #[arg(long, value_parser = mesh_policy::config_entries::Protocol::from_str)]
+    pub protocol: Option<mesh_policy::config_entries::Protocol>,
     /// Threads of the data-plane runtime (listeners and byte pumps); 0 means one per CPU.
     /// One is the sidecar default, as Linkerd's proxy has: a connection then never moves
     /// between threads (no cross-core cache traffic on the byte pump) and the proxy leaves the
@@ -174,19 +174,33 @@ pub struct Config {
     pub token: Option<String>,
     pub upstreams: Vec<UpstreamArg>,
     pub admin_addr: SocketAddr,
-    #[serde(with = "secs")]
-    pub connect_timeout: Duration,
-    #[serde(with = "secs")]
-    pub handshake_timeout: Duration,
-    #[serde(with = "secs")]
-    pub drain_timeout: Duration,
-    pub keep_denied_connections: bool,
-    /// TLS settings besides certificates (session resumption).
-    pub tls: crate::identity::TlsOptions,
+    /// Timeouts, denied-connection handling and TLS options (flattened in `/config`).
+    #[serde(flatten)]
+    pub data_path: DataPathOptions,
     /// `--transparent` and its options, when on.
     pub transparent: Option<crate::transparent::TransparentConfig>,
     /// `--protocol`: overrides the service-defaults entry when set.
-    pub protocol: Option<crate::l7::Protocol>,
+    pub protocol: Option<mesh_policy::config_entries::Protocol>,
+}
+
+/// The data path's settings that both modes take, from flags (agent mode) or from the config
+/// file (static mode, [`crate::static_config`]): one type, so the wiring reads them the same
+/// way whichever mode filled them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DataPathOptions {
+    /// Timeout of a TCP connect to an upstream instance or to the local application.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Timeout of a TLS handshake, inbound or outbound.
+    #[serde(with = "secs")]
+    pub handshake_timeout: Duration,
+    /// On SIGTERM, how long live connections may take to finish.
+    #[serde(with = "secs")]
+    pub drain_timeout: Duration,
+    /// Report live inbound connections a policy change denies instead of closing them.
+    pub keep_denied_connections: bool,
+    /// TLS settings besides certificates (session resumption).
+    pub tls: crate::identity::TlsOptions,
 }
 
 /// Durations serialized as Go-style strings ("5s") in `/config`.
@@ -206,11 +220,7 @@ impl fmt::Debug for Config {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("upstreams", &self.upstreams)
             .field("admin_addr", &self.admin_addr)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("handshake_timeout", &self.handshake_timeout)
-            .field("drain_timeout", &self.drain_timeout)
-            .field("keep_denied_connections", &self.keep_denied_connections)
-            .field("tls", &self.tls)
+            .field("data_path", &self.data_path)
             .field("transparent", &self.transparent)
             .field("protocol", &self.protocol)
             .finish()
@@ -253,12 +263,14 @@ impl Config {
             token: a.token.filter(|t| !t.is_empty()),
             upstreams: a.upstreams,
             admin_addr: a.admin_addr,
-            connect_timeout: a.connect_timeout,
-            handshake_timeout: a.handshake_timeout,
-            drain_timeout: a.drain_timeout,
-            keep_denied_connections: a.keep_denied_connections,
-            tls: crate::identity::TlsOptions {
-                resumption: !a.no_tls_resumption,
+            data_path: DataPathOptions {
+                connect_timeout: a.connect_timeout,
+                handshake_timeout: a.handshake_timeout,
+                drain_timeout: a.drain_timeout,
+                keep_denied_connections: a.keep_denied_connections,
+                tls: crate::identity::TlsOptions {
+                    resumption: !a.no_tls_resumption,
+                },
             },
         })
     }
@@ -294,12 +306,15 @@ mod tests {
         assert_eq!(c.sidecar_for, "web");
         assert_eq!(c.agent_addr, "127.0.0.1:8500".parse().unwrap());
         assert_eq!(c.admin_addr, "127.0.0.1:19000".parse().unwrap());
-        assert_eq!(c.connect_timeout, Duration::from_secs(5));
-        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert_eq!(c.data_path.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.data_path.drain_timeout, Duration::from_secs(2));
         assert_eq!(c.upstreams.len(), 2);
         assert_eq!(c.upstreams[1].name, "cache");
-        assert!(!c.keep_denied_connections);
-        assert!(c.tls.resumption, "TLS resumption is on by default");
+        assert!(!c.data_path.keep_denied_connections);
+        assert!(
+            c.data_path.tls.resumption,
+            "TLS resumption is on by default"
+        );
         let off = parse(&[
             "meshproxy",
             "run",
@@ -307,7 +322,7 @@ mod tests {
             "web",
             "--no-tls-resumption",
         ]);
-        assert!(!off.unwrap().tls.resumption);
+        assert!(!off.unwrap().data_path.tls.resumption);
         assert!(!format!("{c:?}").contains("secret"));
         assert!(!serde_json::to_string(&c).unwrap().contains("secret"));
     }

@@ -23,8 +23,9 @@ use crate::copy::{self, Transferred};
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
+use crate::serve;
 use crate::tls;
-use crate::transport;
+use crate::transport::{self, SocketFactory};
 
 /// Bound on sending `close_notify` to a refused peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,41 +46,29 @@ pub struct InboundContext {
     pub local_app: watch::Receiver<Option<Arc<LocalApp>>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// Opens the connects to the local application.
+    pub sockets: SocketFactory,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
 }
 
-/// Accepts until draining starts.
-pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, mut drain: drain::Watch) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = drain.signaled() => break,
-        };
-        match accepted {
-            Ok((tcp, client)) => {
-                let guard = drain.guard();
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _active = ctx.metrics.open(Direction::Inbound);
-                    let (result, t) = handle(&ctx, tcp, client).await;
-                    ctx.metrics
-                        .connection_closed(Direction::Inbound, result, t.a_to_b, t.b_to_a);
-                });
-            }
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "inbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    tracing::info!(addr = ?listener.local_addr().ok(), "inbound listener stopped (draining)");
+/// Accepts until draining starts (the accept loop is [`serve::serve`]).
+pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, drain: drain::Watch) {
+    let metrics = ctx.metrics.clone();
+    serve::serve(
+        listener,
+        "inbound",
+        Direction::Inbound,
+        metrics,
+        drain,
+        ctx,
+        handle,
+    )
+    .await;
 }
 
 async fn handle(
-    ctx: &InboundContext,
+    ctx: Arc<InboundContext>,
     tcp: TcpStream,
     client: SocketAddr,
 ) -> (ConnResult, Transferred) {
@@ -172,6 +161,7 @@ async fn handle(
             metrics: ctx.metrics.clone(),
             app_host: host,
             app_port: port,
+            sockets: ctx.sockets.clone(),
             connect_timeout: ctx.connect_timeout,
         };
         tracing::debug!(source = %peer, %client, protocol = %policy.protocol, "inbound connection admitted for per-request authorization");
@@ -186,7 +176,7 @@ async fn handle(
             _ = registration.closed() => (ConnResult::ClosedByPolicy, none),
         };
     }
-    let mut app = match transport::connect(&host, port, ctx.connect_timeout).await {
+    let mut app = match ctx.sockets.connect(&host, port, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(source = %peer, error = %e, "cannot reach the local application");

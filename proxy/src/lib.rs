@@ -19,9 +19,10 @@
 //! (config file and file watcher of static mode), [`identity`] and
 //! [`tls`] (certificate store and the SPIFFE verifier), [`authz`] (pure decisions),
 //! [`policy_feed`] (agent mode's policy from intentions, roots and protocol),
-//! [`inbound`] / [`outbound`] (listeners), [`copy`] (byte pump), [`connections`] (live inbound
+//! [`inbound`] / [`outbound`] (listeners' per-connection handlers), [`serve`] (the one
+//! accept loop they run in), [`copy`] (byte pump), [`connections`] (live inbound
 //! connections, re-checked on policy change), [`drain`] (graceful shutdown), [`admin`] and
-//! [`metrics`] (observability), [`transport`] (socket options), [`read_ahead`] (large socket
+//! [`metrics`] (observability), [`transport`] (socket options and the socket factory), [`read_ahead`] (large socket
 //! reads under TLS).
 
 // `deny`, not `forbid`: the one exception is `transparent::netns::netns_cookie`, a
@@ -43,6 +44,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy_feed;
 pub mod read_ahead;
+pub mod serve;
 pub mod static_config;
 pub mod tls;
 pub mod transparent;

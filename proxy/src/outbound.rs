@@ -23,8 +23,9 @@ use crate::copy::{self, Transferred};
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
+use crate::serve;
 use crate::tls;
-use crate::transport;
+use crate::transport::{self, SocketFactory};
 
 /// One upstream listener's state.
 #[derive(Debug)]
@@ -55,6 +56,8 @@ impl Upstream {
 pub struct OutboundContext {
     pub identity: watch::Receiver<Option<Arc<Identity>>>,
     pub metrics: Arc<Metrics>,
+    /// Opens the connects to the upstream's proxies.
+    pub sockets: SocketFactory,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
 }
@@ -69,37 +72,29 @@ fn server_name(expected: &SpiffeId) -> ServerName<'static> {
     .unwrap_or_else(|_| ServerName::try_from("mesh.invalid").expect("static DNS name"))
 }
 
-/// Accepts on `listener` for `up` until draining starts.
+/// Accepts on `listener` for `up` until draining starts (the accept loop is
+/// [`serve::serve`]).
 pub async fn serve(
     listener: TcpListener,
     up: Arc<Upstream>,
     ctx: Arc<OutboundContext>,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = drain.signaled() => break,
-        };
-        match accepted {
-            Ok((tcp, client)) => {
-                let guard = drain.guard();
-                let (ctx, up) = (ctx.clone(), up.clone());
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _active = ctx.metrics.open(Direction::Outbound);
-                    let (result, t) = handle(&ctx, &up, tcp, client).await;
-                    ctx.metrics
-                        .connection_closed(Direction::Outbound, result, t.a_to_b, t.b_to_a);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(upstream = %up.name, error = %e, "outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    tracing::info!(upstream = %up.name, bind = %up.bind, "upstream listener stopped (draining)");
+    let name = format!("upstream {}", up.name);
+    let metrics = ctx.metrics.clone();
+    let accepted = |(ctx, up): (Arc<OutboundContext>, Arc<Upstream>), tcp, client| async move {
+        handle(&ctx, &up, tcp, client).await
+    };
+    serve::serve(
+        listener,
+        name,
+        Direction::Outbound,
+        metrics,
+        drain,
+        (ctx, up),
+        accepted,
+    )
+    .await;
 }
 
 /// One accepted connection to `up`: healthy instance, mutual TLS, byte pump. Also used by
@@ -143,7 +138,11 @@ where
     let mut server_tcp = None;
     for i in 0..endpoints.len() {
         let ep = &endpoints[(start + i) % endpoints.len()];
-        match transport::connect(&ep.host, ep.port, ctx.connect_timeout).await {
+        match ctx
+            .sockets
+            .connect(&ep.host, ep.port, ctx.connect_timeout)
+            .await
+        {
             Ok(s) => {
                 server_tcp = Some((s, ep));
                 break;

@@ -20,7 +20,7 @@ use mesh_policy::model::CaRootList;
 use tokio::sync::watch;
 
 use crate::authz::{AuthzError, Policy};
-use crate::l7::Protocol;
+use mesh_policy::config_entries::Protocol;
 
 /// An intentions answer of the agent, undecoded (decoded with the other feeds in [`run`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,6 @@
-//! Sockets: TCP options every proxied socket gets, and bounded connects.
+//! Sockets: TCP options every proxied socket gets, bounded connects, and the
+//! [`SocketFactory`] that decides in which network namespace the data path's sockets are
+//! created.
 //!
 //! TCP_NODELAY everywhere: the proxy forwards whatever it reads at once, and Nagle's algorithm
 //! would hold small writes (TLS records, request heads) for up to an RTT waiting for an ACK.
@@ -13,11 +15,13 @@
 //! 40 % (`proxy_chain`, system default `bbr` vs `cubic`). Connections to other hosts keep
 //! the operator's choice.
 
+use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{SockRef, TcpKeepalive};
+use socket2::{Domain, SockRef, Socket, TcpKeepalive};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Socket errors, naming the peer.
@@ -83,69 +87,93 @@ pub fn tune(s: &TcpStream) -> Result<(), TransportError> {
     Ok(())
 }
 
-/// Connects to `host:port` within `timeout` and tunes the socket.
-pub async fn connect(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<TcpStream, TransportError> {
-    let target = || format!("{host}:{port}");
-    let s = tokio::time::timeout(timeout, connect_in_netns(host, port))
-        .await
-        .map_err(|_| TransportError::ConnectTimeout {
-            target: target(),
-            after: timeout,
-        })?
-        .map_err(|source| TransportError::Connect {
-            target: target(),
-            source,
-        })?;
-    tune(&s)?;
-    Ok(s)
+/// Creates TCP sockets in a network namespace other than the proxy's own. Transparent mode
+/// implements it for the pod's namespace (a thread that entered it creates each socket); the
+/// socket code here only ever sees this trait, never where the namespace came from.
+pub trait MakeSocket: Send + Sync + fmt::Debug {
+    /// A new non-blocking, close-on-exec TCP socket of `domain`.
+    fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
 }
 
-/// Binds a data-path listener: in the pod's network namespace when transparent mode installed
-/// one ([`crate::transparent::netns`]), else here.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TransportError> {
-    let Some(ns) = crate::transparent::netns::installed() else {
-        return bind_host(addr).await;
-    };
-    let listen = || -> io::Result<TcpListener> {
-        let s = ns.socket(socket2::Domain::for_address(addr))?;
-        s.set_reuse_address(true)?;
-        s.bind(&addr.into())?;
-        s.listen(1024)?;
-        TcpListener::from_std(s.into())
-    };
-    listen().map_err(|source| TransportError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+/// Opens the data path's sockets (listeners, connects to other proxies and to the local app),
+/// as ztunnel's `SocketFactory`: handed to every listener and connection by value, so which
+/// namespace a socket lands in is decided once, where the proxy is wired, and never read from
+/// a global. The default opens sockets in the proxy's own namespace.
+#[derive(Debug, Clone, Default)]
+pub struct SocketFactory {
+    /// Where sockets are created; `None`: here, with tokio's own constructors.
+    namespace: Option<Arc<dyn MakeSocket>>,
 }
 
-/// Binds a listener in the proxy's own network namespace (the admin port).
-pub async fn bind_host(addr: SocketAddr) -> Result<TcpListener, TransportError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| TransportError::Bind {
+impl SocketFactory {
+    /// Sockets in the proxy's own network namespace (static mode, agent mode without
+    /// `--netns`, and the admin listener always).
+    pub fn host() -> Self {
+        Self::default()
+    }
+
+    /// Sockets created by `maker` (an in-pod namespace).
+    pub fn in_namespace(maker: Arc<dyn MakeSocket>) -> Self {
+        Self {
+            namespace: Some(maker),
+        }
+    }
+
+    /// Connects to `host:port` within `timeout` and tunes the socket.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<TcpStream, TransportError> {
+        let target = || format!("{host}:{port}");
+        let s = tokio::time::timeout(timeout, self.connect_raw(host, port))
+            .await
+            .map_err(|_| TransportError::ConnectTimeout {
+                target: target(),
+                after: timeout,
+            })?
+            .map_err(|source| TransportError::Connect {
+                target: target(),
+                source,
+            })?;
+        tune(&s)?;
+        Ok(s)
+    }
+
+    /// Binds a listener on `addr`.
+    pub async fn bind(&self, addr: SocketAddr) -> Result<TcpListener, TransportError> {
+        let err = |source| TransportError::Bind {
             addr: addr.to_string(),
             source,
-        })
-}
+        };
+        let Some(maker) = &self.namespace else {
+            return TcpListener::bind(addr).await.map_err(err);
+        };
+        let listen = || -> io::Result<TcpListener> {
+            let s = maker.tcp_socket(Domain::for_address(addr))?;
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            TcpListener::from_std(s.into())
+        };
+        listen().map_err(err)
+    }
 
-/// `TcpStream::connect`, from a socket created in the installed pod namespace if any.
-async fn connect_in_netns(host: &str, port: u16) -> io::Result<TcpStream> {
-    let Some(ns) = crate::transparent::netns::installed() else {
-        return TcpStream::connect((host, port)).await;
-    };
-    let addr = tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
-    let s = ns.socket(socket2::Domain::for_address(addr))?;
-    tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(s))
-        .connect(addr)
-        .await
+    /// `TcpStream::connect`, from a socket the namespace's maker created if there is one.
+    async fn connect_raw(&self, host: &str, port: u16) -> io::Result<TcpStream> {
+        let Some(maker) = &self.namespace else {
+            return TcpStream::connect((host, port)).await;
+        };
+        let addr = tokio::net::lookup_host((host, port))
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let s = maker.tcp_socket(Domain::for_address(addr))?;
+        tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(s))
+            .connect(addr)
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use super::server::Body;
+use super::Body;
 
 /// Body of a denied HTTP request (no policy details: those go to the proxy's log).
 pub const FORBIDDEN_BODY: &str = "access denied by mesh intentions\n";

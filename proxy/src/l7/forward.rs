@@ -22,7 +22,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::{Mutex, mpsc};
 
-use crate::transport;
+use crate::transport::{self, SocketFactory};
 
 /// Errors forwarding a request to the application.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +53,7 @@ pub struct Forwarder {
     host: String,
     port: u16,
     h2: bool,
+    sockets: SocketFactory,
     connect_timeout: Duration,
     sender: Mutex<Option<Sender>>,
     conns: mpsc::UnboundedSender<ConnFuture>,
@@ -105,6 +106,7 @@ impl Forwarder {
         host: String,
         port: u16,
         h2: bool,
+        sockets: SocketFactory,
         connect_timeout: Duration,
     ) -> (Self, impl Future<Output = ()> + Send + use<>) {
         let (conns, rx) = mpsc::unbounded_channel();
@@ -112,6 +114,7 @@ impl Forwarder {
             host,
             port,
             h2,
+            sockets,
             connect_timeout,
             sender: Mutex::new(None),
             conns,
@@ -127,7 +130,9 @@ impl Forwarder {
     }
 
     async fn connect(&self) -> Result<Sender, ForwardError> {
-        let tcp = transport::connect(&self.host, self.port, self.connect_timeout)
+        let tcp = self
+            .sockets
+            .connect(&self.host, self.port, self.connect_timeout)
             .await
             .map_err(|source| ForwardError::Connect {
                 host: self.host.clone(),

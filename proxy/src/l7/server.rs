@@ -17,10 +17,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
-use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,12 +29,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::forward::Forwarder;
-use super::{Protocol, body, deny, hop, linger};
+use mesh_policy::config_entries::Protocol;
+
+use super::{Body, body, deny, hop, linger};
 use crate::authz::Policy;
 use crate::metrics::Metrics;
-
-/// Response body type of the L7 server: the application's body, or one the proxy wrote.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+use crate::transport::SocketFactory;
 
 /// How long the application connection may take to finish once the inbound one is done.
 const DRIVER_GRACE: Duration = Duration::from_secs(5);
@@ -55,6 +53,8 @@ pub struct ConnContext {
     pub metrics: Arc<Metrics>,
     pub app_host: String,
     pub app_port: u16,
+    /// Opens the connections to the application.
+    pub sockets: SocketFactory,
     pub connect_timeout: Duration,
 }
 
@@ -67,6 +67,7 @@ where
         cx.app_host.clone(),
         cx.app_port,
         cx.protocol.is_h2(),
+        cx.sockets.clone(),
         cx.connect_timeout,
     );
     let fwd = Arc::new(fwd);

@@ -27,10 +27,11 @@ use aya::{Ebpf, EbpfError};
 use mesh_ebpf_common as common;
 use tokio::net::TcpListener;
 
-use super::TransparentError;
 use super::args::TransparentConfig;
+use super::error::TransparentError;
 use super::netns::Netns;
 use super::preflight::{self, Cgroup};
+use crate::transport::SocketFactory;
 
 /// Programs loaded into the kernel and checked by the verifier, not attached yet.
 pub struct Prepared {
@@ -241,6 +242,14 @@ impl Prepared {
     /// The pod's network namespace, if `--netns` was given.
     pub fn netns(&self) -> Option<&Netns> {
         self.netns.as_ref()
+    }
+
+    /// Where the data path's sockets are created: in the pod's namespace with `--netns`, else
+    /// in the proxy's own.
+    pub fn socket_factory(&self) -> SocketFactory {
+        self.netns
+            .as_ref()
+            .map_or_else(SocketFactory::host, Netns::socket_factory)
     }
 
     /// Fills the maps and attaches. `outbound_listener` is the bound outbound listener (in

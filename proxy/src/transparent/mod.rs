@@ -12,7 +12,7 @@
 //! `--sockmap` also short-cuts the pod's two loopback hops (app → outbound listener, proxy →
 //! app) with a sockhash and an `sk_msg` program (see `ebpf/src/main.rs` and [`loader`]).
 //!
-//! Pieces: [`args`] (flags and their validation), [`preflight`] (root, cgroup v2, the
+//! Pieces: [`args`] (flags and their validation), `error` ([`TransparentError`]), [`preflight`] (root, cgroup v2, the
 //! single-instance lock; pure parsers with I/O at the edge), [`loader`] (aya: load, fill the
 //! maps, attach), [`netns`] (creating sockets inside the pod's network namespace while the
 //! proxy stays in the host's, as ztunnel's in-pod mode does), [`catalog`] (address → mesh
@@ -21,6 +21,7 @@
 
 pub mod args;
 pub mod catalog;
+mod error;
 pub mod loader;
 pub mod netns;
 pub mod outbound;
@@ -28,78 +29,8 @@ pub mod preflight;
 pub mod route;
 
 pub use args::{TransparentArgs, TransparentConfig};
+pub use error::TransparentError;
 pub use loader::{Attached, Prepared};
-
-/// Why transparent mode refuses to start. Each variant renders as one line saying which
-/// precondition failed; nothing is left attached when any of them is returned.
-#[derive(Debug, thiserror::Error)]
-pub enum TransparentError {
-    #[error(
-        "transparent mode needs root (CAP_BPF and CAP_NET_ADMIN); this process (uid {uid}) lacks {missing}"
-    )]
-    NotPrivileged { uid: u32, missing: &'static str },
-    #[error("the kernel has no usable BPF support: {detail}")]
-    NoBpf { detail: String },
-    #[error("no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo)")]
-    NoCgroup2,
-    #[error("--cgroup {path}: {reason}")]
-    BadCgroup { path: String, reason: String },
-    #[error(
-        "cannot open this process's own cgroup v2 directory ({reason}); its connects must be told apart from the captured ones"
-    )]
-    OwnCgroup { reason: String },
-    #[error("--sockmap: reading the pod's network namespace cookie (SO_NETNS_COOKIE) failed")]
-    NetnsCookie(#[source] std::io::Error),
-    #[error("--netns {path}: cannot open the network namespace")]
-    BadNetns {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "another meshproxy already runs in transparent mode on cgroup {cgroup} (lock {lock} is held)"
-    )]
-    AlreadyRunning { cgroup: String, lock: String },
-    #[error("creating the lock file {lock} failed")]
-    Lock {
-        lock: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(
-        "eBPF object not found (tried {tried}); run `cargo xtask build-ebpf` or pass --ebpf-object PATH"
-    )]
-    ObjectMissing { tried: String },
-    #[error("loading the eBPF object {path} failed")]
-    Object {
-        path: String,
-        #[source]
-        source: Box<aya::EbpfError>,
-    },
-    #[error("the eBPF object {path} has no program {name:?} (built from another version?)")]
-    MissingProgram { path: String, name: &'static str },
-    #[error("the eBPF object has no map {name:?} (built from another version?)")]
-    MissingMap { name: &'static str },
-    #[error("the kernel's verifier rejected program {name}: {detail}")]
-    Verifier { name: &'static str, detail: String },
-    #[error("attaching {name} to {target} failed")]
-    Attach {
-        name: &'static str,
-        target: String,
-        #[source]
-        source: Box<aya::programs::ProgramError>,
-    },
-    #[error("writing eBPF map {name} failed")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: Box<aya::maps::MapError>,
-    },
-    #[error("the outbound listener {addr} is not IPv4; transparent mode redirects IPv4 only")]
-    NotIpv4 { addr: std::net::SocketAddr },
-    #[error("creating a socket in the pod's network namespace failed")]
-    Netns(#[source] std::io::Error),
-}
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -138,14 +69,10 @@ impl std::fmt::Debug for TransparentPlan {
     }
 }
 
-/// Preflight and program loading for `--transparent`; installs the pod's namespace for the
-/// data path's sockets. Call before binding anything.
+/// Preflight and program loading for `--transparent`. Call before binding anything, and bind
+/// the data path with [`Prepared::socket_factory`] (the pod's namespace with `--netns`).
 pub fn prepare(config: &TransparentConfig) -> Result<Prepared, TransparentError> {
-    let prepared = Prepared::prepare(config)?;
-    if let Some(ns) = prepared.netns() {
-        netns::install(ns.clone());
-    }
-    Ok(prepared)
+    Prepared::prepare(config)
 }
 
 /// Binds the outbound listener, attaches the programs (after which the pod's traffic flows to
@@ -161,15 +88,17 @@ pub async fn start(
     handshake_timeout: Duration,
     drain: &Drain,
 ) -> Result<Arc<Attached>, TransparentError> {
+    let sockets = plan.prepared.socket_factory();
     let bind = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), plan.outbound_port);
-    let listener = crate::transport::bind(bind)
+    let listener = sockets
+        .bind(bind)
         .await
         .map_err(|e| TransparentError::Netns(std::io::Error::other(e.to_string())))?;
     let listen = listener.local_addr().unwrap_or(bind);
     // IPv6 connects go to a twin listener on ::1 (same port), as Istio ambient and Cilium
     // redirect IPv6 to an IPv6 listener; without IPv6 in the pod they go out unchanged.
     let bind6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port());
-    let listener6 = match crate::transport::bind(bind6).await {
+    let listener6 = match sockets.bind(bind6).await {
         Ok(l) => Some(l),
         Err(e) => {
             tracing::warn!(error = %e, "transparent mode: no IPv6 outbound listener; IPv6 connects are not redirected");
@@ -217,6 +146,7 @@ pub async fn start(
     let ctx = Arc::new(OutboundContext {
         identity: identity_rx,
         metrics,
+        sockets,
         connect_timeout,
         handshake_timeout,
     });

@@ -7,19 +7,20 @@
 //! created; `setns` only affects the calling thread, so creation happens on one dedicated
 //! thread that entered the namespace, and the socket is then used from any thread.
 //!
-//! [`install`] makes [`crate::transport`]'s `bind` and `connect` use the namespace for the rest
-//! of the process (the admin listener binds with `bind_host` and stays on the host).
+//! [`Netns::socket_factory`] is the [`SocketFactory`] the proxy's wiring hands to the data
+//! path's listeners and connections (the admin listener keeps the host's factory).
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, mpsc};
+use std::sync::{Arc, mpsc};
 
 use nix::sched::{CloneFlags, setns};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::TransparentError;
+use super::error::TransparentError;
+use crate::transport::{MakeSocket, SocketFactory};
 
 /// An open network namespace.
 #[derive(Debug, Clone)]
@@ -31,8 +32,6 @@ pub struct Netns {
 }
 
 type SocketRequest = (Domain, mpsc::SyncSender<io::Result<Socket>>);
-
-static INSTALLED: OnceLock<Netns> = OnceLock::new();
 
 impl Netns {
     /// Opens the namespace file (`/run/netns/NAME` or `/proc/PID/ns/net`).
@@ -68,6 +67,11 @@ impl Netns {
         &self.file
     }
 
+    /// Sockets of the data path created inside this namespace.
+    pub fn socket_factory(&self) -> SocketFactory {
+        SocketFactory::in_namespace(Arc::new(self.clone()))
+    }
+
     /// A non-blocking, close-on-exec TCP socket created inside the namespace (a round trip
     /// to the namespace's socket thread: a few microseconds, no thread spawn per socket).
     pub fn socket(&self, domain: Domain) -> io::Result<Socket> {
@@ -77,6 +81,12 @@ impl Netns {
             .map_err(|_| io::Error::other("the netns socket thread is gone"))?;
         rx.recv()
             .map_err(|_| io::Error::other("the netns socket thread is gone"))?
+    }
+}
+
+impl MakeSocket for Netns {
+    fn tcp_socket(&self, domain: Domain) -> io::Result<Socket> {
+        self.socket(domain)
     }
 }
 
@@ -140,14 +150,4 @@ pub fn netns_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
         )));
     }
     Ok(cookie)
-}
-
-/// Routes [`crate::transport`]'s sockets into `ns` from now on. Only the first call counts.
-pub fn install(ns: Netns) {
-    let _ = INSTALLED.set(ns);
-}
-
-/// The namespace installed for data-path sockets, if any.
-pub fn installed() -> Option<&'static Netns> {
-    INSTALLED.get()
 }

@@ -25,6 +25,7 @@ use crate::copy::{self, Transferred};
 use crate::drain;
 use crate::metrics::{ConnResult, Direction};
 use crate::outbound::{OutboundContext, Upstream};
+use crate::serve;
 use crate::transport;
 
 /// State shared by the outbound listener's connections.
@@ -84,36 +85,21 @@ impl TransparentOutbound {
     }
 }
 
-/// Accepts redirected connections until draining starts.
-pub async fn serve(listener: TcpListener, t: Arc<TransparentOutbound>, mut drain: drain::Watch) {
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = drain.signaled() => break,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let guard = drain.guard();
-                let t = t.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    let _active = t.ctx.metrics.open(Direction::Outbound);
-                    let (result, x) = handle(&t, tcp, peer).await;
-                    t.ctx.metrics.connection_closed(
-                        Direction::Outbound,
-                        result,
-                        x.a_to_b,
-                        x.b_to_a,
-                    );
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "transparent outbound accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-    tracing::info!(listen = %t.listen, "transparent outbound listener stopped (draining)");
+/// Accepts redirected connections until draining starts (the accept loop is
+/// [`serve::serve`]).
+pub async fn serve(listener: TcpListener, t: Arc<TransparentOutbound>, drain: drain::Watch) {
+    let metrics = t.ctx.metrics.clone();
+    let name = "transparent outbound";
+    serve::serve(
+        listener,
+        name,
+        Direction::Outbound,
+        metrics,
+        drain,
+        t,
+        handle,
+    )
+    .await;
 }
 
 /// Waits (bounded) until `rx` holds a value that satisfies `ok`.
@@ -130,7 +116,7 @@ async fn wait_until<T>(
 }
 
 async fn handle(
-    t: &TransparentOutbound,
+    t: Arc<TransparentOutbound>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> (ConnResult, Transferred) {
@@ -164,7 +150,7 @@ async fn handle(
         }
         Route::PassThrough => {
             tracing::info!(%peer, %orig, "transparent: not a mesh destination; passing through");
-            pass_through(t, tcp, orig).await
+            pass_through(&t, tcp, orig).await
         }
         Route::Refuse => {
             tracing::info!(%peer, %orig, "transparent: not a mesh destination; refused (--mesh-destinations-only)");
@@ -183,12 +169,11 @@ async fn pass_through(
 ) -> (ConnResult, Transferred) {
     let _ = transport::tune(&tcp);
     // The proxy's own cgroup is excluded from redirection, so this connect goes out as is.
-    let mut server = match transport::connect(
-        &orig.ip().to_string(),
-        orig.port(),
-        t.ctx.connect_timeout,
-    )
-    .await
+    let mut server = match t
+        .ctx
+        .sockets
+        .connect(&orig.ip().to_string(), orig.port(), t.ctx.connect_timeout)
+        .await
     {
         Ok(s) => s,
         Err(e) => {

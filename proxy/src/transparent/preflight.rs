@@ -9,7 +9,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::TransparentError;
+use super::error::TransparentError;
 
 /// Capability bits (linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;

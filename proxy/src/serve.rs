@@ -1,0 +1,70 @@
+//! The one accept loop of every data-path listener: the public mTLS listener, each upstream
+//! listener and transparent mode's outbound listeners (as linkerd2-proxy's
+//! `linkerd/app/core/src/serve.rs` serves every proxy listener).
+//!
+//! It exists so that what every listener must do the same way is written once: accept until
+//! draining starts, back off after a failed accept instead of spinning, hold a drain guard and
+//! the open-connection gauge for the whole life of each connection, and count how each one
+//! ended. A listener differs only in the per-connection handler it passes in.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::copy::Transferred;
+use crate::drain;
+use crate::metrics::{ConnResult, Direction, Metrics};
+
+/// Pause after a failed accept. Accept errors are typically EMFILE/ENFILE: retrying at once
+/// would spin on the same error until a connection closes.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts on `listener` until `drain` signals, running `handle` with a clone of `ctx` for
+/// each connection in a task of its own. `name` names the listener in log lines;
+/// `direction` labels its metrics.
+pub async fn serve<N, C, H, F>(
+    listener: TcpListener,
+    name: N,
+    direction: Direction,
+    metrics: Arc<Metrics>,
+    mut drain: drain::Watch,
+    ctx: C,
+    handle: H,
+) where
+    N: fmt::Display,
+    C: Clone,
+    H: Fn(C, TcpStream, SocketAddr) -> F,
+    F: Future<Output = (ConnResult, Transferred)> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.signaled() => break,
+        };
+        match accepted {
+            Ok((tcp, client)) => {
+                let guard = drain.guard();
+                let metrics = metrics.clone();
+                let conn = handle(ctx.clone(), tcp, client);
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    let _active = metrics.open(direction);
+                    let (result, t) = conn.await;
+                    metrics.connection_closed(direction, result, t.a_to_b, t.b_to_a);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    tracing::info!(
+        listener = %name, addr = ?listener.local_addr().ok(),
+        "listener stopped (draining)"
+    );
+}
