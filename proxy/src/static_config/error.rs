@@ -48,17 +48,5 @@ pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> St
     }
 }
 
-/// `e` and its sources on one line, separated by ": ".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(c) = next {
-        let t = c.to_string();
-        if !s.ends_with(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        next = c.source();
-    }
-    s
-}
+/// The mesh's one error-chain formatter (shared with `meshd` and `meshctl`).
+pub use mesh_policy::error_chain::error_chain;
