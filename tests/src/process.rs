@@ -34,8 +34,37 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback TCP port (bound then released; the tiny race is acceptable in tests).
+/// A free TCP port for a process the test starts, to be bound a moment later.
+///
+/// Not from the kernel's ephemeral range: a port bound to `:0` and released there is handed out
+/// again as the local port of any outgoing connection, and under parallel tests one of them
+/// took a sidecar's port between this call and the proxy's bind (`Address already in use`). So
+/// ports come from the range just below `ip_local_port_range` (never used for outgoing
+/// connections nor for `:0` binds), from a per-process counter starting at a PID-derived
+/// offset, each checked free on every address before it is returned.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const SPAN: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let base = ephemeral_low.saturating_sub(SPAN).max(1024);
+    let span = ephemeral_low.saturating_sub(base).max(1);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    // Bounded: one pass over the range, then the kernel's choice.
+    for _ in 0..span {
+        let port = (base + NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
