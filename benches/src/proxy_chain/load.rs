@@ -18,7 +18,6 @@
 //! The load-generator functions are blocking (std sockets on their own threads): each phase is
 //! one tight loop per thread with no runtime in between, bounded by a count and a deadline.
 
-use std::hash::Hasher;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -101,23 +100,9 @@ fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
 }
 
 /// Deterministic pseudo-random bytes (xorshift64), so a transfer is not trivially compressible
-/// and a corrupted byte changes the hash.
-pub struct Pattern(u64);
-
-impl Pattern {
-    pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
+/// and a corrupted byte changes the hash; and the hash of a stream fed in pieces. The tests'
+/// own, so the benches and the tests check integrity the same way.
+pub use mesh_tests::chain::{Pattern, StreamHash};
 
 /// Result of one bulk transfer.
 #[derive(Debug, Clone, Copy)]
@@ -176,7 +161,7 @@ pub fn verify(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     let s = connect(addr)?;
     let mut w = s.try_clone()?;
     let writer = std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
-        let mut h = std::hash::DefaultHasher::new();
+        let mut h = StreamHash::default();
         let mut p = Pattern::new(11);
         let mut buf = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
@@ -189,31 +174,30 @@ pub fn verify(addr: SocketAddr, bytes: u64) -> anyhow::Result<()> {
                 first = false;
             }
             w.write_all(&buf[..n])?;
-            h.write(&buf[..n]);
+            h.update(&buf[..n]);
             sent += n as u64;
         }
         w.shutdown(Shutdown::Write)?;
-        Ok((h.finish(), sent))
+        Ok(h.finish())
     });
     let mut r = s;
-    let mut h = std::hash::DefaultHasher::new();
+    let mut h = StreamHash::default();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut got = 0u64;
     loop {
         let n = r.read(&mut buf).context("reading the echo")?;
         if n == 0 {
             break;
         }
-        h.write(&buf[..n]);
-        got += n as u64;
+        h.update(&buf[..n]);
     }
     let (sent_hash, sent) = writer
         .join()
         .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
-    if got != sent || h.finish() != sent_hash {
+    let (got_hash, got) = h.finish();
+    if got != sent || got_hash != sent_hash {
         bail!(
             "echo differs: sent {sent} bytes, got {got} back, hashes equal: {}",
-            h.finish() == sent_hash
+            got_hash == sent_hash
         );
     }
     Ok(())
