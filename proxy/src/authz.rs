@@ -30,7 +30,7 @@
 
 use std::fmt;
 
-use mesh_policy::authorize::{Reason, authorize};
+use mesh_policy::authorize::{Reason, authorize, trust_domain_denial};
 use mesh_policy::intentions::l7::{HttpReason, HttpRequest};
 use mesh_policy::intentions::normalize::RequestNormalization;
 use mesh_policy::intentions::{
@@ -470,13 +470,11 @@ impl Policy {
             }
         };
         if req.is_none() && self.protocol.is_l7() {
-            // The trust-domain rules still apply to the connection: decide as for a request
-            // and keep only a trust-domain denial.
-            let probe = authorize(set, &self.trust_domain, peer, &self.destination, None);
-            if let Reason::NoTrustDomain | Reason::ForeignTrustDomain { .. } = probe.reason {
+            // The trust-domain rules still apply to the connection.
+            if let Some(reason) = trust_domain_denial(&self.trust_domain, peer) {
                 return Verdict {
                     allowed: false,
-                    reason: VerdictReason::Policy(probe.reason),
+                    reason: VerdictReason::Policy(reason),
                 };
             }
             return Verdict {

@@ -71,6 +71,22 @@ impl Decision {
     }
 }
 
+/// Rules 1 and 2 alone: the reason `peer` cannot be of this mesh whatever the intentions say,
+/// or `None`. [`authorize`] starts with it; a caller that admits a connection before
+/// deciding each request (an L7 destination) applies it to the connection.
+pub fn trust_domain_denial(trust_domain: &str, peer: &SpiffeId) -> Option<Reason> {
+    if trust_domain.is_empty() {
+        return Some(Reason::NoTrustDomain);
+    }
+    if !peer.trust_domain.eq_ignore_ascii_case(trust_domain) {
+        return Some(Reason::ForeignTrustDomain {
+            expected: trust_domain.to_ascii_lowercase(),
+            got: peer.trust_domain.clone(),
+        });
+    }
+    None
+}
+
 /// Decides a connection (`request: None`) or one HTTP request from `peer` to `destination`
 /// (default namespace), with the intentions of `set` and the mesh's `trust_domain`.
 pub fn authorize(
@@ -80,14 +96,8 @@ pub fn authorize(
     destination: &str,
     request: Option<&HttpRequest<'_>>,
 ) -> Decision {
-    if trust_domain.is_empty() {
-        return Decision::deny(Reason::NoTrustDomain);
-    }
-    if !peer.trust_domain.eq_ignore_ascii_case(trust_domain) {
-        return Decision::deny(Reason::ForeignTrustDomain {
-            expected: trust_domain.to_ascii_lowercase(),
-            got: peer.trust_domain.clone(),
-        });
+    if let Some(reason) = trust_domain_denial(trust_domain, peer) {
+        return Decision::deny(reason);
     }
     match request {
         None => {
