@@ -13,6 +13,7 @@
 //! with a byte copy. Malformed requests never reach this code: hyper answers them with 400
 //! (HTTP/1.1) or a stream reset (HTTP/2) and the proxy keeps serving.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,8 +141,9 @@ async fn normalized(
     let outcome =
         normalize::normalize_request(parts.uri.path(), &mut parts.headers, &policy.normalization)
             .map(|o| match o {
-                PathOutcome::Forward(p) if p != parts.uri.path() => Ok(Some(p.into_owned())),
-                PathOutcome::Forward(_) => Ok(None),
+                // `normalize_path` borrows exactly when the path is already normal.
+                PathOutcome::Forward(Cow::Owned(p)) => Ok(Some(p)),
+                PathOutcome::Forward(Cow::Borrowed(_)) => Ok(None),
                 PathOutcome::Redirect(to) => Err(to),
             });
     let answer = match outcome {
