@@ -7,7 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::response::IntoResponse;
 
-use super::{Api, Params, Res, read, wait};
+use super::{Api, Params, Res, read_params, wait};
 use crate::config_entries::{ConfigEntry, ConfigKind};
 use crate::fsm::{ApplyError, ApplyResult, Command, State};
 use crate::http::ApiError;
@@ -85,10 +85,9 @@ pub(super) async fn config_list(
     Query(p): Params,
 ) -> Res {
     let kind = config_kind(&kind)?;
-    let q = QueryOptions::from_params(&p)?;
-    read(
+    read_params(
         &srv,
-        &q,
+        &p,
         move |s| s.config_index(kind),
         move |s| Ok(s.config_entries(kind)),
     )
