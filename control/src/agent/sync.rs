@@ -27,6 +27,33 @@ fn req(v: serde_json::Value) -> JsonRequest {
     }
 }
 
+/// The catalog writes anti-entropy makes, each a JSON body over its own RPC.
+#[derive(Clone, Copy)]
+enum Write {
+    Register,
+    Deregister,
+    UpdateCheck,
+}
+
+/// Sends `body` as the write `op` to a server, failing over between servers.
+async fn write(agent: &Agent, op: Write, body: serde_json::Value) -> Result<(), tonic::Status> {
+    let r = req(body);
+    agent
+        .conn
+        .call(|mut c| {
+            let r = r.clone();
+            async move {
+                match op {
+                    Write::Register => c.register(r).await,
+                    Write::Deregister => c.deregister(r).await,
+                    Write::UpdateCheck => c.update_check(r).await,
+                }
+            }
+        })
+        .await?;
+    Ok(())
+}
+
 /// Output-only changes are not pushed on their own (as Consul defers them with
 /// `check_update_interval`): they would wake every blocking health query for nothing. They ride
 /// along with the next status change or registration.
@@ -60,30 +87,8 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
         .map_err(|e| tonic::Status::internal(format!("malformed node state: {e}")))?;
     let node = agent.node();
     let mut writes = 0;
-    let register = |v: serde_json::Value| {
-        let r = req(v);
-        async move {
-            agent
-                .conn
-                .call(|mut c| {
-                    let r = r.clone();
-                    async move { c.register(r).await }
-                })
-                .await
-        }
-    };
-    let deregister = |v: serde_json::Value| {
-        let r = req(v);
-        async move {
-            agent
-                .conn
-                .call(|mut c| {
-                    let r = r.clone();
-                    async move { c.deregister(r).await }
-                })
-                .await
-        }
-    };
+    let register = |v| write(agent, Write::Register, v);
+    let deregister = |v| write(agent, Write::Deregister, v);
     let node_ok = remote.node.as_ref().is_some_and(|n| {
         n.id == node.id && n.address == node.address && n.datacenter == node.datacenter
     });
@@ -133,20 +138,14 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
                 writes += 1;
             }
             Some(r) if !same_check(r, c) => {
-                let body = req(json!({
-                    "Node": node_name, "CheckID": c.check_id,
-                    "Status": c.status, "Output": c.output,
-                }));
                 if r.name != c.name || r.service_id != c.service_id {
                     register(json!({"Node": node, "Service": null, "Checks": [c]})).await?;
                 } else {
-                    agent
-                        .conn
-                        .call(|mut cl| {
-                            let b = body.clone();
-                            async move { cl.update_check(b).await }
-                        })
-                        .await?;
+                    let body = json!({
+                        "Node": node_name, "CheckID": c.check_id,
+                        "Status": c.status, "Output": c.output,
+                    });
+                    write(agent, Write::UpdateCheck, body).await?;
                 }
                 writes += 1;
             }

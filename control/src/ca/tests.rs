@@ -12,6 +12,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::public_key::PublicKey;
 
@@ -51,6 +52,44 @@ fn leaf_for(signer: &StoredRoot, service: &'static str, now: OffsetDateTime) -> 
 
 fn der_of(pem: &str) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(pem.as_bytes()).unwrap()
+}
+
+fn parse(der: &[u8]) -> X509Certificate<'_> {
+    x509_parser::parse_x509_certificate(der).unwrap().1
+}
+
+fn subject_alt_names<'a>(cert: &'a X509Certificate<'_>) -> &'a [GeneralName<'a>] {
+    &cert
+        .subject_alternative_name()
+        .unwrap()
+        .expect("subjectAltName")
+        .value
+        .general_names
+}
+
+fn common_name<'a>(cert: &'a X509Certificate<'_>) -> &'a str {
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .expect("CN")
+        .as_str()
+        .unwrap()
+}
+
+/// The subject and authority key identifiers, colon-hex as in `CARoot.SigningKeyID`.
+fn key_ids(cert: &X509Certificate<'_>) -> (Option<String>, Option<String>) {
+    let mut ski = None;
+    let mut aki = None;
+    for e in cert.iter_extensions() {
+        match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(colon_hex(k.0)),
+            ParsedExtension::AuthorityKeyIdentifier(k) => {
+                aki = k.key_identifier.as_ref().map(|k| colon_hex(k.0))
+            }
+            _ => {}
+        }
+    }
+    (ski, aki)
 }
 
 /// A CSR for `params` signed by a fresh P-256 key.
@@ -139,19 +178,14 @@ fn root_is_p256_ca_with_trust_domain_uri() {
     let now = OffsetDateTime::now_utc();
     let stored = root(1, now);
     let der = der_of(&stored.root.root_cert);
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let cert = parse(&der);
 
     let bc = cert.basic_constraints().unwrap().expect("basicConstraints");
     assert!(bc.critical && bc.value.ca);
     let ku = cert.key_usage().unwrap().expect("keyUsage").value;
     assert!(ku.key_cert_sign() && ku.crl_sign() && ku.digital_signature());
-    let sans = &cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
-    assert_eq!(sans, &vec![GeneralName::URI(&format!("spiffe://{TD}"))]);
+    let td_uri = format!("spiffe://{TD}");
+    assert_eq!(subject_alt_names(&cert), [GeneralName::URI(&td_uri)]);
     assert!(matches!(
         cert.public_key().parsed().unwrap(),
         PublicKey::EC(ref p) if p.key_size() == 256
@@ -183,20 +217,13 @@ fn root_metadata_describes_the_certificate() {
     let stored = root(7, now);
     let r = &stored.root;
     let der = der_of(&r.root_cert);
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let cert = parse(&der);
 
     assert_eq!(r.id, colon_hex(&sha256(&der)));
     assert_eq!(r.id.len(), 32 * 3 - 1);
     assert_eq!(r.name, "Mesh CA Primary Cert");
     assert_eq!(r.serial_number, 7);
-    let ski = cert
-        .iter_extensions()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
-            _ => None,
-        })
-        .expect("SubjectKeyIdentifier");
-    assert_eq!(r.signing_key_id, colon_hex(&ski));
+    assert_eq!(key_ids(&cert).0, Some(r.signing_key_id.clone()));
     assert_eq!(r.external_trust_domain, TD);
     assert_eq!(
         r.not_before,
@@ -226,9 +253,7 @@ fn roots_have_distinct_subjects_and_ids() {
     let now = OffsetDateTime::now_utc();
     let (a, b) = (root(1, now), root(2, now));
     let (da, db) = (der_of(&a.root.root_cert), der_of(&b.root.root_cert));
-    let (_, ca) = x509_parser::parse_x509_certificate(&da).unwrap();
-    let (_, cb) = x509_parser::parse_x509_certificate(&db).unwrap();
-    assert_ne!(ca.subject().as_raw(), cb.subject().as_raw());
+    assert_ne!(parse(&da).subject().as_raw(), parse(&db).subject().as_raw());
     assert_ne!(a.root.id, b.root.id);
     assert_ne!(a.root.signing_key_id, b.root.signing_key_id);
 }
@@ -269,16 +294,13 @@ fn leaf_follows_x509_svid_rules() {
         .sign_leaf(&signer, &request(&csr, "web"), now)
         .unwrap();
     let der = der_of(&issued.cert_pem);
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let cert = parse(&der);
 
     // Exactly one SAN, the URI.
-    let sans = &cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
-    assert_eq!(sans, &vec![GeneralName::URI(&web_id().uri())]);
+    assert_eq!(
+        subject_alt_names(&cert),
+        [GeneralName::URI(&web_id().uri())]
+    );
     // Not a CA, cannot sign certificates or CRLs.
     let bc = cert.basic_constraints().unwrap().expect("basicConstraints");
     assert!(!bc.value.ca);
@@ -294,26 +316,10 @@ fn leaf_follows_x509_svid_rules() {
     let not_before = cert.validity().not_before.to_datetime();
     assert!((not_before - (now - time::Duration::minutes(1))).abs() <= time::Duration::seconds(1));
     // Subject, issuer, key IDs, serial.
-    assert_eq!(
-        cert.subject()
-            .iter_common_name()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap(),
-        "web"
-    );
+    assert_eq!(common_name(&cert), "web");
     let root_der = der_of(&signer.root.root_cert);
-    let (_, root_cert) = x509_parser::parse_x509_certificate(&root_der).unwrap();
-    assert_eq!(cert.issuer().as_raw(), root_cert.subject().as_raw());
-    let aki = cert
-        .iter_extensions()
-        .find_map(|e| match e.parsed_extension() {
-            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref(),
-            _ => None,
-        })
-        .expect("AuthorityKeyIdentifier");
-    assert_eq!(colon_hex(aki.0), signer.root.signing_key_id);
+    assert_eq!(cert.issuer().as_raw(), parse(&root_der).subject().as_raw());
+    assert_eq!(key_ids(&cert).1, Some(signer.root.signing_key_id.clone()));
     assert_eq!(cert.raw_serial().len(), 16);
     assert_eq!(issued.serial_number, colon_hex(cert.raw_serial()));
     // Metadata.
@@ -335,23 +341,12 @@ fn leaf_takes_only_the_public_key_from_the_csr() {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     let issued = sign(&csr_from(&params), "web").unwrap();
     let der = der_of(&issued.cert_pem);
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    let sans = &cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
-    assert_eq!(sans, &vec![GeneralName::URI(&web_id().uri())]);
+    let cert = parse(&der);
     assert_eq!(
-        cert.subject()
-            .iter_common_name()
-            .next()
-            .unwrap()
-            .as_str()
-            .unwrap(),
-        "web"
+        subject_alt_names(&cert),
+        [GeneralName::URI(&web_id().uri())]
     );
+    assert_eq!(common_name(&cert), "web");
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(!eku.code_signing && eku.server_auth && eku.client_auth);
 }
@@ -536,40 +531,37 @@ fn rejects_bad_ttl_and_unusable_roots() {
     let signer = root(1, now);
     let (csr, _) = generate_csr(&web_id()).unwrap();
 
-    let mut req = request(&csr, "web");
-    req.ttl = Duration::ZERO;
-    let err = BuiltinProvider.sign_leaf(&signer, &req, now).unwrap_err();
+    // Signing `csr` for web with this root, TTL and time must fail.
+    let refuse = |signer: &StoredRoot, ttl: Duration, at: OffsetDateTime| {
+        let req = LeafRequest {
+            ttl,
+            ..request(&csr, "web")
+        };
+        BuiltinProvider.sign_leaf(signer, &req, at).unwrap_err()
+    };
+
+    let err = refuse(&signer, Duration::ZERO, now);
     assert!(matches!(err, CaError::InvalidTtl { .. }), "{err:?}");
-    req.ttl = Duration::from_secs(20 * 365 * 24 * 3600);
-    let err = BuiltinProvider.sign_leaf(&signer, &req, now).unwrap_err();
+    let err = refuse(&signer, Duration::from_secs(20 * 365 * 24 * 3600), now);
     assert!(matches!(err, CaError::InvalidTtl { .. }), "{err:?}");
 
     let mut inactive = signer.clone();
     inactive.root.active = false;
-    let err = BuiltinProvider
-        .sign_leaf(&inactive, &request(&csr, "web"), now)
-        .unwrap_err();
+    let err = refuse(&inactive, TTL, now);
     assert!(matches!(err, CaError::RootNotActive { .. }), "{err:?}");
 
-    let later = now + time::Duration::days(3660);
-    let err = BuiltinProvider
-        .sign_leaf(&signer, &request(&csr, "web"), later)
-        .unwrap_err();
+    let err = refuse(&signer, TTL, now + time::Duration::days(3660));
     assert!(matches!(err, CaError::RootExpired { .. }), "{err:?}");
 
     let mut wrong_key = signer.clone();
     wrong_key.private_key_pem = root(2, now).private_key_pem;
-    let err = BuiltinProvider
-        .sign_leaf(&wrong_key, &request(&csr, "web"), now)
-        .unwrap_err();
+    let err = refuse(&wrong_key, TTL, now);
     assert!(matches!(err, CaError::BadStoredRoot { .. }), "{err:?}");
 
     let other_td = BuiltinProvider
         .generate_root("other.consul", 3, now)
         .unwrap();
-    let err = BuiltinProvider
-        .sign_leaf(&other_td, &request(&csr, "web"), now)
-        .unwrap_err();
+    let err = refuse(&other_td, TTL, now);
     assert!(
         matches!(err, CaError::RootTrustDomainMismatch { .. }),
         "{err:?}"
@@ -669,9 +661,7 @@ fn cross_signed_cert_carries_new_root_identity() {
         der_of(&a.root.root_cert),
         der_of(&b.root.root_cert),
     );
-    let (_, x) = x509_parser::parse_x509_certificate(&cross_der).unwrap();
-    let (_, ca) = x509_parser::parse_x509_certificate(&a_der).unwrap();
-    let (_, cb) = x509_parser::parse_x509_certificate(&b_der).unwrap();
+    let (x, ca, cb) = (parse(&cross_der), parse(&a_der), parse(&b_der));
 
     assert_eq!(
         x.subject().as_raw(),
@@ -681,31 +671,12 @@ fn cross_signed_cert_carries_new_root_identity() {
     assert_eq!(x.issuer().as_raw(), ca.subject().as_raw());
     assert_eq!(x.public_key().raw, cb.public_key().raw);
     assert!(x.basic_constraints().unwrap().unwrap().value.ca);
-    let ext = |c: &x509_parser::certificate::X509Certificate<'_>| {
-        let mut ski = None;
-        let mut aki = None;
-        for e in c.iter_extensions() {
-            match e.parsed_extension() {
-                ParsedExtension::SubjectKeyIdentifier(k) => ski = Some(colon_hex(k.0)),
-                ParsedExtension::AuthorityKeyIdentifier(k) => {
-                    aki = k.key_identifier.as_ref().map(|k| colon_hex(k.0))
-                }
-                _ => {}
-            }
-        }
-        (ski, aki)
-    };
-    let (x_ski, x_aki) = ext(&x);
+    let (x_ski, x_aki) = key_ids(&x);
     assert_eq!(x_ski.as_deref(), Some(b.root.signing_key_id.as_str()));
     assert_eq!(x_aki.as_deref(), Some(a.root.signing_key_id.as_str()));
     assert!(x.validity().not_after.to_datetime() <= ca.validity().not_after.to_datetime());
-    let sans = &x
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names;
-    assert_eq!(sans, &vec![GeneralName::URI(&format!("spiffe://{TD}"))]);
+    let td_uri = format!("spiffe://{TD}");
+    assert_eq!(subject_alt_names(&x), [GeneralName::URI(&td_uri)]);
 }
 
 #[test]

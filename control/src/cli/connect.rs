@@ -38,27 +38,20 @@ pub async fn run(api: &ApiClient, cmd: ConnectCmd) -> Result<i32, CliError> {
     match command {
         CaCmd::Roots { format } => {
             let v = api.get_json("/v1/connect/ca/roots").await?;
-            if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = v["Roots"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
+            table::print(&v, format, |v| {
+                let rows = table::rows(&v["Roots"], |r| {
                     vec![
-                        r["ID"].as_str().unwrap_or_default().to_string(),
+                        table::text(&r["ID"]),
                         r["Active"].as_bool().unwrap_or(false).to_string(),
-                        r["NotAfter"].as_str().unwrap_or_default().to_string(),
+                        table::text(&r["NotAfter"]),
                     ]
-                })
-                .collect();
-            println!(
-                "Trust domain: {}",
-                v["TrustDomain"].as_str().unwrap_or_default()
-            );
-            println!("{}", table::render(&["ID", "Active", "NotAfter"], &rows));
+                });
+                format!(
+                    "Trust domain: {}\n{}",
+                    v["TrustDomain"].as_str().unwrap_or_default(),
+                    table::render(&["ID", "Active", "NotAfter"], &rows)
+                )
+            });
             Ok(0)
         }
         CaCmd::GetConfig => {

@@ -44,15 +44,8 @@ pub async fn run(api: &ApiClient, cmd: OperatorCmd) -> Result<i32, CliError> {
                 "/v1/operator/raft/configuration"
             };
             let v = api.get_json(path).await?;
-            if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = v["Servers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
+            table::print(&v, format, |v| {
+                let rows = table::rows(&v["Servers"], |s| {
                     let state = if s["Leader"].as_bool() == Some(true) {
                         "leader"
                     } else if s["Voter"].as_bool() == Some(true) {
@@ -61,22 +54,17 @@ pub async fn run(api: &ApiClient, cmd: OperatorCmd) -> Result<i32, CliError> {
                         "non-voter"
                     };
                     vec![
-                        s["Node"].as_str().unwrap_or_default().to_string(),
-                        s["ID"].as_str().unwrap_or_default().to_string(),
-                        s["Address"].as_str().unwrap_or_default().to_string(),
+                        table::text(&s["Node"]),
+                        table::text(&s["ID"]),
+                        table::text(&s["Address"]),
                         state.to_string(),
                         s["Voter"].as_bool().unwrap_or(false).to_string(),
                         s["ProtocolVersion"].as_str().unwrap_or("3").to_string(),
                     ]
-                })
-                .collect();
-            println!(
-                "{}",
-                table::render(
-                    &["Node", "ID", "Address", "State", "Voter", "RaftProtocol"],
-                    &rows
-                )
-            );
+                });
+                let header = ["Node", "ID", "Address", "State", "Voter", "RaftProtocol"];
+                table::render(&header, &rows)
+            });
             Ok(0)
         }
         RaftCmd::RemovePeer { id, address } => {

@@ -1,4 +1,28 @@
-//! Column-aligned text tables, as Consul's CLI prints them.
+//! Column-aligned text tables, as Consul's CLI prints them, and the `-format` switch between
+//! such a table and the API's JSON that every listing command offers.
+
+use serde_json::Value;
+
+use super::Format;
+
+/// Prints what the API returned as `format` asks: the JSON itself, pretty, or the text
+/// `table` makes of it.
+pub fn print(v: &Value, format: Format, table: impl FnOnce(&Value) -> String) {
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::Pretty => println!("{}", table(v)),
+    }
+}
+
+/// One row per element of the JSON array `items` (none when it is not an array).
+pub fn rows(items: &Value, row: impl FnMut(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    items.as_array().into_iter().flatten().map(row).collect()
+}
+
+/// A string field as a cell (empty when absent or not a string).
+pub fn text(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
 
 /// Renders rows under a header with columns padded to the widest cell.
 pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {

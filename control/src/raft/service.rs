@@ -15,13 +15,20 @@ pub struct RaftGrpc {
     pub raft: Raft,
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
-    let json = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
+/// Decodes an openraft request, hands it to the local node's `rpc`, and encodes its answer
+/// (a Raft error included: the caller's openraft reads it as the remote's).
+async fn relay<Req, Resp, Fut>(
+    request: Request<RaftPayload>,
+    rpc: impl FnOnce(Req) -> Fut,
+) -> Result<Response<RaftPayload>, Status>
+where
+    Req: DeserializeOwned,
+    Resp: Serialize,
+    Fut: Future<Output = Resp>,
+{
+    let req = serde_json::from_slice(&request.into_inner().json)
+        .map_err(|e| Status::invalid_argument(format!("malformed Raft message: {e}")))?;
+    let json = serde_json::to_vec(&rpc(req).await).map_err(|e| Status::internal(e.to_string()))?;
     Ok(Response::new(RaftPayload { json }))
 }
 
@@ -31,20 +38,17 @@ impl raft_server::Raft for RaftGrpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
-        encode(&self.raft.append_entries(rpc).await)
+        relay(request, |rpc| self.raft.append_entries(rpc)).await
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
-        encode(&self.raft.vote(rpc).await)
+        relay(request, |rpc| self.raft.vote(rpc)).await
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = decode(request)?;
-        encode(&self.raft.install_snapshot(rpc).await)
+        relay(request, |rpc| self.raft.install_snapshot(rpc)).await
     }
 }

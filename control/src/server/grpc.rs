@@ -194,6 +194,15 @@ impl CatalogApi {
         }))
     }
 
+    /// Parses the JSON body of a write RPC as `B` and applies the command it stands for.
+    async fn write<B>(&self, req: Request<JsonRequest>) -> Result<Response<WriteReply>, Status>
+    where
+        B: serde::de::DeserializeOwned + Into<Command>,
+    {
+        let body: B = parse(&req.into_inner().json)?;
+        self.apply(body.into()).await
+    }
+
     /// Streams an event for each topic whenever its index passes the last one sent and its
     /// rendering differs from the last one sent (so unrelated writes wake nobody), until the
     /// client goes away or the server stops. A topic that is not [`topics::ready`] yet is
@@ -250,19 +259,25 @@ impl CatalogApi {
     }
 
     /// One topic, as the single-topic watch RPCs answer it.
-    fn watch_one(&self, kind: TopicKind, r: WatchRequest) -> WatchStream {
+    fn watch_one(
+        &self,
+        kind: TopicKind,
+        req: Request<WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let r = req.into_inner();
         let topic = Topic {
             kind: kind as i32,
             name: r.name,
             passing_only: r.passing_only,
             min_index: r.min_index,
         };
-        Box::pin(self.watch_topics(vec![topic]).map(|e| {
+        let replies = self.watch_topics(vec![topic]).map(|e| {
             e.map(|e| WatchReply {
                 index: e.index,
                 json: e.json,
             })
-        }))
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 }
 
@@ -276,6 +291,16 @@ struct RegisterBody {
     checks: Vec<crate::model::HealthCheck>,
 }
 
+impl From<RegisterBody> for Command {
+    fn from(b: RegisterBody) -> Self {
+        Command::Register {
+            node: b.node,
+            service: b.service,
+            checks: b.checks,
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DeregisterBody {
@@ -284,6 +309,16 @@ struct DeregisterBody {
     service_id: Option<String>,
     #[serde(rename = "CheckID", default)]
     check_id: Option<String>,
+}
+
+impl From<DeregisterBody> for Command {
+    fn from(b: DeregisterBody) -> Self {
+        Command::Deregister {
+            node: b.node,
+            service_id: b.service_id,
+            check_id: b.check_id,
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -297,12 +332,32 @@ struct CheckUpdateBody {
     output: String,
 }
 
+impl From<CheckUpdateBody> for Command {
+    fn from(b: CheckUpdateBody) -> Self {
+        Command::UpdateCheck {
+            node: b.node,
+            check_id: b.check_id,
+            status: b.status,
+            output: b.output,
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct IntentionUpsertBody {
     intention: crate::model::Intention,
     #[serde(default)]
     replace: bool,
+}
+
+impl From<IntentionUpsertBody> for Command {
+    fn from(b: IntentionUpsertBody) -> Self {
+        Command::IntentionUpsert {
+            intention: b.intention,
+            replace: b.replace,
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -316,6 +371,17 @@ struct IntentionDeleteBody {
     destination_name: String,
 }
 
+impl From<IntentionDeleteBody> for Command {
+    fn from(b: IntentionDeleteBody) -> Self {
+        Command::IntentionDelete {
+            source_ns: b.source_ns,
+            source: b.source_name,
+            destination_ns: b.destination_ns,
+            destination: b.destination_name,
+        }
+    }
+}
+
 fn default_ns() -> String {
     "default".into()
 }
@@ -323,63 +389,32 @@ fn default_ns() -> String {
 #[tonic::async_trait]
 impl Catalog for CatalogApi {
     async fn register(&self, req: Request<JsonRequest>) -> Result<Response<WriteReply>, Status> {
-        let b: RegisterBody = parse(&req.into_inner().json)?;
-        self.apply(Command::Register {
-            node: b.node,
-            service: b.service,
-            checks: b.checks,
-        })
-        .await
+        self.write::<RegisterBody>(req).await
     }
 
     async fn deregister(&self, req: Request<JsonRequest>) -> Result<Response<WriteReply>, Status> {
-        let b: DeregisterBody = parse(&req.into_inner().json)?;
-        self.apply(Command::Deregister {
-            node: b.node,
-            service_id: b.service_id,
-            check_id: b.check_id,
-        })
-        .await
+        self.write::<DeregisterBody>(req).await
     }
 
     async fn update_check(
         &self,
         req: Request<JsonRequest>,
     ) -> Result<Response<WriteReply>, Status> {
-        let b: CheckUpdateBody = parse(&req.into_inner().json)?;
-        self.apply(Command::UpdateCheck {
-            node: b.node,
-            check_id: b.check_id,
-            status: b.status,
-            output: b.output,
-        })
-        .await
+        self.write::<CheckUpdateBody>(req).await
     }
 
     async fn upsert_intention(
         &self,
         req: Request<JsonRequest>,
     ) -> Result<Response<WriteReply>, Status> {
-        let b: IntentionUpsertBody = parse(&req.into_inner().json)?;
-        self.apply(Command::IntentionUpsert {
-            intention: b.intention,
-            replace: b.replace,
-        })
-        .await
+        self.write::<IntentionUpsertBody>(req).await
     }
 
     async fn delete_intention(
         &self,
         req: Request<JsonRequest>,
     ) -> Result<Response<WriteReply>, Status> {
-        let b: IntentionDeleteBody = parse(&req.into_inner().json)?;
-        self.apply(Command::IntentionDelete {
-            source_ns: b.source_ns,
-            source: b.source_name,
-            destination_ns: b.destination_ns,
-            destination: b.destination_name,
-        })
-        .await
+        self.write::<IntentionDeleteBody>(req).await
     }
 
     async fn sign_csr(
@@ -399,9 +434,7 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchRootsStream>, Status> {
-        Ok(Response::new(
-            self.watch_one(TopicKind::TopicRoots, req.into_inner()),
-        ))
+        self.watch_one(TopicKind::TopicRoots, req)
     }
 
     type WatchIntentionsStream = WatchStream;
@@ -409,9 +442,7 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchIntentionsStream>, Status> {
-        Ok(Response::new(
-            self.watch_one(TopicKind::TopicIntentions, req.into_inner()),
-        ))
+        self.watch_one(TopicKind::TopicIntentions, req)
     }
 
     type WatchHealthStream = WatchStream;
@@ -419,9 +450,7 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchHealthStream>, Status> {
-        Ok(Response::new(
-            self.watch_one(TopicKind::TopicHealth, req.into_inner()),
-        ))
+        self.watch_one(TopicKind::TopicHealth, req)
     }
 
     type WatchStream = EventStream;

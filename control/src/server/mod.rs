@@ -67,20 +67,8 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let (log_store, sm) = store::open(&config.data_dir)?;
         let state = sm.shared();
-        let rpc_listener = bind(config.bind).await?;
-        let http_listener = bind(config.http_addr).await?;
-        let rpc_addr = rpc_listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: config.bind.to_string(),
-                source,
-            })?;
-        let http_addr = http_listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind {
-                addr: config.http_addr.to_string(),
-                source,
-            })?;
+        let (rpc_listener, rpc_addr) = bind(config.bind).await?;
+        let (http_listener, http_addr) = bind(config.http_addr).await?;
         let id = node_id(&config.node);
         let me = MeshNode {
             name: config.node.clone(),
@@ -221,13 +209,16 @@ impl ServerHandle {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+/// Binds `addr` and returns the listener with the address it got (the port, when `addr` asked
+/// for any).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let error = |source| ServerError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
 }
 
 fn raft_config(c: &ServerConfig) -> Result<Arc<openraft::Config>, ServerError> {

@@ -3,8 +3,6 @@
 //! is terminal, no match falls back to the default policy) and Envoy's header-matcher rules
 //! that Consul relies on.
 
-use std::collections::BTreeMap;
-
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 
@@ -15,32 +13,14 @@ use crate::model::{HeaderPermission, HttpPermission, IntentionPermission};
 
 use IntentionAction::{Allow, Deny};
 
-fn base(src: &str, dst: &str) -> Intention {
-    Intention {
-        id: String::new(),
-        source_name: src.to_string(),
-        source_ns: DEFAULT_NAMESPACE.to_string(),
-        destination_name: dst.to_string(),
-        destination_ns: DEFAULT_NAMESPACE.to_string(),
-        source_type: "consul".to_string(),
-        action: None,
-        permissions: Vec::new(),
-        description: String::new(),
-        meta: BTreeMap::new(),
-        precedence: 0,
-        create_index: 0,
-        modify_index: 0,
-    }
-}
-
 fn l4(src: &str, dst: &str, action: IntentionAction) -> Intention {
-    let mut i = base(src, dst);
+    let mut i = intention_between(src, dst);
     i.action = Some(action);
     i
 }
 
 fn l7(src: &str, dst: &str, perms: Vec<IntentionPermission>) -> Intention {
-    let mut i = base(src, dst);
+    let mut i = intention_between(src, dst);
     i.permissions = perms;
     assert_eq!(validate(&i), Ok(()), "test intention must be valid: {i:?}");
     i
@@ -106,34 +86,35 @@ fn set(intentions: Vec<Intention>, default: DefaultPolicy) -> IntentionSet {
     IntentionSet::new(intentions, default)
 }
 
+/// The set of one L7 intention, `web => api` with `perms`.
+fn web_api(perms: Vec<IntentionPermission>, default: DefaultPolicy) -> IntentionSet {
+    set(vec![l7("web", "api", perms)], default)
+}
+
 fn decide(s: &IntentionSet, r: &Req) -> HttpDecision {
     s.decide_http_default_ns("web", "api", &r.req())
 }
 
 #[test]
 fn path_exact_prefix_and_regex() {
-    let s = set(
-        vec![l7(
-            "web",
-            "api",
-            vec![
-                p(
-                    Allow,
-                    HttpPermission {
-                        path_exact: "/health".into(),
-                        ..Default::default()
-                    },
-                ),
-                p(Allow, prefix("/v1/")),
-                p(
-                    Allow,
-                    HttpPermission {
-                        path_regex: "/items/[0-9]+".into(),
-                        ..Default::default()
-                    },
-                ),
-            ],
-        )],
+    let s = web_api(
+        vec![
+            p(
+                Allow,
+                HttpPermission {
+                    path_exact: "/health".into(),
+                    ..Default::default()
+                },
+            ),
+            p(Allow, prefix("/v1/")),
+            p(
+                Allow,
+                HttpPermission {
+                    path_regex: "/items/[0-9]+".into(),
+                    ..Default::default()
+                },
+            ),
+        ],
         DefaultPolicy::Deny,
     );
     let cases = [
@@ -169,18 +150,14 @@ fn path_exact_prefix_and_regex() {
 
 #[test]
 fn methods_restrict_the_match() {
-    let s = set(
-        vec![l7(
-            "web",
-            "api",
-            vec![p(
-                Allow,
-                HttpPermission {
-                    path_prefix: "/invoices".into(),
-                    methods: vec!["GET".into(), "HEAD".into()],
-                    ..Default::default()
-                },
-            )],
+    let s = web_api(
+        vec![p(
+            Allow,
+            HttpPermission {
+                path_prefix: "/invoices".into(),
+                methods: vec!["GET".into(), "HEAD".into()],
+                ..Default::default()
+            },
         )],
         DefaultPolicy::Deny,
     );
@@ -213,17 +190,13 @@ fn every_header_match_kind_with_invert() {
     ];
     for (k, (kind, setter)) in kinds.iter().enumerate() {
         for invert in [false, true] {
-            let s = set(
-                vec![l7(
-                    "web",
-                    "api",
-                    vec![p(
-                        Allow,
-                        hdr("X-User", |h| {
-                            setter(h);
-                            h.invert = invert;
-                        }),
-                    )],
+            let s = web_api(
+                vec![p(
+                    Allow,
+                    hdr("X-User", |h| {
+                        setter(h);
+                        h.invert = invert;
+                    }),
                 )],
                 DefaultPolicy::Deny,
             );
@@ -250,12 +223,8 @@ fn every_header_match_kind_with_invert() {
 
 #[test]
 fn header_names_are_case_insensitive_and_repeats_are_joined() {
-    let s = set(
-        vec![l7(
-            "web",
-            "api",
-            vec![p(Allow, hdr("X-Tenant", |h| h.exact = "a,b".into()))],
-        )],
+    let s = web_api(
+        vec![p(Allow, hdr("X-Tenant", |h| h.exact = "a,b".into()))],
         DefaultPolicy::Deny,
     );
     let r = Req::new("GET", "/")
@@ -272,7 +241,7 @@ fn first_match_wins_top_to_bottom() {
         p(Allow, prefix("/")),
         p(Deny, prefix("/public")),
     ];
-    let s = set(vec![l7("web", "api", perms)], DefaultPolicy::Deny);
+    let s = web_api(perms, DefaultPolicy::Deny);
     let d = decide(&s, &Req::new("GET", "/admin/x"));
     assert!(!d.allowed);
     assert_eq!(d.reason.permission_index(), Some(0));
@@ -282,7 +251,7 @@ fn first_match_wins_top_to_bottom() {
 
     // Reversed order, reversed outcome for /admin.
     let perms = vec![p(Allow, prefix("/")), p(Deny, prefix("/admin"))];
-    let s = set(vec![l7("web", "api", perms)], DefaultPolicy::Deny);
+    let s = web_api(perms, DefaultPolicy::Deny);
     assert!(decide(&s, &Req::new("GET", "/admin/x")).allowed);
 }
 
@@ -348,10 +317,7 @@ fn l4_intention_with_higher_precedence_decides() {
 
 #[test]
 fn no_intention_uses_default_and_l4_decide_still_denies_l7() {
-    let s = set(
-        vec![l7("web", "api", vec![p(Allow, prefix("/"))])],
-        DefaultPolicy::Allow,
-    );
+    let s = web_api(vec![p(Allow, prefix("/"))], DefaultPolicy::Allow);
     let r = Req::new("GET", "/");
     let d = s.decide_http_default_ns("web", "other", &r.req());
     assert_eq!(d.reason, HttpReason::DefaultPolicy(DefaultPolicy::Allow));
@@ -364,7 +330,7 @@ fn no_intention_uses_default_and_l4_decide_still_denies_l7() {
 #[test]
 fn invalid_permissions_fail_closed() {
     // Bypasses validate: a snapshot from elsewhere with a broken regex.
-    let mut i = base("web", "api");
+    let mut i = intention_between("web", "api");
     i.permissions = vec![p(
         Allow,
         HttpPermission {
@@ -384,12 +350,8 @@ fn invalid_permissions_fail_closed() {
 
 #[test]
 fn reasons_display_short_phrases() {
-    let s = set(
-        vec![l7(
-            "web",
-            "api",
-            vec![p(Deny, prefix("/a")), p(Allow, prefix("/b"))],
-        )],
+    let s = web_api(
+        vec![p(Deny, prefix("/a")), p(Allow, prefix("/b"))],
         DefaultPolicy::Deny,
     );
     let d = decide(&s, &Req::new("GET", "/b"));
@@ -442,7 +404,7 @@ fn validate_rejects_bad_regexes_and_header_names() {
 }
 
 fn l7_unchecked(perm: IntentionPermission) -> Intention {
-    let mut i = base("web", "api");
+    let mut i = intention_between("web", "api");
     i.permissions = vec![perm];
     i
 }
@@ -516,7 +478,7 @@ proptest! {
             0..6,
         ),
     ) {
-        let mut i = base("web", "api");
+        let mut i = intention_between("web", "api");
         i.permissions = perms;
         let default = if default_allow { DefaultPolicy::Allow } else { DefaultPolicy::Deny };
         let s = set(vec![i], default);

@@ -37,7 +37,7 @@ mod normalize_tests;
 mod tests;
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -57,6 +57,28 @@ pub const WILDCARD: &str = "*";
 
 /// The namespace used when none is given (the only one in Consul's open-source edition).
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A `consul`-typed intention from `source` to `destination` in the default namespace, with
+/// neither action nor permissions and the server-owned fields (ID, precedence, indexes) unset:
+/// what a client fills in before it writes one. The HTTP API starts its bodies from it, and the
+/// tests of every crate build theirs with struct update syntax over it.
+pub fn intention_between(source: &str, destination: &str) -> Intention {
+    Intention {
+        id: String::new(),
+        source_name: source.to_string(),
+        source_ns: DEFAULT_NAMESPACE.to_string(),
+        destination_name: destination.to_string(),
+        destination_ns: DEFAULT_NAMESPACE.to_string(),
+        source_type: "consul".to_string(),
+        action: None,
+        permissions: Vec::new(),
+        description: String::new(),
+        meta: BTreeMap::new(),
+        precedence: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
 
 /// How many of `ns/name` are exact: 2 for `ns/name`, 1 for `ns/*`, 0 for `*/*`.
 ///

@@ -3,8 +3,6 @@
 //! idempotent, its output is in normal form, and a decision on a path equals the decision on
 //! its normalized form.
 
-use std::collections::BTreeMap;
-
 use http::{HeaderMap, HeaderValue, Method};
 use proptest::prelude::*;
 
@@ -103,42 +101,38 @@ fn refusals() {
 
 #[test]
 fn escaped_slash_actions() {
+    use EscapedSlashesAction::{RejectRequest, UnescapeAndForward, UnescapeAndRedirect};
     let raw = "/v1/..%2fadmin";
-    let keep = RequestNormalization::default();
-    assert_eq!(
-        normalize_path(raw, &keep).unwrap(),
-        PathOutcome::Forward("/v1/..%2Fadmin".into())
-    );
-    let reject = with(|o| o.path_with_escaped_slashes_action = EscapedSlashesAction::RejectRequest);
-    assert_eq!(
-        normalize_path(raw, &reject).unwrap_err(),
-        PathError::EscapedSlash
-    );
-    assert_eq!(
-        normalize_path("/v1/..%5cadmin", &reject).unwrap_err(),
-        PathError::EscapedSlash
-    );
-    let fwd =
-        with(|o| o.path_with_escaped_slashes_action = EscapedSlashesAction::UnescapeAndForward);
-    assert_eq!(
-        normalize_path(raw, &fwd).unwrap(),
-        PathOutcome::Forward("/admin".into())
-    );
-    assert_eq!(
-        normalize_path("/v1/..%5Cadmin", &fwd).unwrap(),
-        PathOutcome::Forward("/admin".into())
-    );
-    let redirect =
-        with(|o| o.path_with_escaped_slashes_action = EscapedSlashesAction::UnescapeAndRedirect);
-    assert_eq!(
-        normalize_path(raw, &redirect).unwrap(),
-        PathOutcome::Redirect("/admin".into())
-    );
-    // No escaped slash: nothing to redirect.
-    assert_eq!(
-        normalize_path("/v1/../admin", &redirect).unwrap(),
-        PathOutcome::Forward("/admin".into())
-    );
+    type Outcome = Result<PathOutcome<'static>, PathError>;
+    let forward = |p: &'static str| -> Outcome { Ok(PathOutcome::Forward(p.into())) };
+    let redirect = |p: &'static str| -> Outcome { Ok(PathOutcome::Redirect(p.into())) };
+    // (action, or the default; path; outcome)
+    let cases = [
+        (None, raw, forward("/v1/..%2Fadmin")),
+        (Some(RejectRequest), raw, Err(PathError::EscapedSlash)),
+        (
+            Some(RejectRequest),
+            "/v1/..%5cadmin",
+            Err(PathError::EscapedSlash),
+        ),
+        (Some(UnescapeAndForward), raw, forward("/admin")),
+        (
+            Some(UnescapeAndForward),
+            "/v1/..%5Cadmin",
+            forward("/admin"),
+        ),
+        (Some(UnescapeAndRedirect), raw, redirect("/admin")),
+        // No escaped slash: nothing to redirect.
+        (Some(UnescapeAndRedirect), "/v1/../admin", forward("/admin")),
+    ];
+    for (action, path, want) in cases {
+        let o = with(|o| {
+            if let Some(a) = action {
+                o.path_with_escaped_slashes_action = a;
+            }
+        });
+        assert_eq!(normalize_path(path, &o), want, "{action:?} {path}");
+    }
 }
 
 #[test]
@@ -286,23 +280,12 @@ fn intentions() -> IntentionSet {
         }),
     };
     let i = Intention {
-        id: String::new(),
-        source_name: "web".into(),
-        source_ns: DEFAULT_NAMESPACE.into(),
-        destination_name: "api".into(),
-        destination_ns: DEFAULT_NAMESPACE.into(),
-        source_type: "consul".into(),
-        action: None,
         permissions: vec![
             perm(IntentionAction::Deny, "/admin"),
             perm(IntentionAction::Allow, "/v1/"),
             perm(IntentionAction::Allow, "/"),
         ],
-        description: String::new(),
-        meta: BTreeMap::new(),
-        precedence: 0,
-        create_index: 0,
-        modify_index: 0,
+        ..intention_between("web", "api")
     };
     IntentionSet::new(vec![i], DefaultPolicy::Deny)
 }

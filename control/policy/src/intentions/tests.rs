@@ -1,7 +1,5 @@
 //! Tests of precedence, decisions and the match order against Consul's documented behaviour.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 
 use super::*;
@@ -9,19 +7,10 @@ use crate::model::{HeaderPermission, HttpPermission, IntentionPermission};
 
 fn ixn(src_ns: &str, src: &str, dst_ns: &str, dst: &str, action: IntentionAction) -> Intention {
     Intention {
-        id: String::new(),
-        source_name: src.to_string(),
         source_ns: src_ns.to_string(),
-        destination_name: dst.to_string(),
         destination_ns: dst_ns.to_string(),
-        source_type: "consul".to_string(),
         action: Some(action),
-        permissions: Vec::new(),
-        description: String::new(),
-        meta: BTreeMap::new(),
-        precedence: 0,
-        create_index: 0,
-        modify_index: 0,
+        ..intention_between(src, dst)
     }
 }
 

@@ -7,21 +7,19 @@ use axum::extract::{Query, State as AxState};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 
-use super::{Api, Params, Res, parse_body, read};
+use super::{Api, Params, Res, parse_body, read_params};
 use crate::http::ApiError;
-use crate::http::blocking::{QueryOptions, json_with_index};
+use crate::http::blocking::json_with_index;
 use crate::model::CaConfig;
 
 pub(super) async fn ca_roots(AxState(srv): Api, Query(p): Params) -> Res {
-    let q = QueryOptions::from_params(&p)?;
-    read(&srv, &q, |s| s.tables.roots, |s| Ok(s.ca.root_list())).await
+    read_params(&srv, &p, |s| s.tables.roots, |s| Ok(s.ca.root_list())).await
 }
 
 pub(super) async fn ca_config_get(AxState(srv): Api, Query(p): Params) -> Res {
-    let q = QueryOptions::from_params(&p)?;
-    read(
+    read_params(
         &srv,
-        &q,
+        &p,
         |s| s.tables.ca_config,
         |s| {
             s.ca.config

@@ -1,6 +1,6 @@
 //! `/v1/catalog/*`: registering and reading nodes and service instances (Consul's shapes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
@@ -8,11 +8,9 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Api, Params, Res, parse_body, read};
+use super::{Api, Params, Res, parse_body, read_params};
 use crate::fsm::{Command, State};
-use crate::http::blocking::QueryOptions;
 use crate::model::{HealthCheck, Node, ServiceInstance};
-use crate::server::Server;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
@@ -123,10 +121,9 @@ pub(super) async fn catalog_deregister(AxState(srv): Api, body: Bytes) -> Res {
 }
 
 pub(super) async fn catalog_services(AxState(srv): Api, Query(p): Params) -> Res {
-    let q = QueryOptions::from_params(&p)?;
-    read(
+    read_params(
         &srv,
-        &q,
+        &p,
         |s| s.tables.services.max(s.tables.nodes),
         |s| {
             let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -145,10 +142,9 @@ pub(super) async fn catalog_services(AxState(srv): Api, Query(p): Params) -> Res
 }
 
 pub(super) async fn catalog_nodes(AxState(srv): Api, Query(p): Params) -> Res {
-    let q = QueryOptions::from_params(&p)?;
-    read(
+    read_params(
         &srv,
-        &q,
+        &p,
         |s| s.tables.nodes,
         |s| Ok(s.nodes.values().cloned().collect::<Vec<_>>()),
     )
@@ -174,34 +170,18 @@ fn catalog_rows(s: &State, service: &str, connect: bool) -> Vec<serde_json::Valu
         .collect()
 }
 
-pub(super) async fn catalog_service(
+/// `GET /v1/catalog/service/:service`, and with `CONNECT` `GET /v1/catalog/connect/:service`
+/// (the instances that take mesh traffic for it: its sidecars and connect-native instances).
+pub(super) async fn catalog_service<const CONNECT: bool>(
     AxState(srv): Api,
     Path(service): Path<String>,
     Query(p): Params,
 ) -> Res {
-    catalog_read(&srv, &p, &service, false).await
-}
-
-pub(super) async fn catalog_connect(
-    AxState(srv): Api,
-    Path(service): Path<String>,
-    Query(p): Params,
-) -> Res {
-    catalog_read(&srv, &p, &service, true).await
-}
-
-async fn catalog_read(
-    srv: &Server,
-    p: &HashMap<String, String>,
-    service: &str,
-    connect: bool,
-) -> Res {
-    let q = QueryOptions::from_params(p)?;
-    read(
-        srv,
-        &q,
+    read_params(
+        &srv,
+        &p,
         |s| s.tables.services.max(s.tables.nodes),
-        |s| Ok(catalog_rows(s, service, connect)),
+        |s| Ok(catalog_rows(s, &service, CONNECT)),
     )
     .await
 }

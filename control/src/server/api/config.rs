@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State as AxState};
-use axum::response::IntoResponse;
+use axum::extract::{FromRequestParts, Path, Query, State as AxState};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 
-use super::{Api, Params, Res, read, wait};
+use super::{Api, Params, Res, read_params, wait};
 use crate::config_entries::{ConfigEntry, ConfigKind};
 use crate::fsm::{ApplyError, ApplyResult, Command, State};
 use crate::http::ApiError;
@@ -17,6 +18,24 @@ use crate::server::ServerError;
 fn config_kind(kind: &str) -> Result<ConfigKind, ApiError> {
     kind.parse::<ConfigKind>()
         .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// The `:kind/:name` of an entry's route, its kind parsed (an unknown kind is a 400).
+pub(super) struct EntryPath {
+    kind: ConfigKind,
+    name: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for EntryPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path((kind, name)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let kind = config_kind(&kind).map_err(IntoResponse::into_response)?;
+        Ok(Self { kind, name })
+    }
 }
 
 /// `?cas=N`: `None` when absent.
@@ -53,10 +72,9 @@ pub(super) async fn config_put(AxState(srv): Api, Query(p): Params, body: Bytes)
 /// query can wait for it to appear).
 pub(super) async fn config_get(
     AxState(srv): Api,
-    Path((kind, name)): Path<(String, String)>,
+    EntryPath { kind, name }: EntryPath,
     Query(p): Params,
 ) -> Res {
-    let kind = config_kind(&kind)?;
     let q = QueryOptions::from_params(&p)?;
     let index_of = move |s: &State| s.config_index(kind);
     wait(&srv, &q, &index_of).await?;
@@ -85,10 +103,9 @@ pub(super) async fn config_list(
     Query(p): Params,
 ) -> Res {
     let kind = config_kind(&kind)?;
-    let q = QueryOptions::from_params(&p)?;
-    read(
+    read_params(
         &srv,
-        &q,
+        &p,
         move |s| s.config_index(kind),
         move |s| Ok(s.config_entries(kind)),
     )
@@ -98,10 +115,9 @@ pub(super) async fn config_list(
 /// `DELETE /v1/config/:kind/:name[?cas=N]`.
 pub(super) async fn config_delete(
     AxState(srv): Api,
-    Path((kind, name)): Path<(String, String)>,
+    EntryPath { kind, name }: EntryPath,
     Query(p): Params,
 ) -> Res {
-    let kind = config_kind(&kind)?;
     let cas = cas_param(&p)?;
     let result = srv
         .write(Command::ConfigEntryDelete { kind, name, cas })

@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Api, Params, Res, parse_body, read, required};
+use super::{Api, Params, Res, parse_body, read, read_params, required};
 use crate::fsm::{ApplyError, Command, State};
 use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
@@ -22,8 +22,7 @@ fn intentions_index(s: &State) -> u64 {
 }
 
 pub(super) async fn intention_list(AxState(srv): Api, Query(p): Params) -> Res {
-    let q = QueryOptions::from_params(&p)?;
-    read(&srv, &q, intentions_index, |s| Ok(s.intention_list())).await
+    read_params(&srv, &p, intentions_index, |s| Ok(s.intention_list())).await
 }
 
 /// Body of an intention write (Consul's `Intention`); read-only fields a client may echo back
@@ -77,20 +76,16 @@ impl IntentionBody {
                 "DestinationName {d:?} does not match ?destination={destination:?}"
             )));
         }
+        let defaults = intentions::intention_between(source, destination);
         let intention = Intention {
-            id: String::new(),
-            source_name: source.to_string(),
-            source_ns: self.source_ns.unwrap_or_else(|| "default".into()),
-            destination_name: destination.to_string(),
-            destination_ns: self.destination_ns.unwrap_or_else(|| "default".into()),
-            source_type: self.source_type.unwrap_or_else(|| "consul".into()),
+            source_ns: self.source_ns.unwrap_or(defaults.source_ns),
+            destination_ns: self.destination_ns.unwrap_or(defaults.destination_ns),
+            source_type: self.source_type.unwrap_or(defaults.source_type),
             action: self.action,
             permissions: self.permissions,
             description: self.description,
             meta: self.meta,
-            precedence: 0,
-            create_index: 0,
-            modify_index: 0,
+            ..defaults
         };
         intentions::validate(&intention).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Ok(intention)

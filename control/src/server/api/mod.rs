@@ -49,11 +49,11 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
         .route(
             "/v1/catalog/service/{service}",
-            get(catalog::catalog_service),
+            get(catalog::catalog_service::<false>),
         )
         .route(
             "/v1/catalog/connect/{service}",
-            get(catalog::catalog_connect),
+            get(catalog::catalog_service::<true>),
         )
         .route("/v1/internal/members", get(status::members))
         .route("/v1/health/service/{service}", get(health::health_service))
@@ -121,6 +121,21 @@ where
         .state
         .read(|s| Ok::<_, ApiError>((index_of(s).max(1), render(s)?)))?;
     Ok(json_with_index(index, &body))
+}
+
+/// [`read`] with the query options as the request gave them in `p` (the common case).
+async fn read_params<T, I, R>(
+    srv: &Server,
+    p: &HashMap<String, String>,
+    index_of: I,
+    render: R,
+) -> Res
+where
+    T: Serialize,
+    I: Fn(&State) -> u64,
+    R: FnOnce(&State) -> Result<T, ApiError>,
+{
+    read(srv, &QueryOptions::from_params(p)?, index_of, render).await
 }
 
 /// The first half of [`read`]: consistency barrier (unless `?stale`), then (with `?index`) wait

@@ -5,7 +5,7 @@ use axum::extract::{Query, State as AxState};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{Api, Params, Res, read};
+use super::{Api, Params, Res, read, read_params};
 use crate::fsm::State;
 use crate::http::ApiError;
 use crate::http::blocking::{QueryOptions, json_with_index};
@@ -99,10 +99,9 @@ pub(super) async fn members(AxState(srv): Api, Query(p): Params) -> Res {
 /// `GET /v1/internal/state-hash` (extension): digest of the replicated state, to compare
 /// servers.
 pub(super) async fn state_hash(AxState(srv): Api, Query(p): Params) -> Res {
-    let q = QueryOptions::from_params(&p)?;
-    read(
+    read_params(
         &srv,
-        &q,
+        &p,
         |s| s.last_index,
         |s| Ok(json!({ "Hash": s.digest(), "Index": s.last_index })),
     )

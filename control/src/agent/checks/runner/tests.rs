@@ -37,6 +37,17 @@ async fn next(rx: &mut mpsc::Receiver<CheckUpdate>) -> CheckUpdate {
         .expect("update channel closed")
 }
 
+/// Waits for the next update and asserts its status and output.
+async fn expect_update(rx: &mut mpsc::Receiver<CheckUpdate>, status: HealthStatus, output: &str) {
+    let u = next(rx).await;
+    assert_eq!((u.status, u.output.as_str()), (status, output));
+}
+
+/// What an expired TTL check says when its last output was `last`.
+fn expired_after(last: &str) -> String {
+    format!("TTL expired (last output before timeout follows): {last}")
+}
+
 /// A loopback HTTP/1.1 server answering one request per connection from a script (the last
 /// response repeats). Every request is logged on `requests` before it is answered; requests
 /// from number `gate_from` on wait for a permit on `gate`, which lets a test know that all
@@ -305,30 +316,19 @@ async fn ttl_starts_critical_takes_updates_and_expires() {
     let handle = runner().spawn("ttl".into(), validated(json!({"TTL": "1s"})), tx);
     assert!(handle.is_ttl());
 
-    let u = next(&mut rx).await;
-    assert_eq!((u.status, u.output.as_str()), (HealthStatus::Critical, ""));
+    expect_update(&mut rx, HealthStatus::Critical, "").await;
 
     handle
         .ttl_update(HealthStatus::Passing, "all good")
         .unwrap();
-    let u = next(&mut rx).await;
-    assert_eq!(
-        (u.status, u.output.as_str()),
-        (HealthStatus::Passing, "all good")
-    );
+    expect_update(&mut rx, HealthStatus::Passing, "all good").await;
 
     // No further update: the TTL runs out.
-    let u = next(&mut rx).await;
-    assert_eq!(u.status, HealthStatus::Critical);
-    assert_eq!(
-        u.output,
-        "TTL expired (last output before timeout follows): all good"
-    );
+    expect_update(&mut rx, HealthStatus::Critical, &expired_after("all good")).await;
 
     // An update after expiry revives it.
     handle.ttl_update(HealthStatus::Warning, "").unwrap();
-    let u = next(&mut rx).await;
-    assert_eq!((u.status, u.output.as_str()), (HealthStatus::Warning, ""));
+    expect_update(&mut rx, HealthStatus::Warning, "").await;
 }
 
 #[tokio::test]
@@ -337,11 +337,7 @@ async fn ttl_expires_without_updates() {
     let def = validated(json!({"TTL": "200ms", "Status": "passing"}));
     let _handle = runner().spawn("ttl".into(), def, tx);
     assert_eq!(next(&mut rx).await.status, HealthStatus::Passing);
-    let u = next(&mut rx).await;
-    assert_eq!(
-        (u.status, u.output.as_str()),
-        (HealthStatus::Critical, "TTL expired")
-    );
+    expect_update(&mut rx, HealthStatus::Critical, "TTL expired").await;
 }
 
 /// A TTL check restored after a restart keeps its status and output, and expires at the
@@ -357,17 +353,8 @@ async fn resumed_ttl_keeps_status_and_deadline() {
     };
     let started = Instant::now();
     let _handle = runner().spawn_resumed("ttl".into(), def, tx, resume);
-    let u = next(&mut rx).await;
-    assert_eq!(
-        (u.status, u.output.as_str()),
-        (HealthStatus::Passing, "fine")
-    );
-    let u = next(&mut rx).await;
-    assert_eq!(u.status, HealthStatus::Critical);
-    assert_eq!(
-        u.output,
-        "TTL expired (last output before timeout follows): fine"
-    );
+    expect_update(&mut rx, HealthStatus::Passing, "fine").await;
+    expect_update(&mut rx, HealthStatus::Critical, &expired_after("fine")).await;
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(200) && took < Duration::from_secs(30),
@@ -386,17 +373,9 @@ async fn resumed_expired_ttl_stays_critical_until_updated() {
         ttl_left: Duration::ZERO,
     };
     let handle = runner().spawn_resumed("ttl".into(), validated(json!({"TTL": "1h"})), tx, resume);
-    let u = next(&mut rx).await;
-    assert_eq!(
-        (u.status, u.output.as_str()),
-        (HealthStatus::Critical, "TTL expired")
-    );
+    expect_update(&mut rx, HealthStatus::Critical, "TTL expired").await;
     handle.ttl_update(HealthStatus::Passing, "back").unwrap();
-    let u = next(&mut rx).await;
-    assert_eq!(
-        (u.status, u.output.as_str()),
-        (HealthStatus::Passing, "back")
-    );
+    expect_update(&mut rx, HealthStatus::Passing, "back").await;
 }
 
 /// A probing check restored as passing stays passing until a probe says otherwise, and the
