@@ -20,7 +20,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mesh_policy::config_entries::ConfigEntry;
 use mesh_policy::intentions::normalize::RequestNormalization;
-use mesh_policy::model::{CaRootList, ProxyConfig};
+use mesh_policy::model::CaRootList;
+use mesh_policy::wire::ServiceHealth;
+pub use mesh_policy::wire::{AgentService, LeafCert};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -272,7 +274,7 @@ impl AgentClient {
             }),
             1 => {
                 let s = found.remove(0);
-                s.check()?;
+                check_sidecar(&s)?;
                 Ok(s)
             }
             _ => Err(AgentError::AmbiguousSidecar {
@@ -283,88 +285,12 @@ impl AgentClient {
     }
 }
 
-/// A service as `/v1/agent/service/:id` returns it (the fields the proxy uses).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct AgentService {
-    #[serde(rename = "ID")]
-    pub id: String,
-    pub service: String,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub address: String,
-    #[serde(default)]
-    pub port: u16,
-    #[serde(default)]
-    pub proxy: Option<ProxyConfig>,
-    #[serde(default)]
-    pub datacenter: String,
-}
-
-impl AgentService {
-    fn check(&self) -> Result<(), AgentError> {
-        if self.proxy.is_none() || self.port == 0 {
-            return Err(AgentError::IncompleteSidecar {
-                id: self.id.clone(),
-            });
-        }
-        Ok(())
+/// Refuses a sidecar registration the proxy cannot serve (no `Proxy` block or no port).
+fn check_sidecar(s: &AgentService) -> Result<(), AgentError> {
+    if s.proxy.is_none() || s.port == 0 {
+        return Err(AgentError::IncompleteSidecar { id: s.id.clone() });
     }
-
-    /// The proxied service's name (the proxy's identity and intention destination).
-    pub fn destination(&self) -> &str {
-        self.proxy
-            .as_ref()
-            .map(|p| p.destination_service_name.as_str())
-            .unwrap_or_default()
-    }
-
-    /// `LocalServiceAddress:LocalServicePort` of the application.
-    pub fn local_app(&self) -> (String, u16) {
-        let p = self.proxy.as_ref();
-        let host = p
-            .map(|p| p.local_service_address.as_str())
-            .filter(|a| !a.is_empty())
-            .unwrap_or("127.0.0.1");
-        (host.to_string(), p.map_or(0, |p| p.local_service_port))
-    }
-}
-
-/// `/v1/agent/connect/ca/leaf/:service`.
-#[derive(Clone, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct LeafCert {
-    #[serde(default)]
-    pub serial_number: String,
-    #[serde(rename = "CertPEM")]
-    pub cert_pem: String,
-    #[serde(rename = "PrivateKeyPEM")]
-    pub private_key_pem: String,
-    #[serde(default)]
-    pub service: String,
-    #[serde(rename = "ServiceURI")]
-    pub service_uri: String,
-    #[serde(default)]
-    pub valid_after: String,
-    #[serde(default)]
-    pub valid_before: String,
-    #[serde(default)]
-    pub modify_index: u64,
-    #[serde(rename = "RootID", default)]
-    pub root_id: String,
-}
-
-impl fmt::Debug for LeafCert {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LeafCert")
-            .field("serial_number", &self.serial_number)
-            .field("service_uri", &self.service_uri)
-            .field("valid_before", &self.valid_before)
-            .field("root_id", &self.root_id)
-            .field("private_key_pem", &"<redacted>")
-            .finish_non_exhaustive()
-    }
+    Ok(())
 }
 
 /// One healthy instance of an upstream: where its proxy accepts mTLS.
@@ -376,50 +302,16 @@ pub struct Endpoint {
     pub port: u16,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthEntry {
-    node: HealthNode,
-    service: HealthService,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthNode {
-    #[serde(default)]
-    address: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct HealthService {
-    #[serde(rename = "ID", default)]
-    id: String,
-    #[serde(default)]
-    address: String,
-    #[serde(default)]
-    port: u16,
-}
-
 /// Decodes `/v1/health/connect/:service?passing` into endpoints (Service.Address, or the
 /// node's address when the service has none), sorted by ID so round-robin is stable.
 pub fn decode_endpoints(path: &str, body: &[u8]) -> Result<Vec<Endpoint>, AgentError> {
-    let entries: Vec<HealthEntry> =
-        serde_json::from_slice(body).map_err(|source| AgentError::Decode {
-            path: path.to_string(),
-            what: "health result",
-            source,
-        })?;
+    let entries: Vec<ServiceHealth> = decode_json(path, "health result", body)?;
     let mut out: Vec<Endpoint> = entries
-        .into_iter()
+        .iter()
         .filter(|e| e.service.port != 0)
         .map(|e| Endpoint {
-            id: e.service.id,
-            host: if e.service.address.is_empty() {
-                e.node.address
-            } else {
-                e.service.address
-            },
+            id: e.service.id.clone(),
+            host: e.address().to_string(),
             port: e.service.port,
         })
         .filter(|e| !e.host.is_empty())

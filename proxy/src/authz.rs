@@ -38,7 +38,7 @@ use mesh_policy::intentions::{
 };
 use mesh_policy::model::{Intention, IntentionAction};
 use mesh_policy::spiffe::SpiffeId;
-use serde::Deserialize;
+use mesh_policy::wire::IntentionsSnapshot;
 
 use mesh_policy::config_entries::Protocol;
 
@@ -55,18 +55,6 @@ pub enum AuthzError {
     /// would be "foreign", so there is no policy to enforce (issue 10 point 2).
     #[error("intentions for {destination:?} carry no trust domain and the CA roots name none yet")]
     NoTrustDomain { destination: String },
-}
-
-/// Body of `GET /v1/agent/connect/intentions/:destination`.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct IntentionsBody {
-    #[serde(default)]
-    default_policy: DefaultPolicy,
-    #[serde(default)]
-    trust_domain: String,
-    #[serde(default)]
-    intentions: Vec<Intention>,
 }
 
 /// The policy snapshot this proxy enforces.
@@ -377,7 +365,7 @@ impl Policy {
         index: u64,
         body: &[u8],
     ) -> Result<Self, AuthzError> {
-        let b: IntentionsBody =
+        let b: IntentionsSnapshot =
             serde_json::from_slice(body).map_err(|source| AuthzError::Decode {
                 destination: destination.to_string(),
                 source,

@@ -382,6 +382,7 @@ mod tests {
             service_uri: l.service_uri,
             valid_after: l.valid_after,
             valid_before: l.valid_before,
+            create_index: 1,
             modify_index: 1,
             root_id: l.root_id,
         }

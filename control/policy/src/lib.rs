@@ -16,3 +16,4 @@ pub mod hash;
 pub mod intentions;
 pub mod model;
 pub mod spiffe;
+pub mod wire;

@@ -13,9 +13,10 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::conn::ServerConn;
-use crate::intentions::{DefaultPolicy, IntentionSet};
-use crate::model::{CaRootList, Intention};
+use crate::intentions::IntentionSet;
+use crate::model::CaRootList;
 use crate::proto::{Topic, TopicKind, WatchSet};
+use crate::wire::IntentionsSnapshot;
 
 /// What a cache entry holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -356,26 +357,18 @@ impl Cache {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct IntentionsBody {
-    default_policy: DefaultPolicy,
-    #[serde(default)]
-    trust_domain: String,
-    intentions: Vec<Intention>,
-}
-
 fn decode(kind: Kind, json: &[u8]) -> Result<Value, DecodeError> {
     Ok(match kind {
         Kind::Roots => Value::Roots(Arc::new(serde_json::from_slice(json)?)),
         Kind::Intentions => {
-            let b: IntentionsBody = serde_json::from_slice(json)?;
+            let mut b: IntentionsSnapshot = serde_json::from_slice(json)?;
             if b.trust_domain.is_empty() {
                 return Err(DecodeError::NoTrustDomain);
             }
+            let trust_domain = std::mem::take(&mut b.trust_domain);
             Value::Intentions(Arc::new(IntentionView {
-                set: IntentionSet::new(b.intentions, b.default_policy),
-                trust_domain: b.trust_domain,
+                set: b.into_set(),
+                trust_domain,
                 raw: Bytes::copy_from_slice(json),
             }))
         }

@@ -27,6 +27,7 @@ use crate::http::ApiError;
 use crate::http::blocking::{QueryOptions, json_with_index};
 use crate::model::HealthStatus;
 use crate::proto::{HttpHeader, HttpRequest};
+use crate::wire::AgentService;
 
 type Params = Query<HashMap<String, String>>;
 type Res = Result<Response, ApiError>;
@@ -157,29 +158,19 @@ async fn wait_local(a: &Agent, q: &QueryOptions) -> Result<u64, ApiError> {
     Ok(i.max(1))
 }
 
-fn agent_service_json(a: &Agent, s: &crate::model::ServiceInstance) -> serde_json::Value {
-    let mut v = serde_json::to_value(s).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("Datacenter".into(), json!(a.config.datacenter));
-        o.insert("Weights".into(), json!({"Passing": 1, "Warning": 1}));
-        o.insert("EnableTagOverride".into(), json!(false));
-        o.remove("Node");
-        o.remove("CreateIndex");
-        o.remove("ModifyIndex");
-    }
-    v
-}
-
 async fn services(State(a): St, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
-    let map: BTreeMap<String, serde_json::Value> = a
+    let map: BTreeMap<String, AgentService> = a
         .local
         .lock()
         .unwrap()
         .services
         .values()
-        .map(|s| (s.id.clone(), agent_service_json(&a, s)))
+        .map(|s| {
+            let view = AgentService::from_instance(s, &a.config.datacenter);
+            (s.id.clone(), view)
+        })
         .collect();
     Ok(json_with_index(index, &map))
 }
@@ -189,7 +180,10 @@ async fn service(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res 
     let index = wait_local(&a, &q).await?;
     let s = a.local.lock().unwrap().services.get(&id).cloned();
     match s {
-        Some(s) => Ok(json_with_index(index, &agent_service_json(&a, &s))),
+        Some(s) => Ok(json_with_index(
+            index,
+            &AgentService::from_instance(&s, &a.config.datacenter),
+        )),
         None => Err(ApiError::not_found(format!("unknown service ID: {id}"))),
     }
 }

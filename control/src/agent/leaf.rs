@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,28 +20,7 @@ use crate::ca::generate_csr;
 use crate::model::IssuedLeaf;
 use crate::proto::SignCsrRequest;
 use crate::spiffe::SpiffeId;
-
-/// A leaf as `/v1/agent/connect/ca/leaf/:service` returns it (Consul's `LeafCert`).
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct LeafCert {
-    pub serial_number: String,
-    #[serde(rename = "CertPEM")]
-    pub cert_pem: String,
-    /// Stays on this host: only local callers of the agent's loopback API see it.
-    #[serde(rename = "PrivateKeyPEM")]
-    pub private_key_pem: String,
-    pub service: String,
-    #[serde(rename = "ServiceURI")]
-    pub service_uri: String,
-    pub valid_after: String,
-    pub valid_before: String,
-    pub create_index: u64,
-    pub modify_index: u64,
-    /// Root that signed it (not in Consul's shape; handy to see rotations).
-    #[serde(rename = "RootID")]
-    pub root_id: String,
-}
+use crate::wire::LeafCert;
 
 struct Entry {
     tx: watch::Sender<Option<Arc<LeafCert>>>,

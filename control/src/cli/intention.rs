@@ -310,16 +310,6 @@ impl HttpCheck {
     }
 }
 
-/// The intentions feed proxies read (`/v1/agent/connect/intentions/:dst`).
-#[derive(serde::Deserialize)]
-#[serde(rename_all = "PascalCase")]
-struct IntentionFeed {
-    default_policy: crate::intentions::DefaultPolicy,
-    #[serde(default)]
-    trust_domain: String,
-    intentions: Vec<crate::model::Intention>,
-}
-
 /// The request normalization in force: the `mesh` entry's, or Consul's defaults without one.
 async fn request_normalization(
     api: &ApiClient,
@@ -364,17 +354,19 @@ async fn check_http(
     };
     let path = format!("/v1/agent/connect/intentions/{}", encode(destination));
     let body = api.call(http::Method::GET, &path, None).await?;
-    let feed: IntentionFeed = serde_json::from_slice(&body).map_err(|e| CliError::Decode {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    let set = crate::intentions::IntentionSet::new(feed.intentions, feed.default_policy);
+    let mut feed: crate::wire::IntentionsSnapshot =
+        serde_json::from_slice(&body).map_err(|e| CliError::Decode {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    let trust_domain = std::mem::take(&mut feed.trust_domain);
+    let set = feed.into_set();
     // The one decider the proxy runs, for a caller of this mesh's trust domain (the
     // datacenter is not part of any decision).
-    let peer = crate::spiffe::SpiffeId::service(&feed.trust_domain, "dc1", source);
+    let peer = crate::spiffe::SpiffeId::service(&trust_domain, "dc1", source);
     let d = crate::authorize::authorize(
         &set,
-        &feed.trust_domain,
+        &trust_domain,
         &peer,
         destination,
         Some(&crate::intentions::HttpRequest {

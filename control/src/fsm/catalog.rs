@@ -2,32 +2,10 @@
 //! with health: the catalog's part of `State`, apart from the other tables so each table's
 //! rules read in one place.
 
-use serde::{Deserialize, Serialize};
-
 use super::command::{ApplyError, Invalid, NotFound};
 use super::state::State;
 use crate::model::{HealthCheck, HealthStatus, Index, Node, ServiceInstance};
-
-/// A service instance with the checks that decide its health (Consul's `/v1/health/service`
-/// entry).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct InstanceHealth {
-    pub node: Node,
-    pub service: ServiceInstance,
-    pub checks: Vec<HealthCheck>,
-}
-
-impl InstanceHealth {
-    /// Worst status of the node's own checks and the instance's checks; passing when none.
-    pub fn status(&self) -> HealthStatus {
-        self.checks
-            .iter()
-            .map(|c| c.status)
-            .max()
-            .unwrap_or(HealthStatus::Passing)
-    }
-}
+use crate::wire::ServiceHealth;
 
 impl State {
     pub(super) fn update_check(
@@ -241,7 +219,7 @@ impl State {
     /// Instances of `service` (by service name) with the checks deciding their health.
     /// `connect`: the instances that accept mesh traffic for `service` (its sidecar proxies and
     /// connect-native instances), as `/v1/health/connect/:s` answers.
-    pub fn service_health(&self, service: &str, connect: bool) -> Vec<InstanceHealth> {
+    pub fn service_health(&self, service: &str, connect: bool) -> Vec<ServiceHealth> {
         let mut out = Vec::new();
         for (node_name, services) in &self.services {
             let Some(node) = self.nodes.get(node_name) else {
@@ -266,7 +244,7 @@ impl State {
                             .collect()
                     })
                     .unwrap_or_default();
-                out.push(InstanceHealth {
+                out.push(ServiceHealth {
                     node: node.clone(),
                     service: s.clone(),
                     checks,
@@ -274,6 +252,22 @@ impl State {
             }
         }
         out
+    }
+
+    /// [`service_health`](Self::service_health), only the passing instances when
+    /// `passing_only` (`?passing`; the agents' health watch): the entries the health endpoints
+    /// and the health topic serve.
+    pub fn health_entries(
+        &self,
+        service: &str,
+        connect: bool,
+        passing_only: bool,
+    ) -> Vec<ServiceHealth> {
+        let mut all = self.service_health(service, connect);
+        if passing_only {
+            all.retain(|h| h.status() == HealthStatus::Passing);
+        }
+        all
     }
 
     /// Index that changes whenever `service_health` may change.

@@ -23,8 +23,12 @@ pub type ReadIndexError = RaftError<NodeId, CheckIsLeaderError<NodeId, MeshNode>
 pub enum ServerError {
     #[error("No cluster leader")]
     NoLeader,
-    #[error("forwarding to leader {leader} failed: {message}")]
-    Forward { leader: String, message: String },
+    /// The call to the leader failed (not an answer of the leader's: see [`Self::Leader`]).
+    #[error("forwarding to leader {leader} failed: {reason}")]
+    Forward {
+        leader: String,
+        reason: ForwardError,
+    },
     /// A proposal failed in Raft (other than leadership moving, which is retried).
     #[error("raft: {0}")]
     Write(#[source] Box<WriteError>),
@@ -54,13 +58,70 @@ pub enum ServerError {
     },
     #[error("embedded agent: {0}")]
     Agent(#[from] Box<crate::agent::AgentError>),
+    /// A request to forward did not encode (a bug, not the caller's fault).
+    #[error("cannot encode the request for the leader: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// The request is refused before it reaches Raft.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error("id {id:?} / address {address:?} was not found in the Raft configuration")]
+    PeerNotFound { id: String, address: String },
+    /// The leader refused a forwarded operation: its status and message, as it answered them
+    /// (the leader's typed error does not cross the wire; its status code does).
+    #[error("{message}")]
+    Leader {
+        status: LeaderRefusal,
+        message: String,
+    },
+}
+
+/// Why a call to the leader did not come back with an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No channel to the leader's address.
     #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    BadRequest(String),
-    /// A conflict the leader reported over gRPC (its message); a local one is `Apply`.
-    #[error("{0}")]
-    Conflict(String),
+    Connect(#[from] tonic::transport::Error),
+    /// The call failed in transport or the leader could not run it (its gRPC status).
+    #[error("{}", .0.message())]
+    Status(tonic::Status),
+    /// The leader's reply did not decode.
+    #[error("malformed reply: {0}")]
+    Reply(#[from] serde_json::Error),
+    /// Fault injection (tests) cuts this server off from the leader.
+    #[error("partitioned by fault injection")]
+    FaultInjected,
+}
+
+/// What a leader's refusal of a forwarded operation meant, from its gRPC code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderRefusal {
+    BadRequest,
+    NotFound,
+    Conflict,
+}
+
+/// A request refused by this server's own checks, before anything is proposed.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("CA is not initialized yet")]
+    CaNotInitialized,
+    #[error("cannot remove the last voter")]
+    LastVoter,
+    #[error(
+        "unsupported root key {key_type}/{key_bits}: the built-in CA issues ECDSA P-256 (PrivateKeyType \"ec\", PrivateKeyBits 256)"
+    )]
+    UnsupportedRootKey { key_type: String, key_bits: u64 },
+    #[error("unknown CA provider {provider:?} (available: {available:?})")]
+    UnknownCaProvider {
+        provider: String,
+        available: &'static str,
+    },
+    #[error("LeafCertTTL must be a duration string")]
+    LeafTtlNotAString,
+    #[error("LeafCertTTL: {0}")]
+    LeafTtl(#[source] crate::duration::DurationError),
+    #[error("LeafCertTTL must be at least 1s")]
+    LeafTtlTooShort,
 }
 
 impl ServerError {
@@ -68,9 +129,13 @@ impl ServerError {
     pub fn http_status(&self) -> u16 {
         match self {
             ServerError::Apply(e) => e.http_status(),
-            ServerError::Ca(_) | ServerError::BadRequest(_) => 400,
-            ServerError::NotFound(_) => 404,
-            ServerError::Conflict(_) => 409,
+            ServerError::Ca(_) | ServerError::Refused(_) => 400,
+            ServerError::PeerNotFound { .. } => 404,
+            ServerError::Leader { status, .. } => match status {
+                LeaderRefusal::BadRequest => 400,
+                LeaderRefusal::NotFound => 404,
+                LeaderRefusal::Conflict => 409,
+            },
             ServerError::NoLeader | ServerError::Forward { .. } => 500,
             _ => 500,
         }
@@ -90,14 +155,20 @@ impl ServerError {
 
     /// Rebuilds an error from a forwarded call's status.
     pub fn from_status(leader: &str, s: tonic::Status) -> Self {
-        match s.code() {
-            tonic::Code::InvalidArgument => ServerError::BadRequest(s.message().to_string()),
-            tonic::Code::NotFound => ServerError::NotFound(s.message().to_string()),
-            tonic::Code::AlreadyExists => ServerError::Conflict(s.message().to_string()),
-            _ => ServerError::Forward {
-                leader: leader.to_string(),
-                message: s.message().to_string(),
-            },
+        let status = match s.code() {
+            tonic::Code::InvalidArgument => LeaderRefusal::BadRequest,
+            tonic::Code::NotFound => LeaderRefusal::NotFound,
+            tonic::Code::AlreadyExists => LeaderRefusal::Conflict,
+            _ => {
+                return ServerError::Forward {
+                    leader: leader.to_string(),
+                    reason: ForwardError::Status(s),
+                };
+            }
+        };
+        ServerError::Leader {
+            status,
+            message: s.message().to_string(),
         }
     }
 }

@@ -61,7 +61,7 @@ impl Server {
                     .get(&leader.rpc_addr)
                     .map_err(|e| ServerError::Forward {
                         leader: leader.rpc_addr.clone(),
-                        message: e.to_string(),
+                        reason: e.into(),
                     })?;
                 let mut req = tonic::Request::new(HeartbeatRequest {
                     node: node.to_string(),

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::ServerConfig;
-pub use error::ServerError;
+pub use error::{ForwardError, LeaderRefusal, Refused, ServerError};
 pub use ops::PeerEntry;
 
 use crate::ca::{BuiltinProvider, CaProvider};

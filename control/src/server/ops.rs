@@ -8,6 +8,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
+use super::error::{ForwardError, Refused};
 use super::{Server, ServerError};
 use crate::ca::LeafRequest;
 use crate::fsm::{ApplyResult, Command};
@@ -59,7 +60,7 @@ impl ToLeader {
         let result: ApplyResult =
             serde_json::from_slice(json).map_err(|e| ServerError::Forward {
                 leader: self.addr.clone(),
-                message: format!("malformed reply: {e}"),
+                reason: e.into(),
             })?;
         into_result(result)
     }
@@ -69,7 +70,7 @@ impl Server {
     fn client(&self, addr: &str) -> Result<ClusterClient<tonic::transport::Channel>, ServerError> {
         let ch = self.channels.get(addr).map_err(|e| ServerError::Forward {
             leader: addr.to_string(),
-            message: e.to_string(),
+            reason: e.into(),
         })?;
         Ok(ClusterClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE)
@@ -116,7 +117,7 @@ impl Server {
         if self.faults.is_blocked(id) {
             return Err(ServerError::Forward {
                 leader: node.rpc_addr,
-                message: "partitioned by fault injection".into(),
+                reason: ForwardError::FaultInjected,
             });
         }
         Ok(Some(ToLeader {
@@ -153,8 +154,7 @@ impl Server {
                     }
                 }
                 Some(mut leader) => {
-                    let json = serde_json::to_vec(&cmd)
-                        .map_err(|e| ServerError::BadRequest(e.to_string()))?;
+                    let json = serde_json::to_vec(&cmd).map_err(ServerError::Encode)?;
                     let mut req = tonic::Request::new(CommandRequest {
                         json,
                         hops: hops + 1,
@@ -315,15 +315,12 @@ impl Server {
                     .iter()
                     .find(|p| {
                         (!id.is_empty()
-                            && (p.id.to_string() == id
-                                || p.node.name == id
-                                || node_id(id) == p.id))
+                            && (p.id.to_string() == id || p.node.name == id || node_id(id) == p.id))
                             || (!address.is_empty() && p.node.rpc_addr == address)
                     })
-                    .ok_or_else(|| {
-                        ServerError::NotFound(format!(
-                            "id {id:?} / address {address:?} was not found in the Raft configuration"
-                        ))
+                    .ok_or_else(|| ServerError::PeerNotFound {
+                        id: id.to_string(),
+                        address: address.to_string(),
                     })?;
                 let voters: BTreeSet<NodeId> = peers
                     .iter()
@@ -331,9 +328,7 @@ impl Server {
                     .map(|p| p.id)
                     .collect();
                 if voters.is_empty() {
-                    return Err(ServerError::BadRequest(
-                        "cannot remove the last voter".into(),
-                    ));
+                    return Err(Refused::LastVoter.into());
                 }
                 let resp = self
                     .raft
@@ -372,8 +367,7 @@ impl Server {
                         s.ca.trust_domain.clone(),
                     )
                 });
-                let active = active
-                    .ok_or_else(|| ServerError::BadRequest("CA is not initialized yet".into()))?;
+                let active = active.ok_or_else(|| ServerError::from(Refused::CaNotInitialized))?;
                 let now = OffsetDateTime::now_utc();
                 let new_root = self.ca.generate_root(&td, serial, now)?;
                 let cross = self.ca.cross_sign(&active, &new_root, now)?;
@@ -389,9 +383,7 @@ impl Server {
             }
             Some(mut leader) => {
                 let config_json = match &config {
-                    Some(c) => {
-                        serde_json::to_vec(c).map_err(|e| ServerError::BadRequest(e.to_string()))?
-                    }
+                    Some(c) => serde_json::to_vec(c).map_err(ServerError::Encode)?,
                     None => Vec::new(),
                 };
                 let reply = leader
@@ -430,29 +422,24 @@ impl Server {
         let key_type = config.config.get("PrivateKeyType").and_then(|v| v.as_str());
         let key_bits = config.config.get("PrivateKeyBits").and_then(|v| v.as_u64());
         if key_type.is_some_and(|t| t != "ec") || key_bits.is_some_and(|b| b != 256) {
-            return Err(ServerError::BadRequest(format!(
-                "unsupported root key {}/{}: the built-in CA issues ECDSA P-256 (PrivateKeyType \"ec\", PrivateKeyBits 256)",
-                key_type.unwrap_or("ec"),
-                key_bits.unwrap_or(256)
-            )));
+            return Err(Refused::UnsupportedRootKey {
+                key_type: key_type.unwrap_or("ec").to_string(),
+                key_bits: key_bits.unwrap_or(256),
+            }
+            .into());
         }
         if config.provider != self.ca.name() {
-            return Err(ServerError::BadRequest(format!(
-                "unknown CA provider {:?} (available: {:?})",
-                config.provider,
-                self.ca.name()
-            )));
+            return Err(Refused::UnknownCaProvider {
+                provider: config.provider.clone(),
+                available: self.ca.name(),
+            }
+            .into());
         }
         if let Some(ttl) = config.config.get("LeafCertTTL") {
-            let s = ttl.as_str().ok_or_else(|| {
-                ServerError::BadRequest("LeafCertTTL must be a duration string".into())
-            })?;
-            let d = crate::duration::parse_duration(s)
-                .map_err(|e| ServerError::BadRequest(format!("LeafCertTTL: {e}")))?;
+            let s = ttl.as_str().ok_or(Refused::LeafTtlNotAString)?;
+            let d = crate::duration::parse_duration(s).map_err(Refused::LeafTtl)?;
             if d < Duration::from_secs(1) {
-                return Err(ServerError::BadRequest(
-                    "LeafCertTTL must be at least 1s".into(),
-                ));
+                return Err(Refused::LeafTtlTooShort.into());
             }
         }
         if needs_rotation {
@@ -477,8 +464,7 @@ impl Server {
                 crate::fsm::leaf_ttl(s.ca.config.as_ref()),
             )
         });
-        let active =
-            active.ok_or_else(|| ServerError::BadRequest("CA is not initialized yet".into()))?;
+        let active = active.ok_or_else(|| ServerError::from(Refused::CaNotInitialized))?;
         let dc = if datacenter.is_empty() {
             self.config.datacenter.as_str()
         } else {

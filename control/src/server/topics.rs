@@ -3,9 +3,8 @@
 //! watch RPCs and the multi-topic `Watch` stream.
 
 use crate::fsm::State;
-use crate::intentions::WILDCARD;
-use crate::model::HealthStatus;
 use crate::proto::{Topic, TopicKind};
+use crate::wire::IntentionsSnapshot;
 
 /// Index of the table(s) a topic reads.
 pub fn index(s: &State, t: &Topic) -> u64 {
@@ -33,32 +32,14 @@ pub fn ready(s: &State, t: &Topic) -> bool {
 pub fn render(s: &State, t: &Topic) -> serde_json::Result<Vec<u8>> {
     match t.kind() {
         TopicKind::TopicRoots => serde_json::to_vec(&s.ca.root_list()),
-        TopicKind::TopicIntentions => {
-            let list: Vec<_> = s
-                .intention_list()
-                .into_iter()
-                .filter(|i| {
-                    t.name.is_empty()
-                        || i.destination_name == t.name
-                        || i.destination_name == WILDCARD
-                })
-                .collect();
-            serde_json::to_vec(&serde_json::json!({
-                "DefaultPolicy": s.default_policy,
-                "TrustDomain": s.ca.trust_domain,
-                "Intentions": list,
-            }))
-        }
+        TopicKind::TopicIntentions => serde_json::to_vec(&IntentionsSnapshot::for_destination(
+            s.intention_list(),
+            &t.name,
+            s.default_policy,
+            &s.ca.trust_domain,
+        )),
         TopicKind::TopicHealth => {
-            let list: Vec<_> = s
-                .service_health(&t.name, true)
-                .into_iter()
-                .filter(|h| !t.passing_only || h.status() == HealthStatus::Passing)
-                .map(|h| {
-                    serde_json::json!({ "Node": h.node, "Service": h.service, "Checks": h.checks })
-                })
-                .collect();
-            serde_json::to_vec(&list)
+            serde_json::to_vec(&s.health_entries(&t.name, true, t.passing_only))
         }
     }
 }

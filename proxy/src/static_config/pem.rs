@@ -166,6 +166,7 @@ pub(super) fn leaf_from_files(
             service_uri: id.uri(),
             valid_after: validity.not_before.to_string(),
             valid_before: validity.not_after.to_string(),
+            create_index: generation,
             modify_index: generation,
             root_id: String::new(),
         },
