@@ -71,6 +71,13 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// SIGKILL `child` and reap it, ignoring errors (it may have exited already): the cleanup
+/// every test-owned process gets on drop or on a failed start.
+pub fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A running `meshd` process.
 pub struct Meshd {
     pub name: String,
@@ -104,8 +111,7 @@ impl Meshd {
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) => l,
             Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 bail!("meshd {name} did not report its addresses within 30s");
             }
         };
@@ -128,8 +134,7 @@ impl Meshd {
         let (rpc_addr, http_addr) = match addrs {
             Ok(a) => a,
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 return Err(e);
             }
         };
@@ -149,8 +154,7 @@ impl Meshd {
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(&mut c);
         }
     }
 
@@ -169,8 +173,7 @@ impl Meshd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = c.kill();
-        let _ = c.wait();
+        kill_and_reap(&mut c);
         false
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::dev::{call, ok};
-use crate::process::{eventually, free_port, http};
+use crate::process::{eventually, free_port, http, kill_and_reap};
 
 /// `meshproxy`, built with the rest of the workspace's binaries once per test process.
 pub fn proxy_bin() -> PathBuf {
@@ -219,8 +219,7 @@ impl Proxy {
         match status {
             Ok(s) => (s.success(), started.elapsed()),
             Err(e) => {
-                let _ = c.kill();
-                let _ = c.wait();
+                kill_and_reap(&mut c);
                 panic!("{e}");
             }
         }
@@ -230,8 +229,7 @@ impl Proxy {
 impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(&mut c);
         }
     }
 }
