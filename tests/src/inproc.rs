@@ -56,24 +56,30 @@ pub fn test_config(name: &str, dir: PathBuf) -> ServerConfig {
     c
 }
 
+/// An L4 intention `source → destination` with `action`, in the default namespaces, as the
+/// HTTP API would store it (no ID or indexes yet: the state machine assigns them).
+pub fn intention(source: &str, destination: &str, action: IntentionAction) -> Intention {
+    Intention {
+        id: String::new(),
+        source_name: source.to_string(),
+        source_ns: "default".into(),
+        destination_name: destination.to_string(),
+        destination_ns: "default".into(),
+        source_type: "consul".into(),
+        action: Some(action),
+        permissions: Vec::new(),
+        description: String::new(),
+        meta: Default::default(),
+        precedence: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
 /// An intention `source → destination` (allow), as a Raft command.
 pub fn intention_cmd(source: &str, destination: &str) -> Command {
     Command::IntentionUpsert {
-        intention: Intention {
-            id: String::new(),
-            source_name: source.to_string(),
-            source_ns: "default".into(),
-            destination_name: destination.to_string(),
-            destination_ns: "default".into(),
-            source_type: "consul".into(),
-            action: Some(IntentionAction::Allow),
-            permissions: Vec::new(),
-            description: String::new(),
-            meta: Default::default(),
-            precedence: 0,
-            create_index: 0,
-            modify_index: 0,
-        },
+        intention: intention(source, destination, IntentionAction::Allow),
         replace: true,
     }
 }

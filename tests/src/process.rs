@@ -78,6 +78,18 @@ pub fn kill_and_reap(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// `meshd <args>` with quiet logs, its stdout piped (where it reports its addresses and
+/// readiness) and its stderr inherited.
+pub fn meshd_command(args: &[String]) -> Command {
+    let mut c = Command::new(bin("meshd"));
+    c.args(args)
+        .env("MESH_LOG", "warn,openraft=off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    c
+}
+
 /// A running `meshd` process.
 pub struct Meshd {
     pub name: String,
@@ -90,14 +102,7 @@ pub struct Meshd {
 impl Meshd {
     /// Spawns `meshd <args>` and waits (bounded) for its "listening" line.
     pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin("meshd"))
-            .args(args)
-            .env("MESH_LOG", "warn,openraft=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning meshd")?;
+        let mut child = meshd_command(args).spawn().context("spawning meshd")?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -30,24 +30,39 @@ pub fn register(
     public_port: u16,
     upstreams: &[(&str, u16)],
 ) {
-    let ups: Vec<Value> = upstreams
-        .iter()
-        .map(|(n, p)| json!({"DestinationName": n, "LocalBindPort": p}))
-        .collect();
     ok(
         "PUT",
         http_addr,
         "/v1/agent/service/register",
-        Some(&json!({
-            "Name": name, "ID": name, "Port": app_port,
-            "Connect": {"SidecarService": {
-                "Port": public_port,
-                "Proxy": {"Upstreams": ups},
-                "Checks": [{"Name": "listening", "TCP": format!("127.0.0.1:{public_port}"),
-                            "Interval": "1s"}]
-            }}
-        })),
+        Some(&sidecar_registration(
+            name,
+            app_port,
+            public_port,
+            upstreams,
+        )),
     );
+}
+
+/// The `/v1/agent/service/register` body of [`register`] (the benches send it themselves).
+pub fn sidecar_registration(
+    name: &str,
+    app_port: u16,
+    public_port: u16,
+    upstreams: &[(&str, u16)],
+) -> Value {
+    let ups: Vec<Value> = upstreams
+        .iter()
+        .map(|(n, p)| json!({"DestinationName": n, "LocalBindPort": p}))
+        .collect();
+    json!({
+        "Name": name, "ID": name, "Port": app_port,
+        "Connect": {"SidecarService": {
+            "Port": public_port,
+            "Proxy": {"Upstreams": ups},
+            "Checks": [{"Name": "listening", "TCP": format!("127.0.0.1:{public_port}"),
+                        "Interval": "1s"}]
+        }}
+    })
 }
 
 /// A TCP echo server that counts what reaches it: the application behind a proxy.

@@ -42,6 +42,7 @@ use mesh_control::fsm::Command;
 use mesh_control::intentions::IntentionSet;
 use mesh_control::model::{Intention, IntentionAction};
 use mesh_control::server::Server;
+use mesh_tests::inproc::intention;
 
 /// How long the server may take to lead with a CA, and the agent to connect and sync.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -277,24 +278,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn intention(source: &str, destination: &str, action: IntentionAction) -> Intention {
-    Intention {
-        id: String::new(),
-        source_name: source.to_string(),
-        source_ns: "default".to_string(),
-        destination_name: destination.to_string(),
-        destination_ns: "default".to_string(),
-        source_type: "consul".to_string(),
-        action: Some(action),
-        permissions: Vec::new(),
-        description: String::new(),
-        meta: Default::default(),
-        precedence: 0,
-        create_index: 0,
-        modify_index: 0,
-    }
 }
 
 /// Number of `svc-{i} -> db-{i % 100}` intentions (the rest are the two wildcard ones).
