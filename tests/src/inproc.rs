@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_control::fsm::Command;
+use mesh_control::fsm::{ApplyResult, Command};
 use mesh_control::model::{Intention, IntentionAction};
 use mesh_control::server::{Server, ServerConfig, ServerHandle};
 use tempfile::TempDir;
@@ -309,6 +309,28 @@ impl TestCluster {
                 )
             })
             .collect()
+    }
+
+    /// The current leader and one of its followers.
+    pub async fn leader_and_follower(&self) -> (usize, usize) {
+        (self.leader().await, self.followers().await[0])
+    }
+
+    /// Writes the intention `source → db` through server `i` (the leader commits it, a
+    /// follower forwards it); a failed write panics with `what`.
+    pub async fn write_intention(&self, i: usize, source: &str, what: &str) -> ApplyResult {
+        self.server(i)
+            .write(intention_cmd(source, "db"))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Partitions server `i` off and returns what it holds at that moment (state digest,
+    /// applied index), to show later that it stayed frozen.
+    pub fn partition_frozen(&mut self, i: usize) -> (String, u64) {
+        self.partition(i);
+        let s = self.server(i);
+        (s.state.read(|s| s.digest()), s.state.applied_index())
     }
 
     /// Waits until every running server has applied the same index and holds the same state;

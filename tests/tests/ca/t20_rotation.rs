@@ -12,8 +12,7 @@ use super::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_cross_signs_and_keeps_old_leaves_valid() {
     let cluster = TestCluster::start(3).await.expect("cluster starts");
-    let leader = cluster.leader().await;
-    let follower = cluster.followers().await[0];
+    let (leader, follower) = cluster.leader_and_follower().await;
     let http = cluster.handle(follower).http_addr;
     let dir = tempfile::tempdir().unwrap();
 
