@@ -91,6 +91,31 @@ pub fn has_intention(server: &Server, source: &str) -> bool {
         .read(|s| s.intentions.values().any(|i| i.source_name == source))
 }
 
+/// What a partitioned server held when it was cut off ([`TestCluster::partition_frozen`]).
+pub struct Frozen {
+    pub server: usize,
+    pub digest: String,
+    pub applied: u64,
+}
+
+impl Frozen {
+    /// Asserts the server still holds exactly that: nothing was committed on it behind the
+    /// partition. `who` names it in a failure.
+    pub fn assert_unchanged(&self, cluster: &TestCluster, who: &str) {
+        let s = cluster.server(self.server);
+        assert_eq!(
+            s.state.read(|st| st.digest()),
+            self.digest,
+            "{who} state moved"
+        );
+        assert_eq!(
+            s.state.applied_index(),
+            self.applied,
+            "{who} applied index moved"
+        );
+    }
+}
+
 impl TestCluster {
     /// Starts `n` servers with [`test_config`].
     pub async fn start(n: usize) -> anyhow::Result<Self> {
@@ -325,12 +350,16 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("{what}: {e}"))
     }
 
-    /// Partitions server `i` off and returns what it holds at that moment (state digest,
-    /// applied index), to show later that it stayed frozen.
-    pub fn partition_frozen(&mut self, i: usize) -> (String, u64) {
+    /// Partitions server `i` off and returns what it holds at that moment, to show later
+    /// that it stayed frozen.
+    pub fn partition_frozen(&mut self, i: usize) -> Frozen {
         self.partition(i);
         let s = self.server(i);
-        (s.state.read(|s| s.digest()), s.state.applied_index())
+        Frozen {
+            server: i,
+            digest: s.state.read(|s| s.digest()),
+            applied: s.state.applied_index(),
+        }
     }
 
     /// Waits until every running server has applied the same index and holds the same state;

@@ -27,7 +27,7 @@ async fn isolated_follower_cannot_write_while_majority_commits() {
         .await;
     cluster.wait_converged().await;
 
-    let (frozen_digest, frozen_applied) = cluster.partition_frozen(isolated);
+    let frozen = cluster.partition_frozen(isolated);
 
     // The majority commits, on the leader and forwarded from the other follower.
     cluster
@@ -66,19 +66,9 @@ async fn isolated_follower_cannot_write_while_majority_commits() {
         started.elapsed()
     );
 
-    let s = cluster.server(isolated);
-    assert_eq!(
-        s.state.read(|st| st.digest()),
-        frozen_digest,
-        "isolated state moved"
-    );
-    assert_eq!(
-        s.state.applied_index(),
-        frozen_applied,
-        "isolated applied index moved"
-    );
+    frozen.assert_unchanged(&cluster, "isolated");
     assert!(
-        !has_intention(s, "majority-1"),
+        !has_intention(cluster.server(isolated), "majority-1"),
         "isolated follower saw a majority write"
     );
 
@@ -107,7 +97,7 @@ async fn isolated_leader_cannot_commit_and_majority_elects_a_new_one() {
         .await;
     cluster.wait_converged().await;
 
-    let (frozen_digest, frozen_applied) = cluster.partition_frozen(old);
+    let frozen = cluster.partition_frozen(old);
 
     // The old leader still believes it leads, but no quorum will ever acknowledge its entry.
     let minority = {
@@ -141,18 +131,8 @@ async fn isolated_leader_cannot_commit_and_majority_elects_a_new_one() {
         Ok(Err(e)) => eprintln!("write on the isolated old leader failed after {took:?}: {e}"),
         Err(_) => eprintln!("write on the isolated old leader still pending after {took:?}"),
     }
-    let s = cluster.server(old);
-    assert_eq!(
-        s.state.read(|st| st.digest()),
-        frozen_digest,
-        "minority state moved"
-    );
-    assert_eq!(
-        s.state.applied_index(),
-        frozen_applied,
-        "minority applied index moved"
-    );
-    assert!(!has_intention(s, "minority"));
+    frozen.assert_unchanged(&cluster, "minority");
+    assert!(!has_intention(cluster.server(old), "minority"));
 
     cluster.heal();
     cluster.wait_converged().await;
