@@ -56,6 +56,36 @@ pub fn test_config(name: &str, dir: PathBuf) -> ServerConfig {
     c
 }
 
+/// One server alone (`name`, in a fresh temp dir), electing itself fast (150–300 ms election
+/// timeout, 50 ms heartbeat); returned once it leads and its CA is initialized. Keep the temp
+/// dir as long as the server.
+pub async fn start_single(name: &str) -> (ServerHandle, TempDir) {
+    let dir = tempfile::tempdir().expect("server temp dir");
+    let mut c = ServerConfig::new(name, dir.path());
+    c.election_timeout_min = Duration::from_millis(150);
+    c.election_timeout_max = Duration::from_millis(300);
+    c.heartbeat = Duration::from_millis(50);
+    let h = Server::start(c).await.expect("server starts");
+    eventually(
+        "a leader and an initialized CA",
+        Duration::from_secs(20),
+        || {
+            let server = h.server.clone();
+            async move {
+                let leader = server.raft.metrics().borrow().current_leader;
+                let ca = server.state.read(|s| !s.ca.roots.is_empty());
+                if leader.is_some() && ca {
+                    Ok(())
+                } else {
+                    Err(format!("leader {leader:?}, CA initialized: {ca}"))
+                }
+            }
+        },
+    )
+    .await;
+    (h, dir)
+}
+
 /// An L4 intention `source → destination` with `action`, in the default namespaces, as the
 /// HTTP API would store it (no ID or indexes yet: the state machine assigns them).
 pub fn intention(source: &str, destination: &str, action: IntentionAction) -> Intention {

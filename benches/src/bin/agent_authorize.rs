@@ -31,9 +31,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, Count, HttpConn, SHUTDOWN_TIMEOUT, Table, load_average, load_average_json,
-    load_average_text, rate, ratio, run_for, shutdown_agent, shutdown_server, start_client_agent,
-    start_single_server,
+    CommonArgs, Count, HttpConn, SHUTDOWN_TIMEOUT, Table, ensure_in, load_average,
+    load_average_json, load_average_text, rate, ratio, run_for, shutdown_agent, shutdown_server,
+    start_client_agent, start_single_server,
 };
 use mesh_control::agent::Agent;
 use mesh_control::agent::authorize::{AuthorizeResponse, decide};
@@ -141,14 +141,8 @@ struct Measured {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = args.common.duration()?;
-    anyhow::ensure!(
-        (1..=256).contains(&args.clients),
-        "--clients must be in 1..=256"
-    );
-    anyhow::ensure!(
-        (1..=1024).contains(&args.loaders),
-        "--loaders must be in 1..=1024"
-    );
+    ensure_in("clients", args.clients, 1..=256)?;
+    ensure_in("loaders", args.loaders, 1..=1024)?;
     let load_start = load_average();
     let dir = args.common.tempdir("mesh-bench-authorize-")?;
 

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, Count, Table, load_average, load_average_json, load_average_text, ms, percentile,
-    rate, ratio, run_for,
+    CommonArgs, Count, Table, ensure_in, load_average, load_average_json, load_average_text, ms,
+    percentile, rate, ratio, run_for,
 };
 use mesh_control::fsm::Command;
 use mesh_control::server::{Server, ServerConfig, ServerHandle};
@@ -77,10 +77,7 @@ impl WritePhase {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = args.common.duration()?;
-    anyhow::ensure!(
-        (1..=1024).contains(&args.concurrency),
-        "--concurrency must be in 1..=1024"
-    );
+    ensure_in("concurrency", args.concurrency, 1..=1024)?;
     let load_start = load_average();
     let dir = args.common.tempdir("mesh-bench-raft-")?;
 

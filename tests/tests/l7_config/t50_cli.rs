@@ -172,58 +172,33 @@ async fn config_verbs_as_a_process() {
         let (file, defaults, bad) = (file.clone(), defaults.clone(), bad.clone());
         move || {
             let s = |p: &std::path::Path| p.display().to_string();
-            vec![
-                meshctl(&addr, &["config", "write", &s(&file)]),
-                meshctl(&addr, &["config", "write", &s(&defaults)]),
-                meshctl(
-                    &addr,
-                    &[
-                        "config",
-                        "read",
-                        "--kind",
-                        "service-defaults",
-                        "--name",
-                        "api",
-                    ],
-                ),
-                meshctl(&addr, &["config", "list", "--kind", "service-intentions"]),
-                meshctl(&addr, &["config", "write", &s(&bad)]),
-                meshctl(
-                    &addr,
-                    &[
-                        "intention",
-                        "check",
-                        "web",
-                        "api",
-                        "--http-method",
-                        "GET",
-                        "--http-path",
-                        "/v1/x",
-                    ],
-                ),
-                meshctl(
-                    &addr,
-                    &[
-                        "config",
-                        "delete",
-                        "--kind",
-                        "service-defaults",
-                        "--name",
-                        "api",
-                    ],
-                ),
-                meshctl(
-                    &addr,
-                    &[
-                        "config",
-                        "read",
-                        "--kind",
-                        "service-defaults",
-                        "--name",
-                        "api",
-                    ],
-                ),
-            ]
+            let (file, defaults, bad) = (s(&file), s(&defaults), s(&bad));
+            let api_defaults = ["--kind", "service-defaults", "--name", "api"];
+            let on_api_defaults =
+                |verb: &'static str| [&["config", verb][..], &api_defaults].concat();
+            let calls: Vec<Vec<&str>> = vec![
+                vec!["config", "write", &file],
+                vec!["config", "write", &defaults],
+                on_api_defaults("read"),
+                vec!["config", "list", "--kind", "service-intentions"],
+                vec!["config", "write", &bad],
+                vec![
+                    "intention",
+                    "check",
+                    "web",
+                    "api",
+                    "--http-method",
+                    "GET",
+                    "--http-path",
+                    "/v1/x",
+                ],
+                on_api_defaults("delete"),
+                on_api_defaults("read"),
+            ];
+            calls
+                .iter()
+                .map(|args| meshctl(&addr, args))
+                .collect::<Vec<_>>()
         }
     })
     .await
