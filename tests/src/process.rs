@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,41 @@ pub fn meshd_command(args: &[String]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     c
+}
+
+/// A child process the test owns: killed and reaped when dropped, unless stopped first.
+pub struct OwnedChild(Option<Child>);
+
+impl OwnedChild {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Its PID; panics once it has been stopped.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, ...) by PID and waits up to `within` for the exit. On
+    /// a timeout the process is killed and reaped, and the error says what was awaited.
+    pub fn stop(&mut self, signal: &str, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut c = self.0.take().expect("running");
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status();
+        eventually("the process to exit", within, || {
+            c.try_wait().ok().flatten()
+        })
+        .inspect_err(|_| kill_and_reap(&mut c))
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            kill_and_reap(&mut c);
+        }
+    }
 }
 
 /// A running `meshd` process.

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::dev::{call, ok};
-use crate::process::{eventually, free_port, http, kill_and_reap};
+use crate::process::{OwnedChild, eventually, free_port, http};
 
 /// `meshproxy`, built with the rest of the workspace's binaries once per test process.
 pub fn proxy_bin() -> PathBuf {
@@ -137,7 +137,7 @@ impl Drop for Echo {
 /// A running `meshproxy run` process; killed (by PID) on drop.
 pub struct Proxy {
     pub name: String,
-    child: Option<Child>,
+    child: OwnedChild,
     pub admin: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -176,7 +176,7 @@ impl Proxy {
             .expect("spawn meshproxy");
         Self {
             name: sidecar_for.to_string(),
-            child: Some(child),
+            child: OwnedChild::new(child),
             admin,
             log,
             _dir: dir,
@@ -184,7 +184,7 @@ impl Proxy {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child.id()
     }
 
     pub fn wait_ready(&self) {
@@ -225,26 +225,10 @@ impl Proxy {
 
     /// SIGTERM and wait (bounded) for the exit; returns whether it exited 0 and how long it took.
     pub fn terminate(&mut self, within: Duration) -> (bool, Duration) {
-        let mut c = self.child.take().expect("running");
         let started = std::time::Instant::now();
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let status = eventually("proxy exit", within, || c.try_wait().ok().flatten());
-        match status {
+        match self.child.stop("TERM", within) {
             Ok(s) => (s.success(), started.elapsed()),
-            Err(e) => {
-                kill_and_reap(&mut c);
-                panic!("{e}");
-            }
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_and_reap(&mut c);
+            Err(e) => panic!("{} proxy: {e}", self.name),
         }
     }
 }

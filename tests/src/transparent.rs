@@ -8,14 +8,14 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use crate::dev::{call, meshd_dev, ok, set_intention, wait_ca};
 pub use crate::pod::{Pod, PodPair as Pods};
-use crate::process::{Meshd, eventually, free_port, http, kill_and_reap};
+use crate::process::{Meshd, OwnedChild, eventually, free_port, http};
 use crate::python::run_bounded;
 use serde_json::{Value, json};
 
@@ -434,7 +434,7 @@ impl Scene {
 
 /// A running `meshproxy run --transparent` process; killed (by PID) on drop.
 pub struct Proxy {
-    child: Option<Child>,
+    child: OwnedChild,
     pub service: String,
     pub admin: SocketAddr,
     log: PathBuf,
@@ -547,7 +547,7 @@ impl Proxy {
             .spawn()
             .expect("spawn meshproxy");
         let p = Self {
-            child: Some(child),
+            child: OwnedChild::new(child),
             service: service.to_string(),
             admin,
             log,
@@ -592,24 +592,8 @@ impl Proxy {
 
     /// SIGTERM (or SIGKILL) and wait (bounded) for the exit.
     pub fn stop(&mut self, signal: &str) {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &c.id().to_string()])
-            .status();
-        let r = eventually("proxy exit", Duration::from_secs(20), || {
-            c.try_wait().ok().flatten()
-        });
-        if r.is_err() {
-            kill_and_reap(&mut c);
-            panic!("proxy did not exit on {signal}");
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            kill_and_reap(&mut c);
+        if let Err(e) = self.child.stop(signal, Duration::from_secs(20)) {
+            panic!("{} proxy did not exit on {signal}: {e}", self.service);
         }
     }
 }
