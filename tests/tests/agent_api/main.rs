@@ -101,20 +101,19 @@ async fn catalog_api_over_one_connection() {
     assert_eq!(v1["Intentions"][0]["SourceName"], "web");
     // An intention for another destination does not wake the "db" watch's content, but a
     // same-pair create without Replace is refused with AlreadyExists.
-    let err = api
-        .upsert_intention(req(json!({
-            "Intention": {"SourceName": "web", "DestinationName": "db", "Action": "deny"}
-        })))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
-    let bad = api
-        .upsert_intention(req(json!({
-            "Intention": {"SourceName": "", "DestinationName": "db", "Action": "deny"}
-        })))
-        .await
-        .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+    // An empty source is invalid.
+    for (source, code) in [
+        ("web", tonic::Code::AlreadyExists),
+        ("", tonic::Code::InvalidArgument),
+    ] {
+        let err = api
+            .upsert_intention(req(json!({
+                "Intention": {"SourceName": source, "DestinationName": "db", "Action": "deny"}
+            })))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "source {source:?}: {err}");
+    }
 
     // A watch "from index N" sends nothing until something after N changes.
     let mut from_now = watch(&channel, Watch::Intentions, "db", i1, false).await;

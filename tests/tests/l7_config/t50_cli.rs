@@ -26,110 +26,42 @@ async fn intention_check_http_cases() {
     let r = put(agent, "/v1/config", API_INTENTIONS).await;
     assert_eq!(r.text().trim(), "true");
 
-    // (args, expected exit code: 0 allowed, 2 denied)
-    let cases: &[(&[&str], i32)] = &[
+    // (args, split at spaces; expected exit code: 0 allowed, 2 denied)
+    let cases: &[(&str, i32)] = &[
         // Permissions[1]: regex path + GET/HEAD.
-        (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "GET",
-                "--http-path",
-                "/v1/items",
-            ],
-            0,
-        ),
-        (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "HEAD",
-                "--http-path",
-                "/v2/x?q=1",
-            ],
-            0,
-        ),
-        (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "DELETE",
-                "--http-path",
-                "/v1/items",
-            ],
-            2,
-        ),
-        (&["web", "api", "--http-path", "/v1/items"], 0),
+        ("web api --http-method GET --http-path /v1/items", 0),
+        ("web api --http-method HEAD --http-path /v2/x?q=1", 0),
+        ("web api --http-method DELETE --http-path /v1/items", 2),
+        ("web api --http-path /v1/items", 0),
         // Permissions[0] (deny /admin) wins over nothing else: first match.
-        (&["web", "api", "--http-path", "/admin/v1/x"], 2),
+        ("web api --http-path /admin/v1/x", 2),
         // Permissions[2]: POST /upload with X-Tenant suffix and no X-Debug.
         (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "POST",
-                "--http-path",
-                "/upload",
-                "--http-header",
-                "X-Tenant=a.corp",
-            ],
+            "web api --http-method POST --http-path /upload --http-header X-Tenant=a.corp",
             0,
         ),
         (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "POST",
-                "--http-path",
-                "/upload",
-                "--http-header",
-                "X-Tenant=a.com",
-            ],
+            "web api --http-method POST --http-path /upload --http-header X-Tenant=a.com",
             2,
         ),
         (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "POST",
-                "--http-path",
-                "/upload",
-                "--http-header",
-                "X-Tenant=a.corp",
-                "--http-header",
-                "X-Debug=1",
-            ],
+            "web api --http-method POST --http-path /upload --http-header X-Tenant=a.corp --http-header X-Debug=1",
             2,
         ),
         // No permission matches: default policy (deny).
-        (&["web", "api", "--http-path", "/other"], 2),
+        ("web api --http-path /other", 2),
         // L4 intention: allowed whatever the request.
-        (
-            &[
-                "ops",
-                "api",
-                "--http-method",
-                "DELETE",
-                "--http-path",
-                "/admin",
-            ],
-            0,
-        ),
+        ("ops api --http-method DELETE --http-path /admin", 0),
         // No intention at all: default policy.
-        (&["nobody", "api", "--http-path", "/v1/x"], 2),
+        ("nobody api --http-path /v1/x", 2),
         // Without --http-* flags it is the L4 check, which denies an L7 intention.
-        (&["web", "api"], 2),
-        (&["ops", "api"], 0),
+        ("web api", 2),
+        ("ops api", 0),
     ];
     for (args, want) in cases {
+        let args: Vec<&str> = args.split_whitespace().collect();
         assert_eq!(
-            check(agent, args).await,
+            check(agent, &args).await,
             *want,
             "meshctl intention check {args:?}"
         );
