@@ -39,6 +39,22 @@ pub struct CommonArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// Checks that the value of flag `--flag` is in `range` (every count flag of the harnesses has
+/// such bounds); the error names the flag, the range and the value.
+pub fn ensure_in<T: PartialOrd + std::fmt::Display>(
+    flag: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        range.contains(&value),
+        "--{flag} must be in {}..={}, got {value}",
+        range.start(),
+        range.end()
+    );
+    Ok(())
+}
+
 impl CommonArgs {
     /// The phase length, checked to be positive and at most [`MAX_SECONDS`].
     pub fn duration(&self) -> anyhow::Result<Duration> {

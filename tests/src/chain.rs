@@ -6,7 +6,8 @@
 //! one module.
 
 use std::hash::Hasher;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 pub use crate::dev::{call, meshd_dev, ok, set_intention, wait_ca};
@@ -56,13 +57,30 @@ impl StreamHash {
     }
 }
 
+/// Waits (up to 30 s) until `web`'s proxy sees a healthy instance of its first upstream: the
+/// moment a chain is usable (db's sidecar check has passed). A timeout panics with web's log.
+pub fn wait_upstream_healthy(web: &Proxy) {
+    eventually(
+        "web sees a healthy db instance",
+        Duration::from_secs(30),
+        || {
+            let n = web.config()["Upstreams"][0]["Instances"]
+                .as_array()
+                .map_or(0, Vec::len);
+            (n > 0).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n--- web log ---\n{}", web.log()));
+}
+
 /// The web → db chain of the tests: echo server as db's application, both proxies running,
-/// web's upstream listener for db on `upstream`.
+/// web's upstream listener for db on `upstream`; `http` is the agent both proxies use.
 pub struct Chain {
     pub echo: Echo,
     pub db: Proxy,
     pub web: Proxy,
     pub upstream: SocketAddr,
+    pub http: SocketAddr,
 }
 
 impl Chain {
@@ -81,24 +99,36 @@ impl Chain {
         let db = Proxy::start(http_addr, "db", db_flags);
         let web = Proxy::start(http_addr, "web", &[]);
         // web learns db's instance once db's sidecar check passes.
-        eventually(
-            "web sees a healthy db instance",
-            Duration::from_secs(30),
-            || {
-                let c = web.config();
-                let n = c["Upstreams"][0]["Instances"]
-                    .as_array()
-                    .map_or(0, Vec::len);
-                (n > 0).then_some(())
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}\n--- web log ---\n{}", web.log()));
+        wait_upstream_healthy(&web);
         Self {
             echo,
             db,
             web,
             upstream: format!("127.0.0.1:{up}").parse().unwrap(),
+            http: http_addr,
         }
+    }
+
+    /// Allows web → db and waits (up to `within`) until a connection through web's upstream
+    /// echoes.
+    pub fn allow(&self, within: Duration) {
+        set_intention(self.http, "web", "db", "allow");
+        eventually("allowed connection echoes", within, || {
+            roundtrip(self.upstream, b"x").ok().filter(|b| b == b"x")
+        })
+        .unwrap();
+    }
+
+    /// A connection through web's upstream that has echoed `first` once (read timeout
+    /// `read_timeout`): a live connection for a test to act on.
+    pub fn live_connection(&self, first: &[u8], read_timeout: Duration) -> TcpStream {
+        let mut live = TcpStream::connect(self.upstream).unwrap();
+        live.set_read_timeout(Some(read_timeout)).unwrap();
+        live.write_all(first).unwrap();
+        let mut buf = vec![0u8; first.len()];
+        live.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, first);
+        live
     }
 }
 

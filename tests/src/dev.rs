@@ -11,17 +11,15 @@ use crate::process::{HttpResponse, Meshd, eventually, http};
 
 /// `meshd dev` on OS-chosen loopback ports (in the host namespace, like the proxies).
 pub fn meshd_dev() -> Meshd {
-    Meshd::spawn(
-        "dev",
-        &[
-            "dev".into(),
-            "--http-addr".into(),
-            "127.0.0.1:0".into(),
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-        ],
-    )
-    .expect("meshd dev starts")
+    Meshd::spawn("dev", &dev_args()).expect("meshd dev starts")
+}
+
+/// The arguments of [`meshd_dev`]: `dev` with its HTTP and RPC listeners on OS-chosen
+/// loopback ports.
+pub fn dev_args() -> Vec<String> {
+    ["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"]
+        .map(String::from)
+        .to_vec()
 }
 
 pub fn call(method: &str, addr: SocketAddr, path: &str, body: Option<&Value>) -> HttpResponse {

@@ -68,14 +68,17 @@ pub async fn request(
     Ok(resp)
 }
 
+/// [`request`] with a 30 s ceiling.
+pub async fn send(
+    addr: SocketAddr,
+    method: http::Method,
+    path_and_query: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<Reply> {
+    request(addr, method, path_and_query, body, Duration::from_secs(30)).await
+}
+
 /// `GET` with a 30 s ceiling.
 pub async fn get(addr: SocketAddr, path_and_query: &str) -> anyhow::Result<Reply> {
-    request(
-        addr,
-        http::Method::GET,
-        path_and_query,
-        None,
-        Duration::from_secs(30),
-    )
-    .await
+    send(addr, http::Method::GET, path_and_query, None).await
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_control::fsm::Command;
+use mesh_control::fsm::{ApplyResult, Command};
 use mesh_control::model::{Intention, IntentionAction};
 use mesh_control::server::{Server, ServerConfig, ServerHandle};
 use tempfile::TempDir;
@@ -56,24 +56,60 @@ pub fn test_config(name: &str, dir: PathBuf) -> ServerConfig {
     c
 }
 
+/// One server alone (`name`, in a fresh temp dir), electing itself fast (150–300 ms election
+/// timeout, 50 ms heartbeat); returned once it leads and its CA is initialized. Keep the temp
+/// dir as long as the server.
+pub async fn start_single(name: &str) -> (ServerHandle, TempDir) {
+    let dir = tempfile::tempdir().expect("server temp dir");
+    let mut c = ServerConfig::new(name, dir.path());
+    c.election_timeout_min = Duration::from_millis(150);
+    c.election_timeout_max = Duration::from_millis(300);
+    c.heartbeat = Duration::from_millis(50);
+    let h = Server::start(c).await.expect("server starts");
+    eventually(
+        "a leader and an initialized CA",
+        Duration::from_secs(20),
+        || {
+            let server = h.server.clone();
+            async move {
+                let leader = server.raft.metrics().borrow().current_leader;
+                let ca = server.state.read(|s| !s.ca.roots.is_empty());
+                if leader.is_some() && ca {
+                    Ok(())
+                } else {
+                    Err(format!("leader {leader:?}, CA initialized: {ca}"))
+                }
+            }
+        },
+    )
+    .await;
+    (h, dir)
+}
+
+/// An L4 intention `source → destination` with `action`, in the default namespaces, as the
+/// HTTP API would store it (no ID or indexes yet: the state machine assigns them).
+pub fn intention(source: &str, destination: &str, action: IntentionAction) -> Intention {
+    Intention {
+        id: String::new(),
+        source_name: source.to_string(),
+        source_ns: "default".into(),
+        destination_name: destination.to_string(),
+        destination_ns: "default".into(),
+        source_type: "consul".into(),
+        action: Some(action),
+        permissions: Vec::new(),
+        description: String::new(),
+        meta: Default::default(),
+        precedence: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
 /// An intention `source → destination` (allow), as a Raft command.
 pub fn intention_cmd(source: &str, destination: &str) -> Command {
     Command::IntentionUpsert {
-        intention: Intention {
-            id: String::new(),
-            source_name: source.to_string(),
-            source_ns: "default".into(),
-            destination_name: destination.to_string(),
-            destination_ns: "default".into(),
-            source_type: "consul".into(),
-            action: Some(IntentionAction::Allow),
-            permissions: Vec::new(),
-            description: String::new(),
-            meta: Default::default(),
-            precedence: 0,
-            create_index: 0,
-            modify_index: 0,
-        },
+        intention: intention(source, destination, IntentionAction::Allow),
         replace: true,
     }
 }
@@ -83,6 +119,31 @@ pub fn has_intention(server: &Server, source: &str) -> bool {
     server
         .state
         .read(|s| s.intentions.values().any(|i| i.source_name == source))
+}
+
+/// What a partitioned server held when it was cut off ([`TestCluster::partition_frozen`]).
+pub struct Frozen {
+    pub server: usize,
+    pub digest: String,
+    pub applied: u64,
+}
+
+impl Frozen {
+    /// Asserts the server still holds exactly that: nothing was committed on it behind the
+    /// partition. `who` names it in a failure.
+    pub fn assert_unchanged(&self, cluster: &TestCluster, who: &str) {
+        let s = cluster.server(self.server);
+        assert_eq!(
+            s.state.read(|st| st.digest()),
+            self.digest,
+            "{who} state moved"
+        );
+        assert_eq!(
+            s.state.applied_index(),
+            self.applied,
+            "{who} applied index moved"
+        );
+    }
 }
 
 impl TestCluster {
@@ -303,6 +364,32 @@ impl TestCluster {
                 )
             })
             .collect()
+    }
+
+    /// The current leader and one of its followers.
+    pub async fn leader_and_follower(&self) -> (usize, usize) {
+        (self.leader().await, self.followers().await[0])
+    }
+
+    /// Writes the intention `source → db` through server `i` (the leader commits it, a
+    /// follower forwards it); a failed write panics with `what`.
+    pub async fn write_intention(&self, i: usize, source: &str, what: &str) -> ApplyResult {
+        self.server(i)
+            .write(intention_cmd(source, "db"))
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    /// Partitions server `i` off and returns what it holds at that moment, to show later
+    /// that it stayed frozen.
+    pub fn partition_frozen(&mut self, i: usize) -> Frozen {
+        self.partition(i);
+        let s = self.server(i);
+        Frozen {
+            server: i,
+            digest: s.state.read(|s| s.digest()),
+            applied: s.state.applied_index(),
+        }
     }
 
     /// Waits until every running server has applied the same index and holds the same state;

@@ -18,7 +18,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -73,6 +73,11 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// `port` on the pod's IPv4 address: where a client in another pod connects.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), port)
+    }
+
     /// Path of the network namespace file (what `--netns` takes).
     pub fn netns_path(&self) -> PathBuf {
         Path::new("/var/run/netns").join(&self.name)

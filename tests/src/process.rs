@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,60 @@ pub fn free_port() -> u16 {
         .expect("free port")
 }
 
+/// SIGKILL `child` and reap it, ignoring errors (it may have exited already): the cleanup
+/// every test-owned process gets on drop or on a failed start.
+pub fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// `meshd <args>` with quiet logs, its stdout piped (where it reports its addresses and
+/// readiness) and its stderr inherited.
+pub fn meshd_command(args: &[String]) -> Command {
+    let mut c = Command::new(bin("meshd"));
+    c.args(args)
+        .env("MESH_LOG", "warn,openraft=off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    c
+}
+
+/// A child process the test owns: killed and reaped when dropped, unless stopped first.
+pub struct OwnedChild(Option<Child>);
+
+impl OwnedChild {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Its PID; panics once it has been stopped.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (`TERM`, `KILL`, ...) by PID and waits up to `within` for the exit. On
+    /// a timeout the process is killed and reaped, and the error says what was awaited.
+    pub fn stop(&mut self, signal: &str, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut c = self.0.take().expect("running");
+        let _ = Command::new("kill")
+            .args([&format!("-{signal}"), &c.id().to_string()])
+            .status();
+        eventually("the process to exit", within, || {
+            c.try_wait().ok().flatten()
+        })
+        .inspect_err(|_| kill_and_reap(&mut c))
+    }
+}
+
+impl Drop for OwnedChild {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            kill_and_reap(&mut c);
+        }
+    }
+}
+
 /// A running `meshd` process.
 pub struct Meshd {
     pub name: String,
@@ -83,14 +137,7 @@ pub struct Meshd {
 impl Meshd {
     /// Spawns `meshd <args>` and waits (bounded) for its "listening" line.
     pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
-        let mut child = Command::new(bin("meshd"))
-            .args(args)
-            .env("MESH_LOG", "warn,openraft=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("spawning meshd")?;
+        let mut child = meshd_command(args).spawn().context("spawning meshd")?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -104,8 +151,7 @@ impl Meshd {
         let line = match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) => l,
             Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 bail!("meshd {name} did not report its addresses within 30s");
             }
         };
@@ -128,8 +174,7 @@ impl Meshd {
         let (rpc_addr, http_addr) = match addrs {
             Ok(a) => a,
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 return Err(e);
             }
         };
@@ -149,8 +194,7 @@ impl Meshd {
     /// SIGKILL: the process gets no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(&mut c);
         }
     }
 
@@ -169,8 +213,7 @@ impl Meshd {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = c.kill();
-        let _ = c.wait();
+        kill_and_reap(&mut c);
         false
     }
 }

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::dev::{call, ok};
-use crate::process::{eventually, free_port, http};
+use crate::process::{OwnedChild, eventually, free_port, http};
 
 /// `meshproxy`, built with the rest of the workspace's binaries once per test process.
 pub fn proxy_bin() -> PathBuf {
@@ -30,24 +30,39 @@ pub fn register(
     public_port: u16,
     upstreams: &[(&str, u16)],
 ) {
-    let ups: Vec<Value> = upstreams
-        .iter()
-        .map(|(n, p)| json!({"DestinationName": n, "LocalBindPort": p}))
-        .collect();
     ok(
         "PUT",
         http_addr,
         "/v1/agent/service/register",
-        Some(&json!({
-            "Name": name, "ID": name, "Port": app_port,
-            "Connect": {"SidecarService": {
-                "Port": public_port,
-                "Proxy": {"Upstreams": ups},
-                "Checks": [{"Name": "listening", "TCP": format!("127.0.0.1:{public_port}"),
-                            "Interval": "1s"}]
-            }}
-        })),
+        Some(&sidecar_registration(
+            name,
+            app_port,
+            public_port,
+            upstreams,
+        )),
     );
+}
+
+/// The `/v1/agent/service/register` body of [`register`] (the benches send it themselves).
+pub fn sidecar_registration(
+    name: &str,
+    app_port: u16,
+    public_port: u16,
+    upstreams: &[(&str, u16)],
+) -> Value {
+    let ups: Vec<Value> = upstreams
+        .iter()
+        .map(|(n, p)| json!({"DestinationName": n, "LocalBindPort": p}))
+        .collect();
+    json!({
+        "Name": name, "ID": name, "Port": app_port,
+        "Connect": {"SidecarService": {
+            "Port": public_port,
+            "Proxy": {"Upstreams": ups},
+            "Checks": [{"Name": "listening", "TCP": format!("127.0.0.1:{public_port}"),
+                        "Interval": "1s"}]
+        }}
+    })
 }
 
 /// A TCP echo server that counts what reaches it: the application behind a proxy.
@@ -122,7 +137,7 @@ impl Drop for Echo {
 /// A running `meshproxy run` process; killed (by PID) on drop.
 pub struct Proxy {
     pub name: String,
-    child: Option<Child>,
+    child: OwnedChild,
     pub admin: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -161,7 +176,7 @@ impl Proxy {
             .expect("spawn meshproxy");
         Self {
             name: sidecar_for.to_string(),
-            child: Some(child),
+            child: OwnedChild::new(child),
             admin,
             log,
             _dir: dir,
@@ -169,7 +184,7 @@ impl Proxy {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child.id()
     }
 
     pub fn wait_ready(&self) {
@@ -210,28 +225,10 @@ impl Proxy {
 
     /// SIGTERM and wait (bounded) for the exit; returns whether it exited 0 and how long it took.
     pub fn terminate(&mut self, within: Duration) -> (bool, Duration) {
-        let mut c = self.child.take().expect("running");
         let started = std::time::Instant::now();
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let status = eventually("proxy exit", within, || c.try_wait().ok().flatten());
-        match status {
+        match self.child.stop("TERM", within) {
             Ok(s) => (s.success(), started.elapsed()),
-            Err(e) => {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("{e}");
-            }
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            Err(e) => panic!("{} proxy: {e}", self.name),
         }
     }
 }

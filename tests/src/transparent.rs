@@ -8,14 +8,14 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use crate::dev::{call, meshd_dev, ok, set_intention, wait_ca};
 pub use crate::pod::{Pod, PodPair as Pods};
-use crate::process::{Meshd, eventually, free_port, http};
+use crate::process::{Meshd, OwnedChild, eventually, free_port, http};
 use crate::python::run_bounded;
 use serde_json::{Value, json};
 
@@ -50,6 +50,15 @@ pub fn pods() -> Pods {
 pub fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What every transparent test checks first: root (fails loudly otherwise), then the
+/// [`serial`] lock, then the eBPF object. Hold the guard for the whole test.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    require_root();
+    let serial = serial();
+    let _ = ebpf_object();
+    serial
 }
 
 /// What an [`Echo`] saw of one connection.
@@ -192,7 +201,7 @@ pub fn client_host(dst: SocketAddr, msg: &str) -> Value {
     client_in(Command::new("python3"), dst, msg)
 }
 
-/// Runs [`CLIENT_PY`] with `python3` (`cmd`, already placed in its namespace and cgroup).
+/// Runs [`CLIENT_PY`] with `cmd` (`python3`, already placed in its namespace and cgroup).
 fn client_in(mut cmd: Command, dst: SocketAddr, msg: &str) -> Value {
     cmd.args([
         "-c",
@@ -215,13 +224,28 @@ pub fn client_as(pod: &Pod, uid: u32, dst: SocketAddr, msg: &str) -> Value {
         &uid,
         "--clear-groups",
         "/usr/bin/python3",
-        "-c",
-        CLIENT_PY,
-        &dst.ip().to_string(),
-        &dst.port().to_string(),
-        msg,
     ]);
-    run_client(&mut cmd)
+    client_in(cmd, dst, msg)
+}
+
+/// The logs of `proxies`, each under a header naming its service: the context of a failed
+/// assertion.
+pub fn logs(proxies: &[&Proxy]) -> String {
+    proxies
+        .iter()
+        .map(|p| format!("\n--- {} proxy ---\n{}", p.service, p.log()))
+        .collect()
+}
+
+/// Asserts that the answer of a [`client`] is the echo of `msg`; a failure shows the answer
+/// and the logs of `proxies`.
+pub fn assert_echoed(out: &Value, msg: &str, proxies: &[&Proxy]) {
+    assert_eq!(
+        out["echo"].as_str(),
+        Some(msg),
+        "client: {out}{}",
+        logs(proxies)
+    );
 }
 
 const STREAM_CLIENT_PY: &str = r#"
@@ -339,10 +363,37 @@ pub fn register(http_addr: SocketAddr, name: &str, pod: &Pod, port: u16) {
     );
 }
 
-/// The scene most transparent-mode tests start from: root checked, tests serialized, the eBPF
-/// object present, two pods, `meshd dev` with its CA, `svc-a` (pod A) and `svc-b` (pod B)
-/// registered at `app_port` with sidecars, an `svc-a -> svc-b` intention with `action`, and
-/// an echo app in pod B. The test starts the proxies itself (their flags differ).
+/// The start every transparent-mode test with pods shares: [`exclusive`], two pods,
+/// `meshd dev` with its CA, and `svc-a` registered in pod A at `app_port` with a sidecar.
+pub struct Mesh {
+    // Dropped in this order: the control plane, the pods, then the serial lock.
+    pub meshd: Meshd,
+    pub pods: Pods,
+    pub http: SocketAddr,
+    _serial: MutexGuard<'static, ()>,
+}
+
+impl Mesh {
+    pub fn start(app_port: u16) -> Self {
+        let serial = exclusive();
+        let pods = pods();
+        let meshd = meshd_dev();
+        let http = meshd.http_addr;
+        wait_ca(http);
+        register(http, "svc-a", &pods.a, app_port);
+        Self {
+            meshd,
+            pods,
+            http,
+            _serial: serial,
+        }
+    }
+}
+
+/// The scene most transparent-mode tests start from: a [`Mesh`], plus `svc-b` (pod B)
+/// registered at `app_port` with a sidecar, an `svc-a -> svc-b` intention with `action`, and
+/// an echo app in pod B. The test starts the proxies itself (their flags differ), or with
+/// [`Scene::proxies`].
 pub struct Scene {
     // Dropped in this order: the app, the control plane, the pods, then the serial lock.
     pub app_b: Echo,
@@ -354,14 +405,12 @@ pub struct Scene {
 
 impl Scene {
     pub fn start(action: &str, app_port: u16) -> Self {
-        require_root();
-        let serial = serial();
-        let _ = ebpf_object();
-        let pods = pods();
-        let meshd = meshd_dev();
-        let http = meshd.http_addr;
-        wait_ca(http);
-        register(http, "svc-a", &pods.a, app_port);
+        let Mesh {
+            meshd,
+            pods,
+            http,
+            _serial,
+        } = Mesh::start(app_port);
         register(http, "svc-b", &pods.b, app_port);
         set_intention(http, "svc-a", "svc-b", action);
         let app_b = Echo::start(&pods.b, app_port);
@@ -370,14 +419,23 @@ impl Scene {
             meshd,
             pods,
             http,
-            _serial: serial,
+            _serial,
         }
+    }
+
+    /// `svc-a`'s proxy in pod A and `svc-b`'s in pod B, both with the `extra` flags.
+    pub fn proxies(&self, extra: &[&str]) -> (Proxy, Proxy) {
+        (
+            Proxy::start(self.http, "svc-a", &self.pods.a, extra),
+            Proxy::start(self.http, "svc-b", &self.pods.b, extra),
+        )
     }
 }
 
 /// A running `meshproxy run --transparent` process; killed (by PID) on drop.
 pub struct Proxy {
-    child: Option<Child>,
+    child: OwnedChild,
+    pub service: String,
     pub admin: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -489,7 +547,8 @@ impl Proxy {
             .spawn()
             .expect("spawn meshproxy");
         let p = Self {
-            child: Some(child),
+            child: OwnedChild::new(child),
+            service: service.to_string(),
             admin,
             log,
             _dir: dir,
@@ -533,26 +592,8 @@ impl Proxy {
 
     /// SIGTERM (or SIGKILL) and wait (bounded) for the exit.
     pub fn stop(&mut self, signal: &str) {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill")
-            .args([&format!("-{signal}"), &c.id().to_string()])
-            .status();
-        let r = eventually("proxy exit", Duration::from_secs(20), || {
-            c.try_wait().ok().flatten()
-        });
-        if r.is_err() {
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("proxy did not exit on {signal}");
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        if let Err(e) = self.child.stop(signal, Duration::from_secs(20)) {
+            panic!("{} proxy did not exit on {signal}: {e}", self.service);
         }
     }
 }

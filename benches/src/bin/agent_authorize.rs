@@ -31,9 +31,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, Count, HttpConn, SHUTDOWN_TIMEOUT, Table, load_average, load_average_json,
-    load_average_text, rate, ratio, run_for, shutdown_agent, shutdown_server, start_client_agent,
-    start_single_server,
+    CommonArgs, Count, HttpConn, SHUTDOWN_TIMEOUT, Table, ensure_in, load_average,
+    load_average_json, load_average_text, rate, ratio, run_for, shutdown_agent, shutdown_server,
+    start_client_agent, start_single_server,
 };
 use mesh_control::agent::Agent;
 use mesh_control::agent::authorize::{AuthorizeResponse, decide};
@@ -42,6 +42,7 @@ use mesh_control::fsm::Command;
 use mesh_control::intentions::IntentionSet;
 use mesh_control::model::{Intention, IntentionAction};
 use mesh_control::server::Server;
+use mesh_tests::inproc::intention;
 
 /// How long the server may take to lead with a CA, and the agent to connect and sync.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -140,14 +141,8 @@ struct Measured {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = args.common.duration()?;
-    anyhow::ensure!(
-        (1..=256).contains(&args.clients),
-        "--clients must be in 1..=256"
-    );
-    anyhow::ensure!(
-        (1..=1024).contains(&args.loaders),
-        "--loaders must be in 1..=1024"
-    );
+    ensure_in("clients", args.clients, 1..=256)?;
+    ensure_in("loaders", args.loaders, 1..=1024)?;
     let load_start = load_average();
     let dir = args.common.tempdir("mesh-bench-authorize-")?;
 
@@ -277,24 +272,6 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn intention(source: &str, destination: &str, action: IntentionAction) -> Intention {
-    Intention {
-        id: String::new(),
-        source_name: source.to_string(),
-        source_ns: "default".to_string(),
-        destination_name: destination.to_string(),
-        destination_ns: "default".to_string(),
-        source_type: "consul".to_string(),
-        action: Some(action),
-        permissions: Vec::new(),
-        description: String::new(),
-        meta: Default::default(),
-        precedence: 0,
-        create_index: 0,
-        modify_index: 0,
-    }
 }
 
 /// Number of `svc-{i} -> db-{i % 100}` intentions (the rest are the two wildcard ones).

@@ -23,7 +23,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, HttpConn, SHUTDOWN_TIMEOUT, Table, load_average, load_average_json,
+    CommonArgs, HttpConn, SHUTDOWN_TIMEOUT, Table, ensure_in, load_average, load_average_json,
     load_average_text, percentile_f64, ratio, shutdown_agent, shutdown_server, signed_ms_between,
     start_client_agent, start_single_server,
 };
@@ -154,10 +154,7 @@ struct Measured {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(
-        (1..=10_000).contains(&args.changes),
-        "--changes must be in 1..=10000"
-    );
+    ensure_in("changes", args.changes, 1..=10_000)?;
     let load_start = load_average();
     let dir = args.common.tempdir("mesh-bench-blocking-")?;
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, Count, Table, load_average, load_average_json, load_average_text, parallelism,
-    rate, ratio, run_for,
+    CommonArgs, Count, Table, ensure_in, load_average, load_average_json, load_average_text,
+    parallelism, rate, ratio, run_for,
 };
 use mesh_control::ca::{BuiltinProvider, CaProvider, LeafRequest, StoredRoot, generate_csr};
 use mesh_control::spiffe::SpiffeId;
@@ -62,14 +62,8 @@ fn main() -> anyhow::Result<()> {
     let duration = args.common.duration()?;
     let threads = args.threads.unwrap_or_else(parallelism);
     anyhow::ensure!((1..=256).contains(&threads), "--threads must be in 1..=256");
-    anyhow::ensure!(
-        (1..=MAX_OPS).contains(&args.max_ops),
-        "--max-ops must be in 1..={MAX_OPS}"
-    );
-    anyhow::ensure!(
-        (1..=100_000).contains(&args.csrs),
-        "--csrs must be in 1..=100000"
-    );
+    ensure_in("max-ops", args.max_ops, 1..=MAX_OPS)?;
+    ensure_in("csrs", args.csrs, 1..=100_000)?;
     let load_start = load_average();
 
     let now = OffsetDateTime::now_utc();

@@ -28,7 +28,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::Full;
@@ -101,19 +100,9 @@ async fn serve_app(listener: tokio::net::TcpListener) {
     }
 }
 
+/// [`mesh::put`] on a new connection to `api`.
 async fn put(api: SocketAddr, path: &str, body: &Value) -> anyhow::Result<()> {
-    let mut c = HttpConn::connect(api).await?;
-    let r = c
-        .request(http::Method::PUT, path, Bytes::from(body.to_string()))
-        .await?;
-    if r.status != 200 {
-        bail!(
-            "PUT {path}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-    }
-    Ok(())
+    mesh::put(&mut HttpConn::connect(api).await?, path, body).await
 }
 
 /// Everything running: dropped in reverse order (proxies, then meshd).

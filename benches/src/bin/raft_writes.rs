@@ -19,12 +19,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, Count, Table, load_average, load_average_json, load_average_text, ms, percentile,
-    rate, ratio, run_for,
+    CommonArgs, Count, Table, ensure_in, load_average, load_average_json, load_average_text, ms,
+    percentile, rate, ratio, run_for,
 };
 use mesh_control::fsm::Command;
-use mesh_control::model::{Intention, IntentionAction};
 use mesh_control::server::{Server, ServerConfig, ServerHandle};
+use mesh_tests::inproc::intention_cmd;
 
 /// How long the cluster may take to elect a leader, seat three voters and create its CA.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -77,10 +77,7 @@ impl WritePhase {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = args.common.duration()?;
-    anyhow::ensure!(
-        (1..=1024).contains(&args.concurrency),
-        "--concurrency must be in 1..=1024"
-    );
+    ensure_in("concurrency", args.concurrency, 1..=1024)?;
     let load_start = load_average();
     let dir = args.common.tempdir("mesh-bench-raft-")?;
 
@@ -285,24 +282,7 @@ async fn wait_ready(handles: &[ServerHandle]) -> anyhow::Result<(Arc<Server>, Ar
 
 /// `allow` intention from `svc-{writer}-{n}` to `db`.
 fn upsert(writer: usize, n: u64) -> Command {
-    Command::IntentionUpsert {
-        intention: Intention {
-            id: String::new(),
-            source_name: format!("svc-{writer}-{n}"),
-            source_ns: "default".to_string(),
-            destination_name: "db".to_string(),
-            destination_ns: "default".to_string(),
-            source_type: "consul".to_string(),
-            action: Some(IntentionAction::Allow),
-            permissions: Vec::new(),
-            description: String::new(),
-            meta: Default::default(),
-            precedence: 0,
-            create_index: 0,
-            modify_index: 0,
-        },
-        replace: true,
-    }
+    intention_cmd(&format!("svc-{writer}-{n}"), "db")
 }
 
 /// What one writer task saw.

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mesh_tests::pod::{Pod, PodPair};
+use mesh_tests::process::kill_and_reap;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -252,39 +253,22 @@ impl Pods {
 impl Drop for Pods {
     fn drop(&mut self) {
         for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(c);
         }
     }
 }
 
-/// Minimal HTTP/1.1 request to the agent (one connection per call).
+/// One HTTP/1.1 request to the agent or a proxy's admin port, with the tests' client (one
+/// connection per call): (status, body).
 fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> anyhow::Result<(u16, String)> {
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let body = body.map(Value::to_string);
+    let r = mesh_tests::process::http(method, addr, path, body.as_deref())?;
+    Ok((r.status, r.body))
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -351,8 +335,7 @@ struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_and_reap(&mut self.0);
     }
 }
 

@@ -45,7 +45,8 @@ pub struct MeshChain {
     pub http: SocketAddr,
 }
 
-async fn put(http: &mut HttpConn, path: &str, body: &Value) -> anyhow::Result<()> {
+/// `PUT path` with a JSON `body` on `http`; anything but 200 is an error with the answer.
+pub async fn put(http: &mut HttpConn, path: &str, body: &Value) -> anyhow::Result<()> {
     let r = http
         .request(http::Method::PUT, path, Bytes::from(body.to_string()))
         .await?;
@@ -85,27 +86,8 @@ where
 }
 
 /// Registers `name` (app on `app_port`) with a sidecar on `public_port` whose health is a 1 s
-/// TCP check of that port; `upstreams` are (service, local port).
-pub fn registration(
-    name: &str,
-    app_port: u16,
-    public_port: u16,
-    upstreams: &[(&str, u16)],
-) -> Value {
-    let ups: Vec<Value> = upstreams
-        .iter()
-        .map(|(n, p)| json!({"DestinationName": n, "LocalBindPort": p}))
-        .collect();
-    json!({
-        "Name": name, "ID": name, "Port": app_port,
-        "Connect": {"SidecarService": {
-            "Port": public_port,
-            "Proxy": {"Upstreams": ups},
-            "Checks": [{"Name": "listening", "TCP": format!("127.0.0.1:{public_port}"),
-                        "Interval": "1s"}]
-        }}
-    })
-}
+/// TCP check of that port; `upstreams` are (service, local port). The same body as the tests'.
+pub use mesh_tests::sidecar::sidecar_registration as registration;
 
 /// Starts `meshproxy run --sidecar-for` and waits for its ready line; returns it and its admin
 /// address.

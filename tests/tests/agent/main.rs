@@ -88,24 +88,39 @@ pub async fn put_intention(addr: SocketAddr, source: &str, destination: &str, ac
     .await;
 }
 
+/// Polls `GET path` on `addr` until `holds` accepts its JSON answer and returns that answer;
+/// after `timeout` it panics with `what` and the last answer.
+pub async fn wait_json(
+    addr: SocketAddr,
+    path: &str,
+    what: &str,
+    timeout: Duration,
+    holds: impl Fn(&Value) -> bool,
+) -> Value {
+    let holds = &holds;
+    eventually(what, timeout, || async move {
+        let v = try_call(addr, "GET", path, None).await?.json();
+        if holds(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v}"))
+        }
+    })
+    .await
+}
+
 /// Waits until `node` is in the catalog of `server`: the agent's first anti-entropy pass is
 /// done. (`Agent::wait_synced` cannot tell: it answers `true` before the first pass, since the
 /// synced index and the local index both start at 0.)
 pub async fn wait_node_in_catalog(server: SocketAddr, node: &str) {
-    let node = node.to_string();
-    eventually(
+    wait_json(
+        server,
+        "/v1/catalog/nodes",
         &format!("node {node} in the catalog"),
         Duration::from_secs(10),
-        || {
-            let node = node.clone();
-            async move {
-                let r = try_call(server, "GET", "/v1/catalog/nodes", None).await?;
-                let v = r.json();
-                let found = v
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|n| n["Node"] == node.as_str()));
-                if found { Ok(()) } else { Err(format!("{v}")) }
-            }
+        |v| {
+            v.as_array()
+                .is_some_and(|a| a.iter().any(|n| n["Node"] == node))
         },
     )
     .await;

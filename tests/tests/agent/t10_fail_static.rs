@@ -8,7 +8,7 @@ use std::time::Duration;
 use mesh_tests::eventually::eventually;
 use tokio::time::Instant;
 
-use crate::{ProcServers, authorize, call, ok, put_intention, spawn_agent, try_call};
+use crate::{ProcServers, authorize, call, ok, put_intention, spawn_agent, try_call, wait_json};
 
 /// The agent's reconnect backoff tops out at 2 s (cache stream) and its anti-entropy retry at
 /// 5 s (`control/src/agent/{cache,sync}.rs`); a change must show within these bounds once a
@@ -69,14 +69,12 @@ async fn agent_serves_from_cache_without_servers_and_resyncs_after_restart() {
     )
     .await;
     // The registration reached the catalog before the outage.
-    eventually(
+    wait_json(
+        s0,
+        "/v1/catalog/services",
         "web in the catalog",
         Duration::from_secs(10),
-        || async move {
-            let r = try_call(s0, "GET", "/v1/catalog/services", None).await?;
-            let v = r.json();
-            v.get("web").map(|_| ()).ok_or(format!("{v}"))
-        },
+        |v| v.get("web").is_some(),
     )
     .await;
 
@@ -155,17 +153,12 @@ async fn agent_serves_from_cache_without_servers_and_resyncs_after_restart() {
     assert_eq!(authorize(a, &td, "web", "db").await["Authorized"], true);
 
     // Anti-entropy: the service registered during the outage reaches the catalog.
-    eventually(
+    wait_json(
+        s0,
+        "/v1/catalog/services",
         "the service registered during the outage in the servers' catalog",
         Duration::from_secs(20),
-        || async move {
-            let r = try_call(s0, "GET", "/v1/catalog/services", None).await?;
-            let v = r.json();
-            match (v.get("late"), v.get("web")) {
-                (Some(_), Some(_)) => Ok(()),
-                _ => Err(format!("{v}")),
-            }
-        },
+        |v| v.get("late").is_some() && v.get("web").is_some(),
     )
     .await;
     let took = ready.elapsed();

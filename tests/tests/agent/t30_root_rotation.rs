@@ -81,19 +81,7 @@ async fn leaves_are_reissued_within_the_jitter_after_rotation() {
         .await
         .json();
     assert_eq!(roots["ActiveRootID"], new_root.as_str(), "{roots}");
-    let bundle: String = roots["Roots"]
-        .as_array()
-        .expect("Roots")
-        .iter()
-        .map(|r| {
-            r["RootCert"]
-                .as_str()
-                .expect("RootCert")
-                .trim_end()
-                .to_string()
-                + "\n"
-        })
-        .collect();
+    let bundle = mesh_tests::openssl::root_bundle(&roots);
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("roots.pem");
     std::fs::write(&ca_file, bundle).unwrap();

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use mesh_control::server::liveness::{FAIL_AFTER, TICK};
-use mesh_tests::eventually::eventually;
 use mesh_tests::process::meshctl;
 use tokio::time::Instant;
 
-use crate::{ProcServers, health_ids, ok, spawn_agent, try_call};
+use crate::{ProcServers, health_ids, ok, spawn_agent, wait_json};
 
 /// `FAIL_AFTER + TICK` plus a Raft commit and the health read (`server/liveness.rs`), rounded
 /// up for a loaded machine.
@@ -30,19 +29,13 @@ async fn killed_agent_drops_out_of_passing_and_shows_failed() {
     let reg = r#"{"Name":"web","Port":8080,"Connect":{"SidecarService":{
         "Checks":[{"TTL":"60s","Status":"passing"}]}}}"#;
     ok(a, "PUT", "/v1/agent/service/register", Some(reg)).await;
-    eventually(
+    let passing = "/v1/health/connect/web?passing";
+    wait_json(
+        s,
+        passing,
         "the agent's sidecar in the server's /v1/health/connect/web?passing",
         Duration::from_secs(15),
-        || async move {
-            let r = try_call(s, "GET", "/v1/health/connect/web?passing", None).await?;
-            let v = r.json();
-            let ids = health_ids(&v);
-            if ids == ["web-sidecar-proxy"] && v[0]["Node"]["Node"] == "client-kill" {
-                Ok(())
-            } else {
-                Err(format!("{v}"))
-            }
-        },
+        |v| health_ids(v) == ["web-sidecar-proxy"] && v[0]["Node"]["Node"] == "client-kill",
     )
     .await;
     let members = ok(s, "GET", "/v1/agent/members", None).await.json();
@@ -55,18 +48,12 @@ async fn killed_agent_drops_out_of_passing_and_shows_failed() {
 
     agent.kill();
     let killed = Instant::now();
-    eventually(
+    wait_json(
+        s,
+        passing,
         "the killed agent's sidecar to leave ?passing",
         Duration::from_secs(20),
-        || async move {
-            let r = try_call(s, "GET", "/v1/health/connect/web?passing", None).await?;
-            let v = r.json();
-            if health_ids(&v).is_empty() {
-                Ok(())
-            } else {
-                Err(format!("{v}"))
-            }
-        },
+        |v| health_ids(v).is_empty(),
     )
     .await;
     let took = killed.elapsed();

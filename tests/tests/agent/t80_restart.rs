@@ -29,7 +29,7 @@ use mesh_tests::process::{Meshd, free_port, http};
 use mesh_tests::sidecar::{Echo, Proxy, roundtrip};
 use serde_json::json;
 
-use crate::{InprocEnv, ProcServers, ok, put_intention, spawn_agent, try_call};
+use crate::{InprocEnv, ProcServers, ok, put_intention, spawn_agent, try_call, wait_json};
 
 const NODE: &str = "client-restart";
 const RESTARTS: usize = 5;
@@ -311,15 +311,7 @@ async fn restarts_under_load_drop_nothing() {
         "Connect": {"SidecarService": {"Port": web_public, "Proxy": {"Upstreams": [
             {"DestinationName": "db", "LocalBindPort": up}]}}}
     });
-    for body in [db, web] {
-        ok(
-            a,
-            "PUT",
-            "/v1/agent/service/register",
-            Some(&body.to_string()),
-        )
-        .await;
-    }
+    register_all(a, [db, web]).await;
     put_intention(server, "web", "db", "allow").await;
     let db_proxy = Proxy::start(a, "db", &[]);
     let web_proxy = Proxy::start(a, "web", &[]);
@@ -523,15 +515,7 @@ async fn persisted_state_follows_the_api() {
     let api = json!({"Name": "api", "Port": 7000,
         "Check": {"CheckID": "api-ttl", "TTL": "6s", "Status": "critical"}});
     let web = json!({"Name": "web", "Port": 8080, "Connect": {"SidecarService": {}}});
-    for body in [api, web] {
-        ok(
-            a,
-            "PUT",
-            "/v1/agent/service/register",
-            Some(&body.to_string()),
-        )
-        .await;
-    }
+    register_all(a, [api, web]).await;
     for id in ["api", "web", "web-sidecar-proxy"] {
         let f = services.join(file_name(id));
         assert_eq!(mode(&f), FILE_MODE, "{}", f.display());
@@ -614,24 +598,32 @@ async fn persisted_state_follows_the_api() {
         "expired {since_restart:?} after the restart: the deadline was not kept"
     );
     // The server's catalog sees the expiry too (anti-entropy runs after the restore).
-    eventually(
+    wait_json(
+        server_http,
+        "/v1/health/service/api",
         "api-ttl critical on the server",
         Duration::from_secs(10),
-        || async move {
-            let r = try_call(server_http, "GET", "/v1/health/service/api", None).await?;
-            let v = r.json();
-            let status = v[0]["Checks"]
+        |v| {
+            v[0]["Checks"]
                 .as_array()
                 .and_then(|cs| cs.iter().find(|c| c["CheckID"] == "api-ttl"))
-                .map(|c| c["Status"].clone());
-            if status == Some(json!("critical")) {
-                Ok(())
-            } else {
-                Err(format!("{v}"))
-            }
+                .is_some_and(|c| c["Status"] == "critical")
         },
     )
     .await;
     agent.shutdown().await;
     cluster.shutdown().await;
+}
+
+/// Registers each of `services` (`/v1/agent/service/register` bodies) with the agent at `a`.
+async fn register_all(a: SocketAddr, services: impl IntoIterator<Item = serde_json::Value>) {
+    for body in services {
+        ok(
+            a,
+            "PUT",
+            "/v1/agent/service/register",
+            Some(&body.to_string()),
+        )
+        .await;
+    }
 }

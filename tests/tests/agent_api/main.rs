@@ -7,28 +7,44 @@ use std::time::Duration;
 use mesh_control::ca::generate_csr;
 use mesh_control::proto::catalog_client::CatalogClient;
 use mesh_control::proto::{JsonRequest, SignCsrRequest, WatchReply, WatchRequest};
-use mesh_control::server::{Server, ServerConfig, ServerHandle};
+use mesh_control::server::ServerHandle;
 use mesh_control::spiffe::SpiffeId;
 use serde_json::{Value, json};
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 async fn start() -> (ServerHandle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = ServerConfig::new("agent-api", dir.path());
-    c.election_timeout_min = Duration::from_millis(150);
-    c.election_timeout_max = Duration::from_millis(300);
-    c.heartbeat = Duration::from_millis(50);
-    let h = Server::start(c).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !h.server.state.read(|s| !s.ca.roots.is_empty()) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "CA not initialized in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    mesh_tests::inproc::start_single("agent-api").await
+}
+
+/// Which watch stream of the `Catalog` service.
+enum Watch {
+    Intentions,
+    Health,
+    Roots,
+}
+
+/// Opens watch `what` on `name` from `min_index` (only passing instances if `passing_only`).
+async fn watch(
+    channel: &Channel,
+    what: Watch,
+    name: &str,
+    min_index: u64,
+    passing_only: bool,
+) -> Streaming<WatchReply> {
+    let mut client = CatalogClient::new(channel.clone());
+    let req = WatchRequest {
+        min_index,
+        name: name.into(),
+        passing_only,
+    };
+    match what {
+        Watch::Intentions => client.watch_intentions(req).await,
+        Watch::Health => client.watch_health(req).await,
+        Watch::Roots => client.watch_roots(req).await,
     }
-    (h, dir)
+    .unwrap()
+    .into_inner()
 }
 
 /// The next message of a watch, failing after 10 s.
@@ -67,15 +83,7 @@ async fn catalog_api_over_one_connection() {
     let mut api = CatalogClient::new(channel.clone());
 
     // Intentions for "db": the first message comes at once, later ones on change.
-    let mut intentions = CatalogClient::new(channel.clone())
-        .watch_intentions(WatchRequest {
-            min_index: 0,
-            name: "db".into(),
-            passing_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut intentions = watch(&channel, Watch::Intentions, "db", 0, false).await;
     let (i0, v0) = next(&mut intentions).await;
     assert_eq!(v0["Intentions"], json!([]));
     assert_eq!(v0["DefaultPolicy"], "deny");
@@ -93,31 +101,22 @@ async fn catalog_api_over_one_connection() {
     assert_eq!(v1["Intentions"][0]["SourceName"], "web");
     // An intention for another destination does not wake the "db" watch's content, but a
     // same-pair create without Replace is refused with AlreadyExists.
-    let err = api
-        .upsert_intention(req(json!({
-            "Intention": {"SourceName": "web", "DestinationName": "db", "Action": "deny"}
-        })))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
-    let bad = api
-        .upsert_intention(req(json!({
-            "Intention": {"SourceName": "", "DestinationName": "db", "Action": "deny"}
-        })))
-        .await
-        .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+    // An empty source is invalid.
+    for (source, code) in [
+        ("web", tonic::Code::AlreadyExists),
+        ("", tonic::Code::InvalidArgument),
+    ] {
+        let err = api
+            .upsert_intention(req(json!({
+                "Intention": {"SourceName": source, "DestinationName": "db", "Action": "deny"}
+            })))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "source {source:?}: {err}");
+    }
 
     // A watch "from index N" sends nothing until something after N changes.
-    let mut from_now = CatalogClient::new(channel.clone())
-        .watch_intentions(WatchRequest {
-            min_index: i1,
-            name: "db".into(),
-            passing_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut from_now = watch(&channel, Watch::Intentions, "db", i1, false).await;
     quiet(&mut from_now, Duration::from_millis(300)).await;
     let d = api
         .delete_intention(req(json!({"SourceName": "web", "DestinationName": "db"})))
@@ -130,15 +129,7 @@ async fn catalog_api_over_one_connection() {
 
     // Healthy connect instances of "web": a sidecar with a passing check appears, and drops
     // out when the check goes critical.
-    let mut health = CatalogClient::new(channel.clone())
-        .watch_health(WatchRequest {
-            min_index: 0,
-            name: "web".into(),
-            passing_only: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut health = watch(&channel, Watch::Health, "web", 0, true).await;
     assert_eq!(next(&mut health).await.1, json!([]));
     api.register(req(json!({
         "Node": {"Node": "n1", "Address": "127.0.0.1"},
@@ -170,15 +161,7 @@ async fn catalog_api_over_one_connection() {
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // Roots and CSR signing.
-    let mut roots = CatalogClient::new(channel.clone())
-        .watch_roots(WatchRequest {
-            min_index: 0,
-            name: String::new(),
-            passing_only: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut roots = watch(&channel, Watch::Roots, "", 0, false).await;
     let (_, r0) = next(&mut roots).await;
     assert_eq!(r0["Roots"].as_array().unwrap().len(), 1);
     let td = r0["TrustDomain"].as_str().unwrap().to_string();

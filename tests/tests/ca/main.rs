@@ -33,6 +33,16 @@ pub fn write_pem(dir: &Path, name: &str, pem: &str) -> String {
 
 pub use mesh_tests::openssl::openssl_verify;
 
+/// Asserts that `openssl verify -CAfile ca_pem leaf_pem` fails; `what` names the leak if not.
+pub async fn assert_not_verified(ca_pem: &str, leaf_pem: &str, what: &str) {
+    assert!(
+        openssl_verify(&["-CAfile", ca_pem, leaf_pem])
+            .await
+            .is_err(),
+        "{what}"
+    );
+}
+
 /// `NotAfter - now` of a PEM certificate, in seconds.
 pub fn seconds_left(cert_pem: &str) -> i64 {
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("PEM");
@@ -82,17 +92,13 @@ pub fn active_root(list: &serde_json::Value) -> serde_json::Value {
     active[0].clone()
 }
 
-/// Concatenated `RootCert`s of every root.
-pub fn bundle(list: &serde_json::Value) -> String {
-    root_entries(list)
-        .iter()
-        .map(|r| {
-            r["RootCert"]
-                .as_str()
-                .expect("RootCert")
-                .trim_end()
-                .to_string()
-                + "\n"
-        })
-        .collect()
+pub use mesh_tests::openssl::root_bundle as bundle;
+
+/// `PUT /v1/connect/ca/rotate` on `http`, asserting it succeeds.
+pub async fn rotate(http: std::net::SocketAddr) -> mesh_tests::http_raw::Reply {
+    let r = mesh_tests::http_raw::send(http, http::Method::PUT, "/v1/connect/ca/rotate", None)
+        .await
+        .expect("rotate answers");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r
 }

@@ -6,7 +6,7 @@ use mesh_control::server::ServerError;
 use mesh_control::spiffe::SpiffeId;
 use mesh_tests::inproc::TestCluster;
 
-use super::{bundle, issue_leaf, openssl_verify, roots, uri_sans, write_pem};
+use super::{assert_not_verified, bundle, issue_leaf, openssl_verify, roots, uri_sans, write_pem};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leaf_signed_by_a_follower_verifies_against_the_roots() {
@@ -37,12 +37,12 @@ async fn leaf_signed_by_a_follower_verifies_against_the_roots() {
     let foreign = TestCluster::start(1).await.expect("second cluster");
     let other = roots(foreign.handle(0).http_addr).await;
     let foreign_pem = write_pem(dir.path(), "foreign.pem", &bundle(&other));
-    assert!(
-        openssl_verify(&["-CAfile", &foreign_pem, &leaf_pem])
-            .await
-            .is_err(),
-        "a leaf verified against another cluster's root"
-    );
+    assert_not_verified(
+        &foreign_pem,
+        &leaf_pem,
+        "a leaf verified against another cluster's root",
+    )
+    .await;
     foreign.shutdown().await;
     cluster.shutdown().await;
 }
@@ -55,17 +55,6 @@ async fn csrs_for_another_identity_are_refused() {
 
     // A CSR for "db" presented by a caller authorized for "web".
     let (db_csr, _) = generate_csr(&SpiffeId::service(&td, "dc1", "db")).unwrap();
-    let err = server
-        .sign_csr("web", "dc1", &db_csr)
-        .expect_err("a CSR for db must not be signed for web");
-    assert!(
-        matches!(err, ServerError::Ca(CaError::WrongSpiffeId { .. })),
-        "{err:?}"
-    );
-    let msg = err.to_string();
-    assert!(msg.contains("/svc/db") && msg.contains("/svc/web"), "{msg}");
-    assert_eq!(err.http_status(), 400);
-
     // A CSR for another trust domain.
     let (foreign_csr, _) = generate_csr(&SpiffeId::service(
         "11111111-2222-3333-4444-555555555555.consul",
@@ -73,28 +62,41 @@ async fn csrs_for_another_identity_are_refused() {
         "web",
     ))
     .unwrap();
-    let err = server
-        .sign_csr("web", "dc1", &foreign_csr)
-        .expect_err("a CSR for another trust domain must not be signed");
-    assert!(
-        matches!(err, ServerError::Ca(CaError::WrongTrustDomain { .. })),
-        "{err:?}"
-    );
-    let msg = err.to_string();
-    assert!(msg.contains("11111111-2222") && msg.contains(&td), "{msg}");
-
-    // Garbage is refused as malformed, not signed.
-    let err = server
-        .sign_csr(
-            "web",
-            "dc1",
-            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
-        )
-        .expect_err("garbage CSR");
-    assert!(
-        matches!(err, ServerError::Ca(CaError::MalformedCsr { .. })),
-        "{err:?}"
-    );
+    let garbage = "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n";
+    // (what, CSR, the CA error it must get, what the message must name); each is a 400.
+    type Expected = fn(&CaError) -> bool;
+    let refusals: [(&str, &str, Expected, Vec<&str>); 3] = [
+        (
+            "a CSR for db must not be signed for web",
+            &db_csr,
+            |e| matches!(e, CaError::WrongSpiffeId { .. }),
+            vec!["/svc/db", "/svc/web"],
+        ),
+        (
+            "a CSR for another trust domain must not be signed",
+            &foreign_csr,
+            |e| matches!(e, CaError::WrongTrustDomain { .. }),
+            vec!["11111111-2222", &td],
+        ),
+        (
+            "garbage is refused as malformed, not signed",
+            garbage,
+            |e| matches!(e, CaError::MalformedCsr { .. }),
+            vec![],
+        ),
+    ];
+    for (what, csr, expected, names) in refusals {
+        let err = server.sign_csr("web", "dc1", csr).expect_err(what);
+        assert!(
+            matches!(&err, ServerError::Ca(e) if expected(e)),
+            "{what}: {err:?}"
+        );
+        let msg = err.to_string();
+        for name in names {
+            assert!(msg.contains(name), "{what}: {msg}");
+        }
+        assert_eq!(err.http_status(), 400, "{what}");
+    }
 
     // The right CSR still works (the refusals above were about the CSRs, not the CA).
     let leaf = super::issue_leaf(server, "web");

@@ -2,16 +2,17 @@
 //! both generations keep verifying, and a workload that only trusts the old root accepts new
 //! leaves through the cross-signed certificate.
 
-use mesh_tests::http_raw;
 use mesh_tests::inproc::TestCluster;
 
-use super::{active_root, bundle, issue_leaf, openssl_verify, root_entries, roots, write_pem};
+use super::{
+    active_root, assert_not_verified, bundle, issue_leaf, openssl_verify, root_entries, roots,
+    write_pem,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rotation_cross_signs_and_keeps_old_leaves_valid() {
     let cluster = TestCluster::start(3).await.expect("cluster starts");
-    let leader = cluster.leader().await;
-    let follower = cluster.followers().await[0];
+    let (leader, follower) = cluster.leader_and_follower().await;
     let http = cluster.handle(follower).http_addr;
     let dir = tempfile::tempdir().unwrap();
 
@@ -22,16 +23,7 @@ async fn rotation_cross_signs_and_keeps_old_leaves_valid() {
     assert_eq!(old_leaf.root_id, old_root["ID"].as_str().unwrap());
 
     // Rotate through the HTTP API of a follower (forwarded to the leader).
-    let r = http_raw::request(
-        http,
-        http::Method::PUT,
-        "/v1/connect/ca/rotate",
-        None,
-        std::time::Duration::from_secs(30),
-    )
-    .await
-    .expect("rotate answers");
-    assert_eq!(r.status, 200, "{}", r.text());
+    super::rotate(http).await;
 
     let after = roots(http).await;
     let entries = root_entries(&after);
@@ -93,12 +85,12 @@ async fn rotation_cross_signs_and_keeps_old_leaves_valid() {
     .await
     .unwrap_or_else(|e| panic!("new leaf via the cross-signed cert: {e}"));
     // ... and not without it.
-    assert!(
-        openssl_verify(&["-CAfile", &old_root_pem, &new_leaf_pem])
-            .await
-            .is_err(),
-        "a new leaf verified against the old root alone"
-    );
+    assert_not_verified(
+        &old_root_pem,
+        &new_leaf_pem,
+        "a new leaf verified against the old root alone",
+    )
+    .await;
     cluster.wait_converged().await;
     cluster.shutdown().await;
 }

@@ -1,8 +1,6 @@
 //! `PUT /v1/connect/ca/configuration`: a leaf-only setting is stored without a new root and
 //! applies to the next leaf; a change of the root's key or lifetime rotates.
 
-use std::time::Duration;
-
 use mesh_tests::http_raw::{self, Reply};
 use mesh_tests::inproc::TestCluster;
 
@@ -17,15 +15,28 @@ async fn get_config(http: std::net::SocketAddr) -> serde_json::Value {
 }
 
 async fn put_config(http: std::net::SocketAddr, body: &serde_json::Value) -> Reply {
-    http_raw::request(
+    http_raw::send(
         http,
         http::Method::PUT,
         "/v1/connect/ca/configuration",
         Some(serde_json::to_vec(body).unwrap()),
-        Duration::from_secs(30),
     )
     .await
     .expect("PUT configuration answers")
+}
+
+/// Sends the current configuration back with `Config[key] = value`.
+async fn change_config(http: std::net::SocketAddr, key: &str, value: serde_json::Value) -> Reply {
+    let mut body = body_of(&get_config(http).await);
+    body["Config"][key] = value;
+    put_config(http, &body).await
+}
+
+/// The root list, asserting it holds `want` roots (`what` says why).
+async fn roots_counted(http: std::net::SocketAddr, want: usize, what: &str) -> serde_json::Value {
+    let list = roots(http).await;
+    assert_eq!(root_entries(&list).len(), want, "{what}: {list}");
+    list
 }
 
 /// The configuration as a client would send it back: `Provider` and `Config`.
@@ -52,16 +63,9 @@ async fn leaf_ttl_change_does_not_rotate_but_root_key_changes_do() {
     let root_before = active_root(&roots(http).await);
 
     // Only LeafCertTTL changes: stored, no rotation, next leaf lives about an hour.
-    let mut body = body_of(&config);
-    body["Config"]["LeafCertTTL"] = "1h".into();
-    let r = put_config(http, &body).await;
+    let r = change_config(http, "LeafCertTTL", "1h".into()).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let after = roots(http).await;
-    assert_eq!(
-        root_entries(&after).len(),
-        1,
-        "a LeafCertTTL change rotated: {after}"
-    );
+    let after = roots_counted(http, 1, "a LeafCertTTL change rotated").await;
     assert_eq!(active_root(&after)["ID"], root_before["ID"]);
     assert_eq!(get_config(http).await["Config"]["LeafCertTTL"], "1h");
     let leaf = issue_leaf(server, "web");
@@ -72,29 +76,16 @@ async fn leaf_ttl_change_does_not_rotate_but_root_key_changes_do() {
     );
 
     // A key the built-in CA cannot issue (P-384) is refused with the reason; nothing rotates.
-    let mut body = body_of(&get_config(http).await);
-    body["Config"]["PrivateKeyBits"] = 384.into();
-    let r = put_config(http, &body).await;
+    let r = change_config(http, "PrivateKeyBits", 384.into()).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("unsupported root key"), "{}", r.text());
-    assert_eq!(
-        root_entries(&roots(http).await).len(),
-        1,
-        "a refused change rotated"
-    );
+    roots_counted(http, 1, "a refused change rotated").await;
     assert_eq!(get_config(http).await["Config"]["PrivateKeyBits"], 256);
 
     // RootCertTTL changes: a new root.
-    let mut body = body_of(&get_config(http).await);
-    body["Config"]["RootCertTTL"] = "43800h".into();
-    let r = put_config(http, &body).await;
+    let r = change_config(http, "RootCertTTL", "43800h".into()).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let after_ttl = roots(http).await;
-    assert_eq!(
-        root_entries(&after_ttl).len(),
-        2,
-        "RootCertTTL did not rotate"
-    );
+    let after_ttl = roots_counted(http, 2, "RootCertTTL did not rotate").await;
     assert_ne!(active_root(&after_ttl)["ID"], root_before["ID"]);
     let config = get_config(http).await;
     assert_eq!(config["Config"]["RootCertTTL"], "43800h");
@@ -102,9 +93,7 @@ async fn leaf_ttl_change_does_not_rotate_but_root_key_changes_do() {
     assert_eq!(config["Config"]["LeafCertTTL"], "1h");
 
     // An invalid leaf TTL is refused and changes nothing.
-    let mut body = body_of(&config);
-    body["Config"]["LeafCertTTL"] = "soon".into();
-    let r = put_config(http, &body).await;
+    let r = change_config(http, "LeafCertTTL", "soon".into()).await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(get_config(http).await["Config"]["LeafCertTTL"], "1h");
     cluster.shutdown().await;

@@ -16,16 +16,7 @@ async fn no_http_answer_carries_a_private_key() {
     });
     assert_eq!(keys, 1);
 
-    let rotate = http_raw::request(
-        http,
-        http::Method::PUT,
-        "/v1/connect/ca/rotate",
-        None,
-        std::time::Duration::from_secs(30),
-    )
-    .await
-    .expect("rotate");
-    assert_eq!(rotate.status, 200, "{}", rotate.text());
+    let rotate = super::rotate(http).await;
     let mut answers = vec![("PUT /v1/connect/ca/rotate".to_string(), rotate)];
     for path in [
         "/v1/connect/ca/roots",

@@ -50,16 +50,15 @@ impl ProcCluster {
         Ok(c)
     }
 
+    /// `GET path` on server `i`: its JSON answer when it answers 200, else `None`.
+    fn get_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
+        let r = http("GET", self.servers[i].http_addr, path, None).ok()?;
+        (r.status == 200).then(|| r.json().ok()).flatten()
+    }
+
     /// Raft configuration as seen by server `i` (stale: its own view).
     pub fn configuration(&self, i: usize) -> Option<serde_json::Value> {
-        let r = http(
-            "GET",
-            self.servers[i].http_addr,
-            "/v1/operator/raft/configuration?stale",
-            None,
-        )
-        .ok()?;
-        (r.status == 200).then(|| r.json().ok()).flatten()
+        self.get_json(i, "/v1/operator/raft/configuration?stale")
     }
 
     /// Waits until every live server agrees on one leader (other than `not`), returning its
@@ -104,17 +103,9 @@ impl ProcCluster {
 
     /// State digest reported by server `i` from its local state.
     pub fn digest(&self, i: usize) -> Option<String> {
-        let r = http(
-            "GET",
-            self.servers[i].http_addr,
-            "/v1/internal/state-hash?stale",
-            None,
-        )
-        .ok()?;
-        if r.status != 200 {
-            return None;
-        }
-        r.json().ok()?["Hash"].as_str().map(str::to_string)
+        self.get_json(i, "/v1/internal/state-hash?stale")?["Hash"]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// Waits until all live servers report the same digest, and returns it.

@@ -5,28 +5,19 @@
 //! leader and a CA; until then `/v1/status/leader` answers `""`.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use mesh_tests::process::{Meshd, bin, free_port, http, server_args};
+use mesh_tests::dev::dev_args;
+use mesh_tests::process::{Meshd, bin, free_port, http, kill_and_reap, meshd_command, server_args};
 
 #[test]
 fn dev_is_ready_in_under_two_seconds_with_its_ca() {
     // Build first: the clock starts when the process is launched.
     bin("meshd");
     let started = Instant::now();
-    let dev = Meshd::spawn(
-        "dev",
-        &[
-            "dev".into(),
-            "--http-addr".into(),
-            "127.0.0.1:0".into(),
-            "--bind".into(),
-            "127.0.0.1:0".into(),
-        ],
-    )
-    .unwrap();
+    let dev = Meshd::spawn("dev", &dev_args()).unwrap();
     let took = started.elapsed();
     assert!(
         took < Duration::from_secs(2),
@@ -69,14 +60,7 @@ struct Lines {
 
 impl Lines {
     fn spawn(args: &[String]) -> Self {
-        let mut child = Command::new(bin("meshd"))
-            .args(args)
-            .env("MESH_LOG", "warn,openraft=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn meshd");
+        let mut child = meshd_command(args).spawn().expect("spawn meshd");
         let out = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -97,8 +81,7 @@ impl Lines {
 
 impl Drop for Lines {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 

@@ -4,24 +4,11 @@
 //! The exhaustive table and the property test over random sets live next to the pure code in
 //! `control/src/intentions/tests.rs`.
 
-use std::time::Duration;
-
-use mesh_control::server::{Server, ServerConfig, ServerHandle};
+use mesh_control::server::ServerHandle;
 use mesh_tests::process::http;
 
 async fn start() -> (ServerHandle, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut c = ServerConfig::new("intentions", dir.path());
-    c.election_timeout_min = Duration::from_millis(150);
-    c.election_timeout_max = Duration::from_millis(300);
-    c.heartbeat = Duration::from_millis(50);
-    let h = Server::start(c).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while h.server.raft.metrics().borrow().current_leader.is_none() {
-        assert!(tokio::time::Instant::now() < deadline, "no leader in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (h, dir)
+    mesh_tests::inproc::start_single("intentions").await
 }
 
 /// Runs blocking HTTP calls off the async workers.

@@ -17,7 +17,6 @@ mod t40_intentions;
 mod t50_cli;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use mesh_control::agent::{Agent, AgentConfig, AgentHandle};
 use mesh_tests::http_raw::{self, Reply};
@@ -57,12 +56,11 @@ impl Env {
 }
 
 pub async fn put(addr: SocketAddr, path: &str, body: &str) -> Reply {
-    http_raw::request(
+    http_raw::send(
         addr,
         http::Method::PUT,
         path,
         Some(body.as_bytes().to_vec()),
-        Duration::from_secs(30),
     )
     .await
     .expect("PUT answered")
@@ -73,15 +71,9 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
 }
 
 pub async fn delete(addr: SocketAddr, path: &str) -> Reply {
-    http_raw::request(
-        addr,
-        http::Method::DELETE,
-        path,
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("DELETE answered")
+    http_raw::send(addr, http::Method::DELETE, path, None)
+        .await
+        .expect("DELETE answered")
 }
 
 /// A `service-intentions` entry for `api`: `web` has L7 permissions, `ops` an L4 allow.

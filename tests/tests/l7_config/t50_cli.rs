@@ -26,110 +26,42 @@ async fn intention_check_http_cases() {
     let r = put(agent, "/v1/config", API_INTENTIONS).await;
     assert_eq!(r.text().trim(), "true");
 
-    // (args, expected exit code: 0 allowed, 2 denied)
-    let cases: &[(&[&str], i32)] = &[
+    // (args, split at spaces; expected exit code: 0 allowed, 2 denied)
+    let cases: &[(&str, i32)] = &[
         // Permissions[1]: regex path + GET/HEAD.
-        (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "GET",
-                "--http-path",
-                "/v1/items",
-            ],
-            0,
-        ),
-        (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "HEAD",
-                "--http-path",
-                "/v2/x?q=1",
-            ],
-            0,
-        ),
-        (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "DELETE",
-                "--http-path",
-                "/v1/items",
-            ],
-            2,
-        ),
-        (&["web", "api", "--http-path", "/v1/items"], 0),
+        ("web api --http-method GET --http-path /v1/items", 0),
+        ("web api --http-method HEAD --http-path /v2/x?q=1", 0),
+        ("web api --http-method DELETE --http-path /v1/items", 2),
+        ("web api --http-path /v1/items", 0),
         // Permissions[0] (deny /admin) wins over nothing else: first match.
-        (&["web", "api", "--http-path", "/admin/v1/x"], 2),
+        ("web api --http-path /admin/v1/x", 2),
         // Permissions[2]: POST /upload with X-Tenant suffix and no X-Debug.
         (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "POST",
-                "--http-path",
-                "/upload",
-                "--http-header",
-                "X-Tenant=a.corp",
-            ],
+            "web api --http-method POST --http-path /upload --http-header X-Tenant=a.corp",
             0,
         ),
         (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "POST",
-                "--http-path",
-                "/upload",
-                "--http-header",
-                "X-Tenant=a.com",
-            ],
+            "web api --http-method POST --http-path /upload --http-header X-Tenant=a.com",
             2,
         ),
         (
-            &[
-                "web",
-                "api",
-                "--http-method",
-                "POST",
-                "--http-path",
-                "/upload",
-                "--http-header",
-                "X-Tenant=a.corp",
-                "--http-header",
-                "X-Debug=1",
-            ],
+            "web api --http-method POST --http-path /upload --http-header X-Tenant=a.corp --http-header X-Debug=1",
             2,
         ),
         // No permission matches: default policy (deny).
-        (&["web", "api", "--http-path", "/other"], 2),
+        ("web api --http-path /other", 2),
         // L4 intention: allowed whatever the request.
-        (
-            &[
-                "ops",
-                "api",
-                "--http-method",
-                "DELETE",
-                "--http-path",
-                "/admin",
-            ],
-            0,
-        ),
+        ("ops api --http-method DELETE --http-path /admin", 0),
         // No intention at all: default policy.
-        (&["nobody", "api", "--http-path", "/v1/x"], 2),
+        ("nobody api --http-path /v1/x", 2),
         // Without --http-* flags it is the L4 check, which denies an L7 intention.
-        (&["web", "api"], 2),
-        (&["ops", "api"], 0),
+        ("web api", 2),
+        ("ops api", 0),
     ];
     for (args, want) in cases {
+        let args: Vec<&str> = args.split_whitespace().collect();
         assert_eq!(
-            check(agent, args).await,
+            check(agent, &args).await,
             *want,
             "meshctl intention check {args:?}"
         );
@@ -172,58 +104,33 @@ async fn config_verbs_as_a_process() {
         let (file, defaults, bad) = (file.clone(), defaults.clone(), bad.clone());
         move || {
             let s = |p: &std::path::Path| p.display().to_string();
-            vec![
-                meshctl(&addr, &["config", "write", &s(&file)]),
-                meshctl(&addr, &["config", "write", &s(&defaults)]),
-                meshctl(
-                    &addr,
-                    &[
-                        "config",
-                        "read",
-                        "--kind",
-                        "service-defaults",
-                        "--name",
-                        "api",
-                    ],
-                ),
-                meshctl(&addr, &["config", "list", "--kind", "service-intentions"]),
-                meshctl(&addr, &["config", "write", &s(&bad)]),
-                meshctl(
-                    &addr,
-                    &[
-                        "intention",
-                        "check",
-                        "web",
-                        "api",
-                        "--http-method",
-                        "GET",
-                        "--http-path",
-                        "/v1/x",
-                    ],
-                ),
-                meshctl(
-                    &addr,
-                    &[
-                        "config",
-                        "delete",
-                        "--kind",
-                        "service-defaults",
-                        "--name",
-                        "api",
-                    ],
-                ),
-                meshctl(
-                    &addr,
-                    &[
-                        "config",
-                        "read",
-                        "--kind",
-                        "service-defaults",
-                        "--name",
-                        "api",
-                    ],
-                ),
-            ]
+            let (file, defaults, bad) = (s(&file), s(&defaults), s(&bad));
+            let api_defaults = ["--kind", "service-defaults", "--name", "api"];
+            let on_api_defaults =
+                |verb: &'static str| [&["config", verb][..], &api_defaults].concat();
+            let calls: Vec<Vec<&str>> = vec![
+                vec!["config", "write", &file],
+                vec!["config", "write", &defaults],
+                on_api_defaults("read"),
+                vec!["config", "list", "--kind", "service-intentions"],
+                vec!["config", "write", &bad],
+                vec![
+                    "intention",
+                    "check",
+                    "web",
+                    "api",
+                    "--http-method",
+                    "GET",
+                    "--http-path",
+                    "/v1/x",
+                ],
+                on_api_defaults("delete"),
+                on_api_defaults("read"),
+            ];
+            calls
+                .iter()
+                .map(|args| meshctl(&addr, args))
+                .collect::<Vec<_>>()
         }
     })
     .await

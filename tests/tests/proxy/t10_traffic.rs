@@ -140,18 +140,11 @@ fn allowed_traffic_flows_both_ways_with_half_close_and_large_transfer() {
 fn sigterm_drains_live_connections_then_exits() {
     let meshd = meshd_dev();
     let mut chain = Chain::start(meshd.http_addr);
-    set_intention(meshd.http_addr, "web", "db", "allow");
-    eventually("allowed connection echoes", Duration::from_secs(15), || {
-        roundtrip(chain.upstream, b"x").ok().filter(|b| b == b"x")
-    })
-    .unwrap();
+    chain.allow(Duration::from_secs(15));
 
     // A live connection through web's proxy, then SIGTERM to web's proxy.
-    let mut s = TcpStream::connect(chain.upstream).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"before").unwrap();
+    let mut s = chain.live_connection(b"before", Duration::from_secs(10));
     let mut buf = [0u8; 6];
-    s.read_exact(&mut buf).unwrap();
     let pid = chain.web.pid();
     let term = std::thread::spawn(move || {
         std::process::Command::new("kill")

@@ -2,7 +2,6 @@
 //! application; an allow lets the next connection through; deleting it closes a live one.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use mesh_tests::process::eventually;
@@ -84,18 +83,8 @@ fn deleting_the_allow_closes_a_live_connection() {
     let meshd = meshd_dev();
     let http = meshd.http_addr;
     let chain = Chain::start(http);
-    set_intention(http, "web", "db", "allow");
-    eventually("allowed connection echoes", Duration::from_secs(10), || {
-        roundtrip(chain.upstream, b"x").ok().filter(|b| b == b"x")
-    })
-    .unwrap();
-
-    let mut live = TcpStream::connect(chain.upstream).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    live.write_all(b"ping").unwrap();
-    let mut buf = [0u8; 4];
-    live.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping");
+    chain.allow(Duration::from_secs(10));
+    let mut live = chain.live_connection(b"ping", Duration::from_secs(5));
 
     let deleted = Instant::now();
     delete_intention(http, "web", "db");
@@ -130,16 +119,9 @@ fn keep_denied_connections_flag_keeps_them() {
     let meshd = meshd_dev();
     let http = meshd.http_addr;
     let chain = Chain::start_with(http, &["--keep-denied-connections"]);
-    set_intention(http, "web", "db", "allow");
-    eventually("allowed connection echoes", Duration::from_secs(10), || {
-        roundtrip(chain.upstream, b"x").ok().filter(|b| b == b"x")
-    })
-    .unwrap();
-    let mut live = TcpStream::connect(chain.upstream).unwrap();
-    live.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    live.write_all(b"ping").unwrap();
+    chain.allow(Duration::from_secs(10));
+    let mut live = chain.live_connection(b"ping", Duration::from_secs(5));
     let mut buf = [0u8; 4];
-    live.read_exact(&mut buf).unwrap();
     delete_intention(http, "web", "db");
     eventually(
         "db reports the kept connection",

@@ -8,12 +8,12 @@
 //! certificate of another service.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_control::ca::{BuiltinProvider, CaProvider, LeafRequest, generate_csr};
+use mesh_control::ca::{BuiltinProvider, CaProvider, LeafRequest, StoredRoot, generate_csr};
 use mesh_control::spiffe::SpiffeId;
 use mesh_tests::inproc::TestCluster;
 use mesh_tests::process::{eventually, free_port};
@@ -65,16 +65,48 @@ fn s_client(port: u16, cert: Option<(&Path, &Path)>) -> String {
         let exited = child.try_wait().ok().flatten().is_some();
         (exited || out.lock().unwrap().contains("hello")).then_some(())
     });
-    let _ = child.kill();
-    let _ = child.wait();
+    mesh_tests::process::kill_and_reap(&mut child);
     drop(stdin);
     out.lock().unwrap().clone()
 }
 
-fn write(dir: &Path, name: &str, pem: &str) -> std::path::PathBuf {
+fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, pem).unwrap();
     p
+}
+
+/// Writes a client certificate and its key as `dir/<stem>.pem` and `dir/<stem>.key`.
+fn write_pair(dir: &Path, stem: &str, (cert, key): (&str, &str)) -> (PathBuf, PathBuf) {
+    (
+        write(dir, &format!("{stem}.pem"), cert),
+        write(dir, &format!("{stem}.key"), key),
+    )
+}
+
+/// A one-hour leaf for `id` (service "web" of `trust_domain`) signed by `root` with the
+/// built-in provider as of `issued`: (cert PEM, key PEM).
+fn builtin_leaf(
+    root: &StoredRoot,
+    id: &SpiffeId,
+    trust_domain: &str,
+    issued: OffsetDateTime,
+) -> (String, String) {
+    let (csr, key) = generate_csr(id).unwrap();
+    let leaf = BuiltinProvider
+        .sign_leaf(
+            root,
+            &LeafRequest {
+                csr_pem: &csr,
+                trust_domain,
+                datacenter: "dc1",
+                service: "web",
+                ttl: Duration::from_secs(3600),
+            },
+            issued,
+        )
+        .expect("sign a leaf");
+    (leaf.cert_pem, key)
 }
 
 /// A self-signed CA (distinct subject) and a leaf it signs for `uri`: (cert PEM, key PEM).
@@ -156,31 +188,13 @@ async fn bad_client_certificates_are_refused_before_the_app() {
 
     // 2. A certificate for web's exact identity, from a CA the mesh does not trust.
     let (c, k) = foreign_leaf(&web_id.uri());
-    let (c, k) = (
-        write(dir.path(), "f.pem", &c),
-        write(dir.path(), "f.key", &k),
-    );
+    let (c, k) = write_pair(dir.path(), "f", (&c, &k));
     check("foreign CA", Some((&c, &k)), "kind=\"unknown_issuer\"");
 
     // 3. A leaf from the mesh's own root that expired two hours ago.
-    let (csr, key) = generate_csr(&web_id).unwrap();
-    let expired = BuiltinProvider
-        .sign_leaf(
-            &root,
-            &LeafRequest {
-                csr_pem: &csr,
-                trust_domain: &td,
-                datacenter: "dc1",
-                service: "web",
-                ttl: Duration::from_secs(3600),
-            },
-            OffsetDateTime::now_utc() - time::Duration::hours(3),
-        )
-        .expect("sign expired leaf");
-    let (c, k) = (
-        write(dir.path(), "e.pem", &expired.cert_pem),
-        write(dir.path(), "e.key", &key),
-    );
+    let three_hours_ago = OffsetDateTime::now_utc() - time::Duration::hours(3);
+    let (c, k) = builtin_leaf(&root, &web_id, &td, three_hours_ago);
+    let (c, k) = write_pair(dir.path(), "e", (&c, &k));
     check("expired leaf", Some((&c, &k)), "kind=\"expired\"");
 
     // 4. Another trust domain, signed by the mesh's own root: the chain verifies, the identity
@@ -192,10 +206,7 @@ async fn bad_client_certificates_are_refused_before_the_app() {
     .unwrap();
     let other = SpiffeId::service("other.consul", "dc1", "web");
     let (c, k) = leaf_signed_by(&other.uri(), &issuer);
-    let (c, k) = (
-        write(dir.path(), "o.pem", &c),
-        write(dir.path(), "o.key", &k),
-    );
+    let (c, k) = write_pair(dir.path(), "o", (&c, &k));
     check(
         "other trust domain, our root",
         Some((&c, &k)),
@@ -212,24 +223,13 @@ async fn bad_client_certificates_are_refused_before_the_app() {
     let other_root = BuiltinProvider
         .generate_root("other.consul", 7, OffsetDateTime::now_utc())
         .unwrap();
-    let (csr, key) = generate_csr(&other).unwrap();
-    let l = BuiltinProvider
-        .sign_leaf(
-            &other_root,
-            &LeafRequest {
-                csr_pem: &csr,
-                trust_domain: "other.consul",
-                datacenter: "dc1",
-                service: "web",
-                ttl: Duration::from_secs(3600),
-            },
-            OffsetDateTime::now_utc(),
-        )
-        .unwrap();
-    let (c, k) = (
-        write(dir.path(), "t.pem", &l.cert_pem),
-        write(dir.path(), "t.key", &key),
+    let (c, k) = builtin_leaf(
+        &other_root,
+        &other,
+        "other.consul",
+        OffsetDateTime::now_utc(),
     );
+    let (c, k) = write_pair(dir.path(), "t", (&c, &k));
     check(
         "other trust domain, other root",
         Some((&c, &k)),
@@ -239,10 +239,7 @@ async fn bad_client_certificates_are_refused_before_the_app() {
     // Control: a valid leaf for web through the same client is echoed.
     let (csr, key) = generate_csr(&web_id).unwrap();
     let valid = server.sign_csr("web", "dc1", &csr).expect("sign");
-    let (c, k) = (
-        write(dir.path(), "v.pem", &valid.cert_pem),
-        write(dir.path(), "v.key", &key),
-    );
+    let (c, k) = write_pair(dir.path(), "v", (&valid.cert_pem, &key));
     let out = tokio::task::block_in_place(|| s_client(db_public, Some((&c, &k))));
     assert!(
         out.contains("hello"),

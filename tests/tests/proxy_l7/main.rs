@@ -20,6 +20,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
+use apps::HttpApp;
 use harness::{Proxy, ok, register, wait_ca};
 use mesh_tests::process::{Meshd, eventually, free_port};
 use serde_json::{Value, json};
@@ -49,23 +50,28 @@ impl L7Chain {
         register(http, "web", free_port(), free_port(), &[("db", up)]);
         let db = Proxy::start(http, "db", db_flags);
         let web = Proxy::start(http, "web", &[]);
-        eventually(
-            "web sees a healthy db instance",
-            Duration::from_secs(30),
-            || {
-                let n = web.config()["Upstreams"][0]["Instances"]
-                    .as_array()
-                    .map_or(0, Vec::len);
-                (n > 0).then_some(())
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e}\n--- web log ---\n{}", web.log()));
+        harness::wait_upstream_healthy(&web);
         Self {
             meshd,
             db,
             web,
             upstream: format!("127.0.0.1:{up}").parse().unwrap(),
         }
+    }
+
+    /// An HTTP/1.1 [`HttpApp`] as db's application behind an `http` chain, with the web => db
+    /// intention's `permissions` in force (`ready` answers 200).
+    pub fn http1(permissions: Value, ready: &str) -> (HttpApp, Self) {
+        let app = HttpApp::start(false);
+        let chain = Self::start(app.port(), Some("http"), &[]);
+        chain.permit(permissions, ready);
+        (app, chain)
+    }
+
+    /// [`Self::set_permissions`], then waits until `ready` answers 200 under them.
+    pub fn permit(&self, permissions: Value, ready: &str) {
+        self.set_permissions(permissions);
+        self.wait_status(ready, 200);
     }
 
     pub fn http(&self) -> SocketAddr {

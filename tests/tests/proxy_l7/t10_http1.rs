@@ -132,10 +132,10 @@ fn permissions_decide_each_request_after_protocol_discovery() {
 
 #[test]
 fn hop_by_hop_headers_do_not_cross_the_proxy() {
-    let app = HttpApp::start(false);
-    let chain = L7Chain::start(app.port(), Some("http"), &[]);
-    chain.set_permissions(json!([{"Action": "allow", "HTTP": {"PathPrefix": "/"}}]));
-    chain.wait_status("/", 200);
+    let (_app, chain) = L7Chain::http1(
+        json!([{"Action": "allow", "HTTP": {"PathPrefix": "/"}}]),
+        "/",
+    );
     let r = curl(&[
         "-H",
         "Connection: x-private, keep-alive",
@@ -175,10 +175,10 @@ fn hop_by_hop_headers_do_not_cross_the_proxy() {
 
 #[test]
 fn connection_stays_usable_after_a_403_keep_alive_and_pipelined() {
-    let app = HttpApp::start(false);
-    let chain = L7Chain::start(app.port(), Some("http"), &[]);
-    chain.set_permissions(json!([{"Action": "allow", "HTTP": {"PathPrefix": "/ok"}}]));
-    chain.wait_status("/ok", 200);
+    let (app, chain) = L7Chain::http1(
+        json!([{"Action": "allow", "HTTP": {"PathPrefix": "/ok"}}]),
+        "/ok",
+    );
 
     // Keep-alive: curl reuses its connection for the second URL (num_connects 0).
     let out = std::process::Command::new("curl")

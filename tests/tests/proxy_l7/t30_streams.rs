@@ -13,12 +13,15 @@ use serde_json::json;
 use crate::apps::HttpApp;
 use crate::{L7Chain, curl, raw_exchange, read_until};
 
-fn allow_all(chain: &L7Chain) {
-    chain.set_permissions(json!([
-        {"Action": "deny", "HTTP": {"PathPrefix": "/denied"}},
-        {"Action": "allow", "HTTP": {"PathPrefix": "/"}},
-    ]));
-    chain.wait_status("/", 200);
+/// db's HTTP/1.1 app behind a chain that denies `/denied` and allows the rest.
+fn allow_all() -> (HttpApp, L7Chain) {
+    L7Chain::http1(
+        json!([
+            {"Action": "deny", "HTTP": {"PathPrefix": "/denied"}},
+            {"Action": "allow", "HTTP": {"PathPrefix": "/"}},
+        ]),
+        "/",
+    )
 }
 
 fn has(b: &[u8], s: &str) -> bool {
@@ -27,9 +30,7 @@ fn has(b: &[u8], s: &str) -> bool {
 
 #[test]
 fn upgrade_tunnels_bytes_both_ways() {
-    let app = HttpApp::start(false);
-    let chain = L7Chain::start(app.port(), Some("http"), &[]);
-    allow_all(&chain);
+    let (_app, chain) = allow_all();
 
     let mut s = TcpStream::connect(chain.upstream).unwrap();
     s.write_all(
@@ -59,9 +60,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 
 #[test]
 fn slow_upload_streams_and_malformed_requests_get_400() {
-    let app = HttpApp::start(false);
-    let chain = L7Chain::start(app.port(), Some("http"), &[]);
-    allow_all(&chain);
+    let (app, chain) = allow_all();
 
     // Chunked upload: the first chunk must reach the app while the client still holds the
     // last one; a proxy that buffered the whole body would never let the app see it.

@@ -174,16 +174,12 @@ fn set_normalization(chain: &L7Chain, normalization: Value) {
 
 #[test]
 fn path_tricks_are_decided_on_the_path_the_app_sees() {
-    let app = HttpApp::start(false);
-    let chain = L7Chain::start(app.port(), Some("http"), &[]);
-    chain.set_permissions(allow_prefix());
-    chain.wait_status("/v1/ready", 200);
+    let (app, chain) = L7Chain::http1(allow_prefix(), "/v1/ready");
     let mut table = Vec::new();
     for (path, want, _) in TRICKS {
         table.push((path, check(&chain, &app, path, *want, "allow_prefix")));
     }
-    chain.set_permissions(catch_all());
-    chain.wait_status("/ready", 200);
+    chain.permit(catch_all(), "/ready");
     for ((path, _, want), row) in TRICKS.iter().zip(&mut table) {
         let got = check(&chain, &app, path, *want, "catch_all");
         row.1 = format!("allow_prefix: {} | catch_all: {got}", row.1);
@@ -209,10 +205,7 @@ fn path_tricks_are_decided_on_the_path_the_app_sees() {
 
 #[test]
 fn mesh_entry_options_apply_live() {
-    let app = HttpApp::start(false);
-    let chain = L7Chain::start(app.port(), Some("http"), &[]);
-    chain.set_permissions(catch_all());
-    chain.wait_status("/ready", 200);
+    let (app, chain) = L7Chain::http1(catch_all(), "/ready");
 
     // Escaped slashes, each action.
     let cases: &[(&str, &[(&str, &str)])] = &[

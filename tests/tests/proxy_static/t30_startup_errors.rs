@@ -19,6 +19,16 @@ fn refused(config: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Asserts that the start with `config` is refused with exactly one line naming every one of
+/// `names`.
+fn one_line_refusal(config: &Path, names: &[&str]) {
+    let lines = refused(config);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    for name in names {
+        assert!(lines[0].contains(name), "no {name:?} in {}", lines[0]);
+    }
+}
+
 fn service(tmp: &Path, ca: &Ca) -> Files {
     let f = Files::new(tmp, "db");
     f.write_leaf(&ca.leaf("db"));
@@ -33,14 +43,8 @@ fn key_readable_by_others_is_refused() {
     let f = service(tmp.path(), &Ca::new(1));
     let key = std::fs::read(f.key()).unwrap();
     write_atomic(&f.key(), &key, 0o644);
-    let lines = refused(&f.config());
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    let l = &lines[0];
-    assert!(
-        l.contains("key") && l.contains("0644") && l.contains("0600"),
-        "{l}"
-    );
-    assert!(l.contains(&f.key().display().to_string()), "{l}");
+    let key = f.key().display().to_string();
+    one_line_refusal(&f.config(), &["key", "0644", "0600", &key]);
 }
 
 #[test]
@@ -48,21 +52,13 @@ fn malformed_config_is_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let f = service(tmp.path(), &Ca::new(1));
     write_atomic(&f.config(), b"{\"cert\": \"cert.pem\",", 0o644);
-    let lines = refused(&f.config());
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].contains("is not valid") && lines[0].contains("line"),
-        "{}",
-        lines[0]
-    );
+    one_line_refusal(&f.config(), &["is not valid", "line"]);
 
     // A well-formed file with a bad field names the field.
     let mut c = config(loopback(), loopback(), loopback(), &[], json!([]));
     c["inbound"]["listen"] = "localhost:80:80".into();
     f.write_config(&c);
-    let lines = refused(&f.config());
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("inbound.listen"), "{}", lines[0]);
+    one_line_refusal(&f.config(), &["inbound.listen"]);
 }
 
 #[test]
@@ -70,23 +66,11 @@ fn missing_file_is_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     let f = service(tmp.path(), &Ca::new(1));
     std::fs::remove_file(f.dir.join("bundle.pem")).unwrap();
-    let lines = refused(&f.config());
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].contains("trust_bundle: cannot read") && lines[0].contains("bundle.pem"),
-        "{}",
-        lines[0]
-    );
+    one_line_refusal(&f.config(), &["trust_bundle: cannot read", "bundle.pem"]);
 
     // And a key that belongs to another certificate.
     let other = Ca::new(1).leaf("db");
     f.write_bundle(&[&Ca::new(2)]);
     write_atomic(&f.key(), other.1.as_bytes(), 0o600);
-    let lines = refused(&f.config());
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(
-        lines[0].contains("key") && lines[0].contains("does not match"),
-        "{}",
-        lines[0]
-    );
+    one_line_refusal(&f.config(), &["key", "does not match"]);
 }

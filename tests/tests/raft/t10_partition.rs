@@ -23,27 +23,27 @@ async fn isolated_follower_cannot_write_while_majority_commits() {
     let (isolated, other) = (followers[0], followers[1]);
 
     cluster
-        .server(leader)
-        .write(intention_cmd("before", "db"))
-        .await
-        .expect("write before the partition");
+        .write_intention(leader, "before", "write before the partition")
+        .await;
     cluster.wait_converged().await;
 
-    cluster.partition(isolated);
-    let frozen_digest = cluster.server(isolated).state.read(|s| s.digest());
-    let frozen_applied = cluster.server(isolated).state.applied_index();
+    let frozen = cluster.partition_frozen(isolated);
 
     // The majority commits, on the leader and forwarded from the other follower.
     cluster
-        .server(leader)
-        .write(intention_cmd("majority-1", "db"))
-        .await
-        .expect("leader commits with the other follower");
+        .write_intention(
+            leader,
+            "majority-1",
+            "leader commits with the other follower",
+        )
+        .await;
     cluster
-        .server(other)
-        .write(intention_cmd("majority-2", "db"))
-        .await
-        .expect("the other follower forwards to the leader");
+        .write_intention(
+            other,
+            "majority-2",
+            "the other follower forwards to the leader",
+        )
+        .await;
 
     // The isolated follower cannot reach the leader: its write fails, at the latest once its
     // write timeout has passed without a reachable leader.
@@ -66,19 +66,9 @@ async fn isolated_follower_cannot_write_while_majority_commits() {
         started.elapsed()
     );
 
-    let s = cluster.server(isolated);
-    assert_eq!(
-        s.state.read(|st| st.digest()),
-        frozen_digest,
-        "isolated state moved"
-    );
-    assert_eq!(
-        s.state.applied_index(),
-        frozen_applied,
-        "isolated applied index moved"
-    );
+    frozen.assert_unchanged(&cluster, "isolated");
     assert!(
-        !has_intention(s, "majority-1"),
+        !has_intention(cluster.server(isolated), "majority-1"),
         "isolated follower saw a majority write"
     );
 
@@ -103,15 +93,11 @@ async fn isolated_leader_cannot_commit_and_majority_elects_a_new_one() {
     let old = cluster.leader().await;
     let old_id = cluster.server(old).id;
     cluster
-        .server(old)
-        .write(intention_cmd("before", "db"))
-        .await
-        .expect("write before the partition");
+        .write_intention(old, "before", "write before the partition")
+        .await;
     cluster.wait_converged().await;
 
-    cluster.partition(old);
-    let frozen_digest = cluster.server(old).state.read(|s| s.digest());
-    let frozen_applied = cluster.server(old).state.applied_index();
+    let frozen = cluster.partition_frozen(old);
 
     // The old leader still believes it leads, but no quorum will ever acknowledge its entry.
     let minority = {
@@ -132,16 +118,12 @@ async fn isolated_leader_cannot_commit_and_majority_elects_a_new_one() {
     assert_ne!(new, old);
     assert_ne!(cluster.server(new).id, old_id);
     cluster
-        .server(new)
-        .write(intention_cmd("majority-1", "db"))
-        .await
-        .expect("new leader commits");
+        .write_intention(new, "majority-1", "new leader commits")
+        .await;
     let other = cluster.followers().await[0];
     cluster
-        .server(other)
-        .write(intention_cmd("majority-2", "db"))
-        .await
-        .expect("follower of the new leader forwards");
+        .write_intention(other, "majority-2", "follower of the new leader forwards")
+        .await;
 
     let (res, took) = minority.await.expect("minority write task");
     match &res {
@@ -149,18 +131,8 @@ async fn isolated_leader_cannot_commit_and_majority_elects_a_new_one() {
         Ok(Err(e)) => eprintln!("write on the isolated old leader failed after {took:?}: {e}"),
         Err(_) => eprintln!("write on the isolated old leader still pending after {took:?}"),
     }
-    let s = cluster.server(old);
-    assert_eq!(
-        s.state.read(|st| st.digest()),
-        frozen_digest,
-        "minority state moved"
-    );
-    assert_eq!(
-        s.state.applied_index(),
-        frozen_applied,
-        "minority applied index moved"
-    );
-    assert!(!has_intention(s, "minority"));
+    frozen.assert_unchanged(&cluster, "minority");
+    assert!(!has_intention(cluster.server(old), "minority"));
 
     cluster.heal();
     cluster.wait_converged().await;

@@ -82,10 +82,12 @@ async fn new_and_wiped_servers_catch_up_from_a_snapshot() {
     let leader = cluster.leader().await;
     for i in 0..3 {
         cluster
-            .server(leader)
-            .write(intention_cmd(&format!("while-down-{i}"), "db"))
-            .await
-            .expect("3 of 4 voters still commit");
+            .write_intention(
+                leader,
+                &format!("while-down-{i}"),
+                "3 of 4 voters still commit",
+            )
+            .await;
         sources.push(format!("while-down-{i}"));
     }
     sources.sort();
@@ -110,10 +112,8 @@ async fn new_and_wiped_servers_catch_up_from_a_snapshot() {
     // And the cluster still takes writes with the rejoined member.
     let leader = cluster.leader().await;
     cluster
-        .server(leader)
-        .write(intention_cmd("after-rejoin", "db"))
-        .await
-        .expect("write after the rejoin");
+        .write_intention(leader, "after-rejoin", "write after the rejoin")
+        .await;
     cluster.wait_converged().await;
     assert!(mesh_tests::inproc::has_intention(
         cluster.server(victim),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mesh_control::cli::client::{ApiClient, CliError};
 use mesh_tests::http_raw;
-use mesh_tests::inproc::{TestCluster, intention_cmd};
+use mesh_tests::inproc::TestCluster;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -23,18 +23,15 @@ async fn follower_reads_are_linearizable_unless_stale() {
     let mut cluster = TestCluster::start_with(3, |c| c.write_timeout = WRITE_TIMEOUT)
         .await
         .expect("cluster starts");
-    let leader = cluster.leader().await;
-    let follower = cluster.followers().await[0];
+    let (leader, follower) = cluster.leader_and_follower().await;
     let api = ApiClient::new(&cluster.handle(follower).http_addr.to_string());
 
     // Each acknowledged write is visible in the very next default read on the follower.
     for k in 0..10 {
         let name = format!("lin-{k}");
         cluster
-            .server(leader)
-            .write(intention_cmd(&name, "db"))
-            .await
-            .expect("write on the leader");
+            .write_intention(leader, &name, "write on the leader")
+            .await;
         let list = api
             .get_json("/v1/connect/intentions")
             .await
@@ -54,10 +51,8 @@ async fn follower_reads_are_linearizable_unless_stale() {
     // Cut the follower off; the majority commits one more intention.
     cluster.partition(follower);
     cluster
-        .server(leader)
-        .write(intention_cmd("during-partition", "db"))
-        .await
-        .expect("majority commits");
+        .write_intention(leader, "during-partition", "majority commits")
+        .await;
 
     let addr = cluster.handle(follower).http_addr;
     let default = http_raw::get(addr, "/v1/connect/intentions")

@@ -4,21 +4,16 @@
 use std::time::Duration;
 
 use mesh_tests::http_raw;
-use mesh_tests::inproc::{TestCluster, intention_cmd};
+use mesh_tests::inproc::TestCluster;
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blocking_query_wakes_on_change_and_times_out_without_one() {
     let cluster = TestCluster::start(3).await.expect("cluster starts");
-    let leader = cluster.leader().await;
-    let follower = cluster.followers().await[0];
+    let (leader, follower) = cluster.leader_and_follower().await;
     let addr = cluster.handle(follower).http_addr;
 
-    cluster
-        .server(leader)
-        .write(intention_cmd("first", "db"))
-        .await
-        .expect("write");
+    cluster.write_intention(leader, "first", "write").await;
     let first = http_raw::get(addr, "/v1/connect/intentions")
         .await
         .expect("read");
@@ -31,11 +26,7 @@ async fn blocking_query_wakes_on_change_and_times_out_without_one() {
         let r = http_raw::get(addr, &format!("/v1/connect/intentions?index={x}&wait=5s")).await;
         (r, started.elapsed())
     });
-    let wrote = cluster
-        .server(leader)
-        .write(intention_cmd("second", "db"))
-        .await
-        .expect("write");
+    let wrote = cluster.write_intention(leader, "second", "write").await;
     let (reply, took) = waiter.await.expect("waiter task");
     let reply = reply.expect("blocking query answers");
     assert_eq!(reply.status, 200, "{}", reply.text());

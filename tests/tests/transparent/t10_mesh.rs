@@ -1,7 +1,6 @@
 //! Acceptance 1 and 2: an unmodified client in pod A reaches service B's app through both
 //! proxies over mutual TLS; a deny intention resets it before any byte reaches B's app.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_tests::process::eventually;
@@ -13,23 +12,16 @@ const APP_PORT: u16 = 8080;
 #[test]
 fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
     let scene = Scene::start("allow", APP_PORT);
-    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
-    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
-    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
+    let (pods, app_b) = (&scene.pods, &scene.app_b);
+    let (proxy_a, proxy_b) = scene.proxies(&[]);
 
     let marker = "PLAINTEXT-MARKER-7f3a9c";
     let capture = Capture::start(&pods.a, marker);
-    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
+    let dst = pods.b.addr(APP_PORT);
     let out = client(&pods.a, dst, marker);
     let counts = capture.finish();
 
-    assert_eq!(
-        out["echo"].as_str(),
-        Some(marker),
-        "client: {out}\n--- proxy A ---\n{}\n--- proxy B ---\n{}",
-        proxy_a.log(),
-        proxy_b.log()
-    );
+    assert_echoed(&out, marker, &[&proxy_a, &proxy_b]);
     // getpeername in the app shows the original destination, not the proxy's listener.
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
     let seen = app_b.wait_seen(1);
@@ -79,12 +71,10 @@ fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
 #[test]
 fn deny_intention_resets_the_client_and_no_byte_reaches_the_app() {
     let scene = Scene::start("deny", APP_PORT);
-    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
-    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
-    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
+    let (pods, app_b) = (&scene.pods, &scene.app_b);
+    let (proxy_a, proxy_b) = scene.proxies(&[]);
 
-    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
-    let out = client(&pods.a, dst, "must-not-arrive");
+    let out = client(&pods.a, pods.b.addr(APP_PORT), "must-not-arrive");
     // The client is connected to its local proxy, which resets the connection once B's proxy
     // refuses it: the app sees ECONNRESET (not an orderly end, not the echo).
     assert_eq!(out.get("echo"), None, "{out}");

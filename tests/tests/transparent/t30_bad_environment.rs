@@ -30,9 +30,7 @@ fn unused_admin() -> SocketAddr {
 
 #[test]
 fn not_root_missing_cgroup_and_missing_object_are_one_line_each() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
+    let _serial = exclusive();
     let pods = pods();
     // Nothing listens there: the refusals come before any agent call.
     let agent: SocketAddr = "127.0.0.1:9".parse().unwrap();
@@ -94,14 +92,8 @@ fn not_root_missing_cgroup_and_missing_object_are_one_line_each() {
 
 #[test]
 fn a_second_instance_on_the_same_cgroup_is_refused_and_the_first_keeps_working() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, 8080);
+    let mesh = Mesh::start(8080);
+    let (pods, http) = (&mesh.pods, mesh.http);
     let plain_b = Echo::start(&pods.b, 9000);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
     let loaded = loaded_mesh_programs().len();
@@ -123,12 +115,8 @@ fn a_second_instance_on_the_same_cgroup_is_refused_and_the_first_keeps_working()
     );
 
     // The first instance still captures: pass-through via its outbound listener.
-    let out = client(
-        &pods.a,
-        SocketAddr::new(pods.b.ip.into(), 9000),
-        "still-here",
-    );
-    assert_eq!(out["echo"].as_str(), Some("still-here"), "{out}");
+    let out = client(&pods.a, pods.b.addr(9000), "still-here");
+    assert_echoed(&out, "still-here", &[&proxy_a]);
     assert!(
         proxy_a.log().contains("passing through"),
         "{}",
@@ -142,8 +130,7 @@ fn a_second_instance_on_the_same_cgroup_is_refused_and_the_first_keeps_working()
 /// naming the program and the verifier's reason, and nothing is attached.
 #[test]
 fn a_verifier_rejection_is_one_line_and_leaves_nothing_attached() {
-    require_root();
-    let _serial = serial();
+    let _serial = exclusive();
     let rejected = ebpf_object().with_file_name("mesh-ebpf-rejected");
     assert!(
         rejected.is_file(),

@@ -2,7 +2,6 @@
 //! proxy in plaintext, and `--mesh-destinations-only` refuses it. Also the other exclusions
 //! (CIDR, uid): excluded connects go direct, the rest is still captured.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use mesh_tests::process::eventually;
@@ -15,6 +14,7 @@ const APP_PORT: u16 = 8080;
 fn excluded_port_pass_through_and_mesh_destinations_only() {
     let scene = Scene::start("allow", APP_PORT);
     let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
+    let to_plain = pods.b.addr(9000);
     let plain = Echo::start(&pods.b, 9000);
     let excluded = Echo::start(&pods.b, 9001);
     let _proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
@@ -22,8 +22,8 @@ fn excluded_port_pass_through_and_mesh_destinations_only() {
     {
         let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--exclude-outbound-port", "9001"]);
         // Excluded port: straight to the destination, the proxy never sees it.
-        let out = client(&pods.a, SocketAddr::new(pods.b.ip.into(), 9001), "excluded");
-        assert_eq!(out["echo"].as_str(), Some("excluded"), "{out}");
+        let out = client(&pods.a, pods.b.addr(9001), "excluded");
+        assert_echoed(&out, "excluded", &[]);
         assert_eq!(excluded.accepted(), 1);
         let outbound = || proxy_a.metric("meshproxy_connections_total", &["outbound"]);
         assert_eq!(outbound(), 0.0, "{}", proxy_a.log());
@@ -32,14 +32,9 @@ fn excluded_port_pass_through_and_mesh_destinations_only() {
         // which also shows the capture of t10 would have seen a leak).
         let marker = "PASS-THROUGH-MARKER-51c2";
         let capture = Capture::start(&pods.a, marker);
-        let out = client(&pods.a, SocketAddr::new(pods.b.ip.into(), 9000), marker);
+        let out = client(&pods.a, to_plain, marker);
         let counts = capture.finish();
-        assert_eq!(
-            out["echo"].as_str(),
-            Some(marker),
-            "{out}\n{}",
-            proxy_a.log()
-        );
+        assert_echoed(&out, marker, &[&proxy_a]);
         assert!(counts["marker"].as_u64().unwrap() > 0, "{counts}");
         eventually(
             "proxy A counted the pass-through",
@@ -56,7 +51,7 @@ fn excluded_port_pass_through_and_mesh_destinations_only() {
     }
     {
         let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--mesh-destinations-only"]);
-        let out = client(&pods.a, SocketAddr::new(pods.b.ip.into(), 9000), "refused");
+        let out = client(&pods.a, to_plain, "refused");
         assert_ne!(out["echo"].as_str(), Some("refused"), "{out}");
         assert_eq!(
             plain.accepted(),
@@ -65,50 +60,35 @@ fn excluded_port_pass_through_and_mesh_destinations_only() {
         );
         assert!(proxy_a.log().contains("refused"), "{}", proxy_a.log());
         // Mesh destinations still work.
-        let out = client(
-            &pods.a,
-            SocketAddr::new(pods.b.ip.into(), APP_PORT),
-            "mesh-ok",
-        );
-        assert_eq!(
-            out["echo"].as_str(),
-            Some("mesh-ok"),
-            "{out}\n{}",
-            proxy_a.log()
-        );
+        let out = client(&pods.a, pods.b.addr(APP_PORT), "mesh-ok");
+        assert_echoed(&out, "mesh-ok", &[&proxy_a]);
         assert_eq!(app_b.accepted(), 1);
     }
 }
 
 #[test]
 fn excluded_cidr_and_uid_go_direct() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
-    let pods = pods();
-    let meshd = meshd_dev();
-    let http = meshd.http_addr;
-    wait_ca(http);
-    register(http, "svc-a", &pods.a, APP_PORT);
+    let mesh = Mesh::start(APP_PORT);
+    let (pods, http) = (&mesh.pods, mesh.http);
     let plain = Echo::start(&pods.b, 9000);
-    let to_plain = SocketAddr::new(pods.b.ip.into(), 9000);
+    let to_plain = pods.b.addr(9000);
     let captured = |p: &Proxy| p.metric("meshproxy_connections_total", &["outbound"]);
     {
         let cidr = format!("{}/24", pods.b.ip);
         let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--exclude-cidr", &cidr]);
         let out = client(&pods.a, to_plain, "cidr");
-        assert_eq!(out["echo"].as_str(), Some("cidr"), "{out}");
+        assert_echoed(&out, "cidr", &[&proxy_a]);
         assert_eq!(plain.accepted(), 1);
         assert_eq!(captured(&proxy_a), 0.0, "{}", proxy_a.log());
     }
     {
         let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--exclude-uid", "65534"]);
         let out = client_as(&pods.a, 65534, to_plain, "uid-excluded");
-        assert_eq!(out["echo"].as_str(), Some("uid-excluded"), "{out}");
+        assert_echoed(&out, "uid-excluded", &[&proxy_a]);
         assert_eq!(captured(&proxy_a), 0.0, "{}", proxy_a.log());
         // Another uid is still captured (and passed through).
         let out = client_as(&pods.a, 65533, to_plain, "uid-captured");
-        assert_eq!(out["echo"].as_str(), Some("uid-captured"), "{out}");
+        assert_echoed(&out, "uid-captured", &[&proxy_a]);
         eventually(
             "proxy A captured the other uid",
             Duration::from_secs(10),

@@ -49,54 +49,46 @@ fn register_v6(http: SocketAddr, name: &str, pod: &Pod, v6: &str, port: u16) {
     );
 }
 
-/// The common start of these tests: two pods with IPv6 addresses next to their IPv4 ones,
-/// `meshd dev` with its CA ready, and `svc-a` registered in pod A. Fields drop in order, so the
-/// serial lock is released last.
-struct V6Scene {
-    pods: Pods,
-    meshd: mesh_tests::process::Meshd,
-    _serial: std::sync::MutexGuard<'static, ()>,
+/// The common start of these tests: a [`Mesh`] whose pods have IPv6 addresses next to their
+/// IPv4 ones.
+fn v6_mesh() -> Mesh {
+    let mesh = Mesh::start(APP_PORT);
+    add_v6(&mesh.pods.a, V6_A);
+    add_v6(&mesh.pods.b, V6_B);
+    mesh
 }
 
-impl V6Scene {
-    fn start() -> Self {
-        require_root();
-        let serial = serial();
-        let _obj = ebpf_object();
-        let pods = pods();
-        add_v6(&pods.a, V6_A);
-        add_v6(&pods.b, V6_B);
-        let meshd = meshd_dev();
-        wait_ca(meshd.http_addr);
-        register(meshd.http_addr, "svc-a", &pods.a, APP_PORT);
-        Self {
-            pods,
-            meshd,
-            _serial: serial,
-        }
-    }
+/// `port` on pod B's IPv6 address.
+fn v6_b(port: u16) -> SocketAddr {
+    SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), port)
+}
+
+/// Runs [`client`] in pod A to a plain (non-mesh) echo server on `[V6_B]:9090` and asserts
+/// the echo and that the server saw pod A's IPv6 address send exactly `msg`.
+fn plain_v6_echo(pods: &Pods, msg: &str, proxy_a: &Proxy) -> serde_json::Value {
+    let server = Echo::start_on(&pods.b, v6_b(9090));
+    let out = client(&pods.a, v6_b(9090), msg);
+    assert_echoed(&out, msg, &[proxy_a]);
+    let seen = server.wait_seen(1);
+    assert_eq!(seen[0].bytes, msg.as_bytes());
+    assert_eq!(seen[0].peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
+    out
 }
 
 #[test]
 fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
-    let scene = V6Scene::start();
-    let (pods, http) = (&scene.pods, scene.meshd.http_addr);
+    let mesh = v6_mesh();
+    let (pods, http) = (&mesh.pods, mesh.http);
     register_v6(http, "svc-b", &pods.b, V6_B, APP_PORT);
     set_intention(http, "svc-a", "svc-b", "allow");
     let app_b = Echo::start(&pods.b, APP_PORT);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
     let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
 
-    let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), APP_PORT);
+    let dst = v6_b(APP_PORT);
     let marker = "over-ipv6-through-the-mesh";
     let out = client(&pods.a, dst, marker);
-    assert_eq!(
-        out["echo"].as_str(),
-        Some(marker),
-        "client: {out}\n--- proxy A ---\n{}\n--- proxy B ---\n{}",
-        proxy_a.log(),
-        proxy_b.log()
-    );
+    assert_echoed(&out, marker, &[&proxy_a, &proxy_b]);
     assert_eq!(out["family"].as_str(), Some("inet6"), "{out}");
     // getpeername6 shows the original destination, not [::1]:<outbound port>.
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
@@ -119,23 +111,12 @@ fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
 
 #[test]
 fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
-    let scene = V6Scene::start();
-    let (pods, http) = (&scene.pods, scene.meshd.http_addr);
-    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
+    let mesh = v6_mesh();
+    let proxy_a = Proxy::start(mesh.http, "svc-a", &mesh.pods.a, &[]);
 
-    let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
-    let server = Echo::start_on(&pods.b, dst);
-    let out = client(&pods.a, dst, "plain-ipv6");
-    assert_eq!(
-        out["echo"].as_str(),
-        Some("plain-ipv6"),
-        "client: {out}\n--- proxy A ---\n{}",
-        proxy_a.log()
-    );
+    let dst = v6_b(9090);
+    let out = plain_v6_echo(&mesh.pods, "plain-ipv6", &proxy_a);
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
-    let seen = server.wait_seen(1);
-    assert_eq!(seen[0].bytes, b"plain-ipv6");
-    assert_eq!(seen[0].peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
     // It went through proxy A: redirected by connect6, then passed through.
     let log = proxy_a.log();
     assert!(
@@ -146,22 +127,11 @@ fn ipv6_non_mesh_destination_is_redirected_and_passed_through() {
 
 #[test]
 fn excluded_ipv6_cidr_goes_direct() {
-    let scene = V6Scene::start();
-    let (pods, http) = (&scene.pods, scene.meshd.http_addr);
-    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--exclude-cidr", "fd00:77::/64"]);
+    let mesh = v6_mesh();
+    let flags = ["--exclude-cidr", "fd00:77::/64"];
+    let proxy_a = Proxy::start(mesh.http, "svc-a", &mesh.pods.a, &flags);
 
-    let dst = SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), 9090);
-    let server = Echo::start_on(&pods.b, dst);
-    let out = client(&pods.a, dst, "direct-ipv6");
-    assert_eq!(
-        out["echo"].as_str(),
-        Some("direct-ipv6"),
-        "client: {out}\n--- proxy A ---\n{}",
-        proxy_a.log()
-    );
-    let seen = server.wait_seen(1);
-    assert_eq!(seen[0].bytes, b"direct-ipv6");
-    assert_eq!(seen[0].peer.ip(), V6_A.parse::<Ipv6Addr>().unwrap());
+    plain_v6_echo(&mesh.pods, "direct-ipv6", &proxy_a);
     // connect6 left it alone: counted as excluded, nothing redirected, no pass-through.
     assert!(proxy_a.ebpf_event("excluded") >= 1.0, "{}", proxy_a.log());
     assert_eq!(proxy_a.ebpf_event("redirected6"), 0.0);

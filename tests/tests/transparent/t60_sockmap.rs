@@ -5,7 +5,6 @@
 //! (SIGTERM or SIGKILL) must leave nothing loaded, even with accelerated connections open.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -20,17 +19,9 @@ const STREAM_BYTES: usize = 8 << 20;
 /// Each `sendall` chunk of the stream client is one `sendmsg`, so at least one redirect.
 const STREAM_CHUNKS: f64 = (STREAM_BYTES / 65_536) as f64;
 
-fn logs(a: &Proxy, b: &Proxy) -> String {
-    format!(
-        "\n--- proxy A ---\n{}\n--- proxy B ---\n{}",
-        a.log(),
-        b.log()
-    )
-}
-
 /// The stream came back byte for byte.
 fn assert_stream_intact(out: &serde_json::Value, a: &Proxy, b: &Proxy) {
-    assert_eq!(out.get("error"), None, "{out}{}", logs(a, b));
+    assert_eq!(out.get("error"), None, "{out}{}", logs(&[a, b]));
     assert_eq!(out["echo_len"].as_u64(), Some(STREAM_BYTES as u64), "{out}");
     assert_eq!(out["echo_sha256"], out["sent_sha256"], "{out}");
 }
@@ -38,17 +29,16 @@ fn assert_stream_intact(out: &serde_json::Value, a: &Proxy, b: &Proxy) {
 #[test]
 fn sockmap_bypasses_both_loopback_hops_and_keeps_streams_intact() {
     let scene = Scene::start("allow", APP_PORT);
-    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
-    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--sockmap"]);
-    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &["--sockmap"]);
+    let (pods, app_b) = (&scene.pods, &scene.app_b);
+    let (proxy_a, proxy_b) = scene.proxies(&["--sockmap"]);
     for p in [&proxy_a, &proxy_b] {
         assert!(
             p.log().contains("sockmap acceleration on"),
             "{}",
-            logs(&proxy_a, &proxy_b)
+            logs(&[&proxy_a, &proxy_b])
         );
     }
-    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
+    let dst = pods.b.addr(APP_PORT);
 
     let out = client_stream(&pods.a, dst, STREAM_BYTES, 0x5eed);
     assert_stream_intact(&out, &proxy_a, &proxy_b);
@@ -59,12 +49,7 @@ fn sockmap_bypasses_both_loopback_hops_and_keeps_streams_intact() {
     let capture = Capture::start(&pods.a, marker);
     let out = client(&pods.a, dst, marker);
     let counts = capture.finish();
-    assert_eq!(
-        out["echo"].as_str(),
-        Some(marker),
-        "{out}{}",
-        logs(&proxy_a, &proxy_b)
-    );
+    assert_echoed(&out, marker, &[&proxy_a, &proxy_b]);
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
     assert!(counts["tls_records"].as_u64().unwrap() > 0, "{counts}");
     assert_eq!(
@@ -100,12 +85,9 @@ fn without_the_flag_no_socket_enters_the_sockhash() {
     let scene = Scene::start("allow", APP_PORT);
     // A clean slate: an earlier test's sockhash lives until its last socket is closed.
     assert_no_programs_left();
-    let (pods, http) = (&scene.pods, scene.http);
-    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
-    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
-    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
-    let out = client(&pods.a, dst, "no-sockmap");
-    assert_eq!(out["echo"].as_str(), Some("no-sockmap"), "{out}");
+    let (proxy_a, proxy_b) = scene.proxies(&[]);
+    let out = client(&scene.pods.a, scene.pods.b.addr(APP_PORT), "no-sockmap");
+    assert_echoed(&out, "no-sockmap", &[&proxy_a, &proxy_b]);
 
     // The counters are live (the connect was redirected) but the sockmap ones stay 0.
     assert!(proxy_a.ebpf_event("redirected") >= 1.0);
@@ -122,19 +104,24 @@ fn without_the_flag_no_socket_enters_the_sockhash() {
 #[test]
 fn deny_intention_still_resets_the_client() {
     let scene = Scene::start("deny", APP_PORT);
-    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
-    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &["--sockmap"]);
-    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &["--sockmap"]);
-    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
-    let out = client(&pods.a, dst, "must-not-arrive");
+    let (proxy_a, proxy_b) = scene.proxies(&["--sockmap"]);
+    let out = client(
+        &scene.pods.a,
+        scene.pods.b.addr(APP_PORT),
+        "must-not-arrive",
+    );
     let err = out["error"].as_str().unwrap_or_default();
     assert!(
         err.starts_with("ConnectionResetError"),
         "expected a reset, got {out}{}",
-        logs(&proxy_a, &proxy_b)
+        logs(&[&proxy_a, &proxy_b])
     );
     assert!(proxy_a.ebpf_event("sockmap_inserted") >= 2.0);
-    assert_eq!(app_b.accepted(), 0, "a denied connection reached B's app");
+    assert_eq!(
+        scene.app_b.accepted(),
+        0,
+        "a denied connection reached B's app"
+    );
 }
 
 /// The proxies in a cgroup of their own (neither a pod's nor above them): the app's socket
@@ -149,7 +136,7 @@ fn proxies_in_their_own_cgroup_and_a_hop_with_one_end_in_the_map() {
     let proxies = Cgroup::create("proxies").expect("proxies' cgroup");
     let proxy_a = Proxy::start_in(http, "svc-a", &pods.a, &["--sockmap"], Some(&proxies));
     let proxy_b = Proxy::start_in(http, "svc-b", &pods.b, &["--sockmap"], Some(&proxies));
-    let dst = SocketAddr::new(pods.b.ip.into(), APP_PORT);
+    let dst = pods.b.addr(APP_PORT);
 
     let out = client_stream(&pods.a, dst, STREAM_BYTES, 0xcafe);
     assert_stream_intact(&out, &proxy_a, &proxy_b);
@@ -181,15 +168,14 @@ print("eof", flush=True)
 #[test]
 fn exit_with_accelerated_connections_open_leaves_no_program_and_direct_paths_return() {
     let scene = Scene::start("allow", APP_PORT);
-    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
+    let (pods, app_b) = (&scene.pods, &scene.app_b);
     let plain_b = Echo::start(&pods.b, PLAIN_PORT);
-    let to_app = SocketAddr::new(pods.b.ip.into(), APP_PORT);
-    let to_plain = SocketAddr::new(pods.b.ip.into(), PLAIN_PORT);
+    let to_app = pods.b.addr(APP_PORT);
+    let to_plain = pods.b.addr(PLAIN_PORT);
     // SIGTERM drains live connections for up to --drain-timeout, then closes them.
     let flags = ["--sockmap", "--drain-timeout", "1s"];
     for signal in ["TERM", "KILL"] {
-        let mut proxy_a = Proxy::start(http, "svc-a", &pods.a, &flags);
-        let mut proxy_b = Proxy::start(http, "svc-b", &pods.b, &flags);
+        let (mut proxy_a, mut proxy_b) = scene.proxies(&flags);
         let loaded = loaded_mesh_programs();
         // The kernel keeps 15 characters of a name.
         for name in ["mesh_sk_msg", "mesh_sockmap_op"] {
@@ -214,7 +200,7 @@ fn exit_with_accelerated_connections_open_leaves_no_program_and_direct_paths_ret
             first.as_deref(),
             Some("hold"),
             "{}",
-            logs(&proxy_a, &proxy_b)
+            logs(&[&proxy_a, &proxy_b])
         );
         assert!(proxy_a.ebpf_event("sockmap_redirected") >= 1.0);
         assert!(proxy_b.ebpf_event("sockmap_redirected") >= 1.0);

@@ -19,9 +19,7 @@ const SERVER_PORT: u16 = 9000;
 
 #[test]
 fn host_mode_captures_host_processes_but_not_the_proxy_itself() {
-    require_root();
-    let _serial = serial();
-    let _obj = ebpf_object();
+    let _serial = exclusive();
     assert_no_programs_left();
     let link = HostLink::create().expect("netns joined to the host");
     let server = Echo::start(&link.far, SERVER_PORT);
@@ -51,12 +49,7 @@ fn host_mode_captures_host_processes_but_not_the_proxy_itself() {
     );
 
     let out = client_host(dst, "from-the-host");
-    assert_eq!(
-        out["echo"].as_str(),
-        Some("from-the-host"),
-        "client: {out}\n--- proxy ---\n{}",
-        proxy.log()
-    );
+    assert_echoed(&out, "from-the-host", &[&proxy]);
     // Redirected into the proxy (which the app cannot tell: getpeername shows the server) and
     // passed through, not a mesh destination.
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
@@ -77,6 +70,6 @@ fn host_mode_captures_host_processes_but_not_the_proxy_itself() {
     proxy.stop("TERM");
     assert_no_programs_left();
     let out = client_host(dst, "direct-again");
-    assert_eq!(out["echo"].as_str(), Some("direct-again"), "{out}");
+    assert_echoed(&out, "direct-again", &[]);
     assert_eq!(server.accepted(), 2);
 }
