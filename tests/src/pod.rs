@@ -14,7 +14,10 @@
 //!
 //! `unsafe` is allowed here for syscalls std does not wrap: joining a cgroup and a namespace
 //! between fork and exec (`pre_exec`), an `AF_PACKET` socket for the capture, and kill(2).
-#![allow(unsafe_code)]
+#![allow(
+    unsafe_code,
+    reason = "syscalls std does not wrap: setns, cgroup join in pre_exec, AF_PACKET, kill"
+)]
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;

@@ -4,8 +4,9 @@
 //! static: when no server is reachable the last values keep being served, and the stream
 //! resumes from the cached indexes when a server returns.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -147,13 +148,13 @@ impl Entry {
     fn offer(&self, kind: Kind, index: u64, json: &[u8]) -> Result<(), ()> {
         match decode(kind, json) {
             Ok(value) => {
-                *self.refused.lock().unwrap() = None;
+                *self.refused.lock() = None;
                 self.tx.send_replace(Some(Cached { index, value }));
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(?kind, index, error = %e, "cache: update refused; keeping the current value");
-                *self.refused.lock().unwrap() = Some(Arc::new(e));
+                *self.refused.lock() = Some(Arc::new(e));
                 Err(())
             }
         }
@@ -185,9 +186,9 @@ impl Cache {
 
     /// The entry for `key`, created if missing, marked used at `now`.
     fn entry_at(&self, key: &CacheKey, now: Instant) -> Arc<Entry> {
-        let mut map = self.entries.lock().unwrap();
+        let mut map = self.entries.lock();
         if let Some(e) = map.get(key) {
-            *e.last_used.lock().unwrap() = now;
+            *e.last_used.lock() = now;
             return e.clone();
         }
         let e = Arc::new(Entry {
@@ -226,7 +227,7 @@ impl Cache {
             .is_ok_and(|r| r.is_ok());
         if !first {
             let what = format!("{:?} {:?}", key.kind, key.name);
-            return Err(match entry.refused.lock().unwrap().clone() {
+            return Err(match entry.refused.lock().clone() {
                 Some(reason) => CacheError::NotReady { what, reason },
                 None => CacheError::Unavailable { what },
             });
@@ -246,7 +247,7 @@ impl Cache {
 
     /// Number of entries (for metrics and tests).
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        self.entries.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -260,9 +261,9 @@ impl Cache {
 
     /// [`Cache::evict`] as of `now` (the tests pass a time in the future).
     fn evict_at(&self, now: Instant) -> usize {
-        let mut map = self.entries.lock().unwrap();
+        let mut map = self.entries.lock();
         let before = map.len();
-        map.retain(|_, e| now.duration_since(*e.last_used.lock().unwrap()) < self.ttl);
+        map.retain(|_, e| now.duration_since(*e.last_used.lock()) < self.ttl);
         let evicted = before - map.len();
         drop(map);
         if evicted > 0 {
@@ -285,7 +286,6 @@ impl Cache {
             let keys: Vec<(CacheKey, Arc<Entry>)> = self
                 .entries
                 .lock()
-                .unwrap()
                 .iter()
                 .map(|(k, e)| (k.clone(), e.clone()))
                 .collect();

@@ -2,7 +2,7 @@
 //! failing over to the next `--server` address when the current one is unavailable. Every RPC,
 //! watch stream and forwarded HTTP request shares it.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use tonic::Status;
@@ -66,7 +66,7 @@ impl ServerConn {
 
     /// A client on the current channel.
     pub fn client(&self) -> CatalogClient<Channel> {
-        let channel = self.current.lock().unwrap().channel.clone();
+        let channel = self.current.lock().channel.clone();
         CatalogClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
@@ -74,7 +74,7 @@ impl ServerConn {
 
     /// Address of the server currently used.
     pub fn current_server(&self) -> String {
-        let i = self.current.lock().unwrap().index;
+        let i = self.current.lock().index;
         self.endpoints[i]
             .uri()
             .authority()
@@ -84,7 +84,7 @@ impl ServerConn {
 
     /// Moves to the next server.
     pub fn failover(&self) {
-        let mut cur = self.current.lock().unwrap();
+        let mut cur = self.current.lock();
         let next = (cur.index + 1) % self.endpoints.len();
         if next != cur.index {
             tracing::info!(server = %self.endpoints[next].uri(), "switching to another server");

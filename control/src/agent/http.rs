@@ -164,7 +164,6 @@ async fn services(State(a): St, Query(p): Params) -> Res {
     let map: BTreeMap<String, AgentService> = a
         .local
         .lock()
-        .unwrap()
         .services
         .values()
         .map(|s| {
@@ -178,7 +177,7 @@ async fn services(State(a): St, Query(p): Params) -> Res {
 async fn service(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
-    let s = a.local.lock().unwrap().services.get(&id).cloned();
+    let s = a.local.lock().services.get(&id).cloned();
     match s {
         Some(s) => Ok(json_with_index(
             index,
@@ -190,13 +189,12 @@ async fn service(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res 
 
 async fn register(State(a): St, Query(p): Params, body: Bytes) -> Res {
     let replace = p.contains_key("replace-existing-checks");
-    let used = a.local.lock().unwrap().sidecar_ports();
+    let used = a.local.lock().sidecar_ports();
     let specs = registration::parse(&body, &a.config.node, &used)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let ids: Vec<String> = specs.iter().map(|s| s.service.id.clone()).collect();
     a.local
         .lock()
-        .unwrap()
         .register(
             &a.config.node,
             specs,
@@ -209,7 +207,7 @@ async fn register(State(a): St, Query(p): Params, body: Bytes) -> Res {
         // As Consul does: a registration that cannot be persisted is undone, so the agent
         // never serves a service it would lose on restart.
         {
-            let mut local = a.local.lock().unwrap();
+            let mut local = a.local.lock();
             for id in &ids {
                 let _ = local.deregister(id);
             }
@@ -230,7 +228,6 @@ async fn deregister(State(a): St, Path(id): Path<String>) -> Res {
     let removed = a
         .local
         .lock()
-        .unwrap()
         .deregister(&id)
         .map_err(|e| ApiError::not_found(e.to_string()))?;
     a.local_changed();
@@ -247,7 +244,6 @@ async fn checks(State(a): St) -> Res {
     let map: BTreeMap<String, crate::model::HealthCheck> = a
         .local
         .lock()
-        .unwrap()
         .effective_checks()
         .into_iter()
         .map(|c| (c.check_id.clone(), c))
@@ -257,7 +253,7 @@ async fn checks(State(a): St) -> Res {
 
 async fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
     let service = {
-        let mut local = a.local.lock().unwrap();
+        let mut local = a.local.lock();
         local.ttl_update(id, status, note).map_err(|e| match e {
             super::local::LocalError::UnknownCheck(_) => ApiError::not_found(e.to_string()),
             other => ApiError::bad_request(other.to_string()),

@@ -5,8 +5,9 @@
 //! make every agent sign at once. When no server answers, the current leaf keeps being served
 //! and renewal is retried (fail static).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -67,7 +68,7 @@ pub enum LeafError {
 
 impl Leaves {
     fn index_after(&self, floor: u64) -> u64 {
-        let mut i = self.next_index.lock().unwrap();
+        let mut i = self.next_index.lock();
         *i = (*i + 1).max(floor);
         *i
     }
@@ -75,14 +76,14 @@ impl Leaves {
     /// Drops leaves unused for `ttl`.
     pub fn evict(&self, ttl: Duration) -> usize {
         let now = Instant::now();
-        let mut map = self.entries.lock().unwrap();
+        let mut map = self.entries.lock();
         let before = map.len();
-        map.retain(|_, e| now.duration_since(*e.last_used.lock().unwrap()) < ttl);
+        map.retain(|_, e| now.duration_since(*e.last_used.lock()) < ttl);
         before - map.len()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.lock().unwrap().len()
+        self.entries.lock().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,7 +101,7 @@ impl Agent {
         wait: Duration,
     ) -> Result<Arc<LeafCert>, LeafError> {
         let entry = {
-            let mut map = self.leaves.entries.lock().unwrap();
+            let mut map = self.leaves.entries.lock();
             map.entry(service.to_string())
                 .or_insert_with(|| {
                     let (tx, _) = watch::channel(None);
@@ -114,7 +115,7 @@ impl Agent {
                 })
                 .clone()
         };
-        *entry.last_used.lock().unwrap() = Instant::now();
+        *entry.last_used.lock() = Instant::now();
         let mut rx = entry.tx.subscribe();
         let unavailable = |reason: &str| LeafError::Unavailable {
             service: service.to_string(),

@@ -22,9 +22,10 @@ pub mod persist;
 pub mod registration;
 pub mod sync;
 
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -127,7 +128,7 @@ impl AgentHandle {
     /// Stops every task of the agent (check runners included).
     pub async fn shutdown(self) {
         self.agent.shutdown.send_replace(true);
-        self.agent.local.lock().unwrap().checks.clear();
+        self.agent.local.lock().checks.clear();
         for t in self.tasks {
             t.abort();
             let _ = t.await;
@@ -215,7 +216,7 @@ impl Agent {
             while let Some(u) = check_rx.recv().await {
                 let check_id = u.check_id.clone();
                 let (changed, service) = {
-                    let mut local = a.local.lock().unwrap();
+                    let mut local = a.local.lock();
                     (local.apply_update(u), local.service_of_check(&check_id))
                 };
                 if changed {
@@ -271,7 +272,7 @@ impl Agent {
         let mut restored = 0;
         for (path, rec) in loaded.services {
             let id = rec.service.id.clone();
-            let result = self.local.lock().unwrap().restore(
+            let result = self.local.lock().restore(
                 &self.config.node,
                 rec,
                 &self.check_updates,
@@ -307,7 +308,7 @@ impl Agent {
         };
         let _guard = self.persist_lock.lock().await;
         let records: Vec<(String, Option<persist::PersistedService>)> = {
-            let local = self.local.lock().unwrap();
+            let local = self.local.lock();
             ids.into_iter()
                 .map(|id| {
                     let r = local.record(&id);
@@ -364,14 +365,14 @@ impl Agent {
 
     /// Records a local change: wakes blocking queries and the anti-entropy sync.
     pub fn local_changed(&self) {
-        let index = self.local.lock().unwrap().index;
+        let index = self.local.lock().index;
         self.local_index.send_replace(index);
         self.sync_now.notify_one();
     }
 
     /// Waits until the catalog reflects the local state (tests, readiness).
     pub async fn wait_synced(&self, timeout: Duration) -> bool {
-        let want = self.local.lock().unwrap().index;
+        let want = self.local.lock().index;
         self.sync_now.notify_one();
         let mut rx = self.synced.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|s| *s >= want))

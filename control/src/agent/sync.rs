@@ -68,7 +68,7 @@ fn same_check(a: &HealthCheck, b: &HealthCheck) -> bool {
 pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
     let node_name = agent.config.node.clone();
     let (services, checks, local_index) = {
-        let local = agent.local.lock().unwrap();
+        let local = agent.local.lock();
         (
             local.services.values().cloned().collect::<Vec<_>>(),
             local.effective_checks(),

@@ -13,7 +13,6 @@ mod config_entries;
 mod intentions;
 mod state;
 
-pub use crate::wire::ServiceHealth as InstanceHealth;
 pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
 pub use state::{CaState, State, TableIndexes};

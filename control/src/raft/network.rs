@@ -5,8 +5,9 @@
 //! cut by setting it on both sides); everything above it, including write forwarding, goes
 //! through the same check, so a partitioned minority really cannot commit.
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -36,15 +37,15 @@ pub struct Faults {
 
 impl Faults {
     pub fn block(&self, peers: impl IntoIterator<Item = NodeId>) {
-        self.blocked.write().unwrap().extend(peers);
+        self.blocked.write().extend(peers);
     }
 
     pub fn heal(&self) {
-        self.blocked.write().unwrap().clear();
+        self.blocked.write().clear();
     }
 
     pub fn is_blocked(&self, peer: NodeId) -> bool {
-        self.blocked.read().unwrap().contains(&peer)
+        self.blocked.read().contains(&peer)
     }
 }
 
@@ -57,7 +58,7 @@ pub struct Channels {
 impl Channels {
     /// A lazily connected channel to `addr` (`host:port`).
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let mut map = self.inner.lock().unwrap();
+        let mut map = self.inner.lock();
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }

@@ -67,7 +67,7 @@ async fn step(server: &Arc<Server>) -> Result<bool, String> {
             continue;
         };
         let reply = reply.into_inner();
-        let mut known = server.known.lock().unwrap();
+        let mut known = server.known.lock();
         for s in reply.known.into_iter().chain(reply.me.clone()) {
             known.insert(
                 s.id,
@@ -93,7 +93,7 @@ async fn step(server: &Arc<Server>) -> Result<bool, String> {
             .map_err(|e| e.message().to_string())?;
         return Ok(true);
     }
-    let known = server.known.lock().unwrap().clone();
+    let known = server.known.lock().clone();
     if known.len() < server.config.bootstrap_expect.max(1) {
         return Ok(false);
     }

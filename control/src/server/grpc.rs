@@ -89,20 +89,14 @@ impl Cluster for ClusterApi {
                 rpc_addr: from.rpc_addr,
                 http_addr: from.http_addr,
             };
-            s.known.lock().unwrap().insert(from.id, node);
+            s.known.lock().insert(from.id, node);
         }
         let initialized = s
             .raft
             .is_initialized()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let known = s
-            .known
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(id, n)| info(n, *id))
-            .collect();
+        let known = s.known.lock().iter().map(|(id, n)| info(n, *id)).collect();
         Ok(Response::new(HelloReply {
             me: Some(info(&s.me, s.id)),
             known,

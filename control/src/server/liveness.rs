@@ -7,8 +7,8 @@
 //! last heartbeat, i.e. within 6 seconds. A new leader gives every node a full `FAIL_AFTER` of
 //! grace before judging it, since it has heard nothing yet.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -35,7 +35,6 @@ impl Liveness {
     fn seen(&self, node: &str) {
         self.last_seen
             .lock()
-            .unwrap()
             .insert(node.to_string(), Instant::now());
     }
 }
@@ -83,7 +82,7 @@ impl Server {
     pub(super) async fn check_liveness(&self, is_leader: bool) -> Result<(), ServerError> {
         let now = Instant::now();
         {
-            let mut since = self.liveness.leader_since.lock().unwrap();
+            let mut since = self.liveness.leader_since.lock();
             if !is_leader {
                 *since = None;
                 return Ok(());
@@ -101,7 +100,7 @@ impl Server {
                 })
                 .collect()
         });
-        let last_seen = self.liveness.last_seen.lock().unwrap().clone();
+        let last_seen = self.liveness.last_seen.lock().clone();
         for (node, status) in nodes {
             let alive = last_seen
                 .get(&node)

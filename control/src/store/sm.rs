@@ -2,8 +2,9 @@
 //! installs snapshots (persisted in redb so a restart starts from the latest one), and tells
 //! readers when something was applied.
 
+use parking_lot::RwLock;
 use std::io::Cursor;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{
@@ -39,7 +40,7 @@ pub struct SharedState {
 impl SharedState {
     /// Runs `f` over the current state (a short read lock; never held across an await).
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.data.read().unwrap().state)
+        f(&self.data.read().state)
     }
 
     /// Index of the last applied log entry.
@@ -136,7 +137,7 @@ fn read_snapshot(db: &Database) -> Result<Option<StoredSnapshot>, SErr> {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
         let (meta, bytes) = {
-            let mut data = self.shared.data.write().unwrap();
+            let mut data = self.shared.data.write();
             data.snapshot_seq += 1;
             let bytes = serde_json::to_vec(&data.state)
                 .map_err(|e| StorageIOError::read_state_machine(&e))?;
@@ -174,7 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, MeshNode>), SErr> {
-        let data = self.shared.data.read().unwrap();
+        let data = self.shared.data.read();
         Ok((data.last_applied, data.membership.clone()))
     }
 
@@ -185,7 +186,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut out = Vec::new();
         let last = {
-            let mut data = self.shared.data.write().unwrap();
+            let mut data = self.shared.data.write();
             for entry in entries {
                 let index = entry.log_id.index;
                 data.last_applied = Some(entry.log_id);
@@ -227,7 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))??;
         let last = {
-            let mut data = self.shared.data.write().unwrap();
+            let mut data = self.shared.data.write();
             data.state = state;
             data.last_applied = meta.last_log_id;
             data.membership = meta.last_membership.clone();

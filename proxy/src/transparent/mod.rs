@@ -78,7 +78,10 @@ pub fn prepare(config: &TransparentConfig) -> Result<Prepared, TransparentError>
 /// Binds the outbound listener, attaches the programs (after which the pod's traffic flows to
 /// the proxy), and starts the catalog index, the identity for every mesh service and the
 /// outbound accept loop. Returns the attachment, which must live until the proxy exits.
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "distinct start-up inputs (plan, runtime, listener, metrics, two timeouts, drain); a struct would only rename them"
+)]
 pub async fn start(
     plan: TransparentPlan,
     control: &tokio::runtime::Runtime,

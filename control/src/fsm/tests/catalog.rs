@@ -328,7 +328,7 @@ fn service_health_connect_returns_sidecars_and_native_instances_only() {
         ],
     );
 
-    let ids = |v: Vec<InstanceHealth>| -> Vec<String> {
+    let ids = |v: Vec<crate::wire::ServiceHealth>| -> Vec<String> {
         v.into_iter().map(|h| h.service.id).collect::<Vec<_>>()
     };
     assert_eq!(
