@@ -16,6 +16,20 @@
 
 #![deny(missing_docs)]
 
+mod identity;
+pub mod model;
 pub mod rules;
+mod validate;
 
+pub use identity::{SIDECAR_PROXY_SUFFIX, node_identity_rules, service_identity_rules};
+pub use model::{
+    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclLink, AclNodeIdentity, AclPolicy,
+    AclRole, AclServiceIdentity, AclToken, GLOBAL_MANAGEMENT_POLICY_ID,
+    GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, global_management_policy,
+};
 pub use rules::{AccessLevel, Rules, RulesError, ServiceRule};
+pub use validate::{
+    AclValidationError, MAX_IDENTITY_NAME_LEN, MAX_POLICY_NAME_LEN, MAX_ROLE_NAME_LEN, is_rfc3339,
+    is_uuid, is_valid_identity_name, is_valid_policy_name, is_valid_role_name, validate_policy,
+    validate_role, validate_token,
+};
