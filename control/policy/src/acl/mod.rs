@@ -16,17 +16,23 @@
 
 #![deny(missing_docs)]
 
+mod authorizer;
+mod decision;
 mod identity;
 pub mod model;
+mod resolve;
 pub mod rules;
 mod validate;
 
+pub use authorizer::Authorizer;
+pub use decision::{Access, Decision, Permission, PermissionDenied, Reason, Resource};
 pub use identity::{SIDECAR_PROXY_SUFFIX, node_identity_rules, service_identity_rules};
 pub use model::{
     ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclLink, AclNodeIdentity, AclPolicy,
     AclRole, AclServiceIdentity, AclToken, GLOBAL_MANAGEMENT_POLICY_ID,
     GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, global_management_policy,
 };
+pub use resolve::AclIndex;
 pub use rules::{AccessLevel, Rules, RulesError, ServiceRule};
 pub use validate::{
     AclValidationError, MAX_IDENTITY_NAME_LEN, MAX_POLICY_NAME_LEN, MAX_ROLE_NAME_LEN, is_rfc3339,
