@@ -2,8 +2,8 @@
 //!
 //! Consul writes rules in HCL or in the equivalent JSON ("ACL rules reference",
 //! <https://developer.hashicorp.com/consul/docs/reference/acl/rule>; the policy guide shows the
-//! same rules in both forms). Both forms go through one decoder ([`tree`]): the HCL body
-//! ([`hcl`], parsed by the maintained `hcl-rs` crate) and the JSON object ([`json`]) are first
+//! same rules in both forms). Both forms go through one decoder (`tree`): the HCL body
+//! (`hcl`, parsed by the maintained `hcl-rs` crate) and the JSON object (`json`) are first
 //! turned into the same small tree, so the two can never disagree about what a rule means, and
 //! equal rules compare equal whatever form they were written in.
 //!
@@ -28,6 +28,10 @@
 //!   keeps both and its merge then applies deny > write > read; refusing is clearer, and JSON
 //!   objects cannot express the duplicate portably anyway.
 //! * A scalar set to `""` counts as not set, as in Consul (`Operator != ""` guards its check).
+//! * The HCL is HCL 2, what `hcl-rs` parses (every example in Consul's docs is valid HCL 2).
+//!   Consul itself still parses with HCL 1, which also takes several attributes on one line
+//!   (`service "a" { policy = "read" intentions = "read" }`); HCL 2 wants one per line and
+//!   refuses that with a syntax error giving line and column.
 
 mod error;
 mod hcl;
