@@ -113,8 +113,8 @@ impl SegmentTrie {
 /// A token's compiled permissions: asks "may this token do X on Y?".
 ///
 /// Build it from merged rules with [`Authorizer::new`], or from a token and the ACL objects with
-/// [`AclIndex::authorizer`](super::AclIndex::authorizer). Cheap to share (`Arc` inside is only
-/// the accessor); decisions do not allocate.
+/// [`AclIndex::authorizer`](super::AclIndex::authorizer). Immutable once built: share one per
+/// token behind an `Arc`. Decisions do not allocate.
 #[derive(Debug, Clone)]
 pub struct Authorizer {
     accessor_id: Arc<str>,

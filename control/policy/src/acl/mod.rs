@@ -24,6 +24,9 @@ mod resolve;
 pub mod rules;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 pub use authorizer::Authorizer;
 pub use decision::{Access, Decision, Permission, PermissionDenied, Reason, Resource};
 pub use identity::{SIDECAR_PROXY_SUFFIX, node_identity_rules, service_identity_rules};
