@@ -8,6 +8,7 @@
 //!
 //! Pure code, no I/O and no clocks.
 
+pub mod acl;
 pub mod authorize;
 pub mod config_entries;
 pub mod duration;
