@@ -8,6 +8,7 @@
 //!
 //! Pure code, no I/O and no clocks.
 
+#[cfg(feature = "acl")]
 pub mod acl;
 pub mod authorize;
 pub mod config_entries;

@@ -735,49 +735,6 @@ fn policy_and_role_validation() {
     );
 }
 
-// ---- speed ----
-
-/// A token with 10 policies, 200 rules, decided from the compiled form. Run with
-/// `cargo test -p mesh-policy --release -- --ignored --nocapture decision_speed` for a number
-/// (the debug build of this crate is unoptimized).
-#[test]
-#[ignore = "timing; run in release to read the number"]
-fn decision_speed() {
-    let mut idx = AclIndex::new();
-    let mut t = token();
-    for p in 0..10 {
-        let mut rules = String::new();
-        for i in 0..10 {
-            rules += &format!("service \"svc-{p}-{i}\" {{ policy = \"write\" }}\n");
-            rules += &format!("service_prefix \"team-{p}-{i}-\" {{ policy = \"read\" }}\n");
-        }
-        let id = format!("p{p}");
-        idx.insert_policy(policy(&id, &id, &rules, &[])).unwrap();
-        t.policies.push(link(&id));
-    }
-    let build = std::time::Instant::now();
-    let a = idx.authorizer(&t, "dc1", DefaultPolicy::Deny);
-    let built = build.elapsed();
-    let names: Vec<String> = (0..64)
-        .map(|i| match i % 3 {
-            0 => format!("svc-{}-{}", i % 10, i % 7),
-            1 => format!("team-{}-{}-api-{i}", i % 10, i % 9),
-            _ => format!("unknown-service-{i}"),
-        })
-        .collect();
-    let rounds = 20_000;
-    let start = std::time::Instant::now();
-    let mut allowed = 0usize;
-    for _ in 0..rounds {
-        for n in &names {
-            allowed += usize::from(std::hint::black_box(a.service_read(n)).allowed);
-        }
-    }
-    let per = start.elapsed() / (rounds * names.len() as u32);
-    println!("compile: {built:?}, per decision: {per:?} ({allowed} allowed)");
-    assert!(per < std::time::Duration::from_micros(1), "{per:?}");
-}
-
 #[test]
 fn reference_helper_agrees_on_a_known_case() {
     // Guard the test oracle itself with a case worked out by hand.
