@@ -328,14 +328,8 @@ impl Policy {
         intentions: Vec<Intention>,
         default: DefaultPolicy,
     ) -> Self {
-        Self {
-            destination: destination.to_string(),
-            trust_domain: trust_domain.to_ascii_lowercase(),
-            index,
-            protocol: Protocol::Tcp,
-            normalization: RequestNormalization::default(),
-            rules: Rules::Intentions(IntentionSet::new(intentions, default)),
-        }
+        let rules = Rules::Intentions(IntentionSet::new(intentions, default));
+        Self::with_rules(destination, trust_domain, index, rules)
     }
 
     /// A static allow-list snapshot: `sources` are allowed, everything else is denied.
@@ -346,13 +340,18 @@ impl Policy {
         index: u64,
         sources: Vec<SourcePattern>,
     ) -> Self {
+        Self::with_rules(destination, trust_domain, index, Rules::AllowList(sources))
+    }
+
+    /// A `tcp` snapshot with Consul's default normalization (what the feeds refine).
+    fn with_rules(destination: &str, trust_domain: &str, index: u64, rules: Rules) -> Self {
         Self {
             destination: destination.to_string(),
             trust_domain: trust_domain.to_ascii_lowercase(),
             index,
             protocol: Protocol::Tcp,
             normalization: RequestNormalization::default(),
-            rules: Rules::AllowList(sources),
+            rules,
         }
     }
 

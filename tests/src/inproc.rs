@@ -90,19 +90,8 @@ pub async fn start_single(name: &str) -> (ServerHandle, TempDir) {
 /// HTTP API would store it (no ID or indexes yet: the state machine assigns them).
 pub fn intention(source: &str, destination: &str, action: IntentionAction) -> Intention {
     Intention {
-        id: String::new(),
-        source_name: source.to_string(),
-        source_ns: "default".into(),
-        destination_name: destination.to_string(),
-        destination_ns: "default".into(),
-        source_type: "consul".into(),
         action: Some(action),
-        permissions: Vec::new(),
-        description: String::new(),
-        meta: Default::default(),
-        precedence: 0,
-        create_index: 0,
-        modify_index: 0,
+        ..mesh_control::intentions::intention_between(source, destination)
     }
 }
 

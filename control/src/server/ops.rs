@@ -285,12 +285,7 @@ impl Server {
                     .collect();
                 voters.insert(id);
                 tracing::info!(%node, id, "promoting server to voter");
-                let resp = self
-                    .raft
-                    .change_membership(voters, false)
-                    .await
-                    .map_err(|e| ServerError::Write(Box::new(e)))?;
-                Ok(resp.log_id.index)
+                self.set_voters(voters).await
             }
             Some(mut leader) => {
                 let mut req = tonic::Request::new(info);
@@ -299,6 +294,16 @@ impl Server {
                 Ok(leader.answer(reply)?.index)
             }
         }
+    }
+
+    /// Makes `voters` the Raft voter set (the leader only); the index of the change.
+    async fn set_voters(&self, voters: BTreeSet<NodeId>) -> Result<u64, ServerError> {
+        let resp = self
+            .raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ServerError::Write(Box::new(e)))?;
+        Ok(resp.log_id.index)
     }
 
     /// Removes a server (by node ID, name or RPC address) from the Raft configuration.
@@ -330,12 +335,7 @@ impl Server {
                 if voters.is_empty() {
                     return Err(Refused::LastVoter.into());
                 }
-                let resp = self
-                    .raft
-                    .change_membership(voters, false)
-                    .await
-                    .map_err(|e| ServerError::Write(Box::new(e)))?;
-                Ok(resp.log_id.index)
+                self.set_voters(voters).await
             }
             Some(mut leader) => {
                 let reply = leader
