@@ -56,8 +56,14 @@ pub fn router(server: Arc<Server>) -> Router {
             get(catalog::catalog_service::<true>),
         )
         .route("/v1/internal/members", get(status::members))
-        .route("/v1/health/service/{service}", get(health::health_service::<false>))
-        .route("/v1/health/connect/{service}", get(health::health_service::<true>))
+        .route(
+            "/v1/health/service/{service}",
+            get(health::health_service::<false>),
+        )
+        .route(
+            "/v1/health/connect/{service}",
+            get(health::health_service::<true>),
+        )
         .route(
             "/v1/connect/intentions",
             get(intentions::intention_list).post(intentions::intention_create),
