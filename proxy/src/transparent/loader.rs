@@ -531,35 +531,17 @@ impl Attached {
     /// The original destination of a redirected connection, by the client's address as the
     /// proxy's accepted socket sees it (its peer).
     pub fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        let peer = match peer {
-            SocketAddr::V4(p) => p,
-            SocketAddr::V6(p) => return self.original_destination6(p),
-        };
-        let key = common::ClientKey {
-            ip4: u32::from_ne_bytes(peer.ip().octets()),
-            port: u32::from(peer.port()),
-        };
-        let mut map = self
-            .orig_by_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let orig = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(decode_orig(orig))
-    }
-
-    fn original_destination6(&self, peer: SocketAddrV6) -> Option<SocketAddr> {
-        let key = common::ClientKey6 {
-            ip6: ip6_words(peer.ip()),
-            port: u32::from(peer.port()),
-        };
-        let mut map = self
-            .orig6_by_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let orig = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(decode_orig6(orig))
+        let port = u32::from(peer.port());
+        match peer {
+            SocketAddr::V4(p) => {
+                let ip4 = u32::from_ne_bytes(p.ip().octets());
+                take(&self.orig_by_client, &common::ClientKey { ip4, port }).map(decode_orig)
+            }
+            SocketAddr::V6(p) => {
+                let ip6 = ip6_words(p.ip());
+                take(&self.orig6_by_client, &common::ClientKey6 { ip6, port }).map(decode_orig6)
+            }
+        }
     }
 
     /// The programs' counters.
@@ -575,6 +557,17 @@ impl Attached {
             sockmap_redirected: sum(common::STAT_SOCKMAP_REDIRECTED),
         }
     }
+}
+
+/// Reads the entry under `key` and removes it (see [`Attached`]'s `orig_by_client` for why).
+fn take<K: aya::Pod, V: aya::Pod>(
+    map: &std::sync::Mutex<HashMap<MapData, K, V>>,
+    key: &K,
+) -> Option<V> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let value = map.get(key, 0).ok()?;
+    let _ = map.remove(key);
+    Some(value)
 }
 
 /// `OrigDst` (bpf_sock_addr byte orders) to a socket address.
