@@ -57,19 +57,9 @@ impl std::fmt::Debug for Prepared {
 }
 
 /// Attached programs. Dropping this detaches everything and releases the lock.
+#[derive(Debug)]
 pub struct Attached {
-    /// Held for the links it owns.
-    _ebpf: Ebpf,
-    _lock: File,
-    /// Entries are removed once read, so a later connection that reuses the client port
-    /// without being redirected (one aimed at the listener itself) cannot inherit them.
-    orig_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey, common::OrigDst>>,
-    /// The same for IPv6 connects.
-    orig6_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey6, common::OrigDst6>>,
-    stats: PerCpuArray<MapData, u64>,
-    /// `--sockmap`: the sockhash `mesh_sk_msg` is attached to (taken out of `_ebpf` to
-    /// attach; held like the rest).
-    _sockhash: Option<SockHash<MapData, common::SockKey>>,
+    kernel: Kernel,
     pub cgroup: PathBuf,
     pub netns: Option<PathBuf>,
     pub outbound: SocketAddrV4,
@@ -83,16 +73,26 @@ pub struct Attached {
     pub sockmap_cgroup: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for Attached {
+/// What [`Attached`] holds in the kernel: the loaded object (and the links it owns), the
+/// attach lock, and the maps user space reads.
+struct Kernel {
+    /// Held for the links it owns.
+    _ebpf: Ebpf,
+    _lock: File,
+    /// Entries are removed once read, so a later connection that reuses the client port
+    /// without being redirected (one aimed at the listener itself) cannot inherit them.
+    orig_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey, common::OrigDst>>,
+    /// The same for IPv6 connects.
+    orig6_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey6, common::OrigDst6>>,
+    stats: PerCpuArray<MapData, u64>,
+    /// `--sockmap`: the sockhash `mesh_sk_msg` is attached to (taken out of `_ebpf` to
+    /// attach; held like the rest).
+    _sockhash: Option<SockHash<MapData, common::SockKey>>,
+}
+
+impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Attached")
-            .field("cgroup", &self.cgroup)
-            .field("netns", &self.netns)
-            .field("outbound", &self.outbound)
-            .field("outbound6", &self.outbound6)
-            .field("inbound_ports", &self.inbound_ports)
-            .field("sockmap_ports", &self.sockmap_ports)
-            .finish_non_exhaustive()
+        f.debug_struct("Kernel").finish_non_exhaustive()
     }
 }
 
@@ -477,12 +477,14 @@ impl Prepared {
         let stats = take_map(&mut self.ebpf, common::MAP_STATS)?;
         let sockmap_cgroup = self.proxy_cgroup.map(|c| c.path);
         Ok(Attached {
-            _ebpf: self.ebpf,
-            _lock: self.lock,
-            orig_by_client,
-            orig6_by_client,
-            stats,
-            _sockhash: sockhash,
+            kernel: Kernel {
+                _ebpf: self.ebpf,
+                _lock: self.lock,
+                orig_by_client,
+                orig6_by_client,
+                stats,
+                _sockhash: sockhash,
+            },
             cgroup: self.cgroup.path,
             netns: self.netns.map(|n| n.path().to_path_buf()),
             outbound: SocketAddrV4::new(target_ip, outbound.port()),
@@ -501,26 +503,28 @@ where
     ebpf.program_mut(name).and_then(|p| p.try_into().ok())
 }
 
+/// The map `name`, borrowed from `ebpf`, as the typed map `T`.
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, TransparentError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let m = ebpf
-        .map_mut(name)
-        .ok_or(TransparentError::MissingMap { name })?;
-    T::try_from(m).map_err(|source| TransparentError::Map {
-        name,
-        source: Box::new(source),
-    })
+    typed(name, ebpf.map_mut(name))
 }
 
+/// The map `name`, taken out of `ebpf` (to be held apart from it), as the typed map `T`.
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, TransparentError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let m = ebpf
-        .take_map(name)
-        .ok_or(TransparentError::MissingMap { name })?;
+    typed(name, ebpf.take_map(name))
+}
+
+/// `map` (`None`: the object has no map `name`) as the typed map `T`.
+fn typed<M, T>(name: &'static str, map: Option<M>) -> Result<T, TransparentError>
+where
+    T: TryFrom<M, Error = aya::maps::MapError>,
+{
+    let m = map.ok_or(TransparentError::MissingMap { name })?;
     T::try_from(m).map_err(|source| TransparentError::Map {
         name,
         source: Box::new(source),
@@ -535,18 +539,32 @@ impl Attached {
         match peer {
             SocketAddr::V4(p) => {
                 let ip4 = u32::from_ne_bytes(p.ip().octets());
-                take(&self.orig_by_client, &common::ClientKey { ip4, port }).map(decode_orig)
+                take(
+                    &self.kernel.orig_by_client,
+                    &common::ClientKey { ip4, port },
+                )
+                .map(decode_orig)
             }
             SocketAddr::V6(p) => {
                 let ip6 = ip6_words(p.ip());
-                take(&self.orig6_by_client, &common::ClientKey6 { ip6, port }).map(decode_orig6)
+                take(
+                    &self.kernel.orig6_by_client,
+                    &common::ClientKey6 { ip6, port },
+                )
+                .map(decode_orig6)
             }
         }
     }
 
     /// The programs' counters.
     pub fn stats(&self) -> Stats {
-        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        let sum = |i: u32| -> u64 {
+            self.kernel
+                .stats
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
         Stats {
             redirected: sum(common::STAT_REDIRECTED),
             excluded: sum(common::STAT_EXCLUDED),
@@ -559,7 +577,7 @@ impl Attached {
     }
 }
 
-/// Reads the entry under `key` and removes it (see [`Attached`]'s `orig_by_client` for why).
+/// Reads the entry under `key` and removes it (see `Kernel::orig_by_client` for why).
 fn take<K: aya::Pod, V: aya::Pod>(
     map: &std::sync::Mutex<HashMap<MapData, K, V>>,
     key: &K,
