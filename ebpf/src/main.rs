@@ -116,6 +116,55 @@ fn config() -> Option<Config> {
     }
 }
 
+/// The original destination `map` holds for the socket of `ctx` (by its cookie).
+#[inline(always)]
+fn orig_by_cookie<C: EbpfContext, V: Copy>(ctx: &C, map: &LruHashMap<u64, V>) -> Result<V, ()> {
+    // SAFETY: the socket-cookie helper is valid for every program type here (sock_addr and
+    // sock_ops).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    Ok(*unsafe { map.get(&cookie) }.ok_or(())?)
+}
+
+/// Reads an IPv6 address field of a context with one volatile 4-byte load per word: the
+/// verifier rejects the wider loads an array copy compiles to.
+///
+/// SAFETY: `words` must point at a readable field of the verifier-checked context.
+#[inline(always)]
+unsafe fn read_ip6(words: *const [u32; 4]) -> [u32; 4] {
+    // SAFETY: as the caller promises.
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*words)[0]),
+            core::ptr::read_volatile(&(*words)[1]),
+            core::ptr::read_volatile(&(*words)[2]),
+            core::ptr::read_volatile(&(*words)[3]),
+        ]
+    }
+}
+
+/// Writes an IPv6 address field of a context with one volatile 4-byte store per word, so LLVM
+/// cannot merge them into a wider store the verifier rejects.
+///
+/// SAFETY: `words` must point at a writable field of the verifier-checked context.
+#[inline(always)]
+unsafe fn write_ip6(words: *mut [u32; 4], ip6: [u32; 4]) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::ptr::write_volatile(&mut (*words)[0], ip6[0]);
+        core::ptr::write_volatile(&mut (*words)[1], ip6[1]);
+        core::ptr::write_volatile(&mut (*words)[2], ip6[2]);
+        core::ptr::write_volatile(&mut (*words)[3], ip6[3]);
+    }
+}
+
+/// The proxy's own sockets: never redirected (no loops).
+#[inline(always)]
+fn from_proxy(cfg: &Config) -> bool {
+    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
+    cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     let _ = try_connect4(&ctx);
@@ -153,9 +202,7 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn excluded(cfg: &Config, ip4: u32, port: u32) -> bool {
-    // The proxy's own sockets: never redirected (no loops).
-    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
-    if cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id {
+    if from_proxy(cfg) {
         return true;
     }
     // Already aimed at the proxy.
@@ -202,18 +249,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the verifier-checked context pointer; these fields are readable, each
     // `user_ip6` word with its own 4-byte load.
-    let (ty, port, ip6) = unsafe {
-        (
-            (*sa).type_,
-            (*sa).user_port,
-            [
-                core::ptr::read_volatile(&(*sa).user_ip6[0]),
-                core::ptr::read_volatile(&(*sa).user_ip6[1]),
-                core::ptr::read_volatile(&(*sa).user_ip6[2]),
-                core::ptr::read_volatile(&(*sa).user_ip6[3]),
-            ],
-        )
-    };
+    let (ty, port, ip6) = unsafe { ((*sa).type_, (*sa).user_port, read_ip6(&(*sa).user_ip6)) };
     if ty != SOCK_STREAM {
         return Err(());
     }
@@ -228,10 +264,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
         .map_err(|_| ())?;
     // SAFETY: writable context fields of connect6; one volatile 4-byte store each.
     unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip6[0], out.ip6[0]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[1], out.ip6[1]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[2], out.ip6[2]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[3], out.ip6[3]);
+        write_ip6(&mut (*sa).user_ip6, out.ip6);
         core::ptr::write_volatile(&mut (*sa).user_port, out.port);
     }
     count(STAT_REDIRECTED);
@@ -241,8 +274,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn excluded6(cfg: &Config, out: &Outbound6, ip6: &[u32; 4], port: u32) -> bool {
-    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
-    if cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id {
+    if from_proxy(cfg) {
         return true;
     }
     if *ip6 == out.ip6 && port == out.port {
@@ -351,10 +383,7 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     if family != AF_INET {
         return Err(());
     }
-    // SAFETY: helper valid for sock_ops programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let orig = orig_by_cookie(ctx, &MESH_ORIG_BY_COOKIE)?;
     let key = ClientKey {
         ip4: ctx.local_ip4(),
         port: ctx.local_port(),
@@ -366,21 +395,9 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn try_sock_ops6(ctx: &SockOpsContext) -> Result<(), ()> {
-    // SAFETY: helper valid for sock_ops programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG6_BY_COOKIE.get(&cookie) }.ok_or(())?;
-    let ops = ctx.ops;
-    // SAFETY: verifier-checked context pointer; one 4-byte load per word (the verifier
-    // rejects the wider loads an array copy compiles to).
-    let ip6 = unsafe {
-        [
-            core::ptr::read_volatile(&(*ops).local_ip6[0]),
-            core::ptr::read_volatile(&(*ops).local_ip6[1]),
-            core::ptr::read_volatile(&(*ops).local_ip6[2]),
-            core::ptr::read_volatile(&(*ops).local_ip6[3]),
-        ]
-    };
+    let orig = orig_by_cookie(ctx, &MESH_ORIG6_BY_COOKIE)?;
+    // SAFETY: verifier-checked context pointer; a readable field.
+    let ip6 = unsafe { read_ip6(&(*ctx.ops).local_ip6) };
     let key = ClientKey6 {
         ip6,
         port: ctx.local_port(),
@@ -400,17 +417,11 @@ pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn try_getpeername6(ctx: &SockAddrContext) -> Result<(), ()> {
-    // SAFETY: helper valid for cgroup sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG6_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let orig = orig_by_cookie(ctx, &MESH_ORIG6_BY_COOKIE)?;
     let sa = ctx.sock_addr;
     // SAFETY: writable context fields of getpeername6; separate volatile stores.
     unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip6[0], orig.ip6[0]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[1], orig.ip6[1]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[2], orig.ip6[2]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[3], orig.ip6[3]);
+        write_ip6(&mut (*sa).user_ip6, orig.ip6);
         core::ptr::write_volatile(&mut (*sa).user_port, orig.port);
     }
     Ok(())
@@ -424,10 +435,7 @@ pub fn mesh_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn try_getpeername4(ctx: &SockAddrContext) -> Result<(), ()> {
-    // SAFETY: helper valid for cgroup sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let orig = orig_by_cookie(ctx, &MESH_ORIG_BY_COOKIE)?;
     let sa = ctx.sock_addr;
     // SAFETY: writable context fields of getpeername4; separate volatile stores as above.
     unsafe {
