@@ -60,17 +60,18 @@ impl std::fmt::Debug for Prepared {
 #[derive(Debug)]
 pub struct Attached {
     kernel: Kernel,
-    pub cgroup: PathBuf,
-    pub netns: Option<PathBuf>,
+    cgroup: PathBuf,
+    netns: Option<PathBuf>,
+    /// The outbound listener redirected IPv4 connects go to (shown in the "ready" line).
     pub outbound: SocketAddrV4,
     /// The IPv6 outbound listener IPv6 connects go to (`None`: they go out unchanged).
-    pub outbound6: Option<SocketAddrV6>,
-    pub inbound_ports: Vec<u16>,
+    outbound6: Option<SocketAddrV6>,
+    inbound_ports: Vec<u16>,
     /// `--sockmap`: the ports that mark an app↔proxy hop (outbound listener, app ports);
     /// empty without `--sockmap`.
-    pub sockmap_ports: Vec<u16>,
+    sockmap_ports: Vec<u16>,
     /// `--sockmap`: the proxy's cgroup `mesh_sockmap_ops` is attached to, if not the pod's.
-    pub sockmap_cgroup: Option<PathBuf>,
+    sockmap_cgroup: Option<PathBuf>,
 }
 
 /// What [`Attached`] holds in the kernel: the loaded object (and the links it owns), the
@@ -532,6 +533,25 @@ where
 }
 
 impl Attached {
+    /// Says where the programs are attached (one line, and one more with `--sockmap`).
+    pub fn log(&self) {
+        tracing::info!(
+            cgroup = %self.cgroup.display(),
+            netns = ?self.netns,
+            outbound = %self.outbound,
+            outbound6 = ?self.outbound6,
+            inbound_ports = ?self.inbound_ports,
+            "transparent mode: eBPF programs attached"
+        );
+        if !self.sockmap_ports.is_empty() {
+            tracing::info!(
+                ports = ?self.sockmap_ports,
+                proxy_cgroup = ?self.sockmap_cgroup,
+                "transparent mode: sockmap acceleration on: pod loopback hops on these ports bypass TCP"
+            );
+        }
+    }
+
     /// The original destination of a redirected connection, by the client's address as the
     /// proxy's accepted socket sees it (its peer).
     pub fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
