@@ -26,7 +26,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_F_INGRESS},
+    bindings::{BPF_ANY, BPF_F_INGRESS, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_netns_cookie,
         bpf_get_socket_cookie,
@@ -411,38 +411,52 @@ fn try_sock_ops6(ctx: &SockOpsContext) -> Result<(), ()> {
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
-    let _ = try_getpeername6(&ctx);
+    let _ = try_getpeername(&ctx, &MESH_ORIG6_BY_COOKIE);
     ALLOW
-}
-
-#[inline(always)]
-fn try_getpeername6(ctx: &SockAddrContext) -> Result<(), ()> {
-    let orig = orig_by_cookie(ctx, &MESH_ORIG6_BY_COOKIE)?;
-    let sa = ctx.sock_addr;
-    // SAFETY: writable context fields of getpeername6; separate volatile stores.
-    unsafe {
-        write_ip6(&mut (*sa).user_ip6, orig.ip6);
-        core::ptr::write_volatile(&mut (*sa).user_port, orig.port);
-    }
-    Ok(())
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn mesh_getpeername4(ctx: SockAddrContext) -> i32 {
-    let _ = try_getpeername4(&ctx);
+    let _ = try_getpeername(&ctx, &MESH_ORIG_BY_COOKIE);
     ALLOW
 }
 
+/// getpeername4/6: the app sees the original destination `map` holds for its socket.
 #[inline(always)]
-fn try_getpeername4(ctx: &SockAddrContext) -> Result<(), ()> {
-    let orig = orig_by_cookie(ctx, &MESH_ORIG_BY_COOKIE)?;
-    let sa = ctx.sock_addr;
-    // SAFETY: writable context fields of getpeername4; separate volatile stores as above.
-    unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip4, orig.ip4);
-        core::ptr::write_volatile(&mut (*sa).user_port, orig.port);
-    }
+fn try_getpeername<O: Orig>(ctx: &SockAddrContext, map: &LruHashMap<u64, O>) -> Result<(), ()> {
+    let orig = orig_by_cookie(ctx, map)?;
+    // SAFETY: `sock_addr` is the verifier-checked context of the getpeername hook `O` is for.
+    unsafe { orig.write_to(ctx.sock_addr) };
     Ok(())
+}
+
+/// An original destination as the getpeername hook of its address family writes it back.
+trait Orig: Copy {
+    /// SAFETY: `sa` must be the context of this family's getpeername hook (its address
+    /// fields are writable there).
+    unsafe fn write_to(&self, sa: *mut bpf_sock_addr);
+}
+
+impl Orig for OrigDst {
+    #[inline(always)]
+    unsafe fn write_to(&self, sa: *mut bpf_sock_addr) {
+        // SAFETY: writable context fields of getpeername4; separate volatile stores.
+        unsafe {
+            core::ptr::write_volatile(&mut (*sa).user_ip4, self.ip4);
+            core::ptr::write_volatile(&mut (*sa).user_port, self.port);
+        }
+    }
+}
+
+impl Orig for OrigDst6 {
+    #[inline(always)]
+    unsafe fn write_to(&self, sa: *mut bpf_sock_addr) {
+        // SAFETY: writable context fields of getpeername6; separate volatile stores.
+        unsafe {
+            write_ip6(&mut (*sa).user_ip6, self.ip6);
+            core::ptr::write_volatile(&mut (*sa).user_port, self.port);
+        }
+    }
 }
 
 /// `--sockmap`: runs on every `sendmsg` of a socket in `MESH_SOCKHASH` and redirects the
