@@ -185,17 +185,26 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
         count(STAT_EXCLUDED);
         return Err(());
     }
+    let proxy = OrigDst {
+        ip4: cfg.outbound_ip4,
+        port: cfg.outbound_port,
+    };
+    redirect(ctx, &MESH_ORIG_BY_COOKIE, OrigDst { ip4, port }, proxy)
+}
+
+/// connect4/6: remembers `orig` under the socket's cookie, then points the connect at `proxy`.
+#[inline(always)]
+fn redirect<O: Orig>(
+    ctx: &SockAddrContext,
+    map: &LruHashMap<u64, O>,
+    orig: O,
+    proxy: O,
+) -> Result<(), ()> {
     // SAFETY: helper valid for cgroup sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    MESH_ORIG_BY_COOKIE
-        .insert(&cookie, &OrigDst { ip4, port }, 0)
-        .map_err(|_| ())?;
-    // SAFETY: writable context fields of connect4; one volatile 4-byte store each so LLVM
-    // cannot merge them into a wider store the verifier rejects.
-    unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip4, cfg.outbound_ip4);
-        core::ptr::write_volatile(&mut (*sa).user_port, cfg.outbound_port);
-    }
+    map.insert(&cookie, &orig, 0).map_err(|_| ())?;
+    // SAFETY: `sock_addr` is the verifier-checked context of the connect hook `O` is for.
+    unsafe { proxy.write_to(ctx.sock_addr) };
     count(STAT_REDIRECTED);
     Ok(())
 }
@@ -257,17 +266,11 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
         count(STAT_EXCLUDED);
         return Err(());
     }
-    // SAFETY: helper valid for cgroup sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    MESH_ORIG6_BY_COOKIE
-        .insert(&cookie, &OrigDst6 { ip6, port }, 0)
-        .map_err(|_| ())?;
-    // SAFETY: writable context fields of connect6; one volatile 4-byte store each.
-    unsafe {
-        write_ip6(&mut (*sa).user_ip6, out.ip6);
-        core::ptr::write_volatile(&mut (*sa).user_port, out.port);
-    }
-    count(STAT_REDIRECTED);
+    let proxy = OrigDst6 {
+        ip6: out.ip6,
+        port: out.port,
+    };
+    redirect(ctx, &MESH_ORIG6_BY_COOKIE, OrigDst6 { ip6, port }, proxy)?;
     count(STAT_REDIRECTED6);
     Ok(())
 }
@@ -430,17 +433,19 @@ fn try_getpeername<O: Orig>(ctx: &SockAddrContext, map: &LruHashMap<u64, O>) -> 
     Ok(())
 }
 
-/// An original destination as the getpeername hook of its address family writes it back.
+/// An address of one family as a `sock_addr` hook of that family writes it (connect: the
+/// proxy's listener; getpeername: the original destination).
 trait Orig: Copy {
-    /// SAFETY: `sa` must be the context of this family's getpeername hook (its address
-    /// fields are writable there).
+    /// SAFETY: `sa` must be the context of this family's connect or getpeername hook (its
+    /// address fields are writable there).
     unsafe fn write_to(&self, sa: *mut bpf_sock_addr);
 }
 
 impl Orig for OrigDst {
     #[inline(always)]
     unsafe fn write_to(&self, sa: *mut bpf_sock_addr) {
-        // SAFETY: writable context fields of getpeername4; separate volatile stores.
+        // SAFETY: writable context fields of connect4/getpeername4; one volatile 4-byte store
+        // each so LLVM cannot merge them into a wider store the verifier rejects.
         unsafe {
             core::ptr::write_volatile(&mut (*sa).user_ip4, self.ip4);
             core::ptr::write_volatile(&mut (*sa).user_port, self.port);
@@ -451,7 +456,7 @@ impl Orig for OrigDst {
 impl Orig for OrigDst6 {
     #[inline(always)]
     unsafe fn write_to(&self, sa: *mut bpf_sock_addr) {
-        // SAFETY: writable context fields of getpeername6; separate volatile stores.
+        // SAFETY: writable context fields of connect6/getpeername6; separate volatile stores.
         unsafe {
             write_ip6(&mut (*sa).user_ip6, self.ip6);
             core::ptr::write_volatile(&mut (*sa).user_port, self.port);
