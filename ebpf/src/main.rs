@@ -26,7 +26,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_F_INGRESS},
+    bindings::{BPF_ANY, BPF_F_INGRESS, bpf_sock_addr},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_netns_cookie,
         bpf_get_socket_cookie,
@@ -116,6 +116,55 @@ fn config() -> Option<Config> {
     }
 }
 
+/// The original destination `map` holds for the socket of `ctx` (by its cookie).
+#[inline(always)]
+fn orig_by_cookie<C: EbpfContext, V: Copy>(ctx: &C, map: &LruHashMap<u64, V>) -> Result<V, ()> {
+    // SAFETY: the socket-cookie helper is valid for every program type here (sock_addr and
+    // sock_ops).
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: copied out at once.
+    Ok(*unsafe { map.get(&cookie) }.ok_or(())?)
+}
+
+/// Reads an IPv6 address field of a context with one volatile 4-byte load per word: the
+/// verifier rejects the wider loads an array copy compiles to.
+///
+/// SAFETY: `words` must point at a readable field of the verifier-checked context.
+#[inline(always)]
+unsafe fn read_ip6(words: *const [u32; 4]) -> [u32; 4] {
+    // SAFETY: as the caller promises.
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*words)[0]),
+            core::ptr::read_volatile(&(*words)[1]),
+            core::ptr::read_volatile(&(*words)[2]),
+            core::ptr::read_volatile(&(*words)[3]),
+        ]
+    }
+}
+
+/// Writes an IPv6 address field of a context with one volatile 4-byte store per word, so LLVM
+/// cannot merge them into a wider store the verifier rejects.
+///
+/// SAFETY: `words` must point at a writable field of the verifier-checked context.
+#[inline(always)]
+unsafe fn write_ip6(words: *mut [u32; 4], ip6: [u32; 4]) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::ptr::write_volatile(&mut (*words)[0], ip6[0]);
+        core::ptr::write_volatile(&mut (*words)[1], ip6[1]);
+        core::ptr::write_volatile(&mut (*words)[2], ip6[2]);
+        core::ptr::write_volatile(&mut (*words)[3], ip6[3]);
+    }
+}
+
+/// The proxy's own sockets: never redirected (no loops).
+#[inline(always)]
+fn from_proxy(cfg: &Config) -> bool {
+    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
+    cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
     let _ = try_connect4(&ctx);
@@ -136,26 +185,33 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), ()> {
         count(STAT_EXCLUDED);
         return Err(());
     }
+    let proxy = OrigDst {
+        ip4: cfg.outbound_ip4,
+        port: cfg.outbound_port,
+    };
+    redirect(ctx, &MESH_ORIG_BY_COOKIE, OrigDst { ip4, port }, proxy)
+}
+
+/// connect4/6: remembers `orig` under the socket's cookie, then points the connect at `proxy`.
+#[inline(always)]
+fn redirect<O: Orig>(
+    ctx: &SockAddrContext,
+    map: &LruHashMap<u64, O>,
+    orig: O,
+    proxy: O,
+) -> Result<(), ()> {
     // SAFETY: helper valid for cgroup sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    MESH_ORIG_BY_COOKIE
-        .insert(&cookie, &OrigDst { ip4, port }, 0)
-        .map_err(|_| ())?;
-    // SAFETY: writable context fields of connect4; one volatile 4-byte store each so LLVM
-    // cannot merge them into a wider store the verifier rejects.
-    unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip4, cfg.outbound_ip4);
-        core::ptr::write_volatile(&mut (*sa).user_port, cfg.outbound_port);
-    }
+    map.insert(&cookie, &orig, 0).map_err(|_| ())?;
+    // SAFETY: `sock_addr` is the verifier-checked context of the connect hook `O` is for.
+    unsafe { proxy.write_to(ctx.sock_addr) };
     count(STAT_REDIRECTED);
     Ok(())
 }
 
 #[inline(always)]
 fn excluded(cfg: &Config, ip4: u32, port: u32) -> bool {
-    // The proxy's own sockets: never redirected (no loops).
-    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
-    if cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id {
+    if from_proxy(cfg) {
         return true;
     }
     // Already aimed at the proxy.
@@ -202,18 +258,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
     let sa = ctx.sock_addr;
     // SAFETY: `sa` is the verifier-checked context pointer; these fields are readable, each
     // `user_ip6` word with its own 4-byte load.
-    let (ty, port, ip6) = unsafe {
-        (
-            (*sa).type_,
-            (*sa).user_port,
-            [
-                core::ptr::read_volatile(&(*sa).user_ip6[0]),
-                core::ptr::read_volatile(&(*sa).user_ip6[1]),
-                core::ptr::read_volatile(&(*sa).user_ip6[2]),
-                core::ptr::read_volatile(&(*sa).user_ip6[3]),
-            ],
-        )
-    };
+    let (ty, port, ip6) = unsafe { ((*sa).type_, (*sa).user_port, read_ip6(&(*sa).user_ip6)) };
     if ty != SOCK_STREAM {
         return Err(());
     }
@@ -221,28 +266,18 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), ()> {
         count(STAT_EXCLUDED);
         return Err(());
     }
-    // SAFETY: helper valid for cgroup sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    MESH_ORIG6_BY_COOKIE
-        .insert(&cookie, &OrigDst6 { ip6, port }, 0)
-        .map_err(|_| ())?;
-    // SAFETY: writable context fields of connect6; one volatile 4-byte store each.
-    unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip6[0], out.ip6[0]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[1], out.ip6[1]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[2], out.ip6[2]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[3], out.ip6[3]);
-        core::ptr::write_volatile(&mut (*sa).user_port, out.port);
-    }
-    count(STAT_REDIRECTED);
+    let proxy = OrigDst6 {
+        ip6: out.ip6,
+        port: out.port,
+    };
+    redirect(ctx, &MESH_ORIG6_BY_COOKIE, OrigDst6 { ip6, port }, proxy)?;
     count(STAT_REDIRECTED6);
     Ok(())
 }
 
 #[inline(always)]
 fn excluded6(cfg: &Config, out: &Outbound6, ip6: &[u32; 4], port: u32) -> bool {
-    // SAFETY: helper without arguments, valid for cgroup sock_addr programs.
-    if cfg.proxy_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.proxy_cgroup_id {
+    if from_proxy(cfg) {
         return true;
     }
     if *ip6 == out.ip6 && port == out.port {
@@ -351,10 +386,7 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
     if family != AF_INET {
         return Err(());
     }
-    // SAFETY: helper valid for sock_ops programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let orig = orig_by_cookie(ctx, &MESH_ORIG_BY_COOKIE)?;
     let key = ClientKey {
         ip4: ctx.local_ip4(),
         port: ctx.local_port(),
@@ -366,21 +398,9 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), ()> {
 
 #[inline(always)]
 fn try_sock_ops6(ctx: &SockOpsContext) -> Result<(), ()> {
-    // SAFETY: helper valid for sock_ops programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG6_BY_COOKIE.get(&cookie) }.ok_or(())?;
-    let ops = ctx.ops;
-    // SAFETY: verifier-checked context pointer; one 4-byte load per word (the verifier
-    // rejects the wider loads an array copy compiles to).
-    let ip6 = unsafe {
-        [
-            core::ptr::read_volatile(&(*ops).local_ip6[0]),
-            core::ptr::read_volatile(&(*ops).local_ip6[1]),
-            core::ptr::read_volatile(&(*ops).local_ip6[2]),
-            core::ptr::read_volatile(&(*ops).local_ip6[3]),
-        ]
-    };
+    let orig = orig_by_cookie(ctx, &MESH_ORIG6_BY_COOKIE)?;
+    // SAFETY: verifier-checked context pointer; a readable field.
+    let ip6 = unsafe { read_ip6(&(*ctx.ops).local_ip6) };
     let key = ClientKey6 {
         ip6,
         port: ctx.local_port(),
@@ -394,47 +414,54 @@ fn try_sock_ops6(ctx: &SockOpsContext) -> Result<(), ()> {
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
-    let _ = try_getpeername6(&ctx);
+    let _ = try_getpeername(&ctx, &MESH_ORIG6_BY_COOKIE);
     ALLOW
-}
-
-#[inline(always)]
-fn try_getpeername6(ctx: &SockAddrContext) -> Result<(), ()> {
-    // SAFETY: helper valid for cgroup sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG6_BY_COOKIE.get(&cookie) }.ok_or(())?;
-    let sa = ctx.sock_addr;
-    // SAFETY: writable context fields of getpeername6; separate volatile stores.
-    unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip6[0], orig.ip6[0]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[1], orig.ip6[1]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[2], orig.ip6[2]);
-        core::ptr::write_volatile(&mut (*sa).user_ip6[3], orig.ip6[3]);
-        core::ptr::write_volatile(&mut (*sa).user_port, orig.port);
-    }
-    Ok(())
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn mesh_getpeername4(ctx: SockAddrContext) -> i32 {
-    let _ = try_getpeername4(&ctx);
+    let _ = try_getpeername(&ctx, &MESH_ORIG_BY_COOKIE);
     ALLOW
 }
 
+/// getpeername4/6: the app sees the original destination `map` holds for its socket.
 #[inline(always)]
-fn try_getpeername4(ctx: &SockAddrContext) -> Result<(), ()> {
-    // SAFETY: helper valid for cgroup sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: copied out at once.
-    let orig = *unsafe { MESH_ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
-    let sa = ctx.sock_addr;
-    // SAFETY: writable context fields of getpeername4; separate volatile stores as above.
-    unsafe {
-        core::ptr::write_volatile(&mut (*sa).user_ip4, orig.ip4);
-        core::ptr::write_volatile(&mut (*sa).user_port, orig.port);
-    }
+fn try_getpeername<O: Orig>(ctx: &SockAddrContext, map: &LruHashMap<u64, O>) -> Result<(), ()> {
+    let orig = orig_by_cookie(ctx, map)?;
+    // SAFETY: `sock_addr` is the verifier-checked context of the getpeername hook `O` is for.
+    unsafe { orig.write_to(ctx.sock_addr) };
     Ok(())
+}
+
+/// An address of one family as a `sock_addr` hook of that family writes it (connect: the
+/// proxy's listener; getpeername: the original destination).
+trait Orig: Copy {
+    /// SAFETY: `sa` must be the context of this family's connect or getpeername hook (its
+    /// address fields are writable there).
+    unsafe fn write_to(&self, sa: *mut bpf_sock_addr);
+}
+
+impl Orig for OrigDst {
+    #[inline(always)]
+    unsafe fn write_to(&self, sa: *mut bpf_sock_addr) {
+        // SAFETY: writable context fields of connect4/getpeername4; one volatile 4-byte store
+        // each so LLVM cannot merge them into a wider store the verifier rejects.
+        unsafe {
+            core::ptr::write_volatile(&mut (*sa).user_ip4, self.ip4);
+            core::ptr::write_volatile(&mut (*sa).user_port, self.port);
+        }
+    }
+}
+
+impl Orig for OrigDst6 {
+    #[inline(always)]
+    unsafe fn write_to(&self, sa: *mut bpf_sock_addr) {
+        // SAFETY: writable context fields of connect6/getpeername6; separate volatile stores.
+        unsafe {
+            write_ip6(&mut (*sa).user_ip6, self.ip6);
+            core::ptr::write_volatile(&mut (*sa).user_port, self.port);
+        }
+    }
 }
 
 /// `--sockmap`: runs on every `sendmsg` of a socket in `MESH_SOCKHASH` and redirects the

@@ -122,19 +122,13 @@ fn plan_upstreams(sidecar: &AgentService, config: &Config) -> Result<Vec<Upstrea
 
 /// Runs the proxy until SIGTERM/SIGINT, then drains.
 pub async fn run(config: Config) -> Result<(), AppError> {
-    with_runtimes(async |provider, metrics, control| {
-        run_agent(config, provider, metrics, control).await
-    })
-    .await
+    with_runtimes(async |shared| run_agent(config, shared).await).await
 }
 
 /// Runs the proxy in static mode (config file, no control plane) until SIGTERM/SIGINT.
 /// `initial` is the validated first load (see [`static_config::load`]).
 pub async fn run_static(initial: Loaded) -> Result<(), AppError> {
-    with_runtimes(async |provider, metrics, control| {
-        run_static_with(initial, provider, metrics, control).await
-    })
-    .await
+    with_runtimes(async |shared| run_static_with(initial, shared).await).await
 }
 
 /// The crypto provider for everything (aws-lc-rs; rustls would panic if it had to guess).
@@ -143,13 +137,17 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// What every mode runs with, made once by [`with_runtimes`].
+struct Shared<'a> {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    metrics: Arc<Metrics>,
+    /// The small runtime of the control loops, apart from the data path's.
+    control: &'a tokio::runtime::Runtime,
+}
+
 async fn with_runtimes<F>(f: F) -> Result<(), AppError>
 where
-    F: AsyncFnOnce(
-        Arc<rustls::crypto::CryptoProvider>,
-        Arc<Metrics>,
-        &tokio::runtime::Runtime,
-    ) -> Result<(), AppError>,
+    F: AsyncFnOnce(Shared<'_>) -> Result<(), AppError>,
 {
     let provider = crypto_provider();
     let metrics = Arc::new(Metrics::new());
@@ -159,7 +157,12 @@ where
         .enable_all()
         .build()
         .map_err(AppError::Runtime)?;
-    let result = f(provider, metrics, &control).await;
+    let result = f(Shared {
+        provider,
+        metrics,
+        control: &control,
+    })
+    .await;
     control.shutdown_background();
     result
 }
@@ -174,14 +177,9 @@ struct Feeds {
     settings: serde_json::Value,
     public: SocketAddr,
     admin: Option<SocketAddr>,
-    leaf: watch::Receiver<Option<Arc<LeafCert>>>,
-    roots: watch::Receiver<Option<Arc<CaRootList>>>,
     /// The upstreams the identity holds a TLS client configuration for.
     targets: Vec<UpstreamTarget>,
-    policy: watch::Receiver<Option<Arc<Policy>>>,
-    /// The sidecar registration (agent mode; `None` in static mode, shown as `Sidecar: null`).
-    sidecar: watch::Receiver<Option<Arc<AgentService>>>,
-    local_app: watch::Receiver<Option<Arc<LocalApp>>>,
+    watches: Watches,
     upstreams: Vec<Arc<Upstream>>,
     /// Timeouts, denied-connection handling, TLS options.
     options: DataPathOptions,
@@ -192,12 +190,50 @@ struct Feeds {
     transparent: Option<crate::transparent::TransparentPlan>,
 }
 
-async fn run_agent(
-    config: Config,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    metrics: Arc<Metrics>,
-    control: &tokio::runtime::Runtime,
-) -> Result<(), AppError> {
+/// The channels of [`Feeds`] both modes fill the same way: a sender and a receiver of each.
+struct FeedChannel<T>(
+    watch::Sender<Option<Arc<T>>>,
+    watch::Receiver<Option<Arc<T>>>,
+);
+
+impl<T> FeedChannel<T> {
+    fn new(initial: Option<T>) -> Self {
+        let (tx, rx) = watch::channel(initial.map(Arc::new));
+        Self(tx, rx)
+    }
+}
+
+/// [`agent::spawn_watch`] of `path`, each body decoded by `decode` (given the path, which its
+/// errors name).
+fn watch_decoded<T: Send + Sync + 'static>(
+    client: &AgentClient,
+    what: &'static str,
+    path: String,
+    tx: watch::Sender<Option<Arc<T>>>,
+    decode: fn(&str, &[u8]) -> Result<T, agent::AgentError>,
+) {
+    let p = path.clone();
+    agent::spawn_watch(
+        client.clone(),
+        what,
+        path,
+        move |_, body| decode(&p, body),
+        tx,
+    );
+}
+
+/// What [`serve`] watches, whichever source fills it.
+struct Watches {
+    leaf: watch::Receiver<Option<Arc<LeafCert>>>,
+    roots: watch::Receiver<Option<Arc<CaRootList>>>,
+    policy: watch::Receiver<Option<Arc<Policy>>>,
+    /// The sidecar registration (agent mode; `None` in static mode, shown as `Sidecar: null`).
+    sidecar: watch::Receiver<Option<Arc<AgentService>>>,
+    local_app: watch::Receiver<Option<Arc<LocalApp>>>,
+}
+
+async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
+    let control = shared.control;
     // Transparent mode's preflight comes first: a bad environment is refused before anything
     // else happens (one line, nothing attached).
     let prepared = config
@@ -226,11 +262,11 @@ async fn run_agent(
         "sidecar registration found"
     );
 
-    let (sidecar_tx, sidecar_rx) = watch::channel(Some(Arc::new(sidecar.clone())));
-    let (local_app_tx, local_app_rx) = watch::channel(Some(Arc::new(local_app_of(&sidecar))));
-    let (leaf_tx, leaf_rx) = watch::channel::<Option<Arc<LeafCert>>>(None);
-    let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
-    let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
+    let FeedChannel(sidecar_tx, sidecar_rx) = FeedChannel::new(Some(sidecar.clone()));
+    let FeedChannel(local_app_tx, local_app_rx) = FeedChannel::new(Some(local_app_of(&sidecar)));
+    let FeedChannel(leaf_tx, leaf_rx) = FeedChannel::new(None);
+    let FeedChannel(roots_tx, roots_rx) = FeedChannel::new(None);
+    let FeedChannel(policy_tx, policy_rx) = FeedChannel::new(None);
     // Intentions as the agent serves them; `policy_feed` makes the policy of them, the roots'
     // trust domain and the service's protocol.
     let (intentions_tx, intentions_rx) =
@@ -252,39 +288,26 @@ async fn run_agent(
         app_ports: vec![sidecar.local_app().1],
         leaf: leaf_rx.clone(),
         roots: roots_rx.clone(),
-        provider: provider.clone(),
+        provider: shared.provider.clone(),
     });
 
     // Agent loops, on the control runtime.
     {
         let _enter = control.enter();
         let path = format!("/v1/agent/service/{}", sidecar.id);
-        let p = path.clone();
-        agent::spawn_watch(
-            client.clone(),
+        watch_decoded(
+            &client,
             "sidecar registration",
             path,
-            move |_, body| agent::decode_json::<AgentService>(&p, "service", body),
             sidecar_tx,
+            |p, body| agent::decode_json(p, "service", body),
         );
         let path = format!("/v1/agent/connect/ca/leaf/{destination}");
-        let p = path.clone();
-        agent::spawn_watch(
-            client.clone(),
-            "leaf certificate",
-            path,
-            move |_, body| agent::decode_json::<LeafCert>(&p, "leaf certificate", body),
-            leaf_tx,
-        );
+        watch_decoded(&client, "leaf certificate", path, leaf_tx, |p, body| {
+            agent::decode_json(p, "leaf certificate", body)
+        });
         let path = "/v1/agent/connect/ca/roots".to_string();
-        let p = path.clone();
-        agent::spawn_watch(
-            client.clone(),
-            "CA roots",
-            path,
-            move |_, body| agent::decode_roots(&p, body),
-            roots_tx,
-        );
+        watch_decoded(&client, "CA roots", path, roots_tx, agent::decode_roots);
         let path = format!("/v1/agent/connect/intentions/{destination}");
         agent::spawn_watch(
             client.clone(),
@@ -325,14 +348,13 @@ async fn run_agent(
     for plan in &plans {
         let (tx, rx) = watch::channel::<Option<Arc<Vec<Endpoint>>>>(None);
         let path = format!("/v1/health/connect/{}?passing", plan.name);
-        let p = path.clone();
         let _enter = control.enter();
-        agent::spawn_watch(
-            client.clone(),
+        watch_decoded(
+            &client,
             "upstream instances",
             path,
-            move |_, body| agent::decode_endpoints(&p, body),
             tx,
+            agent::decode_endpoints,
         );
         upstreams.push(Arc::new(Upstream::new(plan.name.clone(), plan.bind, rx)));
     }
@@ -353,28 +375,26 @@ async fn run_agent(
         settings: serde_json::to_value(&config).unwrap_or_default(),
         public: SocketAddr::new(public_ip, sidecar.port),
         admin: Some(config.admin_addr),
-        leaf: leaf_rx,
-        roots: roots_rx,
         targets,
-        policy: policy_rx,
-        sidecar: sidecar_rx,
-        local_app: local_app_rx,
+        watches: Watches {
+            leaf: leaf_rx,
+            roots: roots_rx,
+            policy: policy_rx,
+            sidecar: sidecar_rx,
+            local_app: local_app_rx,
+        },
         upstreams,
         options: config.data_path,
         sockets,
         transparent,
     };
-    serve(feeds, provider, metrics, control).await
+    serve(feeds, shared).await
 }
 
 /// Static mode: the file watcher feeds the channels the agent loops feed in agent mode, and the
 /// same identity manager, re-check loop and data path consume them.
-async fn run_static_with(
-    initial: Loaded,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    metrics: Arc<Metrics>,
-    control: &tokio::runtime::Runtime,
-) -> Result<(), AppError> {
+async fn run_static_with(initial: Loaded, shared: Shared<'_>) -> Result<(), AppError> {
+    let control = shared.control;
     let config = initial.config.clone();
     let generation = initial.leaf.modify_index;
     tracing::info!(
@@ -382,12 +402,13 @@ async fn run_static_with(
         upstreams = ?config.upstreams.iter().map(|u| (&u.name, u.listen)).collect::<Vec<_>>(),
         "static mode"
     );
-    let (leaf_tx, leaf_rx) = watch::channel::<Option<Arc<LeafCert>>>(None);
-    let (roots_tx, roots_rx) = watch::channel::<Option<Arc<CaRootList>>>(None);
-    let (policy_tx, policy_rx) = watch::channel::<Option<Arc<Policy>>>(None);
-    let (local_app_tx, local_app_rx) = watch::channel::<Option<Arc<LocalApp>>>(None);
-    // No registration in static mode; the admin API shows `Sidecar: null`.
-    let (_sidecar_tx, sidecar_rx) = watch::channel::<Option<Arc<AgentService>>>(None);
+    let FeedChannel(leaf_tx, leaf) = FeedChannel::new(None);
+    let FeedChannel(roots_tx, roots) = FeedChannel::new(None);
+    let FeedChannel(policy_tx, policy) = FeedChannel::new(None);
+    let FeedChannel(local_app_tx, local_app) = FeedChannel::new(None);
+    // No registration in static mode; the admin API shows `Sidecar: null`. The sender is held
+    // (not dropped) so the channel stays open for its readers.
+    let FeedChannel(_sidecar_tx, sidecar) = FeedChannel::new(None);
     let mut upstreams = Vec::new();
     let mut endpoint_txs = Vec::new();
     for u in &config.upstreams {
@@ -404,7 +425,7 @@ async fn run_static_with(
     };
     outputs.publish(&initial, generation);
     control.spawn(static_config::watch_files(
-        provider.clone(),
+        shared.provider.clone(),
         initial,
         outputs,
     ));
@@ -412,44 +433,46 @@ async fn run_static_with(
         settings: serde_json::to_value(&config).unwrap_or_default(),
         public: config.listen,
         admin: config.admin,
-        leaf: leaf_rx,
-        roots: roots_rx,
         targets: config.targets(),
-        policy: policy_rx,
-        sidecar: sidecar_rx,
-        local_app: local_app_rx,
+        watches: Watches {
+            leaf,
+            roots,
+            policy,
+            sidecar,
+            local_app,
+        },
         upstreams,
         options: config.data_path,
         sockets: SocketFactory::host(),
         transparent: None,
     };
-    serve(feeds, provider, metrics, control).await
+    serve(feeds, shared).await
 }
 
 /// Everything after the feeds, the same for both modes: the identity manager and the
 /// connection re-checks (on the control runtime), admin server, readiness, listeners, drain on
 /// SIGTERM.
-async fn serve(
-    p: Feeds,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-    metrics: Arc<Metrics>,
-    control: &tokio::runtime::Runtime,
-) -> Result<(), AppError> {
+async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
+    let Shared {
+        provider,
+        metrics,
+        control,
+    } = shared;
     let (identity_tx, identity) = watch::channel::<Option<Arc<Identity>>>(None);
     let registry = Arc::new(Registry::default());
     {
         let _enter = control.enter();
         control.spawn(identity::run_manager_with(
             provider,
-            p.leaf,
-            p.roots,
+            p.watches.leaf,
+            p.watches.roots,
             p.targets,
             p.options.tls,
             identity_tx,
         ));
         control.spawn(connections::run_rechecks(
             registry.clone(),
-            p.policy.clone(),
+            p.watches.policy.clone(),
             p.options.keep_denied_connections,
         ));
     }
@@ -457,8 +480,8 @@ async fn serve(
     let admin_state = Arc::new(AdminState {
         config: p.settings,
         identity: identity.clone(),
-        policy: p.policy.clone(),
-        sidecar: p.sidecar.clone(),
+        policy: p.watches.policy.clone(),
+        sidecar: p.watches.sidecar.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
         draining: drain.draining(),
@@ -478,7 +501,7 @@ async fn serve(
     // Listeners open only once the proxy can serve: otherwise the agent's TCP check would mark
     // the sidecar healthy while every connection is refused.
     let ready = {
-        let (mut i, mut pol) = (identity.clone(), p.policy.clone());
+        let (mut i, mut pol) = (identity.clone(), p.watches.policy.clone());
         tokio::time::timeout(READY_TIMEOUT, async move {
             let _ = i.wait_for(Option::is_some).await;
             let _ = pol.wait_for(Option::is_some).await;
@@ -529,8 +552,8 @@ async fn serve(
         .unwrap_or_default();
     let inbound_ctx = Arc::new(InboundContext {
         identity: identity.clone(),
-        policy: p.policy.clone(),
-        local_app: p.local_app.clone(),
+        policy: p.watches.policy.clone(),
+        local_app: p.watches.local_app.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
         sockets: p.sockets.clone(),

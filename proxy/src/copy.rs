@@ -88,6 +88,15 @@ pub enum Side {
     B,
 }
 
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+}
+
 impl std::fmt::Display for Side {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -100,6 +109,28 @@ impl std::fmt::Display for Side {
 enum HalfError {
     Read(io::Error),
     Write(io::Error),
+}
+
+impl HalfError {
+    /// The pump's error for a failure of the direction that reads from `reader` (and writes
+    /// to the other side), after `copied`.
+    fn reading_from(self, reader: Side, copied: Transferred) -> CopyError {
+        let Transferred { a_to_b, b_to_a } = copied;
+        match self {
+            HalfError::Read(source) => CopyError::Read {
+                side: reader,
+                a_to_b,
+                b_to_a,
+                source,
+            },
+            HalfError::Write(source) => CopyError::Write {
+                side: reader.other(),
+                a_to_b,
+                b_to_a,
+                source,
+            },
+        }
+    }
 }
 
 /// One direction: reads from one stream into `buf`, writes `buf[pos..filled]` to the other.
@@ -129,6 +160,24 @@ impl Half {
             full_reads: 0,
             copied: 0,
         }
+    }
+
+    /// [`Half::poll_copy`] until it is done, then `Ready(Ok)` on every later poll.
+    fn poll_to_end<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+        writer: Pin<&mut W>,
+    ) -> Poll<Result<(), HalfError>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if !self.done {
+            ready!(self.poll_copy(cx, reader, writer))?;
+            self.done = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_copy<R, W>(
@@ -232,58 +281,18 @@ where
     let mut ab = Half::new();
     let mut ba = Half::new();
     poll_fn(|cx| {
-        let totals = |ab: &Half, ba: &Half| (ab.copied, ba.copied);
-        if !ab.done {
-            match ab.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
-                Poll::Ready(Ok(())) => ab.done = true,
-                Poll::Ready(Err(e)) => {
-                    let (x, y) = totals(&ab, &ba);
-                    return Poll::Ready(Err(match e {
-                        HalfError::Read(source) => CopyError::Read {
-                            side: Side::A,
-                            a_to_b: x,
-                            b_to_a: y,
-                            source,
-                        },
-                        HalfError::Write(source) => CopyError::Write {
-                            side: Side::B,
-                            a_to_b: x,
-                            b_to_a: y,
-                            source,
-                        },
-                    }));
-                }
-                Poll::Pending => {}
-            }
+        let copied = |ab: &Half, ba: &Half| Transferred {
+            a_to_b: ab.copied,
+            b_to_a: ba.copied,
+        };
+        if let Poll::Ready(Err(e)) = ab.poll_to_end(cx, Pin::new(&mut *a), Pin::new(&mut *b)) {
+            return Poll::Ready(Err(e.reading_from(Side::A, copied(&ab, &ba))));
         }
-        if !ba.done {
-            match ba.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
-                Poll::Ready(Ok(())) => ba.done = true,
-                Poll::Ready(Err(e)) => {
-                    let (x, y) = totals(&ab, &ba);
-                    return Poll::Ready(Err(match e {
-                        HalfError::Read(source) => CopyError::Read {
-                            side: Side::B,
-                            a_to_b: x,
-                            b_to_a: y,
-                            source,
-                        },
-                        HalfError::Write(source) => CopyError::Write {
-                            side: Side::A,
-                            a_to_b: x,
-                            b_to_a: y,
-                            source,
-                        },
-                    }));
-                }
-                Poll::Pending => {}
-            }
+        if let Poll::Ready(Err(e)) = ba.poll_to_end(cx, Pin::new(&mut *b), Pin::new(&mut *a)) {
+            return Poll::Ready(Err(e.reading_from(Side::B, copied(&ab, &ba))));
         }
         if ab.done && ba.done {
-            Poll::Ready(Ok(Transferred {
-                a_to_b: ab.copied,
-                b_to_a: ba.copied,
-            }))
+            Poll::Ready(Ok(copied(&ab, &ba)))
         } else {
             Poll::Pending
         }
@@ -453,6 +462,43 @@ mod tests {
         };
         match poll_once(&mut a, &mut b) {
             Poll::Ready(Ok(t)) => assert_eq!((t.a_to_b, t.b_to_a), (200, 0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_side_that_failed() {
+        let t = Transferred {
+            a_to_b: 3,
+            b_to_a: 4,
+        };
+        let e = || io::Error::from(io::ErrorKind::BrokenPipe);
+        assert!(matches!(
+            HalfError::Read(e()).reading_from(Side::B, t),
+            CopyError::Read {
+                side: Side::B,
+                a_to_b: 3,
+                b_to_a: 4,
+                ..
+            }
+        ));
+        assert!(matches!(
+            HalfError::Write(e()).reading_from(Side::A, t),
+            CopyError::Write { side: Side::B, .. }
+        ));
+        // Through the pump: `b`'s peer is gone, so forwarding `a`'s bytes to it fails.
+        let mut a = Script {
+            chunks: [vec![1u8; 10]].into(),
+            ..Default::default()
+        };
+        let (mut b, peer) = duplex(64);
+        drop(peer);
+        let mut pump = std::pin::pin!(bidirectional(&mut a, &mut b));
+        match pump
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(Err(CopyError::Write { side: Side::B, .. })) => {}
             other => panic!("{other:?}"),
         }
     }

@@ -398,11 +398,23 @@ mod tests {
         upstream: &str,
         options: TlsOptions,
     ) -> Identity {
+        identity_trusting(root, service, upstream, &[root], options)
+    }
+
+    /// `service`'s identity with a leaf signed by `root` (the active root), trusting `trusted`,
+    /// with a client configuration for `upstream`.
+    fn identity_trusting(
+        root: &StoredRoot,
+        service: &str,
+        upstream: &str,
+        trusted: &[&StoredRoot],
+        options: TlsOptions,
+    ) -> Identity {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let roots = CaRootList {
             active_root_id: root.root.id.clone(),
             trust_domain: TD.into(),
-            roots: vec![root.root.clone()],
+            roots: trusted.iter().map(|r| r.root.clone()).collect(),
         };
         let up = [UpstreamTarget {
             name: upstream.into(),
@@ -410,6 +422,13 @@ mod tests {
             spiffe_id: None,
         }];
         Identity::build_with(&provider, &leaf(root, service), &roots, &up, options).unwrap()
+    }
+
+    /// A new root of the test trust domain; `serial` tells roots apart.
+    fn new_root(serial: u64) -> StoredRoot {
+        BuiltinProvider
+            .generate_root(TD, serial, OffsetDateTime::now_utc())
+            .unwrap()
     }
 
     /// One connection from `client` (dialling `upstream`) to `server`, with a request and a
@@ -475,9 +494,7 @@ mod tests {
 
     #[tokio::test]
     async fn mutual_tls_with_spiffe_identities() {
-        let root = BuiltinProvider
-            .generate_root(TD, 1, OffsetDateTime::now_utc())
-            .unwrap();
+        let root = new_root(1);
         let web = identity(&root, "web", "db");
         let db = identity(&root, "db", "web");
         assert_eq!(web.client("db").unwrap().0.service, "db");
@@ -490,9 +507,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_resume_by_default_and_never_when_disabled() {
         use rustls::HandshakeKind::{Full, Resumed};
-        let root = BuiltinProvider
-            .generate_root(TD, 1, OffsetDateTime::now_utc())
-            .unwrap();
+        let root = new_root(1);
         let on = TlsOptions::default();
         let off = TlsOptions { resumption: false };
         assert!(on.resumption, "resumption is on unless switched off");
@@ -519,9 +534,7 @@ mod tests {
 
     #[tokio::test]
     async fn client_refuses_a_valid_certificate_of_another_service() {
-        let root = BuiltinProvider
-            .generate_root(TD, 1, OffsetDateTime::now_utc())
-            .unwrap();
+        let root = new_root(1);
         let web = identity(&root, "web", "db");
         let api = identity(&root, "api", "web");
         let err = handshake(&web, "db", &api).await.unwrap_err();
@@ -530,28 +543,14 @@ mod tests {
 
     #[tokio::test]
     async fn server_refuses_a_client_from_another_root() {
-        let root = BuiltinProvider
-            .generate_root(TD, 1, OffsetDateTime::now_utc())
-            .unwrap();
-        let other = BuiltinProvider
-            .generate_root(TD, 2, OffsetDateTime::now_utc())
-            .unwrap();
+        let root = new_root(1);
+        let other = new_root(2);
         let web_elsewhere = identity(&other, "web", "db");
         let db = identity(&root, "db", "web");
         // The client does not trust db's root either; check the server side alone by letting
         // the client trust both roots.
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let both = CaRootList {
-            active_root_id: other.root.id.clone(),
-            trust_domain: TD.into(),
-            roots: vec![root.root.clone(), other.root.clone()],
-        };
-        let up = [UpstreamTarget {
-            name: "db".into(),
-            datacenter: String::new(),
-            spiffe_id: None,
-        }];
-        let web = Identity::build(&provider, &leaf(&other, "web"), &both, &up).unwrap();
+        let both = [&root, &other];
+        let web = identity_trusting(&other, "web", "db", &both, TlsOptions::default());
         assert!(handshake(&web, "db", &db).await.is_err());
         assert!(handshake(&web_elsewhere, "db", &db).await.is_err());
     }

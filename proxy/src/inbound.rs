@@ -19,11 +19,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::authz::Policy;
 use crate::connections::Registry;
-use crate::copy::{self, Transferred};
+use crate::copy;
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
-use crate::serve;
+use crate::serve::{self, Outcome};
 use crate::tls;
 use crate::transport::{self, SocketFactory};
 
@@ -67,17 +67,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, drain: drain
     .await;
 }
 
-async fn handle(
-    ctx: Arc<InboundContext>,
-    tcp: TcpStream,
-    client: SocketAddr,
-) -> (ConnResult, Transferred) {
-    let none = Transferred::default();
+async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) -> Outcome {
     if let Err(e) = transport::tune(&tcp) {
         tracing::debug!(%client, error = %e, "socket options");
     }
     let Some(identity) = ctx.identity.borrow().clone() else {
-        return (ConnResult::NotReady, none);
+        return ConnResult::NotReady.into();
     };
     let started = Instant::now();
     let acceptor = TlsAcceptor::from(identity.server.clone());
@@ -93,12 +88,12 @@ async fn handle(
             } else {
                 tracing::info!(%client, kind, error = %e, "inbound TLS handshake refused");
             }
-            return (ConnResult::HandshakeFailed, none);
+            return ConnResult::HandshakeFailed.into();
         }
         Err(_) => {
             ctx.metrics.handshake_failed(Direction::Inbound, "timeout");
             tracing::info!(%client, timeout = ?ctx.handshake_timeout, "inbound TLS handshake timed out");
-            return (ConnResult::HandshakeFailed, none);
+            return ConnResult::HandshakeFailed.into();
         }
     };
     ctx.metrics
@@ -112,11 +107,11 @@ async fn handle(
             let _ =
                 tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::shutdown(&mut tls))
                     .await;
-            return (ConnResult::BadPeerIdentity, none);
+            return ConnResult::BadPeerIdentity.into();
         }
     };
     let Some(policy) = ctx.policy.borrow().clone() else {
-        return (ConnResult::NotReady, none);
+        return ConnResult::NotReady.into();
     };
     let verdict = policy.authorize(&peer);
     ctx.metrics
@@ -128,7 +123,7 @@ async fn handle(
         );
         let _ =
             tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::shutdown(&mut tls)).await;
-        return (ConnResult::Denied, none);
+        return ConnResult::Denied.into();
     }
     let registration = ctx.registry.register(peer.clone(), client);
     // The policy may have changed between the decision and the registration; a re-check run in
@@ -141,7 +136,7 @@ async fn handle(
                 source = %peer, destination = %latest.destination, %client, reason = %v.reason,
                 "inbound connection denied"
             );
-            return (ConnResult::Denied, none);
+            return ConnResult::Denied.into();
         }
     }
 
@@ -167,31 +162,30 @@ async fn handle(
         tracing::debug!(source = %peer, %client, protocol = %policy.protocol, "inbound connection admitted for per-request authorization");
         return tokio::select! {
             r = crate::l7::server::serve(tls, cx) => match r {
-                Ok(()) => (ConnResult::Ok, none),
+                Ok(()) => ConnResult::Ok.into(),
                 Err(e) => {
                     tracing::debug!(source = %peer, error = %e, "inbound HTTP connection ended with an error");
-                    (ConnResult::Error, none)
+                    ConnResult::Error.into()
                 }
             },
-            _ = registration.closed() => (ConnResult::ClosedByPolicy, none),
+            _ = registration.closed() => ConnResult::ClosedByPolicy.into(),
         };
     }
     let mut app = match ctx.sockets.connect(&host, port, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(source = %peer, error = %e, "cannot reach the local application");
-            return (ConnResult::ConnectFailed, none);
+            return ConnResult::ConnectFailed.into();
         }
     };
     tracing::debug!(source = %peer, %client, "inbound connection authorized");
     tokio::select! {
-        r = copy::bidirectional(&mut tls, &mut app) => match r {
-            Ok(t) => (ConnResult::Ok, t),
-            Err(e) => {
+        r = copy::bidirectional(&mut tls, &mut app) => {
+            if let Err(e) = &r {
                 tracing::debug!(source = %peer, error = %e, "inbound connection ended with an error");
-                (ConnResult::Error, e.transferred())
             }
-        },
-        _ = registration.closed() => (ConnResult::ClosedByPolicy, none),
+            r.into()
+        }
+        _ = registration.closed() => ConnResult::ClosedByPolicy.into(),
     }
 }

@@ -170,18 +170,58 @@ fn handshake_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 14))
 }
 
+/// Declares [`Families`]: one field per metric family, named as the family is exposed (under
+/// the `meshproxy_` prefix), with its doc comment as the family's help text, and the
+/// constructor that registers every field. Each family is written once, not four times.
+macro_rules! families {
+    ($($(#[doc = $help:literal])+ $name:ident: $ty:ty $(= $init:expr)?,)+) => {
+        /// The metric families the proxy records into.
+        struct Families {
+            $($(#[doc = $help])+ $name: $ty,)+
+        }
+
+        impl Families {
+            fn register(registry: &mut Registry) -> Self {
+                $(
+                    let $name: $ty = families!(@init $($init)?);
+                    let help = concat!($($help),+).trim();
+                    registry.register(stringify!($name), help, $name.clone());
+                )+
+                Self { $($name,)+ }
+            }
+        }
+    };
+    (@init $init:expr) => { $init };
+    (@init) => { Default::default() };
+}
+
+families! {
+    /// Connections handled, by listener direction and how they ended
+    connections: Family<ConnLabels, Counter>,
+    /// Bytes proxied, by direction, connection result and flow
+    bytes: Family<BytesLabels, Counter>,
+    /// Connections currently open
+    active_connections: Family<DirLabels, Gauge>,
+    /// Duration of successful mutual TLS handshakes
+    tls_handshake_seconds: HistogramFamily =
+        Family::new_with_constructor(handshake_histogram as fn() -> Histogram),
+    /// Failed mutual TLS handshakes, by kind
+    tls_handshake_failures: Family<FailureLabels, Counter>,
+    /// Inbound authorization decisions, by decision and reason
+    authorization_decisions: Family<AuthzLabels, Counter>,
+    /// Inbound L7 requests, by decision, reason kind and the rule (intention and permission,
+    /// or default) that decided
+    http_requests: Family<HttpRequestLabels, Counter>,
+    /// Responses to inbound L7 requests (the application's or the proxy's), by status class
+    http_responses: Family<HttpResponseLabels, Counter>,
+    /// Seconds until the proxy's leaf certificate expires
+    leaf_expiry_seconds: Gauge<f64, AtomicU64>,
+}
+
 /// The proxy's metrics.
 pub struct Metrics {
     registry: Registry,
-    connections: Family<ConnLabels, Counter>,
-    bytes: Family<BytesLabels, Counter>,
-    active: Family<DirLabels, Gauge>,
-    handshake_seconds: HistogramFamily,
-    handshake_failures: Family<FailureLabels, Counter>,
-    authz: Family<AuthzLabels, Counter>,
-    http_requests: Family<HttpRequestLabels, Counter>,
-    http_responses: Family<HttpResponseLabels, Counter>,
-    leaf_expiry: Gauge<f64, AtomicU64>,
+    families: Families,
     ebpf_source: Arc<OnceLock<EbpfSource>>,
 }
 
@@ -200,75 +240,13 @@ impl std::fmt::Debug for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("meshproxy");
-        let connections = Family::<ConnLabels, Counter>::default();
-        registry.register(
-            "connections",
-            "Connections handled, by listener direction and how they ended",
-            connections.clone(),
-        );
-        let bytes = Family::<BytesLabels, Counter>::default();
-        registry.register(
-            "bytes",
-            "Bytes proxied, by direction, connection result and flow",
-            bytes.clone(),
-        );
-        let active = Family::<DirLabels, Gauge>::default();
-        registry.register(
-            "active_connections",
-            "Connections currently open",
-            active.clone(),
-        );
-        let handshake_seconds: HistogramFamily =
-            Family::new_with_constructor(handshake_histogram as fn() -> Histogram);
-        registry.register(
-            "tls_handshake_seconds",
-            "Duration of successful mutual TLS handshakes",
-            handshake_seconds.clone(),
-        );
-        let handshake_failures = Family::<FailureLabels, Counter>::default();
-        registry.register(
-            "tls_handshake_failures",
-            "Failed mutual TLS handshakes, by kind",
-            handshake_failures.clone(),
-        );
-        let authz = Family::<AuthzLabels, Counter>::default();
-        registry.register(
-            "authorization_decisions",
-            "Inbound authorization decisions, by decision and reason",
-            authz.clone(),
-        );
-        let http_requests = Family::<HttpRequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "Inbound L7 requests, by decision, reason kind and the rule (intention and permission, or default) that decided",
-            http_requests.clone(),
-        );
-        let http_responses = Family::<HttpResponseLabels, Counter>::default();
-        registry.register(
-            "http_responses",
-            "Responses to inbound L7 requests (the application's or the proxy's), by status class",
-            http_responses.clone(),
-        );
-        let leaf_expiry = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "leaf_expiry_seconds",
-            "Seconds until the proxy's leaf certificate expires",
-            leaf_expiry.clone(),
-        );
+        let families = Families::register(&mut registry);
         let ebpf = EbpfCollector::default();
         let ebpf_source = ebpf.source.clone();
         registry.register_collector(Box::new(ebpf));
         Self {
             registry,
-            connections,
-            bytes,
-            active,
-            handshake_seconds,
-            handshake_failures,
-            authz,
-            http_requests,
-            http_responses,
-            leaf_expiry,
+            families,
             ebpf_source,
         }
     }
@@ -292,7 +270,8 @@ impl Metrics {
     ) {
         let d = direction.as_str();
         let r = result.as_str();
-        self.connections
+        self.families
+            .connections
             .get_or_create(&ConnLabels {
                 direction: d,
                 result: r,
@@ -303,7 +282,8 @@ impl Metrics {
             ("server_to_client", server_to_client),
         ] {
             if n > 0 {
-                self.bytes
+                self.families
+                    .bytes
                     .get_or_create(&BytesLabels {
                         direction: d,
                         result: r,
@@ -317,7 +297,8 @@ impl Metrics {
     /// Counts an open connection until the guard is dropped.
     pub fn open(&self, direction: Direction) -> ActiveGuard {
         let g = self
-            .active
+            .families
+            .active_connections
             .get_or_create(&DirLabels {
                 direction: direction.as_str(),
             })
@@ -327,7 +308,8 @@ impl Metrics {
     }
 
     pub fn handshake_ok(&self, direction: Direction, seconds: f64) {
-        self.handshake_seconds
+        self.families
+            .tls_handshake_seconds
             .get_or_create(&DirLabels {
                 direction: direction.as_str(),
             })
@@ -335,7 +317,8 @@ impl Metrics {
     }
 
     pub fn handshake_failed(&self, direction: Direction, kind: &'static str) {
-        self.handshake_failures
+        self.families
+            .tls_handshake_failures
             .get_or_create(&FailureLabels {
                 direction: direction.as_str(),
                 kind,
@@ -344,7 +327,8 @@ impl Metrics {
     }
 
     pub fn authorization(&self, allowed: bool, reason: &'static str) {
-        self.authz
+        self.families
+            .authorization_decisions
             .get_or_create(&AuthzLabels {
                 decision: if allowed { "allow" } else { "deny" },
                 reason,
@@ -354,7 +338,8 @@ impl Metrics {
 
     /// Counts one inbound L7 request decision.
     pub fn http_request(&self, allowed: bool, reason: &'static str, rule: String) {
-        self.http_requests
+        self.families
+            .http_requests
             .get_or_create(&HttpRequestLabels {
                 decision: if allowed { "allow" } else { "deny" },
                 reason,
@@ -372,13 +357,14 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.http_responses
+        self.families
+            .http_responses
             .get_or_create(&HttpResponseLabels { class })
             .inc();
     }
 
     pub fn set_leaf_expiry(&self, seconds: f64) {
-        self.leaf_expiry.set(seconds);
+        self.families.leaf_expiry_seconds.set(seconds);
     }
 
     /// Prometheus text exposition.
@@ -403,6 +389,23 @@ impl Drop for ActiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn families_are_named_and_described_by_their_declaration() {
+        let m = Metrics::new();
+        m.connection_closed(Direction::Inbound, ConnResult::Ok, 1, 1);
+        m.handshake_ok(Direction::Inbound, 0.001);
+        m.http_request(true, "intention", "default".into());
+        let text = m.encode();
+        for line in [
+            "# HELP meshproxy_connections Connections handled, by listener direction and how they ended.",
+            "# TYPE meshproxy_tls_handshake_seconds histogram",
+            "# HELP meshproxy_http_requests Inbound L7 requests, by decision, reason kind and the rule (intention and permission, or default) that decided.",
+            "# HELP meshproxy_leaf_expiry_seconds Seconds until the proxy's leaf certificate expires.",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+    }
 
     #[test]
     fn ebpf_counters_appear_once_a_source_is_set() {

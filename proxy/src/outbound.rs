@@ -19,11 +19,11 @@ use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use crate::agent::Endpoint;
-use crate::copy::{self, Transferred};
+use crate::copy;
 use crate::drain;
 use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
-use crate::serve;
+use crate::serve::{self, Outcome};
 use crate::tls;
 use crate::transport::{self, SocketFactory};
 
@@ -104,7 +104,7 @@ pub(crate) async fn handle(
     up: &Upstream,
     client_tcp: TcpStream,
     client: SocketAddr,
-) -> (ConnResult, Transferred) {
+) -> Outcome {
     if let Err(e) = transport::tune(&client_tcp) {
         tracing::debug!(%client, error = %e, "socket options");
     }
@@ -118,21 +118,20 @@ pub(crate) async fn handle_stream<C>(
     up: &Upstream,
     mut client_tcp: C,
     client: SocketAddr,
-) -> (ConnResult, Transferred)
+) -> Outcome
 where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let none = Transferred::default();
     let Some(identity) = ctx.identity.borrow().clone() else {
-        return (ConnResult::NotReady, none);
+        return ConnResult::NotReady.into();
     };
     let Some((expected, config)) = identity.client(&up.name) else {
-        return (ConnResult::NotReady, none);
+        return ConnResult::NotReady.into();
     };
     let endpoints = ctx.endpoints_of(up);
     if endpoints.is_empty() {
         tracing::warn!(upstream = %up.name, "no healthy instance of the upstream");
-        return (ConnResult::NoEndpoints, none);
+        return ConnResult::NoEndpoints.into();
     }
     let start = up.next.fetch_add(1, Ordering::Relaxed);
     let mut server_tcp = None;
@@ -153,7 +152,7 @@ where
         }
     }
     let Some((server_tcp, ep)) = server_tcp else {
-        return (ConnResult::ConnectFailed, none);
+        return ConnResult::ConnectFailed.into();
     };
 
     let started = Instant::now();
@@ -172,24 +171,22 @@ where
                 expected = %expected, kind, error = %e,
                 "upstream TLS handshake failed; refusing the connection"
             );
-            return (ConnResult::HandshakeFailed, none);
+            return ConnResult::HandshakeFailed.into();
         }
         Err(_) => {
             ctx.metrics.handshake_failed(Direction::Outbound, "timeout");
             tracing::warn!(upstream = %up.name, instance = %ep.id, "upstream TLS handshake timed out");
-            return (ConnResult::HandshakeFailed, none);
+            return ConnResult::HandshakeFailed.into();
         }
     };
     ctx.metrics
         .handshake_ok(Direction::Outbound, started.elapsed().as_secs_f64());
     crate::tls::allow_bulk_writes(server.get_mut().1);
-    match copy::bidirectional(&mut client_tcp, &mut server).await {
-        Ok(t) => (ConnResult::Ok, t),
-        Err(e) => {
-            tracing::debug!(upstream = %up.name, %client, error = %e, "outbound connection ended with an error");
-            (ConnResult::Error, e.transferred())
-        }
+    let pumped = copy::bidirectional(&mut client_tcp, &mut server).await;
+    if let Err(e) = &pumped {
+        tracing::debug!(upstream = %up.name, %client, error = %e, "outbound connection ended with an error");
     }
+    pumped.into()
 }
 
 impl OutboundContext {

@@ -15,13 +15,47 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::copy::Transferred;
+use crate::copy::{CopyError, Transferred};
 use crate::drain;
 use crate::metrics::{ConnResult, Direction, Metrics};
 
 /// Pause after a failed accept. Accept errors are typically EMFILE/ENFILE: retrying at once
 /// would spin on the same error until a connection closes.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How one connection ended and the bytes it carried: what a listener's handler returns and
+/// [`serve`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub result: ConnResult,
+    pub transferred: Transferred,
+}
+
+impl From<ConnResult> for Outcome {
+    /// A connection that ended before the byte pump ran: nothing transferred.
+    fn from(result: ConnResult) -> Self {
+        Self {
+            result,
+            transferred: Transferred::default(),
+        }
+    }
+}
+
+impl From<Result<Transferred, CopyError>> for Outcome {
+    /// The byte pump's end: `Ok` with all it copied, or `Error` with what it copied first.
+    fn from(pumped: Result<Transferred, CopyError>) -> Self {
+        match pumped {
+            Ok(transferred) => Self {
+                result: ConnResult::Ok,
+                transferred,
+            },
+            Err(e) => Self {
+                result: ConnResult::Error,
+                transferred: e.transferred(),
+            },
+        }
+    }
+}
 
 /// Accepts on `listener` until `drain` signals, running `handle` with a clone of `ctx` for
 /// each connection in a task of its own. `name` names the listener in log lines;
@@ -38,7 +72,7 @@ pub async fn serve<N, C, H, F>(
     N: fmt::Display,
     C: Clone,
     H: Fn(C, TcpStream, SocketAddr) -> F,
-    F: Future<Output = (ConnResult, Transferred)> + Send + 'static,
+    F: Future<Output = Outcome> + Send + 'static,
 {
     loop {
         let accepted = tokio::select! {
@@ -53,8 +87,12 @@ pub async fn serve<N, C, H, F>(
                 tokio::spawn(async move {
                     let _guard = guard;
                     let _active = metrics.open(direction);
-                    let (result, t) = conn.await;
-                    metrics.connection_closed(direction, result, t.a_to_b, t.b_to_a);
+                    let Outcome {
+                        result,
+                        transferred,
+                    } = conn.await;
+                    let Transferred { a_to_b, b_to_a } = transferred;
+                    metrics.connection_closed(direction, result, a_to_b, b_to_a);
                 });
             }
             Err(e) => {
@@ -67,4 +105,32 @@ pub async fn serve<N, C, H, F>(
         listener = %name, addr = ?listener.local_addr().ok(),
         "listener stopped (draining)"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_carry_what_was_copied() {
+        let t = Transferred {
+            a_to_b: 5,
+            b_to_a: 7,
+        };
+        let none = Transferred::default();
+        let early = Outcome::from(ConnResult::Denied);
+        assert_eq!(
+            (early.result, early.transferred),
+            (ConnResult::Denied, none)
+        );
+        let ok = Outcome::from(Ok::<_, CopyError>(t));
+        assert_eq!((ok.result, ok.transferred), (ConnResult::Ok, t));
+        let failed = Outcome::from(Err::<Transferred, _>(CopyError::Read {
+            side: crate::copy::Side::A,
+            a_to_b: 5,
+            b_to_a: 7,
+            source: std::io::ErrorKind::ConnectionReset.into(),
+        }));
+        assert_eq!((failed.result, failed.transferred), (ConnResult::Error, t));
+    }
 }

@@ -95,19 +95,7 @@ fn ensure_program(program: &str, package: &str) -> anyhow::Result<()> {
     if !is_root() {
         bail!("`{program}` is missing: install the Debian package {package}");
     }
-    run(
-        &format!("apt-get install {package} (for `{program}`)"),
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends", package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null()),
-    )
-    .or_else(|_| {
-        // The package lists may be missing or stale on a fresh machine.
-        run(
-            "apt-get update",
-            Command::new("apt-get").arg("update").stdin(Stdio::null()),
-        )?;
+    let install = || {
         run(
             &format!("apt-get install {package} (for `{program}`)"),
             Command::new("apt-get")
@@ -115,6 +103,14 @@ fn ensure_program(program: &str, package: &str) -> anyhow::Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .stdin(Stdio::null()),
         )
+    };
+    install().or_else(|_| {
+        // The package lists may be missing or stale on a fresh machine.
+        run(
+            "apt-get update",
+            Command::new("apt-get").arg("update").stdin(Stdio::null()),
+        )?;
+        install()
     })
 }
 

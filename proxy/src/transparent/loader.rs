@@ -57,7 +57,26 @@ impl std::fmt::Debug for Prepared {
 }
 
 /// Attached programs. Dropping this detaches everything and releases the lock.
+#[derive(Debug)]
 pub struct Attached {
+    kernel: Kernel,
+    cgroup: PathBuf,
+    netns: Option<PathBuf>,
+    /// The outbound listener redirected IPv4 connects go to (shown in the "ready" line).
+    pub outbound: SocketAddrV4,
+    /// The IPv6 outbound listener IPv6 connects go to (`None`: they go out unchanged).
+    outbound6: Option<SocketAddrV6>,
+    inbound_ports: Vec<u16>,
+    /// `--sockmap`: the ports that mark an app↔proxy hop (outbound listener, app ports);
+    /// empty without `--sockmap`.
+    sockmap_ports: Vec<u16>,
+    /// `--sockmap`: the proxy's cgroup `mesh_sockmap_ops` is attached to, if not the pod's.
+    sockmap_cgroup: Option<PathBuf>,
+}
+
+/// What [`Attached`] holds in the kernel: the loaded object (and the links it owns), the
+/// attach lock, and the maps user space reads.
+struct Kernel {
     /// Held for the links it owns.
     _ebpf: Ebpf,
     _lock: File,
@@ -70,29 +89,11 @@ pub struct Attached {
     /// `--sockmap`: the sockhash `mesh_sk_msg` is attached to (taken out of `_ebpf` to
     /// attach; held like the rest).
     _sockhash: Option<SockHash<MapData, common::SockKey>>,
-    pub cgroup: PathBuf,
-    pub netns: Option<PathBuf>,
-    pub outbound: SocketAddrV4,
-    /// The IPv6 outbound listener IPv6 connects go to (`None`: they go out unchanged).
-    pub outbound6: Option<SocketAddrV6>,
-    pub inbound_ports: Vec<u16>,
-    /// `--sockmap`: the ports that mark an app↔proxy hop (outbound listener, app ports);
-    /// empty without `--sockmap`.
-    pub sockmap_ports: Vec<u16>,
-    /// `--sockmap`: the proxy's cgroup `mesh_sockmap_ops` is attached to, if not the pod's.
-    pub sockmap_cgroup: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for Attached {
+impl std::fmt::Debug for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Attached")
-            .field("cgroup", &self.cgroup)
-            .field("netns", &self.netns)
-            .field("outbound", &self.outbound)
-            .field("outbound6", &self.outbound6)
-            .field("inbound_ports", &self.inbound_ports)
-            .field("sockmap_ports", &self.sockmap_ports)
-            .finish_non_exhaustive()
+        f.debug_struct("Kernel").finish_non_exhaustive()
     }
 }
 
@@ -477,12 +478,14 @@ impl Prepared {
         let stats = take_map(&mut self.ebpf, common::MAP_STATS)?;
         let sockmap_cgroup = self.proxy_cgroup.map(|c| c.path);
         Ok(Attached {
-            _ebpf: self.ebpf,
-            _lock: self.lock,
-            orig_by_client,
-            orig6_by_client,
-            stats,
-            _sockhash: sockhash,
+            kernel: Kernel {
+                _ebpf: self.ebpf,
+                _lock: self.lock,
+                orig_by_client,
+                orig6_by_client,
+                stats,
+                _sockhash: sockhash,
+            },
             cgroup: self.cgroup.path,
             netns: self.netns.map(|n| n.path().to_path_buf()),
             outbound: SocketAddrV4::new(target_ip, outbound.port()),
@@ -501,26 +504,28 @@ where
     ebpf.program_mut(name).and_then(|p| p.try_into().ok())
 }
 
+/// The map `name`, borrowed from `ebpf`, as the typed map `T`.
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, TransparentError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let m = ebpf
-        .map_mut(name)
-        .ok_or(TransparentError::MissingMap { name })?;
-    T::try_from(m).map_err(|source| TransparentError::Map {
-        name,
-        source: Box::new(source),
-    })
+    typed(name, ebpf.map_mut(name))
 }
 
+/// The map `name`, taken out of `ebpf` (to be held apart from it), as the typed map `T`.
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, TransparentError>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let m = ebpf
-        .take_map(name)
-        .ok_or(TransparentError::MissingMap { name })?;
+    typed(name, ebpf.take_map(name))
+}
+
+/// `map` (`None`: the object has no map `name`) as the typed map `T`.
+fn typed<M, T>(name: &'static str, map: Option<M>) -> Result<T, TransparentError>
+where
+    T: TryFrom<M, Error = aya::maps::MapError>,
+{
+    let m = map.ok_or(TransparentError::MissingMap { name })?;
     T::try_from(m).map_err(|source| TransparentError::Map {
         name,
         source: Box::new(source),
@@ -528,43 +533,58 @@ where
 }
 
 impl Attached {
+    /// Says where the programs are attached (one line, and one more with `--sockmap`).
+    pub fn log(&self) {
+        tracing::info!(
+            cgroup = %self.cgroup.display(),
+            netns = ?self.netns,
+            outbound = %self.outbound,
+            outbound6 = ?self.outbound6,
+            inbound_ports = ?self.inbound_ports,
+            "transparent mode: eBPF programs attached"
+        );
+        if !self.sockmap_ports.is_empty() {
+            tracing::info!(
+                ports = ?self.sockmap_ports,
+                proxy_cgroup = ?self.sockmap_cgroup,
+                "transparent mode: sockmap acceleration on: pod loopback hops on these ports bypass TCP"
+            );
+        }
+    }
+
     /// The original destination of a redirected connection, by the client's address as the
     /// proxy's accepted socket sees it (its peer).
     pub fn original_destination(&self, peer: SocketAddr) -> Option<SocketAddr> {
-        let peer = match peer {
-            SocketAddr::V4(p) => p,
-            SocketAddr::V6(p) => return self.original_destination6(p),
-        };
-        let key = common::ClientKey {
-            ip4: u32::from_ne_bytes(peer.ip().octets()),
-            port: u32::from(peer.port()),
-        };
-        let mut map = self
-            .orig_by_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let orig = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(decode_orig(orig))
-    }
-
-    fn original_destination6(&self, peer: SocketAddrV6) -> Option<SocketAddr> {
-        let key = common::ClientKey6 {
-            ip6: ip6_words(peer.ip()),
-            port: u32::from(peer.port()),
-        };
-        let mut map = self
-            .orig6_by_client
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let orig = map.get(&key, 0).ok()?;
-        let _ = map.remove(&key);
-        Some(decode_orig6(orig))
+        let port = u32::from(peer.port());
+        match peer {
+            SocketAddr::V4(p) => {
+                let ip4 = u32::from_ne_bytes(p.ip().octets());
+                take(
+                    &self.kernel.orig_by_client,
+                    &common::ClientKey { ip4, port },
+                )
+                .map(decode_orig)
+            }
+            SocketAddr::V6(p) => {
+                let ip6 = ip6_words(p.ip());
+                take(
+                    &self.kernel.orig6_by_client,
+                    &common::ClientKey6 { ip6, port },
+                )
+                .map(decode_orig6)
+            }
+        }
     }
 
     /// The programs' counters.
     pub fn stats(&self) -> Stats {
-        let sum = |i: u32| -> u64 { self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+        let sum = |i: u32| -> u64 {
+            self.kernel
+                .stats
+                .get(&i, 0)
+                .map(|v| v.iter().sum())
+                .unwrap_or(0)
+        };
         Stats {
             redirected: sum(common::STAT_REDIRECTED),
             excluded: sum(common::STAT_EXCLUDED),
@@ -575,6 +595,17 @@ impl Attached {
             sockmap_redirected: sum(common::STAT_SOCKMAP_REDIRECTED),
         }
     }
+}
+
+/// Reads the entry under `key` and removes it (see `Kernel::orig_by_client` for why).
+fn take<K: aya::Pod, V: aya::Pod>(
+    map: &std::sync::Mutex<HashMap<MapData, K, V>>,
+    key: &K,
+) -> Option<V> {
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let value = map.get(key, 0).ok()?;
+    let _ = map.remove(key);
+    Some(value)
 }
 
 /// `OrigDst` (bpf_sock_addr byte orders) to a socket address.

@@ -113,21 +113,7 @@ pub async fn start(
         plan.prepared
             .attach(&listener, listen6, inbound, &plan.app_ports)?,
     );
-    tracing::info!(
-        cgroup = %attached.cgroup.display(),
-        netns = ?attached.netns,
-        outbound = %attached.outbound,
-        outbound6 = ?attached.outbound6,
-        inbound_ports = ?attached.inbound_ports,
-        "transparent mode: eBPF programs attached"
-    );
-    if !attached.sockmap_ports.is_empty() {
-        tracing::info!(
-            ports = ?attached.sockmap_ports,
-            proxy_cgroup = ?attached.sockmap_cgroup,
-            "transparent mode: sockmap acceleration on: pod loopback hops on these ports bypass TCP"
-        );
-    }
+    attached.log();
     {
         let weak = Arc::downgrade(&attached);
         metrics.set_ebpf_source(move || weak.upgrade().map(|a| a.stats().events()));

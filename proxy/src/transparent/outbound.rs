@@ -21,11 +21,11 @@ use super::catalog::MeshIndex;
 use super::loader::Attached;
 use super::route::{self, Route};
 use crate::agent::{self, AgentClient, Endpoint};
-use crate::copy::{self, Transferred};
+use crate::copy;
 use crate::drain;
 use crate::metrics::{ConnResult, Direction};
 use crate::outbound::{OutboundContext, Upstream};
-use crate::serve;
+use crate::serve::{self, Outcome};
 use crate::transport;
 
 /// State shared by the outbound listener's connections.
@@ -115,20 +115,15 @@ async fn wait_until<T>(
     )
 }
 
-async fn handle(
-    t: Arc<TransparentOutbound>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-) -> (ConnResult, Transferred) {
-    let none = Transferred::default();
+async fn handle(t: Arc<TransparentOutbound>, tcp: TcpStream, peer: SocketAddr) -> Outcome {
     let recorded = t.attached.original_destination(peer);
     let Some(orig) = recorded.or_else(|| nat_original_destination(&tcp)) else {
         tracing::warn!(%peer, "redirected connection without a recorded original destination; closing");
-        return (ConnResult::Error, none);
+        return ConnResult::Error.into();
     };
     let limit = t.ctx.connect_timeout;
     if !wait_until(&t.index, limit, Option::is_some).await {
-        return (ConnResult::NotReady, none);
+        return ConnResult::NotReady.into();
     }
     let index = t.index.borrow().clone().unwrap_or_default();
     match route::decide(orig, &index, t.mesh_destinations_only) {
@@ -139,10 +134,10 @@ async fn handle(
                 i.as_ref().is_some_and(|i| i.client(&service).is_some())
             };
             if !wait_until(&t.ctx.identity, limit, has_client).await {
-                return (ConnResult::NotReady, none);
+                return ConnResult::NotReady.into();
             }
             if !wait_until(&up.endpoints, limit, Option::is_some).await {
-                return (ConnResult::NoEndpoints, none);
+                return ConnResult::NoEndpoints.into();
             }
             let _ = transport::tune(&tcp);
             crate::outbound::handle_stream(&t.ctx, &up, ResetUnanswered::new(tcp, peer, orig), peer)
@@ -157,16 +152,12 @@ async fn handle(
             // Reset rather than FIN, so the client sees a refusal, not an empty answer.
             let _ = SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
             drop(tcp);
-            (ConnResult::Denied, none)
+            ConnResult::Denied.into()
         }
     }
 }
 
-async fn pass_through(
-    t: &TransparentOutbound,
-    mut tcp: TcpStream,
-    orig: SocketAddr,
-) -> (ConnResult, Transferred) {
+async fn pass_through(t: &TransparentOutbound, mut tcp: TcpStream, orig: SocketAddr) -> Outcome {
     let _ = transport::tune(&tcp);
     // The proxy's own cgroup is excluded from redirection, so this connect goes out as is.
     let mut server = match t
@@ -179,13 +170,10 @@ async fn pass_through(
         Err(e) => {
             tracing::warn!(%orig, error = %e, "pass-through connect failed");
             let _ = SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-            return (ConnResult::ConnectFailed, Transferred::default());
+            return ConnResult::ConnectFailed.into();
         }
     };
-    match copy::bidirectional(&mut tcp, &mut server).await {
-        Ok(x) => (ConnResult::Ok, x),
-        Err(e) => (ConnResult::Error, e.transferred()),
-    }
+    copy::bidirectional(&mut tcp, &mut server).await.into()
 }
 
 /// The original destination that netfilter's NAT (an iptables `REDIRECT` rule) recorded for
