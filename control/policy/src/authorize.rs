@@ -32,7 +32,12 @@ pub enum Reason {
     /// The snapshot names no trust domain (the CA did not exist when it was taken).
     NoTrustDomain,
     /// The peer's identity names another trust domain.
-    ForeignTrustDomain { expected: String, got: String },
+    ForeignTrustDomain {
+        /// The mesh's trust domain (from the snapshot).
+        expected: String,
+        /// The trust domain in the peer's SPIFFE ID.
+        got: String,
+    },
     /// A connection: an intention or the default policy decided.
     Connection(IntentionReason),
     /// A request: an L7 permission, an intention or the default policy decided.
@@ -58,7 +63,9 @@ impl fmt::Display for Reason {
 /// The outcome of [`authorize`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the peer's connection or request may go on.
     pub allowed: bool,
+    /// Which check decided (trust domain, intention, permission or default policy).
     pub reason: Reason,
 }
 

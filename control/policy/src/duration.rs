@@ -18,22 +18,45 @@ const MAX_NANOS: u128 = i64::MAX as u128;
 /// Why a duration string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
+    /// The string is empty (Go needs at least `0`).
     #[error("empty duration")]
     Empty,
+    /// The string starts with `-`; the mesh's durations are TTLs and timeouts.
     #[error("negative duration {input:?} is not allowed")]
-    Negative { input: String },
+    Negative {
+        /// The string as given.
+        input: String,
+    },
+    /// The string is not `<number><unit>` pairs (stray characters, missing number).
     #[error(
         "invalid duration {input:?}: expected a number followed by a unit, as in \"72h\" or \"1h30m\""
     )]
-    Invalid { input: String },
+    Invalid {
+        /// The string as given.
+        input: String,
+    },
+    /// A non-zero number has no unit after it (`30`).
     #[error("missing unit in duration {input:?} (valid units are ns, us, µs, ms, s, m, h)")]
-    MissingUnit { input: String },
+    MissingUnit {
+        /// The string as given.
+        input: String,
+    },
+    /// A unit Go does not know (`30d`).
     #[error(
         "unknown unit {unit:?} in duration {input:?} (valid units are ns, us, µs, ms, s, m, h)"
     )]
-    UnknownUnit { input: String, unit: String },
+    UnknownUnit {
+        /// The string as given.
+        input: String,
+        /// The unknown unit as written.
+        unit: String,
+    },
+    /// Beyond Go's `i64::MAX` nanoseconds (about 292 years).
     #[error("duration {input:?} is too large (the limit is about 292 years)")]
-    Overflow { input: String },
+    Overflow {
+        /// The string as given.
+        input: String,
+    },
 }
 
 /// Nanoseconds per unit, for the unit suffixes Go accepts.

@@ -8,6 +8,8 @@
 //!
 //! Pure code, no I/O and no clocks.
 
+#![deny(missing_docs)]
+
 #[cfg(feature = "acl")]
 pub mod acl;
 pub mod authorize;

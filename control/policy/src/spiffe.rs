@@ -11,22 +11,44 @@ use std::str::FromStr;
 /// Errors parsing a SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpiffeIdError {
+    /// The ID does not start with `spiffe://`.
     #[error("SPIFFE ID {id:?} must start with spiffe://")]
-    Scheme { id: String },
+    Scheme {
+        /// The ID as given.
+        id: String,
+    },
+    /// The trust domain is empty or has characters other than `a-z 0-9 - . _`.
     #[error("SPIFFE ID {id:?} has an empty or invalid trust domain")]
-    TrustDomain { id: String },
+    TrustDomain {
+        /// The ID as given.
+        id: String,
+    },
+    /// The path is not `/ns/<ns>/dc/<dc>/svc/<svc>`.
     #[error("SPIFFE ID {id:?} is not of the form spiffe://<td>/ns/<ns>/dc/<dc>/svc/<svc>")]
-    Path { id: String },
+    Path {
+        /// The ID as given.
+        id: String,
+    },
+    /// A namespace, datacenter or service segment is empty, `.`, `..` or not RFC 3986 unreserved.
     #[error("SPIFFE ID {id:?} has an invalid segment {segment:?}")]
-    Segment { id: String, segment: String },
+    Segment {
+        /// The ID as given.
+        id: String,
+        /// The offending segment as written in the ID.
+        segment: String,
+    },
 }
 
 /// A service identity: `spiffe://<trust_domain>/ns/<namespace>/dc/<datacenter>/svc/<service>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId {
+    /// The mesh's trust domain, lower-case (Consul's `<cluster-id>.consul`); the ID's host part.
     pub trust_domain: String,
+    /// Consul namespace of the service (`default` in open source).
     pub namespace: String,
+    /// Datacenter the service is registered in.
     pub datacenter: String,
+    /// Service name: what intentions name as source or destination.
     pub service: String,
 }
 

@@ -76,14 +76,19 @@ impl IntentionsSnapshot {
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct LeafCert {
+    /// Consul's `SerialNumber`: the leaf's serial, colon-separated hex.
     #[serde(default)]
     pub serial_number: String,
+    /// Consul's `CertPEM`: the leaf certificate, PEM-encoded; the proxy presents it.
     #[serde(rename = "CertPEM")]
     pub cert_pem: String,
+    /// Consul's `PrivateKeyPEM`: the leaf's private key, PEM-encoded; never printed by `Debug`.
     #[serde(rename = "PrivateKeyPEM")]
     pub private_key_pem: String,
+    /// Consul's `Service`: the service the leaf was issued for.
     #[serde(default)]
     pub service: String,
+    /// Consul's `ServiceURI`: the SPIFFE ID in the leaf's URI SAN.
     #[serde(rename = "ServiceURI")]
     pub service_uri: String,
     /// RFC 3339.
@@ -92,6 +97,7 @@ pub struct LeafCert {
     /// RFC 3339.
     #[serde(default)]
     pub valid_before: String,
+    /// Consul's CreateIndex: the blocking-query index when the service's first leaf was issued.
     #[serde(default)]
     pub create_index: Index,
     /// Grows with every new leaf for the service (the blocking-query index).
@@ -121,8 +127,11 @@ impl fmt::Debug for LeafCert {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceHealth {
+    /// The node the instance runs on, as `Node` in Consul's health API.
     pub node: Node,
+    /// The service instance itself.
     pub service: ServiceInstance,
+    /// The node's checks and the instance's own checks; `status` is the worst of them.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,
 }
@@ -152,7 +161,9 @@ impl ServiceHealth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Weights {
+    /// Consul's `Weights.Passing`: the instance's weight while its checks pass.
     pub passing: u32,
+    /// Consul's `Weights.Warning`: the instance's weight while a check warns.
     pub warning: u32,
 }
 
@@ -172,27 +183,39 @@ impl Default for Weights {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AgentService {
+    /// Consul's service `ID`: the instance's ID on this agent, the key of `/v1/agent/services`.
     #[serde(rename = "ID")]
     pub id: String,
+    /// Consul's `Service`: the service name.
     pub service: String,
+    /// Consul's `Kind`: `""` for a typical service, `connect-proxy` for a sidecar proxy.
     #[serde(default)]
     pub kind: String,
+    /// Consul's `Tags`: free-form labels of the instance.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Consul's `Meta`: free-form key/value labels of the instance.
     #[serde(default)]
     pub meta: BTreeMap<String, String>,
+    /// Consul's `Address`: the instance's own address; empty means the agent's node address.
     #[serde(default)]
     pub address: String,
+    /// Consul's `Port`: the port the instance accepts connections on.
     #[serde(default)]
     pub port: u16,
+    /// Consul's `Weights`: load-balancing weights (always 1/1 here).
     #[serde(default)]
     pub weights: Weights,
+    /// Consul's `EnableTagOverride`: whether others may change the tags (always false here).
     #[serde(default)]
     pub enable_tag_override: bool,
+    /// Consul's `Datacenter`: the agent's datacenter.
     #[serde(default)]
     pub datacenter: String,
+    /// Consul's `Proxy` block; set for a sidecar (what it fronts, its upstreams).
     #[serde(default)]
     pub proxy: Option<ProxyConfig>,
+    /// Consul's `Connect` block (whether the service is connect-native).
     #[serde(default)]
     pub connect: ServiceConnect,
 }

@@ -48,15 +48,19 @@ pub const MESH: &str = "mesh";
 /// The kinds this mesh stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ConfigKind {
+    /// `service-defaults`: a service's protocol.
     #[serde(rename = "service-defaults")]
     ServiceDefaults,
+    /// `service-intentions`: the intentions of one destination, as one entry.
     #[serde(rename = "service-intentions")]
     ServiceIntentions,
+    /// `mesh`: the mesh-wide entry (request normalization).
     #[serde(rename = "mesh")]
     Mesh,
 }
 
 impl ConfigKind {
+    /// The kind as Consul spells it in `Kind` and in `/v1/config/:kind` paths.
     pub fn as_str(self) -> &'static str {
         match self {
             ConfigKind::ServiceDefaults => SERVICE_DEFAULTS,
@@ -92,14 +96,19 @@ impl FromStr for ConfigKind {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Consul's default: opaque TCP, intentions enforced once per connection.
     #[default]
     Tcp,
+    /// HTTP/1.1: the proxy parses requests and enforces L7 permissions.
     Http,
+    /// HTTP/2 on both legs: L7 permissions enforced per stream.
     Http2,
+    /// gRPC (over HTTP/2): L7 permissions enforced per call.
     Grpc,
 }
 
 impl Protocol {
+    /// Every protocol this mesh knows; `from_str` matches input against these.
     pub const ALL: [Protocol; 4] = [
         Protocol::Tcp,
         Protocol::Http,
@@ -107,6 +116,7 @@ impl Protocol {
         Protocol::Grpc,
     ];
 
+    /// Consul's lowercase spelling (`tcp`, `http`, `http2`, `grpc`).
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Tcp => "tcp",
@@ -155,36 +165,72 @@ impl FromStr for Protocol {
 /// Why an entry was rejected. Messages name the field in Consul's spelling.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigEntryError {
+    /// The body is not JSON or not of the entry's shape; carries the parser's message.
     #[error("Request decode failed: {0}")]
     Decode(String),
+    /// The body has no `Kind`.
     #[error("Kind must be set")]
     MissingKind,
+    /// `Kind` names a kind this mesh does not store.
     #[error(
         "invalid config entry kind: {kind:?} (supported: service-defaults, service-intentions, mesh)"
     )]
-    UnknownKind { kind: String },
+    UnknownKind {
+        /// The `Kind` as the caller wrote it.
+        kind: String,
+    },
+    /// `Name` is empty.
     #[error("Name is required")]
     MissingName,
+    /// `Name` contains `/` or a `*` other than a lone `*` on service-intentions.
     #[error("Name {name:?} must not contain '/' or '*' (except a lone '*' for service-intentions)")]
-    InvalidName { name: String },
+    InvalidName {
+        /// The `Name` as the caller wrote it.
+        name: String,
+    },
+    /// `Namespace` is not `default` (Consul's open-source edition has only that one).
     #[error("Namespace {namespace:?} is not supported; only \"default\" exists")]
-    Namespace { namespace: String },
+    Namespace {
+        /// The `Namespace` as the caller wrote it.
+        namespace: String,
+    },
+    /// `Protocol` of a service-defaults entry is not one this mesh knows.
     #[error("Protocol must be one of tcp, http, http2, grpc (got {value:?})")]
-    UnknownProtocol { value: String },
+    UnknownProtocol {
+        /// The `Protocol` as the caller wrote it (trimmed).
+        value: String,
+    },
+    /// `Meta` has more pairs than Consul allows.
     #[error("Meta exceeds maximum element count {max} (got {count})")]
-    TooManyMeta { count: usize, max: usize },
+    TooManyMeta {
+        /// How many pairs the entry's `Meta` has.
+        count: usize,
+        /// The limit, [`MAX_META_PAIRS`].
+        max: usize,
+    },
+    /// A `mesh` entry was given a `Name` other than `mesh`.
     #[error("the mesh entry is named \"mesh\" (got Name {name:?})")]
-    MeshName { name: String },
+    MeshName {
+        /// The `Name` as the caller wrote it.
+        name: String,
+    },
+    /// A source of a service-intentions entry fails intention validation.
     #[error("Sources[{index}]: {source}")]
     Source {
+        /// Position of the offending source in `Sources` (0-based).
         index: usize,
+        /// Why that source's intention was refused.
         #[source]
         source: IntentionError,
     },
+    /// Two sources of one service-intentions entry name the same `Namespace`/`Name`.
     #[error("Sources[{index}] duplicates the source {name:?} of Sources[{first}]")]
     DuplicateSource {
+        /// Position of the repeated source in `Sources` (0-based).
         index: usize,
+        /// Position of the first source with that name (0-based).
         first: usize,
+        /// The source's `Name` that appears twice.
         name: String,
     },
 }
@@ -221,17 +267,22 @@ fn is_default_ns(ns: &String) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct ServiceDefaults {
+    /// Consul's `Name`: the service these defaults apply to.
     pub name: String,
+    /// Consul's `Namespace`: the service's namespace; only `default` is accepted.
     #[serde(default = "default_ns", skip_serializing_if = "is_default_ns")]
     pub namespace: String,
     /// Kept as written (lower-cased) so an unknown value is reported by [`validate`], with
     /// the accepted list, instead of as a serde error. Omitted when unset, as Consul does.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,
+    /// Consul's `Meta`: free-form key/value labels of the entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// Consul's CreateIndex: the Raft index of the write that created this entry.
     #[serde(default)]
     pub create_index: Index,
+    /// Consul's ModifyIndex: Raft index of the last write to this entry (what `?cas=` compares).
     #[serde(default)]
     pub modify_index: Index,
 }
@@ -247,18 +298,24 @@ impl ServiceDefaults {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct SourceIntention {
+    /// Consul's `Name`: the calling service, or `*` for any.
     pub name: String,
+    /// Consul's `Namespace`: the calling service's namespace; only `default` is accepted.
     #[serde(default = "default_ns", skip_serializing_if = "is_default_ns")]
     pub namespace: String,
+    /// Consul's `Action`: allow or deny for an L4 source; omitted when `Permissions` are given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<IntentionAction>,
+    /// Consul's `Permissions`: L7 rules checked per request, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub permissions: Vec<IntentionPermission>,
+    /// Consul's `Description`: free text from the operator.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Read-only: computed from the source and destination; ignored on write.
     #[serde(default)]
     pub precedence: u32,
+    /// Consul's `Type`: where the source identity comes from; only `consul` is accepted.
     #[serde(rename = "Type", default = "default_source_type")]
     pub source_type: String,
     /// Read-only: the legacy intention ID of this source/destination pair.
@@ -277,15 +334,21 @@ fn default_source_type() -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct ServiceIntentions {
+    /// Consul's `Name`: the destination service of every source, or `*` for all services.
     pub name: String,
+    /// Consul's `Namespace`: the destination's namespace; only `default` is accepted.
     #[serde(default = "default_ns", skip_serializing_if = "is_default_ns")]
     pub namespace: String,
+    /// Consul's `Sources`: one intention per calling service, in precedence order when read.
     #[serde(default)]
     pub sources: Vec<SourceIntention>,
+    /// Consul's `Meta`: free-form key/value labels of the entry (not of its intentions).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// Consul's CreateIndex: the Raft index of the write that created this entry.
     #[serde(default)]
     pub create_index: Index,
+    /// Consul's ModifyIndex: the Raft index of the last write to this entry or to its intentions.
     #[serde(default)]
     pub modify_index: Index,
 }
@@ -299,12 +362,16 @@ pub struct MeshConfig {
     /// Optional on write (Consul's mesh entry has no name of its own); must be `mesh` if given.
     #[serde(default, skip_serializing)]
     pub name: Option<String>,
+    /// Consul's `HTTP` block: mesh-wide HTTP settings for the proxies.
     #[serde(rename = "HTTP", default, skip_serializing_if = "Option::is_none")]
     pub http: Option<MeshHttp>,
+    /// Consul's `Meta`: free-form key/value labels of the entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, String>,
+    /// Consul's CreateIndex: the Raft index of the write that created this entry.
     #[serde(default)]
     pub create_index: Index,
+    /// Consul's ModifyIndex: Raft index of the last write to this entry (what `?cas=` compares).
     #[serde(default)]
     pub modify_index: Index,
 }
@@ -313,6 +380,7 @@ pub struct MeshConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct MeshHttp {
+    /// Consul's `Incoming`: settings for requests arriving at inbound proxies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incoming: Option<MeshHttpIncoming>,
 }
@@ -321,6 +389,7 @@ pub struct MeshHttp {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 pub struct MeshHttpIncoming {
+    /// Consul's `RequestNormalization`: how paths and headers are normalized before L7 matching.
     #[serde(default)]
     pub request_normalization: RequestNormalization,
 }
@@ -340,15 +409,19 @@ impl MeshConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "Kind")]
 pub enum ConfigEntry {
+    /// `Kind: service-defaults`: one service's protocol.
     #[serde(rename = "service-defaults")]
     ServiceDefaults(ServiceDefaults),
+    /// `Kind: service-intentions`: every intention of one destination.
     #[serde(rename = "service-intentions")]
     ServiceIntentions(ServiceIntentions),
+    /// `Kind: mesh`: the mesh-wide settings (request normalization).
     #[serde(rename = "mesh")]
     Mesh(MeshConfig),
 }
 
 impl ConfigEntry {
+    /// Which kind this entry is.
     pub fn kind(&self) -> ConfigKind {
         match self {
             ConfigEntry::ServiceDefaults(_) => ConfigKind::ServiceDefaults,
@@ -357,6 +430,7 @@ impl ConfigEntry {
         }
     }
 
+    /// The entry's name: the service's for the per-service kinds, always `mesh` for the mesh entry.
     pub fn name(&self) -> &str {
         match self {
             ConfigEntry::ServiceDefaults(e) => &e.name,
@@ -365,6 +439,7 @@ impl ConfigEntry {
         }
     }
 
+    /// The entry's ModifyIndex (what a `?cas=` write compares against).
     pub fn modify_index(&self) -> Index {
         match self {
             ConfigEntry::ServiceDefaults(e) => e.modify_index,
@@ -513,8 +588,11 @@ pub fn source_to_intention(entry: &ServiceIntentions, s: &SourceIntention) -> In
 /// intentions table).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IntentionEntryMeta {
+    /// Consul's `Meta` of the entry (free-form key/value labels).
     pub meta: BTreeMap<String, String>,
+    /// Consul's CreateIndex of the entry: the Raft index of the write that created it.
     pub create_index: Index,
+    /// Consul's ModifyIndex of the entry: the Raft index of the last write to it or its intentions.
     pub modify_index: Index,
 }
 

@@ -38,6 +38,7 @@ use crate::model::{Intention, IntentionAction};
 /// Outcome of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpDecision {
+    /// Whether the request may go on to the application.
     pub allowed: bool,
     /// Which rule decided. `Display` gives one short phrase for a log line.
     pub reason: HttpReason,
@@ -56,26 +57,38 @@ impl fmt::Display for HttpDecision {
 pub enum HttpReason {
     /// Permission `index` (0-based position in `Permissions`) of intention `key` matched.
     Permission {
+        /// Source and destination of the intention whose permission matched.
         key: Arc<IntentionKey>,
+        /// Position of the matching permission in `Permissions` (0-based); the first match wins.
         index: usize,
+        /// That permission's `Action`, which is the decision.
         action: IntentionAction,
     },
     /// Intention `key` has `Permissions` but none matched: the default policy decided.
     NoPermissionMatched {
+        /// Source and destination of the L7 intention.
         key: Arc<IntentionKey>,
+        /// The default policy, which decided.
         default: DefaultPolicy,
     },
     /// An L4 intention (one with an `Action`) decided.
     Intention {
+        /// Source and destination of the L4 intention.
         key: Arc<IntentionKey>,
+        /// The intention's `Action`, which is the decision.
         action: IntentionAction,
     },
     /// A matching intention had neither `Action` nor `Permissions`: deny (as at L4).
-    NoAction { key: Arc<IntentionKey> },
+    NoAction {
+        /// Source and destination of the intention.
+        key: Arc<IntentionKey>,
+    },
     /// A matching intention's permissions could not be compiled (only possible for input that
     /// bypassed `validate`): deny rather than guess.
     InvalidPermissions {
+        /// Source and destination of the intention.
         key: Arc<IntentionKey>,
+        /// Why its permissions do not compile.
         error: Arc<IntentionError>,
     },
     /// No intention matched: the default policy decided.

@@ -16,9 +16,11 @@ use crate::model::{HeaderPermission, IntentionAction, IntentionPermission};
 /// header was sent more than once.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpRequest<'a> {
+    /// The request's method, matched against a permission's `Methods`.
     pub method: &'a http::Method,
     /// Path only, without the query string (`/a/b`, not `/a/b?c=d`).
     pub path: &'a str,
+    /// The request's headers, matched against a permission's `Header` list.
     pub headers: &'a http::HeaderMap,
 }
 
@@ -35,10 +37,21 @@ pub const MAX_REGEX_LEN: usize = 4096;
 /// Why a regex was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegexError {
+    /// The pattern is longer than [`MAX_REGEX_LEN`].
     #[error("pattern is {len} bytes long, more than the limit of {max}")]
-    TooLong { len: usize, max: usize },
+    TooLong {
+        /// Length of the pattern, in bytes.
+        len: usize,
+        /// The limit, [`MAX_REGEX_LEN`].
+        max: usize,
+    },
+    /// The compiled program is over [`REGEX_SIZE_LIMIT`].
     #[error("compiled pattern exceeds the size limit of {limit} bytes")]
-    TooBig { limit: usize },
+    TooBig {
+        /// The limit in bytes, [`REGEX_SIZE_LIMIT`].
+        limit: usize,
+    },
+    /// The pattern does not parse; carries the parser's message.
     #[error("{0}")]
     Syntax(String),
 }
@@ -136,6 +149,7 @@ pub struct CompiledPermission {
 }
 
 impl CompiledPermission {
+    /// What a request this permission matches gets (its `Action`).
     pub fn action(&self) -> IntentionAction {
         self.action
     }

@@ -109,12 +109,15 @@ pub fn precedence(src_ns: &str, src: &str, dst_ns: &str, dst: &str) -> u32 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DefaultPolicy {
+    /// Unmatched connections and requests are let through (Consul's `default_policy = "allow"`).
     Allow,
+    /// Unmatched connections and requests are refused; the default, failing closed.
     #[default]
     Deny,
 }
 
 impl DefaultPolicy {
+    /// Consul's lowercase spelling (`allow`, `deny`), as in the JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             DefaultPolicy::Allow => "allow",
@@ -122,6 +125,7 @@ impl DefaultPolicy {
         }
     }
 
+    /// Whether this policy lets an unmatched connection or request through.
     pub fn allows(self) -> bool {
         self == DefaultPolicy::Allow
     }
@@ -137,15 +141,20 @@ impl fmt::Display for DefaultPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IntentionKey {
+    /// Consul's `SourceNS`: the source's namespace, or `*`.
     #[serde(rename = "SourceNS")]
     pub source_ns: String,
+    /// Consul's `SourceName`: the source service, or `*`.
     pub source_name: String,
+    /// Consul's `DestinationNS`: the destination's namespace, or `*`.
     #[serde(rename = "DestinationNS")]
     pub destination_ns: String,
+    /// Consul's `DestinationName`: the destination service, or `*`.
     pub destination_name: String,
 }
 
 impl IntentionKey {
+    /// The key of intention `i` (its source and destination, copied).
     pub fn of(i: &Intention) -> Self {
         Self {
             source_ns: i.source_ns.clone(),
@@ -185,23 +194,33 @@ impl fmt::Display for IntentionKey {
 pub enum Reason {
     /// An L4 intention (one with an `Action`) matched and its action applies.
     Intention {
+        /// Source and destination of the matched intention.
         key: IntentionKey,
+        /// The intention's `Action`, which is the decision.
         action: IntentionAction,
+        /// The intention's precedence (9 = exact/exact ... 1 = `*/*` => `*/*`).
         precedence: u32,
+        /// The intention's legacy ID; empty when it has none.
         id: String,
     },
     /// An L7 intention (one with `Permissions`) matched; at L4 it counts as deny, because only
     /// the HTTP filter can evaluate its permissions.
     L7Intention {
+        /// Source and destination of the matched intention.
         key: IntentionKey,
+        /// The intention's precedence (9 = exact/exact ... 1 = `*/*` => `*/*`).
         precedence: u32,
+        /// The intention's legacy ID; empty when it has none.
         id: String,
     },
     /// A matching intention had neither `Action` nor `Permissions` (it could not have passed
     /// [`validate`]); Consul's authorize treats the empty action as not-allow.
     NoAction {
+        /// Source and destination of the matched intention.
         key: IntentionKey,
+        /// The intention's precedence (9 = exact/exact ... 1 = `*/*` => `*/*`).
         precedence: u32,
+        /// The intention's legacy ID; empty when it has none.
         id: String,
     },
     /// No intention matched; the default policy decided.
@@ -274,7 +293,9 @@ impl fmt::Display for Reason {
 /// An L4 authorization decision and why it was made.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Decision {
+    /// Whether the connection may be opened.
     pub allowed: bool,
+    /// Which intention, or the default policy, decided (what `Display` prints).
     pub reason: Reason,
     /// The intention that decided; `None` when the default policy did.
     pub matched: Option<IntentionKey>,
@@ -483,14 +504,17 @@ impl IntentionSet {
         }
     }
 
+    /// The policy a connection or request no intention matches gets.
     pub fn default_policy(&self) -> DefaultPolicy {
         self.default
     }
 
+    /// Number of intentions in the snapshot.
     pub fn len(&self) -> usize {
         self.intentions.len()
     }
 
+    /// Whether the snapshot holds no intention (every decision is the default policy's).
     pub fn is_empty(&self) -> bool {
         self.intentions.is_empty()
     }

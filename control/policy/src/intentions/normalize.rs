@@ -46,8 +46,10 @@ pub struct RequestNormalization {
     /// Merges adjacent slashes (`//a///b` → `/a/b`).
     #[serde(default, skip_serializing_if = "is_false")]
     pub merge_slashes: bool,
+    /// Consul's `PathWithEscapedSlashesAction`: what step 2 does with `%2F` / `%5C`.
     #[serde(default, skip_serializing_if = "EscapedSlashesAction::is_default")]
     pub path_with_escaped_slashes_action: EscapedSlashesAction,
+    /// Consul's `HeadersWithUnderscoresAction`: what happens to headers whose names contain `_`.
     #[serde(default, skip_serializing_if = "UnderscoresAction::is_default")]
     pub headers_with_underscores_action: UnderscoresAction,
 }
@@ -166,22 +168,42 @@ impl fmt::Display for RequestNormalization {
 /// Why a request is refused (HTTP 400) before any rule is looked at.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// A `%` not followed by two hex digits.
     #[error("malformed percent-encoding at byte {at} of the path")]
-    BadEscape { at: usize },
+    BadEscape {
+        /// Byte offset of that `%` in the raw path.
+        at: usize,
+    },
+    /// `%00` in the path: a NUL no server should see.
     #[error("encoded NUL (%00) in the path")]
     EncodedNul,
+    /// The path's percent-decoded bytes are not UTF-8 (e.g. overlong `%C0%AE`).
     #[error("the percent-decoded path is not valid UTF-8")]
     InvalidUtf8,
+    /// A literal byte outside visible ASCII (control, space, DEL or non-ASCII).
     #[error("character {byte:#04x} is not allowed in a path")]
-    BadCharacter { byte: u8 },
+    BadCharacter {
+        /// The offending byte.
+        byte: u8,
+    },
+    /// `%2F` or `%5C` in the path while `PathWithEscapedSlashesAction` is `REJECT_REQUEST`.
     #[error("escaped slash (%2F or %5C) in the path (PathWithEscapedSlashesAction=REJECT_REQUEST)")]
     EscapedSlash,
+    /// A `.` or `..` segment carrying `;` parameters (`..;x`), which servers read differently.
     #[error("dot segment with parameters ({segment:?}) in the path")]
-    DotSegmentParams { segment: String },
+    DotSegmentParams {
+        /// The segment as the client sent it (`..;x`).
+        segment: String,
+    },
+    /// The path does not start with `/`.
     #[error("the path must start with '/'")]
     NotAbsolute,
+    /// A header name contains `_` while `HeadersWithUnderscoresAction` is `REJECT_REQUEST`.
     #[error("header {name:?} contains an underscore (HeadersWithUnderscoresAction=REJECT_REQUEST)")]
-    HeaderUnderscore { name: String },
+    HeaderUnderscore {
+        /// The header's name as the client sent it.
+        name: String,
+    },
 }
 
 impl PathError {
