@@ -120,7 +120,8 @@ pub fn active_root(roots: &[StoredRoot]) -> Result<&StoredRoot, CaError> {
 }
 
 /// Errors of the CA. [`CaError::code`] gives a stable identifier for API responses and metrics.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum CaError {
     #[error("malformed CSR: {reason}")]
     MalformedCsr { reason: String },
@@ -132,6 +133,7 @@ pub enum CaError {
     },
 
     #[error("CSR must carry exactly one URI SAN (the SPIFFE ID), found {count}")]
+    #[strum(serialize = "uri_san_count")]
     MultipleOrMissingUriSan { count: usize },
 
     #[error("CSR URI SAN {uri:?} is not a valid SPIFFE service ID")]
@@ -183,6 +185,7 @@ pub enum CaError {
     BadStoredRoot { root_id: String, reason: String },
 
     #[error("generating {what} failed")]
+    #[strum(serialize = "generate_failed")]
     Generate {
         what: &'static str,
         #[source]
@@ -190,6 +193,7 @@ pub enum CaError {
     },
 
     #[error("signing {what} failed")]
+    #[strum(serialize = "sign_failed")]
     Sign {
         what: &'static str,
         #[source]
@@ -200,25 +204,7 @@ pub enum CaError {
 impl CaError {
     /// Stable machine-readable code, for API error bodies and metric labels.
     pub fn code(&self) -> &'static str {
-        match self {
-            CaError::MalformedCsr { .. } => "malformed_csr",
-            CaError::BadCsrSignature { .. } => "bad_csr_signature",
-            CaError::MultipleOrMissingUriSan { .. } => "uri_san_count",
-            CaError::InvalidSpiffeId { .. } => "invalid_spiffe_id",
-            CaError::WrongTrustDomain { .. } => "wrong_trust_domain",
-            CaError::WrongSpiffeId { .. } => "wrong_spiffe_id",
-            CaError::CsrRequestsCa { .. } => "csr_requests_ca",
-            CaError::UnsupportedKey { .. } => "unsupported_key",
-            CaError::InvalidTrustDomain { .. } => "invalid_trust_domain",
-            CaError::InvalidTtl { .. } => "invalid_ttl",
-            CaError::RootTrustDomainMismatch { .. } => "root_trust_domain_mismatch",
-            CaError::NoActiveRoot => "no_active_root",
-            CaError::RootNotActive { .. } => "root_not_active",
-            CaError::RootExpired { .. } => "root_expired",
-            CaError::BadStoredRoot { .. } => "bad_stored_root",
-            CaError::Generate { .. } => "generate_failed",
-            CaError::Sign { .. } => "sign_failed",
-        }
+        self.into()
     }
 
     /// Whether the error is the requester's fault (a bad or unauthorized CSR) rather than the

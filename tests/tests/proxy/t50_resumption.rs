@@ -15,14 +15,15 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_control::spiffe::SpiffeId;
 use mesh_tests::process::{eventually, free_port};
+use meshproxy::tls::SpiffeServerVerifier;
 use rustls::HandshakeKind;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use super::harness::{Echo, Proxy, meshd_dev, ok, register, set_intention, wait_ca};
 
@@ -60,58 +61,26 @@ fn roots(http: SocketAddr) -> Arc<RootCertStore> {
     Arc::new(store)
 }
 
-/// Accepts any server chain but checks the handshake signatures: this test is about
-/// resumption; the proxy's certificate checks have their own tests (t30_bad_peers).
-#[derive(Debug)]
-struct AnyServerCert(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyServerCert {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
 /// A mutual-TLS client with web's leaf and rustls's default in-memory session store, which
 /// every connection made with it shares.
 fn web_client(http: SocketAddr) -> Arc<rustls::ClientConfig> {
     let p = provider();
     let (chain, key) = leaf(http, "web");
+    // The proxy's own verifier: the server must present db's SPIFFE ID under the mesh's roots.
+    let td = ok("GET", http, "/v1/agent/connect/ca/roots", None)["TrustDomain"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verifier = SpiffeServerVerifier::new(
+        roots(http),
+        SpiffeId::service(&td, "dc1", "db"),
+        p.signature_verification_algorithms,
+    );
     let config = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCert(
-            p.signature_verification_algorithms,
-        )))
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)
         .unwrap();
     Arc::new(config)

@@ -24,7 +24,8 @@ pub const MAX_ROLE_NAME_LEN: usize = 256;
 pub const MAX_IDENTITY_NAME_LEN: usize = 256;
 
 /// Why a token, policy or role was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum AclValidationError {
     /// An ID field that is set but is not a UUID.
     #[error("{field} {value:?} is not a valid UUID")]
@@ -38,6 +39,7 @@ pub enum AclValidationError {
     #[error(
         "invalid policy name {name:?}: only alphanumeric characters, '-' and '_' are allowed, 1 to 128 of them"
     )]
+    #[strum(serialize = "invalid_policy_name")]
     PolicyName {
         /// The name as given.
         name: String,
@@ -46,6 +48,7 @@ pub enum AclValidationError {
     #[error(
         "invalid role name {name:?}: only alphanumeric characters, '-' and '_' are allowed, 1 to 256 of them"
     )]
+    #[strum(serialize = "invalid_role_name")]
     RoleName {
         /// The name as given.
         name: String,
@@ -68,6 +71,7 @@ pub enum AclValidationError {
     #[error(
         "ServiceIdentities[{index}] has an invalid ServiceName {name:?}: only lowercase alphanumeric characters, '-' and '_' are allowed, starting and ending with an alphanumeric, at most 256"
     )]
+    #[strum(serialize = "invalid_service_identity_name")]
     ServiceIdentityName {
         /// Position in the list.
         index: usize,
@@ -93,6 +97,7 @@ pub enum AclValidationError {
     #[error(
         "NodeIdentities[{index}] has an invalid NodeName {name:?}: only lowercase alphanumeric characters, '-' and '_' are allowed, starting and ending with an alphanumeric, at most 256"
     )]
+    #[strum(serialize = "invalid_node_identity_name")]
     NodeIdentityName {
         /// Position in the list.
         index: usize,
@@ -118,12 +123,14 @@ pub enum AclValidationError {
     ExpirationBoth,
     /// `ExpirationTime` is not RFC 3339.
     #[error("ExpirationTime {value:?} is not an RFC 3339 time")]
+    #[strum(serialize = "invalid_expiration_time")]
     ExpirationTime {
         /// The value as given.
         value: String,
     },
     /// `ExpirationTTL` is not a duration.
     #[error("ExpirationTTL {value:?} is invalid: {source}")]
+    #[strum(serialize = "invalid_expiration_ttl")]
     ExpirationTtl {
         /// The value as given.
         value: String,
@@ -133,6 +140,7 @@ pub enum AclValidationError {
     },
     /// `ExpirationTTL` is zero.
     #[error("ExpirationTTL must be greater than zero")]
+    #[strum(serialize = "zero_expiration_ttl")]
     ExpirationTtlZero,
     /// The policy's `Rules` do not parse.
     #[error("invalid Rules: {0}")]
@@ -143,28 +151,8 @@ impl AclValidationError {
     /// Stable machine-readable code, for API error bodies and metrics labels.
     pub fn code(&self) -> &'static str {
         match self {
-            AclValidationError::InvalidUuid { .. } => "invalid_uuid",
-            AclValidationError::PolicyName { .. } => "invalid_policy_name",
-            AclValidationError::RoleName { .. } => "invalid_role_name",
-            AclValidationError::EmptyLink { .. } => "empty_link",
-            AclValidationError::ServiceIdentityMissingName { .. } => {
-                "service_identity_missing_name"
-            }
-            AclValidationError::ServiceIdentityName { .. } => "invalid_service_identity_name",
-            AclValidationError::ServiceIdentityDatacentersOnLocalToken { .. } => {
-                "service_identity_datacenters_on_local_token"
-            }
-            AclValidationError::NodeIdentityMissingName { .. } => "node_identity_missing_name",
-            AclValidationError::NodeIdentityName { .. } => "invalid_node_identity_name",
-            AclValidationError::NodeIdentityMissingDatacenter { .. } => {
-                "node_identity_missing_datacenter"
-            }
-            AclValidationError::EmptyDatacenter { .. } => "empty_datacenter",
-            AclValidationError::ExpirationBoth => "expiration_both",
-            AclValidationError::ExpirationTime { .. } => "invalid_expiration_time",
-            AclValidationError::ExpirationTtl { .. } => "invalid_expiration_ttl",
-            AclValidationError::ExpirationTtlZero => "zero_expiration_ttl",
             AclValidationError::Rules(e) => e.code(),
+            other => other.into(),
         }
     }
 }

@@ -163,7 +163,8 @@ impl FromStr for Protocol {
 }
 
 /// Why an entry was rejected. Messages name the field in Consul's spelling.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum ConfigEntryError {
     /// The body is not JSON or not of the entry's shape; carries the parser's message.
     #[error("Request decode failed: {0}")]
@@ -239,17 +240,8 @@ impl ConfigEntryError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {
         match self {
-            ConfigEntryError::Decode(_) => "decode",
-            ConfigEntryError::MissingKind => "missing_kind",
-            ConfigEntryError::UnknownKind { .. } => "unknown_kind",
-            ConfigEntryError::MissingName => "missing_name",
-            ConfigEntryError::InvalidName { .. } => "invalid_name",
-            ConfigEntryError::Namespace { .. } => "namespace",
-            ConfigEntryError::UnknownProtocol { .. } => "unknown_protocol",
-            ConfigEntryError::TooManyMeta { .. } => "too_many_meta",
-            ConfigEntryError::MeshName { .. } => "mesh_name",
             ConfigEntryError::Source { source, .. } => source.code(),
-            ConfigEntryError::DuplicateSource { .. } => "duplicate_source",
+            other => other.into(),
         }
     }
 }

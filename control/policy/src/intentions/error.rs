@@ -5,10 +5,12 @@
 
 /// Why an intention was rejected. `field` is the JSON path of the offending field, in
 /// Consul's spelling (`SourceName`, `Permissions[0].HTTP.PathExact`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum IntentionError {
     /// A required name or namespace is empty.
     #[error("{field} must be set")]
+    #[strum(serialize = "empty_field")]
     Empty {
         /// The empty field (`SourceNS`, `SourceName`, `DestinationNS` or `DestinationName`).
         field: &'static str,
@@ -40,6 +42,7 @@ pub enum IntentionError {
     PermissionsOnWildcardDestination,
     /// `SourceType` is not `consul`.
     #[error("SourceType must be set to 'consul' (got {value:?})")]
+    #[strum(serialize = "invalid_source_type")]
     SourceType {
         /// The `SourceType` as the caller wrote it.
         value: String,
@@ -171,30 +174,6 @@ pub enum IntentionError {
 impl IntentionError {
     /// Stable machine-readable code, for API error bodies and metrics labels.
     pub fn code(&self) -> &'static str {
-        match self {
-            IntentionError::Empty { .. } => "empty_field",
-            IntentionError::PartialWildcard { .. } => "partial_wildcard",
-            IntentionError::ExactAfterWildcardNamespace { .. } => "exact_after_wildcard_namespace",
-            IntentionError::ActionWithPermissions => "action_with_permissions",
-            IntentionError::MissingAction => "missing_action",
-            IntentionError::PermissionsOnWildcardDestination => {
-                "permissions_on_wildcard_destination"
-            }
-            IntentionError::SourceType { .. } => "invalid_source_type",
-            IntentionError::DescriptionTooLong { .. } => "description_too_long",
-            IntentionError::TooManyMeta { .. } => "too_many_meta",
-            IntentionError::MetaKeyTooLong { .. } => "meta_key_too_long",
-            IntentionError::MetaValueTooLong { .. } => "meta_value_too_long",
-            IntentionError::MissingHttp { .. } => "missing_http",
-            IntentionError::EmptyHttp { .. } => "empty_http",
-            IntentionError::ConflictingPaths { .. } => "conflicting_paths",
-            IntentionError::PathNotAbsolute { .. } => "path_not_absolute",
-            IntentionError::HeaderMissingName { .. } => "header_missing_name",
-            IntentionError::HeaderMatchers { .. } => "header_matchers",
-            IntentionError::InvalidMethod { .. } => "invalid_method",
-            IntentionError::DuplicateMethod { .. } => "duplicate_method",
-            IntentionError::InvalidRegex { .. } => "invalid_regex",
-            IntentionError::InvalidHeaderName { .. } => "invalid_header_name",
-        }
+        self.into()
     }
 }

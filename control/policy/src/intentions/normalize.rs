@@ -166,7 +166,8 @@ impl fmt::Display for RequestNormalization {
 }
 
 /// Why a request is refused (HTTP 400) before any rule is looked at.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum PathError {
     /// A `%` not followed by two hex digits.
     #[error("malformed percent-encoding at byte {at} of the path")]
@@ -209,16 +210,7 @@ pub enum PathError {
 impl PathError {
     /// Stable label for metrics and logs.
     pub fn code(&self) -> &'static str {
-        match self {
-            PathError::BadEscape { .. } => "bad_escape",
-            PathError::EncodedNul => "encoded_nul",
-            PathError::InvalidUtf8 => "invalid_utf8",
-            PathError::BadCharacter { .. } => "bad_character",
-            PathError::EscapedSlash => "escaped_slash",
-            PathError::DotSegmentParams { .. } => "dot_segment_params",
-            PathError::NotAbsolute => "not_absolute",
-            PathError::HeaderUnderscore { .. } => "header_underscore",
-        }
+        self.into()
     }
 }
 

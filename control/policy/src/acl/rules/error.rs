@@ -17,10 +17,12 @@ impl fmt::Display for Line {
 }
 
 /// Why a rule text could not be turned into [`Rules`](super::Rules).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum RulesError {
     /// The HCL text is not valid HCL.
     #[error("invalid HCL at line {line}, column {column}: {message}")]
+    #[strum(serialize = "invalid_hcl")]
     Hcl {
         /// 1-based line of the error.
         line: usize,
@@ -31,6 +33,7 @@ pub enum RulesError {
     },
     /// The JSON text is not valid JSON.
     #[error("invalid JSON at line {line}, column {column}: {message}")]
+    #[strum(serialize = "invalid_json")]
     Json {
         /// 1-based line of the error.
         line: usize,
@@ -67,6 +70,7 @@ pub enum RulesError {
     },
     /// An access level other than the ones the field accepts.
     #[error("invalid access level {value:?} for {field} (expected {expected}){line}")]
+    #[strum(serialize = "invalid_access_level")]
     InvalidAccess {
         /// Path of the field, e.g. `service "db".policy` or `operator`.
         field: String,
@@ -110,17 +114,7 @@ pub enum RulesError {
 impl RulesError {
     /// Stable machine-readable code, for API error bodies and metrics labels.
     pub fn code(&self) -> &'static str {
-        match self {
-            RulesError::Hcl { .. } => "invalid_hcl",
-            RulesError::Json { .. } => "invalid_json",
-            RulesError::UnknownResource { .. } => "unknown_resource",
-            RulesError::UnsupportedResource { .. } => "unsupported_resource",
-            RulesError::UnknownField { .. } => "unknown_field",
-            RulesError::InvalidAccess { .. } => "invalid_access_level",
-            RulesError::MissingField { .. } => "missing_field",
-            RulesError::Duplicate { .. } => "duplicate",
-            RulesError::WrongType { .. } => "wrong_type",
-        }
+        self.into()
     }
 
     /// The line the error is on, when known.
