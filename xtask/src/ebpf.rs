@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::{root, run};
+use crate::steps::{root, run};
 
 /// The nightly toolchain the eBPF crate builds with.
 const NIGHTLY: &str = "nightly";

@@ -11,7 +11,6 @@
 //! work as they are.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -19,6 +18,9 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 mod ebpf;
+mod steps;
+
+use steps::{cargo, root, run};
 
 #[derive(Parser)]
 #[command(name = "xtask")]
@@ -43,28 +45,6 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf => ebpf::build_ebpf().map(|_| ()),
         Task::Test => test(),
     }
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(root());
-    c
-}
-
-fn run(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
-    eprintln!("==> {what}");
-    let status = cmd.status().with_context(|| format!("starting: {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
 }
 
 /// Adds a rustup component when the tool it provides is missing.
