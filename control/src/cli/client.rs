@@ -24,21 +24,37 @@ pub enum CliError {
 /// A minimal HTTP/1.1 client bound to one API address.
 pub struct ApiClient {
     addr: String,
+    /// Sent as `X-Consul-Token`; kept out of `Debug` and of every error.
+    token: Option<http::HeaderValue>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
 impl ApiClient {
-    pub fn new(addr: &str) -> Self {
+    /// A client of the API at `addr`, sending `token` (if any) on every request. A token that
+    /// cannot be a header value is refused here rather than dropped: a request sent without
+    /// it would run as the anonymous token.
+    pub fn new(addr: &str, token: Option<&str>) -> Result<Self, CliError> {
         let addr = addr
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_string();
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(3)));
-        Self {
+        let token = token
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let mut v = http::HeaderValue::from_str(t).map_err(|_| {
+                    CliError::Usage("the ACL token is not a valid HTTP header value".into())
+                })?;
+                v.set_sensitive(true);
+                Ok(v)
+            })
+            .transpose()?;
+        Ok(Self {
             addr,
+            token,
             client: Client::builder(TokioExecutor::new()).build(connector),
-        }
+        })
     }
 
     /// Sends a request and returns the body of a 2xx answer; anything else is an error.
@@ -49,10 +65,14 @@ impl ApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, CliError> {
         let uri = format!("http://{}{}", self.addr, path_and_query);
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(&uri)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t.clone());
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| CliError::Usage(format!("invalid request {uri}: {e}")))?;
         let unreachable = |message: String| CliError::Unreachable {

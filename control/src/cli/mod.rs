@@ -1,6 +1,7 @@
 //! `meshctl`: the operator CLI. Consul-like verbs over the HTTP API of the local agent or a
 //! server (`--http-addr`, or `MESH_HTTP_ADDR`). One module per verb group.
 
+mod acl;
 mod catalog;
 pub mod client;
 mod config;
@@ -9,7 +10,9 @@ mod intention;
 mod operator;
 mod table;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::collections::BTreeSet;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 pub use client::{ApiClient, CliError};
 
@@ -24,6 +27,9 @@ pub struct Cli {
         global = true
     )]
     pub http_addr: String,
+    /// ACL token sent with every request (`X-Consul-Token`); never printed.
+    #[arg(long, env = "MESH_HTTP_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -37,6 +43,11 @@ pub enum Format {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// ACL tokens, policies and roles (`acl bootstrap` first).
+    Acl {
+        #[command(subcommand)]
+        command: acl::AclCmd,
+    },
     /// Cluster operations.
     Operator {
         #[command(subcommand)]
@@ -69,10 +80,55 @@ pub enum Command {
     },
 }
 
+/// The command line with Consul's single-dash long flags (`-policy-name web`,
+/// `-format=json`) spelled as clap's (`--policy-name`), so commands copied from Consul's docs
+/// work. Only a word that is one of `meshctl`'s long flag names is rewritten; anything after a
+/// `--` is left alone.
+pub fn consul_style_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    fn longs(cmd: &clap::Command, out: &mut BTreeSet<String>) {
+        out.extend(
+            cmd.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string)),
+        );
+        for sub in cmd.get_subcommands() {
+            longs(sub, out);
+        }
+    }
+    let mut known = BTreeSet::new();
+    longs(&Cli::command(), &mut known);
+    let mut rest_is_positional = false;
+    args.into_iter()
+        .map(|a| {
+            if a == "--" {
+                rest_is_positional = true;
+            }
+            let name = a.strip_prefix('-').filter(|n| !n.starts_with('-'));
+            match name {
+                Some(n) if !rest_is_positional => {
+                    let flag = n.split_once('=').map_or(n, |(f, _)| f);
+                    if known.contains(flag) {
+                        format!("-{a}")
+                    } else {
+                        a
+                    }
+                }
+                _ => a,
+            }
+        })
+        .collect()
+}
+
 /// Runs the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let api = ApiClient::new(&cli.http_addr);
+    let api = match ApiClient::new(&cli.http_addr, cli.token.as_deref()) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    };
     let result = match cli.command {
+        Command::Acl { command } => acl::run(&api, command).await,
         Command::Operator { command } => operator::run(&api, command).await,
         Command::Intention { command } => intention::run(&api, command).await,
         Command::Config { command } => config::run(&api, command).await,
@@ -86,5 +142,45 @@ pub async fn run(cli: Cli) -> i32 {
             eprintln!("Error: {e}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consul_style_args;
+
+    #[test]
+    fn consul_single_dash_flags_are_accepted() {
+        let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            consul_style_args(args(&[
+                "meshctl",
+                "acl",
+                "token",
+                "create",
+                "-policy-name",
+                "ops",
+                "-format=json",
+                "--description",
+                "-x",
+                "-unknown-flag",
+                "--",
+                "-policy-name"
+            ])),
+            args(&[
+                "meshctl",
+                "acl",
+                "token",
+                "create",
+                "--policy-name",
+                "ops",
+                "--format=json",
+                "--description",
+                "-x",
+                "-unknown-flag",
+                "--",
+                "-policy-name"
+            ])
+        );
     }
 }

@@ -24,7 +24,7 @@ async fn follower_reads_are_linearizable_unless_stale() {
         .await
         .expect("cluster starts");
     let (leader, follower) = cluster.leader_and_follower().await;
-    let api = ApiClient::new(&cluster.handle(follower).http_addr.to_string());
+    let api = ApiClient::new(&cluster.handle(follower).http_addr.to_string(), None).unwrap();
 
     // Each acknowledged write is visible in the very next default read on the follower.
     for k in 0..10 {
