@@ -164,6 +164,11 @@ impl AclState {
                 token.create_index = old.create_index;
             }
             None => {
+                // Reserved for the token the bootstrap seeds (creatable before it under the
+                // `allow` default policy).
+                if token.accessor_id == ANONYMOUS_TOKEN_ACCESSOR_ID {
+                    return Err(Invalid::AclAccessorReserved);
+                }
                 if self.secrets.contains_key(&token.secret_id) {
                     return Err(Invalid::AclSecretInUse);
                 }

@@ -253,6 +253,8 @@ pub enum Invalid {
     AclRoleNameTaken { name: String },
     #[error("Invalid Token: SecretID is already in use")]
     AclSecretInUse,
+    #[error("Invalid Token: AccessorID is reserved for the anonymous token")]
+    AclAccessorReserved,
     #[error("Changing a token's SecretID is not permitted")]
     AclSecretChange,
     #[error("Cannot change expiration time")]

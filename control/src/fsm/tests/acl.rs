@@ -301,6 +301,15 @@ fn server_generated_fields_must_be_present() {
         Command::AclTokenSet { token: t },
         ApplyError::Invalid(Invalid::AclMissingId { .. })
     );
+    let mut anonymous = acl_token(4, &[]);
+    anonymous.accessor_id = ANONYMOUS_TOKEN_ACCESSOR_ID.into();
+    let mut fresh = State::default();
+    assert_rejected!(
+        &mut fresh,
+        1,
+        Command::AclTokenSet { token: anonymous },
+        ApplyError::Invalid(Invalid::AclAccessorReserved)
+    );
     let mut ttl = acl_token(3, &[]);
     ttl.expiration_ttl = Some("1h".into());
     assert_rejected!(
