@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mesh_control::server::{Server, ServerConfig};
+use mesh_control::intentions::DefaultPolicy;
+use mesh_control::server::{AclConfig, Server, ServerConfig};
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "Mesh control plane daemon")]
@@ -89,6 +90,8 @@ struct ServerArgs {
     /// Re-issue the embedded agent's leaves within this window after a CA root rotation.
     #[arg(long, default_value = "30s", value_parser = duration)]
     leaf_rotation_jitter: std::time::Duration,
+    #[command(flatten)]
+    acl: AclArgs,
 }
 
 #[derive(Parser)]
@@ -105,6 +108,36 @@ struct DevArgs {
     /// Re-issue the agent's leaves within this window after a CA root rotation.
     #[arg(long, default_value = "30s", value_parser = duration)]
     leaf_rotation_jitter: std::time::Duration,
+    #[command(flatten)]
+    acl: AclArgs,
+}
+
+/// ACL flags of `meshd server` and `meshd dev`.
+#[derive(clap::Args)]
+struct AclArgs {
+    /// Enable ACLs (for now only the `/v1/acl/*` API is enforced).
+    #[arg(long)]
+    acl: bool,
+    /// What a token's rules leave undecided: allow or deny.
+    #[arg(long, default_value = "deny", value_parser = default_policy)]
+    acl_default_policy: DefaultPolicy,
+}
+
+impl AclArgs {
+    fn config(&self) -> AclConfig {
+        AclConfig {
+            enabled: self.acl,
+            default_policy: self.acl_default_policy,
+        }
+    }
+}
+
+fn default_policy(s: &str) -> Result<DefaultPolicy, String> {
+    match s {
+        "allow" => Ok(DefaultPolicy::Allow),
+        "deny" => Ok(DefaultPolicy::Deny),
+        other => Err(format!("expected allow or deny, got {other:?}")),
+    }
 }
 
 fn init_logging() {
@@ -165,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             c.datacenter = a.datacenter;
             c.snapshot_threshold = a.snapshot_threshold;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
+            c.acl = a.acl.config();
             (c, None)
         }
         Cmd::Dev(a) => {
@@ -183,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
             c.http_addr = a.http_addr;
             c.bootstrap_expect = 1;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
+            c.acl = a.acl.config();
             // A single node has nobody to wait for: elect at once.
             c.election_timeout_min = std::time::Duration::from_millis(150);
             c.election_timeout_max = std::time::Duration::from_millis(300);

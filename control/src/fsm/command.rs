@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclPolicy, AclRole, AclToken};
 use crate::ca::StoredRoot;
 use crate::config_entries::{ConfigEntry, ConfigKind};
 use crate::model::{CaConfig, HealthCheck, HealthStatus, Index, Intention, Node, ServiceInstance};
@@ -48,7 +49,10 @@ pub enum Command {
     /// Create or update the intention for its source/destination pair. Without `replace` an
     /// existing intention for the pair is an error (Consul's `intention create` without
     /// `-replace`).
-    IntentionUpsert { intention: Intention, replace: bool },
+    IntentionUpsert {
+        intention: Intention,
+        replace: bool,
+    },
     IntentionDelete {
         source_ns: String,
         source: String,
@@ -71,9 +75,13 @@ pub enum Command {
         now_unix: i64,
     },
     /// Update the CA configuration without a new root (e.g. only `LeafCertTTL` changed).
-    CaSetConfig { config: CaConfig },
+    CaSetConfig {
+        config: CaConfig,
+    },
     /// Drop rotated-out roots whose every leaf has expired.
-    CaPruneRoots { now_unix: i64 },
+    CaPruneRoots {
+        now_unix: i64,
+    },
     /// Set the intention default policy.
     SetDefaultPolicy {
         policy: crate::intentions::DefaultPolicy,
@@ -94,6 +102,35 @@ pub enum Command {
         name: String,
         #[serde(default)]
         cas: Option<Index>,
+    },
+    /// The one-time ACL bootstrap: seeds the built-in `global-management` policy and the
+    /// anonymous token, and stores `token` (the proposer generated its IDs) with `now` (RFC
+    /// 3339) as its `CreateTime`. Refused once done (see `fsm::acl`).
+    AclBootstrap {
+        token: AclToken,
+        now: String,
+    },
+    /// Create or replace the token with `token.AccessorID`. The proposer generated the IDs, set
+    /// `CreateTime` and turned any `ExpirationTTL` into `ExpirationTime`.
+    AclTokenSet {
+        token: AclToken,
+    },
+    AclTokenDelete {
+        accessor_id: String,
+    },
+    /// Create or replace the policy with `policy.ID` (the proposer generated a new one's ID).
+    AclPolicySet {
+        policy: AclPolicy,
+    },
+    AclPolicyDelete {
+        id: String,
+    },
+    /// Create or replace the role with `role.ID` (the proposer generated a new one's ID).
+    AclRoleSet {
+        role: AclRole,
+    },
+    AclRoleDelete {
+        id: String,
     },
 }
 
@@ -136,6 +173,12 @@ pub enum NotFound {
         source_name: String,
         destination_name: String,
     },
+    #[error("Cannot find token to delete")]
+    AclToken { accessor_id: String },
+    #[error("Cannot find policy to delete")]
+    AclPolicy { id: String },
+    #[error("Cannot find role to delete")]
+    AclRole { id: String },
 }
 
 /// A command that contradicts the state it meets.
@@ -152,6 +195,9 @@ pub enum Conflict {
     RootChanged { expected: String, found: String },
     #[error("new root is already present")]
     RootPresent,
+    /// Consul's `ACLBootstrapNotAllowedErr`, with the index the bootstrap happened at.
+    #[error("ACL bootstrap no longer allowed (reset index: {reset_index})")]
+    AclBootstrapped { reset_index: Index },
     /// `?cas=` did not match; `have` is `None` when the entry is absent.
     #[error(
         "check-and-set failed for {kind} {name:?}: cas index {want}, current ModifyIndex {}",
@@ -191,6 +237,43 @@ pub enum Invalid {
         check_id: String,
         service_id: String,
     },
+    /// The token, policy or role failed `acl::validate_*`; `reason` is its message (it names
+    /// the field, and for rules the line).
+    #[error("{reason}")]
+    Acl { reason: String },
+    /// A server-generated field the proposer left empty (`AccessorID`, `SecretID`, `ID`).
+    #[error("{field} must be set by the server")]
+    AclMissingId { field: String },
+    /// `ExpirationTTL` reached the state machine instead of being turned into a time.
+    #[error("ExpirationTTL must be turned into ExpirationTime before it is stored")]
+    AclUnconvertedTtl,
+    #[error("Invalid Policy: A Policy with Name {name:?} already exists")]
+    AclPolicyNameTaken { name: String },
+    #[error("Invalid Role: A Role with Name {name:?} already exists")]
+    AclRoleNameTaken { name: String },
+    #[error("Invalid Token: SecretID is already in use")]
+    AclSecretInUse,
+    #[error("Invalid Token: AccessorID is reserved for the anonymous token")]
+    AclAccessorReserved,
+    #[error("Changing a token's SecretID is not permitted")]
+    AclSecretChange,
+    #[error("Cannot change expiration time")]
+    AclExpirationChange,
+    #[error("No such ACL policy with ID {id:?}")]
+    AclUnknownPolicyId { id: String },
+    #[error("No such ACL policy with name {name:?}")]
+    AclUnknownPolicyName { name: String },
+    #[error("No such ACL role with ID {id:?}")]
+    AclUnknownRoleId { id: String },
+    #[error("No such ACL role with name {name:?}")]
+    AclUnknownRoleName { name: String },
+    /// The built-in `global-management` policy keeps its name and rules (`field`).
+    #[error("Changing the {field} for the builtin global-management policy is not permitted")]
+    GlobalManagementChange { field: String },
+    #[error("Delete operation not permitted on the builtin global-management policy")]
+    GlobalManagementDelete,
+    #[error("Delete operation not permitted on the anonymous token")]
+    AnonymousTokenDelete,
 }
 
 /// What applying a command answers: the log index it was applied at and its outcome.

@@ -1,11 +1,12 @@
 //! The replicated state machine: one deterministic `apply(index, command)` over the catalog,
 //! the intentions, the config entries (`service-defaults`; `service-intentions` are a view of
-//! the intentions, see `crate::config_entries`) and the CA state.
+//! the intentions, see `crate::config_entries`), the CA state and the ACL tables.
 //!
 //! No I/O, no clock, no randomness: whatever varies is inside the command (see `command`). The
 //! Raft storage layer (`crate::store`) calls `State::apply` for every committed entry and takes
 //! snapshots by serializing `State`; this module is unit-tested alone.
 
+mod acl;
 mod ca;
 mod catalog;
 mod command;
@@ -13,6 +14,7 @@ mod config_entries;
 mod intentions;
 mod state;
 
+pub use acl::{AclState, anonymous_token};
 pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
 pub use state::{CaState, State, TableIndexes};

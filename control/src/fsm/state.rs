@@ -1,11 +1,12 @@
 //! `State` and its `apply`: the data every server holds, and the one dispatcher that hands
-//! each command to its table's module (`catalog`, `intentions`, `ca`, `config_entries`), the
-//! only code that changes it.
+//! each command to its table's module (`catalog`, `intentions`, `ca`, `config_entries`,
+//! `acl`), the only code that changes it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::acl::AclState;
 use super::command::{ApplyError, ApplyResult, Command};
 use crate::ca::StoredRoot;
 use crate::config_entries::{IntentionEntryMeta, MeshConfig, ServiceDefaults};
@@ -62,6 +63,10 @@ pub struct TableIndexes {
     /// `service-defaults` entries (`service-intentions` live in `intentions`).
     #[serde(default)]
     pub config_entries: Index,
+    /// ACL tokens, policies and roles (one index for all three, as their API reads them
+    /// together to resolve links). `default` so snapshots from before ACLs load.
+    #[serde(default)]
+    pub acl: Index,
 }
 
 /// Everything the servers replicate.
@@ -86,6 +91,10 @@ pub struct State {
     /// The `mesh` config entry, when written.
     #[serde(default)]
     pub mesh: Option<MeshConfig>,
+    /// ACL tokens, policies and roles. Left out of the encoding while empty, so a cluster that
+    /// never used ACLs keeps its snapshot bytes and digest.
+    #[serde(default, skip_serializing_if = "AclState::is_empty")]
+    pub acl: AclState,
     pub tables: TableIndexes,
     /// Index of the last applied command.
     pub last_index: Index,
@@ -101,7 +110,7 @@ impl State {
     }
 
     /// Hands each command to its table's module (`catalog`, `intentions`, `ca`,
-    /// `config_entries`).
+    /// `config_entries`, `acl`).
     fn apply_inner(&mut self, index: Index, cmd: Command) -> Result<(), ApplyError> {
         match cmd {
             Command::Register {
@@ -163,6 +172,13 @@ impl State {
             Command::ConfigEntryDelete { kind, name, cas } => {
                 self.config_entry_delete(index, kind, &name, cas)
             }
+            Command::AclBootstrap { token, now } => self.acl_bootstrap(index, token, now),
+            Command::AclTokenSet { token } => self.acl_token_set(index, token),
+            Command::AclTokenDelete { accessor_id } => self.acl_token_delete(index, &accessor_id),
+            Command::AclPolicySet { policy } => self.acl_policy_set(index, policy),
+            Command::AclPolicyDelete { id } => self.acl_policy_delete(index, &id),
+            Command::AclRoleSet { role } => self.acl_role_set(index, role),
+            Command::AclRoleDelete { id } => self.acl_role_delete(index, &id),
         }
     }
 

@@ -7,6 +7,7 @@
 //! `server` or `agent`: each converts its own errors into [`ApiError`] where it owns them.
 
 pub mod blocking;
+pub mod token;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -51,6 +52,22 @@ impl ApiError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+
+    /// 401: what Consul answers on its ACL routes when ACLs are disabled.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: message.into(),
+        }
+    }
+
+    /// 403: an unknown token or a denied permission.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
             message: message.into(),
         }
     }

@@ -4,6 +4,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::intentions::DefaultPolicy;
+
+/// ACL settings (`--acl`, `--acl-default-policy`). Off by default while enforcement is being
+/// built: with ACLs off the `/v1/acl/*` routes answer Consul's 401 `ACL support disabled`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AclConfig {
+    pub enabled: bool,
+    /// What a token's rules leave undecided (Consul's `acl.default_policy`); deny by default.
+    pub default_policy: DefaultPolicy,
+}
+
 /// Settings of one `meshd server`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -28,6 +39,7 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Leaf re-issue window of the embedded agent after a root rotation.
     pub leaf_rotation_jitter: Duration,
+    pub acl: AclConfig,
 }
 
 impl ServerConfig {
@@ -48,6 +60,7 @@ impl ServerConfig {
             election_timeout_max: Duration::from_millis(1600),
             write_timeout: Duration::from_secs(10),
             leaf_rotation_jitter: Duration::from_secs(30),
+            acl: AclConfig::default(),
         }
     }
 }

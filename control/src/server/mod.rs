@@ -4,6 +4,7 @@
 //! Writes go through `Server::write`, which proposes on the leader or forwards to it; reads are
 //! linearizable through `Server::read_barrier` (ReadIndex on the leader) unless `?stale`.
 
+pub mod acl;
 pub mod api;
 mod bootstrap;
 mod config;
@@ -24,7 +25,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use config::ServerConfig;
+pub use config::{AclConfig, ServerConfig};
 pub use error::{ForwardError, LeaderRefusal, Refused, ServerError};
 pub use ops::PeerEntry;
 
@@ -49,6 +50,8 @@ pub struct Server {
     /// Servers seen through discovery (for `--bootstrap-expect`).
     pub(crate) known: Mutex<BTreeMap<NodeId, MeshNode>>,
     pub(crate) liveness: liveness::Liveness,
+    /// Resolves request tokens (cached per ACL table index).
+    pub(crate) acl_resolver: acl::AclResolver,
     shutdown: watch::Sender<bool>,
 }
 
@@ -98,6 +101,7 @@ impl Server {
             ca: Arc::new(BuiltinProvider),
             known: Mutex::new(BTreeMap::from([(id, me)])),
             liveness: liveness::Liveness::default(),
+            acl_resolver: acl::AclResolver::default(),
             shutdown,
         });
         tracing::info!(node = %server.me.name, id, %rpc_addr, %http_addr, "server started");

@@ -1,5 +1,5 @@
 //! Unit tests of the state machine, one module per table as the FSM itself is split: catalog
-//! (with the health views), intentions, CA rotation and pruning, config entries, and the
+//! (with the health views), intentions, CA rotation and pruning, config entries, ACLs, and the
 //! determinism that Raft replication and snapshots rely on.
 //!
 //! This module holds what they share: builders of the commands and records the tests write
@@ -7,6 +7,7 @@
 //! rejected command is checked to leave the state exactly as it was apart from `last_index` (a
 //! rejected entry is still applied, so Raft's applied index moves on).
 
+mod acl;
 mod ca;
 mod catalog;
 mod config_entries;
@@ -243,6 +244,65 @@ fn intentions_entry_set(name: &str, sources: &str, cas: Option<u64>) -> Command 
         &format!(r#"{{"Kind":"service-intentions","Name":"{name}","Sources":{sources}}}"#),
         cas,
     )
+}
+
+// ---------------------------------------------------------------------------------------------
+// ACLs
+// ---------------------------------------------------------------------------------------------
+
+/// A fixed "now" for ACL commands, RFC 3339 (the proposer's clock).
+const ACL_NOW: &str = "2023-11-14T22:13:20Z";
+
+/// A UUID made of `n` (tests need distinct, valid IDs).
+fn uuid(n: u32) -> String {
+    format!("{n:08x}-0000-4000-8000-000000000000")
+}
+
+/// Links by ID.
+fn links(ids: &[&str]) -> Vec<crate::acl::AclLink> {
+    ids.iter()
+        .map(|id| crate::acl::AclLink {
+            id: id.to_string(),
+            name: String::new(),
+        })
+        .collect()
+}
+
+/// Token `n` (accessor `uuid(n)`, secret `uuid(n + 1000)`) linking `policies` by ID.
+fn acl_token(n: u32, policies: &[&str]) -> crate::acl::AclToken {
+    crate::acl::AclToken {
+        accessor_id: uuid(n),
+        secret_id: uuid(n + 1000),
+        description: format!("token {n}"),
+        policies: links(policies),
+        create_time: ACL_NOW.to_string(),
+        ..Default::default()
+    }
+}
+
+fn acl_policy(id: &str, name: &str, rules: &str) -> crate::acl::AclPolicy {
+    crate::acl::AclPolicy {
+        id: id.to_string(),
+        name: name.to_string(),
+        rules: rules.to_string(),
+        ..Default::default()
+    }
+}
+
+fn acl_role(id: &str, name: &str, policies: &[&str]) -> crate::acl::AclRole {
+    crate::acl::AclRole {
+        id: id.to_string(),
+        name: name.to_string(),
+        policies: links(policies),
+        ..Default::default()
+    }
+}
+
+fn acl_bootstrap(token: crate::acl::AclToken) -> Command {
+    Command::AclBootstrap {
+        token,
+        now: ACL_NOW.to_string(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! Shared plumbing (errors, `?index=&wait=` parsing, `X-Consul-Index`) is `crate::http`; what
 //! is server-only (the linearizable read barrier before a read) is here.
 
+mod acl;
 mod ca;
 mod catalog;
 mod config;
@@ -98,6 +99,34 @@ pub fn router(server: Arc<Server>) -> Router {
             "/v1/config/{kind}/{name}",
             get(config::config_get).delete(config::config_delete),
         )
+        .route("/v1/acl/bootstrap", put(acl::bootstrap))
+        .route("/v1/acl/token", put(acl::token_create))
+        .route("/v1/acl/token/self", get(acl::token_self))
+        .route(
+            "/v1/acl/token/{id}",
+            get(acl::token_get)
+                .put(acl::token_update)
+                .delete(acl::token_delete),
+        )
+        .route("/v1/acl/tokens", get(acl::token_list))
+        .route("/v1/acl/policy", put(acl::policy_create))
+        .route("/v1/acl/policy/name/{name}", get(acl::policy_by_name))
+        .route(
+            "/v1/acl/policy/{id}",
+            get(acl::policy_get)
+                .put(acl::policy_update)
+                .delete(acl::policy_delete),
+        )
+        .route("/v1/acl/policies", get(acl::policy_list))
+        .route("/v1/acl/role", put(acl::role_create))
+        .route("/v1/acl/role/name/{name}", get(acl::role_by_name))
+        .route(
+            "/v1/acl/role/{id}",
+            get(acl::role_get)
+                .put(acl::role_update)
+                .delete(acl::role_delete),
+        )
+        .route("/v1/acl/roles", get(acl::role_list))
         .fallback(crate::http::not_found)
         .with_state(server)
 }

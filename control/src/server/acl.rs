@@ -1,0 +1,214 @@
+//! From a request's secret to the token it names and that token's [`Authorizer`]: the one
+//! place a server resolves ACL tokens (the HTTP routes call [`Server::acl_resolve`]).
+//!
+//! * No secret (or an empty one) is the anonymous token: the stored one once the bootstrap has
+//!   seeded it, else the built-in one (no policies, so the default policy decides).
+//! * An unknown or expired secret is Consul's 403 `ACL not found`.
+//! * Secrets are matched without a timing side channel. An ordered or hashed map keyed by the
+//!   secret itself compares the presented secret with stored ones byte by byte and stops at the
+//!   first difference, so response times say how much of a guess was right. Here the secrets
+//!   are indexed by a keyed hash (SipHash under a random key chosen at startup, which the
+//!   caller does not know, so the bucket a guess lands in says nothing about any secret), and
+//!   the candidate found is then compared in constant time (`subtle`). The SecretID index in
+//!   the state (`fsm::AclState::secrets`) only keeps secrets unique on write.
+//! * What a lookup needs (policies with parsed rules, roles, the keyed secret index) is built
+//!   once per ACL table index and shared until an ACL write changes it.
+//!
+//! Secrets are never logged; `AclToken`'s `Debug` redacts them.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::Server;
+use crate::acl::{
+    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclIndex, AclToken, Authorizer,
+    PermissionDenied,
+};
+use crate::fsm::{State, anonymous_token};
+use crate::http::ApiError;
+use crate::model::Index;
+
+/// Why a request's token gives it nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    /// ACLs are off on this server (Consul answers its ACL routes so, with 401).
+    #[error("ACL support disabled")]
+    Disabled,
+    /// The secret names no token, or an expired one.
+    #[error("ACL not found")]
+    NotFound,
+    /// The token lacks the permission; Consul's text.
+    #[error(transparent)]
+    Denied(#[from] PermissionDenied),
+}
+
+impl From<AclError> for ApiError {
+    fn from(e: AclError) -> Self {
+        match e {
+            AclError::Disabled => ApiError::unauthorized(e.to_string()),
+            AclError::NotFound | AclError::Denied(_) => ApiError::forbidden(e.to_string()),
+        }
+    }
+}
+
+/// A request's token and what it may do.
+pub struct Caller {
+    pub token: AclToken,
+    pub authorizer: Authorizer,
+}
+
+/// The lookup structures of one ACL table index.
+struct Snapshot {
+    index: Index,
+    acl: AclIndex,
+    /// Keyed hash of the SecretID → the tokens with that hash (almost always one).
+    by_secret: HashMap<u64, Vec<AclToken>>,
+    anonymous: AclToken,
+}
+
+/// Per-server cache of the last [`Snapshot`] and the key of its secret index.
+pub struct AclResolver {
+    key: RandomState,
+    cache: Mutex<Option<Arc<Snapshot>>>,
+}
+
+impl Default for AclResolver {
+    fn default() -> Self {
+        Self {
+            key: RandomState::new(),
+            cache: Mutex::new(None),
+        }
+    }
+}
+
+impl AclResolver {
+    fn snapshot(&self, state: &State) -> Arc<Snapshot> {
+        let mut cache = self.cache.lock();
+        if let Some(s) = cache.as_ref().filter(|s| s.index == state.tables.acl) {
+            return s.clone();
+        }
+        let mut acl = AclIndex::new();
+        for p in state.acl.policies.values() {
+            // A stored policy passed `validate_policy`; one that no longer parses (a rule
+            // language change) grants nothing rather than failing every request.
+            if let Err(e) = acl.insert_policy(p.clone()) {
+                tracing::warn!(policy = %p.name, error = %e, "stored ACL policy does not parse");
+            }
+        }
+        for r in state.acl.roles.values() {
+            acl.insert_role(r.clone());
+        }
+        let mut by_secret: HashMap<u64, Vec<AclToken>> = HashMap::new();
+        for t in state.acl.tokens.values() {
+            by_secret
+                .entry(self.key.hash_one(t.secret_id.as_bytes()))
+                .or_default()
+                .push(t.clone());
+        }
+        let anonymous = state
+            .acl
+            .tokens
+            .get(ANONYMOUS_TOKEN_ACCESSOR_ID)
+            .cloned()
+            .unwrap_or_else(anonymous_token);
+        let snapshot = Arc::new(Snapshot {
+            index: state.tables.acl,
+            acl,
+            by_secret,
+            anonymous,
+        });
+        *cache = Some(snapshot.clone());
+        snapshot
+    }
+
+    fn find(&self, snapshot: &Snapshot, secret: &str) -> Option<AclToken> {
+        let candidates = snapshot
+            .by_secret
+            .get(&self.key.hash_one(secret.as_bytes()))?;
+        // Every candidate is compared in full: no early exit on a partial match.
+        let mut found = None;
+        for t in candidates {
+            if bool::from(t.secret_id.as_bytes().ct_eq(secret.as_bytes())) {
+                found = Some(t.clone());
+            }
+        }
+        found
+    }
+}
+
+/// True when `token` has an `ExpirationTime` at or before `now` (or one that does not parse:
+/// failing closed).
+fn expired(token: &AclToken, now: OffsetDateTime) -> bool {
+    token
+        .expiration_time
+        .as_deref()
+        .is_some_and(|t| OffsetDateTime::parse(t, &Rfc3339).map_or(true, |expires| expires <= now))
+}
+
+impl Server {
+    /// The token `secret` names (the anonymous token for `None`) and its authorizer in this
+    /// server's datacenter. Does not check whether ACLs are enabled.
+    pub fn acl_resolve(&self, secret: Option<&str>) -> Result<Caller, AclError> {
+        let snapshot = self.state.read(|s| self.acl_resolver.snapshot(s));
+        let token = match secret.filter(|s| !s.is_empty()) {
+            None => snapshot.anonymous.clone(),
+            Some(secret) => match self.acl_resolver.find(&snapshot, secret) {
+                Some(t) => t,
+                None if secret == ANONYMOUS_TOKEN_SECRET_ID => snapshot.anonymous.clone(),
+                None => return Err(AclError::NotFound),
+            },
+        };
+        if expired(&token, OffsetDateTime::now_utc()) {
+            return Err(AclError::NotFound);
+        }
+        let authorizer = snapshot.acl.authorizer(
+            &token,
+            &self.config.datacenter,
+            self.config.acl.default_policy,
+        );
+        Ok(Caller { token, authorizer })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_is_checked_and_fails_closed() {
+        let now = OffsetDateTime::parse("2024-01-01T00:00:00Z", &Rfc3339).unwrap();
+        let with = |t: Option<&str>| AclToken {
+            expiration_time: t.map(str::to_string),
+            ..AclToken::default()
+        };
+        assert!(!expired(&with(None), now));
+        assert!(!expired(&with(Some("2024-01-01T00:00:01Z")), now));
+        assert!(expired(&with(Some("2024-01-01T00:00:00Z")), now));
+        assert!(expired(&with(Some("yesterday")), now));
+    }
+
+    #[test]
+    fn secrets_are_found_only_whole() {
+        let resolver = AclResolver::default();
+        let mut state = State::default();
+        let token = AclToken {
+            accessor_id: "a".into(),
+            secret_id: "0123456789".into(),
+            ..AclToken::default()
+        };
+        state.acl.tokens.insert("a".into(), token);
+        state.tables.acl = 1;
+        let snapshot = resolver.snapshot(&state);
+        assert!(resolver.find(&snapshot, "0123456789").is_some());
+        assert!(resolver.find(&snapshot, "012345678").is_none());
+        assert!(resolver.find(&snapshot, "0123456780").is_none());
+        // Cached per ACL index.
+        assert!(Arc::ptr_eq(&snapshot, &resolver.snapshot(&state)));
+    }
+}

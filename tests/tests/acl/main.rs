@@ -1,0 +1,116 @@
+//! The ACL API of a real `meshd dev --acl` (issue 12, server step), driven with `curl` as the
+//! third-party client:
+//!
+//! * the bootstrap works once, the second answer is Consul's 403 with the reset index, and
+//!   with ACLs off every `/v1/acl/*` route answers 401 `ACL support disabled`;
+//! * tokens: the anonymous token may not create one, the bootstrap token may; `token/self`;
+//!   the token list hides SecretIDs from a read-only token; a deleted token is `ACL not found`;
+//!   the three places a token can travel in (header, bearer, `?token=`);
+//! * policies with HCL and JSON rules, invalid rules refused with the field and line, the list
+//!   without rules, lookups by name, roles linking policies.
+
+mod t10_bootstrap;
+mod t20_tokens;
+mod t30_policies;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use mesh_tests::dev::{dev_args, wait_ca};
+use mesh_tests::process::Meshd;
+use serde_json::Value;
+
+/// How a request carries its token.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    /// `X-Consul-Token`.
+    Header(&'a str),
+    /// `Authorization: Bearer`.
+    Bearer(&'a str),
+}
+
+/// One answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
+    }
+}
+
+/// A `meshd dev` on loopback, with or without `--acl`.
+pub struct Dev {
+    meshd: Meshd,
+    pub addr: SocketAddr,
+}
+
+impl Dev {
+    pub fn start(acl: bool) -> Self {
+        let mut args = dev_args();
+        if acl {
+            args.push("--acl".into());
+        }
+        let meshd = Meshd::spawn("dev", &args).expect("meshd dev starts");
+        let addr = meshd.http_addr;
+        wait_ca(addr);
+        Self { meshd, addr }
+    }
+
+    /// `curl -X method` on `path`, with `auth` and an optional JSON `body`.
+    pub fn curl(&self, method: &str, path: &str, auth: Auth<'_>, body: Option<&str>) -> Reply {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "20",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ]);
+        match auth {
+            Auth::None => {}
+            Auth::Header(t) => {
+                cmd.args(["-H", &format!("X-Consul-Token: {t}")]);
+            }
+            Auth::Bearer(t) => {
+                cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+            }
+        }
+        if let Some(b) = body {
+            cmd.args(["--data-binary", b]);
+        }
+        cmd.arg(format!("http://{}{path}", self.addr));
+        let out = cmd.output().expect("run curl");
+        assert!(out.status.success(), "curl failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').expect("curl wrote the status line");
+        Reply {
+            status: code.trim().parse().expect("status code"),
+            body: body.to_string(),
+        }
+    }
+
+    /// [`Self::curl`], asserting a 200 and returning the JSON.
+    pub fn ok(&self, method: &str, path: &str, auth: Auth<'_>, body: Option<&str>) -> Value {
+        let r = self.curl(method, path, auth, body);
+        assert_eq!(r.status, 200, "{method} {path}: {}", r.body);
+        r.json()
+    }
+
+    /// Bootstraps ACLs; the management token's SecretID.
+    pub fn bootstrap(&self) -> String {
+        let v = self.ok("PUT", "/v1/acl/bootstrap", Auth::None, None);
+        v["SecretID"].as_str().expect("SecretID").to_string()
+    }
+
+    /// SIGTERM by PID, and a clean exit.
+    pub fn stop(mut self) {
+        assert!(self.meshd.stop(), "meshd dev exits cleanly");
+    }
+}

@@ -1,0 +1,173 @@
+//! Tokens: who may create them, `token/self`, redaction in the list, deletion, and the places a
+//! token travels in.
+
+use super::*;
+
+const ACL_READ_POLICY: &str = r#"{"Name":"acl-read","Rules":"acl = \"read\""}"#;
+
+#[test]
+fn anonymous_may_not_create_a_token_but_management_may() {
+    let dev = Dev::start(true);
+    let root = dev.bootstrap();
+
+    let r = dev.curl(
+        "PUT",
+        "/v1/acl/token",
+        Auth::None,
+        Some(r#"{"Description":"x"}"#),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(
+        r.body,
+        "Permission denied: anonymous token lacks permission 'acl:write'. The anonymous token \
+         is used implicitly when a request does not specify a token."
+    );
+
+    let t = dev.ok(
+        "PUT",
+        "/v1/acl/token",
+        Auth::Header(&root),
+        Some(r#"{"Description":"ci","ExpirationTTL":"1h"}"#),
+    );
+    let accessor = t["AccessorID"].as_str().unwrap();
+    let secret = t["SecretID"].as_str().unwrap();
+    assert_eq!(accessor.len(), 36);
+    assert_eq!(secret.len(), 36);
+    assert_ne!(accessor, secret);
+    assert!(t.get("ExpirationTTL").is_none());
+    assert!(t["ExpirationTime"].as_str().is_some(), "{t}");
+
+    // An unknown secret is not the anonymous token.
+    let r = dev.curl(
+        "GET",
+        "/v1/acl/token/self",
+        Auth::Header("6a1b7a2c-0000-4000-8000-000000000000"),
+        None,
+    );
+    assert_eq!((r.status, r.body.as_str()), (403, "ACL not found"));
+    dev.stop();
+}
+
+#[test]
+fn token_self_in_every_carrier() {
+    let dev = Dev::start(true);
+    let root = dev.bootstrap();
+    for auth in [Auth::Header(&root), Auth::Bearer(&root)] {
+        let me = dev.ok("GET", "/v1/acl/token/self", auth, None);
+        assert_eq!(me["SecretID"], root.as_str());
+        assert_eq!(me["Policies"][0]["Name"], "global-management");
+    }
+    let me = dev.ok(
+        "GET",
+        &format!("/v1/acl/token/self?token={root}"),
+        Auth::None,
+        None,
+    );
+    assert_eq!(me["SecretID"], root.as_str());
+    // The query parameter wins over the header, as in Consul.
+    let r = dev.curl(
+        "GET",
+        "/v1/acl/token/self?token=6a1b7a2c-0000-4000-8000-000000000000",
+        Auth::Header(&root),
+        None,
+    );
+    assert_eq!((r.status, r.body.as_str()), (403, "ACL not found"));
+    dev.stop();
+}
+
+#[test]
+fn list_hides_secrets_from_a_read_only_token() {
+    let dev = Dev::start(true);
+    let root = dev.bootstrap();
+    dev.ok(
+        "PUT",
+        "/v1/acl/policy",
+        Auth::Header(&root),
+        Some(ACL_READ_POLICY),
+    );
+    let reader = dev.ok(
+        "PUT",
+        "/v1/acl/token",
+        Auth::Header(&root),
+        Some(r#"{"Description":"reader","Policies":[{"Name":"acl-read"}]}"#),
+    );
+    let reader_secret = reader["SecretID"].as_str().unwrap();
+
+    let seen_by_reader = dev.ok("GET", "/v1/acl/tokens", Auth::Header(reader_secret), None);
+    let list = seen_by_reader.as_array().unwrap();
+    assert!(list.len() >= 3, "{seen_by_reader}");
+    assert!(
+        list.iter().all(|t| t["SecretID"] == "<hidden>"),
+        "{seen_by_reader}"
+    );
+    let one = dev.ok(
+        "GET",
+        &format!("/v1/acl/token/{}", reader["AccessorID"].as_str().unwrap()),
+        Auth::Header(reader_secret),
+        None,
+    );
+    assert_eq!(one["SecretID"], "<hidden>");
+
+    let seen_by_root = dev.ok("GET", "/v1/acl/tokens", Auth::Header(&root), None);
+    assert!(
+        seen_by_root
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["SecretID"] == reader_secret),
+        "{seen_by_root}"
+    );
+
+    // acl:read does not write.
+    let r = dev.curl(
+        "PUT",
+        "/v1/acl/token",
+        Auth::Header(reader_secret),
+        Some("{}"),
+    );
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(
+        r.body.contains("lacks permission 'acl:write'"),
+        "{}",
+        r.body
+    );
+    dev.stop();
+}
+
+#[test]
+fn a_deleted_token_is_acl_not_found() {
+    let dev = Dev::start(true);
+    let root = dev.bootstrap();
+    let t = dev.ok(
+        "PUT",
+        "/v1/acl/token",
+        Auth::Header(&root),
+        Some(r#"{"Description":"tmp"}"#),
+    );
+    let (accessor, secret) = (
+        t["AccessorID"].as_str().unwrap(),
+        t["SecretID"].as_str().unwrap(),
+    );
+    dev.ok("GET", "/v1/acl/token/self", Auth::Header(secret), None);
+
+    let deleted = dev.ok(
+        "DELETE",
+        &format!("/v1/acl/token/{accessor}"),
+        Auth::Header(&root),
+        None,
+    );
+    assert_eq!(deleted, serde_json::json!(true));
+    let r = dev.curl("GET", "/v1/acl/token/self", Auth::Header(secret), None);
+    assert_eq!((r.status, r.body.as_str()), (403, "ACL not found"));
+    let r = dev.curl(
+        "DELETE",
+        &format!("/v1/acl/token/{accessor}"),
+        Auth::Header(&root),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (404, "Cannot find token to delete")
+    );
+    dev.stop();
+}
