@@ -12,6 +12,7 @@
 mod t10_bootstrap;
 mod t20_tokens;
 mod t30_policies;
+mod t40_cli;
 
 use std::net::SocketAddr;
 use std::process::Command;
