@@ -53,6 +53,17 @@ pub struct Grants {
     node_identity: Vec<String>,
 }
 
+/// `read` of a policy or a role: by `--id` or `--name`.
+#[derive(Args)]
+pub struct Lookup {
+    #[arg(long, required_unless_present = "name")]
+    id: Option<String>,
+    #[arg(long, conflicts_with = "id")]
+    name: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
 /// `meshctl acl token …`.
 #[derive(Subcommand)]
 pub enum TokenCmd {
@@ -131,14 +142,7 @@ pub enum PolicyCmd {
         format: Format,
     },
     /// Read a policy by ID or name.
-    Read {
-        #[arg(long, required_unless_present = "name")]
-        id: Option<String>,
-        #[arg(long, conflicts_with = "id")]
-        name: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    Read(Lookup),
     /// List policies.
     List {
         #[arg(long, value_enum, default_value_t)]
@@ -181,14 +185,7 @@ pub enum RoleCmd {
         format: Format,
     },
     /// Read a role by ID or name.
-    Read {
-        #[arg(long, required_unless_present = "name")]
-        id: Option<String>,
-        #[arg(long, conflicts_with = "id")]
-        name: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    Read(Lookup),
     /// List roles.
     List {
         #[arg(long, value_enum, default_value_t)]
@@ -254,10 +251,7 @@ async fn token(api: &ApiClient, cmd: TokenCmd) -> Result<(), CliError> {
             let v = get(api, &path).await?;
             table::print(&v, format, token_text);
         }
-        TokenCmd::List { format } => {
-            let v = get(api, "/v1/acl/tokens").await?;
-            table::print(&v, format, |v| list_text(v, token_text));
-        }
+        TokenCmd::List { format } => list(api, "/v1/acl/tokens", format, token_text).await?,
         TokenCmd::Update {
             id,
             description,
@@ -266,15 +260,13 @@ async fn token(api: &ApiClient, cmd: TokenCmd) -> Result<(), CliError> {
             role_name,
             format,
         } => {
-            let path = format!("/v1/acl/token/{}", encode(&id));
-            let mut body = get(api, &path).await?;
-            if let Some(d) = description {
-                body["Description"] = json!(d);
-            }
-            grants.apply(&mut body)?;
-            set_links(&mut body, "Roles", &role_id, &role_name);
-            let v = put(api, &path, body).await?;
-            table::print(&v, format, token_text);
+            update(api, "token", &id, format, token_text, |body| {
+                set_some(body, "Description", description);
+                grants.apply(body)?;
+                set_links(body, "Roles", &role_id, &role_name);
+                Ok(())
+            })
+            .await?;
         }
         TokenCmd::Delete { id } => {
             delete(api, &format!("/v1/acl/token/{}", encode(&id))).await?;
@@ -302,14 +294,8 @@ async fn policy(api: &ApiClient, cmd: PolicyCmd) -> Result<(), CliError> {
             let v = put(api, "/v1/acl/policy", body).await?;
             table::print(&v, format, policy_text);
         }
-        PolicyCmd::Read { id, name, format } => {
-            let v = get(api, &by_id_or_name("policy", id, name)).await?;
-            table::print(&v, format, policy_text);
-        }
-        PolicyCmd::List { format } => {
-            let v = get(api, "/v1/acl/policies").await?;
-            table::print(&v, format, |v| list_text(v, policy_text));
-        }
+        PolicyCmd::Read(key) => read(api, "policy", key, policy_text).await?,
+        PolicyCmd::List { format } => list(api, "/v1/acl/policies", format, policy_text).await?,
         PolicyCmd::Update {
             id,
             name,
@@ -317,19 +303,14 @@ async fn policy(api: &ApiClient, cmd: PolicyCmd) -> Result<(), CliError> {
             rules,
             format,
         } => {
-            let path = format!("/v1/acl/policy/{}", encode(&id));
-            let mut body = get(api, &path).await?;
-            if let Some(n) = name {
-                body["Name"] = json!(n);
-            }
-            if let Some(d) = description {
-                body["Description"] = json!(d);
-            }
-            if let Some(r) = rules {
-                body["Rules"] = json!(rules_text(&r)?);
-            }
-            let v = put(api, &path, body).await?;
-            table::print(&v, format, policy_text);
+            let rules = rules.as_deref().map(rules_text).transpose()?;
+            update(api, "policy", &id, format, policy_text, |body| {
+                set_some(body, "Name", name);
+                set_some(body, "Description", description);
+                set_some(body, "Rules", rules);
+                Ok(())
+            })
+            .await?;
         }
         PolicyCmd::Delete { id, name } => {
             // Consul deletes by ID: a name is looked up first.
@@ -360,28 +341,19 @@ async fn role(api: &ApiClient, cmd: RoleCmd) -> Result<(), CliError> {
             let v = put(api, "/v1/acl/role", body).await?;
             table::print(&v, format, role_text);
         }
-        RoleCmd::Read { id, name, format } => {
-            let v = get(api, &by_id_or_name("role", id, name)).await?;
-            table::print(&v, format, role_text);
-        }
-        RoleCmd::List { format } => {
-            let v = get(api, "/v1/acl/roles").await?;
-            table::print(&v, format, |v| list_text(v, role_text));
-        }
+        RoleCmd::Read(key) => read(api, "role", key, role_text).await?,
+        RoleCmd::List { format } => list(api, "/v1/acl/roles", format, role_text).await?,
         RoleCmd::Update {
             id,
             description,
             grants,
             format,
         } => {
-            let path = format!("/v1/acl/role/{}", encode(&id));
-            let mut body = get(api, &path).await?;
-            if let Some(d) = description {
-                body["Description"] = json!(d);
-            }
-            grants.apply(&mut body)?;
-            let v = put(api, &path, body).await?;
-            table::print(&v, format, role_text);
+            update(api, "role", &id, format, role_text, |body| {
+                set_some(body, "Description", description);
+                grants.apply(body)
+            })
+            .await?;
         }
         RoleCmd::Delete { id } => {
             delete(api, &format!("/v1/acl/role/{}", encode(&id))).await?;
@@ -447,6 +419,54 @@ fn rules_text(arg: &str) -> Result<String, CliError> {
             .map_err(|e| CliError::Usage(format!("cannot read rules from {path:?}: {e}"))),
         None => Ok(arg.to_string()),
     }
+}
+
+/// `acl … list`: the list at `path`, each entry in `text`'s layout.
+async fn list(
+    api: &ApiClient,
+    path: &str,
+    format: Format,
+    text: fn(&Value) -> String,
+) -> Result<(), CliError> {
+    let v = get(api, path).await?;
+    table::print(&v, format, |v| list_text(v, text));
+    Ok(())
+}
+
+/// `acl … update`: reads the object, lets `change` set what the flags give, writes it back.
+async fn update(
+    api: &ApiClient,
+    kind: &str,
+    id: &str,
+    format: Format,
+    text: fn(&Value) -> String,
+    change: impl FnOnce(&mut Value) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let path = format!("/v1/acl/{kind}/{}", encode(id));
+    let mut body = get(api, &path).await?;
+    change(&mut body)?;
+    let v = put(api, &path, body).await?;
+    table::print(&v, format, text);
+    Ok(())
+}
+
+/// Sets `field` when the flag was given.
+fn set_some(body: &mut Value, field: &str, value: Option<String>) {
+    if let Some(v) = value {
+        body[field] = json!(v);
+    }
+}
+
+/// `acl policy read` / `acl role read`.
+async fn read(
+    api: &ApiClient,
+    kind: &str,
+    key: Lookup,
+    text: fn(&Value) -> String,
+) -> Result<(), CliError> {
+    let v = get(api, &by_id_or_name(kind, key.id, key.name)).await?;
+    table::print(&v, key.format, text);
+    Ok(())
 }
 
 fn by_id_or_name(kind: &str, id: Option<String>, name: Option<String>) -> String {

@@ -105,6 +105,18 @@ impl Dev {
     }
 
     /// Bootstraps ACLs; the management token's SecretID.
+    /// A `meshd dev --acl`, bootstrapped: it and the management token's SecretID.
+    pub fn bootstrapped() -> (Self, String) {
+        let dev = Self::start(true);
+        let root = dev.bootstrap();
+        (dev, root)
+    }
+
+    /// `PUT path` with a JSON `body`, which must answer 200; its JSON.
+    pub fn put(&self, path: &str, auth: Auth<'_>, body: &str) -> Value {
+        self.ok("PUT", path, auth, Some(body))
+    }
+
     pub fn bootstrap(&self) -> String {
         let v = self.ok("PUT", "/v1/acl/bootstrap", Auth::None, None);
         v["SecretID"].as_str().expect("SecretID").to_string()

@@ -7,8 +7,7 @@ const ACL_READ_POLICY: &str = r#"{"Name":"acl-read","Rules":"acl = \"read\""}"#;
 
 #[test]
 fn anonymous_may_not_create_a_token_but_management_may() {
-    let dev = Dev::start(true);
-    let root = dev.bootstrap();
+    let (dev, root) = Dev::bootstrapped();
 
     let r = dev.curl(
         "PUT",
@@ -23,11 +22,10 @@ fn anonymous_may_not_create_a_token_but_management_may() {
          is used implicitly when a request does not specify a token."
     );
 
-    let t = dev.ok(
-        "PUT",
+    let t = dev.put(
         "/v1/acl/token",
         Auth::Header(&root),
-        Some(r#"{"Description":"ci","ExpirationTTL":"1h"}"#),
+        r#"{"Description":"ci","ExpirationTTL":"1h"}"#,
     );
     let accessor = t["AccessorID"].as_str().unwrap();
     let secret = t["SecretID"].as_str().unwrap();
@@ -50,8 +48,7 @@ fn anonymous_may_not_create_a_token_but_management_may() {
 
 #[test]
 fn token_self_in_every_carrier() {
-    let dev = Dev::start(true);
-    let root = dev.bootstrap();
+    let (dev, root) = Dev::bootstrapped();
     for auth in [Auth::Header(&root), Auth::Bearer(&root)] {
         let me = dev.ok("GET", "/v1/acl/token/self", auth, None);
         assert_eq!(me["SecretID"], root.as_str());
@@ -77,19 +74,12 @@ fn token_self_in_every_carrier() {
 
 #[test]
 fn list_hides_secrets_from_a_read_only_token() {
-    let dev = Dev::start(true);
-    let root = dev.bootstrap();
-    dev.ok(
-        "PUT",
-        "/v1/acl/policy",
-        Auth::Header(&root),
-        Some(ACL_READ_POLICY),
-    );
-    let reader = dev.ok(
-        "PUT",
+    let (dev, root) = Dev::bootstrapped();
+    dev.put("/v1/acl/policy", Auth::Header(&root), ACL_READ_POLICY);
+    let reader = dev.put(
         "/v1/acl/token",
         Auth::Header(&root),
-        Some(r#"{"Description":"reader","Policies":[{"Name":"acl-read"}]}"#),
+        r#"{"Description":"reader","Policies":[{"Name":"acl-read"}]}"#,
     );
     let reader_secret = reader["SecretID"].as_str().unwrap();
 
@@ -136,13 +126,11 @@ fn list_hides_secrets_from_a_read_only_token() {
 
 #[test]
 fn a_deleted_token_is_acl_not_found() {
-    let dev = Dev::start(true);
-    let root = dev.bootstrap();
-    let t = dev.ok(
-        "PUT",
+    let (dev, root) = Dev::bootstrapped();
+    let t = dev.put(
         "/v1/acl/token",
         Auth::Header(&root),
-        Some(r#"{"Description":"tmp"}"#),
+        r#"{"Description":"tmp"}"#,
     );
     let (accessor, secret) = (
         t["AccessorID"].as_str().unwrap(),

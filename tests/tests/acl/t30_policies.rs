@@ -4,21 +4,14 @@ use super::*;
 
 #[test]
 fn policies_with_hcl_and_json_rules() {
-    let dev = Dev::start(true);
-    let root = dev.bootstrap();
+    let (dev, root) = Dev::bootstrapped();
     let auth = Auth::Header(&root);
 
-    let hcl = dev.ok(
-        "PUT",
+    let hcl = dev.put("/v1/acl/policy", auth, r#"{"Name":"web-hcl","Description":"hcl","Rules":"service \"web\" {\n  policy = \"write\"\n}\n"}"#);
+    let json = dev.put(
         "/v1/acl/policy",
         auth,
-        Some(r#"{"Name":"web-hcl","Description":"hcl","Rules":"service \"web\" {\n  policy = \"write\"\n}\n"}"#),
-    );
-    let json = dev.ok(
-        "PUT",
-        "/v1/acl/policy",
-        auth,
-        Some(r#"{"Name":"web-json","Rules":"{\"service\":{\"web\":{\"policy\":\"read\"}}}"}"#),
+        r#"{"Name":"web-json","Rules":"{\"service\":{\"web\":{\"policy\":\"read\"}}}"}"#,
     );
     assert_ne!(hcl["ID"], json["ID"]);
     assert_eq!(hcl["Name"], "web-hcl");
@@ -64,8 +57,7 @@ fn policies_with_hcl_and_json_rules() {
 
 #[test]
 fn invalid_rules_are_refused_naming_the_field() {
-    let dev = Dev::start(true);
-    let root = dev.bootstrap();
+    let (dev, root) = Dev::bootstrapped();
     let r = dev.curl(
         "PUT",
         "/v1/acl/policy",
@@ -93,20 +85,17 @@ fn invalid_rules_are_refused_naming_the_field() {
 
 #[test]
 fn roles_link_policies_and_grant_through_tokens() {
-    let dev = Dev::start(true);
-    let root = dev.bootstrap();
+    let (dev, root) = Dev::bootstrapped();
     let auth = Auth::Header(&root);
-    let policy = dev.ok(
-        "PUT",
+    let policy = dev.put(
         "/v1/acl/policy",
         auth,
-        Some(r#"{"Name":"acl-read","Rules":"acl = \"read\""}"#),
+        r#"{"Name":"acl-read","Rules":"acl = \"read\""}"#,
     );
-    let role = dev.ok(
-        "PUT",
+    let role = dev.put(
         "/v1/acl/role",
         auth,
-        Some(r#"{"Name":"auditor","Policies":[{"Name":"acl-read"}]}"#),
+        r#"{"Name":"auditor","Policies":[{"Name":"acl-read"}]}"#,
     );
     assert_eq!(role["Policies"][0]["ID"], policy["ID"]);
     assert_eq!(role["Policies"][0]["Name"], "acl-read");

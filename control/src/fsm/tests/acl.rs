@@ -11,6 +11,13 @@ use crate::acl::{
 const READ_ALL: &str = r#"service_prefix "" { policy = "read" }"#;
 
 /// A bootstrapped state (at index 1) with the bootstrap token `uuid(1)`.
+/// The command that writes `acl_policy(id, name, rules)`.
+fn policy_set(id: &str, name: &str, rules: &str) -> Command {
+    Command::AclPolicySet {
+        policy: acl_policy(id, name, rules),
+    }
+}
+
 fn bootstrapped() -> State {
     let mut state = State::default();
     apply_ok(
@@ -83,13 +90,7 @@ fn a_failed_bootstrap_seeds_nothing() {
 #[test]
 fn token_links_resolve_by_name_and_unknown_links_are_refused() {
     let mut state = bootstrapped();
-    apply_ok(
-        &mut state,
-        2,
-        Command::AclPolicySet {
-            policy: acl_policy(&uuid(50), "readers", READ_ALL),
-        },
-    );
+    apply_ok(&mut state, 2, policy_set(&uuid(50), "readers", READ_ALL));
     let mut t = acl_token(2, &[]);
     t.policies = vec![AclLink {
         id: String::new(),
@@ -127,15 +128,11 @@ fn rename_shows_in_links_and_deleted_policy_drops_out() {
         &mut state,
         2,
         [
-            Command::AclPolicySet {
-                policy: acl_policy(&uuid(50), "readers", READ_ALL),
-            },
+            policy_set(&uuid(50), "readers", READ_ALL),
             Command::AclTokenSet {
                 token: acl_token(2, &[&uuid(50)]),
             },
-            Command::AclPolicySet {
-                policy: acl_policy(&uuid(50), "viewers", READ_ALL),
-            },
+            policy_set(&uuid(50), "viewers", READ_ALL),
         ],
     );
     let view = state.acl.token_view(&state.acl.tokens[&uuid(2)]);
@@ -151,19 +148,11 @@ fn rename_shows_in_links_and_deleted_policy_drops_out() {
 #[test]
 fn policy_names_are_unique_and_rules_validated() {
     let mut state = bootstrapped();
-    apply_ok(
-        &mut state,
-        2,
-        Command::AclPolicySet {
-            policy: acl_policy(&uuid(50), "readers", READ_ALL),
-        },
-    );
+    apply_ok(&mut state, 2, policy_set(&uuid(50), "readers", READ_ALL));
     let err = assert_rejected!(
         &mut state,
         3,
-        Command::AclPolicySet {
-            policy: acl_policy(&uuid(51), "readers", READ_ALL),
-        },
+        policy_set(&uuid(51), "readers", READ_ALL),
         ApplyError::Invalid(Invalid::AclPolicyNameTaken { .. })
     );
     assert_eq!(
@@ -173,9 +162,7 @@ fn policy_names_are_unique_and_rules_validated() {
     let err = assert_rejected!(
         &mut state,
         4,
-        Command::AclPolicySet {
-            policy: acl_policy(&uuid(52), "bad", "service \"db\" {\n  polcy = \"read\"\n}"),
-        },
+        policy_set(&uuid(52), "bad", "service \"db\" {\n  polcy = \"read\"\n}"),
         ApplyError::Invalid(Invalid::Acl { .. })
     );
     assert!(err.to_string().contains("polcy"), "{err}");
@@ -189,9 +176,7 @@ fn global_management_keeps_name_rules_and_existence() {
     assert_rejected!(
         &mut fresh,
         1,
-        Command::AclPolicySet {
-            policy: acl_policy(&uuid(50), GLOBAL_MANAGEMENT_POLICY_NAME, READ_ALL),
-        },
+        policy_set(&uuid(50), GLOBAL_MANAGEMENT_POLICY_NAME, READ_ALL),
         ApplyError::Invalid(Invalid::AclPolicyNameTaken { .. })
     );
 
@@ -321,9 +306,7 @@ fn server_generated_fields_must_be_present() {
     assert_rejected!(
         &mut state,
         4,
-        Command::AclPolicySet {
-            policy: acl_policy("", "readers", READ_ALL),
-        },
+        policy_set("", "readers", READ_ALL),
         ApplyError::Invalid(Invalid::AclMissingId { .. })
     );
 }
@@ -374,9 +357,7 @@ fn roles_link_policies_and_have_unique_names() {
         &mut state,
         2,
         [
-            Command::AclPolicySet {
-                policy: acl_policy(&uuid(50), "readers", READ_ALL),
-            },
+            policy_set(&uuid(50), "readers", READ_ALL),
             Command::AclRoleSet {
                 role: acl_role(&uuid(60), "ops", &[&uuid(50), &uuid(50)]),
             },
@@ -413,13 +394,7 @@ fn roles_link_policies_and_have_unique_names() {
 #[test]
 fn acl_tables_survive_a_snapshot_and_old_snapshots_load() {
     let mut state = bootstrapped();
-    apply_ok(
-        &mut state,
-        2,
-        Command::AclPolicySet {
-            policy: acl_policy(&uuid(50), "readers", READ_ALL),
-        },
-    );
+    apply_ok(&mut state, 2, policy_set(&uuid(50), "readers", READ_ALL));
     let bytes = serde_json::to_vec(&state).unwrap();
     let back: State = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(back, state);

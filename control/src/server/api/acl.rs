@@ -18,6 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -27,7 +28,7 @@ use super::{Api, Params, Res, parse_body, read_params};
 use crate::acl::{
     self, AclLink, AclPolicy, AclRole, AclToken, AclValidationError, GLOBAL_MANAGEMENT_POLICY_ID,
 };
-use crate::fsm::{ApplyError, ApplyResult, Command, Conflict, Invalid, State};
+use crate::fsm::{AclState, ApplyError, ApplyResult, Command, Conflict, Invalid, State};
 use crate::http::ApiError;
 use crate::http::token::request_token;
 use crate::server::acl::{AclError, Caller};
@@ -366,13 +367,13 @@ pub(super) async fn token_delete(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Policies
+// Policies and roles
 // ---------------------------------------------------------------------------------------------
 
 /// A policy in `GET /v1/acl/policies`: everything but the rules, as Consul lists them.
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct PolicyStub {
+pub(super) struct PolicyStub {
     #[serde(rename = "ID")]
     id: String,
     name: String,
@@ -396,8 +397,85 @@ impl From<&AclPolicy> for PolicyStub {
     }
 }
 
-/// `PUT /v1/acl/policy` (create) and `PUT /v1/acl/policy/:id` (update).
-async fn policy_write(
+/// What the policy routes and the role routes differ in (names, validation, how the state
+/// stores and shows them, their commands); the handlers below are one set for both, so
+/// `/v1/acl/policy/*` and `/v1/acl/role/*` cannot drift apart.
+pub(super) trait AclObject: DeserializeOwned + Send + 'static {
+    /// Lower case, in paths and messages (`policy`).
+    const KIND: &'static str;
+    /// Capitalized, at the start of a message (`Policy`).
+    const TITLE: &'static str;
+    /// How one is shown (names of linked objects filled in).
+    type View: Serialize + Send + 'static;
+    /// How one is shown in the list.
+    type Stub: Serialize + Send + 'static;
+    fn id_mut(&mut self) -> &mut String;
+    fn validate(&self) -> Result<(), AclValidationError>;
+    fn get(acl: &AclState, id: &str) -> Option<Self::View>;
+    fn by_name(acl: &AclState, name: &str) -> Option<Self::View>;
+    fn list(acl: &AclState) -> Vec<Self::Stub>;
+    fn set(self) -> Command;
+    fn delete(id: String) -> Command;
+}
+
+impl AclObject for AclPolicy {
+    const KIND: &'static str = "policy";
+    const TITLE: &'static str = "Policy";
+    type View = AclPolicy;
+    type Stub = PolicyStub;
+    fn id_mut(&mut self) -> &mut String {
+        &mut self.id
+    }
+    fn validate(&self) -> Result<(), AclValidationError> {
+        acl::validate_policy(self).map(drop)
+    }
+    fn get(acl: &AclState, id: &str) -> Option<AclPolicy> {
+        acl.policies.get(id).cloned()
+    }
+    fn by_name(acl: &AclState, name: &str) -> Option<AclPolicy> {
+        acl.policy_by_name(name).cloned()
+    }
+    fn list(acl: &AclState) -> Vec<PolicyStub> {
+        acl.policies.values().map(PolicyStub::from).collect()
+    }
+    fn set(self) -> Command {
+        Command::AclPolicySet { policy: self }
+    }
+    fn delete(id: String) -> Command {
+        Command::AclPolicyDelete { id }
+    }
+}
+
+impl AclObject for AclRole {
+    const KIND: &'static str = "role";
+    const TITLE: &'static str = "Role";
+    type View = AclRole;
+    type Stub = AclRole;
+    fn id_mut(&mut self) -> &mut String {
+        &mut self.id
+    }
+    fn validate(&self) -> Result<(), AclValidationError> {
+        acl::validate_role(self)
+    }
+    fn get(acl: &AclState, id: &str) -> Option<AclRole> {
+        acl.roles.get(id).map(|r| acl.role_view(r))
+    }
+    fn by_name(acl: &AclState, name: &str) -> Option<AclRole> {
+        acl.role_by_name(name).map(|r| acl.role_view(r))
+    }
+    fn list(acl: &AclState) -> Vec<AclRole> {
+        acl.roles.values().map(|r| acl.role_view(r)).collect()
+    }
+    fn set(self) -> Command {
+        Command::AclRoleSet { role: self }
+    }
+    fn delete(id: String) -> Command {
+        Command::AclRoleDelete { id }
+    }
+}
+
+/// `PUT /v1/acl/<kind>` (create) and `PUT /v1/acl/<kind>/:id` (update).
+async fn object_write<O: AclObject>(
     srv: &Server,
     headers: &HeaderMap,
     p: &HashMap<String, String>,
@@ -405,204 +483,78 @@ async fn policy_write(
     url_id: Option<String>,
 ) -> Res {
     caller(srv, headers, p, Need::Write)?;
-    let mut policy: AclPolicy = parse_body(body)?;
-    policy.id = target_id(&policy.id, url_id.as_deref(), "policy", "Policy")?;
-    if url_id.is_some() && !srv.state.read(|s| s.acl.policies.contains_key(&policy.id)) {
+    let mut object: O = parse_body(body)?;
+    let id = target_id(object.id_mut(), url_id.as_deref(), O::KIND, O::TITLE)?;
+    if url_id.is_some() && srv.state.read(|s| O::get(&s.acl, &id)).is_none() {
         return Err(ApiError::not_found(format!(
-            "Cannot find policy {:?}",
-            policy.id
+            "Cannot find {} {id:?}",
+            O::KIND
         )));
     }
-    acl::validate_policy(&policy).map_err(invalid)?;
-    let id = policy.id.clone();
-    let result = srv.write(Command::AclPolicySet { policy }).await?;
-    written(srv, result, |s| s.acl.policies.get(&id).cloned()).await
+    object.id_mut().clone_from(&id);
+    object.validate().map_err(invalid)?;
+    let result = srv.write(object.set()).await?;
+    written(srv, result, |s| O::get(&s.acl, &id)).await
 }
 
-pub(super) async fn policy_create(
+/// `PUT /v1/acl/policy`, `PUT /v1/acl/role`.
+pub(super) async fn object_create<O: AclObject>(
     AxState(srv): Api,
     headers: HeaderMap,
     Query(p): Params,
     body: Bytes,
 ) -> Res {
-    policy_write(&srv, &headers, &p, &body, None).await
+    object_write::<O>(&srv, &headers, &p, &body, None).await
 }
 
-pub(super) async fn policy_update(
+/// `PUT /v1/acl/policy/:id`, `PUT /v1/acl/role/:id`.
+pub(super) async fn object_update<O: AclObject>(
     AxState(srv): Api,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(p): Params,
     body: Bytes,
 ) -> Res {
-    policy_write(&srv, &headers, &p, &body, Some(id)).await
+    object_write::<O>(&srv, &headers, &p, &body, Some(id)).await
 }
 
-/// `GET /v1/acl/policy/:id`.
-pub(super) async fn policy_get(
+/// `GET /v1/acl/<kind>/:id` and, with `BY_NAME`, `GET /v1/acl/<kind>/name/:name`.
+pub(super) async fn object_get<O: AclObject, const BY_NAME: bool>(
     AxState(srv): Api,
-    Path(id): Path<String>,
+    Path(key): Path<String>,
     headers: HeaderMap,
     Query(p): Params,
 ) -> Res {
     caller(&srv, &headers, &p, Need::Read)?;
     read_params(&srv, &p, acl_index, move |s| {
-        s.acl
-            .policies
-            .get(&id)
-            .cloned()
-            .ok_or_else(|| missing("policy"))
+        let found = if BY_NAME {
+            O::by_name(&s.acl, &key)
+        } else {
+            O::get(&s.acl, &key)
+        };
+        found.ok_or_else(|| missing(O::KIND))
     })
     .await
 }
 
-/// `GET /v1/acl/policy/name/:name`.
-pub(super) async fn policy_by_name(
+/// `GET /v1/acl/policies`, `GET /v1/acl/roles`.
+pub(super) async fn object_list<O: AclObject>(
     AxState(srv): Api,
-    Path(name): Path<String>,
     headers: HeaderMap,
     Query(p): Params,
 ) -> Res {
     caller(&srv, &headers, &p, Need::Read)?;
-    read_params(&srv, &p, acl_index, move |s| {
-        s.acl
-            .policy_by_name(&name)
-            .cloned()
-            .ok_or_else(|| missing("policy"))
-    })
-    .await
+    read_params(&srv, &p, acl_index, |s| Ok(O::list(&s.acl))).await
 }
 
-/// `GET /v1/acl/policies`.
-pub(super) async fn policy_list(AxState(srv): Api, headers: HeaderMap, Query(p): Params) -> Res {
-    caller(&srv, &headers, &p, Need::Read)?;
-    read_params(&srv, &p, acl_index, |s| {
-        Ok(s.acl
-            .policies
-            .values()
-            .map(PolicyStub::from)
-            .collect::<Vec<_>>())
-    })
-    .await
-}
-
-/// `DELETE /v1/acl/policy/:id`.
-pub(super) async fn policy_delete(
+/// `DELETE /v1/acl/policy/:id`, `DELETE /v1/acl/role/:id`.
+pub(super) async fn object_delete<O: AclObject>(
     AxState(srv): Api,
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(p): Params,
 ) -> Res {
     caller(&srv, &headers, &p, Need::Write)?;
-    srv.write(Command::AclPolicyDelete { id }).await?;
-    Ok(axum::Json(true).into_response())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Roles
-// ---------------------------------------------------------------------------------------------
-
-/// `PUT /v1/acl/role` (create) and `PUT /v1/acl/role/:id` (update).
-async fn role_write(
-    srv: &Server,
-    headers: &HeaderMap,
-    p: &HashMap<String, String>,
-    body: &Bytes,
-    url_id: Option<String>,
-) -> Res {
-    caller(srv, headers, p, Need::Write)?;
-    let mut role: AclRole = parse_body(body)?;
-    role.id = target_id(&role.id, url_id.as_deref(), "role", "Role")?;
-    if url_id.is_some() && !srv.state.read(|s| s.acl.roles.contains_key(&role.id)) {
-        return Err(ApiError::not_found(format!(
-            "Cannot find role {:?}",
-            role.id
-        )));
-    }
-    acl::validate_role(&role).map_err(invalid)?;
-    let id = role.id.clone();
-    let result = srv.write(Command::AclRoleSet { role }).await?;
-    written(srv, result, |s| {
-        s.acl.roles.get(&id).map(|r| s.acl.role_view(r))
-    })
-    .await
-}
-
-pub(super) async fn role_create(
-    AxState(srv): Api,
-    headers: HeaderMap,
-    Query(p): Params,
-    body: Bytes,
-) -> Res {
-    role_write(&srv, &headers, &p, &body, None).await
-}
-
-pub(super) async fn role_update(
-    AxState(srv): Api,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-    body: Bytes,
-) -> Res {
-    role_write(&srv, &headers, &p, &body, Some(id)).await
-}
-
-/// `GET /v1/acl/role/:id`.
-pub(super) async fn role_get(
-    AxState(srv): Api,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Res {
-    caller(&srv, &headers, &p, Need::Read)?;
-    read_params(&srv, &p, acl_index, move |s| {
-        s.acl
-            .roles
-            .get(&id)
-            .map(|r| s.acl.role_view(r))
-            .ok_or_else(|| missing("role"))
-    })
-    .await
-}
-
-/// `GET /v1/acl/role/name/:name`.
-pub(super) async fn role_by_name(
-    AxState(srv): Api,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Res {
-    caller(&srv, &headers, &p, Need::Read)?;
-    read_params(&srv, &p, acl_index, move |s| {
-        s.acl
-            .role_by_name(&name)
-            .map(|r| s.acl.role_view(r))
-            .ok_or_else(|| missing("role"))
-    })
-    .await
-}
-
-/// `GET /v1/acl/roles`.
-pub(super) async fn role_list(AxState(srv): Api, headers: HeaderMap, Query(p): Params) -> Res {
-    caller(&srv, &headers, &p, Need::Read)?;
-    read_params(&srv, &p, acl_index, |s| {
-        Ok(s.acl
-            .roles
-            .values()
-            .map(|r| s.acl.role_view(r))
-            .collect::<Vec<_>>())
-    })
-    .await
-}
-
-/// `DELETE /v1/acl/role/:id`.
-pub(super) async fn role_delete(
-    AxState(srv): Api,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Res {
-    caller(&srv, &headers, &p, Need::Write)?;
-    srv.write(Command::AclRoleDelete { id }).await?;
+    srv.write(O::delete(id)).await?;
     Ok(axum::Json(true).into_response())
 }

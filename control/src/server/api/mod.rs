@@ -22,6 +22,7 @@ use axum::response::Response;
 use axum::routing::{get, put};
 use serde::{Deserialize, Serialize};
 
+use crate::acl::{AclPolicy, AclRole};
 use crate::fsm::State;
 use crate::http::ApiError;
 use crate::http::blocking::{self, QueryOptions, json_with_index};
@@ -109,24 +110,30 @@ pub fn router(server: Arc<Server>) -> Router {
                 .delete(acl::token_delete),
         )
         .route("/v1/acl/tokens", get(acl::token_list))
-        .route("/v1/acl/policy", put(acl::policy_create))
-        .route("/v1/acl/policy/name/{name}", get(acl::policy_by_name))
+        .route("/v1/acl/policy", put(acl::object_create::<AclPolicy>))
+        .route(
+            "/v1/acl/policy/name/{name}",
+            get(acl::object_get::<AclPolicy, true>),
+        )
         .route(
             "/v1/acl/policy/{id}",
-            get(acl::policy_get)
-                .put(acl::policy_update)
-                .delete(acl::policy_delete),
+            get(acl::object_get::<AclPolicy, false>)
+                .put(acl::object_update::<AclPolicy>)
+                .delete(acl::object_delete::<AclPolicy>),
         )
-        .route("/v1/acl/policies", get(acl::policy_list))
-        .route("/v1/acl/role", put(acl::role_create))
-        .route("/v1/acl/role/name/{name}", get(acl::role_by_name))
+        .route("/v1/acl/policies", get(acl::object_list::<AclPolicy>))
+        .route("/v1/acl/role", put(acl::object_create::<AclRole>))
+        .route(
+            "/v1/acl/role/name/{name}",
+            get(acl::object_get::<AclRole, true>),
+        )
         .route(
             "/v1/acl/role/{id}",
-            get(acl::role_get)
-                .put(acl::role_update)
-                .delete(acl::role_delete),
+            get(acl::object_get::<AclRole, false>)
+                .put(acl::object_update::<AclRole>)
+                .delete(acl::object_delete::<AclRole>),
         )
-        .route("/v1/acl/roles", get(acl::role_list))
+        .route("/v1/acl/roles", get(acl::object_list::<AclRole>))
         .fallback(crate::http::not_found)
         .with_state(server)
 }
