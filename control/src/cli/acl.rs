@@ -53,6 +53,13 @@ pub struct Grants {
     node_identity: Vec<String>,
 }
 
+/// `list` of tokens, policies or roles: only the output format.
+#[derive(Args)]
+pub struct Listing {
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+}
+
 /// `read` of a policy or a role: by `--id` or `--name`.
 #[derive(Args)]
 pub struct Lookup {
@@ -98,10 +105,7 @@ pub enum TokenCmd {
         format: Format,
     },
     /// List tokens (SecretIDs hidden unless the caller may write ACLs).
-    List {
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    List(Listing),
     /// Update a token: the fields given replace the token's.
     Update {
         #[arg(long)]
@@ -144,10 +148,7 @@ pub enum PolicyCmd {
     /// Read a policy by ID or name.
     Read(Lookup),
     /// List policies.
-    List {
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    List(Listing),
     /// Update a policy: the fields given replace the policy's.
     Update {
         #[arg(long)]
@@ -187,10 +188,7 @@ pub enum RoleCmd {
     /// Read a role by ID or name.
     Read(Lookup),
     /// List roles.
-    List {
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-    },
+    List(Listing),
     /// Update a role: the fields given replace the role's.
     Update {
         #[arg(long)]
@@ -251,7 +249,7 @@ async fn token(api: &ApiClient, cmd: TokenCmd) -> Result<(), CliError> {
             let v = get(api, &path).await?;
             table::print(&v, format, token_text);
         }
-        TokenCmd::List { format } => list(api, "/v1/acl/tokens", format, token_text).await?,
+        TokenCmd::List(l) => list(api, "/v1/acl/tokens", l.format, token_text).await?,
         TokenCmd::Update {
             id,
             description,
@@ -295,7 +293,7 @@ async fn policy(api: &ApiClient, cmd: PolicyCmd) -> Result<(), CliError> {
             table::print(&v, format, policy_text);
         }
         PolicyCmd::Read(key) => read(api, "policy", key, policy_text).await?,
-        PolicyCmd::List { format } => list(api, "/v1/acl/policies", format, policy_text).await?,
+        PolicyCmd::List(l) => list(api, "/v1/acl/policies", l.format, policy_text).await?,
         PolicyCmd::Update {
             id,
             name,
@@ -342,7 +340,7 @@ async fn role(api: &ApiClient, cmd: RoleCmd) -> Result<(), CliError> {
             table::print(&v, format, role_text);
         }
         RoleCmd::Read(key) => read(api, "role", key, role_text).await?,
-        RoleCmd::List { format } => list(api, "/v1/acl/roles", format, role_text).await?,
+        RoleCmd::List(l) => list(api, "/v1/acl/roles", l.format, role_text).await?,
         RoleCmd::Update {
             id,
             description,
