@@ -242,6 +242,16 @@ impl PeerChain {
     }
 }
 
+/// Where a peer chain listens and connects: the app, the server side, and the client's two
+/// entries (session resumption on, off).
+#[derive(Clone, Copy)]
+struct Ports {
+    app: SocketAddr,
+    srv: u16,
+    resume: u16,
+    full: u16,
+}
+
 fn p(path: &Path) -> String {
     path.display().to_string()
 }
@@ -252,9 +262,15 @@ pub fn start(kind: Kind, dir: &Path, certs: &Certs, app: SocketAddr) -> anyhow::
         .binary()
         .with_context(|| format!("{} is not installed", kind.name()))?;
     let (srv, resume, full) = (free_port()?, free_port()?, free_port()?);
+    let ports = Ports {
+        app,
+        srv,
+        resume,
+        full,
+    };
     let (server_conf, client_conf) = match kind {
-        Kind::Stunnel => stunnel_configs(certs, app, srv, resume, full),
-        Kind::Haproxy => haproxy_configs(certs, app, srv, resume, full),
+        Kind::Stunnel => stunnel_configs(certs, ports),
+        Kind::Haproxy => haproxy_configs(certs, ports),
     };
     let name = kind.name();
     let spawn = |side: &str, conf: &str| -> anyhow::Result<Child> {
@@ -285,13 +301,9 @@ pub fn start(kind: Kind, dir: &Path, certs: &Certs, app: SocketAddr) -> anyhow::
     })
 }
 
-fn stunnel_configs(
-    c: &Certs,
-    app: SocketAddr,
-    srv: u16,
-    resume: u16,
-    full: u16,
-) -> (String, String) {
+fn stunnel_configs(c: &Certs, ports: Ports) -> (String, String) {
+    let (app, srv) = (ports.app, ports.srv);
+    let (resume, full) = (ports.resume, ports.full);
     // `debug = err`: no log line per connection. TCP_NODELAY on both sockets, as meshproxy.
     let global = "foreground = yes\npid =\nsyslog = no\ndebug = err\n\
                   socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n";
@@ -323,13 +335,9 @@ fn stunnel_configs(
     (server, client)
 }
 
-fn haproxy_configs(
-    c: &Certs,
-    app: SocketAddr,
-    srv: u16,
-    resume: u16,
-    full: u16,
-) -> (String, String) {
+fn haproxy_configs(c: &Certs, ports: Ports) -> (String, String) {
+    let (app, srv) = (ports.app, ports.srv);
+    let (resume, full) = (ports.resume, ports.full);
     let global = format!(
         "global\n  maxconn 5000\n  ssl-default-bind-ciphersuites {SUITES}\n  \
          ssl-default-server-ciphersuites {SUITES}\n  ssl-default-bind-curves {GROUPS}\n\

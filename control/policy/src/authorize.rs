@@ -161,11 +161,8 @@ mod tests {
         let other = SpiffeId::service("other.consul", "dc1", "web");
         let d = authorize(&s, "abc.consul", &other, "db", None);
         assert!(!d.allowed);
-        assert!(
-            d.reason.to_string().contains("other.consul"),
-            "{}",
-            d.reason
-        );
+        let reason = d.reason.to_string();
+        assert!(reason.contains("other.consul"), "{reason}");
     }
 
     #[test]

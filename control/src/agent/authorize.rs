@@ -80,11 +80,8 @@ mod tests {
         assert!(no.reason.contains('*'), "{}", no.reason);
         let default = decide(&v, "cache", "spiffe://td.consul/ns/default/dc/dc1/svc/web");
         assert!(!default.authorized);
-        assert!(
-            default.reason.to_lowercase().contains("default"),
-            "{}",
-            default.reason
-        );
+        let reason = default.reason.to_lowercase();
+        assert!(reason.contains("default"), "{reason}");
     }
 
     #[test]

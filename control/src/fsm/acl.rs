@@ -139,11 +139,13 @@ impl AclState {
 
     /// Checks `token` against Consul's rules and stores it; nothing changes on an error.
     fn put_token(&mut self, index: Index, mut token: AclToken) -> Result<(), Invalid> {
-        acl::validate_token(&token).map_err(|e| Invalid::Acl {
-            reason: e.to_string(),
-        })?;
-        require_id("AccessorID", &token.accessor_id)?;
-        require_id("SecretID", &token.secret_id)?;
+        checked(
+            acl::validate_token(&token),
+            &[
+                ("AccessorID", &token.accessor_id),
+                ("SecretID", &token.secret_id),
+            ],
+        )?;
         if token.expiration_ttl.is_some() {
             return Err(Invalid::AclUnconvertedTtl);
         }
@@ -245,6 +247,19 @@ fn stored_links(
     Ok(out)
 }
 
+/// The object passed `validation` (the same checks the API ran before proposing it) and has
+/// the server-generated IDs `ids` (field name, value) filled in.
+fn checked<V>(
+    validation: Result<V, acl::AclValidationError>,
+    ids: &[(&str, &str)],
+) -> Result<(), Invalid> {
+    validation.map_err(|e| Invalid::Acl {
+        reason: e.to_string(),
+    })?;
+    ids.iter()
+        .try_for_each(|(field, value)| require_id(field, value))
+}
+
 fn require_id(field: &str, value: &str) -> Result<(), Invalid> {
     if value.is_empty() {
         Err(Invalid::AclMissingId {
@@ -314,10 +329,7 @@ impl State {
         index: Index,
         mut policy: AclPolicy,
     ) -> Result<(), ApplyError> {
-        acl::validate_policy(&policy).map_err(|e| Invalid::Acl {
-            reason: e.to_string(),
-        })?;
-        require_id("ID", &policy.id)?;
+        checked(acl::validate_policy(&policy), &[("ID", &policy.id)])?;
         let name_taken = self
             .acl
             .policy_by_name(&policy.name)
@@ -370,10 +382,7 @@ impl State {
         index: Index,
         mut role: AclRole,
     ) -> Result<(), ApplyError> {
-        acl::validate_role(&role).map_err(|e| Invalid::Acl {
-            reason: e.to_string(),
-        })?;
-        require_id("ID", &role.id)?;
+        checked(acl::validate_role(&role), &[("ID", &role.id)])?;
         if self
             .acl
             .role_by_name(&role.name)

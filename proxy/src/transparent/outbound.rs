@@ -89,10 +89,9 @@ impl TransparentOutbound {
 /// [`serve::serve`]).
 pub async fn serve(listener: TcpListener, t: Arc<TransparentOutbound>, drain: drain::Watch) {
     let metrics = t.ctx.metrics.clone();
-    let name = "transparent outbound";
     serve::serve(
         listener,
-        name,
+        "transparent outbound",
         Direction::Outbound,
         metrics,
         drain,

@@ -39,6 +39,13 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Asserts the answer is `status` with a body containing `text`.
+    #[track_caller]
+    pub fn assert_refused(&self, status: u16, text: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert!(self.body.contains(text), "{text:?} not in {:?}", self.body);
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", self.body))
     }
@@ -110,6 +117,12 @@ impl Dev {
         let dev = Self::start(true);
         let root = dev.bootstrap();
         (dev, root)
+    }
+
+    /// `GET path`: the status and the body, whatever they are.
+    pub fn get(&self, path: &str, auth: Auth<'_>) -> (u16, String) {
+        let r = self.curl("GET", path, auth, None);
+        (r.status, r.body)
     }
 
     /// `PUT path` with a JSON `body`, which must answer 200; its JSON.

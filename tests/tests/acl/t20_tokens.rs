@@ -36,13 +36,13 @@ fn anonymous_may_not_create_a_token_but_management_may() {
     assert!(t["ExpirationTime"].as_str().is_some(), "{t}");
 
     // An unknown secret is not the anonymous token.
-    let r = dev.curl(
-        "GET",
-        "/v1/acl/token/self",
-        Auth::Header("6a1b7a2c-0000-4000-8000-000000000000"),
-        None,
+    assert_eq!(
+        dev.get(
+            "/v1/acl/token/self",
+            Auth::Header("6a1b7a2c-0000-4000-8000-000000000000")
+        ),
+        (403, "ACL not found".to_string())
     );
-    assert_eq!((r.status, r.body.as_str()), (403, "ACL not found"));
     dev.stop();
 }
 
@@ -62,13 +62,13 @@ fn token_self_in_every_carrier() {
     );
     assert_eq!(me["SecretID"], root.as_str());
     // The query parameter wins over the header, as in Consul.
-    let r = dev.curl(
-        "GET",
-        "/v1/acl/token/self?token=6a1b7a2c-0000-4000-8000-000000000000",
-        Auth::Header(&root),
-        None,
+    assert_eq!(
+        dev.get(
+            "/v1/acl/token/self?token=6a1b7a2c-0000-4000-8000-000000000000",
+            Auth::Header(&root)
+        ),
+        (403, "ACL not found".to_string())
     );
-    assert_eq!((r.status, r.body.as_str()), (403, "ACL not found"));
     dev.stop();
 }
 
@@ -115,12 +115,7 @@ fn list_hides_secrets_from_a_read_only_token() {
         Auth::Header(reader_secret),
         Some("{}"),
     );
-    assert_eq!(r.status, 403, "{}", r.body);
-    assert!(
-        r.body.contains("lacks permission 'acl:write'"),
-        "{}",
-        r.body
-    );
+    r.assert_refused(403, "lacks permission 'acl:write'");
     dev.stop();
 }
 

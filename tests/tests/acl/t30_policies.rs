@@ -43,8 +43,7 @@ fn policies_with_hcl_and_json_rules() {
 
     // Names are unique; the built-in cannot go.
     let r = dev.curl("PUT", "/v1/acl/policy", auth, Some(r#"{"Name":"web-hcl"}"#));
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("already exists"), "{}", r.body);
+    r.assert_refused(400, "already exists");
     let r = dev.curl(
         "DELETE",
         "/v1/acl/policy/00000000-0000-0000-0000-000000000001",
@@ -64,8 +63,7 @@ fn invalid_rules_are_refused_naming_the_field() {
         Auth::Header(&root),
         Some(r#"{"Name":"typo","Rules":"service \"db\" {\n  polcy = \"read\"\n}"}"#),
     );
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains(r#"service "db".polcy"#), "{}", r.body);
+    r.assert_refused(400, r#"service "db".polcy"#);
     assert!(r.body.contains("line 2"), "{}", r.body);
 
     let r = dev.curl(
@@ -74,8 +72,7 @@ fn invalid_rules_are_refused_naming_the_field() {
         Auth::Header(&root),
         Some(r#"{"Name":"level","Rules":"operator = \"sudo\""}"#),
     );
-    assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("operator"), "{}", r.body);
+    r.assert_refused(400, "operator");
 
     // Nothing was stored.
     let r = dev.curl("GET", "/v1/acl/policy/name/typo", Auth::Header(&root), None);

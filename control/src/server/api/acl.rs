@@ -11,7 +11,7 @@
 //! `ExpirationTime`), all carried in the command. Bodies are validated before anything is
 //! proposed; a write answers the object as stored, read back once this server applied it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -400,43 +400,60 @@ impl From<&AclPolicy> for PolicyStub {
 /// What the policy routes and the role routes differ in (names, validation, how the state
 /// stores and shows them, their commands); the handlers below are one set for both, so
 /// `/v1/acl/policy/*` and `/v1/acl/role/*` cannot drift apart.
-pub(super) trait AclObject: DeserializeOwned + Send + 'static {
+pub(super) trait AclObject: DeserializeOwned + Serialize + Send + 'static {
     /// Lower case, in paths and messages (`policy`).
     const KIND: &'static str;
     /// Capitalized, at the start of a message (`Policy`).
     const TITLE: &'static str;
-    /// How one is shown (names of linked objects filled in).
-    type View: Serialize + Send + 'static;
     /// How one is shown in the list.
     type Stub: Serialize + Send + 'static;
+    /// The table holding them, by ID.
+    fn table(acl: &AclState) -> &BTreeMap<String, Self>;
+    /// How one is shown (names of linked objects filled in).
+    fn view(&self, acl: &AclState) -> Self;
+    /// How one is shown in the list.
+    fn stub(&self, acl: &AclState) -> Self::Stub;
     fn id_mut(&mut self) -> &mut String;
+    fn name(&self) -> &str;
     fn validate(&self) -> Result<(), AclValidationError>;
-    fn get(acl: &AclState, id: &str) -> Option<Self::View>;
-    fn by_name(acl: &AclState, name: &str) -> Option<Self::View>;
-    fn list(acl: &AclState) -> Vec<Self::Stub>;
+    /// The command that stores it.
     fn set(self) -> Command;
+    /// The command that deletes the one with ID `id`.
     fn delete(id: String) -> Command;
+
+    fn get(acl: &AclState, id: &str) -> Option<Self> {
+        Self::table(acl).get(id).map(|o| o.view(acl))
+    }
+    fn by_name(acl: &AclState, name: &str) -> Option<Self> {
+        let mut all = Self::table(acl).values();
+        all.find(|o| o.name() == name).map(|o| o.view(acl))
+    }
+    fn list(acl: &AclState) -> Vec<Self::Stub> {
+        Self::table(acl).values().map(|o| o.stub(acl)).collect()
+    }
 }
 
 impl AclObject for AclPolicy {
     const KIND: &'static str = "policy";
     const TITLE: &'static str = "Policy";
-    type View = AclPolicy;
     type Stub = PolicyStub;
+    fn table(acl: &AclState) -> &BTreeMap<String, Self> {
+        &acl.policies
+    }
+    fn view(&self, _: &AclState) -> Self {
+        self.clone()
+    }
+    fn stub(&self, _: &AclState) -> PolicyStub {
+        PolicyStub::from(self)
+    }
     fn id_mut(&mut self) -> &mut String {
         &mut self.id
     }
+    fn name(&self) -> &str {
+        &self.name
+    }
     fn validate(&self) -> Result<(), AclValidationError> {
         acl::validate_policy(self).map(drop)
-    }
-    fn get(acl: &AclState, id: &str) -> Option<AclPolicy> {
-        acl.policies.get(id).cloned()
-    }
-    fn by_name(acl: &AclState, name: &str) -> Option<AclPolicy> {
-        acl.policy_by_name(name).cloned()
-    }
-    fn list(acl: &AclState) -> Vec<PolicyStub> {
-        acl.policies.values().map(PolicyStub::from).collect()
     }
     fn set(self) -> Command {
         Command::AclPolicySet { policy: self }
@@ -446,25 +463,28 @@ impl AclObject for AclPolicy {
     }
 }
 
+/// A role is listed as it is shown.
 impl AclObject for AclRole {
     const KIND: &'static str = "role";
     const TITLE: &'static str = "Role";
-    type View = AclRole;
     type Stub = AclRole;
+    fn table(acl: &AclState) -> &BTreeMap<String, Self> {
+        &acl.roles
+    }
+    fn view(&self, acl: &AclState) -> Self {
+        acl.role_view(self)
+    }
+    fn stub(&self, acl: &AclState) -> AclRole {
+        acl.role_view(self)
+    }
     fn id_mut(&mut self) -> &mut String {
         &mut self.id
     }
+    fn name(&self) -> &str {
+        &self.name
+    }
     fn validate(&self) -> Result<(), AclValidationError> {
         acl::validate_role(self)
-    }
-    fn get(acl: &AclState, id: &str) -> Option<AclRole> {
-        acl.roles.get(id).map(|r| acl.role_view(r))
-    }
-    fn by_name(acl: &AclState, name: &str) -> Option<AclRole> {
-        acl.role_by_name(name).map(|r| acl.role_view(r))
-    }
-    fn list(acl: &AclState) -> Vec<AclRole> {
-        acl.roles.values().map(|r| acl.role_view(r)).collect()
     }
     fn set(self) -> Command {
         Command::AclRoleSet { role: self }

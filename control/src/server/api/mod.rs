@@ -110,30 +110,8 @@ pub fn router(server: Arc<Server>) -> Router {
                 .delete(acl::token_delete),
         )
         .route("/v1/acl/tokens", get(acl::token_list))
-        .route("/v1/acl/policy", put(acl::object_create::<AclPolicy>))
-        .route(
-            "/v1/acl/policy/name/{name}",
-            get(acl::object_get::<AclPolicy, true>),
-        )
-        .route(
-            "/v1/acl/policy/{id}",
-            get(acl::object_get::<AclPolicy, false>)
-                .put(acl::object_update::<AclPolicy>)
-                .delete(acl::object_delete::<AclPolicy>),
-        )
-        .route("/v1/acl/policies", get(acl::object_list::<AclPolicy>))
-        .route("/v1/acl/role", put(acl::object_create::<AclRole>))
-        .route(
-            "/v1/acl/role/name/{name}",
-            get(acl::object_get::<AclRole, true>),
-        )
-        .route(
-            "/v1/acl/role/{id}",
-            get(acl::object_get::<AclRole, false>)
-                .put(acl::object_update::<AclRole>)
-                .delete(acl::object_delete::<AclRole>),
-        )
-        .route("/v1/acl/roles", get(acl::object_list::<AclRole>))
+        .merge(acl_object_routes::<AclPolicy>("policies"))
+        .merge(acl_object_routes::<AclRole>("roles"))
         .fallback(crate::http::not_found)
         .with_state(server)
 }
@@ -166,6 +144,25 @@ where
 }
 
 /// [`read`] with the query options as the request gave them in `p` (the common case).
+/// The routes of one kind of ACL object (`policy` or `role`): create, read by ID or name,
+/// update, delete and the list at `/v1/acl/<plural>`.
+fn acl_object_routes<O: acl::AclObject>(plural: &str) -> Router<Arc<Server>> {
+    let one = format!("/v1/acl/{}", O::KIND);
+    Router::new()
+        .route(&one, put(acl::object_create::<O>))
+        .route(
+            &format!("{one}/name/{{name}}"),
+            get(acl::object_get::<O, true>),
+        )
+        .route(
+            &format!("{one}/{{id}}"),
+            get(acl::object_get::<O, false>)
+                .put(acl::object_update::<O>)
+                .delete(acl::object_delete::<O>),
+        )
+        .route(&format!("/v1/acl/{plural}"), get(acl::object_list::<O>))
+}
+
 async fn read_params<T, I, R>(
     srv: &Server,
     p: &HashMap<String, String>,
