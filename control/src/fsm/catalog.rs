@@ -2,6 +2,8 @@
 //! with health: the catalog's part of `State`, apart from the other tables so each table's
 //! rules read in one place.
 
+use std::collections::BTreeMap;
+
 use super::command::{ApplyError, Invalid, NotFound};
 use super::state::State;
 use crate::model::{HealthCheck, HealthStatus, Index, Node, ServiceInstance};
@@ -176,12 +178,7 @@ impl State {
                 }
             }
             (Some(sid), _) => {
-                let removed = self
-                    .services
-                    .get_mut(node)
-                    .and_then(|m| m.remove(&sid))
-                    .is_some();
-                if !removed {
+                if !remove_on_node(&mut self.services, node, &sid) {
                     return Err(NotFound::Service {
                         node: node.to_string(),
                         service_id: sid,
@@ -198,12 +195,7 @@ impl State {
                 }
             }
             (None, Some(cid)) => {
-                let removed = self
-                    .checks
-                    .get_mut(node)
-                    .and_then(|m| m.remove(&cid))
-                    .is_some();
-                if !removed {
+                if !remove_on_node(&mut self.checks, node, &cid) {
                     return Err(NotFound::Check {
                         node: node.to_string(),
                         check_id: cid,
@@ -277,6 +269,15 @@ impl State {
             .max(self.tables.services)
             .max(self.tables.checks)
     }
+}
+
+/// Removes `id` from `node`'s entries of a per-node table; whether it was there.
+fn remove_on_node<V>(
+    table: &mut BTreeMap<String, BTreeMap<String, V>>,
+    node: &str,
+    id: &str,
+) -> bool {
+    table.get_mut(node).and_then(|m| m.remove(id)).is_some()
 }
 
 fn same_node(a: &Node, b: &Node) -> bool {

@@ -7,6 +7,7 @@
 //! snapshots by serializing `State`; this module is unit-tested alone.
 
 mod acl;
+mod acl_state;
 mod ca;
 mod catalog;
 mod command;
@@ -14,7 +15,7 @@ mod config_entries;
 mod intentions;
 mod state;
 
-pub use acl::{AclState, anonymous_token};
+pub use acl_state::{AclState, anonymous_token};
 pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
 pub use state::{CaState, State, TableIndexes};

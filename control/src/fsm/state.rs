@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::acl::AclState;
+use super::acl_state::AclState;
 use super::command::{ApplyError, ApplyResult, Command};
 use crate::ca::StoredRoot;
 use crate::config_entries::{IntentionEntryMeta, MeshConfig, ServiceDefaults};

@@ -66,6 +66,12 @@ struct Stats {
 }
 
 impl Stats {
+    /// Counts one failure in `counter` and keeps its description.
+    fn failed(&self, counter: &AtomicU64, e: String) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.error(e);
+    }
+
     fn error(&self, e: String) {
         let mut errs = self.errors.lock().unwrap();
         if errs.len() < 20 {
@@ -108,8 +114,7 @@ fn new_connections(worker: u64, upstream: SocketAddr, stats: Arc<Stats>) -> Join
                     ));
                 }
                 Err(e) => {
-                    stats.conns_failed.fetch_add(1, Ordering::SeqCst);
-                    stats.error(format!("connection {worker}/{k}: {e}"));
+                    stats.failed(&stats.conns_failed, format!("connection {worker}/{k}: {e}"));
                 }
             }
             let k32 = u32::try_from(k + 1).unwrap_or(u32::MAX);
@@ -122,8 +127,10 @@ fn new_connections(worker: u64, upstream: SocketAddr, stats: Arc<Stats>) -> Join
 fn long_lived(i: usize, upstream: SocketAddr, stats: Arc<Stats>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let fail = |what: String| {
-            stats.long_failed.fetch_add(1, Ordering::SeqCst);
-            stats.error(format!("long-lived connection {i}: {what}"));
+            stats.failed(
+                &stats.long_failed,
+                format!("long-lived connection {i}: {what}"),
+            );
         };
         let mut s = match TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) {
             Ok(s) => s,
@@ -222,24 +229,32 @@ fn monitor(server: SocketAddr, stats: Arc<Stats>) -> JoinHandle<()> {
             match catalog_ids(server) {
                 Ok(ids) if ids == want => {}
                 Ok(ids) => {
-                    stats.catalog_gaps.fetch_add(1, Ordering::SeqCst);
-                    stats.error(format!("poll {k}: catalog of {NODE} is {ids:?}"));
+                    stats.failed(
+                        &stats.catalog_gaps,
+                        format!("poll {k}: catalog of {NODE} is {ids:?}"),
+                    );
                 }
                 Err(e) => {
-                    stats.poll_errors.fetch_add(1, Ordering::SeqCst);
-                    stats.error(format!("poll {k}: catalog read failed: {e}"));
+                    stats.failed(
+                        &stats.poll_errors,
+                        format!("poll {k}: catalog read failed: {e}"),
+                    );
                 }
             }
             for svc in SERVICES {
                 match passing_on_node(server, svc) {
                     Ok(true) => {}
                     Ok(false) => {
-                        stats.health_gaps.fetch_add(1, Ordering::SeqCst);
-                        stats.error(format!("poll {k}: {svc} not in ?passing"));
+                        stats.failed(
+                            &stats.health_gaps,
+                            format!("poll {k}: {svc} not in ?passing"),
+                        );
                     }
                     Err(e) => {
-                        stats.poll_errors.fetch_add(1, Ordering::SeqCst);
-                        stats.error(format!("poll {k}: health read of {svc} failed: {e}"));
+                        stats.failed(
+                            &stats.poll_errors,
+                            format!("poll {k}: health read of {svc} failed: {e}"),
+                        );
                     }
                 }
             }
