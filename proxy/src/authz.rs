@@ -369,22 +369,22 @@ impl Policy {
                 destination: destination.to_string(),
                 source,
             })?;
-        let td = if b.trust_domain.is_empty() {
+        let (set, own) = b.into_parts();
+        let td = if own.is_empty() {
             fallback_trust_domain
         } else {
-            &b.trust_domain
+            &own
         };
         if td.is_empty() {
             return Err(AuthzError::NoTrustDomain {
                 destination: destination.to_string(),
             });
         }
-        Ok(Self::new(
+        Ok(Self::with_rules(
             destination,
             td,
             index,
-            b.intentions,
-            b.default_policy,
+            Rules::Intentions(set),
         ))
     }
 

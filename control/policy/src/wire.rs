@@ -62,9 +62,10 @@ impl IntentionsSnapshot {
         }
     }
 
-    /// The indexed set the decider reads.
-    pub fn into_set(self) -> IntentionSet {
-        IntentionSet::new(self.intentions, self.default_policy)
+    /// The indexed set the decider reads, and the trust domain it is enforced under.
+    pub fn into_parts(self) -> (IntentionSet, String) {
+        let set = IntentionSet::new(self.intentions, self.default_policy);
+        (set, self.trust_domain)
     }
 }
 

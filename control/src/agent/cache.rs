@@ -361,13 +361,13 @@ fn decode(kind: Kind, json: &[u8]) -> Result<Value, DecodeError> {
     Ok(match kind {
         Kind::Roots => Value::Roots(Arc::new(serde_json::from_slice(json)?)),
         Kind::Intentions => {
-            let mut b: IntentionsSnapshot = serde_json::from_slice(json)?;
+            let b: IntentionsSnapshot = serde_json::from_slice(json)?;
             if b.trust_domain.is_empty() {
                 return Err(DecodeError::NoTrustDomain);
             }
-            let trust_domain = std::mem::take(&mut b.trust_domain);
+            let (set, trust_domain) = b.into_parts();
             Value::Intentions(Arc::new(IntentionView {
-                set: b.into_set(),
+                set,
                 trust_domain,
                 raw: Bytes::copy_from_slice(json),
             }))

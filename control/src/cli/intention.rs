@@ -354,13 +354,12 @@ async fn check_http(
     };
     let path = format!("/v1/agent/connect/intentions/{}", encode(destination));
     let body = api.call(http::Method::GET, &path, None).await?;
-    let mut feed: crate::wire::IntentionsSnapshot =
+    let feed: crate::wire::IntentionsSnapshot =
         serde_json::from_slice(&body).map_err(|e| CliError::Decode {
             path: path.clone(),
             message: e.to_string(),
         })?;
-    let trust_domain = std::mem::take(&mut feed.trust_domain);
-    let set = feed.into_set();
+    let (set, trust_domain) = feed.into_parts();
     // The one decider the proxy runs, for a caller of this mesh's trust domain (the
     // datacenter is not part of any decision).
     let peer = crate::spiffe::SpiffeId::service(&trust_domain, "dc1", source);
