@@ -13,6 +13,14 @@ use axum::http::HeaderMap;
 /// Consul's token header.
 pub const TOKEN_HEADER: &str = "X-Consul-Token";
 
+/// The gRPC metadata key an agent puts the caller's token in (its own agent token for its own
+/// work: anti-entropy, watches).
+pub const GRPC_TOKEN_METADATA: &str = "x-consul-token";
+
+/// The gRPC metadata key of the servers' internal secret (`Cluster.*` between servers, never a
+/// client token).
+pub const GRPC_SERVER_SECRET_METADATA: &str = "x-mesh-server-secret";
+
 /// The token the request carries, or `None` (the request acts as the anonymous token). An
 /// empty value counts as none, as in Consul.
 pub fn request_token<'a>(

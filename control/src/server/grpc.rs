@@ -495,6 +495,13 @@ impl Catalog for CatalogApi {
         }))
     }
 
+    async fn resolve_token(
+        &self,
+        _req: Request<ResolveTokenRequest>,
+    ) -> Result<Response<ResolveTokenReply>, Status> {
+        Err(Status::unimplemented("ResolveToken is being built"))
+    }
+
     async fn http(&self, req: Request<HttpRequest>) -> Result<Response<HttpReply>, Status> {
         Ok(Response::new(
             super::api::forwarded::handle(&self.0, req.into_inner()).await,

@@ -12,6 +12,7 @@ pub fn index(s: &State, t: &Topic) -> u64 {
         TopicKind::TopicRoots => s.tables.roots,
         TopicKind::TopicIntentions => s.tables.intentions.max(s.tables.config),
         TopicKind::TopicHealth => s.health_index(),
+        TopicKind::TopicAcl => s.tables.acl,
     }
     .max(1)
 }
@@ -24,7 +25,7 @@ pub fn index(s: &State, t: &Topic) -> u64 {
 pub fn ready(s: &State, t: &Topic) -> bool {
     match t.kind() {
         TopicKind::TopicIntentions => !s.ca.trust_domain.is_empty(),
-        TopicKind::TopicRoots | TopicKind::TopicHealth => true,
+        TopicKind::TopicRoots | TopicKind::TopicHealth | TopicKind::TopicAcl => true,
     }
 }
 
@@ -41,5 +42,7 @@ pub fn render(s: &State, t: &Topic) -> serde_json::Result<Vec<u8>> {
         TopicKind::TopicHealth => {
             serde_json::to_vec(&s.health_entries(&t.name, true, t.passing_only))
         }
+        // Only the index matters (it moves on every ACL write); the body says which one.
+        TopicKind::TopicAcl => serde_json::to_vec(&serde_json::json!({ "Index": s.tables.acl })),
     }
 }

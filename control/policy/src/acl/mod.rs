@@ -35,7 +35,7 @@ pub use model::{
     AclRole, AclServiceIdentity, AclToken, GLOBAL_MANAGEMENT_POLICY_ID,
     GLOBAL_MANAGEMENT_POLICY_NAME, GLOBAL_MANAGEMENT_RULES, global_management_policy,
 };
-pub use resolve::AclIndex;
+pub use resolve::{AclIndex, ResolvedToken};
 pub use rules::{AccessLevel, Rules, RulesError, ServiceRule};
 pub use validate::{
     AclValidationError, MAX_IDENTITY_NAME_LEN, MAX_POLICY_NAME_LEN, MAX_ROLE_NAME_LEN, is_rfc3339,

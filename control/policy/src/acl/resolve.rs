@@ -135,3 +135,39 @@ impl AclIndex {
         )
     }
 }
+
+/// A token as a server resolved it for an agent (`Catalog.ResolveToken`): everything the agent
+/// needs to compile the same [`Authorizer`] the server would, without the secret and without
+/// the rest of the ACL tables.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ResolvedToken {
+    /// Whether ACLs are enabled on the server; when not, nothing is enforced.
+    pub enabled: bool,
+    /// The token, its `SecretID` blanked.
+    pub token: AclToken,
+    /// The policies the token links, directly or through its roles.
+    pub policies: Vec<AclPolicy>,
+    /// The roles the token links.
+    pub roles: Vec<AclRole>,
+    /// What the token's rules leave undecided (the server's `acl.default_policy`).
+    pub default_policy: DefaultPolicy,
+    /// The ACL tables' index the answer was read at.
+    pub acl_index: u64,
+}
+
+impl ResolvedToken {
+    /// The [`Authorizer`] of this token in `datacenter`. A policy whose rules no longer parse
+    /// grants nothing (as on the server).
+    pub fn authorizer(&self, datacenter: &str) -> Authorizer {
+        let mut index = AclIndex::new();
+        for p in &self.policies {
+            // Ignored on purpose: an unparsable stored policy grants nothing.
+            let _ = index.insert_policy(p.clone());
+        }
+        for r in &self.roles {
+            index.insert_role(r.clone());
+        }
+        index.authorizer(&self.token, datacenter, self.default_policy)
+    }
+}
