@@ -58,6 +58,20 @@ pub struct AgentConfig {
     /// Where local services and checks are kept across restarts (`persist`); `None` keeps
     /// them in memory only (in-process tests, benchmarks). `meshd agent` requires one.
     pub data_dir: Option<PathBuf>,
+    /// Set only for the agent a server embeds: where it reads the servers' internal secret,
+    /// which it presents instead of an agent token (it runs in the server's process).
+    pub server_secret: Option<ServerSecretSource>,
+}
+
+/// Reads the servers' internal secret for an embedded agent (`None` until the cluster has
+/// replicated one). The secret is never printed: `Debug` shows only that a source is set.
+#[derive(Clone)]
+pub struct ServerSecretSource(pub Arc<dyn Fn() -> Option<String> + Send + Sync>);
+
+impl std::fmt::Debug for ServerSecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerSecretSource(..)")
+    }
 }
 
 impl AgentConfig {
@@ -74,6 +88,7 @@ impl AgentConfig {
             sync_interval: Duration::from_secs(60),
             checks: checks::RunnerConfig::default(),
             data_dir: None,
+            server_secret: None,
         }
     }
 }
