@@ -247,6 +247,9 @@ pub fn spawn_agent(name: &str, servers: &[SocketAddr], data_dir: &Path, extra: &
 }
 
 /// Arguments of `meshd server` for one member of a cluster on fixed loopback ports.
+///
+/// With `--acl-disabled`: these clusters test replication, failover and the agents, not ACLs
+/// (the `acl` suite tests a server with ACLs on, as `meshd server` runs by default).
 pub fn server_args(
     name: &str,
     data_dir: &Path,
@@ -267,6 +270,7 @@ pub fn server_args(
         format!("127.0.0.1:{http}"),
         "--bootstrap-expect".into(),
         expect.to_string(),
+        "--acl-disabled".into(),
     ];
     for p in join {
         a.push("--join".into());

@@ -90,6 +90,10 @@ struct ServerArgs {
     /// Re-issue the embedded agent's leaves within this window after a CA root rotation.
     #[arg(long, default_value = "30s", value_parser = duration)]
     leaf_rotation_jitter: std::time::Duration,
+    /// Run without ACLs: any process that reaches the HTTP or gRPC port may then mint any
+    /// service's certificate and change any intention. Prints a warning at start.
+    #[arg(long, conflicts_with = "acl")]
+    acl_disabled: bool,
     #[command(flatten)]
     acl: AclArgs,
 }
@@ -112,23 +116,43 @@ struct DevArgs {
     acl: AclArgs,
 }
 
-/// ACL flags of `meshd server` and `meshd dev`.
+/// ACL flags of `meshd server` and `meshd dev`. A server enforces ACLs unless told
+/// `--acl-disabled`; `meshd dev` only with `--acl` (as Consul's dev agent), so the demo stays
+/// two commands.
 #[derive(clap::Args)]
 struct AclArgs {
-    /// Enable ACLs (for now only the `/v1/acl/*` API is enforced).
+    /// Enforce ACLs (the default for `meshd server`; opt-in for `meshd dev`).
     #[arg(long)]
     acl: bool,
-    /// What a token's rules leave undecided: allow or deny.
+    /// What a token's rules leave undecided: allow or deny. `allow` prints a warning at start.
     #[arg(long, default_value = "deny", value_parser = default_policy)]
     acl_default_policy: DefaultPolicy,
 }
 
 impl AclArgs {
-    fn config(&self) -> AclConfig {
+    fn config(&self, enabled: bool) -> AclConfig {
         AclConfig {
-            enabled: self.acl,
+            enabled,
             default_policy: self.acl_default_policy,
         }
+    }
+}
+
+/// Says loudly, at start, when this server protects less than its default would.
+fn warn_weak_acl(acl: &AclConfig, dev: bool) {
+    if !acl.enabled {
+        if !dev {
+            tracing::warn!(
+                "ACLs are DISABLED (--acl-disabled): any process that reaches this server's \
+                 HTTP or gRPC port can obtain any service's certificate and key, change \
+                 intentions, rotate the CA and remove servers"
+            );
+        }
+    } else if acl.default_policy == DefaultPolicy::Allow {
+        tracing::warn!(
+            "ACL default policy is ALLOW (--acl-default-policy allow): requests without a \
+             token, and anything a token's rules do not mention, are allowed"
+        );
     }
 }
 
@@ -198,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
             c.datacenter = a.datacenter;
             c.snapshot_threshold = a.snapshot_threshold;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
-            c.acl = a.acl.config();
+            c.acl = a.acl.config(!a.acl_disabled);
             (c, None)
         }
         Cmd::Dev(a) => {
@@ -217,7 +241,7 @@ async fn main() -> anyhow::Result<()> {
             c.http_addr = a.http_addr;
             c.bootstrap_expect = 1;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
-            c.acl = a.acl.config();
+            c.acl = a.acl.config(a.acl.acl);
             // A single node has nobody to wait for: elect at once.
             c.election_timeout_min = std::time::Duration::from_millis(150);
             c.election_timeout_max = std::time::Duration::from_millis(300);
@@ -225,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
             (c, tmp)
         }
     };
+    warn_weak_acl(&config.acl, dev);
     let name = config.node.clone();
     let handle = Server::start(config)
         .await

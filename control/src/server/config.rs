@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::intentions::DefaultPolicy;
 
-/// ACL settings (`--acl`, `--acl-default-policy`). Off by default while enforcement is being
-/// built: with ACLs off the `/v1/acl/*` routes answer Consul's 401 `ACL support disabled`.
+/// ACL settings. `meshd server` turns them on unless `--acl-disabled`; `meshd dev` only with
+/// `--acl`. Off in `Default` (in-process tests and benches choose). With ACLs off nothing is
+/// enforced and the `/v1/acl/*` routes answer Consul's 401 `ACL support disabled`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AclConfig {
     pub enabled: bool,
