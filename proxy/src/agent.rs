@@ -63,6 +63,10 @@ pub enum AgentError {
         index: u64,
         body: String,
     },
+    /// 403: the proxy's token (`--token`) lacks a permission, or names no token. Not retried:
+    /// waiting does not grant a permission.
+    #[error("agent refused {path} (HTTP 403): {body}")]
+    Forbidden { path: String, body: String },
     #[error("agent answered {path} with HTTP {status}: {body}")]
     Status {
         path: String,
@@ -190,6 +194,12 @@ impl AgentClient {
                     body: String::from_utf8_lossy(&body).trim().to_string(),
                 });
             }
+            if status == http::StatusCode::FORBIDDEN {
+                return Err(AgentError::Forbidden {
+                    path: path.to_string(),
+                    body: String::from_utf8_lossy(&body).trim().to_string(),
+                });
+            }
             if !status.is_success() {
                 return Err(AgentError::Status {
                     path: path.to_string(),
@@ -228,6 +238,7 @@ impl AgentClient {
         for attempt in 1..=attempts.max(1) {
             match self.get(path, 0).await {
                 Ok(a) => return Ok(a),
+                Err(e @ AgentError::Forbidden { .. }) => return Err(e),
                 Err(e) => {
                     tracing::debug!(path, attempt, error = %e, "agent request failed; retrying");
                     last = Some(e);

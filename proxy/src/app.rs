@@ -59,6 +59,9 @@ pub enum AppError {
     Transparent(#[from] crate::transparent::TransparentError),
     #[error("a control task stopped unexpectedly")]
     Join(#[source] tokio::task::JoinError),
+    /// The agent refused this service's leaf certificate to the proxy's token.
+    #[error("the proxy's ACL token (--token) may not get {service:?}'s certificate: {reason}")]
+    LeafRefused { service: String, reason: String },
 }
 
 /// An upstream listener to open.
@@ -232,6 +235,32 @@ struct Watches {
     local_app: watch::Receiver<Option<Arc<LocalApp>>>,
 }
 
+/// How long the start-up leaf check waits for the agent before leaving it to the leaf watch.
+const LEAF_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fails the start when the agent refuses `service`'s leaf to this proxy's token (it lacks
+/// `service:write` on it): such a proxy could never serve, and retrying does not grant a
+/// permission. Any other failure (agent slow, CA not ready) is left to the leaf watch, which
+/// retries.
+async fn check_leaf_allowed(
+    control: &tokio::runtime::Runtime,
+    client: &AgentClient,
+    service: &str,
+) -> Result<(), AppError> {
+    let (c, path) = (client.clone(), format!("/v1/agent/connect/ca/leaf/{service}"));
+    let answer = control
+        .spawn(async move { tokio::time::timeout(LEAF_CHECK_TIMEOUT, c.get(&path, 0)).await })
+        .await
+        .map_err(AppError::Join)?;
+    match answer {
+        Ok(Err(AgentError::Forbidden { body, .. })) => Err(AppError::LeafRefused {
+            service: service.to_string(),
+            reason: body,
+        }),
+        _ => Ok(()),
+    }
+}
+
 async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
     let control = shared.control;
     // Transparent mode's preflight comes first: a bad environment is refused before anything
@@ -255,6 +284,7 @@ async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
             .map_err(AppError::Sidecar)?
     };
     let destination = sidecar.destination().to_string();
+    check_leaf_allowed(control, &client, &destination).await?;
     let plans = plan_upstreams(&sidecar, &config)?;
     tracing::info!(
         sidecar = %sidecar.id, service = %destination, port = sidecar.port,

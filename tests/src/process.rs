@@ -103,6 +103,13 @@ impl OwnedChild {
         self.0.as_ref().expect("running").id()
     }
 
+    /// Waits up to `within` for the process to exit on its own; its status, or `None` if it is
+    /// still running (it is then left running).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let c = self.0.as_mut().expect("running");
+        eventually("the process to exit", within, || c.try_wait().ok().flatten()).ok()
+    }
+
     /// Sends `signal` (`TERM`, `KILL`, ...) by PID and waits up to `within` for the exit. On
     /// a timeout the process is killed and reaped, and the error says what was awaited.
     pub fn stop(&mut self, signal: &str, within: Duration) -> anyhow::Result<ExitStatus> {

@@ -223,6 +223,11 @@ impl Proxy {
             .sum()
     }
 
+    /// Waits up to `within` for the proxy to exit by itself (a start-up refusal).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.child.wait_exit(within)
+    }
+
     /// SIGTERM and wait (bounded) for the exit; returns whether it exited 0 and how long it took.
     pub fn terminate(&mut self, within: Duration) -> (bool, Duration) {
         let started = std::time::Instant::now();

@@ -13,6 +13,7 @@ mod t10_bootstrap;
 mod t20_tokens;
 mod t30_policies;
 mod t40_cli;
+mod t80_proxy;
 
 use std::net::SocketAddr;
 use std::process::Command;
