@@ -7,6 +7,7 @@
 //! `server` or `agent`: each converts its own errors into [`ApiError`] where it owns them.
 
 pub mod blocking;
+pub mod decode;
 pub mod token;
 
 use axum::http::StatusCode;

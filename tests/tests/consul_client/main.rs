@@ -7,6 +7,11 @@
 //! authorize, and runs blocking `health.connect` queries (woken by a registration change, and
 //! returning at the deadline when nothing changes). Needs `python3` with `venv`, and PyPI (or a
 //! mirror via `PIP_INDEX_URL`) the first time.
+//!
+//! `tests/py/consul_acl_test.py` does ACL work with the same client against `meshd dev --acl`
+//! (issue 12): bootstrap, a policy and a token through py-consul's ACL API, then that token
+//! used for registration and leaves (allowed for its service, refused for another), and
+//! revoked.
 
 use std::process::Command;
 use std::time::Duration;
@@ -17,14 +22,16 @@ use mesh_tests::python::{self, run_bounded};
 /// The whole script takes a few seconds; this only bounds a hang.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
-#[test]
-fn py_consul_against_meshd_dev() {
+/// Runs `meshd dev` with `extra` flags and the py-consul script `script` against it; fails
+/// with the script's output unless it exits 0.
+fn run_script(script: &str, extra: &[&str]) {
     // The venv first: a cold pip install can take a while and needs no server.
     let py = python::python();
 
     let args: Vec<String> = ["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"]
-        .into_iter()
-        .map(String::from)
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
         .collect();
     let meshd = Meshd::spawn("dev", &args).expect("starting meshd dev");
     let addr = meshd.http_addr;
@@ -43,7 +50,7 @@ fn py_consul_against_meshd_dev() {
     )
     .expect("meshd dev ready");
 
-    let script = python::py_dir().join("consul_client_test.py");
+    let script = python::py_dir().join(script);
     let out = run_bounded(
         Command::new(&py)
             .arg(&script)
@@ -63,11 +70,22 @@ fn py_consul_against_meshd_dev() {
     .expect("running the py-consul script");
     assert!(
         out.success(),
-        "py-consul script against meshd dev at {addr} failed ({}) after {:.1?}\n{}",
+        "py-consul script {} against meshd dev at {addr} failed ({}) after {:.1?}\n{}",
+        script.display(),
         out.describe(),
         out.elapsed,
         out.text()
     );
     println!("{}", out.stdout);
     drop(meshd);
+}
+
+#[test]
+fn py_consul_against_meshd_dev() {
+    run_script("consul_client_test.py", &[]);
+}
+
+#[test]
+fn py_consul_acl_against_meshd_dev_acl() {
+    run_script("consul_acl_test.py", &["--acl"]);
 }

@@ -20,7 +20,7 @@ use axum::body::Bytes;
 use axum::extract::{Query, State as AxState};
 use axum::response::Response;
 use axum::routing::{get, put};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::acl::{AclPolicy, AclRole};
 use crate::fsm::State;
@@ -116,8 +116,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
+/// A JSON body as Consul decodes it (keys matched to fields ignoring case, `http::decode`).
+fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    crate::http::decode::json_body(body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
 }
 
@@ -143,7 +144,6 @@ where
     Ok(json_with_index(index, &body))
 }
 
-/// [`read`] with the query options as the request gave them in `p` (the common case).
 /// The routes of one kind of ACL object (`policy` or `role`): create, read by ID or name,
 /// update, delete and the list at `/v1/acl/<plural>`.
 fn acl_object_routes<O: acl::AclObject>(plural: &str) -> Router<Arc<Server>> {
@@ -163,6 +163,7 @@ fn acl_object_routes<O: acl::AclObject>(plural: &str) -> Router<Arc<Server>> {
         .route(&format!("/v1/acl/{plural}"), get(acl::object_list::<O>))
 }
 
+/// [`read`] with the query options as the request gave them in `p` (the common case).
 async fn read_params<T, I, R>(
     srv: &Server,
     p: &HashMap<String, String>,
