@@ -5,7 +5,7 @@
 //! ignoring ASCII case to that field's exact name, then decodes as usual (so unknown fields are
 //! still refused where a type says `deny_unknown_fields`).
 //!
-//! The field names come from serde itself: [`field_names`] hands the type a deserializer that
+//! The field names come from serde itself: `field_names` hands the type a deserializer that
 //! only records the `fields` list serde passes to `deserialize_struct`, so there is no second
 //! list to keep in step with the type. Types that are not plain structs (maps, `flatten`)
 //! are decoded unchanged. Nested objects keep their keys as sent.

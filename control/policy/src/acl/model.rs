@@ -4,7 +4,7 @@
 //!
 //! These are what the state machine stores and the API carries; an existing Consul client can
 //! read and write them unchanged. Times are kept as the RFC 3339 text Consul sends (this crate
-//! has no clock and no date library); [`validate`](super::validate) checks their syntax.
+//! has no clock and no date library); [`validate_token`](super::validate_token) checks their syntax.
 
 use std::fmt;
 
