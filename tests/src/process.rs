@@ -107,7 +107,10 @@ impl OwnedChild {
     /// still running (it is then left running).
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let c = self.0.as_mut().expect("running");
-        eventually("the process to exit", within, || c.try_wait().ok().flatten()).ok()
+        eventually("the process to exit", within, || {
+            c.try_wait().ok().flatten()
+        })
+        .ok()
     }
 
     /// Sends `signal` (`TERM`, `KILL`, ...) by PID and waits up to `within` for the exit. On
@@ -286,15 +289,24 @@ pub fn server_args(
     a
 }
 
-/// Runs `meshctl --http-addr ADDR <args>` to completion.
+/// Runs `meshctl --http-addr ADDR <args>` to completion, without a token.
 pub fn meshctl(http_addr: &str, args: &[&str]) -> Output {
-    Command::new(bin("meshctl"))
-        .arg("--http-addr")
+    meshctl_as(http_addr, None, args)
+}
+
+/// [`meshctl`] with `MESH_HTTP_TOKEN` set to `token` (or unset, whatever the test's own
+/// environment holds).
+pub fn meshctl_as(http_addr: &str, token: Option<&str>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin("meshctl"));
+    cmd.arg("--http-addr")
         .arg(http_addr)
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running meshctl")
+        .env_remove("MESH_HTTP_TOKEN")
+        .stdin(Stdio::null());
+    if let Some(t) = token {
+        cmd.env("MESH_HTTP_TOKEN", t);
+    }
+    cmd.output().expect("running meshctl")
 }
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.

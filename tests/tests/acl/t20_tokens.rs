@@ -154,3 +154,45 @@ fn a_deleted_token_is_acl_not_found() {
     );
     dev.stop();
 }
+
+#[test]
+fn clone_copies_grants_under_new_ids() {
+    let (dev, root) = Dev::bootstrapped();
+    let p = dev.put("/v1/acl/policy", Auth::Header(&root), ACL_READ_POLICY);
+    let body = format!(
+        r#"{{"Description":"orig","Policies":[{{"ID":"{}"}}],"ServiceIdentities":[{{"ServiceName":"web"}}]}}"#,
+        p["ID"].as_str().unwrap()
+    );
+    let orig = dev.put("/v1/acl/token", Auth::Header(&root), &body);
+    let id = orig["AccessorID"].as_str().unwrap();
+    let path = format!("/v1/acl/token/{id}/clone");
+
+    // Cloning needs acl:write: the original (acl:read only) may not clone itself.
+    let own = orig["SecretID"].as_str().unwrap();
+    dev.curl("PUT", &path, Auth::Header(own), None)
+        .assert_refused(403, "lacks permission 'acl:write'");
+
+    let clone = dev.put(&path, Auth::Header(&root), r#"{"Description":"copy"}"#);
+    assert_ne!(clone["AccessorID"], orig["AccessorID"]);
+    assert_ne!(clone["SecretID"], orig["SecretID"]);
+    assert_eq!(clone["Description"], "copy");
+    assert_eq!(clone["Policies"], orig["Policies"]);
+    assert_eq!(clone["ServiceIdentities"], orig["ServiceIdentities"]);
+    // The clone's secret works on its own.
+    let me = dev.ok(
+        "GET",
+        "/v1/acl/token/self",
+        Auth::Header(clone["SecretID"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(me["AccessorID"], clone["AccessorID"]);
+    // An unknown original is refused as Consul does.
+    dev.curl(
+        "PUT",
+        "/v1/acl/token/6a1b7a2c-0000-4000-8000-000000000000/clone",
+        Auth::Header(&root),
+        None,
+    )
+    .assert_refused(403, "Cannot find token to clone");
+    dev.stop();
+}

@@ -41,7 +41,10 @@ fn a_proxy_without_service_write_refuses_to_start_and_says_why() {
             && log.contains("lacks permission 'service:write' on \"web\""),
         "{log}"
     );
-    assert!(!log.contains(&db_secret), "the secret is never logged:\n{log}");
+    assert!(
+        !log.contains(&db_secret),
+        "the secret is never logged:\n{log}"
+    );
     dev.stop();
 }
 
@@ -74,9 +77,15 @@ fn a_deleted_token_stops_renewal_but_not_live_traffic() {
     let _web = Proxy::start(dev.addr, "web", &["--token", &web_secret]);
     let _db = Proxy::start(dev.addr, "db", &["--token", &db_secret]);
     let through = std::net::SocketAddr::from(([127, 0, 0, 1], upstream));
-    let echoed = eventually("db -> web through both proxies", Duration::from_secs(20), || {
-        roundtrip(through, b"before").ok().filter(|b| b == b"before")
-    });
+    let echoed = eventually(
+        "db -> web through both proxies",
+        Duration::from_secs(20),
+        || {
+            roundtrip(through, b"before")
+                .ok()
+                .filter(|b| b == b"before")
+        },
+    );
     assert!(echoed.is_ok(), "mTLS chain works with both tokens");
 
     let r = dev.curl(
@@ -98,6 +107,9 @@ fn a_deleted_token_stops_renewal_but_not_live_traffic() {
     .expect("revoked within 1 s");
     // ...but the web proxy keeps serving with the leaf it holds: new connections through the
     // chain still complete their mutual TLS handshake and reach the app.
-    assert_eq!(roundtrip(through, b"after").expect("chain still serves"), b"after");
+    assert_eq!(
+        roundtrip(through, b"after").expect("chain still serves"),
+        b"after"
+    );
     dev.stop();
 }

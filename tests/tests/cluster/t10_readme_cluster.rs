@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use mesh_tests::process::{Meshd, eventually, meshctl};
+use mesh_tests::process::{Meshd, eventually, meshctl_as};
 
 /// The `meshd`/`meshctl` lines of the README block marked `cluster-commands`.
 fn readme_commands() -> Vec<Vec<String>> {
@@ -27,8 +27,8 @@ fn readme_three_server_cluster_has_one_leader() {
     let commands = readme_commands();
     assert_eq!(
         commands.len(),
-        4,
-        "three servers and one list-peers: {commands:?}"
+        5,
+        "three servers, the ACL bootstrap and one list-peers: {commands:?}"
     );
     let tmp = tempfile::tempdir().unwrap();
     let mut servers = Vec::new();
@@ -40,16 +40,34 @@ fn readme_three_server_cluster_has_one_leader() {
         args[d] = tmp.path().join(&name).display().to_string();
         servers.push(Meshd::spawn(&name, &args).expect("server starts"));
     }
-    let ctl = &commands[3];
-    assert_eq!(ctl[1], "--http-addr");
+    let [bootstrap, list_peers] = [&commands[3], &commands[4]];
+    let run = |cmd: &Vec<String>, token: Option<&str>| {
+        assert_eq!(cmd[1], "--http-addr");
+        let args: Vec<&str> = cmd[3..].iter().map(String::as_str).collect();
+        meshctl_as(&cmd[2], token, &args)
+    };
+    // ACLs are on by default: the first step is the bootstrap (once a leader exists), whose
+    // SecretID the README exports as MESH_HTTP_TOKEN.
+    let root = eventually("acl bootstrap to succeed", Duration::from_secs(30), || {
+        let out = run(bootstrap, None);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        out.status.success().then_some(())?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("SecretID:"))
+            .map(|s| s.trim().to_string())
+    })
+    .unwrap();
+    // Without the token the peers are refused (operator:read), with Consul's text.
+    let anonymous = run(list_peers, None);
+    assert!(!anonymous.status.success());
+    let err = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(err.contains("lacks permission 'operator:read'"), "{err}");
+
     let out = eventually(
         "list-peers to show 3 voters and a leader",
         Duration::from_secs(30),
         || {
-            let out = meshctl(
-                &ctl[2],
-                &ctl[3..].iter().map(String::as_str).collect::<Vec<_>>(),
-            );
+            let out = run(list_peers, Some(&root));
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             let voters = text.lines().filter(|l| l.contains(" true ")).count();
             (out.status.success() && voters == 3 && text.contains("leader")).then_some(text)
@@ -64,8 +82,9 @@ fn readme_three_server_cluster_has_one_leader() {
     }
     // Every server answers the same, including through a follower (linearizable read).
     for s in &servers {
-        let out = meshctl(
+        let out = meshctl_as(
             &s.http_addr.to_string(),
+            Some(&root),
             &["operator", "raft", "list-peers"],
         );
         let text = String::from_utf8_lossy(&out.stdout);

@@ -238,7 +238,13 @@ async fn token_write(
     url_id: Option<String>,
 ) -> Res {
     caller(srv, headers, p, Need::Write)?;
-    let mut token: AclToken = parse_body(body)?;
+    let token: AclToken = parse_body(body)?;
+    token_store(srv, token, url_id).await
+}
+
+/// Validates `token`, completes it as a create (`url_id` `None`: new IDs unless chosen, the
+/// creation and expiry times) or an update, stores it and answers it as stored.
+async fn token_store(srv: &Server, mut token: AclToken, url_id: Option<String>) -> Res {
     acl::validate_token(&token).map_err(invalid)?;
     match url_id {
         // Consul 1.5+: a create may choose its AccessorID and SecretID.
@@ -307,6 +313,54 @@ pub(super) async fn token_update(
     body: Bytes,
 ) -> Res {
     token_write(&srv, &headers, &p, &body, Some(id)).await
+}
+
+/// Optional body of `PUT /v1/acl/token/:accessor_id/clone`.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct CloneBody {
+    #[serde(default)]
+    description: String,
+}
+
+/// `PUT /v1/acl/token/:accessor_id/clone` (Consul's): a new token (new AccessorID and SecretID)
+/// with the original's policies, roles, identities, locality and expiry, and the body's
+/// `Description` (else the original's). Needs `acl:write`.
+pub(super) async fn token_clone(
+    AxState(srv): Api,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+    body: Bytes,
+) -> Res {
+    caller(&srv, &headers, &p, Need::Write)?;
+    let request: CloneBody = if body.is_empty() {
+        CloneBody::default()
+    } else {
+        parse_body(&body)?
+    };
+    let original = srv
+        .state
+        .read(|s| s.acl.tokens.get(&id).cloned())
+        .filter(|t| !t.is_anonymous())
+        .ok_or_else(|| ApiError::forbidden("Cannot find token to clone"))?;
+    let clone = AclToken {
+        accessor_id: String::new(),
+        secret_id: String::new(),
+        description: if request.description.is_empty() {
+            original.description.clone()
+        } else {
+            request.description
+        },
+        policies: original.policies.clone(),
+        roles: original.roles.clone(),
+        service_identities: original.service_identities.clone(),
+        node_identities: original.node_identities.clone(),
+        local: original.local,
+        expiration_time: original.expiration_time.clone(),
+        ..AclToken::default()
+    };
+    token_store(&srv, clone, None).await
 }
 
 /// `GET /v1/acl/token/:accessor_id`.

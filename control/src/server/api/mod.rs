@@ -109,6 +109,7 @@ pub fn router(server: Arc<Server>) -> Router {
                 .put(acl::token_update)
                 .delete(acl::token_delete),
         )
+        .route("/v1/acl/token/{id}/clone", put(acl::token_clone))
         .route("/v1/acl/tokens", get(acl::token_list))
         .merge(acl_object_routes::<AclPolicy>("policies"))
         .merge(acl_object_routes::<AclRole>("roles"))
