@@ -263,7 +263,14 @@ pub async fn start_single_server(
     data_dir: &Path,
     timeout: Duration,
 ) -> anyhow::Result<ServerHandle> {
-    let handle = Server::start(single_server_config(name, data_dir))
+    start_server(single_server_config(name, data_dir), timeout).await
+}
+
+/// Starts one single-node server from `config` and waits (at most `timeout`) until it leads
+/// and its CA is initialized. On failure the server is shut down again.
+pub async fn start_server(config: ServerConfig, timeout: Duration) -> anyhow::Result<ServerHandle> {
+    let name = config.node.clone();
+    let handle = Server::start(config)
         .await
         .with_context(|| format!("starting server {name}"))?;
     let deadline = Instant::now() + timeout;
@@ -336,6 +343,8 @@ pub struct HttpConn {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
     driver: tokio::task::JoinHandle<()>,
+    /// Sent as `X-Consul-Token` on every request when set ([`HttpConn::with_token`]).
+    token: Option<http::HeaderValue>,
 }
 
 /// A response, fully read.
@@ -363,7 +372,14 @@ impl HttpConn {
             sender,
             host: addr.to_string(),
             driver,
+            token: None,
         })
+    }
+
+    /// Sends `token` as `X-Consul-Token` on every request from now on.
+    pub fn with_token(mut self, token: &str) -> anyhow::Result<Self> {
+        self.token = Some(http::HeaderValue::from_str(token)?);
+        Ok(self)
     }
 
     /// Sends one request and reads the whole response.
@@ -373,12 +389,15 @@ impl HttpConn {
         path: &str,
         body: Bytes,
     ) -> anyhow::Result<HttpReply> {
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(path)
             .header(http::header::HOST, self.host.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t.clone());
+        }
+        let req = req.body(Full::new(body))?;
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
         let status = resp.status().as_u16();
