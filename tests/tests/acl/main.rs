@@ -13,6 +13,7 @@ mod t10_bootstrap;
 mod t20_tokens;
 mod t30_policies;
 mod t40_cli;
+mod t50_routes;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -36,9 +37,20 @@ pub enum Auth<'a> {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// The response headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Asserts the answer is `status` with a body containing `text`.
     #[track_caller]
     pub fn assert_refused(&self, status: u16, text: &str) {
@@ -74,6 +86,8 @@ impl Dev {
         let mut cmd = Command::new("curl");
         cmd.args([
             "-sS",
+            "-D",
+            "-",
             "--max-time",
             "20",
             "-w",
@@ -97,10 +111,19 @@ impl Dev {
         let out = cmd.output().expect("run curl");
         assert!(out.status.success(), "curl failed: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').expect("curl wrote the status line");
+        // `-D -`: the header block first, up to the blank line.
+        let (head, rest) = text.split_once("\r\n\r\n").expect("curl wrote the headers");
+        let (body, code) = rest.rsplit_once('\n').expect("curl wrote the status line");
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
         Reply {
             status: code.trim().parse().expect("status code"),
             body: body.to_string(),
+            headers,
         }
     }
 

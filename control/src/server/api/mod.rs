@@ -4,6 +4,7 @@
 //! is server-only (the linearizable read barrier before a read) is here.
 
 mod acl;
+mod authz;
 mod ca;
 mod catalog;
 mod config;
@@ -143,7 +144,6 @@ where
     Ok(json_with_index(index, &body))
 }
 
-/// [`read`] with the query options as the request gave them in `p` (the common case).
 /// The routes of one kind of ACL object (`policy` or `role`): create, read by ID or name,
 /// update, delete and the list at `/v1/acl/<plural>`.
 fn acl_object_routes<O: acl::AclObject>(plural: &str) -> Router<Arc<Server>> {
@@ -163,6 +163,7 @@ fn acl_object_routes<O: acl::AclObject>(plural: &str) -> Router<Arc<Server>> {
         .route(&format!("/v1/acl/{plural}"), get(acl::object_list::<O>))
 }
 
+/// [`read`] with the query options as the request gave them in `p` (the common case).
 async fn read_params<T, I, R>(
     srv: &Server,
     p: &HashMap<String, String>,
@@ -175,6 +176,25 @@ where
     R: FnOnce(&State) -> Result<T, ApiError>,
 {
     read(srv, &QueryOptions::from_params(p)?, index_of, render).await
+}
+
+/// [`read`] of a list the caller's token filters: `render` keeps what the [`authz::Filter`]
+/// allows, and the answer says whether it dropped anything (`X-Consul-Results-Filtered-By-ACLs`).
+async fn read_filtered<T, I, R>(
+    srv: &Server,
+    authz: &authz::Authz,
+    q: &QueryOptions,
+    index_of: I,
+    render: R,
+) -> Res
+where
+    T: Serialize,
+    I: Fn(&State) -> u64,
+    R: FnOnce(&State, &authz::Filter<'_>) -> Result<T, ApiError>,
+{
+    let filter = authz.filter();
+    let response = read(srv, q, index_of, |s| render(s, &filter)).await?;
+    Ok(filter.mark(response))
 }
 
 /// The first half of [`read`]: consistency barrier (unless `?stale`), then (with `?index`) wait
