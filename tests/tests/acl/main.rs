@@ -7,7 +7,9 @@
 //!   the token list hides SecretIDs from a read-only token; a deleted token is `ACL not found`;
 //!   the three places a token can travel in (header, bearer, `?token=`);
 //! * policies with HCL and JSON rules, invalid rules refused with the field and line, the list
-//!   without rules, lookups by name, roles linking policies.
+//!   without rules, lookups by name, roles linking policies;
+//! * every other server route, table-driven with four callers each, lists filtered with
+//!   `X-Consul-Results-Filtered-By-ACLs`, narrow tokens, and ACLs off (`t50_routes`).
 
 mod t10_bootstrap;
 mod t20_tokens;

@@ -201,3 +201,72 @@ impl<'a> Filter<'a> {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::Rules;
+    use crate::intentions::DefaultPolicy;
+
+    fn authz(rules: &str, token_given: bool) -> Authz {
+        let rules = Rules::from_hcl(rules).unwrap();
+        Authz {
+            authorizer: Some(Authorizer::new("a", &rules, DefaultPolicy::Deny)),
+            token_given,
+        }
+    }
+
+    fn filtered(authz: &Authz, names: &[&str]) -> (Vec<String>, Option<HeaderValue>) {
+        let filter = authz.filter();
+        let kept = names
+            .iter()
+            .filter(|n| filter.keep(|a| a.service_read(n)))
+            .map(|n| n.to_string())
+            .collect();
+        let response = filter.mark(().into_response());
+        (kept, response.headers().get(FILTERED_HEADER).cloned())
+    }
+
+    #[test]
+    fn lists_say_they_were_filtered_only_to_a_named_token() {
+        let web = "service \"web\" {\n  policy = \"read\"\n}\n";
+        let (kept, header) = filtered(&authz(web, true), &["db", "web"]);
+        assert_eq!(kept, ["web"]);
+        assert_eq!(header.as_ref().and_then(|h| h.to_str().ok()), Some("true"));
+        // Nothing dropped: no header.
+        assert_eq!(filtered(&authz(web, true), &["web"]).1, None);
+        // The anonymous token used implicitly: filtered, but not told so (Consul).
+        let (kept, header) = filtered(&authz(web, false), &["db", "web"]);
+        assert_eq!((kept.len(), header), (1, None));
+        // ACLs off: everything, never the header.
+        let off = Authz {
+            authorizer: None,
+            token_given: true,
+        };
+        assert_eq!(filtered(&off, &["db", "web"]).0.len(), 2);
+    }
+
+    #[test]
+    fn require_any_passes_on_either_end_and_reports_the_second() {
+        let a = authz("service \"web\" {\n  policy = \"read\"\n}\n", true);
+        assert!(
+            a.require_any(|z| z.intentions_read("web"), |z| z.intentions_read("db"))
+                .is_ok()
+        );
+        assert!(
+            a.require_any(|z| z.intentions_read("db"), |z| z.intentions_read("web"))
+                .is_ok()
+        );
+        let e = a
+            .require_any(|z| z.intentions_read("x"), |z| z.intentions_read("db"))
+            .unwrap_err();
+        assert_eq!(e.status, 403);
+        assert!(
+            e.message.contains("'intention:read' on \"db\""),
+            "{}",
+            e.message
+        );
+        assert!(a.require_config_read(ConfigKind::Mesh, "mesh").is_ok());
+        assert!(a.require_config_write(ConfigKind::Mesh, "mesh").is_err());
+    }
+}
