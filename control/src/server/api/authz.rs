@@ -134,34 +134,47 @@ impl Authz {
 
     /// Reading a config entry of `kind` named `name` (Consul's `CanRead`).
     pub(super) fn config_read(&self, kind: ConfigKind, name: &str) -> bool {
-        match kind {
-            ConfigKind::ServiceDefaults => self.allows(|a| a.service_read(name)),
-            ConfigKind::ServiceIntentions => self.allows(|a| a.intentions_read(name)),
-            ConfigKind::Mesh => true,
-        }
+        self.authorizer
+            .as_ref()
+            .and_then(|a| config_rule(a, kind, name, false))
+            .is_none_or(|d| d.is_allowed())
     }
 
-    /// [`Self::config_read`] as a 403 (the denial of the rule for `kind`).
-    pub(super) fn require_config_read(&self, kind: ConfigKind, name: &str) -> Result<(), ApiError> {
-        match kind {
-            ConfigKind::ServiceDefaults => self.require(|a| a.service_read(name)),
-            ConfigKind::ServiceIntentions => self.require(|a| a.intentions_read(name)),
-            ConfigKind::Mesh => Ok(()),
-        }
-    }
-
-    /// Writing or deleting a config entry of `kind` named `name` (Consul's `CanWrite`).
-    pub(super) fn require_config_write(
+    /// [`Self::config_read`] (`write` false) or Consul's `CanWrite` (true, for writes and
+    /// deletes), as a 403 naming the rule of `kind`.
+    pub(super) fn require_config(
         &self,
         kind: ConfigKind,
         name: &str,
+        write: bool,
     ) -> Result<(), ApiError> {
-        match kind {
-            ConfigKind::ServiceDefaults => self.require(|a| a.service_write(name)),
-            ConfigKind::ServiceIntentions => self.require(|a| a.intentions_write(name)),
-            ConfigKind::Mesh => self.require(Authorizer::mesh_write),
+        match self
+            .authorizer
+            .as_ref()
+            .and_then(|a| config_rule(a, kind, name, write))
+        {
+            None => Ok(()),
+            Some(d) => d.check().map_err(|e| AclError::from(e).into()),
         }
     }
+}
+
+/// The permission a config entry of `kind` named `name` needs, `None` for none (reading the
+/// `mesh` entry).
+fn config_rule<'a>(
+    a: &'a Authorizer,
+    kind: ConfigKind,
+    name: &'a str,
+    write: bool,
+) -> Option<Decision<'a>> {
+    Some(match (kind, write) {
+        (ConfigKind::ServiceDefaults, false) => a.service_read(name),
+        (ConfigKind::ServiceDefaults, true) => a.service_write(name),
+        (ConfigKind::ServiceIntentions, false) => a.intentions_read(name),
+        (ConfigKind::ServiceIntentions, true) => a.intentions_write(name),
+        (ConfigKind::Mesh, false) => return None,
+        (ConfigKind::Mesh, true) => a.mesh_write(),
+    })
 }
 
 /// Decides, entry by entry, what a list answer keeps, and remembers whether it dropped any.
@@ -266,7 +279,9 @@ mod tests {
             "{}",
             e.message
         );
-        assert!(a.require_config_read(ConfigKind::Mesh, "mesh").is_ok());
-        assert!(a.require_config_write(ConfigKind::Mesh, "mesh").is_err());
+        assert!(a.require_config(ConfigKind::Mesh, "mesh", false).is_ok());
+        assert!(a.require_config(ConfigKind::Mesh, "mesh", true).is_err());
+        assert!(a.config_read(ConfigKind::ServiceDefaults, "web"));
+        assert!(!a.config_read(ConfigKind::ServiceIntentions, "db"));
     }
 }

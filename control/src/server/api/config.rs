@@ -71,7 +71,7 @@ pub(super) async fn config_put(
 ) -> Res {
     let cas = cas_param(&p)?;
     let entry = ConfigEntry::from_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    authz.require_config_write(entry.kind(), entry.name())?;
+    authz.require_config(entry.kind(), entry.name(), true)?;
     let result = srv.write(Command::ConfigEntrySet { entry, cas }).await;
     cas_outcome(result, cas)
 }
@@ -86,7 +86,7 @@ pub(super) async fn config_get(
 ) -> Res {
     let q = QueryOptions::from_params(&p)?;
     // Before the lookup: a refused caller does not learn whether the entry exists.
-    authz.require_config_read(kind, &name)?;
+    authz.require_config(kind, &name, false)?;
     let index_of = move |s: &State| s.config_index(kind);
     wait(&srv, &q, &index_of).await?;
     let (index, entry) = srv
@@ -137,7 +137,7 @@ pub(super) async fn config_delete(
     Query(p): Params,
 ) -> Res {
     let cas = cas_param(&p)?;
-    authz.require_config_write(kind, &name)?;
+    authz.require_config(kind, &name, true)?;
     let result = srv
         .write(Command::ConfigEntryDelete { kind, name, cas })
         .await;
