@@ -247,7 +247,10 @@ async fn check_leaf_allowed(
     client: &AgentClient,
     service: &str,
 ) -> Result<(), AppError> {
-    let (c, path) = (client.clone(), format!("/v1/agent/connect/ca/leaf/{service}"));
+    let (c, path) = (
+        client.clone(),
+        format!("/v1/agent/connect/ca/leaf/{service}"),
+    );
     let answer = control
         .spawn(async move { tokio::time::timeout(LEAF_CHECK_TIMEOUT, c.get(&path, 0)).await })
         .await

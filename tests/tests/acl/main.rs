@@ -7,12 +7,15 @@
 //!   the token list hides SecretIDs from a read-only token; a deleted token is `ACL not found`;
 //!   the three places a token can travel in (header, bearer, `?token=`);
 //! * policies with HCL and JSON rules, invalid rules refused with the field and line, the list
-//!   without rules, lookups by name, roles linking policies.
+//!   without rules, lookups by name, roles linking policies;
+//! * every other server route, table-driven with four callers each, lists filtered with
+//!   `X-Consul-Results-Filtered-By-ACLs`, narrow tokens, and ACLs off (`t50_routes`).
 
 mod t10_bootstrap;
 mod t20_tokens;
 mod t30_policies;
 mod t40_cli;
+mod t50_routes;
 mod t80_proxy;
 
 use std::net::SocketAddr;
@@ -37,9 +40,20 @@ pub enum Auth<'a> {
 pub struct Reply {
     pub status: u16,
     pub body: String,
+    /// The response headers, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Asserts the answer is `status` with a body containing `text`.
     #[track_caller]
     pub fn assert_refused(&self, status: u16, text: &str) {
@@ -75,6 +89,8 @@ impl Dev {
         let mut cmd = Command::new("curl");
         cmd.args([
             "-sS",
+            "-D",
+            "-",
             "--max-time",
             "20",
             "-w",
@@ -98,10 +114,19 @@ impl Dev {
         let out = cmd.output().expect("run curl");
         assert!(out.status.success(), "curl failed: {out:?}");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').expect("curl wrote the status line");
+        // `-D -`: the header block first, up to the blank line.
+        let (head, rest) = text.split_once("\r\n\r\n").expect("curl wrote the headers");
+        let (body, code) = rest.rsplit_once('\n').expect("curl wrote the status line");
+        let headers = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
         Reply {
             status: code.trim().parse().expect("status code"),
             body: body.to_string(),
+            headers,
         }
     }
 

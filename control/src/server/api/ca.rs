@@ -1,4 +1,5 @@
-//! `/v1/connect/ca/*`: the trust bundle, the CA configuration and root rotation.
+//! `/v1/connect/ca/*`: the trust bundle (open, as Consul), the CA configuration
+//! (`operator:read` / `operator:write`) and root rotation (`operator:write`).
 
 use std::collections::BTreeMap;
 
@@ -7,7 +8,9 @@ use axum::extract::{Query, State as AxState};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 
+use super::authz::Authz;
 use super::{Api, Params, Res, parse_body, read_params};
+use crate::acl::Authorizer;
 use crate::http::ApiError;
 use crate::http::blocking::json_with_index;
 use crate::model::CaConfig;
@@ -16,7 +19,8 @@ pub(super) async fn ca_roots(AxState(srv): Api, Query(p): Params) -> Res {
     read_params(&srv, &p, |s| s.tables.roots, |s| Ok(s.ca.root_list())).await
 }
 
-pub(super) async fn ca_config_get(AxState(srv): Api, Query(p): Params) -> Res {
+pub(super) async fn ca_config_get(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+    authz.require(Authorizer::operator_read)?;
     read_params(
         &srv,
         &p,
@@ -46,7 +50,8 @@ struct CaConfigBody {
     _state: Option<serde_json::Value>,
 }
 
-pub(super) async fn ca_config_put(AxState(srv): Api, body: Bytes) -> Res {
+pub(super) async fn ca_config_put(AxState(srv): Api, authz: Authz, body: Bytes) -> Res {
+    authz.require(Authorizer::operator_write)?;
     let c: CaConfigBody = parse_body(&body)?;
     srv.set_ca_config(CaConfig {
         provider: c.provider,
@@ -59,7 +64,8 @@ pub(super) async fn ca_config_put(AxState(srv): Api, body: Bytes) -> Res {
 }
 
 /// `PUT /v1/connect/ca/rotate` (extension): new root, cross-signed by the current one.
-pub(super) async fn ca_rotate(AxState(srv): Api) -> Res {
+pub(super) async fn ca_rotate(AxState(srv): Api, authz: Authz) -> Res {
+    authz.require(Authorizer::operator_write)?;
     let r = srv.rotate_ca(None, 0).await?;
     let list = srv.state.read(|s| s.ca.root_list());
     Ok(json_with_index(r.index, &list))

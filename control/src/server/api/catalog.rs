@@ -1,4 +1,5 @@
 //! `/v1/catalog/*`: registering and reading nodes and service instances (Consul's shapes).
+//! What each route requires of the caller's token is in `authz`.
 
 use std::collections::BTreeMap;
 
@@ -8,9 +9,14 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Api, Params, Res, parse_body, read_params};
+use super::authz::{Authz, Filter};
+use super::health::visible_instances;
+use super::{Api, Params, Res, parse_body, read_filtered};
 use crate::fsm::{Command, State};
+use crate::http::ApiError;
+use crate::http::blocking::QueryOptions;
 use crate::model::{HealthCheck, Node, ServiceInstance};
+use crate::server::Server;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
@@ -56,7 +62,7 @@ struct ServiceInstanceBody {
     connect: crate::model::ServiceConnect,
 }
 
-pub(super) async fn catalog_register(AxState(srv): Api, body: Bytes) -> Res {
+pub(super) async fn catalog_register(AxState(srv): Api, authz: Authz, body: Bytes) -> Res {
     let r: CatalogRegister = parse_body(&body)?;
     let _ = r.skip_node_update;
     let node = Node {
@@ -86,7 +92,8 @@ pub(super) async fn catalog_register(AxState(srv): Api, body: Bytes) -> Res {
         create_index: 0,
         modify_index: 0,
     });
-    let checks = r.check.into_iter().chain(r.checks).collect();
+    let checks: Vec<HealthCheck> = r.check.into_iter().chain(r.checks).collect();
+    authorize_register(&srv, &authz, &node, service.as_ref(), &checks)?;
     srv.write(Command::Register {
         node,
         service,
@@ -94,6 +101,46 @@ pub(super) async fn catalog_register(AxState(srv): Api, body: Bytes) -> Res {
     })
     .await?;
     Ok(axum::Json(true).into_response())
+}
+
+/// Consul's `vetRegisterWithACL`: `node:write` on the node, `service:write` on the service
+/// (and on the service a proxy fronts), `service:write` on the service of each service check.
+fn authorize_register(
+    srv: &Server,
+    authz: &Authz,
+    node: &Node,
+    service: Option<&ServiceInstance>,
+    checks: &[HealthCheck],
+) -> Result<(), ApiError> {
+    authz.require(|a| a.node_write(&node.node))?;
+    if let Some(s) = service {
+        authz.require(|a| a.service_write(&s.service))?;
+        if let Some(target) = s.connect_target() {
+            authz.require(|a| a.service_write(target))?;
+        }
+    }
+    for c in checks.iter().filter(|c| !c.service_id.is_empty()) {
+        let name = match service.filter(|s| s.id == c.service_id) {
+            Some(s) => Some(s.service.clone()),
+            None => srv
+                .state
+                .read(|s| service_name(s, &node.node, &c.service_id)),
+        };
+        // A check of a service the node does not have is refused by the state machine; the
+        // node:write above already covers the node.
+        if let Some(name) = name {
+            authz.require(|a| a.service_write(&name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The service name of instance `id` on `node`.
+fn service_name(s: &State, node: &str, id: &str) -> Option<String> {
+    s.services
+        .get(node)
+        .and_then(|m| m.get(id))
+        .map(|i| i.service.clone())
 }
 
 #[derive(Deserialize)]
@@ -108,9 +155,26 @@ struct CatalogDeregister {
     datacenter: String,
 }
 
-pub(super) async fn catalog_deregister(AxState(srv): Api, body: Bytes) -> Res {
+pub(super) async fn catalog_deregister(AxState(srv): Api, authz: Authz, body: Bytes) -> Res {
     let r: CatalogDeregister = parse_body(&body)?;
     let _ = r.datacenter;
+    // Consul's `vetDeregisterWithACL`: a service (or a service's check) needs service:write
+    // on its name, the node or a node check node:write. What is not found needs node:write
+    // (its service cannot be known), failing closed.
+    let service = srv.state.read(|s| match (&r.service_id, &r.check_id) {
+        (Some(id), _) => service_name(s, &r.node, id),
+        (None, Some(check)) => s
+            .checks
+            .get(&r.node)
+            .and_then(|m| m.get(check))
+            .filter(|c| !c.service_id.is_empty())
+            .and_then(|c| service_name(s, &r.node, &c.service_id)),
+        (None, None) => None,
+    });
+    match &service {
+        Some(name) => authz.require(|a| a.service_write(name))?,
+        None => authz.require(|a| a.node_write(&r.node))?,
+    }
     srv.write(Command::Deregister {
         node: r.node,
         service_id: r.service_id,
@@ -120,12 +184,13 @@ pub(super) async fn catalog_deregister(AxState(srv): Api, body: Bytes) -> Res {
     Ok(axum::Json(true).into_response())
 }
 
-pub(super) async fn catalog_services(AxState(srv): Api, Query(p): Params) -> Res {
-    read_params(
+pub(super) async fn catalog_services(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+    read_filtered(
         &srv,
-        &p,
+        &authz,
+        &QueryOptions::from_params(&p)?,
         |s| s.tables.services.max(s.tables.nodes),
-        |s| {
+        |s, filter| {
             let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for inst in s.services.values().flat_map(|m| m.values()) {
                 let tags = out.entry(inst.service.clone()).or_default();
@@ -135,25 +200,38 @@ pub(super) async fn catalog_services(AxState(srv): Api, Query(p): Params) -> Res
                     }
                 }
             }
+            out.retain(|name, _| filter.keep(|a| a.service_read(name)));
             Ok(out)
         },
     )
     .await
 }
 
-pub(super) async fn catalog_nodes(AxState(srv): Api, Query(p): Params) -> Res {
-    read_params(
+pub(super) async fn catalog_nodes(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+    read_filtered(
         &srv,
-        &p,
+        &authz,
+        &QueryOptions::from_params(&p)?,
         |s| s.tables.nodes,
-        |s| Ok(s.nodes.values().cloned().collect::<Vec<_>>()),
+        |s, filter| {
+            Ok(s.nodes
+                .values()
+                .filter(|n| filter.keep(|a| a.node_read(&n.node)))
+                .cloned()
+                .collect::<Vec<_>>())
+        },
     )
     .await
 }
 
 /// Consul's `CatalogService` rows: node fields flattened with the service's.
-fn catalog_rows(s: &State, service: &str, connect: bool) -> Vec<serde_json::Value> {
-    s.service_health(service, connect)
+fn catalog_rows(
+    s: &State,
+    filter: &Filter<'_>,
+    service: &str,
+    connect: bool,
+) -> Vec<serde_json::Value> {
+    visible_instances(s, filter, service, connect, false)
         .into_iter()
         .map(|h| {
             json!({
@@ -174,14 +252,16 @@ fn catalog_rows(s: &State, service: &str, connect: bool) -> Vec<serde_json::Valu
 /// (the instances that take mesh traffic for it: its sidecars and connect-native instances).
 pub(super) async fn catalog_service<const CONNECT: bool>(
     AxState(srv): Api,
+    authz: Authz,
     Path(service): Path<String>,
     Query(p): Params,
 ) -> Res {
-    read_params(
+    read_filtered(
         &srv,
-        &p,
+        &authz,
+        &QueryOptions::from_params(&p)?,
         |s| s.tables.services.max(s.tables.nodes),
-        |s| Ok(catalog_rows(s, &service, CONNECT)),
+        |s, filter| Ok(catalog_rows(s, filter, &service, CONNECT)),
     )
     .await
 }

@@ -1,5 +1,6 @@
 //! Config entries (`/v1/config`, see `crate::config_entries`), with `?cas=` writes and blocking
-//! reads; a missing entry is a 404 that still carries `X-Consul-Index`.
+//! reads; a missing entry is a 404 that still carries `X-Consul-Index`. Access per kind (as
+//! Consul's `CanRead` / `CanWrite`) is `authz`'s; lists drop what the token may not read.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,8 @@ use axum::extract::{FromRequestParts, Path, Query, State as AxState};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
-use super::{Api, Params, Res, read_params, wait};
+use super::authz::Authz;
+use super::{Api, Params, Res, read_filtered, wait};
 use crate::config_entries::{ConfigEntry, ConfigKind};
 use crate::fsm::{ApplyError, ApplyResult, Command, State};
 use crate::http::ApiError;
@@ -61,9 +63,15 @@ fn cas_outcome(result: Result<ApplyResult, ServerError>, cas: Option<u64>) -> Re
 }
 
 /// `PUT /v1/config[?cas=N]`: create or replace the entry in the body.
-pub(super) async fn config_put(AxState(srv): Api, Query(p): Params, body: Bytes) -> Res {
+pub(super) async fn config_put(
+    AxState(srv): Api,
+    authz: Authz,
+    Query(p): Params,
+    body: Bytes,
+) -> Res {
     let cas = cas_param(&p)?;
     let entry = ConfigEntry::from_json(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    authz.require_config(entry.kind(), entry.name(), true)?;
     let result = srv.write(Command::ConfigEntrySet { entry, cas }).await;
     cas_outcome(result, cas)
 }
@@ -72,10 +80,13 @@ pub(super) async fn config_put(AxState(srv): Api, Query(p): Params, body: Bytes)
 /// query can wait for it to appear).
 pub(super) async fn config_get(
     AxState(srv): Api,
+    authz: Authz,
     EntryPath { kind, name }: EntryPath,
     Query(p): Params,
 ) -> Res {
     let q = QueryOptions::from_params(&p)?;
+    // Before the lookup: a refused caller does not learn whether the entry exists.
+    authz.require_config(kind, &name, false)?;
     let index_of = move |s: &State| s.config_index(kind);
     wait(&srv, &q, &index_of).await?;
     let (index, entry) = srv
@@ -99,15 +110,21 @@ pub(super) async fn config_get(
 /// `GET /v1/config/:kind`: every entry of the kind (`[]` when none).
 pub(super) async fn config_list(
     AxState(srv): Api,
+    authz: Authz,
     Path(kind): Path<String>,
     Query(p): Params,
 ) -> Res {
     let kind = config_kind(&kind)?;
-    read_params(
+    read_filtered(
         &srv,
-        &p,
+        &authz,
+        &QueryOptions::from_params(&p)?,
         move |s| s.config_index(kind),
-        move |s| Ok(s.config_entries(kind)),
+        |s, filter| {
+            let mut entries = s.config_entries(kind);
+            entries.retain(|e| filter.keep_if(filter.authz().config_read(kind, e.name())));
+            Ok(entries)
+        },
     )
     .await
 }
@@ -115,10 +132,12 @@ pub(super) async fn config_list(
 /// `DELETE /v1/config/:kind/:name[?cas=N]`.
 pub(super) async fn config_delete(
     AxState(srv): Api,
+    authz: Authz,
     EntryPath { kind, name }: EntryPath,
     Query(p): Params,
 ) -> Res {
     let cas = cas_param(&p)?;
+    authz.require_config(kind, &name, true)?;
     let result = srv
         .write(Command::ConfigEntryDelete { kind, name, cas })
         .await;

@@ -1,5 +1,6 @@
 //! `/v1/connect/intentions*`: Consul's legacy intentions API over the one intentions table
-//! (the `service-intentions` config entries are its other view, see `config`).
+//! (the `service-intentions` config entries are its other view, see `config`). What each
+//! route requires of the caller's token is in `authz`.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,8 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Api, Params, Res, parse_body, read, read_params, required};
+use super::authz::Authz;
+use super::{Api, Params, Res, parse_body, read, read_filtered, required};
 use crate::fsm::{ApplyError, Command, State};
 use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
@@ -21,8 +23,31 @@ fn intentions_index(s: &State) -> u64 {
     s.tables.intentions.max(s.tables.config)
 }
 
-pub(super) async fn intention_list(AxState(srv): Api, Query(p): Params) -> Res {
-    read_params(&srv, &p, intentions_index, |s| Ok(s.intention_list())).await
+/// Consul's `Intention.CanRead`: `intentions:read` on either end lets a token read the whole
+/// intention (both sides can see why a connection is allowed or refused).
+fn may_read(authz: &Authz, source: &str, destination: &str) -> bool {
+    authz.allows(|a| a.intentions_read(source)) || authz.allows(|a| a.intentions_read(destination))
+}
+
+pub(super) async fn intention_list(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+    read_filtered(
+        &srv,
+        &authz,
+        &QueryOptions::from_params(&p)?,
+        intentions_index,
+        |s, filter| {
+            let mut list = s.intention_list();
+            list.retain(|i| {
+                filter.keep_if(may_read(
+                    filter.authz(),
+                    &i.source_name,
+                    &i.destination_name,
+                ))
+            });
+            Ok(list)
+        },
+    )
+    .await
 }
 
 /// Body of an intention write (Consul's `Intention`); read-only fields a client may echo back
@@ -93,9 +118,15 @@ impl IntentionBody {
 }
 
 /// `PUT /v1/connect/intentions/exact?source=&destination=`: upsert.
-pub(super) async fn intention_put(AxState(srv): Api, Query(p): Params, body: Bytes) -> Res {
+pub(super) async fn intention_put(
+    AxState(srv): Api,
+    authz: Authz,
+    Query(p): Params,
+    body: Bytes,
+) -> Res {
     let source = required(&p, "source")?;
     let destination = required(&p, "destination")?;
+    authz.require(|a| a.intentions_write(destination))?;
     let body: IntentionBody = parse_body(&body)?;
     let intention = body.into_intention(source, destination)?;
     srv.write(Command::IntentionUpsert {
@@ -107,7 +138,7 @@ pub(super) async fn intention_put(AxState(srv): Api, Query(p): Params, body: Byt
 }
 
 /// `POST /v1/connect/intentions` (legacy create): fails if the pair already has one.
-pub(super) async fn intention_create(AxState(srv): Api, body: Bytes) -> Res {
+pub(super) async fn intention_create(AxState(srv): Api, authz: Authz, body: Bytes) -> Res {
     let body: IntentionBody = parse_body(&body)?;
     let source = body
         .source_name
@@ -117,6 +148,7 @@ pub(super) async fn intention_create(AxState(srv): Api, body: Bytes) -> Res {
         .destination_name
         .clone()
         .ok_or_else(|| ApiError::bad_request("DestinationName is required"))?;
+    authz.require(|a| a.intentions_write(&destination))?;
     let intention = body.into_intention(&source, &destination)?;
     let id = intentions::legacy_id(
         &intention.source_ns,
@@ -132,10 +164,15 @@ pub(super) async fn intention_create(AxState(srv): Api, body: Bytes) -> Res {
     Ok(axum::Json(json!({ "ID": id })).into_response())
 }
 
-pub(super) async fn intention_get(AxState(srv): Api, Query(p): Params) -> Res {
+pub(super) async fn intention_get(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let source = required(&p, "source")?.to_string();
     let destination = required(&p, "destination")?.to_string();
+    // Checked before the lookup, so a refused caller does not learn whether it exists.
+    authz.require_any(
+        |a| a.intentions_read(&source),
+        |a| a.intentions_read(&destination),
+    )?;
     let id = intentions::legacy_id("default", &source, "default", &destination);
     read(&srv, &q, intentions_index, |s| {
         s.intentions
@@ -146,9 +183,10 @@ pub(super) async fn intention_get(AxState(srv): Api, Query(p): Params) -> Res {
     .await
 }
 
-pub(super) async fn intention_delete(AxState(srv): Api, Query(p): Params) -> Res {
+pub(super) async fn intention_delete(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
     let source = required(&p, "source")?.to_string();
     let destination = required(&p, "destination")?.to_string();
+    authz.require(|a| a.intentions_write(&destination))?;
     let result = srv
         .write(Command::IntentionDelete {
             source_ns: "default".into(),
@@ -166,10 +204,13 @@ pub(super) async fn intention_delete(AxState(srv): Api, Query(p): Params) -> Res
     }
 }
 
-pub(super) async fn intention_check(AxState(srv): Api, Query(p): Params) -> Res {
+/// Requires `service:read` on the destination, not `intentions:read`: as Consul, the answer
+/// is only allowed or not, and only a token that can discover the destination gets it.
+pub(super) async fn intention_check(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let source = required(&p, "source")?.to_string();
     let destination = required(&p, "destination")?.to_string();
+    authz.require(|a| a.service_read(&destination))?;
     read(&srv, &q, intentions_index, |s| {
         let set = IntentionSet::new(s.intentions.values().cloned(), s.default_policy);
         Ok(json!({ "Allowed": set.decide(&source, &destination).allowed }))
@@ -177,7 +218,9 @@ pub(super) async fn intention_check(AxState(srv): Api, Query(p): Params) -> Res 
     .await
 }
 
-pub(super) async fn intention_match(AxState(srv): Api, Query(p): Params) -> Res {
+/// Requires `intentions:read` on `?name`, whether matching by source or by destination
+/// (Consul's `Intention.Match`).
+pub(super) async fn intention_match(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let by = required(&p, "by")?.to_string();
     let by_source = match by.as_str() {
@@ -194,6 +237,9 @@ pub(super) async fn intention_match(AxState(srv): Api, Query(p): Params) -> Res 
         .map(|n| vec![n.clone()])
         .filter(|v| !v[0].is_empty())
         .ok_or_else(|| ApiError::bad_request("required query parameter 'name' not set"))?;
+    for n in &names {
+        authz.require(|a| a.intentions_read(n))?;
+    }
     read(&srv, &q, intentions_index, |s| {
         let set = IntentionSet::new(s.intentions.values().cloned(), s.default_policy);
         let mut out = BTreeMap::new();

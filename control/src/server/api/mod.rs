@@ -4,6 +4,7 @@
 //! is server-only (the linearizable read barrier before a read) is here.
 
 mod acl;
+mod authz;
 mod ca;
 mod catalog;
 mod config;
@@ -177,6 +178,25 @@ where
     R: FnOnce(&State) -> Result<T, ApiError>,
 {
     read(srv, &QueryOptions::from_params(p)?, index_of, render).await
+}
+
+/// [`read`] of a list the caller's token filters: `render` keeps what the [`authz::Filter`]
+/// allows, and the answer says whether it dropped anything (`X-Consul-Results-Filtered-By-ACLs`).
+async fn read_filtered<T, I, R>(
+    srv: &Server,
+    authz: &authz::Authz,
+    q: &QueryOptions,
+    index_of: I,
+    render: R,
+) -> Res
+where
+    T: Serialize,
+    I: Fn(&State) -> u64,
+    R: FnOnce(&State, &authz::Filter<'_>) -> Result<T, ApiError>,
+{
+    let filter = authz.filter();
+    let response = read(srv, q, index_of, |s| render(s, &filter)).await?;
+    Ok(filter.mark(response))
 }
 
 /// The first half of [`read`]: consistency barrier (unless `?stale`), then (with `?index`) wait

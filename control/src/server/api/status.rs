@@ -1,11 +1,14 @@
 //! `/v1/status/*`, `/v1/operator/raft/*` and the internal cluster views (`/v1/internal/members`,
 //! `/v1/internal/state-hash`): what a server knows about the Raft cluster and its members.
+//! The leader and peers are open (as Consul); the rest needs what `authz` lists.
 
 use axum::extract::{Query, State as AxState};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{Api, Params, Res, read, read_params};
+use super::authz::Authz;
+use super::{Api, Params, Res, read_filtered, read_params};
+use crate::acl::Authorizer;
 use crate::fsm::State;
 use crate::http::ApiError;
 use crate::http::blocking::{QueryOptions, json_with_index};
@@ -32,7 +35,8 @@ pub(super) async fn status_peers(AxState(srv): Api) -> Response {
     axum::Json(addrs).into_response()
 }
 
-pub(super) async fn raft_configuration(AxState(srv): Api, Query(p): Params) -> Res {
+pub(super) async fn raft_configuration(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+    authz.require(Authorizer::operator_read)?;
     let (peers, index) = srv.configuration(p.contains_key("stale")).await?;
     let servers: Vec<_> = peers
         .into_iter()
@@ -53,7 +57,8 @@ pub(super) async fn raft_configuration(AxState(srv): Api, Query(p): Params) -> R
     ))
 }
 
-pub(super) async fn raft_remove_peer(AxState(srv): Api, Query(p): Params) -> Res {
+pub(super) async fn raft_remove_peer(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+    authz.require(Authorizer::operator_write)?;
     let id = p.get("id").cloned().unwrap_or_default();
     let address = p.get("address").cloned().unwrap_or_default();
     if id.is_empty() == address.is_empty() {
@@ -66,14 +71,16 @@ pub(super) async fn raft_remove_peer(AxState(srv): Api, Query(p): Params) -> Res
 }
 
 /// `/v1/internal/members` (used by `/v1/agent/members`): catalog nodes with their liveness as
-/// Consul's member status (1 alive, 4 failed), servers tagged `role: consul`.
-pub(super) async fn members(AxState(srv): Api, Query(p): Params) -> Res {
+/// Consul's member status (1 alive, 4 failed), servers tagged `role: consul`; only the nodes
+/// the token may read (`node:read`), as Consul filters its members.
+pub(super) async fn members(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
     let mut q = QueryOptions::from_params(&p)?;
     q.stale = Some(String::new());
     let servers: Vec<String> = srv.peers().0.into_iter().map(|p| p.node.name).collect();
-    read(&srv, &q, State::health_index, |s| {
+    read_filtered(&srv, &authz, &q, State::health_index, |s, filter| {
         Ok(s.nodes
             .values()
+            .filter(|n| filter.keep(|a| a.node_read(&n.node)))
             .map(|n| {
                 let alive = s
                     .checks
@@ -98,7 +105,8 @@ pub(super) async fn members(AxState(srv): Api, Query(p): Params) -> Res {
 
 /// `GET /v1/internal/state-hash` (extension): digest of the replicated state, to compare
 /// servers.
-pub(super) async fn state_hash(AxState(srv): Api, Query(p): Params) -> Res {
+pub(super) async fn state_hash(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+    authz.require(Authorizer::operator_read)?;
     read_params(
         &srv,
         &p,
