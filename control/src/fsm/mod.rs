@@ -13,11 +13,13 @@ mod catalog;
 mod command;
 mod config_entries;
 mod intentions;
+mod secret;
 mod state;
 
 pub use acl_state::{AclState, anonymous_token};
 pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
+pub use secret::{SERVER_SECRET_HEX_LEN, ServerSecret};
 pub use state::{CaState, State, TableIndexes};
 
 #[cfg(test)]
