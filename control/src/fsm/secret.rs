@@ -57,7 +57,11 @@ impl std::fmt::Debug for ServerSecret {
 impl State {
     /// Stores `secret` unless one is already set (then nothing changes). A secret that is not
     /// 64 lowercase hex digits is refused (deterministically, so on every server).
-    pub(super) fn set_server_secret(&mut self, _index: Index, secret: ServerSecret) -> Result<(), crate::fsm::ApplyError> {
+    pub(super) fn set_server_secret(
+        &mut self,
+        _index: Index,
+        secret: ServerSecret,
+    ) -> Result<(), crate::fsm::ApplyError> {
         if self.server_secret.is_some() {
             return Ok(());
         }

@@ -80,9 +80,9 @@ pub fn refusal(check: SecretCheck) -> Option<Status> {
             "this method is internal to the servers: server secret required",
         )),
         SecretCheck::Wrong => Some(Status::permission_denied("invalid server secret")),
-        SecretCheck::NotReplicated => Some(Status::unavailable(
-            "cluster secret not replicated yet",
-        )),
+        SecretCheck::NotReplicated => {
+            Some(Status::unavailable("cluster secret not replicated yet"))
+        }
     }
 }
 

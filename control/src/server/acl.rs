@@ -194,7 +194,10 @@ impl Server {
         };
         token.secret_id.clear();
         let roles = linked(&token.roles, |l| snapshot.acl.role(l), |r| &r.id);
-        let policy_links = token.policies.iter().chain(roles.iter().flat_map(|r| &r.policies));
+        let policy_links = token
+            .policies
+            .iter()
+            .chain(roles.iter().flat_map(|r| &r.policies));
         let policies = linked(policy_links, |l| snapshot.acl.policy(l), |p| &p.id);
         Ok(ResolvedToken {
             enabled,

@@ -30,14 +30,14 @@ use super::acl::{AclError, Caller};
 use super::grpc_authz::{self, Call, Requirement};
 use super::{Server, ServerError, topics};
 use crate::fsm::State;
-use crate::http::token::GRPC_TOKEN_METADATA;
-use crate::raft::secret::{self, SecretCheck};
 use crate::fsm::{ApplyResult, Command};
+use crate::http::token::GRPC_TOKEN_METADATA;
 use crate::model::{CaConfig, HealthStatus};
 use crate::proto::catalog_server::{Catalog, CatalogServer};
 use crate::proto::cluster_server::{Cluster, ClusterServer};
 use crate::proto::raft_server::RaftServer;
 use crate::proto::*;
+use crate::raft::secret::{self, SecretCheck};
 use crate::raft::{MAX_MESSAGE, MeshNode, RaftGrpc};
 use tokio_stream::StreamExt;
 
@@ -242,7 +242,10 @@ impl CatalogApi {
         };
         match presented_token(req)? {
             None if internal => Ok(Authority::Unrestricted),
-            token => s.acl_resolve(token).map(Authority::Token).map_err(acl_status),
+            token => s
+                .acl_resolve(token)
+                .map(Authority::Token)
+                .map_err(acl_status),
         }
     }
 
@@ -401,7 +404,11 @@ impl Authorized for RegisterBody {
         if let Some(svc) = &self.service {
             services.push(svc.service.as_str());
             services.extend(svc.connect_target());
-            let id = if svc.id.is_empty() { &svc.service } else { &svc.id };
+            let id = if svc.id.is_empty() {
+                &svc.service
+            } else {
+                &svc.id
+            };
             services.extend(existing(id));
         }
         for c in self.checks.iter().filter(|c| !c.service_id.is_empty()) {

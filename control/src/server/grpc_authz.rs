@@ -70,18 +70,37 @@ pub enum Call<'a> {
         services: Vec<&'a str>,
     },
     /// Deregistering a service instance that exists, by its service name.
-    DeregisterService { service: &'a str },
+    DeregisterService {
+        service: &'a str,
+    },
     /// Deregistering a node, one of its checks, or a service ID it does not have.
-    DeregisterNode { node: &'a str },
-    UpdateCheck { node: &'a str },
-    Heartbeat { node: &'a str },
-    NodeState { node: &'a str },
-    UpsertIntention { destination: &'a str },
-    DeleteIntention { destination: &'a str },
-    SignCsr { service: &'a str },
+    DeregisterNode {
+        node: &'a str,
+    },
+    UpdateCheck {
+        node: &'a str,
+    },
+    Heartbeat {
+        node: &'a str,
+    },
+    NodeState {
+        node: &'a str,
+    },
+    UpsertIntention {
+        destination: &'a str,
+    },
+    DeleteIntention {
+        destination: &'a str,
+    },
+    SignCsr {
+        service: &'a str,
+    },
     /// One watched topic (`WatchRoots`, `WatchIntentions`, `WatchHealth`, or one topic of a
     /// `Watch` set: each is checked as its single form).
-    Watch { kind: TopicKind, name: &'a str },
+    Watch {
+        kind: TopicKind,
+        name: &'a str,
+    },
     ResolveToken,
     Http,
 }
@@ -91,11 +110,9 @@ pub fn requirement<'a>(call: &Call<'a>) -> Requirement<'a> {
     use Need::*;
     let all = |needs: Vec<Need<'a>>| Requirement::All(needs);
     match *call {
-        Call::Register { node, ref services } => all(
-            std::iter::once(NodeWrite(node))
-                .chain(services.iter().map(|s| ServiceWrite(s)))
-                .collect(),
-        ),
+        Call::Register { node, ref services } => all(std::iter::once(NodeWrite(node))
+            .chain(services.iter().map(|s| ServiceWrite(s)))
+            .collect()),
         Call::DeregisterService { service } => all(vec![ServiceWrite(service)]),
         Call::DeregisterNode { node } | Call::UpdateCheck { node } | Call::Heartbeat { node } => {
             all(vec![NodeWrite(node)])
@@ -117,7 +134,10 @@ pub fn requirement<'a>(call: &Call<'a>) -> Requirement<'a> {
 
 /// Whether `authorizer` meets `requirement`; the first missing permission otherwise, with
 /// Consul's text. (`Router` and `Resolved` pass: the caller resolved the token already.)
-pub fn authorize(requirement: &Requirement<'_>, authorizer: &Authorizer) -> Result<(), PermissionDenied> {
+pub fn authorize(
+    requirement: &Requirement<'_>,
+    authorizer: &Authorizer,
+) -> Result<(), PermissionDenied> {
     match requirement {
         Requirement::Router | Requirement::Resolved => Ok(()),
         Requirement::All(needs) => needs.iter().try_for_each(|n| n.decide(authorizer).check()),
@@ -156,26 +176,81 @@ mod tests {
         use Need::*;
         let cases: Vec<(Call<'_>, Requirement<'_>)> = vec![
             (
-                Call::Register { node: "n1", services: vec!["web", "db"] },
-                Requirement::All(vec![NodeWrite("n1"), ServiceWrite("web"), ServiceWrite("db")]),
+                Call::Register {
+                    node: "n1",
+                    services: vec!["web", "db"],
+                },
+                Requirement::All(vec![
+                    NodeWrite("n1"),
+                    ServiceWrite("web"),
+                    ServiceWrite("db"),
+                ]),
             ),
-            (Call::Register { node: "n1", services: vec![] }, Requirement::All(vec![NodeWrite("n1")])),
-            (Call::DeregisterService { service: "db" }, Requirement::All(vec![ServiceWrite("db")])),
-            (Call::DeregisterNode { node: "n2" }, Requirement::All(vec![NodeWrite("n2")])),
-            (Call::UpdateCheck { node: "n2" }, Requirement::All(vec![NodeWrite("n2")])),
-            (Call::Heartbeat { node: "n2" }, Requirement::All(vec![NodeWrite("n2")])),
-            (Call::NodeState { node: "n2" }, Requirement::All(vec![NodeRead("n2")])),
-            (Call::UpsertIntention { destination: "db" }, Requirement::All(vec![IntentionsWrite("db")])),
-            (Call::DeleteIntention { destination: "db" }, Requirement::All(vec![IntentionsWrite("db")])),
-            (Call::SignCsr { service: "db" }, Requirement::All(vec![ServiceWrite("db")])),
-            (Call::Watch { kind: TopicKind::TopicRoots, name: "x" }, Requirement::Resolved),
-            (Call::Watch { kind: TopicKind::TopicAcl, name: "" }, Requirement::Resolved),
             (
-                Call::Watch { kind: TopicKind::TopicIntentions, name: "db" },
+                Call::Register {
+                    node: "n1",
+                    services: vec![],
+                },
+                Requirement::All(vec![NodeWrite("n1")]),
+            ),
+            (
+                Call::DeregisterService { service: "db" },
+                Requirement::All(vec![ServiceWrite("db")]),
+            ),
+            (
+                Call::DeregisterNode { node: "n2" },
+                Requirement::All(vec![NodeWrite("n2")]),
+            ),
+            (
+                Call::UpdateCheck { node: "n2" },
+                Requirement::All(vec![NodeWrite("n2")]),
+            ),
+            (
+                Call::Heartbeat { node: "n2" },
+                Requirement::All(vec![NodeWrite("n2")]),
+            ),
+            (
+                Call::NodeState { node: "n2" },
+                Requirement::All(vec![NodeRead("n2")]),
+            ),
+            (
+                Call::UpsertIntention { destination: "db" },
+                Requirement::All(vec![IntentionsWrite("db")]),
+            ),
+            (
+                Call::DeleteIntention { destination: "db" },
+                Requirement::All(vec![IntentionsWrite("db")]),
+            ),
+            (
+                Call::SignCsr { service: "db" },
+                Requirement::All(vec![ServiceWrite("db")]),
+            ),
+            (
+                Call::Watch {
+                    kind: TopicKind::TopicRoots,
+                    name: "x",
+                },
+                Requirement::Resolved,
+            ),
+            (
+                Call::Watch {
+                    kind: TopicKind::TopicAcl,
+                    name: "",
+                },
+                Requirement::Resolved,
+            ),
+            (
+                Call::Watch {
+                    kind: TopicKind::TopicIntentions,
+                    name: "db",
+                },
                 Requirement::All(vec![IntentionsRead("db")]),
             ),
             (
-                Call::Watch { kind: TopicKind::TopicHealth, name: "db" },
+                Call::Watch {
+                    kind: TopicKind::TopicHealth,
+                    name: "db",
+                },
                 Requirement::All(vec![ServiceRead("db")]),
             ),
             (Call::ResolveToken, Requirement::Resolved),
@@ -190,26 +265,69 @@ mod tests {
     fn decisions_and_denial_text() {
         let a = web_writer();
         let ok = |c: Call<'_>| authorize(&requirement(&c), &a);
-        assert!(ok(Call::Register { node: "n1", services: vec!["web"] }).is_ok());
+        assert!(
+            ok(Call::Register {
+                node: "n1",
+                services: vec!["web"]
+            })
+            .is_ok()
+        );
         assert!(ok(Call::SignCsr { service: "web" }).is_ok());
         assert!(ok(Call::UpsertIntention { destination: "web" }).is_ok());
-        assert!(ok(Call::Watch { kind: TopicKind::TopicHealth, name: "db" }).is_ok());
+        assert!(
+            ok(Call::Watch {
+                kind: TopicKind::TopicHealth,
+                name: "db"
+            })
+            .is_ok()
+        );
         assert!(ok(Call::NodeState { node: "n9" }).is_ok());
         // The first missing permission is the one named.
-        let denied = ok(Call::Register { node: "n1", services: vec!["web", "db"] }).unwrap_err();
+        let denied = ok(Call::Register {
+            node: "n1",
+            services: vec!["web", "db"],
+        })
+        .unwrap_err();
         assert_eq!(
             denied.to_string(),
             "Permission denied: token with AccessorID 'acc-1' lacks permission 'service:write' on \"db\""
         );
         let denied = ok(Call::Heartbeat { node: "n2" }).unwrap_err();
-        assert!(denied.to_string().contains("'node:write' on \"n2\""), "{denied}");
+        assert!(
+            denied.to_string().contains("'node:write' on \"n2\""),
+            "{denied}"
+        );
         assert!(ok(Call::SignCsr { service: "db" }).is_err());
         assert!(ok(Call::DeleteIntention { destination: "db" }).is_err());
         // A deny rule wins over the read-everything prefix.
         let mut rules = Rules::default();
-        rules.services.insert("db".into(), ServiceRule { policy: crate::acl::AccessLevel::Deny, intentions: None });
+        rules.services.insert(
+            "db".into(),
+            ServiceRule {
+                policy: crate::acl::AccessLevel::Deny,
+                intentions: None,
+            },
+        );
         let deny = Authorizer::new("acc-2", &rules, DefaultPolicy::Allow);
-        assert!(authorize(&requirement(&Call::Watch { kind: TopicKind::TopicHealth, name: "db" }), &deny).is_err());
-        assert!(authorize(&requirement(&Call::Watch { kind: TopicKind::TopicHealth, name: "web" }), &deny).is_ok());
+        assert!(
+            authorize(
+                &requirement(&Call::Watch {
+                    kind: TopicKind::TopicHealth,
+                    name: "db"
+                }),
+                &deny
+            )
+            .is_err()
+        );
+        assert!(
+            authorize(
+                &requirement(&Call::Watch {
+                    kind: TopicKind::TopicHealth,
+                    name: "web"
+                }),
+                &deny
+            )
+            .is_ok()
+        );
     }
 }

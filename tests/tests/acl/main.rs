@@ -7,12 +7,14 @@
 //!   the token list hides SecretIDs from a read-only token; a deleted token is `ACL not found`;
 //!   the three places a token can travel in (header, bearer, `?token=`);
 //! * policies with HCL and JSON rules, invalid rules refused with the field and line, the list
-//!   without rules, lookups by name, roles linking policies.
+//!   without rules, lookups by name, roles linking policies;
+//! * every gRPC method by token (tonic clients), and the gRPC security findings refused.
 
 mod t10_bootstrap;
 mod t20_tokens;
 mod t30_policies;
 mod t40_cli;
+mod t60_grpc;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -67,6 +69,11 @@ impl Dev {
         let addr = meshd.http_addr;
         wait_ca(addr);
         Self { meshd, addr }
+    }
+
+    /// The gRPC address (`--bind`).
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.meshd.rpc_addr
     }
 
     /// `curl -X method` on `path`, with `auth` and an optional JSON `body`.
