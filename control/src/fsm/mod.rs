@@ -1,6 +1,7 @@
 //! The replicated state machine: one deterministic `apply(index, command)` over the catalog,
 //! the intentions, the config entries (`service-defaults`; `service-intentions` are a view of
-//! the intentions, see `crate::config_entries`), the CA state and the ACL tables.
+//! the intentions, see `crate::config_entries`), the CA state, the ACL tables and the servers'
+//! internal secret (`secret`, set once).
 //!
 //! No I/O, no clock, no randomness: whatever varies is inside the command (see `command`). The
 //! Raft storage layer (`crate::store`) calls `State::apply` for every committed entry and takes

@@ -209,7 +209,7 @@ enum Authority {
     /// ACLs are off, or the caller presented the servers' internal secret and no token.
     Unrestricted,
     /// The caller's token (the anonymous one when none was presented).
-    Token(Caller),
+    Token(Box<Caller>),
 }
 
 /// An ACL refusal as a gRPC status: `PermissionDenied` with Consul's text.
@@ -244,7 +244,7 @@ impl CatalogApi {
             None if internal => Ok(Authority::Unrestricted),
             token => s
                 .acl_resolve(token)
-                .map(Authority::Token)
+                .map(|c| Authority::Token(Box::new(c)))
                 .map_err(acl_status),
         }
     }
