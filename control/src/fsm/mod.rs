@@ -1,6 +1,7 @@
 //! The replicated state machine: one deterministic `apply(index, command)` over the catalog,
 //! the intentions, the config entries (`service-defaults`; `service-intentions` are a view of
-//! the intentions, see `crate::config_entries`), the CA state and the ACL tables.
+//! the intentions, see `crate::config_entries`), the CA state, the ACL tables and the servers'
+//! internal secret (`secret`, set once).
 //!
 //! No I/O, no clock, no randomness: whatever varies is inside the command (see `command`). The
 //! Raft storage layer (`crate::store`) calls `State::apply` for every committed entry and takes
@@ -13,11 +14,13 @@ mod catalog;
 mod command;
 mod config_entries;
 mod intentions;
+mod secret;
 mod state;
 
 pub use acl_state::{AclState, anonymous_token};
 pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
+pub use secret::{SERVER_SECRET_HEX_LEN, ServerSecret};
 pub use state::{CaState, State, TableIndexes};
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acl_state::AclState;
 use super::command::{ApplyError, ApplyResult, Command};
+use super::secret::ServerSecret;
 use crate::ca::StoredRoot;
 use crate::config_entries::{IntentionEntryMeta, MeshConfig, ServiceDefaults};
 use crate::intentions::DefaultPolicy;
@@ -95,6 +96,10 @@ pub struct State {
     /// never used ACLs keeps its snapshot bytes and digest.
     #[serde(default, skip_serializing_if = "AclState::is_empty")]
     pub acl: AclState,
+    /// The servers' internal secret, once the first leader wrote it. Left out of the encoding
+    /// while unset (older snapshots load), and out of [`State::digest`] always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_secret: Option<ServerSecret>,
     pub tables: TableIndexes,
     /// Index of the last applied command.
     pub last_index: Index,
@@ -179,13 +184,22 @@ impl State {
             Command::AclPolicyDelete { id } => self.acl_policy_delete(index, &id),
             Command::AclRoleSet { role } => self.acl_role_set(index, role),
             Command::AclRoleDelete { id } => self.acl_role_delete(index, &id),
+            Command::SetServerSecret { secret } => self.set_server_secret(index, secret),
         }
     }
 
-    /// A stable digest of the whole state, to compare servers (FNV-1a over canonical JSON;
-    /// every map is a `BTreeMap`, so the encoding is canonical).
+    /// A stable digest of the whole state but the servers' internal secret, to compare servers
+    /// (FNV-1a over canonical JSON; every map is a `BTreeMap`, so the encoding is canonical).
+    /// The digest is served over HTTP and FNV is no one-way function, so the secret stays out.
     pub fn digest(&self) -> String {
-        let json = serde_json::to_vec(self).expect("state serializes");
+        let json = if self.server_secret.is_some() {
+            let mut without = self.clone();
+            without.server_secret = None;
+            serde_json::to_vec(&without)
+        } else {
+            serde_json::to_vec(self)
+        }
+        .expect("state serializes");
         format!("{:016x}", crate::hash::fnv1a64(&json))
     }
 }

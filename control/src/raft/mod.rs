@@ -2,6 +2,7 @@
 //! the gRPC transport between servers (with fault injection for partition tests).
 
 mod network;
+pub mod secret;
 mod service;
 
 use std::fmt;

@@ -4,6 +4,9 @@
 //! `Faults` lets a test cut a server off from chosen peers at this layer (both directions are
 //! cut by setting it on both sides); everything above it, including write forwarding, goes
 //! through the same check, so a partitioned minority really cannot commit.
+//!
+//! Every call carries this server's internal secret once it holds one (`super::secret`); the
+//! receiver checks it (`super::service`).
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -25,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::{MeshNode, NodeId, TypeConfig};
 use crate::proto::RaftPayload;
 use crate::proto::raft_client::RaftClient;
+use crate::store::SharedState;
 
 /// Largest gRPC message between servers (snapshot chunks are smaller; see `server::raft_config`).
 pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
@@ -78,6 +82,8 @@ impl Channels {
 pub struct NetworkFactory {
     pub channels: Channels,
     pub faults: Arc<Faults>,
+    /// This server's state, for the internal secret its calls present.
+    pub state: SharedState,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -89,6 +95,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             addr: node.rpc_addr.clone(),
             channels: self.channels.clone(),
             faults: self.faults.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -99,6 +106,7 @@ pub struct Network {
     addr: String,
     channels: Channels,
     faults: Arc<Faults>,
+    state: SharedState,
 }
 
 type RpcErr<E> = RPCError<NodeId, MeshNode, RaftError<NodeId, E>>;
@@ -133,6 +141,7 @@ impl Network {
             .max_encoding_message_size(MAX_MESSAGE);
         let mut request = tonic::Request::new(RaftPayload { json });
         request.set_timeout(option.hard_ttl());
+        super::secret::attach_held(&mut request, &self.state);
         let reply = match which {
             Which::Append => client.append_entries(request).await,
             Which::Vote => client.vote(request).await,

@@ -27,8 +27,8 @@ use time::format_description::well_known::Rfc3339;
 
 use super::Server;
 use crate::acl::{
-    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclIndex, AclToken, Authorizer,
-    PermissionDenied,
+    ANONYMOUS_TOKEN_ACCESSOR_ID, ANONYMOUS_TOKEN_SECRET_ID, AclIndex, AclLink, AclToken,
+    Authorizer, PermissionDenied, ResolvedToken, global_management_policy,
 };
 use crate::fsm::{State, anonymous_token};
 use crate::http::ApiError;
@@ -152,13 +152,11 @@ fn expired(token: &AclToken, now: OffsetDateTime) -> bool {
 }
 
 impl Server {
-    /// The token `secret` names (the anonymous token for `None`) and its authorizer in this
-    /// server's datacenter. Does not check whether ACLs are enabled.
-    pub fn acl_resolve(&self, secret: Option<&str>) -> Result<Caller, AclError> {
-        let snapshot = self.state.read(|s| self.acl_resolver.snapshot(s));
+    /// The live token `secret` names (the anonymous token for `None`) in `snapshot`.
+    fn acl_token(&self, snapshot: &Snapshot, secret: Option<&str>) -> Result<AclToken, AclError> {
         let token = match secret.filter(|s| !s.is_empty()) {
             None => snapshot.anonymous.clone(),
-            Some(secret) => match self.acl_resolver.find(&snapshot, secret) {
+            Some(secret) => match self.acl_resolver.find(snapshot, secret) {
                 Some(t) => t,
                 None if secret == ANONYMOUS_TOKEN_SECRET_ID => snapshot.anonymous.clone(),
                 None => return Err(AclError::NotFound),
@@ -167,6 +165,14 @@ impl Server {
         if expired(&token, OffsetDateTime::now_utc()) {
             return Err(AclError::NotFound);
         }
+        Ok(token)
+    }
+
+    /// The token `secret` names (the anonymous token for `None`) and its authorizer in this
+    /// server's datacenter. Does not check whether ACLs are enabled.
+    pub fn acl_resolve(&self, secret: Option<&str>) -> Result<Caller, AclError> {
+        let snapshot = self.state.read(|s| self.acl_resolver.snapshot(s));
+        let token = self.acl_token(&snapshot, secret)?;
         let authorizer = snapshot.acl.authorizer(
             &token,
             &self.config.datacenter,
@@ -174,6 +180,78 @@ impl Server {
         );
         Ok(Caller { token, authorizer })
     }
+
+    /// What an agent needs to authorize as this server would (`Catalog.ResolveToken`): the
+    /// token `secret` names, its SecretID blanked, with the policies it links directly and
+    /// through its roles, and the roles. With ACLs off: the anonymous token, `enabled: false`.
+    pub fn acl_resolve_for_agent(&self, secret: Option<&str>) -> Result<ResolvedToken, AclError> {
+        let snapshot = self.state.read(|s| self.acl_resolver.snapshot(s));
+        let enabled = self.config.acl.enabled;
+        let mut token = if enabled {
+            self.acl_token(&snapshot, secret)?
+        } else {
+            snapshot.anonymous.clone()
+        };
+        token.secret_id.clear();
+        let roles = linked(&token.roles, |l| snapshot.acl.role(l), |r| &r.id);
+        let policy_links = token
+            .policies
+            .iter()
+            .chain(roles.iter().flat_map(|r| &r.policies));
+        let policies = linked(policy_links, |l| snapshot.acl.policy(l), |p| &p.id);
+        Ok(ResolvedToken {
+            enabled,
+            token,
+            policies,
+            roles,
+            default_policy: self.config.acl.default_policy,
+            acl_index: snapshot.index,
+        })
+    }
+
+    /// [`ResolvedToken`] of the servers' internal secret: management rights (the built-in
+    /// `global-management` policy), under no real token's AccessorID.
+    pub fn acl_resolved_internal(&self) -> ResolvedToken {
+        let policy = global_management_policy();
+        let token = AclToken {
+            accessor_id: INTERNAL_ACCESSOR_ID.to_string(),
+            description: "the servers' internal secret".to_string(),
+            policies: vec![AclLink {
+                id: policy.id.clone(),
+                name: policy.name.clone(),
+            }],
+            ..AclToken::default()
+        };
+        ResolvedToken {
+            enabled: self.config.acl.enabled,
+            token,
+            policies: vec![policy],
+            roles: Vec::new(),
+            default_policy: self.config.acl.default_policy,
+            acl_index: self.state.read(|s| s.tables.acl),
+        }
+    }
+}
+
+/// The AccessorID a resolved internal secret carries (no stored token has it: stored
+/// AccessorIDs are UUIDs).
+pub const INTERNAL_ACCESSOR_ID: &str = "server-internal";
+
+/// The objects `links` point to, each once (by `id`), in link order; dangling links skipped.
+fn linked<'a, L, T, F, K>(links: L, get: F, id: K) -> Vec<T>
+where
+    L: IntoIterator<Item = &'a AclLink>,
+    T: Clone + 'a,
+    F: Fn(&AclLink) -> Option<&'a T>,
+    K: Fn(&T) -> &String,
+{
+    let mut out: Vec<T> = Vec::new();
+    for found in links.into_iter().filter_map(get) {
+        if !out.iter().any(|o| id(o) == id(found)) {
+            out.push(found.clone());
+        }
+    }
+    out
 }
 
 #[cfg(test)]

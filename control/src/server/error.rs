@@ -23,6 +23,10 @@ pub type ReadIndexError = RaftError<NodeId, CheckIsLeaderError<NodeId, MeshNode>
 pub enum ServerError {
     #[error("No cluster leader")]
     NoLeader,
+    /// This server holds no internal secret yet, so it cannot call the leader's servers-only
+    /// methods (nor answer them); the first leader writes it at bootstrap.
+    #[error("cluster secret not replicated yet")]
+    SecretNotReplicated,
     /// The call to the leader failed (not an answer of the leader's: see [`Self::Leader`]).
     #[error("forwarding to leader {leader} failed: {reason}")]
     Forward {
@@ -122,6 +126,10 @@ pub enum Refused {
     LeafTtl(#[source] crate::duration::DurationError),
     #[error("LeafCertTTL must be at least 1s")]
     LeafTtlTooShort,
+    #[error(
+        "cannot sign a leaf for datacenter {requested:?}: this server signs for datacenter {local:?} only"
+    )]
+    ForeignDatacenter { requested: String, local: String },
 }
 
 impl ServerError {
@@ -146,7 +154,13 @@ impl ServerError {
             400 => tonic::Status::invalid_argument(self.to_string()),
             404 => tonic::Status::not_found(self.to_string()),
             409 => tonic::Status::already_exists(self.to_string()),
-            _ if matches!(self, ServerError::NoLeader | ServerError::Forward { .. }) => {
+            _ if matches!(
+                self,
+                ServerError::NoLeader
+                    | ServerError::Forward { .. }
+                    | ServerError::SecretNotReplicated
+            ) =>
+            {
                 tonic::Status::unavailable(self.to_string())
             }
             _ => tonic::Status::internal(self.to_string()),

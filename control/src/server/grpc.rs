@@ -1,6 +1,22 @@
 //! The server's gRPC services: Raft transport, cluster membership/forwarding, and the agent API
 //! (registration, intentions, CSR signing and watches), all on the `--bind` address so one
 //! HTTP/2 connection per agent carries everything.
+//!
+//! Who may call what:
+//! * `Raft.*`: servers only, by the internal secret once the receiver holds one
+//!   (`raft::secret`).
+//! * `Cluster.Write`, `ReadIndex`, `Configuration`, `RemovePeer`, `RotateCa`: servers only,
+//!   always (ACLs on or off): the internal secret in `x-mesh-server-secret`. A client token,
+//!   even a management one, is not enough: these apply any command, unchecked.
+//! * `Cluster.Hello` and `Cluster.Join` stay open: a server that has not joined holds no secret.
+//!   Authenticating servers to each other (mTLS, an authenticated join) is issue 13; until then
+//!   whoever reaches the RPC port can join a server to the cluster.
+//! * `Catalog.*` (the agents' API), with ACLs on: the token in `x-consul-token` (none: the
+//!   anonymous token), checked against `server::grpc_authz`'s table before anything runs or a
+//!   stream starts; when no token is presented, a valid internal secret (the agent a server
+//!   embeds) stands for management rights. A presented secret that is not this server's is
+//!   refused. With ACLs off nothing is checked there, except that `SignCsr` signs only for this
+//!   server's datacenter (`Server::sign_csr`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,13 +26,18 @@ use serde::Serialize;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use super::acl::{AclError, Caller};
+use super::grpc_authz::{self, Call, Requirement};
 use super::{Server, ServerError, topics};
+use crate::fsm::State;
 use crate::fsm::{ApplyResult, Command};
+use crate::http::token::GRPC_TOKEN_METADATA;
 use crate::model::{CaConfig, HealthStatus};
 use crate::proto::catalog_server::{Catalog, CatalogServer};
 use crate::proto::cluster_server::{Cluster, ClusterServer};
 use crate::proto::raft_server::RaftServer;
 use crate::proto::*;
+use crate::raft::secret::{self, SecretCheck};
 use crate::raft::{MAX_MESSAGE, MeshNode, RaftGrpc};
 use tokio_stream::StreamExt;
 
@@ -24,6 +45,7 @@ use tokio_stream::StreamExt;
 pub(super) async fn serve(server: Arc<Server>, incoming: TcpListenerStream) {
     let raft = RaftServer::new(RaftGrpc {
         raft: server.raft.clone(),
+        state: server.state.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
@@ -114,6 +136,7 @@ impl Cluster for ClusterApi {
     }
 
     async fn write(&self, req: Request<CommandRequest>) -> Result<Response<CommandReply>, Status> {
+        secret::require(&self.0.state, &req)?;
         let req = req.into_inner();
         let cmd: Command = parse(&req.json)?;
         write_reply(self.0.write_hops(cmd, req.hops).await)
@@ -121,16 +144,18 @@ impl Cluster for ClusterApi {
 
     async fn read_index(
         &self,
-        _req: Request<ReadIndexRequest>,
+        req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
+        secret::require(&self.0.state, &req)?;
         let index = self.0.read_index(1).await.map_err(|e| e.to_status())?;
         Ok(Response::new(ReadIndexReply { index }))
     }
 
     async fn configuration(
         &self,
-        _req: Request<ConfigurationRequest>,
+        req: Request<ConfigurationRequest>,
     ) -> Result<Response<ConfigurationReply>, Status> {
+        secret::require(&self.0.state, &req)?;
         let (peers, index) = self.0.peers();
         Ok(Response::new(ConfigurationReply {
             servers: peers
@@ -149,6 +174,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<RemovePeerRequest>,
     ) -> Result<Response<RemovePeerReply>, Status> {
+        secret::require(&self.0.state, &req)?;
         let r = req.into_inner();
         let index = self
             .0
@@ -162,6 +188,7 @@ impl Cluster for ClusterApi {
         &self,
         req: Request<RotateCaRequest>,
     ) -> Result<Response<CommandReply>, Status> {
+        secret::require(&self.0.state, &req)?;
         let r = req.into_inner();
         let config: Option<CaConfig> = if r.config_json.is_empty() {
             None
@@ -177,7 +204,70 @@ struct CatalogApi(Arc<Server>);
 type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchReply, Status>> + Send>>;
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, Status>> + Send>>;
 
+/// Who a `Catalog` call comes from, as far as ACLs go.
+enum Authority {
+    /// ACLs are off, or the caller presented the servers' internal secret and no token.
+    Unrestricted,
+    /// The caller's token (the anonymous one when none was presented).
+    Token(Box<Caller>),
+}
+
+/// An ACL refusal as a gRPC status: `PermissionDenied` with Consul's text.
+fn acl_status(e: AclError) -> Status {
+    Status::permission_denied(e.to_string())
+}
+
+/// The token a call presents in `x-consul-token`; one that is not text names no token.
+fn presented_token<T>(req: &Request<T>) -> Result<Option<&str>, Status> {
+    req.metadata()
+        .get(GRPC_TOKEN_METADATA)
+        .map(|v| v.to_str().map_err(|_| acl_status(AclError::NotFound)))
+        .transpose()
+}
+
 impl CatalogApi {
+    /// Resolves who `req` comes from: refuses a wrong internal secret and a token that names
+    /// nothing (`ACL not found`).
+    fn authority<T>(&self, req: &Request<T>) -> Result<Authority, Status> {
+        let s = &self.0;
+        if !s.config.acl.enabled {
+            return Ok(Authority::Unrestricted);
+        }
+        let internal = match secret::presented(req) {
+            None => false,
+            Some(p) => match secret::check(secret::held(&s.state).as_ref(), Some(p)) {
+                SecretCheck::Valid => true,
+                _ => return Err(Status::permission_denied("invalid server secret")),
+            },
+        };
+        match presented_token(req)? {
+            None if internal => Ok(Authority::Unrestricted),
+            token => s
+                .acl_resolve(token)
+                .map(|c| Authority::Token(Box::new(c)))
+                .map_err(acl_status),
+        }
+    }
+
+    /// Refuses `call` unless `authority` meets what the table asks for it.
+    fn check(authority: &Authority, call: &Call<'_>) -> Result<(), Status> {
+        match authority {
+            Authority::Unrestricted => Ok(()),
+            Authority::Token(caller) => {
+                grpc_authz::authorize(&grpc_authz::requirement(call), &caller.authorizer)
+                    .map_err(|e| acl_status(e.into()))
+            }
+        }
+    }
+
+    /// [`Self::authority`] and [`Self::check`] of a call whose names are in the request.
+    fn authorize<T>(&self, req: &Request<T>, call: &Call<'_>) -> Result<(), Status> {
+        if grpc_authz::requirement(call) == Requirement::Router {
+            return Ok(());
+        }
+        Self::check(&self.authority(req)?, call)
+    }
+
     /// Applies `cmd`; a rejected command is a gRPC error with the reason (InvalidArgument,
     /// NotFound, AlreadyExists), so agents need not look inside the reply.
     async fn apply(&self, cmd: Command) -> Result<Response<WriteReply>, Status> {
@@ -188,12 +278,17 @@ impl CatalogApi {
         }))
     }
 
-    /// Parses the JSON body of a write RPC as `B` and applies the command it stands for.
+    /// Parses the JSON body of a write RPC as `B`, authorizes it against the state it would
+    /// change, and applies the command it stands for.
     async fn write<B>(&self, req: Request<JsonRequest>) -> Result<Response<WriteReply>, Status>
     where
-        B: serde::de::DeserializeOwned + Into<Command>,
+        B: serde::de::DeserializeOwned + Into<Command> + Authorized,
     {
+        let authority = self.authority(&req)?;
         let body: B = parse(&req.into_inner().json)?;
+        self.0
+            .state
+            .read(|s| Self::check(&authority, &body.call(s)))?;
         self.apply(body.into()).await
     }
 
@@ -258,6 +353,13 @@ impl CatalogApi {
         kind: TopicKind,
         req: Request<WatchRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        self.authorize(
+            &req,
+            &Call::Watch {
+                kind,
+                name: &req.get_ref().name,
+            },
+        )?;
         let r = req.into_inner();
         let topic = Topic {
             kind: kind as i32,
@@ -275,6 +377,12 @@ impl CatalogApi {
     }
 }
 
+/// A write body, reduced to what `grpc_authz` decides on; `state` is what it would change
+/// (a registration taking over a service ID, a deregistration naming one).
+trait Authorized {
+    fn call<'a>(&'a self, state: &'a State) -> Call<'a>;
+}
+
 /// Registration body: a node with optional service and checks (Consul's catalog register).
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -283,6 +391,32 @@ struct RegisterBody {
     service: Option<crate::model::ServiceInstance>,
     #[serde(default)]
     checks: Vec<crate::model::HealthCheck>,
+}
+
+impl Authorized for RegisterBody {
+    /// The node, the service and a proxy's destination, and the services already registered
+    /// under an ID this body takes over or attaches a check to.
+    fn call<'a>(&'a self, state: &'a State) -> Call<'a> {
+        let node = self.node.node.as_str();
+        let on_node = state.services.get(node);
+        let existing = |id: &str| on_node.and_then(|m| m.get(id)).map(|s| s.service.as_str());
+        let mut services = Vec::new();
+        if let Some(svc) = &self.service {
+            services.push(svc.service.as_str());
+            services.extend(svc.connect_target());
+            let id = if svc.id.is_empty() {
+                &svc.service
+            } else {
+                &svc.id
+            };
+            services.extend(existing(id));
+        }
+        for c in self.checks.iter().filter(|c| !c.service_id.is_empty()) {
+            services.extend(existing(&c.service_id));
+        }
+        services.dedup();
+        Call::Register { node, services }
+    }
 }
 
 impl From<RegisterBody> for Command {
@@ -303,6 +437,24 @@ struct DeregisterBody {
     service_id: Option<String>,
     #[serde(rename = "CheckID", default)]
     check_id: Option<String>,
+}
+
+impl Authorized for DeregisterBody {
+    /// A service by the name its ID has now; the node (for the node, a check, or an ID the
+    /// node does not have).
+    fn call<'a>(&'a self, state: &'a State) -> Call<'a> {
+        let service = self.service_id.as_deref().and_then(|id| {
+            state
+                .services
+                .get(&self.node)
+                .and_then(|m| m.get(id))
+                .map(|s| s.service.as_str())
+        });
+        match service {
+            Some(service) => Call::DeregisterService { service },
+            None => Call::DeregisterNode { node: &self.node },
+        }
+    }
 }
 
 impl From<DeregisterBody> for Command {
@@ -326,6 +478,12 @@ struct CheckUpdateBody {
     output: String,
 }
 
+impl Authorized for CheckUpdateBody {
+    fn call<'a>(&'a self, _: &'a State) -> Call<'a> {
+        Call::UpdateCheck { node: &self.node }
+    }
+}
+
 impl From<CheckUpdateBody> for Command {
     fn from(b: CheckUpdateBody) -> Self {
         Command::UpdateCheck {
@@ -343,6 +501,14 @@ struct IntentionUpsertBody {
     intention: crate::model::Intention,
     #[serde(default)]
     replace: bool,
+}
+
+impl Authorized for IntentionUpsertBody {
+    fn call<'a>(&'a self, _: &'a State) -> Call<'a> {
+        Call::UpsertIntention {
+            destination: &self.intention.destination_name,
+        }
+    }
 }
 
 impl From<IntentionUpsertBody> for Command {
@@ -363,6 +529,14 @@ struct IntentionDeleteBody {
     #[serde(rename = "DestinationNS", default = "default_ns")]
     destination_ns: String,
     destination_name: String,
+}
+
+impl Authorized for IntentionDeleteBody {
+    fn call<'a>(&'a self, _: &'a State) -> Call<'a> {
+        Call::DeleteIntention {
+            destination: &self.destination_name,
+        }
+    }
 }
 
 impl From<IntentionDeleteBody> for Command {
@@ -415,6 +589,14 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<SignCsrRequest>,
     ) -> Result<Response<SignCsrReply>, Status> {
+        // The name checked is the name signed: `Server::sign_csr` signs `service` only for a
+        // CSR whose SPIFFE ID names exactly it (and this server's datacenter).
+        self.authorize(
+            &req,
+            &Call::SignCsr {
+                service: &req.get_ref().service,
+            },
+        )?;
         let r = req.into_inner();
         let leaf = self
             .0
@@ -449,6 +631,16 @@ impl Catalog for CatalogApi {
 
     type WatchStream = EventStream;
     async fn watch(&self, req: Request<WatchSet>) -> Result<Response<Self::WatchStream>, Status> {
+        let authority = self.authority(&req)?;
+        for t in &req.get_ref().topics {
+            Self::check(
+                &authority,
+                &Call::Watch {
+                    kind: t.kind(),
+                    name: &t.name,
+                },
+            )?;
+        }
         Ok(Response::new(self.watch_topics(req.into_inner().topics)))
     }
 
@@ -456,6 +648,12 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatReply>, Status> {
+        self.authorize(
+            &req,
+            &Call::Heartbeat {
+                node: &req.get_ref().node,
+            },
+        )?;
         let r = req.into_inner();
         self.0
             .heartbeat(&r.node, r.hops)
@@ -468,6 +666,12 @@ impl Catalog for CatalogApi {
         &self,
         req: Request<NodeStateRequest>,
     ) -> Result<Response<WriteReply>, Status> {
+        self.authorize(
+            &req,
+            &Call::NodeState {
+                node: &req.get_ref().node,
+            },
+        )?;
         let node = req.into_inner().node;
         let (index, body) = self.0.state.read(|s| {
             let services: Vec<_> = s
@@ -495,14 +699,28 @@ impl Catalog for CatalogApi {
         }))
     }
 
+    /// The token in `x-consul-token` (none: the anonymous token; none but the internal secret:
+    /// management rights) resolved for the agent. Unknown: `ACL not found`.
     async fn resolve_token(
         &self,
-        _req: Request<ResolveTokenRequest>,
+        req: Request<ResolveTokenRequest>,
     ) -> Result<Response<ResolveTokenReply>, Status> {
-        Err(Status::unimplemented("ResolveToken is being built"))
+        let s = &self.0;
+        let authority = self.authority(&req)?;
+        Self::check(&authority, &Call::ResolveToken)?;
+        let resolved = match authority {
+            Authority::Unrestricted if s.config.acl.enabled => s.acl_resolved_internal(),
+            _ => s
+                .acl_resolve_for_agent(presented_token(&req)?)
+                .map_err(acl_status)?,
+        };
+        Ok(Response::new(ResolveTokenReply {
+            json: json(&resolved)?,
+        }))
     }
 
     async fn http(&self, req: Request<HttpRequest>) -> Result<Response<HttpReply>, Status> {
+        self.authorize(&req, &Call::Http)?;
         Ok(Response::new(
             super::api::forwarded::handle(&self.0, req.into_inner()).await,
         ))

@@ -1,6 +1,7 @@
-//! Work only the leader does: creating the CA at cluster bootstrap and pruning rotated-out
-//! roots once every leaf they signed has expired. Both are proposals through Raft, so a leader
-//! change in the middle is harmless (`CaInitialize` is ignored when a root already exists).
+//! Work only the leader does: writing the servers' internal secret and creating the CA at
+//! cluster bootstrap, and pruning rotated-out roots once every leaf they signed has expired.
+//! All are proposals through Raft, so a leader change in the middle is harmless
+//! (`SetServerSecret` and `CaInitialize` are ignored when a secret / a root already exists).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::Server;
-use crate::fsm::Command;
+use crate::fsm::{Command, ServerSecret};
 use crate::model::CaConfig;
 
 const TICK: Duration = Duration::from_millis(500);
@@ -58,14 +59,28 @@ pub(super) async fn run(server: Arc<Server>) {
     }
 }
 
+/// A new random internal secret: 32 bytes from the OS-seeded CSPRNG, as 64 hex digits.
+fn new_server_secret() -> Result<ServerSecret, crate::fsm::Invalid> {
+    let bytes: [u8; 32] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    ServerSecret::new(hex)
+}
+
 async fn tick(server: &Server) -> Result<(), super::ServerError> {
-    let (has_root, prunable) = server.state.read(|s| {
+    let (has_secret, has_root, prunable) = server.state.read(|s| {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         (
+            s.server_secret.is_some(),
             !s.ca.roots.is_empty(),
             s.ca.prune_after.values().any(|t| *t < now),
         )
     });
+    // Before the CA: a server that applied the root (is ready) holds the secret too.
+    if !has_secret {
+        tracing::info!("writing the servers' internal secret");
+        let secret = new_server_secret().map_err(crate::fsm::ApplyError::from)?;
+        server.write(Command::SetServerSecret { secret }).await?;
+    }
     if !has_root {
         let cluster_id = uuid::Uuid::new_v4().to_string();
         let td = format!("{cluster_id}.consul");

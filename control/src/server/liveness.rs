@@ -67,6 +67,8 @@ impl Server {
                     hops: hops + 1,
                 });
                 req.set_timeout(Duration::from_secs(2));
+                // This server authorized the agent's heartbeat; it speaks for it to the leader.
+                crate::raft::secret::attach_held(&mut req, &self.state);
                 CatalogClient::new(ch)
                     .heartbeat(req)
                     .await

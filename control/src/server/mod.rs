@@ -10,6 +10,7 @@ mod bootstrap;
 mod config;
 mod error;
 mod grpc;
+mod grpc_authz;
 mod leader;
 pub mod liveness;
 mod ops;
@@ -84,6 +85,7 @@ impl Server {
         let network = NetworkFactory {
             channels: channels.clone(),
             faults: faults.clone(),
+            state: state.clone(),
         };
         let raft_config = raft_config(&config)?;
         let raft = Raft::new(id, raft_config, network, log_store, sm)
@@ -117,6 +119,12 @@ impl Server {
         agent_config.leaf_rotation_jitter = server.config.leaf_rotation_jitter;
         // The embedded agent's services survive a restart too, in a directory of its own.
         agent_config.data_dir = Some(server.config.data_dir.join(AGENT_DIR));
+        // The embedded agent runs in this process: it presents the servers' internal secret
+        // (management rights on the Catalog methods) instead of an agent token.
+        let secret_state = server.state.clone();
+        agent_config.server_secret = Some(crate::agent::ServerSecretSource(Arc::new(move || {
+            crate::raft::secret::held(&secret_state).map(|s| s.expose().to_string())
+        })));
         let agent_handle = crate::agent::Agent::start(agent_config)
             .await
             .map_err(|e| ServerError::Agent(Box::new(e)))?;

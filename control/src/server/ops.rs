@@ -1,5 +1,9 @@
 //! The server's operations: writes (proposed on the leader or forwarded to it), linearizable
 //! read barriers, membership changes and the CA operations.
+//!
+//! A call forwarded to the leader presents this server's internal secret (the leader's cluster
+//! methods require it, see `raft::secret`); a server that holds none yet does not forward but
+//! answers `ServerError::SecretNotReplicated` (retry later). `Join` is open and goes without.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -11,14 +15,14 @@ use tokio::time::Instant;
 use super::error::{ForwardError, Refused};
 use super::{Server, ServerError};
 use crate::ca::LeafRequest;
-use crate::fsm::{ApplyResult, Command};
+use crate::fsm::{ApplyResult, Command, ServerSecret};
 use crate::model::{CaConfig, IssuedLeaf};
 use crate::proto::cluster_client::ClusterClient;
 use crate::proto::{
     CommandRequest, ConfigurationRequest, ReadIndexRequest, RemovePeerRequest, RotateCaRequest,
     ServerInfo,
 };
-use crate::raft::{MAX_MESSAGE, MeshNode, NodeId, node_id};
+use crate::raft::{MAX_MESSAGE, MeshNode, NodeId, node_id, secret};
 
 /// Most forwarding hops a request may take (a leader change during forwarding adds one).
 const MAX_HOPS: u32 = 3;
@@ -42,9 +46,22 @@ enum Leader {
 struct ToLeader {
     client: ClusterClient<tonic::transport::Channel>,
     addr: String,
+    /// This server's internal secret, when it holds one.
+    secret: Option<ServerSecret>,
 }
 
 impl ToLeader {
+    /// `msg` as a call to one of the leader's servers-only methods, with this server's secret.
+    fn internal<T>(&self, msg: T) -> Result<tonic::Request<T>, ServerError> {
+        let held = self
+            .secret
+            .as_ref()
+            .ok_or(ServerError::SecretNotReplicated)?;
+        let mut req = tonic::Request::new(msg);
+        secret::attach(&mut req, held);
+        Ok(req)
+    }
+
     /// The leader's answer, or its status turned back into the error it stood for.
     fn answer<T>(
         &self,
@@ -123,6 +140,7 @@ impl Server {
         Ok(Some(ToLeader {
             client: self.client(&node.rpc_addr)?,
             addr: node.rpc_addr,
+            secret: secret::held(&self.state),
         }))
     }
 
@@ -155,10 +173,10 @@ impl Server {
                 }
                 Some(mut leader) => {
                     let json = serde_json::to_vec(&cmd).map_err(ServerError::Encode)?;
-                    let mut req = tonic::Request::new(CommandRequest {
+                    let mut req = leader.internal(CommandRequest {
                         json,
                         hops: hops + 1,
-                    });
+                    })?;
                     req.set_timeout(self.config.write_timeout);
                     let reply = leader.client.write(req).await;
                     return leader.apply_result(&leader.answer(reply)?.json);
@@ -182,7 +200,7 @@ impl Server {
                 Err(e) => Err(ServerError::ReadIndex(Box::new(e))),
             },
             Some(mut leader) => {
-                let mut req = tonic::Request::new(ReadIndexRequest {});
+                let mut req = leader.internal(ReadIndexRequest {})?;
                 req.set_timeout(self.config.write_timeout);
                 let reply = leader.client.read_index(req).await;
                 Ok(leader.answer(reply)?.index)
@@ -228,7 +246,8 @@ impl Server {
         match self.leader_or_forward(0).await? {
             None => Ok(self.peers()),
             Some(mut leader) => {
-                let reply = leader.client.configuration(ConfigurationRequest {}).await;
+                let req = leader.internal(ConfigurationRequest {})?;
+                let reply = leader.client.configuration(req).await;
                 let reply = leader.answer(reply)?;
                 let peers = reply
                     .servers
@@ -338,13 +357,11 @@ impl Server {
                 self.set_voters(voters).await
             }
             Some(mut leader) => {
-                let reply = leader
-                    .client
-                    .remove_peer(RemovePeerRequest {
-                        id: id.to_string(),
-                        address: address.to_string(),
-                    })
-                    .await;
+                let req = leader.internal(RemovePeerRequest {
+                    id: id.to_string(),
+                    address: address.to_string(),
+                })?;
+                let reply = leader.client.remove_peer(req).await;
                 Ok(leader.answer(reply)?.index)
             }
         }
@@ -386,13 +403,11 @@ impl Server {
                     Some(c) => serde_json::to_vec(c).map_err(ServerError::Encode)?,
                     None => Vec::new(),
                 };
-                let reply = leader
-                    .client
-                    .rotate_ca(RotateCaRequest {
-                        config_json,
-                        hops: hops + 1,
-                    })
-                    .await;
+                let req = leader.internal(RotateCaRequest {
+                    config_json,
+                    hops: hops + 1,
+                })?;
+                let reply = leader.client.rotate_ca(req).await;
                 leader.apply_result(&leader.answer(reply)?.json)
             }
         }
@@ -449,8 +464,10 @@ impl Server {
         }
     }
 
-    /// Signs a CSR for `service` with the active root. Any server can sign: the root key is in
-    /// the replicated state.
+    /// Signs a CSR for `service` in this server's datacenter (`datacenter` must be it, or empty)
+    /// with the active root. Any server can sign: the root key is in the replicated state. The
+    /// CSR's SPIFFE ID must name exactly `service` in this datacenter (`CaProvider::sign_leaf`),
+    /// so authorizing `service` authorizes the identity signed.
     pub fn sign_csr(
         &self,
         service: &str,
@@ -464,12 +481,17 @@ impl Server {
                 crate::fsm::leaf_ttl(s.ca.config.as_ref()),
             )
         });
+        let dc = self.config.datacenter.as_str();
+        // A server signs only for its own datacenter (whatever ACLs say): a leaf for another
+        // datacenter is that datacenter's servers' to sign.
+        if !datacenter.is_empty() && datacenter != dc {
+            return Err(Refused::ForeignDatacenter {
+                requested: datacenter.to_string(),
+                local: dc.to_string(),
+            }
+            .into());
+        }
         let active = active.ok_or_else(|| ServerError::from(Refused::CaNotInitialized))?;
-        let dc = if datacenter.is_empty() {
-            self.config.datacenter.as_str()
-        } else {
-            datacenter
-        };
         let leaf = self.ca.sign_leaf(
             &active,
             &LeafRequest {

@@ -9,13 +9,18 @@
 //! * policies with HCL and JSON rules, invalid rules refused with the field and line, the list
 //!   without rules, lookups by name, roles linking policies;
 //! * every other server route, table-driven with four callers each, lists filtered with
-//!   `X-Consul-Results-Filtered-By-ACLs`, narrow tokens, and ACLs off (`t50_routes`).
+//!   `X-Consul-Results-Filtered-By-ACLs`, narrow tokens, and ACLs off (`t50_routes`);
+//! * every gRPC method by token (tonic clients), and the gRPC security findings refused
+//!   (`t60_grpc`);
+//! * `meshproxy --token`: refused at start without `service:write`, and a revoked token stops
+//!   renewal but not live traffic (`t80_proxy`).
 
 mod t10_bootstrap;
 mod t20_tokens;
 mod t30_policies;
 mod t40_cli;
 mod t50_routes;
+mod t60_grpc;
 mod t80_proxy;
 
 use std::net::SocketAddr;
@@ -82,6 +87,11 @@ impl Dev {
         let addr = meshd.http_addr;
         wait_ca(addr);
         Self { meshd, addr }
+    }
+
+    /// The gRPC address (`--bind`).
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.meshd.rpc_addr
     }
 
     /// `curl -X method` on `path`, with `auth` and an optional JSON `body`.

@@ -13,6 +13,7 @@ mod catalog;
 mod config_entries;
 mod intentions;
 mod replication;
+mod secret;
 
 use std::collections::BTreeMap;
 
