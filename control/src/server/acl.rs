@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
@@ -59,8 +59,37 @@ impl From<AclError> for ApiError {
 
 /// A request's token and what it may do.
 pub struct Caller {
-    pub token: AclToken,
-    pub authorizer: Authorizer,
+    pub token: Arc<AclToken>,
+    pub authorizer: Arc<Authorizer>,
+}
+
+/// One token of a snapshot: its expiry parsed once and its authorizer compiled on first use
+/// (so a request with a known token costs a hash lookup, a constant-time compare and a clock
+/// read, not a rules merge).
+struct Entry {
+    token: Arc<AclToken>,
+    /// `None`: never expires. An `ExpirationTime` that does not parse counts as already past
+    /// (fail closed).
+    expires: Option<OffsetDateTime>,
+    authorizer: OnceLock<Arc<Authorizer>>,
+}
+
+impl Entry {
+    fn new(token: AclToken) -> Arc<Self> {
+        let expires = token
+            .expiration_time
+            .as_deref()
+            .map(|t| OffsetDateTime::parse(t, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH));
+        Arc::new(Self {
+            token: Arc::new(token),
+            expires,
+            authorizer: OnceLock::new(),
+        })
+    }
+
+    fn expired(&self, now: OffsetDateTime) -> bool {
+        self.expires.is_some_and(|e| e <= now)
+    }
 }
 
 /// The lookup structures of one ACL table index.
@@ -68,11 +97,11 @@ struct Snapshot {
     index: Index,
     acl: AclIndex,
     /// Keyed hash of the SecretID → the tokens with that hash (almost always one).
-    by_secret: HashMap<u64, Vec<AclToken>>,
-    anonymous: AclToken,
+    by_secret: HashMap<u64, Vec<Arc<Entry>>>,
+    anonymous: Arc<Entry>,
 }
 
-/// Per-server cache of the last [`Snapshot`] and the key of its secret index.
+/// Per-server cache of the last `Snapshot` and the key of its secret index.
 pub struct AclResolver {
     key: RandomState,
     cache: Mutex<Option<Arc<Snapshot>>>,
@@ -104,19 +133,21 @@ impl AclResolver {
         for r in state.acl.roles.values() {
             acl.insert_role(r.clone());
         }
-        let mut by_secret: HashMap<u64, Vec<AclToken>> = HashMap::new();
+        let mut by_secret: HashMap<u64, Vec<Arc<Entry>>> = HashMap::new();
         for t in state.acl.tokens.values() {
             by_secret
                 .entry(self.key.hash_one(t.secret_id.as_bytes()))
                 .or_default()
-                .push(t.clone());
+                .push(Entry::new(t.clone()));
         }
-        let anonymous = state
-            .acl
-            .tokens
-            .get(ANONYMOUS_TOKEN_ACCESSOR_ID)
-            .cloned()
-            .unwrap_or_else(anonymous_token);
+        let anonymous = Entry::new(
+            state
+                .acl
+                .tokens
+                .get(ANONYMOUS_TOKEN_ACCESSOR_ID)
+                .cloned()
+                .unwrap_or_else(anonymous_token),
+        );
         let snapshot = Arc::new(Snapshot {
             index: state.tables.acl,
             acl,
@@ -127,14 +158,14 @@ impl AclResolver {
         snapshot
     }
 
-    fn find(&self, snapshot: &Snapshot, secret: &str) -> Option<AclToken> {
+    fn find(&self, snapshot: &Snapshot, secret: &str) -> Option<Arc<Entry>> {
         let candidates = snapshot
             .by_secret
             .get(&self.key.hash_one(secret.as_bytes()))?;
         // Every candidate is compared in full: no early exit on a partial match.
         let mut found = None;
         for t in candidates {
-            if bool::from(t.secret_id.as_bytes().ct_eq(secret.as_bytes())) {
+            if bool::from(t.token.secret_id.as_bytes().ct_eq(secret.as_bytes())) {
                 found = Some(t.clone());
             }
         }
@@ -142,19 +173,10 @@ impl AclResolver {
     }
 }
 
-/// True when `token` has an `ExpirationTime` at or before `now` (or one that does not parse:
-/// failing closed).
-fn expired(token: &AclToken, now: OffsetDateTime) -> bool {
-    token
-        .expiration_time
-        .as_deref()
-        .is_some_and(|t| OffsetDateTime::parse(t, &Rfc3339).map_or(true, |expires| expires <= now))
-}
-
 impl Server {
     /// The live token `secret` names (the anonymous token for `None`) in `snapshot`.
-    fn acl_token(&self, snapshot: &Snapshot, secret: Option<&str>) -> Result<AclToken, AclError> {
-        let token = match secret.filter(|s| !s.is_empty()) {
+    fn acl_token(&self, snapshot: &Snapshot, secret: Option<&str>) -> Result<Arc<Entry>, AclError> {
+        let entry = match secret.filter(|s| !s.is_empty()) {
             None => snapshot.anonymous.clone(),
             Some(secret) => match self.acl_resolver.find(snapshot, secret) {
                 Some(t) => t,
@@ -162,23 +184,32 @@ impl Server {
                 None => return Err(AclError::NotFound),
             },
         };
-        if expired(&token, OffsetDateTime::now_utc()) {
+        if entry.expired(OffsetDateTime::now_utc()) {
             return Err(AclError::NotFound);
         }
-        Ok(token)
+        Ok(entry)
     }
 
     /// The token `secret` names (the anonymous token for `None`) and its authorizer in this
-    /// server's datacenter. Does not check whether ACLs are enabled.
+    /// server's datacenter, compiled once per token and ACL index. Does not check whether ACLs
+    /// are enabled.
     pub fn acl_resolve(&self, secret: Option<&str>) -> Result<Caller, AclError> {
         let snapshot = self.state.read(|s| self.acl_resolver.snapshot(s));
-        let token = self.acl_token(&snapshot, secret)?;
-        let authorizer = snapshot.acl.authorizer(
-            &token,
-            &self.config.datacenter,
-            self.config.acl.default_policy,
-        );
-        Ok(Caller { token, authorizer })
+        let entry = self.acl_token(&snapshot, secret)?;
+        let authorizer = entry
+            .authorizer
+            .get_or_init(|| {
+                Arc::new(snapshot.acl.authorizer(
+                    &entry.token,
+                    &self.config.datacenter,
+                    self.config.acl.default_policy,
+                ))
+            })
+            .clone();
+        Ok(Caller {
+            token: entry.token.clone(),
+            authorizer,
+        })
     }
 
     /// What an agent needs to authorize as this server would (`Catalog.ResolveToken`): the
@@ -188,9 +219,9 @@ impl Server {
         let snapshot = self.state.read(|s| self.acl_resolver.snapshot(s));
         let enabled = self.config.acl.enabled;
         let mut token = if enabled {
-            self.acl_token(&snapshot, secret)?
+            AclToken::clone(&self.acl_token(&snapshot, secret)?.token)
         } else {
-            snapshot.anonymous.clone()
+            AclToken::clone(&snapshot.anonymous.token)
         };
         token.secret_id.clear();
         let roles = linked(&token.roles, |l| snapshot.acl.role(l), |r| &r.id);
@@ -261,14 +292,16 @@ mod tests {
     #[test]
     fn expiry_is_checked_and_fails_closed() {
         let now = OffsetDateTime::parse("2024-01-01T00:00:00Z", &Rfc3339).unwrap();
-        let with = |t: Option<&str>| AclToken {
-            expiration_time: t.map(str::to_string),
-            ..AclToken::default()
+        let with = |t: Option<&str>| {
+            Entry::new(AclToken {
+                expiration_time: t.map(str::to_string),
+                ..AclToken::default()
+            })
         };
-        assert!(!expired(&with(None), now));
-        assert!(!expired(&with(Some("2024-01-01T00:00:01Z")), now));
-        assert!(expired(&with(Some("2024-01-01T00:00:00Z")), now));
-        assert!(expired(&with(Some("yesterday")), now));
+        assert!(!with(None).expired(now));
+        assert!(!with(Some("2024-01-01T00:00:01Z")).expired(now));
+        assert!(with(Some("2024-01-01T00:00:00Z")).expired(now));
+        assert!(with(Some("yesterday")).expired(now));
     }
 
     #[test]

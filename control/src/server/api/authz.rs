@@ -58,7 +58,7 @@ pub const FILTERED_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
 /// What the request's caller may do.
 pub(super) struct Authz {
     /// `None`: ACLs are off, everything is allowed.
-    authorizer: Option<Authorizer>,
+    authorizer: Option<Arc<Authorizer>>,
     /// Whether the request named a token (the filtered header is only set then).
     token_given: bool,
 }
@@ -224,7 +224,7 @@ mod tests {
     fn authz(rules: &str, token_given: bool) -> Authz {
         let rules = Rules::from_hcl(rules).unwrap();
         Authz {
-            authorizer: Some(Authorizer::new("a", &rules, DefaultPolicy::Deny)),
+            authorizer: Some(Arc::new(Authorizer::new("a", &rules, DefaultPolicy::Deny))),
             token_given,
         }
     }
