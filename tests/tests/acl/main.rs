@@ -7,12 +7,15 @@
 //!   the token list hides SecretIDs from a read-only token; a deleted token is `ACL not found`;
 //!   the three places a token can travel in (header, bearer, `?token=`);
 //! * policies with HCL and JSON rules, invalid rules refused with the field and line, the list
-//!   without rules, lookups by name, roles linking policies.
+//!   without rules, lookups by name, roles linking policies;
+//! * the agent's routes (`t70_agent`): leaves and registrations need `service:write`, lists
+//!   are filtered, a deleted token fails within a second, `PUT /v1/agent/token/*`.
 
 mod t10_bootstrap;
 mod t20_tokens;
 mod t30_policies;
 mod t40_cli;
+mod t70_agent;
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -71,37 +74,7 @@ impl Dev {
 
     /// `curl -X method` on `path`, with `auth` and an optional JSON `body`.
     pub fn curl(&self, method: &str, path: &str, auth: Auth<'_>, body: Option<&str>) -> Reply {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "--max-time",
-            "20",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-        ]);
-        match auth {
-            Auth::None => {}
-            Auth::Header(t) => {
-                cmd.args(["-H", &format!("X-Consul-Token: {t}")]);
-            }
-            Auth::Bearer(t) => {
-                cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-            }
-        }
-        if let Some(b) = body {
-            cmd.args(["--data-binary", b]);
-        }
-        cmd.arg(format!("http://{}{path}", self.addr));
-        let out = cmd.output().expect("run curl");
-        assert!(out.status.success(), "curl failed: {out:?}");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let (body, code) = text.rsplit_once('\n').expect("curl wrote the status line");
-        Reply {
-            status: code.trim().parse().expect("status code"),
-            body: body.to_string(),
-        }
+        curl_at(self.addr, method, path, auth, body)
     }
 
     /// [`Self::curl`], asserting a 200 and returning the JSON.
@@ -138,5 +111,46 @@ impl Dev {
     /// SIGTERM by PID, and a clean exit.
     pub fn stop(mut self) {
         assert!(self.meshd.stop(), "meshd dev exits cleanly");
+    }
+}
+
+/// `curl -X method` on `http://addr/path`, with `auth` and an optional JSON `body`.
+pub fn curl_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Auth<'_>,
+    body: Option<&str>,
+) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ]);
+    match auth {
+        Auth::None => {}
+        Auth::Header(t) => {
+            cmd.args(["-H", &format!("X-Consul-Token: {t}")]);
+        }
+        Auth::Bearer(t) => {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+    }
+    if let Some(b) = body {
+        cmd.args(["--data-binary", b]);
+    }
+    cmd.arg(format!("http://{addr}{path}"));
+    let out = cmd.output().expect("run curl");
+    assert!(out.status.success(), "curl failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').expect("curl wrote the status line");
+    Reply {
+        status: code.trim().parse().expect("status code"),
+        body: body.to_string(),
     }
 }
