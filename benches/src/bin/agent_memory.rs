@@ -458,7 +458,7 @@ async fn measure_agent(
         let Value::Health(body) = c.value else {
             anyhow::bail!("cache entry of {name} holds no health");
         };
-        bodies.push((name, body));
+        bodies.push((name, body.raw.clone()));
     }
     Ok((
         Halves {

@@ -97,8 +97,51 @@ pub struct IntentionView {
 pub enum Value {
     Roots(Arc<CaRootList>),
     Intentions(Arc<IntentionView>),
-    /// The JSON body of `/v1/health/connect/:s`, served as is.
-    Health(Bytes),
+    /// The JSON body of `/v1/health/connect/:s`.
+    Health(Arc<HealthBody>),
+}
+
+/// A cached health body, with the node of each entry (what ACL filtering needs) read once
+/// when cached, so a read that may see every node serves the body as is.
+#[derive(Debug)]
+pub struct HealthBody {
+    pub raw: Bytes,
+    /// The node name of each entry, in order.
+    pub nodes: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct EntryNode {
+    #[serde(rename = "Node")]
+    node: NodeName,
+}
+
+#[derive(serde::Deserialize)]
+struct NodeName {
+    #[serde(rename = "Node")]
+    name: String,
+}
+
+impl HealthBody {
+    fn decode(json: &[u8]) -> Result<Self, serde_json::Error> {
+        let entries: Vec<EntryNode> = serde_json::from_slice(json)?;
+        Ok(Self {
+            raw: Bytes::copy_from_slice(json),
+            nodes: entries.into_iter().map(|e| e.node.name).collect(),
+        })
+    }
+
+    /// The body without the entries on nodes `readable` refuses.
+    pub fn filtered(&self, readable: impl Fn(&str) -> bool) -> Result<Bytes, serde_json::Error> {
+        let entries: Vec<serde_json::Value> = serde_json::from_slice(&self.raw)?;
+        let kept: Vec<&serde_json::Value> = entries
+            .iter()
+            .zip(&self.nodes)
+            .filter(|(_, node)| readable(node))
+            .map(|(e, _)| e)
+            .collect();
+        serde_json::to_vec(&kept).map(Bytes::from)
+    }
 }
 
 /// A value with the server index it reflects.
@@ -245,6 +288,11 @@ impl Cache {
         })
     }
 
+    /// Restarts the watch stream (with the agent's current credentials).
+    pub fn reconnect(&self) {
+        self.changed.notify_one();
+    }
+
     /// Number of entries (for metrics and tests).
     pub fn len(&self) -> usize {
         self.entries.lock().len()
@@ -372,7 +420,7 @@ fn decode(kind: Kind, json: &[u8]) -> Result<Value, DecodeError> {
                 raw: Bytes::copy_from_slice(json),
             }))
         }
-        Kind::Health => Value::Health(Bytes::copy_from_slice(json)),
+        Kind::Health => Value::Health(Arc::new(HealthBody::decode(json)?)),
     })
 }
 
@@ -449,6 +497,24 @@ mod tests {
         };
         assert_eq!(view.trust_domain, "abc.consul");
         assert!(!view.raw.is_empty() && view.raw.as_ref() == good);
+    }
+
+    #[test]
+    fn health_bodies_know_their_nodes_and_filter_by_them() {
+        let json = br#"[{"Node":{"Node":"n1","Address":"a"},"Service":{"Service":"web"}},
+                        {"Node":{"Node":"n2"},"Service":{"Service":"web"}}]"#;
+        let h = HealthBody::decode(json).unwrap();
+        assert_eq!(h.nodes, ["n1", "n2"]);
+        let kept: serde_json::Value =
+            serde_json::from_slice(&h.filtered(|n| n == "n2").unwrap()).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!([{"Node":{"Node":"n2"},"Service":{"Service":"web"}}])
+        );
+        assert!(
+            HealthBody::decode(br#"[{"Service":{}}]"#).is_err(),
+            "no node: refused"
+        );
     }
 
     #[tokio::test]

@@ -6,6 +6,11 @@
 //! cap), and a missing entry's 404 keeps its `X-Consul-Index`. L7 `Permissions` need no route
 //! of their own: they are part of the intentions served by
 //! `/v1/agent/connect/intentions/:destination` from the cache.
+//!
+//! With ACLs on, every route here checks the caller's token as Consul's agent does (see
+//! `acl`; the table is in `routes`), and lists are filtered to what it may read. The
+//! passthrough does not check: it forwards the caller's `X-Consul-Token` / `Authorization`
+//! headers (a `?token=` stays in the path) and the server enforces.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,12 +24,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
 
-use super::Agent;
+use super::acl::{Caller, filter, mark_filtered};
 use super::authorize::{self, AuthorizeRequest};
 use super::cache::{CacheError, CacheKey, Cached, Value};
-use super::registration;
+use super::conn::Credential;
+use super::{Agent, TokenKind, registration};
 use crate::http::ApiError;
 use crate::http::blocking::{QueryOptions, json_with_index};
+use crate::http::token::{TOKEN_HEADER, request_token};
 use crate::model::HealthStatus;
 use crate::proto::{HttpHeader, HttpRequest};
 use crate::wire::AgentService;
@@ -33,6 +40,23 @@ type Params = Query<HashMap<String, String>>;
 type Res = Result<Response, ApiError>;
 type St = State<Arc<Agent>>;
 
+/// The agent's routes. With ACLs on, what each requires (Consul's "ACL Required"):
+///
+/// | route | permission |
+/// |---|---|
+/// | `GET /v1/agent/self` | `agent:read` on this node |
+/// | `GET /v1/agent/members` | forwarded with the caller's token (the server filters) |
+/// | `GET /v1/agent/services`, `/v1/agent/checks` | filtered: `service:read` on each service, `node:read` on this node for node checks |
+/// | `GET /v1/agent/service/:id` | `service:read` on its service |
+/// | `PUT /v1/agent/service/register` | `service:write` on the service, its sidecar, a proxy's destination, and the service it replaces |
+/// | `PUT /v1/agent/service/deregister/:id` | `service:write` on that service |
+/// | `PUT /v1/agent/check/{pass,warn,fail,update}/:id` | `service:write` on the check's service, `node:write` on this node for a node check |
+/// | `GET /v1/agent/connect/ca/roots` | none |
+/// | `GET /v1/agent/connect/ca/leaf/:service` | `service:write` on the service |
+/// | `POST /v1/agent/connect/authorize` | `service:write` on the target |
+/// | `GET /v1/agent/connect/intentions/:dest` | `intentions:read` on the destination |
+/// | `GET /v1/health/connect/:s?cached` | `service:read` on the service; instances on nodes without `node:read` are filtered out |
+/// | `PUT /v1/agent/token/:kind` | `acl:write` (401 with ACLs off, as Consul) |
 pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
     let r = Router::new()
         .route("/v1/agent/self", get(agent_self))
@@ -54,7 +78,8 @@ pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
         .route(
             "/v1/agent/connect/intentions/{destination}",
             get(intentions),
-        );
+        )
+        .route("/v1/agent/token/{kind}", put(set_token));
     if cached_health {
         r.route("/v1/health/connect/{service}", get(health_connect))
     } else {
@@ -107,17 +132,10 @@ fn dc(agent: &Agent, p: &HashMap<String, String>) -> String {
         .unwrap_or_else(|| agent.config.datacenter.clone())
 }
 
-fn token(headers: &HeaderMap, p: &HashMap<String, String>) -> String {
-    headers
-        .get("X-Consul-Token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| p.get("token").cloned())
-        .unwrap_or_default()
-}
-
-async fn agent_self(State(a): St) -> Response {
-    axum::Json(json!({
+async fn agent_self(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
+    let caller = a.caller(&headers, &p).await?;
+    caller.require(|z| z.agent_read(&a.config.node).check())?;
+    Ok(axum::Json(json!({
         "Config": {
             "Datacenter": a.config.datacenter,
             "NodeName": a.config.node,
@@ -133,18 +151,17 @@ async fn agent_self(State(a): St) -> Response {
         },
         "Meta": {},
     }))
-    .into_response()
+    .into_response())
 }
 
-async fn members(State(a): St) -> Res {
-    forward(
-        &a,
-        "GET",
-        "/v1/internal/members".into(),
-        Vec::new(),
-        Duration::from_secs(30),
-    )
-    .await
+async fn members(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
+    let req = Outgoing {
+        method: "GET",
+        path: "/v1/internal/members".into(),
+        body: Vec::new(),
+        timeout: Duration::from_secs(30),
+    };
+    forward(&a, &headers, &p, req).await
 }
 
 /// Waits (blocking query) until the local index passes `?index`.
@@ -158,40 +175,80 @@ async fn wait_local(a: &Agent, q: &QueryOptions) -> Result<u64, ApiError> {
     Ok(i.max(1))
 }
 
-async fn services(State(a): St, Query(p): Params) -> Res {
+async fn services(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
+    let caller = a.caller(&headers, &p).await?;
     let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
-    let map: BTreeMap<String, AgentService> = a
-        .local
-        .lock()
-        .services
-        .values()
+    let mut list: Vec<_> = a.local.lock().services.values().cloned().collect();
+    let filtered = filter(&mut list, |s| {
+        caller.allows(|z| z.service_read(&s.service).is_allowed())
+    });
+    let map: BTreeMap<String, AgentService> = list
+        .iter()
         .map(|s| {
             let view = AgentService::from_instance(s, &a.config.datacenter);
             (s.id.clone(), view)
         })
         .collect();
-    Ok(json_with_index(index, &map))
+    Ok(mark_filtered(json_with_index(index, &map), filtered))
 }
 
-async fn service(State(a): St, Path(id): Path<String>, Query(p): Params) -> Res {
+async fn service(
+    State(a): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Res {
+    let caller = a.caller(&headers, &p).await?;
     let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
     let s = a.local.lock().services.get(&id).cloned();
     match s {
-        Some(s) => Ok(json_with_index(
-            index,
-            &AgentService::from_instance(&s, &a.config.datacenter),
-        )),
+        Some(s) => {
+            caller.require(|z| z.service_read(&s.service).check())?;
+            Ok(json_with_index(
+                index,
+                &AgentService::from_instance(&s, &a.config.datacenter),
+            ))
+        }
         None => Err(ApiError::not_found(format!("unknown service ID: {id}"))),
     }
 }
 
-async fn register(State(a): St, Query(p): Params, body: Bytes) -> Res {
+/// The service names a registration writes: each service (a sidecar is one of its own), a
+/// proxy's destination, and what it replaces under the same ID (Consul's
+/// `vetServiceRegister`/`vetServiceUpdate`).
+fn written_services(a: &Agent, specs: &[registration::ServiceSpec]) -> Vec<String> {
+    let local = a.local.lock();
+    let mut names = Vec::new();
+    for spec in specs {
+        let s = &spec.service;
+        names.push(s.service.clone());
+        if let Some(p) = s
+            .proxy
+            .as_ref()
+            .filter(|p| !p.destination_service_name.is_empty())
+        {
+            names.push(p.destination_service_name.clone());
+        }
+        if let Some(old) = local.services.get(&s.id) {
+            names.push(old.service.clone());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+async fn register(State(a): St, headers: HeaderMap, Query(p): Params, body: Bytes) -> Res {
+    let caller = a.caller(&headers, &p).await?;
     let replace = p.contains_key("replace-existing-checks");
     let used = a.local.lock().sidecar_ports();
     let specs = registration::parse(&body, &a.config.node, &used)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    for name in written_services(&a, &specs) {
+        caller.require(|z| z.service_write(&name).check())?;
+    }
     let ids: Vec<String> = specs.iter().map(|s| s.service.id.clone()).collect();
     a.local
         .lock()
@@ -224,7 +281,17 @@ async fn register(State(a): St, Query(p): Params, body: Bytes) -> Res {
     Ok(StatusCode::OK.into_response())
 }
 
-async fn deregister(State(a): St, Path(id): Path<String>) -> Res {
+async fn deregister(
+    State(a): St,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Res {
+    let caller = a.caller(&headers, &p).await?;
+    let name = a.local.lock().services.get(&id).map(|s| s.service.clone());
+    if let Some(name) = name {
+        caller.require(|z| z.service_write(&name).check())?;
+    }
     let removed = a
         .local
         .lock()
@@ -240,15 +307,39 @@ async fn deregister(State(a): St, Path(id): Path<String>) -> Res {
     Ok(StatusCode::OK.into_response())
 }
 
-async fn checks(State(a): St) -> Res {
-    let map: BTreeMap<String, crate::model::HealthCheck> = a
+async fn checks(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
+    let caller = a.caller(&headers, &p).await?;
+    let mut list = a.local.lock().effective_checks();
+    let filtered = filter(&mut list, |c| {
+        caller.allows(|z| {
+            if c.service_id.is_empty() {
+                z.node_read(&c.node).is_allowed()
+            } else {
+                z.service_read(&c.service_name).is_allowed()
+            }
+        })
+    });
+    let map: BTreeMap<String, crate::model::HealthCheck> =
+        list.into_iter().map(|c| (c.check_id.clone(), c)).collect();
+    Ok(mark_filtered(axum::Json(map).into_response(), filtered))
+}
+
+/// A check may be updated with `service:write` on its service, or `node:write` on this node
+/// for a node check. An unknown check is left to the update (404).
+fn require_check_write(a: &Agent, caller: &Caller, id: &str) -> Result<(), ApiError> {
+    let owner = a
         .local
         .lock()
-        .effective_checks()
-        .into_iter()
-        .map(|c| (c.check_id.clone(), c))
-        .collect();
-    Ok(axum::Json(map).into_response())
+        .checks
+        .get(id)
+        .map(|c| c.check.service_name.clone());
+    match owner {
+        None => Ok(()),
+        Some(service) if service.is_empty() => {
+            caller.require(|z| z.node_write(&a.config.node).check())
+        }
+        Some(service) => caller.require(|z| z.service_write(&service).check()),
+    }
 }
 
 async fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
@@ -276,9 +367,12 @@ async fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
 async fn check_op(
     State(a): St,
     Path((op, id)): Path<(String, String)>,
+    headers: HeaderMap,
     Query(p): Params,
     body: Bytes,
 ) -> Res {
+    let caller = a.caller(&headers, &p).await?;
+    require_check_write(&a, &caller, &id)?;
     let note = p.get("note").map_or("", String::as_str);
     match op.as_str() {
         "pass" => ttl(&a, &id, HealthStatus::Passing, note).await,
@@ -315,9 +409,10 @@ async fn check_update(a: &Agent, id: &str, body: &Bytes) -> Res {
     ttl(a, id, status, &b.output).await
 }
 
-async fn roots(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
+/// No ACL required (the roots are public), as in Consul.
+async fn roots(State(a): St, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
-    let key = CacheKey::roots(&dc(&a, &p)).with_token(&token(&headers, &p));
+    let key = CacheKey::roots(&dc(&a, &p));
     let c = cached(&a, &key, &q).await?;
     match c.value {
         Value::Roots(r) => Ok(json_with_index(c.index, &*r)),
@@ -325,16 +420,24 @@ async fn roots(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
     }
 }
 
-async fn leaf(State(a): St, Path(service): Path<String>, Query(p): Params) -> Res {
+async fn leaf(
+    State(a): St,
+    Path(service): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Res {
+    let caller = a.caller(&headers, &p).await?;
+    caller.require(|z| z.service_write(&service).check())?;
     let q = QueryOptions::from_params(&p)?;
     let l = a
-        .leaf(&service, q.index.unwrap_or(0), q.wait()?)
+        .leaf(&service, &caller, q.index.unwrap_or(0), q.wait()?)
         .await
         .map_err(unavailable)?;
     Ok(json_with_index(l.modify_index, &*l))
 }
 
 async fn authorize(State(a): St, headers: HeaderMap, Query(p): Params, body: Bytes) -> Res {
+    let caller = a.caller(&headers, &p).await?;
     let r: AuthorizeRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let _ = &r.client_cert_serial;
@@ -344,7 +447,8 @@ async fn authorize(State(a): St, headers: HeaderMap, Query(p): Params, body: Byt
     if r.client_cert_uri.is_empty() {
         return Err(ApiError::bad_request("ClientCertURI must be specified"));
     }
-    let key = CacheKey::intentions(&r.target, &dc(&a, &p)).with_token(&token(&headers, &p));
+    caller.require(|z| z.service_write(&r.target).check())?;
+    let key = CacheKey::intentions(&r.target, &dc(&a, &p)).with_token(caller.token());
     let c = a
         .cache
         .get(&key, 0, Duration::ZERO)
@@ -365,8 +469,10 @@ async fn intentions(
     headers: HeaderMap,
     Query(p): Params,
 ) -> Res {
+    let caller = a.caller(&headers, &p).await?;
+    caller.require(|z| z.intentions_read(&destination).check())?;
     let q = QueryOptions::from_params(&p)?;
-    let key = CacheKey::intentions(&destination, &dc(&a, &p)).with_token(&token(&headers, &p));
+    let key = CacheKey::intentions(&destination, &dc(&a, &p)).with_token(caller.token());
     let c = cached(&a, &key, &q).await?;
     match c.value {
         Value::Intentions(view) => Ok(raw_json(c.index, view.raw.clone(), false)),
@@ -385,14 +491,55 @@ async fn health_connect(
     if !p.contains_key("cached") {
         return passthrough(State(a), req).await;
     }
+    let caller = a.caller(&headers, &p).await?;
+    caller.require(|z| z.service_read(&service).check())?;
     let q = QueryOptions::from_params(&p)?;
     let key = CacheKey::health(&service, p.contains_key("passing"), &dc(&a, &p))
-        .with_token(&token(&headers, &p));
+        .with_token(caller.token());
     let c = cached(&a, &key, &q).await?;
-    match c.value {
-        Value::Health(body) => Ok(raw_json(c.index, body, true)),
-        _ => Err(unavailable("unexpected cache value")),
+    let Value::Health(health) = c.value else {
+        return Err(unavailable("unexpected cache value"));
+    };
+    // The body is served as cached unless an instance's node is not readable.
+    let readable = |node: &str| caller.allows(|z| z.node_read(node).is_allowed());
+    if health.nodes.iter().all(|n| readable(n)) {
+        return Ok(raw_json(c.index, health.raw.clone(), true));
     }
+    let body = health
+        .filtered(readable)
+        .map_err(|e| unavailable(format!("cached health entries: {e}")))?;
+    Ok(mark_filtered(raw_json(c.index, body, true), true))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct TokenBody {
+    token: String,
+}
+
+/// `PUT /v1/agent/token/:kind` (`agent`, `default`, and their legacy names): replaces one of
+/// the agent's tokens without a restart. Needs `acl:write`; 401 with ACLs off, as Consul.
+async fn set_token(
+    State(a): St,
+    Path(kind): Path<String>,
+    headers: HeaderMap,
+    Query(p): Params,
+    body: Bytes,
+) -> Res {
+    let caller = a.caller(&headers, &p).await?;
+    if !caller.enforced() {
+        return Err(ApiError::unauthorized("ACL support disabled"));
+    }
+    caller.require(|z| z.acl_write().check())?;
+    let kind = TokenKind::parse(&kind)
+        .ok_or_else(|| ApiError::not_found(format!("Token {kind:?} is unknown")))?;
+    let b: TokenBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    // A token must be able to travel to the servers (gRPC metadata).
+    Credential::token(Some(&b.token))
+        .map_err(|_| ApiError::bad_request("Token must be visible ASCII"))?;
+    a.set_token(kind, b.token);
+    Ok(StatusCode::OK.into_response())
 }
 
 /// Forwards any other request to a server.
@@ -403,33 +550,71 @@ pub async fn passthrough(State(a): St, req: Request) -> Res {
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".into());
-    let body = axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024)
+    let Query(p): Params = Query::try_from_uri(req.uri()).unwrap_or_default();
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
         .await
         .map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
-    // Blocking queries may wait up to 10m (+jitter) on the server.
-    forward(
-        &a,
-        &method,
+    let out = Outgoing {
+        method: &method,
         path,
-        body.to_vec(),
-        Duration::from_secs(11 * 60),
-    )
-    .await
+        body: body.to_vec(),
+        // Blocking queries may wait up to 10m (+jitter) on the server.
+        timeout: Duration::from_secs(11 * 60),
+    };
+    forward(&a, &parts.headers, &p, out).await
 }
 
-async fn forward(a: &Agent, method: &str, path: String, body: Vec<u8>, timeout: Duration) -> Res {
-    let req = HttpRequest {
-        method: method.to_string(),
-        path_and_query: path,
-        body,
-        headers: vec![HttpHeader {
-            name: "content-type".into(),
-            value: "application/json".into(),
-        }],
+/// A request forwarded to a server.
+struct Outgoing<'a> {
+    method: &'a str,
+    path: String,
+    body: Vec<u8>,
+    timeout: Duration,
+}
+
+/// The headers a forwarded request carries: its content type, and the caller's token headers
+/// (or the agent's default token when the caller gave none), for the server to enforce.
+fn forwarded_headers(a: &Agent, headers: &HeaderMap, has_token: bool) -> Vec<HttpHeader> {
+    let header = |name: &str, value: &str| HttpHeader {
+        name: name.to_string(),
+        value: value.to_string(),
     };
+    let mut out = vec![header("content-type", "application/json")];
+    for name in [TOKEN_HEADER, axum::http::header::AUTHORIZATION.as_str()] {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            out.push(header(name, v));
+        }
+    }
+    if !has_token && let Some(default) = a.conn.identity().default_token() {
+        out.push(header(TOKEN_HEADER, &default));
+    }
+    out
+}
+
+/// Runs `out` on a server for the caller whose request carried `headers` and `params`: the
+/// RPC carries the caller's token (not the agent's), and so do the forwarded headers.
+async fn forward(
+    a: &Agent,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    out: Outgoing<'_>,
+) -> Res {
+    let token = request_token(headers, params);
+    let default = a.conn.identity().default_token();
+    // A token that cannot travel in metadata still travels in the forwarded request, where
+    // the server judges it.
+    let credential = Credential::token(token.or(default.as_deref())).unwrap_or_default();
+    let req = HttpRequest {
+        method: out.method.to_string(),
+        path_and_query: out.path,
+        body: out.body,
+        headers: forwarded_headers(a, headers, token.is_some()),
+    };
+    let timeout = out.timeout;
     let reply = a
         .conn
-        .call(|mut c| {
+        .call_as(credential, |mut c| {
             let mut r = tonic::Request::new(req.clone());
             r.set_timeout(timeout);
             async move { c.http(r).await }

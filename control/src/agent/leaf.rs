@@ -4,6 +4,12 @@
 //! re-issued after a random delay within the rotation jitter window, so a rotation does not
 //! make every agent sign at once. When no server answers, the current leaf keeps being served
 //! and renewal is retried (fail static).
+//!
+//! As in Consul, leaves are kept per ACL token: the token that asked for a leaf is the one
+//! its signing and every renewal present to the servers (`SignCsr` checks `service:write` on
+//! the service). When that token is deleted, renewals are refused: the refusal is logged
+//! (service and AccessorID, never the secret) and the current leaf keeps being served until
+//! it expires, so live traffic is not cut by a revocation, only the next leaf.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -16,7 +22,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Agent;
+use super::acl::Caller;
 use super::cache::{CacheKey, Value};
+use super::conn::Credential;
 use crate::ca::generate_csr;
 use crate::model::IssuedLeaf;
 use crate::proto::SignCsrRequest;
@@ -35,9 +43,13 @@ impl Drop for Entry {
     }
 }
 
+/// A leaf's identity: the service, and the token that asked for it (the route authorized that
+/// token before the lookup, so keying by it leaks nothing about other secrets).
+type LeafKey = (String, String);
+
 /// Leaves of the local services.
 pub struct Leaves {
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    entries: Mutex<HashMap<LeafKey, Arc<Entry>>>,
     next_index: Mutex<u64>,
 }
 
@@ -92,21 +104,31 @@ impl Leaves {
 }
 
 impl Agent {
-    /// The leaf for `service`, issuing one on first use; with `min_index > 0` waits until a
-    /// newer leaf exists or `wait` passes.
+    /// The leaf for `service` as `caller` holds it, issuing one (signed with the caller's
+    /// token) on first use; with `min_index > 0` waits until a newer leaf exists or `wait`
+    /// passes. The caller must have been authorized for `service:write` on `service`.
     pub async fn leaf(
         self: &Arc<Self>,
         service: &str,
+        caller: &Caller,
         min_index: u64,
         wait: Duration,
     ) -> Result<Arc<LeafCert>, LeafError> {
         let entry = {
             let mut map = self.leaves.entries.lock();
-            map.entry(service.to_string())
+            map.entry((service.to_string(), caller.token().to_string()))
                 .or_insert_with(|| {
                     let (tx, _) = watch::channel(None);
-                    let task =
-                        tokio::spawn(maintain(self.clone(), service.to_string(), tx.clone()));
+                    let owner = Owner {
+                        credential: caller.credential(),
+                        accessor_id: caller.accessor_id().map(str::to_string),
+                    };
+                    let task = tokio::spawn(maintain(
+                        self.clone(),
+                        service.to_string(),
+                        owner,
+                        tx.clone(),
+                    ));
                     Arc::new(Entry {
                         tx,
                         last_used: Mutex::new(Instant::now()),
@@ -151,8 +173,20 @@ fn renew_point(leaf: &IssuedLeaf) -> Option<OffsetDateTime> {
     Some(after + life * frac)
 }
 
+/// The token a leaf is signed and renewed with.
+struct Owner {
+    credential: Credential,
+    /// For the log when renewal is refused.
+    accessor_id: Option<String>,
+}
+
 /// Issues and renews the leaf of one service for as long as it is cached.
-async fn maintain(agent: Arc<Agent>, service: String, tx: watch::Sender<Option<Arc<LeafCert>>>) {
+async fn maintain(
+    agent: Arc<Agent>,
+    service: String,
+    owner: Owner,
+    tx: watch::Sender<Option<Arc<LeafCert>>>,
+) {
     let roots_key = CacheKey::roots(&agent.config.datacenter);
     let mut roots = agent.cache.subscribe(&roots_key);
     let mut renew_at: Option<Instant> = None;
@@ -178,7 +212,7 @@ async fn maintain(agent: Arc<Agent>, service: String, tx: watch::Sender<Option<A
         let have = tx.borrow().is_some();
         let due = renew_at.is_none_or(|t| Instant::now() >= t);
         if !have || due {
-            match issue(&agent, &service, &td).await {
+            match issue(&agent, &service, &td, &owner.credential).await {
                 Ok((leaf, key)) => {
                     let renew = renew_point(&leaf).map(|t| {
                         let left = (t - OffsetDateTime::now_utc()).max(time::Duration::ZERO);
@@ -204,9 +238,20 @@ async fn maintain(agent: Arc<Agent>, service: String, tx: watch::Sender<Option<A
                     backoff = Duration::from_millis(200);
                 }
                 Err(e) => {
-                    tracing::warn!(%service, error = %e, "leaf signing failed; keeping the current leaf");
+                    let denied = e.code() == tonic::Code::PermissionDenied;
+                    let accessor_id = owner.accessor_id.as_deref().unwrap_or("");
+                    if denied {
+                        tracing::warn!(
+                            %service, accessor_id, error = %e.message(),
+                            "leaf signing refused: the token that asked for this leaf lacks \
+                             service:write or was deleted; keeping the current leaf until it expires"
+                        );
+                    } else {
+                        tracing::warn!(%service, error = %e.message(), "leaf signing failed; keeping the current leaf");
+                    }
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    let most = Duration::from_secs(if denied { 60 } else { 10 });
+                    backoff = (backoff * 2).min(most);
                     continue;
                 }
             }
@@ -240,14 +285,19 @@ async fn maintain(agent: Arc<Agent>, service: String, tx: watch::Sender<Option<A
     }
 }
 
-/// Generates a key and CSR here and has a server sign it.
-async fn issue(agent: &Agent, service: &str, td: &str) -> Result<(IssuedLeaf, String), String> {
+/// Generates a key and CSR here and has a server sign it, presenting `credential`.
+async fn issue(
+    agent: &Agent,
+    service: &str,
+    td: &str,
+    credential: &Credential,
+) -> Result<(IssuedLeaf, String), tonic::Status> {
     let id = SpiffeId::service(td, &agent.config.datacenter, service);
-    let (csr, key) = generate_csr(&id).map_err(|e| e.to_string())?;
+    let (csr, key) = generate_csr(&id).map_err(|e| tonic::Status::internal(e.to_string()))?;
     let dc = agent.config.datacenter.clone();
     let reply = agent
         .conn
-        .call(|mut c| {
+        .call_as(credential.clone(), |mut c| {
             let req = SignCsrRequest {
                 service: service.to_string(),
                 datacenter: dc.clone(),
@@ -255,9 +305,8 @@ async fn issue(agent: &Agent, service: &str, td: &str) -> Result<(IssuedLeaf, St
             };
             async move { c.sign_csr(req).await }
         })
-        .await
-        .map_err(|s| s.message().to_string())?;
-    let leaf: IssuedLeaf =
-        serde_json::from_slice(&reply.into_inner().json).map_err(|e| e.to_string())?;
+        .await?;
+    let leaf: IssuedLeaf = serde_json::from_slice(&reply.into_inner().json)
+        .map_err(|e| tonic::Status::internal(format!("malformed leaf from the server: {e}")))?;
     Ok((leaf, key))
 }

@@ -10,7 +10,13 @@
 //! With a data directory, the local services and checks (with their state) are kept on disk
 //! and restored at start, before the API is served or anything is synced (`persist`), so a
 //! restarted agent keeps its node's services in the catalog and their health unchanged.
+//!
+//! With ACLs on, the agent checks its own routes with the caller's token, resolved by the
+//! servers and cached per token until the ACL tables change (`acl`); what it does for itself
+//! (anti-entropy, heartbeats, watches) acts with the agent token, or with the servers'
+//! internal secret in the agent a server embeds (`conn`).
 
+pub mod acl;
 pub mod authorize;
 pub mod cache;
 pub mod checks;
@@ -32,12 +38,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use conn::{ConnError, ServerConn};
+pub use conn::{AgentIdentity, ConnError, Credential, ServerConn, UnusableToken};
 
 use crate::model::Node;
 
-/// Settings of an agent.
-#[derive(Debug, Clone)]
+/// Settings of an agent. `Debug` never shows the agent token.
+#[derive(Clone)]
 pub struct AgentConfig {
     pub node: String,
     pub datacenter: String,
@@ -61,6 +67,37 @@ pub struct AgentConfig {
     /// Set only for the agent a server embeds: where it reads the servers' internal secret,
     /// which it presents instead of an agent token (it runs in the server's process).
     pub server_secret: Option<ServerSecretSource>,
+    /// The agent token (`meshd agent --token`): what the agent's own work (anti-entropy,
+    /// heartbeats, watches) acts as when it has no `server_secret`; empty is anonymous.
+    /// Changed at runtime with `PUT /v1/agent/token/agent`. Never logged.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("node", &self.node)
+            .field("datacenter", &self.datacenter)
+            .field("servers", &self.servers)
+            .field("http_addr", &self.http_addr)
+            .field("address", &self.address)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("leaf_rotation_jitter", &self.leaf_rotation_jitter)
+            .field("heartbeat", &self.heartbeat)
+            .field("sync_interval", &self.sync_interval)
+            .field("checks", &self.checks)
+            .field("data_dir", &self.data_dir)
+            .field("server_secret", &self.server_secret)
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .finish()
+    }
 }
 
 /// Reads the servers' internal secret for an embedded agent (`None` until the cluster has
@@ -89,6 +126,27 @@ impl AgentConfig {
             checks: checks::RunnerConfig::default(),
             data_dir: None,
             server_secret: None,
+            token: String::new(),
+        }
+    }
+}
+
+/// Which of the agent's tokens (`PUT /v1/agent/token/:kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenKind {
+    /// What the agent's own work acts as (Consul's `agent`, formerly `acl_agent_token`).
+    Agent,
+    /// What requests without a token act as (Consul's `default`, formerly `acl_token`).
+    Default,
+}
+
+impl TokenKind {
+    /// The kind a path segment names (Consul's current and legacy names).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "agent" | "acl_agent_token" => Some(Self::Agent),
+            "default" | "acl_token" => Some(Self::Default),
+            _ => None,
         }
     }
 }
@@ -122,6 +180,10 @@ pub struct Agent {
     pub synced: watch::Sender<u64>,
     /// Changes of the local state (blocking queries on `/v1/agent/*`).
     pub local_index: watch::Sender<u64>,
+    /// Resolved ACL tokens of HTTP callers (`acl`).
+    pub acl: acl::TokenCache,
+    /// Woken when the agent's own tokens change: its watch streams restart with them.
+    identity_changed: Notify,
     check_updates: mpsc::Sender<checks::CheckUpdate>,
     /// The data directory, when there is one.
     store: Option<persist::Store>,
@@ -169,7 +231,11 @@ fn node_id(name: &str) -> String {
 impl Agent {
     /// Starts the agent; serves the HTTP API when `config.http_addr` is set.
     pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
-        let conn = Arc::new(ServerConn::new(&config.servers)?);
+        let identity = Arc::new(AgentIdentity::new(
+            config.token.clone(),
+            config.server_secret.clone(),
+        ));
+        let conn = Arc::new(ServerConn::new(&config.servers, identity)?);
         // Read the data directory first: a directory that cannot be used stops the agent
         // before it binds anything.
         let (store, loaded) = match &config.data_dir {
@@ -207,6 +273,8 @@ impl Agent {
             connected: watch::Sender::new(false),
             synced: watch::Sender::new(0),
             local_index: watch::Sender::new(0),
+            acl: acl::TokenCache::default(),
+            identity_changed: Notify::new(),
             check_updates,
             store,
             persist_lock: tokio::sync::Mutex::new(()),
@@ -218,14 +286,16 @@ impl Agent {
         // Before any task runs: the first anti-entropy pass and the first answer of the API
         // must already see the restored services.
         agent.restore(loaded)?;
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(agent.cache.clone().run(
-            agent.conn.clone(),
-            agent.connected.clone(),
-            agent.shutdown_signal(),
-        )));
-        tasks.push(tokio::spawn(sync::run(agent.clone())));
-        tasks.push(tokio::spawn(sync::heartbeat(agent.clone())));
+        let mut tasks = vec![
+            tokio::spawn(agent.cache.clone().run(
+                agent.conn.clone(),
+                agent.connected.clone(),
+                agent.shutdown_signal(),
+            )),
+            tokio::spawn(acl::watch(agent.clone())),
+            tokio::spawn(sync::run(agent.clone())),
+            tokio::spawn(sync::heartbeat(agent.clone())),
+        ];
         let a = agent.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(u) = check_rx.recv().await {
@@ -376,6 +446,22 @@ impl Agent {
         async move {
             let _ = rx.wait_for(|s| *s).await;
         }
+    }
+
+    /// Replaces the agent token (its own work acts with it from now on: the watch streams
+    /// reconnect with it and anti-entropy runs again) or the default token.
+    pub fn set_token(&self, kind: TokenKind, token: String) {
+        let identity = self.conn.identity();
+        match kind {
+            TokenKind::Agent => {
+                identity.set_token(token);
+                self.identity_changed.notify_waiters();
+                self.cache.reconnect();
+                self.sync_now.notify_one();
+            }
+            TokenKind::Default => identity.set_default_token(token),
+        }
+        tracing::info!(?kind, "agent token changed");
     }
 
     /// Records a local change: wakes blocking queries and the anti-entropy sync.

@@ -1,6 +1,13 @@
 //! Anti-entropy and liveness: the agent makes the catalog's view of its node match its local
 //! state (on every local change, when a server becomes reachable again, and periodically), and
 //! sends the heartbeat that keeps its node's `serfHealth` check passing.
+//!
+//! Every write here acts as the agent itself (`ServerConn::call`): the servers' internal
+//! secret in the agent a server embeds, else the agent token, which must therefore cover the
+//! node (`node:write`) and every service registered on it (`service:write`), e.g. a policy
+//! with `node_prefix`/`service_prefix` rules. Consul instead syncs each service with the
+//! token that registered it; remembering that token per service (persisted with it, mode
+//! 0600) is not done yet.
 
 use std::sync::Arc;
 use std::time::Duration;

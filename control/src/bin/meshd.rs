@@ -55,6 +55,16 @@ struct AgentArgs {
     /// Re-issue leaves within this window after a CA root rotation.
     #[arg(long, default_value = "30s", value_parser = duration)]
     leaf_rotation_jitter: std::time::Duration,
+    /// The agent's ACL token: what its anti-entropy, heartbeats and watches act as (it must
+    /// cover this node and its services). Empty is the anonymous token. Change it at runtime
+    /// with `PUT /v1/agent/token/agent`.
+    #[arg(
+        long,
+        env = "MESH_AGENT_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    token: String,
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -182,6 +192,11 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     c.cache_ttl = a.cache_ttl;
     c.leaf_rotation_jitter = a.leaf_rotation_jitter;
     c.data_dir = Some(a.data_dir);
+    anyhow::ensure!(
+        mesh_control::agent::Credential::token(Some(&a.token)).is_ok(),
+        "--token / MESH_AGENT_TOKEN must be visible ASCII"
+    );
+    c.token = a.token;
     let handle = Agent::start(c)
         .await
         .with_context(|| format!("starting agent {}", a.node))?;

@@ -13,7 +13,9 @@
 //! * every gRPC method by token (tonic clients), and the gRPC security findings refused
 //!   (`t60_grpc`);
 //! * `meshproxy --token`: refused at start without `service:write`, and a revoked token stops
-//!   renewal but not live traffic (`t80_proxy`).
+//!   renewal but not live traffic (`t80_proxy`);
+//! * the agent's routes (`t70_agent`): leaves and registrations need `service:write`, lists
+//!   are filtered, a deleted token fails within a second, `PUT /v1/agent/token/*`.
 
 mod t10_bootstrap;
 mod t20_tokens;
@@ -21,6 +23,7 @@ mod t30_policies;
 mod t40_cli;
 mod t50_routes;
 mod t60_grpc;
+mod t70_agent;
 mod t80_proxy;
 
 use std::net::SocketAddr;
@@ -96,48 +99,7 @@ impl Dev {
 
     /// `curl -X method` on `path`, with `auth` and an optional JSON `body`.
     pub fn curl(&self, method: &str, path: &str, auth: Auth<'_>, body: Option<&str>) -> Reply {
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "-D",
-            "-",
-            "--max-time",
-            "20",
-            "-w",
-            "\n%{http_code}",
-            "-X",
-            method,
-        ]);
-        match auth {
-            Auth::None => {}
-            Auth::Header(t) => {
-                cmd.args(["-H", &format!("X-Consul-Token: {t}")]);
-            }
-            Auth::Bearer(t) => {
-                cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
-            }
-        }
-        if let Some(b) = body {
-            cmd.args(["--data-binary", b]);
-        }
-        cmd.arg(format!("http://{}{path}", self.addr));
-        let out = cmd.output().expect("run curl");
-        assert!(out.status.success(), "curl failed: {out:?}");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        // `-D -`: the header block first, up to the blank line.
-        let (head, rest) = text.split_once("\r\n\r\n").expect("curl wrote the headers");
-        let (body, code) = rest.rsplit_once('\n').expect("curl wrote the status line");
-        let headers = head
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Reply {
-            status: code.trim().parse().expect("status code"),
-            body: body.to_string(),
-            headers,
-        }
+        curl_at(self.addr, method, path, auth, body)
     }
 
     /// [`Self::curl`], asserting a 200 and returning the JSON.
@@ -174,5 +136,57 @@ impl Dev {
     /// SIGTERM by PID, and a clean exit.
     pub fn stop(mut self) {
         assert!(self.meshd.stop(), "meshd dev exits cleanly");
+    }
+}
+
+/// `curl -X method` on `http://addr/path`, with `auth` and an optional JSON `body`.
+pub fn curl_at(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Auth<'_>,
+    body: Option<&str>,
+) -> Reply {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-D",
+        "-",
+        "--max-time",
+        "20",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ]);
+    match auth {
+        Auth::None => {}
+        Auth::Header(t) => {
+            cmd.args(["-H", &format!("X-Consul-Token: {t}")]);
+        }
+        Auth::Bearer(t) => {
+            cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+    }
+    if let Some(b) = body {
+        cmd.args(["--data-binary", b]);
+    }
+    cmd.arg(format!("http://{addr}{path}"));
+    let out = cmd.output().expect("run curl");
+    assert!(out.status.success(), "curl failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // `-D -`: the header block first, up to the blank line.
+    let (head, rest) = text.split_once("\r\n\r\n").expect("curl wrote the headers");
+    let (body, code) = rest.rsplit_once('\n').expect("curl wrote the status line");
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Reply {
+        status: code.trim().parse().expect("status code"),
+        body: body.to_string(),
+        headers,
     }
 }
