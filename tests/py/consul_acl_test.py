@@ -110,11 +110,11 @@ def main() -> None:
     step("agent.service.register db is refused", register_db)
 
     def leaves():
-        leaf = web.agent.connect.leaf("web")
+        leaf = web.agent.connect.ca.leaf("web")
         expect(leaf["Service"] == "web", "leaf Service", leaf.get("Service"))
         expect("PRIVATE KEY" in leaf["PrivateKeyPEM"], "leaf key", None)
-        refused("db's leaf", lambda: web.agent.connect.leaf("db"))
-        refused("anonymous web leaf", lambda: anon.agent.connect.leaf("web"))
+        refused("db's leaf", lambda: web.agent.connect.ca.leaf("db"))
+        refused("anonymous web leaf", lambda: anon.agent.connect.ca.leaf("web"))
 
     step("agent.connect.leaf: web yes, db no, anonymous no", leaves)
 
@@ -123,7 +123,7 @@ def main() -> None:
         deadline = time.monotonic() + 1.0
         while True:
             try:
-                web.agent.connect.leaf("web")
+                web.agent.connect.ca.leaf("web")
             except ACLPermissionDenied:
                 return
             if time.monotonic() >= deadline:

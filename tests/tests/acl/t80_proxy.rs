@@ -20,13 +20,24 @@ fn identity_token(dev: &Dev, root: &str, service: &str) -> (String, String) {
     )
 }
 
+/// Registers `body` on the dev agent with the management token.
+fn register(dev: &Dev, root: &str, body: &str) {
+    let r = dev.curl(
+        "PUT",
+        "/v1/agent/service/register",
+        Auth::Header(root),
+        Some(body),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 #[test]
 fn a_proxy_without_service_write_refuses_to_start_and_says_why() {
     let (dev, root) = Dev::bootstrapped();
     let app = Echo::start();
     let public = mesh_tests::process::free_port();
     let reg = sidecar_registration("web", app.port(), public, &[]).to_string();
-    dev.put("/v1/agent/service/register", Auth::Header(&root), &reg);
+    register(&dev, &root, &reg);
 
     // db's identity reads every service (it finds web's sidecar) but may not write web.
     let (_, db_secret) = identity_token(&dev, &root, "db");
@@ -62,7 +73,7 @@ fn a_deleted_token_stops_renewal_but_not_live_traffic() {
         ("db", app.port(), db_public, vec![("web", upstream)]),
     ] {
         let reg = sidecar_registration(name, port, public, &ups).to_string();
-        dev.put("/v1/agent/service/register", Auth::Header(&root), &reg);
+        register(&dev, &root, &reg);
     }
     let allow = r#"{"SourceName":"db","DestinationName":"web","Action":"allow"}"#;
     let r = dev.curl(
@@ -74,8 +85,8 @@ fn a_deleted_token_stops_renewal_but_not_live_traffic() {
     assert_eq!(r.status, 200, "{}", r.body);
     let (web_accessor, web_secret) = identity_token(&dev, &root, "web");
     let (_, db_secret) = identity_token(&dev, &root, "db");
-    let _web = Proxy::start(dev.addr, "web", &["--token", &web_secret]);
-    let _db = Proxy::start(dev.addr, "db", &["--token", &db_secret]);
+    let web = Proxy::start(dev.addr, "web", &["--token", &web_secret]);
+    let db = Proxy::start(dev.addr, "db", &["--token", &db_secret]);
     let through = std::net::SocketAddr::from(([127, 0, 0, 1], upstream));
     let echoed = eventually(
         "db -> web through both proxies",
@@ -111,5 +122,7 @@ fn a_deleted_token_stops_renewal_but_not_live_traffic() {
         roundtrip(through, b"after").expect("chain still serves"),
         b"after"
     );
+    // The proxies' blocking queries would hold the agent's graceful shutdown: stop them first.
+    drop((web, db));
     dev.stop();
 }
