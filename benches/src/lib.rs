@@ -414,6 +414,30 @@ impl HttpConn {
         })
     }
 
+    /// Sends one request that must answer 200 (anything else is an error with the answer);
+    /// its body as JSON, `null` when empty.
+    pub async fn expect_ok(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        body: String,
+    ) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .request(method.clone(), path, Bytes::from(body))
+            .await?;
+        if r.status != 200 {
+            anyhow::bail!(
+                "{method} {path}: HTTP {}: {}",
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        if r.body.is_empty() {
+            return Ok(serde_json::Value::Null);
+        }
+        serde_json::from_slice(&r.body).with_context(|| format!("{method} {path}: not JSON"))
+    }
+
     /// `GET path`.
     pub async fn get(&mut self, path: &str) -> anyhow::Result<HttpReply> {
         self.request(http::Method::GET, path, Bytes::new()).await

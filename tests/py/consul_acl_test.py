@@ -12,17 +12,13 @@ exit 1.
 
 from __future__ import annotations
 
-import sys
 import time
-import traceback
 
 import consul
 from consul.exceptions import ACLPermissionDenied
 
-
-def expect(cond: bool, msg: str, got=None):
-    if not cond:
-        raise AssertionError(f"{msg}; got {got!r}" if got is not None else msg)
+# The step runner and assertion of the client script next to this one (same directory).
+from consul_client_test import Steps, expect, parse_address
 
 
 def refused(what: str, f) -> str:
@@ -35,25 +31,9 @@ def refused(what: str, f) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) != 2 or ":" not in sys.argv[1]:
-        print("usage: consul_acl_test.py HOST:PORT", file=sys.stderr)
-        sys.exit(2)
-    host, port = sys.argv[1].rsplit(":", 1)
-    anon = consul.Consul(host=host, port=int(port))
-    n = 0
-
-    def step(name: str, f):
-        nonlocal n
-        n += 1
-        t0 = time.monotonic()
-        try:
-            out = f()
-        except Exception as e:  # noqa: BLE001 -- report any failure of the step
-            print(f"FAIL {n:2} {name}: {type(e).__name__}: {e}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-            sys.exit(1)
-        print(f"ok   {n:2} {name} ({(time.monotonic() - t0) * 1000:.0f} ms)", flush=True)
-        return out
+    host, port = parse_address("consul_acl_test.py")
+    anon = consul.Consul(host=host, port=port)
+    step = Steps().run
 
     print(f"py-consul {getattr(consul, '__version__', '?')} against {host}:{port}", flush=True)
 
@@ -65,7 +45,7 @@ def main() -> None:
 
     root = step("acl.bootstrap", bootstrap)
     step("a second acl.bootstrap is refused", lambda: refused("second bootstrap", anon.acl.bootstrap))
-    admin = consul.Consul(host=host, port=int(port), token=root)
+    admin = consul.Consul(host=host, port=port, token=root)
 
     def create_policy():
         rules = {
@@ -86,7 +66,7 @@ def main() -> None:
         return t["AccessorID"], t["SecretID"]
 
     accessor, secret = step("acl.token.create linking the policy", create_token)
-    web = consul.Consul(host=host, port=int(port), token=secret)
+    web = consul.Consul(host=host, port=port, token=secret)
 
     def read_self():
         me = web.acl.token.read_self()

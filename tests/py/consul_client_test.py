@@ -65,12 +65,18 @@ def sidecar_registration(port: int) -> dict:
     }
 
 
-def main() -> None:
+def parse_address(script: str) -> tuple[str, int]:
+    """HOST:PORT from the command line; else the usage line and exit 2."""
     if len(sys.argv) != 2 or ":" not in sys.argv[1]:
-        print("usage: consul_client_test.py HOST:PORT", file=sys.stderr)
+        print(f"usage: {script} HOST:PORT", file=sys.stderr)
         sys.exit(2)
     host, port = sys.argv[1].rsplit(":", 1)
-    c = consul.Consul(host=host, port=int(port))
+    return host, int(port)
+
+
+def main() -> None:
+    host, port = parse_address("consul_client_test.py")
+    c = consul.Consul(host=host, port=port)
     s = Steps()
     print(f"py-consul {getattr(consul, '__version__', '?')} against {host}:{port}", flush=True)
 

@@ -220,13 +220,8 @@ async fn start_side(dir: &std::path::Path, acl: bool) -> anyhow::Result<Side> {
         };
         let mut conn = connect(http, root.as_deref()).await?;
         let reg = sidecar_registration("web", 8080, 21000, &[]).to_string();
-        expect_ok(
-            &mut conn,
-            http::Method::PUT,
-            "/v1/agent/service/register",
-            reg,
-        )
-        .await?;
+        conn.expect_ok(http::Method::PUT, "/v1/agent/service/register", reg)
+            .await?;
         anyhow::Ok(token)
     };
     match set_up.await {
@@ -250,41 +245,14 @@ async fn connect(http: SocketAddr, token: Option<&str>) -> anyhow::Result<HttpCo
     }
 }
 
-/// Sends one request that must answer 200; its body as JSON (`null` when empty).
-async fn expect_ok(
-    conn: &mut HttpConn,
-    method: http::Method,
-    path: &str,
-    body: String,
-) -> anyhow::Result<serde_json::Value> {
-    let r = conn
-        .request(method.clone(), path, Bytes::from(body))
-        .await?;
-    if r.status != 200 {
-        bail!(
-            "{method} {path}: HTTP {}: {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-    }
-    if r.body.is_empty() {
-        return Ok(serde_json::Value::Null);
-    }
-    serde_json::from_slice(&r.body).with_context(|| format!("{method} {path}: not JSON"))
-}
-
 /// `PUT /v1/acl/bootstrap`, retried until the leader takes it; the management SecretID.
 async fn bootstrap(http: SocketAddr) -> anyhow::Result<String> {
     let deadline = Instant::now() + SETUP_TIMEOUT;
     loop {
         let mut conn = connect(http, None).await?;
-        match expect_ok(
-            &mut conn,
-            http::Method::PUT,
-            "/v1/acl/bootstrap",
-            String::new(),
-        )
-        .await
+        match conn
+            .expect_ok(http::Method::PUT, "/v1/acl/bootstrap", String::new())
+            .await
         {
             Ok(v) => {
                 return v["SecretID"]
@@ -311,23 +279,15 @@ async fn timed_token(http: SocketAddr, root: &str) -> anyhow::Result<String> {
             format!("service_prefix \"team-{i}-\" {{ policy = \"write\" }}")
         };
         let body = serde_json::json!({ "Name": format!("bench-{i}"), "Rules": rules });
-        let p = expect_ok(
-            &mut conn,
-            http::Method::PUT,
-            "/v1/acl/policy",
-            body.to_string(),
-        )
-        .await?;
+        let p = conn
+            .expect_ok(http::Method::PUT, "/v1/acl/policy", body.to_string())
+            .await?;
         links.push(serde_json::json!({ "ID": p["ID"] }));
     }
     let body = serde_json::json!({ "Description": "acl_overhead", "Policies": links });
-    let t = expect_ok(
-        &mut conn,
-        http::Method::PUT,
-        "/v1/acl/token",
-        body.to_string(),
-    )
-    .await?;
+    let t = conn
+        .expect_ok(http::Method::PUT, "/v1/acl/token", body.to_string())
+        .await?;
     t["SecretID"]
         .as_str()
         .map(str::to_string)
@@ -368,7 +328,7 @@ async fn measure(
         for side in [off, on] {
             let mut conn = connect(side.http, side.token.as_deref()).await?;
             let body = String::from_utf8_lossy(&r.body).to_string();
-            expect_ok(&mut conn, r.method.clone(), r.path, body).await?;
+            conn.expect_ok(r.method.clone(), r.path, body).await?;
         }
         let mut anonymous = connect(on.http, None).await?;
         let a = anonymous

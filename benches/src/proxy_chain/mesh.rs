@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use crate::HttpConn;
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::procs::{Child, free_port, local};
@@ -47,17 +46,9 @@ pub struct MeshChain {
 
 /// `PUT path` with a JSON `body` on `http`; anything but 200 is an error with the answer.
 pub async fn put(http: &mut HttpConn, path: &str, body: &Value) -> anyhow::Result<()> {
-    let r = http
-        .request(http::Method::PUT, path, Bytes::from(body.to_string()))
-        .await?;
-    if r.status != 200 {
-        bail!(
-            "PUT {path}: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-    }
-    Ok(())
+    http.expect_ok(http::Method::PUT, path, body.to_string())
+        .await
+        .map(drop)
 }
 
 async fn get_json(http: SocketAddr, path: &str) -> anyhow::Result<(u16, Value)> {

@@ -310,6 +310,22 @@ fn expiry(resolved: &ResolvedToken, now: Instant) -> Option<Instant> {
     Some(now + Duration::from_secs_f64(left.as_seconds_f64()))
 }
 
+/// Handlers take the caller as an argument, so none can forget to resolve it: the token from
+/// the request (`?token=`, `X-Consul-Token`, Bearer) or the agent's default token.
+impl axum::extract::FromRequestParts<Arc<Agent>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        agent: &Arc<Agent>,
+    ) -> Result<Self, ApiError> {
+        let axum::extract::Query(query) =
+            axum::extract::Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
+                .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        agent.caller(&parts.headers, &query).await
+    }
+}
+
 impl Agent {
     /// The caller of an HTTP request: its token resolved (through the cache) and checked.
     pub async fn caller(

@@ -132,8 +132,7 @@ fn dc(agent: &Agent, p: &HashMap<String, String>) -> String {
         .unwrap_or_else(|| agent.config.datacenter.clone())
 }
 
-async fn agent_self(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn agent_self(State(a): St, caller: Caller) -> Res {
     caller.require(|z| z.agent_read(&a.config.node).check())?;
     Ok(axum::Json(json!({
         "Config": {
@@ -175,8 +174,7 @@ async fn wait_local(a: &Agent, q: &QueryOptions) -> Result<u64, ApiError> {
     Ok(i.max(1))
 }
 
-async fn services(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn services(State(a): St, caller: Caller, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
     let mut list: Vec<_> = a.local.lock().services.values().cloned().collect();
@@ -193,13 +191,7 @@ async fn services(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
     Ok(mark_filtered(json_with_index(index, &map), filtered))
 }
 
-async fn service(
-    State(a): St,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn service(State(a): St, Path(id): Path<String>, caller: Caller, Query(p): Params) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
     let s = a.local.lock().services.get(&id).cloned();
@@ -240,8 +232,7 @@ fn written_services(a: &Agent, specs: &[registration::ServiceSpec]) -> Vec<Strin
     names
 }
 
-async fn register(State(a): St, headers: HeaderMap, Query(p): Params, body: Bytes) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn register(State(a): St, caller: Caller, Query(p): Params, body: Bytes) -> Res {
     let replace = p.contains_key("replace-existing-checks");
     let used = a.local.lock().sidecar_ports();
     let specs = registration::parse(&body, &a.config.node, &used)
@@ -281,13 +272,7 @@ async fn register(State(a): St, headers: HeaderMap, Query(p): Params, body: Byte
     Ok(StatusCode::OK.into_response())
 }
 
-async fn deregister(
-    State(a): St,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn deregister(State(a): St, Path(id): Path<String>, caller: Caller) -> Res {
     let name = a.local.lock().services.get(&id).map(|s| s.service.clone());
     if let Some(name) = name {
         caller.require(|z| z.service_write(&name).check())?;
@@ -307,8 +292,7 @@ async fn deregister(
     Ok(StatusCode::OK.into_response())
 }
 
-async fn checks(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn checks(State(a): St, caller: Caller) -> Res {
     let mut list = a.local.lock().effective_checks();
     let filtered = filter(&mut list, |c| {
         caller.allows(|z| {
@@ -367,11 +351,10 @@ async fn ttl(a: &Agent, id: &str, status: HealthStatus, note: &str) -> Res {
 async fn check_op(
     State(a): St,
     Path((op, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(p): Params,
     body: Bytes,
 ) -> Res {
-    let caller = a.caller(&headers, &p).await?;
     require_check_write(&a, &caller, &id)?;
     let note = p.get("note").map_or("", String::as_str);
     match op.as_str() {
@@ -420,13 +403,7 @@ async fn roots(State(a): St, Query(p): Params) -> Res {
     }
 }
 
-async fn leaf(
-    State(a): St,
-    Path(service): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn leaf(State(a): St, Path(service): Path<String>, caller: Caller, Query(p): Params) -> Res {
     caller.require(|z| z.service_write(&service).check())?;
     let q = QueryOptions::from_params(&p)?;
     let l = a
@@ -436,8 +413,7 @@ async fn leaf(
     Ok(json_with_index(l.modify_index, &*l))
 }
 
-async fn authorize(State(a): St, headers: HeaderMap, Query(p): Params, body: Bytes) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn authorize(State(a): St, caller: Caller, Query(p): Params, body: Bytes) -> Res {
     let r: AuthorizeRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
     let _ = &r.client_cert_serial;
@@ -466,10 +442,9 @@ async fn authorize(State(a): St, headers: HeaderMap, Query(p): Params, body: Byt
 async fn intentions(
     State(a): St,
     Path(destination): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(p): Params,
 ) -> Res {
-    let caller = a.caller(&headers, &p).await?;
     caller.require(|z| z.intentions_read(&destination).check())?;
     let q = QueryOptions::from_params(&p)?;
     let key = CacheKey::intentions(&destination, &dc(&a, &p)).with_token(caller.token());
@@ -484,14 +459,13 @@ async fn intentions(
 async fn health_connect(
     State(a): St,
     Path(service): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(p): Params,
     req: Request,
 ) -> Res {
     if !p.contains_key("cached") {
         return passthrough(State(a), req).await;
     }
-    let caller = a.caller(&headers, &p).await?;
     caller.require(|z| z.service_read(&service).check())?;
     let q = QueryOptions::from_params(&p)?;
     let key = CacheKey::health(&service, p.contains_key("passing"), &dc(&a, &p))
@@ -519,14 +493,7 @@ struct TokenBody {
 
 /// `PUT /v1/agent/token/:kind` (`agent`, `default`, and their legacy names): replaces one of
 /// the agent's tokens without a restart. Needs `acl:write`; 401 with ACLs off, as Consul.
-async fn set_token(
-    State(a): St,
-    Path(kind): Path<String>,
-    headers: HeaderMap,
-    Query(p): Params,
-    body: Bytes,
-) -> Res {
-    let caller = a.caller(&headers, &p).await?;
+async fn set_token(State(a): St, Path(kind): Path<String>, caller: Caller, body: Bytes) -> Res {
     if !caller.enforced() {
         return Err(ApiError::unauthorized("ACL support disabled"));
     }

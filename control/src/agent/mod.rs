@@ -43,7 +43,7 @@ pub use conn::{AgentIdentity, ConnError, Credential, ServerConn, UnusableToken};
 use crate::model::Node;
 
 /// Settings of an agent. `Debug` never shows the agent token.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub node: String,
     pub datacenter: String,
@@ -70,33 +70,20 @@ pub struct AgentConfig {
     /// The agent token (`meshd agent --token`): what the agent's own work (anti-entropy,
     /// heartbeats, watches) acts as when it has no `server_secret`; empty is anonymous.
     /// Changed at runtime with `PUT /v1/agent/token/agent`. Never logged.
-    pub token: String,
+    pub token: AgentToken,
 }
 
-impl std::fmt::Debug for AgentConfig {
+/// The agent token: a `String` whose `Debug` never shows it (so `AgentConfig` derives `Debug`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AgentToken(pub String);
+
+impl std::fmt::Debug for AgentToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentConfig")
-            .field("node", &self.node)
-            .field("datacenter", &self.datacenter)
-            .field("servers", &self.servers)
-            .field("http_addr", &self.http_addr)
-            .field("address", &self.address)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("leaf_rotation_jitter", &self.leaf_rotation_jitter)
-            .field("heartbeat", &self.heartbeat)
-            .field("sync_interval", &self.sync_interval)
-            .field("checks", &self.checks)
-            .field("data_dir", &self.data_dir)
-            .field("server_secret", &self.server_secret)
-            .field(
-                "token",
-                &if self.token.is_empty() {
-                    ""
-                } else {
-                    "<redacted>"
-                },
-            )
-            .finish()
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "<redacted>"
+        })
     }
 }
 
@@ -126,7 +113,7 @@ impl AgentConfig {
             checks: checks::RunnerConfig::default(),
             data_dir: None,
             server_secret: None,
-            token: String::new(),
+            token: AgentToken::default(),
         }
     }
 }
@@ -232,7 +219,7 @@ impl Agent {
     /// Starts the agent; serves the HTTP API when `config.http_addr` is set.
     pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         let identity = Arc::new(AgentIdentity::new(
-            config.token.clone(),
+            config.token.0.clone(),
             config.server_secret.clone(),
         ));
         let conn = Arc::new(ServerConn::new(&config.servers, identity)?);

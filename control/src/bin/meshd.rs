@@ -196,7 +196,7 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         mesh_control::agent::Credential::token(Some(&a.token)).is_ok(),
         "--token / MESH_AGENT_TOKEN must be visible ASCII"
     );
-    c.token = a.token;
+    c.token = mesh_control::agent::AgentToken(a.token);
     let handle = Agent::start(c)
         .await
         .with_context(|| format!("starting agent {}", a.node))?;

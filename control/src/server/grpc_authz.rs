@@ -150,6 +150,11 @@ mod tests {
     use crate::acl::{Rules, ServiceRule};
     use crate::intentions::DefaultPolicy;
 
+    /// Shorthand for the expected requirement of a table row.
+    fn all<const N: usize>(needs: [Need<'_>; N]) -> Requirement<'_> {
+        Requirement::All(needs.into())
+    }
+
     /// A token that may write service `web` (with its intentions) and node `n1`, read every
     /// other service and node, nothing else.
     fn web_writer() -> Authorizer {
@@ -180,51 +185,32 @@ mod tests {
                     node: "n1",
                     services: vec!["web", "db"],
                 },
-                Requirement::All(vec![
-                    NodeWrite("n1"),
-                    ServiceWrite("web"),
-                    ServiceWrite("db"),
-                ]),
+                all([NodeWrite("n1"), ServiceWrite("web"), ServiceWrite("db")]),
             ),
             (
                 Call::Register {
                     node: "n1",
                     services: vec![],
                 },
-                Requirement::All(vec![NodeWrite("n1")]),
+                all([NodeWrite("n1")]),
             ),
             (
                 Call::DeregisterService { service: "db" },
-                Requirement::All(vec![ServiceWrite("db")]),
+                all([ServiceWrite("db")]),
             ),
-            (
-                Call::DeregisterNode { node: "n2" },
-                Requirement::All(vec![NodeWrite("n2")]),
-            ),
-            (
-                Call::UpdateCheck { node: "n2" },
-                Requirement::All(vec![NodeWrite("n2")]),
-            ),
-            (
-                Call::Heartbeat { node: "n2" },
-                Requirement::All(vec![NodeWrite("n2")]),
-            ),
-            (
-                Call::NodeState { node: "n2" },
-                Requirement::All(vec![NodeRead("n2")]),
-            ),
+            (Call::DeregisterNode { node: "n2" }, all([NodeWrite("n2")])),
+            (Call::UpdateCheck { node: "n2" }, all([NodeWrite("n2")])),
+            (Call::Heartbeat { node: "n2" }, all([NodeWrite("n2")])),
+            (Call::NodeState { node: "n2" }, all([NodeRead("n2")])),
             (
                 Call::UpsertIntention { destination: "db" },
-                Requirement::All(vec![IntentionsWrite("db")]),
+                all([IntentionsWrite("db")]),
             ),
             (
                 Call::DeleteIntention { destination: "db" },
-                Requirement::All(vec![IntentionsWrite("db")]),
+                all([IntentionsWrite("db")]),
             ),
-            (
-                Call::SignCsr { service: "db" },
-                Requirement::All(vec![ServiceWrite("db")]),
-            ),
+            (Call::SignCsr { service: "db" }, all([ServiceWrite("db")])),
             (
                 Call::Watch {
                     kind: TopicKind::TopicRoots,
@@ -244,14 +230,14 @@ mod tests {
                     kind: TopicKind::TopicIntentions,
                     name: "db",
                 },
-                Requirement::All(vec![IntentionsRead("db")]),
+                all([IntentionsRead("db")]),
             ),
             (
                 Call::Watch {
                     kind: TopicKind::TopicHealth,
                     name: "db",
                 },
-                Requirement::All(vec![ServiceRead("db")]),
+                all([ServiceRead("db")]),
             ),
             (Call::ResolveToken, Requirement::Resolved),
             (Call::Http, Requirement::Router),
@@ -309,25 +295,14 @@ mod tests {
             },
         );
         let deny = Authorizer::new("acc-2", &rules, DefaultPolicy::Allow);
-        assert!(
-            authorize(
-                &requirement(&Call::Watch {
-                    kind: TopicKind::TopicHealth,
-                    name: "db"
-                }),
-                &deny
-            )
-            .is_err()
-        );
-        assert!(
-            authorize(
-                &requirement(&Call::Watch {
-                    kind: TopicKind::TopicHealth,
-                    name: "web"
-                }),
-                &deny
-            )
-            .is_ok()
-        );
+        let health = |name| {
+            let call = Call::Watch {
+                kind: TopicKind::TopicHealth,
+                name,
+            };
+            authorize(&requirement(&call), &deny).is_ok()
+        };
+        assert!(!health("db"));
+        assert!(health("web"));
     }
 }

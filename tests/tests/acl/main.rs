@@ -62,6 +62,12 @@ impl Reply {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Asserts the answer is `status` (the body is in the message).
+    #[track_caller]
+    pub fn assert_status(&self, status: u16) {
+        assert_eq!(self.status, status, "{}", self.body);
+    }
+
     /// Asserts the answer is `status` with a body containing `text`.
     #[track_caller]
     pub fn assert_refused(&self, status: u16, text: &str) {

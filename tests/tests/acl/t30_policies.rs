@@ -44,13 +44,13 @@ fn policies_with_hcl_and_json_rules() {
     // Names are unique; the built-in cannot go.
     let r = dev.curl("PUT", "/v1/acl/policy", auth, Some(r#"{"Name":"web-hcl"}"#));
     r.assert_refused(400, "already exists");
-    let r = dev.curl(
+    dev.curl(
         "DELETE",
         "/v1/acl/policy/00000000-0000-0000-0000-000000000001",
         auth,
         None,
-    );
-    assert_eq!(r.status, 400, "{}", r.body);
+    )
+    .assert_status(400);
     dev.stop();
 }
 
@@ -75,8 +75,8 @@ fn invalid_rules_are_refused_naming_the_field() {
     r.assert_refused(400, "operator");
 
     // Nothing was stored.
-    let r = dev.curl("GET", "/v1/acl/policy/name/typo", Auth::Header(&root), None);
-    assert_eq!(r.status, 404, "{}", r.body);
+    dev.curl("GET", "/v1/acl/policy/name/typo", Auth::Header(&root), None)
+        .assert_status(404);
     dev.stop();
 }
 
@@ -119,13 +119,13 @@ fn roles_link_policies_and_grant_through_tokens() {
     dev.ok("GET", "/v1/acl/policies", Auth::Header(secret), None);
 
     // A link to a role that does not exist is refused.
-    let r = dev.curl(
+    dev.curl(
         "PUT",
         "/v1/acl/token",
         auth,
         Some(r#"{"Roles":[{"Name":"nobody"}]}"#),
-    );
-    assert_eq!(r.status, 400, "{}", r.body);
+    )
+    .assert_status(400);
 
     dev.ok("DELETE", &format!("/v1/acl/role/{role_id}"), auth, None);
     let r = dev.curl("GET", "/v1/acl/policies", Auth::Header(secret), None);

@@ -421,13 +421,13 @@ fn narrow_tokens_get_exactly_their_part() {
         true,
     );
     assert_list(&dev, "/v1/config/service-defaults", auth, &["web"], true);
-    let r = dev.curl(
+    dev.curl(
         "GET",
         "/v1/connect/intentions/check?source=db&destination=web",
         auth,
         None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    )
+    .assert_status(200);
     let r = dev.curl(
         "GET",
         "/v1/connect/intentions/check?source=web&destination=db",

@@ -197,13 +197,13 @@ fn deleted_token_refused_within_a_second(
         let r = curl_at(agent, "GET", &leaf("web"), Auth::Header(secret), None);
         assert_eq!(r.status, 200, "{}", r.body);
     }
-    let r = dev.curl(
+    dev.curl(
         "DELETE",
         &format!("/v1/acl/token/{accessor}"),
         Auth::Header(root),
         None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    )
+    .assert_status(200);
     let deleted = Instant::now();
     eventually(
         "the deleted token to be refused",
@@ -318,13 +318,13 @@ fn the_agent_tokens_are_set_at_runtime_with_acl_write() {
     dev.curl("GET", &leaf("web"), Auth::None, None)
         .assert_refused(403, "anonymous token");
     let default = format!(r#"{{"Token":"{web}"}}"#);
-    let r = dev.curl(
+    dev.curl(
         "PUT",
         "/v1/agent/token/default",
         Auth::Header(&root),
         Some(&default),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    )
+    .assert_status(200);
     assert_eq!(
         dev.ok("GET", &leaf("web"), Auth::None, None)["Service"],
         "web"
@@ -339,13 +339,13 @@ fn with_acls_off_the_agent_enforces_nothing() {
         dev.ok("GET", &leaf("db"), Auth::None, None)["Service"],
         "db"
     );
-    let r = dev.curl(
+    dev.curl(
         "PUT",
         "/v1/agent/service/register",
         Auth::Header("6a1b7a2c-0000-4000-8000-000000000000"),
         Some(r#"{"Name":"db","Port":5432}"#),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    )
+    .assert_status(200);
     assert!(
         dev.ok("GET", "/v1/agent/services", Auth::None, None)
             .get("db")

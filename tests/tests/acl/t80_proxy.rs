@@ -22,13 +22,13 @@ fn identity_token(dev: &Dev, root: &str, service: &str) -> (String, String) {
 
 /// Registers `body` on the dev agent with the management token.
 fn register(dev: &Dev, root: &str, body: &str) {
-    let r = dev.curl(
+    dev.curl(
         "PUT",
         "/v1/agent/service/register",
         Auth::Header(root),
         Some(body),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    )
+    .assert_status(200);
 }
 
 #[test]
@@ -76,13 +76,13 @@ fn a_deleted_token_stops_renewal_but_not_live_traffic() {
         register(&dev, &root, &reg);
     }
     let allow = r#"{"SourceName":"db","DestinationName":"web","Action":"allow"}"#;
-    let r = dev.curl(
+    dev.curl(
         "PUT",
         "/v1/connect/intentions/exact?source=db&destination=web",
         Auth::Header(&root),
         Some(allow),
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    )
+    .assert_status(200);
     let (web_accessor, web_secret) = identity_token(&dev, &root, "web");
     let (_, db_secret) = identity_token(&dev, &root, "db");
     let web = Proxy::start(dev.addr, "web", &["--token", &web_secret]);
@@ -99,13 +99,13 @@ fn a_deleted_token_stops_renewal_but_not_live_traffic() {
     );
     assert!(echoed.is_ok(), "mTLS chain works with both tokens");
 
-    let r = dev.curl(
+    dev.curl(
         "DELETE",
         &format!("/v1/acl/token/{web_accessor}"),
         Auth::Header(&root),
         None,
-    );
-    assert_eq!(r.status, 200, "{}", r.body);
+    )
+    .assert_status(200);
     // web's token can no longer get (renew) web's leaf, within a second...
     eventually(
         "the deleted token's leaf request to be refused",

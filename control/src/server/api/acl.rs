@@ -34,6 +34,15 @@ use crate::http::token::request_token;
 use crate::server::acl::{AclError, Caller};
 use crate::server::{Server, ServerError};
 
+/// A body that may be left out: its default when empty.
+fn optional_body<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        Ok(T::default())
+    } else {
+        parse_body(body)
+    }
+}
+
 /// Consul's placeholder for a SecretID the caller may not see.
 const HIDDEN: &str = "<hidden>";
 
@@ -162,11 +171,7 @@ struct BootstrapBody {
 /// `PUT /v1/acl/bootstrap`: the first management token, once.
 pub(super) async fn bootstrap(AxState(srv): Api, body: Bytes) -> Res {
     enabled(&srv)?;
-    let request: BootstrapBody = if body.is_empty() {
-        BootstrapBody::default()
-    } else {
-        parse_body(&body)?
-    };
+    let request: BootstrapBody = optional_body(&body)?;
     let secret_id = match request.bootstrap_secret {
         s if s.is_empty() => new_id(),
         s => s,
@@ -329,16 +334,12 @@ struct CloneBody {
 pub(super) async fn token_clone(
     AxState(srv): Api,
     Path(id): Path<String>,
-    headers: HeaderMap,
     Query(p): Params,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Res {
     caller(&srv, &headers, &p, Need::Write)?;
-    let request: CloneBody = if body.is_empty() {
-        CloneBody::default()
-    } else {
-        parse_body(&body)?
-    };
+    let request: CloneBody = optional_body(&body)?;
     let original = srv
         .state
         .read(|s| s.acl.tokens.get(&id).cloned())
