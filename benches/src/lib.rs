@@ -296,8 +296,20 @@ pub async fn start_client_agent(
     server_rpc: SocketAddr,
     timeout: Duration,
 ) -> anyhow::Result<AgentHandle> {
+    start_agent(client_agent_config(node, server_rpc), timeout).await
+}
+
+/// Settings of a client agent of [`start_client_agent`]: HTTP API on 127.0.0.1, OS-chosen port.
+pub fn client_agent_config(node: &str, server_rpc: SocketAddr) -> AgentConfig {
     let mut config = AgentConfig::new(node, vec![server_rpc.to_string()]);
     config.http_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    config
+}
+
+/// Starts an agent from `config` and waits (at most `timeout`) until a server answered its
+/// heartbeat and its node is in the catalog. On failure the agent is shut down again.
+pub async fn start_agent(config: AgentConfig, timeout: Duration) -> anyhow::Result<AgentHandle> {
+    let node = config.node.clone();
     let handle = Agent::start(config)
         .await
         .with_context(|| format!("starting agent {node}"))?;

@@ -9,10 +9,11 @@
 //! server without ACLs.
 //!
 //! Setup: two in-process single servers in one temporary directory, on 127.0.0.1 with
-//! OS-chosen ports: `off` (ACLs disabled) and `on` (ACLs enabled, default deny, bootstrapped).
-//! On `on`, ten policies are created and one token links all ten (the first grants what the
-//! routes need: `service:write` on `web`, read on every service and node). `web` is registered
-//! with a sidecar on both. Before anything is timed, each route is checked on both servers
+//! OS-chosen ports: `off` (ACLs disabled) and `on` (ACLs enabled, default deny, bootstrapped),
+//! each with a client agent (the agent on `on` acts with the management token). On `on`, ten
+//! policies are created and one token links all ten (the first grants what the routes need:
+//! `service:write` on `web`, read on every service and node). `web` is registered with a
+//! sidecar through each agent; the timed requests go to the agents. Before anything is timed, each route is checked on both servers
 //! (200), and on `on` without a token (403: enforcement is really on).
 //!
 //! Timed: `--rounds` rounds, each timing every route on `off` then on `on` with the same
@@ -32,24 +33,21 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, Count, HttpConn, SHUTDOWN_TIMEOUT, Table, ensure_in, load_average,
-    load_average_json, load_average_text, rate, ratio, run_for, shutdown_server,
-    single_server_config, start_server,
+    CommonArgs, Count, HttpConn, SHUTDOWN_TIMEOUT, Table, client_agent_config, ensure_in,
+    load_average, load_average_json, load_average_text, rate, ratio, run_for, shutdown_agent,
+    shutdown_server, single_server_config, start_agent, start_server,
 };
+use mesh_control::agent::{AgentHandle, AgentToken};
 use mesh_control::intentions::DefaultPolicy;
 use mesh_control::server::{AclConfig, ServerHandle};
 use mesh_tests::sidecar::sidecar_registration;
 
-/// How long a server may take to lead with a CA.
+/// How long a server may take to lead with a CA, and set-up requests may be retried.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Policies the timed token links.
 const POLICIES: usize = 10;
-/// Upper bound on requests per client and phase, whatever the duration.
-const MAX_REQUESTS_PER_CLIENT: u64 = 50_000_000;
-/// Upper bound on in-process resolutions per phase.
-const MAX_RESOLVES: u64 = 500_000_000;
-/// How long the set-up requests may be retried (the bootstrap right after the election).
-const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound on operations per client (or in-process loop) and phase, whatever the duration.
+const MAX_OPS: u64 = 500_000_000;
 
 /// ACLs on against ACLs off: request rates on hot agent routes, and cached token resolution.
 #[derive(Debug, Parser)]
@@ -65,9 +63,11 @@ struct Args {
     rounds: usize,
 }
 
-/// One server of the comparison.
+/// One server of the comparison, and the client agent the timed requests go to.
 struct Side {
     handle: ServerHandle,
+    agent: AgentHandle,
+    /// The agent's HTTP address.
     http: SocketAddr,
     /// The token requests carry (`on` only).
     token: Option<String>,
@@ -114,10 +114,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let measured = measure(&off, &on, &args, duration).await;
-    shutdown_server(off.handle, SHUTDOWN_TIMEOUT).await;
-    shutdown_server(on.handle, SHUTDOWN_TIMEOUT).await;
+    for side in [off, on] {
+        shutdown_agent(side.agent, SHUTDOWN_TIMEOUT).await;
+        shutdown_server(side.handle, SHUTDOWN_TIMEOUT).await;
+    }
     drop(dir);
-    let (routes, resolve, floor) = measured?;
+    let (routes, resolve, agent_cached, floor) = measured?;
     let load_end = load_average();
 
     if args.common.json {
@@ -144,13 +146,14 @@ async fn main() -> anyhow::Result<()> {
             "load_average_end": load_average_json(load_end),
             "routes": routes_json,
             "resolve_ns": ns_per_op(resolve),
+            "agent_resolve_ns": ns_per_op(agent_cached),
             "hashmap_floor_ns": ns_per_op(floor),
         });
         println!("{json}");
         return Ok(());
     }
     println!(
-        "acl_overhead: {} round(s) of {:?} per phase, {} client(s); load {} -> {}",
+        "acl_overhead: {} round(s) of {:?} per phase, {} client(s); {} -> {}",
         args.rounds,
         duration,
         args.clients,
@@ -173,9 +176,14 @@ async fn main() -> anyhow::Result<()> {
     println!("{}", t.render());
     let mut t = Table::new(["in-process", "per call", "vs HashMap floor"]);
     t.row([
-        format!("acl_resolve, token with {POLICIES} policies (cached)"),
+        format!("server acl_resolve, token with {POLICIES} policies (cached)"),
         format!("{:.0} ns", ns_per_op(resolve)),
         format!("{:.1}x", ratio(ns_per_op(resolve), ns_per_op(floor))),
+    ]);
+    t.row([
+        "agent cache, same token (Agent::resolve)".to_string(),
+        format!("{:.0} ns", ns_per_op(agent_cached)),
+        format!("{:.1}x", ratio(ns_per_op(agent_cached), ns_per_op(floor))),
     ]);
     t.row([
         "HashMap<secret, Arc<_>> lookup (floor)".to_string(),
@@ -207,26 +215,32 @@ async fn start_side(dir: &std::path::Path, acl: bool) -> anyhow::Result<Side> {
         default_policy: DefaultPolicy::Deny,
     };
     let handle = start_server(config, READY_TIMEOUT).await?;
-    let http = handle.http_addr;
+    let server_http = handle.http_addr;
     let set_up = async {
         let root = if acl {
-            Some(bootstrap(http).await?)
+            Some(bootstrap(server_http).await?)
         } else {
             None
         };
         let token = match &root {
-            Some(root) => Some(timed_token(http, root).await?),
+            Some(root) => Some(timed_token(server_http, root).await?),
             None => None,
         };
+        // The agent acts with the management token (its node and the registered services).
+        let mut agent_config = client_agent_config("bench-agent", handle.rpc_addr);
+        agent_config.token = AgentToken(root.clone().unwrap_or_default());
+        let agent = start_agent(agent_config, READY_TIMEOUT).await?;
+        let http = agent.http_addr.context("the agent serves HTTP")?;
         let mut conn = connect(http, root.as_deref()).await?;
         let reg = sidecar_registration("web", 8080, 21000, &[]).to_string();
         conn.expect_ok(http::Method::PUT, "/v1/agent/service/register", reg)
             .await?;
-        anyhow::Ok(token)
+        anyhow::Ok((agent, http, token))
     };
     match set_up.await {
-        Ok(token) => Ok(Side {
+        Ok((agent, http, token)) => Ok(Side {
             handle,
+            agent,
             http,
             token,
         }),
@@ -247,7 +261,7 @@ async fn connect(http: SocketAddr, token: Option<&str>) -> anyhow::Result<HttpCo
 
 /// `PUT /v1/acl/bootstrap`, retried until the leader takes it; the management SecretID.
 async fn bootstrap(http: SocketAddr) -> anyhow::Result<String> {
-    let deadline = Instant::now() + SETUP_TIMEOUT;
+    let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let mut conn = connect(http, None).await?;
         match conn
@@ -320,7 +334,7 @@ async fn measure(
     on: &Side,
     args: &Args,
     duration: Duration,
-) -> anyhow::Result<(Vec<(&'static str, Tally, Tally)>, Count, Count)> {
+) -> anyhow::Result<(Vec<(&'static str, Tally, Tally)>, Count, Count, Count)> {
     let trust_domain = on.handle.server.state.read(|s| s.ca.trust_domain.clone());
     let routes = routes(&trust_domain);
     // Untimed checks: every route answers 200 on both sides, and 403 on `on` without a token.
@@ -361,7 +375,7 @@ async fn measure(
     server
         .acl_resolve(Some(&secret))
         .map_err(|e| anyhow::anyhow!("resolving the timed token: {e}"))?;
-    let resolve = run_for(duration, MAX_RESOLVES, |_| {
+    let resolve = run_for(duration, MAX_OPS, |_| {
         server
             .acl_resolve(black_box(Some(secret.as_str())))
             .map(|c| {
@@ -369,6 +383,23 @@ async fn measure(
             })
     })
     .map_err(|e| anyhow::anyhow!("resolving the timed token: {e}"))?;
+    // The agent's per-token cache (what its routes use), filled by the first call.
+    let agent = on.agent.agent.clone();
+    let (start, mut ops) = (Instant::now(), 0u64);
+    while ops < MAX_OPS && (ops == 0 || start.elapsed() < duration) {
+        black_box(
+            agent
+                .resolve(black_box(Some(secret.as_str())))
+                .await
+                .map_err(|e| anyhow::anyhow!("agent resolving the timed token: {e}"))?,
+        );
+        ops += 1;
+    }
+    // The first (filling) call is not counted; its one RPC stays in the elapsed time.
+    let agent_cached = Count {
+        ops: ops.saturating_sub(1),
+        elapsed: start.elapsed(),
+    };
     let floor_map: HashMap<String, Arc<str>> = (0..1000)
         .map(|i| {
             (
@@ -378,12 +409,12 @@ async fn measure(
         })
         .chain(std::iter::once((secret.clone(), Arc::from("token"))))
         .collect();
-    let floor = run_for(duration, MAX_RESOLVES, |_| {
+    let floor = run_for(duration, MAX_OPS, |_| {
         black_box(floor_map.get(black_box(secret.as_str())).cloned())
             .map(drop)
             .context("secret in the floor map")
     })?;
-    Ok((totals, resolve, floor))
+    Ok((totals, resolve, agent_cached, floor))
 }
 
 /// `clients` keep-alive connections sending `route` on `side` for `duration`.
@@ -406,7 +437,7 @@ async fn phase(
             tokio::spawn(async move {
                 let (mut ok, mut errors) = (0u64, 0u64);
                 let mut sent = 0;
-                while sent < MAX_REQUESTS_PER_CLIENT && Instant::now() < deadline {
+                while sent < MAX_OPS && Instant::now() < deadline {
                     sent += 1;
                     match conn.request(method.clone(), path, body.clone()).await {
                         Ok(r) if r.status == 200 => ok += 1,

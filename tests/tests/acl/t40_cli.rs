@@ -2,22 +2,13 @@
 //! the token from `MESH_HTTP_TOKEN` or `--token`, rules from a file, and the refusals an
 //! operator sees (anonymous writes, a second bootstrap, invalid rules).
 
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use super::*;
 
 /// `meshctl --http-addr ADDR <args>` with `MESH_HTTP_TOKEN` set to `token` (or unset).
 fn meshctl(dev: &Dev, token: Option<&str>, args: &[&str]) -> Output {
-    let mut cmd = Command::new(mesh_tests::process::bin("meshctl"));
-    cmd.arg("--http-addr")
-        .arg(dev.addr.to_string())
-        .args(args)
-        .env_remove("MESH_HTTP_TOKEN")
-        .stdin(Stdio::null());
-    if let Some(t) = token {
-        cmd.env("MESH_HTTP_TOKEN", t);
-    }
-    cmd.output().expect("running meshctl")
+    mesh_tests::process::meshctl_as(&dev.addr.to_string(), token, args)
 }
 
 fn stdout_ok(out: &Output, what: &str) -> String {

@@ -52,6 +52,11 @@ fn row(method: &'static str, path: &'static str, body: Option<Value>, need: Need
     }
 }
 
+/// A `GET` row without a body.
+fn get(path: &'static str, need: Need) -> Row {
+    row("GET", path, None, need)
+}
+
 /// Every server route outside `/v1/acl/*`, in an order where each write finds what it needs
 /// (the deregistration after the registration, reads of the mesh entry after its write).
 fn routes(ca_config: &Value) -> Vec<Row> {
@@ -63,15 +68,10 @@ fn routes(ca_config: &Value) -> Vec<Row> {
     let intentions_entry = json!({"Kind": "service-intentions", "Name": "db",
         "Sources": [{"Name": "web", "Action": "allow"}]});
     vec![
-        row("GET", "/v1/status/leader", None, Open),
-        row("GET", "/v1/status/peers", None, Open),
-        row("GET", "/v1/connect/ca/roots", None, Open),
-        row(
-            "GET",
-            "/v1/operator/raft/configuration",
-            None,
-            Read("operator:read"),
-        ),
+        get("/v1/status/leader", Open),
+        get("/v1/status/peers", Open),
+        get("/v1/connect/ca/roots", Open),
+        get("/v1/operator/raft/configuration", Read("operator:read")),
         Row {
             ok: 404,
             ..row(
@@ -93,14 +93,14 @@ fn routes(ca_config: &Value) -> Vec<Row> {
             Some(json!({"Node": "n-extra", "ServiceID": "extra-1"})),
             Write("service:write"),
         ),
-        row("GET", "/v1/catalog/services", None, List),
-        row("GET", "/v1/catalog/nodes", None, List),
-        row("GET", "/v1/catalog/service/web", None, List),
-        row("GET", "/v1/catalog/connect/web", None, List),
-        row("GET", "/v1/internal/members", None, List),
-        row("GET", "/v1/health/service/web", None, List),
-        row("GET", "/v1/health/connect/web", None, List),
-        row("GET", "/v1/connect/intentions", None, List),
+        get("/v1/catalog/services", List),
+        get("/v1/catalog/nodes", List),
+        get("/v1/catalog/service/web", List),
+        get("/v1/catalog/connect/web", List),
+        get("/v1/internal/members", List),
+        get("/v1/health/service/web", List),
+        get("/v1/health/connect/web", List),
+        get("/v1/connect/intentions", List),
         row(
             "POST",
             "/v1/connect/intentions",
@@ -113,10 +113,8 @@ fn routes(ca_config: &Value) -> Vec<Row> {
             Some(json!({"Action": "deny"})),
             Write("intention:write"),
         ),
-        row(
-            "GET",
+        get(
             "/v1/connect/intentions/exact?source=web&destination=db",
-            None,
             Read("intention:read"),
         ),
         row(
@@ -125,24 +123,15 @@ fn routes(ca_config: &Value) -> Vec<Row> {
             None,
             Write("intention:write"),
         ),
-        row(
-            "GET",
+        get(
             "/v1/connect/intentions/check?source=web&destination=db",
-            None,
             Read("service:read"),
         ),
-        row(
-            "GET",
+        get(
             "/v1/connect/intentions/match?by=destination&name=db",
-            None,
             Read("intention:read"),
         ),
-        row(
-            "GET",
-            "/v1/connect/ca/configuration",
-            None,
-            Read("operator:read"),
-        ),
+        get("/v1/connect/ca/configuration", Read("operator:read")),
         row(
             "PUT",
             "/v1/connect/ca/configuration",
@@ -161,12 +150,7 @@ fn routes(ca_config: &Value) -> Vec<Row> {
             None,
             Write("operator:write"),
         ),
-        row(
-            "GET",
-            "/v1/internal/state-hash",
-            None,
-            Read("operator:read"),
-        ),
+        get("/v1/internal/state-hash", Read("operator:read")),
         row("PUT", "/v1/config", Some(defaults), Write("service:write")),
         row(
             "PUT",
@@ -180,22 +164,12 @@ fn routes(ca_config: &Value) -> Vec<Row> {
             Some(intentions_entry),
             Write("intention:write"),
         ),
-        row("GET", "/v1/config/service-defaults", None, List),
-        row("GET", "/v1/config/service-intentions", None, List),
-        row("GET", "/v1/config/mesh", None, AnyToken),
-        row(
-            "GET",
-            "/v1/config/service-defaults/db",
-            None,
-            Read("service:read"),
-        ),
-        row(
-            "GET",
-            "/v1/config/service-intentions/db",
-            None,
-            Read("intention:read"),
-        ),
-        row("GET", "/v1/config/mesh/mesh", None, AnyToken),
+        get("/v1/config/service-defaults", List),
+        get("/v1/config/service-intentions", List),
+        get("/v1/config/mesh", AnyToken),
+        get("/v1/config/service-defaults/db", Read("service:read")),
+        get("/v1/config/service-intentions/db", Read("intention:read")),
+        get("/v1/config/mesh/mesh", AnyToken),
         row(
             "DELETE",
             "/v1/config/service-defaults/db",

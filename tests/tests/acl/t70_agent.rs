@@ -157,30 +157,15 @@ fn registration_and_checks_need_service_write() {
         .assert_refused(403, "'service:read' on \"web\"");
 
     // TTL updates and deregistration need service:write on the service.
-    dev.curl("PUT", "/v1/agent/check/pass/web-ttl", Auth::None, None)
-        .assert_refused(403, "'service:write' on \"web\"");
-    assert_eq!(
-        dev.curl(
-            "PUT",
-            "/v1/agent/check/pass/web-ttl",
-            Auth::Header(&web),
-            None
-        )
-        .status,
-        200
-    );
-    dev.curl("PUT", "/v1/agent/service/deregister/web", Auth::None, None)
-        .assert_refused(403, "'service:write' on \"web\"");
-    assert_eq!(
-        dev.curl(
-            "PUT",
-            "/v1/agent/service/deregister/web",
-            Auth::Header(&web),
-            None
-        )
-        .status,
-        200
-    );
+    for path in [
+        "/v1/agent/check/pass/web-ttl",
+        "/v1/agent/service/deregister/web",
+    ] {
+        dev.curl("PUT", path, Auth::None, None)
+            .assert_refused(403, "'service:write' on \"web\"");
+        dev.curl("PUT", path, Auth::Header(&web), None)
+            .assert_status(200);
+    }
     dev.stop();
 }
 

@@ -166,17 +166,12 @@ fn acl_object_routes<O: acl::AclObject>(plural: &str) -> Router<Arc<Server>> {
 }
 
 /// [`read`] with the query options as the request gave them in `p` (the common case).
-async fn read_params<T, I, R>(
+async fn read_params<T: Serialize>(
     srv: &Server,
     p: &HashMap<String, String>,
-    index_of: I,
-    render: R,
-) -> Res
-where
-    T: Serialize,
-    I: Fn(&State) -> u64,
-    R: FnOnce(&State) -> Result<T, ApiError>,
-{
+    index_of: impl Fn(&State) -> u64,
+    render: impl FnOnce(&State) -> Result<T, ApiError>,
+) -> Res {
     read(srv, &QueryOptions::from_params(p)?, index_of, render).await
 }
 
