@@ -368,3 +368,9 @@ mod tests {
         assert_eq!(back, r);
     }
 }
+
+impl From<super::secret::MalformedSecret> for Invalid {
+    fn from(_: super::secret::MalformedSecret) -> Self {
+        Invalid::ServerSecret
+    }
+}

@@ -20,7 +20,7 @@ mod state;
 pub use acl_state::{AclState, anonymous_token};
 pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
-pub use secret::{SERVER_SECRET_HEX_LEN, ServerSecret};
+pub use secret::{MalformedSecret, SERVER_SECRET_HEX_LEN, ServerSecret};
 pub use state::{CaState, State, TableIndexes};
 
 #[cfg(test)]

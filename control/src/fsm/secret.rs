@@ -13,12 +13,13 @@
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use super::command::Invalid;
-use super::state::State;
-use crate::model::Index;
-
 /// Length of the secret in hex digits (32 bytes).
 pub const SERVER_SECRET_HEX_LEN: usize = 64;
+
+/// A value that is not 64 lowercase hex digits (the value is not quoted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the server secret must be 64 lowercase hex digits")]
+pub struct MalformedSecret;
 
 /// The servers' internal secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,13 +28,13 @@ pub struct ServerSecret(String);
 
 impl ServerSecret {
     /// The secret written as `hex`; refused unless it is 64 lowercase hex digits.
-    pub fn new(hex: String) -> Result<Self, Invalid> {
+    pub fn new(hex: String) -> Result<Self, MalformedSecret> {
         let well_formed = hex.len() == SERVER_SECRET_HEX_LEN
             && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if well_formed {
             Ok(Self(hex))
         } else {
-            Err(Invalid::ServerSecret)
+            Err(MalformedSecret)
         }
     }
 
@@ -51,22 +52,5 @@ impl ServerSecret {
 impl std::fmt::Debug for ServerSecret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ServerSecret(<redacted>)")
-    }
-}
-
-impl State {
-    /// Stores `secret` unless one is already set (then nothing changes). A secret that is not
-    /// 64 lowercase hex digits is refused (deterministically, so on every server).
-    pub(super) fn set_server_secret(
-        &mut self,
-        _index: Index,
-        secret: ServerSecret,
-    ) -> Result<(), crate::fsm::ApplyError> {
-        if self.server_secret.is_some() {
-            return Ok(());
-        }
-        let secret = ServerSecret::new(secret.0)?;
-        self.server_secret = Some(secret);
-        Ok(())
     }
 }

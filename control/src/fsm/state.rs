@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::acl_state::AclState;
-use super::command::{ApplyError, ApplyResult, Command};
+use super::command::{ApplyError, ApplyResult, Command, Invalid};
 use super::secret::ServerSecret;
 use crate::ca::StoredRoot;
 use crate::config_entries::{IntentionEntryMeta, MeshConfig, ServiceDefaults};
@@ -186,6 +186,17 @@ impl State {
             Command::AclRoleDelete { id } => self.acl_role_delete(index, &id),
             Command::SetServerSecret { secret } => self.set_server_secret(index, secret),
         }
+    }
+
+    /// Stores `secret` unless one is already set (then nothing changes). A secret that is not
+    /// 64 lowercase hex digits is refused (deterministically, so on every server).
+    fn set_server_secret(&mut self, _index: Index, secret: ServerSecret) -> Result<(), ApplyError> {
+        if self.server_secret.is_some() {
+            return Ok(());
+        }
+        let secret = ServerSecret::new(secret.expose().to_string()).map_err(Invalid::from)?;
+        self.server_secret = Some(secret);
+        Ok(())
     }
 
     /// A stable digest of the whole state but the servers' internal secret, to compare servers

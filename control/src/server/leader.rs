@@ -60,7 +60,7 @@ pub(super) async fn run(server: Arc<Server>) {
 }
 
 /// A new random internal secret: 32 bytes from the OS-seeded CSPRNG, as 64 hex digits.
-fn new_server_secret() -> Result<ServerSecret, crate::fsm::Invalid> {
+fn new_server_secret() -> Result<ServerSecret, crate::fsm::MalformedSecret> {
     let bytes: [u8; 32] = rand::random();
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     ServerSecret::new(hex)
@@ -78,7 +78,8 @@ async fn tick(server: &Server) -> Result<(), super::ServerError> {
     // Before the CA: a server that applied the root (is ready) holds the secret too.
     if !has_secret {
         tracing::info!("writing the servers' internal secret");
-        let secret = new_server_secret().map_err(crate::fsm::ApplyError::from)?;
+        let secret = new_server_secret()
+            .map_err(|e| crate::fsm::ApplyError::from(crate::fsm::Invalid::from(e)))?;
         server.write(Command::SetServerSecret { secret }).await?;
     }
     if !has_root {
