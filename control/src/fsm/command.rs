@@ -292,6 +292,12 @@ pub struct ApplyResult {
     pub error: Option<ApplyError>,
 }
 
+impl From<super::secret::MalformedSecret> for Invalid {
+    fn from(_: super::secret::MalformedSecret) -> Self {
+        Invalid::ServerSecret
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,11 +372,5 @@ mod tests {
         };
         let back: ApplyResult = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
         assert_eq!(back, r);
-    }
-}
-
-impl From<super::secret::MalformedSecret> for Invalid {
-    fn from(_: super::secret::MalformedSecret) -> Self {
-        Invalid::ServerSecret
     }
 }
