@@ -73,6 +73,46 @@ fn leaves_need_service_write_on_their_service() {
     dev.stop();
 }
 
+/// Issue 12 acceptance 1: a service identity gets its own service's leaf and nothing that
+/// manages the mesh: no intentions (even to its own service), no CA rotation, no peer removal.
+#[test]
+fn a_service_identity_token_cannot_manage_the_mesh() {
+    let (dev, root) = Dev::bootstrapped();
+    let (web, _) = service_token(&dev, &root, "web");
+    let auth = Auth::Header(&web);
+    let intention = r#"{"SourceName":"web","DestinationName":"db","Action":"allow"}"#;
+    for (method, path, body, permission) in [
+        (
+            "POST",
+            "/v1/connect/intentions",
+            Some(intention),
+            "intention:write",
+        ),
+        (
+            "PUT",
+            "/v1/connect/intentions/exact?source=db&destination=web",
+            Some(r#"{"Action":"allow"}"#),
+            "intention:write",
+        ),
+        ("PUT", "/v1/connect/ca/rotate", None, "operator:write"),
+        (
+            "DELETE",
+            "/v1/operator/raft/peer?id=dev",
+            None,
+            "operator:write",
+        ),
+    ] {
+        dev.curl(method, path, auth, body)
+            .assert_refused(403, &format!("lacks permission '{permission}'"));
+    }
+    // Nothing changed: no intention exists, the peer is still there.
+    let ixns = dev.ok("GET", "/v1/connect/intentions", Auth::Header(&root), None);
+    assert_eq!(ixns, serde_json::json!([]));
+    let peers = dev.ok("GET", "/v1/status/peers", Auth::None, None);
+    assert_eq!(peers.as_array().map(Vec::len), Some(1), "{peers}");
+    dev.stop();
+}
+
 #[test]
 fn agent_routes_refuse_the_anonymous_token() {
     let (dev, root) = Dev::bootstrapped();
