@@ -9,6 +9,7 @@ pub mod ca;
 pub mod fsm;
 pub mod raft;
 pub mod store;
+pub mod tls;
 
 /// The policy and wire contract live in `mesh-policy` (shared with the proxy); re-exported so
 /// `crate::model`, `crate::intentions`, … read the same everywhere in the control plane.

@@ -309,6 +309,19 @@ pub fn meshctl_as(http_addr: &str, token: Option<&str>, args: &[&str]) -> Output
     cmd.output().expect("running meshctl")
 }
 
+/// The stdout of a command that must have succeeded; else a panic naming `what` with both
+/// outputs.
+pub fn stdout_ok(out: &Output, what: &str) -> String {
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\nstdout: {text}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn eventually<T>(
     what: &str,

@@ -19,6 +19,8 @@ pub enum CliError {
     Decode { path: String, message: String },
     #[error("{0}")]
     Usage(String),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
 }
 
 /// A minimal HTTP/1.1 client bound to one API address.
@@ -47,7 +49,7 @@ impl ApiClient {
                     CliError::Usage("the ACL token is not a valid HTTP header value".into())
                 })?;
                 v.set_sensitive(true);
-                Ok(v)
+                Ok::<_, CliError>(v)
             })
             .transpose()?;
         Ok(Self {

@@ -9,6 +9,7 @@ mod connect;
 mod intention;
 mod operator;
 mod table;
+mod tls;
 
 use std::collections::BTreeSet;
 
@@ -67,6 +68,11 @@ pub enum Command {
     Connect {
         #[command(subcommand)]
         command: connect::ConnectCmd,
+    },
+    /// The control plane's CA and certificates, as files here (no server is contacted).
+    Tls {
+        #[command(subcommand)]
+        command: tls::TlsCmd,
     },
     /// List the services in the catalog.
     Services {
@@ -135,6 +141,8 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Connect { command } => connect::run(&api, command).await,
         Command::Services { format } => catalog::services(&api, format).await,
         Command::Members { format } => catalog::members(&api, format).await,
+        // Local files only: the API client above is built but never used.
+        Command::Tls { command } => tls::run(command).map_err(CliError::from),
     };
     match result {
         Ok(code) => code,

@@ -4,22 +4,13 @@
 
 use std::process::Output;
 
+use mesh_tests::process::stdout_ok;
+
 use super::*;
 
 /// `meshctl --http-addr ADDR <args>` with `MESH_HTTP_TOKEN` set to `token` (or unset).
 fn meshctl(dev: &Dev, token: Option<&str>, args: &[&str]) -> Output {
     mesh_tests::process::meshctl_as(&dev.addr.to_string(), token, args)
-}
-
-fn stdout_ok(out: &Output, what: &str) -> String {
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\nstdout: {text}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
 }
 
 fn json_ok(out: &Output, what: &str) -> Value {
