@@ -4,6 +4,10 @@
 //!
 //! The state machine itself lives in memory (`sm::StateMachine`) and is rebuilt at start from
 //! the stored snapshot plus the committed log after it.
+//!
+//! The store holds the CA's private keys and the servers' internal secret, so a data directory
+//! this server creates is 0700 and `raft.redb` is kept 0600 whatever the umask (issue 13 point
+//! 4, first step; refusing an existing directory that group or others can read comes later).
 
 #[allow(
     clippy::result_large_err,
@@ -16,6 +20,7 @@ mod log;
 )]
 mod sm;
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -53,10 +58,7 @@ pub enum StoreError {
 /// Opens (creating when missing) the store under `data_dir`, returning the log store and the
 /// state machine, the latter already loaded from the stored snapshot.
 pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
+    private_dir(data_dir)?;
     let path = data_dir.join("raft.redb");
     let open_err = |source: redb::Error| StoreError::Open {
         path: path.display().to_string(),
@@ -69,12 +71,30 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
         txn.open_table(META).map_err(|e| open_err(e.into()))?;
         txn.commit().map_err(|e| open_err(e.into()))?;
     }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::DataDir {
+            path: path.display().to_string(),
+            source,
+        }
+    })?;
     let db = Arc::new(db);
     let sm = StateMachine::open(db.clone()).map_err(|source| StoreError::Snapshot {
         path: path.display().to_string(),
         source,
     })?;
     Ok((LogStore::new(db), sm))
+}
+
+/// Creates `dir` (and missing parents) 0700 when it does not exist yet.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -97,6 +117,18 @@ mod tests {
             let (log, sm) = super::open(dir.path()).expect("open store");
             Ok((dir, log, sm))
         }
+    }
+
+    #[test]
+    fn a_new_data_directory_and_its_store_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fresh = tmp.path().join("a").join("s1");
+        super::open(&fresh).expect("a new data directory");
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700);
+        assert_eq!(mode(&fresh.join("raft.redb")), 0o600);
     }
 
     #[test]
