@@ -113,6 +113,16 @@ impl OwnedChild {
         .ok()
     }
 
+    /// What the process wrote to a piped stderr (after it exited); empty when not piped.
+    pub fn stderr_text(&mut self) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        if let Some(err) = self.0.as_mut().and_then(|c| c.stderr.as_mut()) {
+            let _ = err.read_to_string(&mut text);
+        }
+        text
+    }
+
     /// Sends `signal` (`TERM`, `KILL`, ...) by PID and waits up to `within` for the exit. On
     /// a timeout the process is killed and reaped, and the error says what was awaited.
     pub fn stop(&mut self, signal: &str, within: Duration) -> anyhow::Result<ExitStatus> {

@@ -41,6 +41,14 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A store file with nothing in it: this directory held a server (the file is written
+    /// with a header when created), and starting over would silently make a new cluster with
+    /// a new trust domain.
+    #[error(
+        "Raft store {path} is empty (truncated?): refusing to start a new cluster over it; \
+         restore the data directory from a backup, or remove it to join as a new server"
+    )]
+    Empty { path: String },
     #[error("cannot open Raft store {path}: {source}")]
     Open {
         path: String,
@@ -64,7 +72,25 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
         path: path.display().to_string(),
         source,
     };
-    let db = Database::create(&path).map_err(|e| open_err(e.into()))?;
+    // An existing file is opened, never re-created: redb would initialize an empty file as a
+    // new database, and a server with an empty store bootstraps a new cluster.
+    let db = match std::fs::metadata(&path) {
+        Ok(meta) if meta.len() == 0 => {
+            return Err(StoreError::Empty {
+                path: path.display().to_string(),
+            });
+        }
+        Ok(_) => Database::open(&path).map_err(|e| open_err(e.into()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Database::create(&path).map_err(|e| open_err(e.into()))?
+        }
+        Err(source) => {
+            return Err(StoreError::DataDir {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
     {
         let txn = db.begin_write().map_err(|e| open_err(e.into()))?;
         txn.open_table(LOGS).map_err(|e| open_err(e.into()))?;
@@ -129,6 +155,21 @@ mod tests {
         assert_eq!(mode(&fresh), 0o700);
         assert_eq!(mode(&tmp.path().join("a")), 0o700);
         assert_eq!(mode(&fresh.join("raft.redb")), 0o600);
+    }
+
+    #[test]
+    fn an_empty_or_foreign_store_file_is_refused_not_replaced() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let file = tmp.path().join("raft.redb");
+        std::fs::write(&file, b"").unwrap();
+        let err = super::open(tmp.path()).err().expect("empty store refused");
+        assert!(err.to_string().contains("is empty"), "{err}");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "left as it was");
+
+        std::fs::write(&file, [0x5a_u8; 4096]).unwrap();
+        let err = super::open(tmp.path()).err().expect("foreign file refused");
+        assert!(err.to_string().contains("Not a redb database"), "{err}");
+        assert_eq!(std::fs::read(&file).unwrap(), vec![0x5a_u8; 4096]);
     }
 
     #[test]

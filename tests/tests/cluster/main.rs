@@ -6,6 +6,7 @@ mod t20_leader_kill;
 mod t30_restart;
 mod t40_meshctl;
 mod t50_dev_ready;
+mod t60_empty_store;
 
 use std::time::Duration;
 
