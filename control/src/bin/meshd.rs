@@ -104,6 +104,10 @@ struct ServerArgs {
     /// service's certificate and change any intention. Prints a warning at start.
     #[arg(long, conflicts_with = "acl")]
     acl_disabled: bool,
+    /// Serve Raft and the agent API in plaintext on a non-loopback `--bind` (refused without
+    /// it: TLS for the RPC port is not available yet). Prints a warning at start.
+    #[arg(long)]
+    insecure_plaintext_rpc: bool,
     #[command(flatten)]
     acl: AclArgs,
 }
@@ -122,6 +126,10 @@ struct DevArgs {
     /// Re-issue the agent's leaves within this window after a CA root rotation.
     #[arg(long, default_value = "30s", value_parser = duration)]
     leaf_rotation_jitter: std::time::Duration,
+    /// Serve Raft and the agent API in plaintext on a non-loopback `--bind` (refused without
+    /// it: TLS for the RPC port is not available yet). Prints a warning at start.
+    #[arg(long)]
+    insecure_plaintext_rpc: bool,
     #[command(flatten)]
     acl: AclArgs,
 }
@@ -146,6 +154,28 @@ impl AclArgs {
             default_policy: self.acl_default_policy,
         }
     }
+}
+
+/// Refuses a plaintext RPC port reachable from other hosts unless `--insecure-plaintext-rpc`
+/// (then warns): anyone who reaches it can join as a server and so receive the CA's key.
+fn check_rpc_bind(bind: SocketAddr, insecure: bool) -> anyhow::Result<()> {
+    if bind.ip().is_loopback() {
+        return Ok(());
+    }
+    if !insecure {
+        anyhow::bail!(
+            "refusing to serve Raft and the agent API in plaintext on {bind}, which is not a \
+             loopback address: any host that reaches it could join as a server and read the CA \
+             key. Bind to 127.0.0.1, or pass --insecure-plaintext-rpc to accept the risk (TLS \
+             for the RPC port is not available yet)"
+        );
+    }
+    tracing::warn!(
+        %bind,
+        "PLAINTEXT RPC on a non-loopback address (--insecure-plaintext-rpc): Raft, joins and the \
+         agent API are unauthenticated and unencrypted on the network"
+    );
+    Ok(())
 }
 
 /// Says loudly, at start, when this server protects less than its default would.
@@ -238,6 +268,7 @@ async fn main() -> anyhow::Result<()> {
             c.snapshot_threshold = a.snapshot_threshold;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(!a.acl_disabled);
+            check_rpc_bind(c.bind, a.insecure_plaintext_rpc)?;
             (c, None)
         }
         Cmd::Dev(a) => {
@@ -257,6 +288,7 @@ async fn main() -> anyhow::Result<()> {
             c.bootstrap_expect = 1;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(a.acl.acl);
+            check_rpc_bind(c.bind, a.insecure_plaintext_rpc)?;
             // A single node has nobody to wait for: elect at once.
             c.election_timeout_min = std::time::Duration::from_millis(150);
             c.election_timeout_max = std::time::Duration::from_millis(300);
@@ -298,4 +330,24 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("shutting down");
     handle.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_rpc_bind;
+
+    #[test]
+    fn plaintext_rpc_only_on_loopback_unless_asked() {
+        for ok in ["127.0.0.1:8300", "127.0.0.2:0", "[::1]:8300"] {
+            assert!(check_rpc_bind(ok.parse().unwrap(), false).is_ok(), "{ok}");
+        }
+        for exposed in ["0.0.0.0:8300", "10.0.0.5:8300", "[::]:8300"] {
+            let err = check_rpc_bind(exposed.parse().unwrap(), false).unwrap_err();
+            assert!(
+                err.to_string().contains("--insecure-plaintext-rpc"),
+                "{err}"
+            );
+            assert!(check_rpc_bind(exposed.parse().unwrap(), true).is_ok());
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod t30_restart;
 mod t40_meshctl;
 mod t50_dev_ready;
 mod t60_empty_store;
+mod t70_plaintext_rpc;
 
 use std::time::Duration;
 
