@@ -266,6 +266,21 @@ pub fn spawn_agent(name: &str, servers: &[SocketAddr], data_dir: &Path, extra: &
     Meshd::spawn(name, &args).unwrap_or_else(|e| panic!("meshd agent {name}: {e:#}"))
 }
 
+/// Runs `meshd <args>`, which must refuse to start: waits (bounded) for it to exit non-zero
+/// by itself and returns what it wrote to stderr.
+pub fn meshd_refused(args: &[String]) -> String {
+    let child = meshd_command(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn meshd");
+    let mut child = OwnedChild::new(child);
+    let status = child
+        .wait_exit(Duration::from_secs(20))
+        .expect("meshd exits by itself");
+    assert!(!status.success(), "meshd {args:?} started: {status:?}");
+    child.stderr_text()
+}
+
 /// Arguments of `meshd server` for one member of a cluster on fixed loopback ports.
 ///
 /// With `--acl-disabled`: these clusters test replication, failover and the agents, not ACLs

@@ -2,10 +2,7 @@
 //! start a new cluster with a new trust domain over it (issue 13 point 4): `meshd server`
 //! exits non-zero at once, saying what is wrong and what to do, and leaves the file alone.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use mesh_tests::process::{OwnedChild, free_port, meshd_command, server_args};
+use mesh_tests::process::{free_port, meshd_refused, server_args};
 
 #[test]
 fn an_empty_store_is_refused_at_start() {
@@ -15,16 +12,7 @@ fn an_empty_store_is_refused_at_start() {
     std::fs::write(data.join("raft.redb"), b"").unwrap();
 
     let args = server_args("s1", &data, free_port(), free_port(), 1, &[]);
-    let child = meshd_command(&args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn meshd server");
-    let mut child = OwnedChild::new(child);
-    let status = child
-        .wait_exit(Duration::from_secs(20))
-        .expect("meshd exits by itself");
-    assert!(!status.success(), "{status:?}");
-    let stderr = child.stderr_text();
+    let stderr = meshd_refused(&args);
     assert!(
         stderr.contains("is empty") && stderr.contains("refusing to start a new cluster"),
         "{stderr}"

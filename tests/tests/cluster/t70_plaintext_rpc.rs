@@ -3,23 +3,7 @@
 //! non-zero before binding anything or creating the data directory, naming the flag that
 //! accepts the risk. The check runs before any socket exists, so nothing leaves loopback.
 
-use std::process::Stdio;
-use std::time::Duration;
-
-use mesh_tests::process::{OwnedChild, free_port, meshd_command};
-
-fn refused(args: &[String]) -> String {
-    let child = meshd_command(args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn meshd");
-    let mut child = OwnedChild::new(child);
-    let status = child
-        .wait_exit(Duration::from_secs(20))
-        .expect("meshd exits by itself");
-    assert!(!status.success(), "{status:?}");
-    child.stderr_text()
-}
+use mesh_tests::process::{free_port, meshd_refused};
 
 #[test]
 fn a_non_loopback_plaintext_bind_is_refused() {
@@ -43,7 +27,7 @@ fn a_non_loopback_plaintext_bind_is_refused() {
         .map(String::from)
         .to_vec();
     for args in [server, dev] {
-        let stderr = refused(&args);
+        let stderr = meshd_refused(&args);
         assert!(
             stderr.contains("refusing to serve Raft and the agent API in plaintext")
                 && stderr.contains("--insecure-plaintext-rpc"),
