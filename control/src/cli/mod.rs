@@ -44,6 +44,18 @@ pub enum Format {
 
 #[derive(Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Api(ApiCommand),
+    /// The control plane's CA and certificates, as files here (no server is contacted).
+    Tls {
+        #[command(subcommand)]
+        command: tls::TlsCmd,
+    },
+}
+
+/// The commands that talk to an agent's or server's HTTP API.
+#[derive(Subcommand)]
+pub enum ApiCommand {
     /// ACL tokens, policies and roles (`acl bootstrap` first).
     Acl {
         #[command(subcommand)]
@@ -68,11 +80,6 @@ pub enum Command {
     Connect {
         #[command(subcommand)]
         command: connect::ConnectCmd,
-    },
-    /// The control plane's CA and certificates, as files here (no server is contacted).
-    Tls {
-        #[command(subcommand)]
-        command: tls::TlsCmd,
     },
     /// List the services in the catalog.
     Services {
@@ -126,23 +133,13 @@ pub fn consul_style_args(args: impl IntoIterator<Item = String>) -> Vec<String> 
 
 /// Runs the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
-    let api = match ApiClient::new(&cli.http_addr, cli.token.as_deref()) {
-        Ok(api) => api,
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return 1;
-        }
-    };
     let result = match cli.command {
-        Command::Acl { command } => acl::run(&api, command).await,
-        Command::Operator { command } => operator::run(&api, command).await,
-        Command::Intention { command } => intention::run(&api, command).await,
-        Command::Config { command } => config::run(&api, command).await,
-        Command::Connect { command } => connect::run(&api, command).await,
-        Command::Services { format } => catalog::services(&api, format).await,
-        Command::Members { format } => catalog::members(&api, format).await,
-        // Local files only: the API client above is built but never used.
+        // Local files only: no API client, so a bad address or token cannot stop it.
         Command::Tls { command } => tls::run(command).map_err(CliError::from),
+        Command::Api(command) => match ApiClient::new(&cli.http_addr, cli.token.as_deref()) {
+            Ok(api) => run_api(&api, command).await,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(code) => code,
@@ -150,6 +147,18 @@ pub async fn run(cli: Cli) -> i32 {
             eprintln!("Error: {e}");
             1
         }
+    }
+}
+
+async fn run_api(api: &ApiClient, command: ApiCommand) -> Result<i32, CliError> {
+    match command {
+        ApiCommand::Acl { command } => acl::run(api, command).await,
+        ApiCommand::Operator { command } => operator::run(api, command).await,
+        ApiCommand::Intention { command } => intention::run(api, command).await,
+        ApiCommand::Config { command } => config::run(api, command).await,
+        ApiCommand::Connect { command } => connect::run(api, command).await,
+        ApiCommand::Services { format } => catalog::services(api, format).await,
+        ApiCommand::Members { format } => catalog::members(api, format).await,
     }
 }
 
