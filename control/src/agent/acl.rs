@@ -28,8 +28,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderValue};
-use axum::response::Response;
+use axum::http::HeaderMap;
 use parking_lot::Mutex;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
@@ -41,9 +40,6 @@ use super::conn::{Credential, UnusableToken};
 use crate::acl::{Authorizer, PermissionDenied, ResolvedToken};
 use crate::http::ApiError;
 use crate::proto::{ResolveTokenRequest, Topic, TopicKind, WatchSet};
-
-/// Consul's header on a list some entries of which the token may not read.
-pub const FILTERED_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
 
 /// How long an answer is trusted while the ACL watch is not running.
 pub const UNWATCHED_FRESHNESS: Duration = Duration::from_secs(1);
@@ -288,15 +284,6 @@ pub fn filter<T>(items: &mut Vec<T>, mut readable: impl FnMut(&T) -> bool) -> bo
     let before = items.len();
     items.retain(|i| readable(i));
     items.len() != before
-}
-
-/// Marks a response whose list the ACLs filtered.
-pub fn mark_filtered(mut resp: Response, filtered: bool) -> Response {
-    if filtered {
-        resp.headers_mut()
-            .insert(FILTERED_HEADER, HeaderValue::from_static("true"));
-    }
-    resp
 }
 
 /// When a resolution may be kept until: the token's expiry, if it has one.

@@ -24,14 +24,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde_json::json;
 
-use super::acl::{Caller, filter, mark_filtered};
+use super::acl::{Caller, filter};
 use super::authorize::{self, AuthorizeRequest};
 use super::cache::{CacheError, CacheKey, Cached, Value};
 use super::conn::Credential;
 use super::{Agent, TokenKind, registration};
-use crate::http::ApiError;
 use crate::http::blocking::{QueryOptions, json_with_index};
 use crate::http::token::{TOKEN_HEADER, request_token};
+use crate::http::{ApiError, mark_filtered};
 use crate::model::HealthStatus;
 use crate::proto::{HttpHeader, HttpRequest};
 use crate::wire::AgentService;

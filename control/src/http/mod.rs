@@ -16,6 +16,21 @@ use tokio::net::TcpListener;
 
 pub use blocking::QueryOptions;
 
+/// Consul's header on a list answer some entries of which the caller's token may not read.
+pub const FILTERED_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
+
+/// `response` with `X-Consul-Results-Filtered-By-ACLs: true` when `filtered` (the server's and
+/// the agent's list routes both mark their answers here).
+pub fn mark_filtered(mut response: Response, filtered: bool) -> Response {
+    if filtered {
+        response.headers_mut().insert(
+            FILTERED_HEADER,
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
 /// Answers a path no route knows, as Consul does.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("Invalid URL path: not a recognized HTTP API endpoint")

@@ -41,19 +41,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{FromRequestParts, Query};
-use axum::http::HeaderValue;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 
 use crate::acl::{Authorizer, Decision};
 use crate::config_entries::ConfigKind;
-use crate::http::ApiError;
 use crate::http::token::request_token;
+use crate::http::{ApiError, mark_filtered};
 use crate::server::Server;
 use crate::server::acl::AclError;
-
-/// Consul's header on a list some entries were removed from.
-pub const FILTERED_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
 
 /// What the request's caller may do.
 pub(super) struct Authz {
@@ -205,13 +201,11 @@ impl<'a> Filter<'a> {
 
     /// `response` with `X-Consul-Results-Filtered-By-ACLs: true` when an entry was dropped and
     /// the request named a token.
-    pub(super) fn mark(&self, mut response: Response) -> Response {
-        if self.dropped.load(Ordering::Relaxed) && self.authz.token_given {
-            response
-                .headers_mut()
-                .insert(FILTERED_HEADER, HeaderValue::from_static("true"));
-        }
-        response
+    pub(super) fn mark(&self, response: Response) -> Response {
+        mark_filtered(
+            response,
+            self.dropped.load(Ordering::Relaxed) && self.authz.token_given,
+        )
     }
 }
 
@@ -229,7 +223,7 @@ mod tests {
         }
     }
 
-    fn filtered(authz: &Authz, names: &[&str]) -> (Vec<String>, Option<HeaderValue>) {
+    fn filtered(authz: &Authz, names: &[&str]) -> (Vec<String>, Option<axum::http::HeaderValue>) {
         let filter = authz.filter();
         let kept = names
             .iter()
@@ -237,7 +231,13 @@ mod tests {
             .map(|n| n.to_string())
             .collect();
         let response = filter.mark(().into_response());
-        (kept, response.headers().get(FILTERED_HEADER).cloned())
+        (
+            kept,
+            response
+                .headers()
+                .get(crate::http::FILTERED_HEADER)
+                .cloned(),
+        )
     }
 
     #[test]
