@@ -157,7 +157,19 @@ pub struct Meshd {
 impl Meshd {
     /// Spawns `meshd <args>` and waits (bounded) for its "listening" line.
     pub fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
-        let mut child = meshd_command(args).spawn().context("spawning meshd")?;
+        Self::spawn_command(name, args, meshd_command(args))
+    }
+
+    /// [`Meshd::spawn`] with stderr (its log, at `MESH_LOG=warn`) written to `log`.
+    pub fn spawn_logged(name: &str, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(log).context("creating the log file")?;
+        let mut command = meshd_command(args);
+        command.stderr(file);
+        Self::spawn_command(name, args, command)
+    }
+
+    fn spawn_command(name: &str, args: &[String], mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command.spawn().context("spawning meshd")?;
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -152,12 +152,17 @@ struct Current {
 /// A failover connection to the servers.
 pub struct ServerConn {
     endpoints: Vec<Endpoint>,
+    tls: Option<Arc<crate::tls::RpcTls>>,
     current: Mutex<Current>,
     identity: Arc<AgentIdentity>,
 }
 
 impl ServerConn {
-    pub fn new(servers: &[String], identity: Arc<AgentIdentity>) -> Result<Self, ConnError> {
+    pub fn new(
+        servers: &[String],
+        identity: Arc<AgentIdentity>,
+        tls: Option<Arc<crate::tls::RpcTls>>,
+    ) -> Result<Self, ConnError> {
         if servers.is_empty() {
             return Err(ConnError::NoServers);
         }
@@ -178,9 +183,10 @@ impl ServerConn {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let channel = endpoints[0].connect_lazy();
+        let channel = crate::tls::transport::channel(&endpoints[0], tls.as_ref());
         Ok(Self {
             endpoints,
+            tls,
             current: Mutex::new(Current { index: 0, channel }),
             identity,
         })
@@ -216,7 +222,7 @@ impl ServerConn {
         if next != cur.index {
             tracing::info!(server = %self.endpoints[next].uri(), "switching to another server");
             cur.index = next;
-            cur.channel = self.endpoints[next].connect_lazy();
+            cur.channel = crate::tls::transport::channel(&self.endpoints[next], self.tls.as_ref());
         }
     }
 

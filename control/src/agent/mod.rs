@@ -18,6 +18,7 @@
 
 pub mod acl;
 pub mod authorize;
+pub mod auto_encrypt;
 pub mod cache;
 pub mod checks;
 mod conn;
@@ -71,6 +72,9 @@ pub struct AgentConfig {
     /// heartbeats, watches) acts as when it has no `server_secret`; empty is anonymous.
     /// Changed at runtime with `PUT /v1/agent/token/agent`. Never logged.
     pub token: AgentToken,
+    /// TLS to the servers (`--tls-ca-file` and a certificate, or auto-encrypt's); `None`
+    /// dials them in plaintext.
+    pub tls: Option<Arc<crate::tls::RpcTls>>,
 }
 
 /// The agent token: a `String` whose `Debug` never shows it (so `AgentConfig` derives `Debug`).
@@ -114,6 +118,7 @@ impl AgentConfig {
             data_dir: None,
             server_secret: None,
             token: AgentToken::default(),
+            tls: None,
         }
     }
 }
@@ -222,7 +227,11 @@ impl Agent {
             config.token.0.clone(),
             config.server_secret.clone(),
         ));
-        let conn = Arc::new(ServerConn::new(&config.servers, identity)?);
+        let conn = Arc::new(ServerConn::new(
+            &config.servers,
+            identity,
+            config.tls.clone(),
+        )?);
         // Read the data directory first: a directory that cannot be used stops the agent
         // before it binds anything.
         let (store, loaded) = match &config.data_dir {

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_control::intentions::DefaultPolicy;
 use mesh_control::server::{AclConfig, Server, ServerConfig};
+use mesh_control::tls::TlsFiles;
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "Mesh control plane daemon")]
@@ -65,6 +66,39 @@ struct AgentArgs {
         hide_env_values = true
     )]
     token: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Get this agent's RPC client certificate from the servers (Consul's
+    /// `auto_encrypt.tls`): needs only --tls-ca-file and a --token with `node:write` on
+    /// --node; the key is generated here and the certificate renewed before it expires.
+    #[arg(long, requires = "tls_ca_file", conflicts_with = "tls_cert_file")]
+    auto_encrypt: bool,
+}
+
+/// Mutual TLS on the RPC port (Consul's `tls.defaults`); verification of the peer's chain and
+/// of the server name `server.<dc>.mesh` is always on once a CA file is given.
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// The CA that issued the servers' and agents' RPC certificates (PEM; `meshctl tls ca
+    /// create`). Turns on mutual TLS for the RPC port.
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
+    /// This process's RPC certificate (PEM; `meshctl tls cert create -server|-client`).
+    #[arg(long, requires_all = ["tls_ca_file", "tls_key_file"])]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of --tls-cert-file (PEM, mode 0600).
+    #[arg(long, requires_all = ["tls_ca_file", "tls_cert_file"])]
+    tls_key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            ca_file: self.tls_ca_file.clone()?,
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+        })
+    }
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -105,9 +139,15 @@ struct ServerArgs {
     #[arg(long, conflicts_with = "acl")]
     acl_disabled: bool,
     /// Serve Raft and the agent API in plaintext on a non-loopback `--bind` (refused without
-    /// it: TLS for the RPC port is not available yet). Prints a warning at start.
-    #[arg(long)]
+    /// it unless --tls-ca-file is given). Prints a warning at start.
+    #[arg(long, conflicts_with = "tls_ca_file")]
     insecure_plaintext_rpc: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Let agents that have only the CA file and an ACL token get a client certificate from
+    /// this server (Consul's `auto_encrypt.allow_tls`).
+    #[arg(long, requires = "tls_ca_file")]
+    auto_encrypt_allow_tls: bool,
     #[command(flatten)]
     acl: AclArgs,
 }
@@ -127,9 +167,15 @@ struct DevArgs {
     #[arg(long, default_value = "30s", value_parser = duration)]
     leaf_rotation_jitter: std::time::Duration,
     /// Serve Raft and the agent API in plaintext on a non-loopback `--bind` (refused without
-    /// it: TLS for the RPC port is not available yet). Prints a warning at start.
-    #[arg(long)]
+    /// it unless --tls-ca-file is given). Prints a warning at start.
+    #[arg(long, conflicts_with = "tls_ca_file")]
     insecure_plaintext_rpc: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Let agents that have only the CA file and an ACL token get a client certificate from
+    /// this server (Consul's `auto_encrypt.allow_tls`).
+    #[arg(long, requires = "tls_ca_file")]
+    auto_encrypt_allow_tls: bool,
     #[command(flatten)]
     acl: AclArgs,
 }
@@ -158,16 +204,17 @@ impl AclArgs {
 
 /// Refuses a plaintext RPC port reachable from other hosts unless `--insecure-plaintext-rpc`
 /// (then warns): anyone who reaches it can join as a server and so receive the CA's key.
-fn check_rpc_bind(bind: SocketAddr, insecure: bool) -> anyhow::Result<()> {
-    if bind.ip().is_loopback() {
+fn check_rpc_bind(bind: SocketAddr, tls: bool, insecure: bool) -> anyhow::Result<()> {
+    if bind.ip().is_loopback() || tls {
         return Ok(());
     }
     if !insecure {
         anyhow::bail!(
             "refusing to serve Raft and the agent API in plaintext on {bind}, which is not a \
              loopback address: any host that reaches it could join as a server and read the CA \
-             key. Bind to 127.0.0.1, or pass --insecure-plaintext-rpc to accept the risk (TLS \
-             for the RPC port is not available yet)"
+             key. Give the RPC port TLS (--tls-ca-file, --tls-cert-file, --tls-key-file; \
+             `meshctl tls` makes them), bind to 127.0.0.1, or pass --insecure-plaintext-rpc to \
+             accept the risk"
         );
     }
     tracing::warn!(
@@ -226,13 +273,80 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
         mesh_control::agent::Credential::token(Some(&a.token)).is_ok(),
         "--token / MESH_AGENT_TOKEN must be visible ASCII"
     );
+    let tls = match a.tls.files() {
+        None => None,
+        Some(files) => Some(
+            mesh_control::tls::RpcTls::agent(&files, &c.datacenter)
+                .context("loading the RPC TLS files")?,
+        ),
+    };
+    if let Some(tls) = &tls {
+        anyhow::ensure!(
+            a.auto_encrypt || a.tls.tls_cert_file.is_some(),
+            "with --tls-ca-file the agent needs its certificate: --tls-cert-file and \
+             --tls-key-file (`meshctl tls cert create -client`), or --auto-encrypt"
+        );
+        if a.auto_encrypt {
+            let expiry = auto_encrypt_first(tls, &c.servers, &a.token, &a.node).await?;
+            c.tls = Some(tls.clone());
+            c.token = mesh_control::agent::AgentToken(a.token);
+            let handle = Agent::start(c)
+                .await
+                .with_context(|| format!("starting agent {}", a.node))?;
+            let agent = handle.agent.clone();
+            mesh_control::agent::auto_encrypt::spawn_renewal(
+                tls.clone(),
+                agent.config.servers.clone(),
+                move || agent.conn.identity().credential(),
+                a.node.clone(),
+                expiry,
+            );
+            return serve_agent(handle, &a.node).await;
+        }
+    }
+    c.tls = tls;
     c.token = mesh_control::agent::AgentToken(a.token);
     let handle = Agent::start(c)
         .await
         .with_context(|| format!("starting agent {}", a.node))?;
+    serve_agent(handle, &a.node).await
+}
+
+/// Gets the agent's first certificate through auto-encrypt, retrying while no server
+/// answers (they may still be starting); a refusal ends the agent with the server's reason.
+async fn auto_encrypt_first(
+    tls: &std::sync::Arc<mesh_control::tls::RpcTls>,
+    servers: &[String],
+    token: &str,
+    node: &str,
+) -> anyhow::Result<time::OffsetDateTime> {
+    use mesh_control::agent::auto_encrypt::{AutoEncryptError, RETRY, obtain};
+    let credential = mesh_control::agent::Credential::token(Some(token))
+        .map_err(|_| anyhow::anyhow!("--token / MESH_AGENT_TOKEN must be visible ASCII"))?;
+    loop {
+        let attempt = obtain(tls, servers, credential.clone(), node);
+        tokio::select! {
+            r = attempt => match r {
+                Ok(expiry) => return Ok(expiry),
+                Err(e @ AutoEncryptError::Unreachable(_)) => {
+                    tracing::warn!(error = %e, "auto-encrypt: retrying");
+                }
+                Err(e) => return Err(e).context("auto-encrypt"),
+            },
+            r = wait_for_signal() => {
+                r?;
+                anyhow::bail!("stopped before auto-encrypt got a certificate");
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn serve_agent(handle: mesh_control::agent::AgentHandle, node: &str) -> anyhow::Result<()> {
+    let a_node = node;
     println!(
         "meshd: agent {} listening http={}",
-        a.node,
+        a_node,
         handle.http_addr.map(|a| a.to_string()).unwrap_or_default()
     );
     wait_for_signal().await?;
@@ -268,7 +382,9 @@ async fn main() -> anyhow::Result<()> {
             c.snapshot_threshold = a.snapshot_threshold;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(!a.acl_disabled);
-            check_rpc_bind(c.bind, a.insecure_plaintext_rpc)?;
+            c.tls = a.tls.files();
+            c.auto_encrypt_allow_tls = a.auto_encrypt_allow_tls;
+            check_rpc_bind(c.bind, c.tls.is_some(), a.insecure_plaintext_rpc)?;
             (c, None)
         }
         Cmd::Dev(a) => {
@@ -288,7 +404,9 @@ async fn main() -> anyhow::Result<()> {
             c.bootstrap_expect = 1;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(a.acl.acl);
-            check_rpc_bind(c.bind, a.insecure_plaintext_rpc)?;
+            c.tls = a.tls.files();
+            c.auto_encrypt_allow_tls = a.auto_encrypt_allow_tls;
+            check_rpc_bind(c.bind, c.tls.is_some(), a.insecure_plaintext_rpc)?;
             // A single node has nobody to wait for: elect at once.
             c.election_timeout_min = std::time::Duration::from_millis(150);
             c.election_timeout_max = std::time::Duration::from_millis(300);
@@ -339,15 +457,19 @@ mod tests {
     #[test]
     fn plaintext_rpc_only_on_loopback_unless_asked() {
         for ok in ["127.0.0.1:8300", "127.0.0.2:0", "[::1]:8300"] {
-            assert!(check_rpc_bind(ok.parse().unwrap(), false).is_ok(), "{ok}");
+            assert!(
+                check_rpc_bind(ok.parse().unwrap(), false, false).is_ok(),
+                "{ok}"
+            );
         }
         for exposed in ["0.0.0.0:8300", "10.0.0.5:8300", "[::]:8300"] {
-            let err = check_rpc_bind(exposed.parse().unwrap(), false).unwrap_err();
+            let err = check_rpc_bind(exposed.parse().unwrap(), false, false).unwrap_err();
             assert!(
                 err.to_string().contains("--insecure-plaintext-rpc"),
                 "{err}"
             );
-            assert!(check_rpc_bind(exposed.parse().unwrap(), true).is_ok());
+            assert!(check_rpc_bind(exposed.parse().unwrap(), false, true).is_ok());
+            assert!(check_rpc_bind(exposed.parse().unwrap(), true, false).is_ok());
         }
     }
 }

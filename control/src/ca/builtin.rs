@@ -17,9 +17,13 @@ use super::cert_info::{
     cert_der_from_pem, colon_hex, dn_from_name, parse_cert, random_serial, rfc3339, sha256,
     subject_key_id, uri_sans, whole_seconds_utc,
 };
-use super::{CaError, CaProvider, LeafRequest, StoredRoot, validate_csr};
+use super::{
+    AgentCertRequest, CaError, CaProvider, LeafRequest, StoredRoot, validate_agent_csr,
+    validate_csr,
+};
 use crate::model::{CaRoot, IssuedLeaf};
 use crate::spiffe::SpiffeId;
+use crate::tls::peer::agent_spiffe_id;
 
 /// Backdating of every certificate's NotBefore, to absorb clock skew between servers and
 /// workloads (Consul uses one minute too).
@@ -161,71 +165,128 @@ impl CaProvider for BuiltinProvider {
         req: &LeafRequest<'_>,
         now: OffsetDateTime,
     ) -> Result<IssuedLeaf, CaError> {
-        let now = whole_seconds_utc(now);
-        if !signer.root.active {
-            return Err(CaError::RootNotActive {
-                root_id: signer.root.id.clone(),
-            });
-        }
-        let requested_td = req.trust_domain.to_ascii_lowercase();
-        let root_td = &signer.root.external_trust_domain;
-        if !root_td.is_empty() && *root_td != requested_td {
-            return Err(CaError::RootTrustDomainMismatch {
-                root_id: signer.root.id.clone(),
-                root_trust_domain: root_td.clone(),
-                requested: requested_td,
-            });
-        }
-
+        check_signer(signer, req.trust_domain)?;
         let expected = SpiffeId::service(req.trust_domain, req.datacenter, req.service);
         let csr = validate_csr(req.csr_pem, &expected)?;
-
-        let loaded = LoadedRoot::load(signer)?;
-        let root_not_after = loaded.usable_at(now)?;
-        let not_after = leaf_not_after(now, req.ttl, root_not_after)?;
-
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, req.service);
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(expected.uri().try_into().map_err(
-            |source| CaError::Sign {
-                what: "leaf URI SAN",
-                source,
+        issue(
+            signer,
+            Leaf {
+                public_key: &csr.public_key,
+                name: req.service,
+                uri: expected.uri(),
+                ttl: req.ttl,
+                extended_key_usages: vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ],
             },
-        )?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-            KeyUsagePurpose::KeyAgreement,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = now - BACKDATE;
-        params.not_after = not_after;
-        let serial = random_serial();
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-
-        let cert = params
-            .signed_by(&csr.public_key, &loaded.issuer)
-            .map_err(|source| CaError::Sign {
-                what: "leaf certificate",
-                source,
-            })?;
-        Ok(IssuedLeaf {
-            serial_number: colon_hex(&serial),
-            cert_pem: cert.pem(),
-            service: req.service.to_string(),
-            service_uri: expected.uri(),
-            valid_after: rfc3339(params.not_before),
-            valid_before: rfc3339(params.not_after),
-            root_id: signer.root.id.clone(),
-        })
+            now,
+        )
     }
+
+    fn sign_agent(
+        &self,
+        signer: &StoredRoot,
+        req: &AgentCertRequest<'_>,
+        now: OffsetDateTime,
+    ) -> Result<IssuedLeaf, CaError> {
+        check_signer(signer, req.trust_domain)?;
+        let uri = agent_spiffe_id(
+            &req.trust_domain.to_ascii_lowercase(),
+            req.datacenter,
+            req.node,
+        );
+        let public_key = validate_agent_csr(req.csr_pem, req.datacenter, req.node)?;
+        issue(
+            signer,
+            Leaf {
+                public_key: &public_key,
+                name: req.node,
+                uri,
+                ttl: req.ttl,
+                // It dials servers; it never serves TLS with this certificate.
+                extended_key_usages: vec![ExtendedKeyUsagePurpose::ClientAuth],
+            },
+            now,
+        )
+    }
+}
+
+/// `signer` may sign now for `trust_domain`.
+fn check_signer(signer: &StoredRoot, trust_domain: &str) -> Result<(), CaError> {
+    if !signer.root.active {
+        return Err(CaError::RootNotActive {
+            root_id: signer.root.id.clone(),
+        });
+    }
+    let requested_td = trust_domain.to_ascii_lowercase();
+    let root_td = &signer.root.external_trust_domain;
+    if !root_td.is_empty() && *root_td != requested_td {
+        return Err(CaError::RootTrustDomainMismatch {
+            root_id: signer.root.id.clone(),
+            root_trust_domain: root_td.clone(),
+            requested: requested_td,
+        });
+    }
+    Ok(())
+}
+
+/// An end-entity certificate to issue: everything in it is chosen here, only the key comes
+/// from the request.
+struct Leaf<'a> {
+    public_key: &'a SubjectPublicKeyInfo,
+    /// The common name (a service's or a node's name).
+    name: &'a str,
+    /// The one URI SAN.
+    uri: String,
+    ttl: std::time::Duration,
+    extended_key_usages: Vec<ExtendedKeyUsagePurpose>,
+}
+
+fn issue(signer: &StoredRoot, leaf: Leaf<'_>, now: OffsetDateTime) -> Result<IssuedLeaf, CaError> {
+    let now = whole_seconds_utc(now);
+    let loaded = LoadedRoot::load(signer)?;
+    let root_not_after = loaded.usable_at(now)?;
+    let not_after = leaf_not_after(now, leaf.ttl, root_not_after)?;
+
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, leaf.name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(leaf.uri.clone().try_into().map_err(
+        |source| CaError::Sign {
+            what: "leaf URI SAN",
+            source,
+        },
+    )?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+        KeyUsagePurpose::KeyAgreement,
+    ];
+    params.extended_key_usages = leaf.extended_key_usages;
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = now - BACKDATE;
+    params.not_after = not_after;
+    let serial = random_serial();
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+
+    let cert = params
+        .signed_by(leaf.public_key, &loaded.issuer)
+        .map_err(|source| CaError::Sign {
+            what: "leaf certificate",
+            source,
+        })?;
+    Ok(IssuedLeaf {
+        serial_number: colon_hex(&serial),
+        cert_pem: cert.pem(),
+        service: leaf.name.to_string(),
+        service_uri: leaf.uri,
+        valid_after: rfc3339(params.not_before),
+        valid_before: rfc3339(params.not_after),
+        root_id: signer.root.id.clone(),
+    })
 }
 
 /// Rejects trust domains that could not appear in a SPIFFE ID, using the one SPIFFE parser.

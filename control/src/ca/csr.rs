@@ -20,6 +20,7 @@ use x509_parser::x509::SubjectPublicKeyInfo as X509Spki;
 
 use super::CaError;
 use crate::spiffe::SpiffeId;
+use crate::tls::peer::agent_spiffe_id;
 
 /// A CSR that passed [`validate_csr`]: the identity it names and the public key to certify.
 #[derive(Debug, Clone)]
@@ -39,6 +40,55 @@ pub struct ValidatedCsr {
 /// ([`CaError::UnsupportedKey`]). Other SAN types and the subject are ignored: they are never
 /// copied into the certificate.
 pub fn validate_csr(csr_pem: &str, expected: &SpiffeId) -> Result<ValidatedCsr, CaError> {
+    let (uris, public_key) = check_csr(csr_pem)?;
+    let [uri] = uris.as_slice() else {
+        return Err(CaError::MultipleOrMissingUriSan { count: uris.len() });
+    };
+    let got = SpiffeId::parse(uri).map_err(|source| CaError::InvalidSpiffeId {
+        uri: uri.clone(),
+        source,
+    })?;
+    if got.trust_domain != expected.trust_domain {
+        return Err(CaError::WrongTrustDomain {
+            expected: expected.trust_domain.clone(),
+            got: got.trust_domain,
+        });
+    }
+    if &got != expected {
+        return Err(CaError::WrongSpiffeId {
+            expected: expected.uri(),
+            got: got.uri(),
+        });
+    }
+    Ok(ValidatedCsr {
+        id: got,
+        public_key,
+    })
+}
+
+/// [`validate_csr`] for an auto-encrypt agent certificate: the same checks, with the one URI
+/// SAN an agent ID of `datacenter` for `node` (`spiffe://<td>/agent/client/dc/<dc>/id/<node>`).
+/// Its trust domain is not checked: the agent does not know it yet and sends a placeholder,
+/// as Consul's does (`dummy.trustdomain`); the certificate carries the cluster's.
+pub fn validate_agent_csr(
+    csr_pem: &str,
+    datacenter: &str,
+    node: &str,
+) -> Result<SubjectPublicKeyInfo, CaError> {
+    let (uris, public_key) = check_csr(csr_pem)?;
+    match uris.as_slice() {
+        [uri] if crate::tls::peer::agent_node(uri, datacenter) == Some(node) => Ok(public_key),
+        [uri] => Err(CaError::WrongSpiffeId {
+            expected: agent_spiffe_id("<trust-domain>", datacenter, node),
+            got: uri.clone(),
+        }),
+        _ => Err(CaError::MultipleOrMissingUriSan { count: uris.len() }),
+    }
+}
+
+/// The checks every CSR passes, whatever it is for: it parses, proves possession of its key,
+/// asks for no CA powers and has a supported key. Returns its URI SANs and key.
+fn check_csr(csr_pem: &str) -> Result<(Vec<String>, SubjectPublicKeyInfo), CaError> {
     let malformed = |reason: String| CaError::MalformedCsr { reason };
 
     let der = CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
@@ -92,31 +142,8 @@ pub fn validate_csr(csr_pem: &str, expected: &SpiffeId) -> Result<ValidatedCsr, 
         }
     }
 
-    let [uri] = uris.as_slice() else {
-        return Err(CaError::MultipleOrMissingUriSan { count: uris.len() });
-    };
-    let got = SpiffeId::parse(uri).map_err(|source| CaError::InvalidSpiffeId {
-        uri: uri.clone(),
-        source,
-    })?;
-    if got.trust_domain != expected.trust_domain {
-        return Err(CaError::WrongTrustDomain {
-            expected: expected.trust_domain.clone(),
-            got: got.trust_domain,
-        });
-    }
-    if &got != expected {
-        return Err(CaError::WrongSpiffeId {
-            expected: expected.uri(),
-            got: got.uri(),
-        });
-    }
-
     let public_key = supported_key(&csr.certification_request_info.subject_pki)?;
-    Ok(ValidatedCsr {
-        id: got,
-        public_key,
-    })
+    Ok((uris, public_key))
 }
 
 /// Accepts the key types Consul's built-in CA issues for (`ec` 256/384).
@@ -159,14 +186,22 @@ fn describe_key_algorithm(spki: &X509Spki<'_>) -> String {
 ///
 /// Returns `(csr_pem, pkcs8_private_key_pem)`.
 pub fn generate_csr(id: &SpiffeId) -> Result<(String, String), CaError> {
+    generate_uri_csr(&id.uri(), &id.service)
+}
+
+/// A new key and a CSR naming `uri` (common name `cn`): [`generate_csr`] for any SPIFFE ID
+/// (an auto-encrypt agent's).
+pub fn generate_uri_csr(uri: &str, cn: &str) -> Result<(String, String), CaError> {
     let generate = |what| move |source| CaError::Generate { what, source };
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(generate("leaf key"))?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, id.service.as_str());
+    dn.push(DnType::CommonName, cn);
     params.distinguished_name = dn;
     params.subject_alt_names = vec![SanType::URI(
-        id.uri().try_into().map_err(generate("CSR URI SAN"))?,
+        uri.to_string()
+            .try_into()
+            .map_err(generate("CSR URI SAN"))?,
     )];
     let csr = params
         .serialize_request(&key)

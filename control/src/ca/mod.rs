@@ -26,7 +26,7 @@ use crate::model::{CaRoot, IssuedLeaf};
 use crate::spiffe::SpiffeIdError;
 
 pub use builtin::BuiltinProvider;
-pub use csr::{ValidatedCsr, generate_csr, validate_csr};
+pub use csr::{ValidatedCsr, generate_csr, generate_uri_csr, validate_agent_csr, validate_csr};
 
 /// A root as kept in the replicated state: the public part plus its PEM PKCS#8 private key.
 ///
@@ -94,6 +94,25 @@ pub trait CaProvider: Send + Sync {
         req: &LeafRequest<'_>,
         now: OffsetDateTime,
     ) -> Result<IssuedLeaf, CaError>;
+
+    /// Validates `req` and issues an auto-encrypt agent certificate (client authentication
+    /// only) signed by `signer`.
+    fn sign_agent(
+        &self,
+        signer: &StoredRoot,
+        req: &AgentCertRequest<'_>,
+        now: OffsetDateTime,
+    ) -> Result<IssuedLeaf, CaError>;
+}
+
+/// What an agent asks for through auto-encrypt: its RPC client certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentCertRequest<'a> {
+    pub csr_pem: &'a str,
+    pub trust_domain: &'a str,
+    pub datacenter: &'a str,
+    pub node: &'a str,
+    pub ttl: Duration,
 }
 
 /// The PEM trust bundle for `roots`: every root certificate, concatenated, each ending with a

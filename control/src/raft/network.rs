@@ -53,25 +53,34 @@ impl Faults {
     }
 }
 
-/// Channels to peers, shared by Raft replication and by forwarding.
+/// Channels to peers, shared by Raft replication and by forwarding; over TLS (verifying
+/// each peer is a server of this datacenter) when the server has it.
 #[derive(Clone, Default)]
 pub struct Channels {
     inner: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Arc<crate::tls::RpcTls>>,
 }
 
 impl Channels {
+    pub fn new(tls: Option<Arc<crate::tls::RpcTls>>) -> Self {
+        Self {
+            inner: Arc::default(),
+            tls,
+        }
+    }
+
     /// A lazily connected channel to `addr` (`host:port`).
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut map = self.inner.lock();
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = crate::tls::transport::channel(&endpoint, self.tls.as_ref());
         map.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

@@ -6,6 +6,7 @@
 //! servers know of each other, the one with the lowest node ID initializes Raft with all of
 //! them; the others wait to be contacted by the new leader.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,17 +19,44 @@ const RETRY: Duration = Duration::from_millis(200);
 
 pub(super) async fn run(server: Arc<Server>) {
     let mut shutdown = std::pin::pin!(server.shutdown_signal());
+    let mut refusals = Refusals::default();
     loop {
-        match step(&server).await {
+        match step(&server, &mut refusals).await {
             Ok(true) => return,
             Ok(false) => {}
-            Err(e) => tracing::debug!(error = %e, "bootstrap: will retry"),
+            Err(e) => refusals.note("join", &e),
         }
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(RETRY) => {}
         }
     }
+}
+
+/// The last failure seen per peer, so each new reason is logged once (a refused TLS handshake
+/// says why: no server certificate, another CA) instead of every retry.
+#[derive(Default)]
+struct Refusals(HashMap<String, String>);
+
+impl Refusals {
+    fn note(&mut self, peer: &str, reason: &str) {
+        if self.0.get(peer).map(String::as_str) != Some(reason) {
+            tracing::warn!(%peer, %reason, "bootstrap: could not reach or join a server; retrying");
+            self.0.insert(peer.to_string(), reason.to_string());
+        }
+    }
+}
+
+/// A failed call's reason, with the transport's cause (a TLS refusal) when there is one.
+fn reason(status: &tonic::Status) -> String {
+    use std::error::Error;
+    let mut text = status.message().to_string();
+    let mut source = status.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 fn me(server: &Server) -> ServerInfo {
@@ -41,7 +69,7 @@ fn me(server: &Server) -> ServerInfo {
 }
 
 /// One round of discovery; `Ok(true)` once this server belongs to a cluster.
-async fn step(server: &Arc<Server>) -> Result<bool, String> {
+async fn step(server: &Arc<Server>, refusals: &mut Refusals) -> Result<bool, String> {
     let initialized = server
         .raft
         .is_initialized()
@@ -63,8 +91,12 @@ async fn step(server: &Arc<Server>) -> Result<bool, String> {
             from: Some(me(server)),
         });
         req.set_timeout(Duration::from_secs(2));
-        let Ok(reply) = client.hello(req).await else {
-            continue;
+        let reply = match client.hello(req).await {
+            Ok(r) => r,
+            Err(status) => {
+                refusals.note(addr, &reason(&status));
+                continue;
+            }
         };
         let reply = reply.into_inner();
         let mut known = server.known.lock();
@@ -90,7 +122,7 @@ async fn step(server: &Arc<Server>) -> Result<bool, String> {
         ClusterClient::new(ch)
             .join(req)
             .await
-            .map_err(|e| e.message().to_string())?;
+            .map_err(|e| reason(&e))?;
         return Ok(true);
     }
     let known = server.known.lock().clone();

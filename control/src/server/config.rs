@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// Leaf re-issue window of the embedded agent after a root rotation.
     pub leaf_rotation_jitter: Duration,
     pub acl: AclConfig,
+    /// TLS on the RPC port (`--tls-*-file`): `None` serves plaintext (loopback-only setups;
+    /// `meshd` refuses a non-loopback `--bind` without it unless told otherwise).
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Consul's `auto_encrypt.allow_tls`: agents with only the CA file and a token may ask
+    /// for a client certificate (`AutoEncrypt.Sign`). Needs `tls`.
+    pub auto_encrypt_allow_tls: bool,
 }
 
 impl ServerConfig {
@@ -62,6 +68,8 @@ impl ServerConfig {
             write_timeout: Duration::from_secs(10),
             leaf_rotation_jitter: Duration::from_secs(30),
             acl: AclConfig::default(),
+            tls: None,
+            auto_encrypt_allow_tls: false,
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("RPC TLS: {0}")]
+    Tls(#[source] crate::tls::RpcTlsError),
     #[error("embedded agent: {0}")]
     Agent(#[from] Box<crate::agent::AgentError>),
     /// A request to forward did not encode (a bug, not the caller's fault).

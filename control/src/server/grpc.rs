@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use serde::Serialize;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use super::acl::{AclError, Caller};
@@ -33,28 +33,51 @@ use crate::fsm::State;
 use crate::fsm::{ApplyResult, Command};
 use crate::http::token::GRPC_TOKEN_METADATA;
 use crate::model::{CaConfig, HealthStatus};
+use crate::proto::auto_encrypt_server::AutoEncryptServer;
 use crate::proto::catalog_server::{Catalog, CatalogServer};
 use crate::proto::cluster_server::{Cluster, ClusterServer};
 use crate::proto::raft_server::RaftServer;
 use crate::proto::*;
 use crate::raft::secret::{self, SecretCheck};
 use crate::raft::{MAX_MESSAGE, MeshNode, RaftGrpc};
+use crate::tls::{Admit, Admits};
+
+type RpcIncoming =
+    tokio_stream::wrappers::ReceiverStream<std::io::Result<crate::tls::transport::RpcStream>>;
 use tokio_stream::StreamExt;
 
-/// Serves every gRPC service until shutdown.
-pub(super) async fn serve(server: Arc<Server>, incoming: TcpListenerStream) {
+/// Serves every gRPC service until shutdown, each behind the transport check of who may call
+/// it (`tls::peer`: servers only for Raft and Cluster).
+pub(super) async fn serve(server: Arc<Server>, incoming: RpcIncoming) {
+    let admit = |admits, service| Admit {
+        admits,
+        service,
+        datacenter: server.config.datacenter.as_str().into(),
+    };
     let raft = RaftServer::new(RaftGrpc {
         raft: server.raft.clone(),
         state: server.state.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE)
     .max_encoding_message_size(MAX_MESSAGE);
+    let raft = InterceptedService::new(raft, admit(Admits::Servers, "Raft"));
     let cluster = ClusterServer::new(ClusterApi(server.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
-    let catalog = CatalogServer::new(CatalogApi(server.clone()));
+    let cluster = InterceptedService::new(cluster, admit(Admits::Servers, "Cluster"));
+    let catalog = InterceptedService::new(
+        CatalogServer::new(CatalogApi(server.clone())),
+        admit(Admits::ServersAndAgents, "Catalog"),
+    );
+    // Only where auto-encrypt is allowed; elsewhere the method does not exist (Unimplemented).
+    let auto_encrypt = server.config.auto_encrypt_allow_tls.then(|| {
+        InterceptedService::new(
+            AutoEncryptServer::new(super::auto_encrypt::AutoEncryptApi(server.clone())),
+            admit(Admits::Anyone, "AutoEncrypt"),
+        )
+    });
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        .add_optional_service(auto_encrypt)
         .add_service(raft)
         .add_service(cluster)
         .add_service(catalog)
@@ -218,7 +241,7 @@ fn acl_status(e: AclError) -> Status {
 }
 
 /// The token a call presents in `x-consul-token`; one that is not text names no token.
-fn presented_token<T>(req: &Request<T>) -> Result<Option<&str>, Status> {
+pub(super) fn presented_token<T>(req: &Request<T>) -> Result<Option<&str>, Status> {
     req.metadata()
         .get(GRPC_TOKEN_METADATA)
         .map(|v| v.to_str().map_err(|_| acl_status(AclError::NotFound)))

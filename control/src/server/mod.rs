@@ -6,6 +6,7 @@
 
 pub mod acl;
 pub mod api;
+mod auto_encrypt;
 mod bootstrap;
 mod config;
 mod error;
@@ -24,8 +25,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
+pub use auto_encrypt::AGENT_CERT_TTL;
 pub use config::{AclConfig, ServerConfig};
 pub use error::{ForwardError, LeaderRefusal, Refused, ServerError};
 pub use ops::PeerEntry;
@@ -53,6 +54,8 @@ pub struct Server {
     pub(crate) liveness: liveness::Liveness,
     /// Resolves request tokens (cached per ACL table index).
     pub(crate) acl_resolver: acl::AclResolver,
+    /// TLS of the RPC port, both ways (`None`: plaintext).
+    pub(crate) tls: Option<Arc<crate::tls::RpcTls>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -72,6 +75,7 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let (log_store, sm) = store::open(&config.data_dir)?;
         let state = sm.shared();
+        let tls = rpc_tls(&config, &state)?;
         let (rpc_listener, rpc_addr) = bind(config.bind).await?;
         let (http_listener, http_addr) = bind(config.http_addr).await?;
         let id = node_id(&config.node);
@@ -81,7 +85,7 @@ impl Server {
             http_addr: http_addr.to_string(),
         };
         let faults = Arc::new(Faults::default());
-        let channels = Channels::default();
+        let channels = Channels::new(tls.clone());
         let network = NetworkFactory {
             channels: channels.clone(),
             faults: faults.clone(),
@@ -104,19 +108,22 @@ impl Server {
             known: Mutex::new(BTreeMap::from([(id, me)])),
             liveness: liveness::Liveness::default(),
             acl_resolver: acl::AclResolver::default(),
+            tls,
             shutdown,
         });
         tracing::info!(node = %server.me.name, id, %rpc_addr, %http_addr, "server started");
 
         let grpc_task = tokio::spawn(grpc::serve(
             server.clone(),
-            TcpListenerStream::new(rpc_listener),
+            crate::tls::transport::incoming(rpc_listener, server.tls.clone()),
         ));
         let mut agent_config =
             crate::agent::AgentConfig::new(server.me.name.clone(), vec![rpc_addr.to_string()]);
         agent_config.datacenter = server.config.datacenter.clone();
         agent_config.address = rpc_addr.ip().to_string();
         agent_config.leaf_rotation_jitter = server.config.leaf_rotation_jitter;
+        // It dials this server with the server's own certificate.
+        agent_config.tls = server.tls.clone();
         // The embedded agent's services survive a restart too, in a directory of its own.
         agent_config.data_dir = Some(server.config.data_dir.join(AGENT_DIR));
         // The embedded agent runs in this process: it presents the servers' internal secret
@@ -220,6 +227,50 @@ impl ServerHandle {
             let _ = t.await;
         }
     }
+}
+
+/// The RPC port's TLS from the configured files; with auto-encrypt allowed, agent
+/// certificates under the mesh CA's current roots are accepted too.
+fn rpc_tls(
+    config: &ServerConfig,
+    state: &SharedState,
+) -> Result<Option<Arc<crate::tls::RpcTls>>, ServerError> {
+    if config.auto_encrypt_allow_tls && !config.acl.enabled {
+        return Err(ServerError::Tls(
+            crate::tls::RpcTlsError::AutoEncryptNeedsAcls,
+        ));
+    }
+    let Some(files) = &config.tls else {
+        if config.auto_encrypt_allow_tls {
+            return Err(ServerError::Tls(
+                crate::tls::RpcTlsError::AutoEncryptNeedsTls,
+            ));
+        }
+        return Ok(None);
+    };
+    let mesh_roots = config.auto_encrypt_allow_tls.then(|| {
+        let state = state.clone();
+        let roots: crate::tls::MeshRoots = Arc::new(move || {
+            state.read(|s| {
+                let certs =
+                    s.ca.roots
+                        .iter()
+                        .filter_map(|r| {
+                            use rustls_pki_types::pem::PemObject;
+                            rustls_pki_types::CertificateDer::from_pem_slice(
+                                r.root.root_cert.as_bytes(),
+                            )
+                            .ok()
+                        })
+                        .collect();
+                (s.tables.roots, certs)
+            })
+        });
+        roots
+    });
+    crate::tls::RpcTls::server(files, &config.datacenter, mesh_roots)
+        .map(Some)
+        .map_err(ServerError::Tls)
 }
 
 /// Binds `addr` and returns the listener with the address it got (the port, when `addr` asked

@@ -10,11 +10,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+mod rpc;
+
 use mesh_tests::process::{OwnedChild, bin, eventually, free_port, stdout_ok};
 
 /// `meshctl <args>` run in `dir`, with an API address and token that could not be used: the
 /// `tls` commands touch only local files and must not need either.
-fn meshctl(dir: &Path, args: &[&str]) -> Output {
+pub(crate) fn meshctl(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin("meshctl"))
         .args(args)
         .current_dir(dir)
@@ -26,7 +28,7 @@ fn meshctl(dir: &Path, args: &[&str]) -> Output {
 }
 
 /// `openssl <args>` run in `dir`: whether it exited 0, and stdout+stderr.
-fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
