@@ -308,7 +308,7 @@ async fn agent_checks(agent: SocketAddr) -> Vec<(String, String)> {
 async fn restarts_under_load_drop_nothing() {
     let servers = ProcServers::start(1).await;
     let server = servers.http(0);
-    let data_dir = tempfile::tempdir().expect("agent data dir");
+    let data_dir = mesh_tests::data_dir();
     let mut agent = spawn_agent(NODE, &servers.rpc_addrs(), data_dir.path(), &[]);
     let a = agent.http_addr;
 
@@ -518,7 +518,7 @@ async fn check_state(agent: SocketAddr, id: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisted_state_follows_the_api() {
     const TTL: Duration = Duration::from_secs(6);
-    let dir = tempfile::tempdir().expect("data dir");
+    let dir = mesh_tests::data_dir();
     let data = dir.path().join("agent");
     let d = data.clone();
     let env = InprocEnv::start("client-persist", move |c| c.data_dir = Some(d)).await;
