@@ -555,9 +555,14 @@ async fn persisted_state_follows_the_api() {
     ok(a, "PUT", "/v1/agent/service/deregister/web", None).await;
     assert!(!services.join(file_name("web")).exists());
     assert!(!services.join(file_name("web-sidecar-proxy")).exists());
-    // A corrupt file next to the good one.
+    // A corrupt file next to the good one (private, as the agent writes its files: a wider
+    // one would stop the restart, see the cluster suite's t90_data_dir_mode).
     let broken = services.join("broken.json");
-    std::fs::write(&broken, b"{\"Version\": 1, \"Serv").unwrap();
+    std::io::Write::write_all(
+        &mut mesh_control::data_dir::create_file(&broken).unwrap(),
+        b"{\"Version\": 1, \"Serv",
+    )
+    .unwrap();
 
     // A deliberate gap between the TTL update and the restart (not a wait for anything), so
     // that the persisted deadline and "a full TTL after the restart" are seconds apart.
