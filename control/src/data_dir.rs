@@ -75,7 +75,7 @@ pub fn too_open(path: &Path, kind: Kind, mode: u32) -> Option<TooOpen> {
 /// Errors preparing or checking a data directory; each names the path.
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
-    #[error("cannot create data directory {}: {source}", path.display())]
+    #[error("cannot create {} (data directory): {source}", path.display())]
     Create {
         path: PathBuf,
         #[source]
