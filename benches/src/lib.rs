@@ -66,14 +66,13 @@ impl CommonArgs {
         Ok(Duration::from_secs_f64(self.seconds))
     }
 
-    /// A fresh temporary directory (removed when dropped) under `--dir` or the system default.
+    /// A fresh private (0700) temporary directory (removed when dropped) under `--dir` or the
+    /// system default: servers and agents refuse a data directory others can read.
     pub fn tempdir(&self, prefix: &str) -> anyhow::Result<tempfile::TempDir> {
-        let mut b = tempfile::Builder::new();
-        b.prefix(prefix);
-        Ok(match &self.dir {
-            Some(dir) => b.tempdir_in(dir)?,
-            None => b.tempdir()?,
-        })
+        Ok(mesh_control::data_dir::tempdir(
+            prefix,
+            self.dir.as_deref(),
+        )?)
     }
 }
 

@@ -143,7 +143,7 @@ pub struct Agent {
 impl Agent {
     /// `meshd agent --server RPC --node NODE --http-addr <free port> --data-dir TMP <extra>`.
     pub fn spawn(server_rpc: SocketAddr, node: &str, extra: &[&str]) -> Self {
-        let data_dir = tempfile::tempdir().expect("agent data dir");
+        let data_dir = crate::data_dir();
         let meshd = spawn_agent(node, &[server_rpc], data_dir.path(), extra);
         Self {
             http_addr: meshd.http_addr,

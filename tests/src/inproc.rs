@@ -60,7 +60,7 @@ pub fn test_config(name: &str, dir: PathBuf) -> ServerConfig {
 /// timeout, 50 ms heartbeat); returned once it leads and its CA is initialized. Keep the temp
 /// dir as long as the server.
 pub async fn start_single(name: &str) -> (ServerHandle, TempDir) {
-    let dir = tempfile::tempdir().expect("server temp dir");
+    let dir = crate::data_dir();
     let mut c = ServerConfig::new(name, dir.path());
     c.election_timeout_min = Duration::from_millis(150);
     c.election_timeout_max = Duration::from_millis(300);
@@ -152,7 +152,7 @@ impl TestCluster {
             members: Vec::new(),
             partitioned: BTreeSet::new(),
             tune: Arc::new(tune),
-            root: tempfile::tempdir()?,
+            root: crate::data_dir(),
         };
         let mut s1_addr = None;
         for i in 1..=n {

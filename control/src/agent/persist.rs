@@ -17,9 +17,11 @@
 //! service ID with every byte outside `[A-Za-z0-9_-]` percent-encoded ([`file_name`]), so
 //! operators can tell the files apart; the file's content, not its name, is authoritative.
 //!
-//! The data directory and `services/` are created (or forced) to mode 0700 and files are
-//! written with mode 0600: check definitions can carry HTTP headers with credentials, and ACL
-//! tokens will be stored here too. A file is replaced atomically (temporary file in the same
+//! The data directory and `services/` are created with mode 0700 and files are written with
+//! mode 0600: check definitions can carry HTTP headers with credentials, and ACL tokens will be
+//! stored here too. An existing data directory that group or others can reach, or that holds
+//! anything they can reach, stops the agent with the `chmod` that fixes it
+//! ([`crate::data_dir`]). A file is replaced atomically (temporary file in the same
 //! directory, fsync, rename, fsync of the directory), so a crash leaves the old or the new
 //! version, never a torn one; leftover temporary files are removed at load.
 //!
@@ -63,10 +65,8 @@ pub const FORMAT_VERSION: u64 = 1;
 pub const SERVICES_DIR: &str = "services";
 /// Suffix given to a file that could not be decoded.
 pub const CORRUPT_SUFFIX: &str = ".corrupt";
-/// Mode of the data directory and its subdirectories.
-pub const DIR_MODE: u32 = 0o700;
-/// Mode of every file written.
-pub const FILE_MODE: u32 = 0o600;
+/// Modes of the data directory and its subdirectories, and of every file written.
+pub use crate::data_dir::{DIR_MODE, FILE_MODE};
 
 const EXTENSION: &str = ".json";
 const TMP_PREFIX: &str = ".tmp.";
@@ -127,19 +127,9 @@ pub enum FormatError {
 /// Errors reading or writing the data directory.
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
-    #[error("cannot create directory {path}: {source}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot set mode {mode:o} on {path}: {source}")]
-    Mode {
-        path: PathBuf,
-        mode: u32,
-        #[source]
-        source: io::Error,
-    },
+    /// The data directory cannot be created, or is open to other users.
+    #[error(transparent)]
+    DataDir(#[from] crate::data_dir::DataDirError),
     #[error("cannot list directory {path}: {source}")]
     ReadDir {
         path: PathBuf,
@@ -265,23 +255,12 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens `dir`, creating it and `services/` when missing and forcing both to mode 0700.
+    /// Opens `dir`, creating it and `services/` (mode 0700) when missing; refuses an existing
+    /// `dir` that group or others can reach (see [`crate::data_dir::prepare`]).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, PersistError> {
-        let dir = dir.into();
-        let store = Store { dir };
-        for d in [store.dir.clone(), store.services_dir()] {
-            fs::create_dir_all(&d).map_err(|source| PersistError::CreateDir {
-                path: d.clone(),
-                source,
-            })?;
-            fs::set_permissions(&d, fs::Permissions::from_mode(DIR_MODE)).map_err(|source| {
-                PersistError::Mode {
-                    path: d.clone(),
-                    mode: DIR_MODE,
-                    source,
-                }
-            })?;
-        }
+        let store = Store { dir: dir.into() };
+        crate::data_dir::prepare(&store.dir)?;
+        crate::data_dir::create(&store.services_dir())?;
         Ok(store)
     }
 

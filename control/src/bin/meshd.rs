@@ -391,9 +391,7 @@ async fn main() -> anyhow::Result<()> {
             let (dir, tmp) = match a.data_dir {
                 Some(d) => (d, None),
                 None => {
-                    let t = tempfile::Builder::new()
-                        .prefix("meshd-dev-")
-                        .tempdir()
+                    let t = mesh_control::data_dir::tempdir("meshd-dev-", None)
                         .context("creating a temporary data directory")?;
                     (t.path().to_path_buf(), Some(t))
                 }

@@ -253,7 +253,7 @@ fn a_deleted_token_stops_working_within_a_second() {
 #[test]
 fn a_client_agent_enforces_with_its_own_token() {
     let (dev, root) = Dev::bootstrapped();
-    let dir = tempfile::tempdir().expect("agent data dir");
+    let dir = mesh_tests::data_dir();
     let mut agent = spawn_agent(
         "client-1",
         &[dev.meshd.rpc_addr],

@@ -153,7 +153,7 @@ impl ProcServers {
         let mut servers = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..n {
-            let dir = tempfile::tempdir().expect("data dir");
+            let dir = mesh_tests::data_dir();
             let join: Vec<u16> = rpc.iter().copied().filter(|p| *p != rpc[i]).collect();
             let name = format!("s{}", i + 1);
             let args = server_args(&name, dir.path(), rpc[i], web[i], n, &join);

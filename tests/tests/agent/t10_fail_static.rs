@@ -19,7 +19,7 @@ const RESYNC_CATALOG_BOUND: Duration = Duration::from_secs(10);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_serves_from_cache_without_servers_and_resyncs_after_restart() {
     let mut servers = ProcServers::start(3).await;
-    let agent_dir = tempfile::tempdir().expect("agent data dir");
+    let agent_dir = mesh_tests::data_dir();
     let mut agent = spawn_agent("client-fs", &servers.rpc_addrs(), agent_dir.path(), &[]);
     let a = agent.http_addr;
     let s0 = servers.http(0);

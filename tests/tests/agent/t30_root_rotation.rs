@@ -19,7 +19,7 @@ const MARGIN: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_are_reissued_within_the_jitter_after_rotation() {
     let servers = ProcServers::start(1).await;
-    let agent_dir = tempfile::tempdir().expect("agent data dir");
+    let agent_dir = mesh_tests::data_dir();
     let agent = spawn_agent(
         "client-rot",
         &servers.rpc_addrs(),

@@ -22,7 +22,7 @@ const HEARTBEAT_GAP: Duration = Duration::from_secs(3);
 async fn killed_agent_drops_out_of_passing_and_shows_failed() {
     let servers = ProcServers::start(1).await;
     let s = servers.http(0);
-    let agent_dir = tempfile::tempdir().expect("agent data dir");
+    let agent_dir = mesh_tests::data_dir();
     let mut agent = spawn_agent("client-kill", &servers.rpc_addrs(), agent_dir.path(), &[]);
     let a = agent.http_addr;
 

@@ -308,7 +308,7 @@ async fn agent_checks(agent: SocketAddr) -> Vec<(String, String)> {
 async fn restarts_under_load_drop_nothing() {
     let servers = ProcServers::start(1).await;
     let server = servers.http(0);
-    let data_dir = tempfile::tempdir().expect("agent data dir");
+    let data_dir = mesh_tests::data_dir();
     let mut agent = spawn_agent(NODE, &servers.rpc_addrs(), data_dir.path(), &[]);
     let a = agent.http_addr;
 
@@ -518,7 +518,7 @@ async fn check_state(agent: SocketAddr, id: &str) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisted_state_follows_the_api() {
     const TTL: Duration = Duration::from_secs(6);
-    let dir = tempfile::tempdir().expect("data dir");
+    let dir = mesh_tests::data_dir();
     let data = dir.path().join("agent");
     let d = data.clone();
     let env = InprocEnv::start("client-persist", move |c| c.data_dir = Some(d)).await;
@@ -555,9 +555,14 @@ async fn persisted_state_follows_the_api() {
     ok(a, "PUT", "/v1/agent/service/deregister/web", None).await;
     assert!(!services.join(file_name("web")).exists());
     assert!(!services.join(file_name("web-sidecar-proxy")).exists());
-    // A corrupt file next to the good one.
+    // A corrupt file next to the good one (private, as the agent writes its files: a wider
+    // one would stop the restart, see the cluster suite's t90_data_dir_mode).
     let broken = services.join("broken.json");
-    std::fs::write(&broken, b"{\"Version\": 1, \"Serv").unwrap();
+    std::io::Write::write_all(
+        &mut mesh_control::data_dir::create_file(&broken).unwrap(),
+        b"{\"Version\": 1, \"Serv",
+    )
+    .unwrap();
 
     // A deliberate gap between the TTL update and the restart (not a wait for anything), so
     // that the persisted deadline and "a full TTL after the restart" are seconds apart.

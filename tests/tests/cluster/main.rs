@@ -8,6 +8,7 @@ mod t40_meshctl;
 mod t50_dev_ready;
 mod t60_empty_store;
 mod t70_plaintext_rpc;
+mod t90_data_dir_mode;
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ impl ProcCluster {
         let mut servers = Vec::new();
         let mut dirs = Vec::new();
         for i in 0..n {
-            let dir = tempfile::tempdir()?;
+            let dir = mesh_tests::data_dir();
             let join: Vec<u16> = rpc.iter().copied().filter(|p| *p != rpc[i]).collect();
             let args = server_args(&format!("s{}", i + 1), dir.path(), rpc[i], web[i], n, &join);
             servers.push(Meshd::spawn(&format!("s{}", i + 1), &args)?);
@@ -56,6 +57,31 @@ impl ProcCluster {
     fn get_json(&self, i: usize, path: &str) -> Option<serde_json::Value> {
         let r = http("GET", self.servers[i].http_addr, path, None).ok()?;
         (r.status == 200).then(|| r.json().ok()).flatten()
+    }
+
+    /// The trust domain server `i` reports once its CA is initialized.
+    pub fn trust_domain(&self, i: usize) -> anyhow::Result<String> {
+        eventually("the CA's trust domain", Duration::from_secs(30), || {
+            self.get_json(i, "/v1/connect/ca/roots")?["TrustDomain"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        })
+    }
+
+    /// Stops server `i` (SIGTERM), asserting a clean exit.
+    pub fn stop(&mut self, i: usize) {
+        assert!(
+            self.servers[i].stop(),
+            "{} did not exit cleanly",
+            self.servers[i].name
+        );
+    }
+
+    /// Starts stopped server `i` again with the same arguments.
+    pub fn restart(&mut self, i: usize) {
+        let s = &self.servers[i];
+        self.servers[i] = Meshd::spawn(&s.name, &s.args).expect("the server starts again");
     }
 
     /// Raft configuration as seen by server `i` (stale: its own view).

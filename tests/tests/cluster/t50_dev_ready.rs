@@ -87,7 +87,7 @@ impl Drop for Lines {
 
 #[test]
 fn a_cluster_server_is_listening_at_once_and_ready_with_its_cluster() {
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let dirs = [mesh_tests::data_dir(), mesh_tests::data_dir()];
     let rpc = [free_port(), free_port()];
     let web = [free_port(), free_port()];
     let args = |i: usize| {

@@ -7,7 +7,7 @@ use mesh_tests::process::{free_port, meshd_refused};
 
 #[test]
 fn a_non_loopback_plaintext_bind_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = mesh_tests::data_dir();
     let data = dir.path().join("s1");
     let http = format!("127.0.0.1:{}", free_port());
     let server: Vec<String> = [

@@ -127,7 +127,7 @@ fn sidecars_started_right_after_dev_is_ready_accept_once_allowed() {
 #[test]
 fn sidecars_started_before_the_ca_exists_accept_once_allowed() {
     for round in 0..4u32 {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = mesh_tests::data_dir();
         let args = server_args("s1", dir.path(), free_port(), free_port(), 1, &[]);
         let server = Meshd::spawn("s1", &args).expect("meshd server starts");
         let echo = Echo::start();

@@ -12,6 +12,7 @@ use super::*;
 use crate::agent::checks::{CheckUpdate, RunnerConfig};
 use crate::agent::local::LocalState;
 use crate::agent::registration;
+use crate::data_dir::scratch;
 
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -114,24 +115,37 @@ fn file_names_stay_inside_the_directory_and_apart() {
 }
 
 #[test]
-fn open_creates_and_forces_private_modes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("agent");
-    fs::create_dir(&dir).unwrap();
-    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let store = Store::open(&dir).unwrap();
-    assert_eq!(mode(&dir), DIR_MODE);
-    assert_eq!(mode(&store.services_dir()), DIR_MODE);
-
+fn open_creates_private_dirs_and_refuses_open_ones() {
+    let tmp = scratch();
     let fresh = tmp.path().join("a/b/c");
     let store = Store::open(&fresh).unwrap();
     assert_eq!(mode(&fresh), DIR_MODE);
     assert_eq!(mode(&store.services_dir()), DIR_MODE);
+    store.save(&sample()).unwrap();
+
+    // Group- or world-readable: refused with the fix, and left as it was.
+    let file = store.path_of("web/1");
+    for (path, wide, private, fix) in [
+        (&fresh, 0o755, DIR_MODE, "chmod 700"),
+        (&file, 0o644, FILE_MODE, "chmod 600"),
+    ] {
+        fs::set_permissions(path, fs::Permissions::from_mode(wide)).unwrap();
+        let err = Store::open(&fresh).unwrap_err();
+        assert!(matches!(err, PersistError::DataDir(_)), "{err}");
+        let fix = format!("{fix} {}", path.display());
+        assert!(err.to_string().ends_with(&fix), "{err}");
+        assert_eq!(mode(path), wide);
+        fs::set_permissions(path, fs::Permissions::from_mode(private)).unwrap();
+    }
+    assert_eq!(
+        Store::open(&fresh).unwrap().load().unwrap().services.len(),
+        1
+    );
 }
 
 #[test]
 fn save_is_atomic_private_and_replaces() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let store = Store::open(tmp.path()).unwrap();
     let mut s = sample();
     store.save(&s).unwrap();
@@ -163,7 +177,7 @@ fn save_is_atomic_private_and_replaces() {
 
 #[test]
 fn load_removes_interrupted_writes() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let store = Store::open(tmp.path()).unwrap();
     store.save(&sample()).unwrap();
     let leftover = store.services_dir().join(format!("{TMP_PREFIX}x.json"));
@@ -176,7 +190,7 @@ fn load_removes_interrupted_writes() {
 
 #[test]
 fn remove_deletes_the_file() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let store = Store::open(tmp.path()).unwrap();
     store.save(&sample()).unwrap();
     assert!(store.remove("web/1").unwrap());
@@ -190,7 +204,7 @@ fn remove_deletes_the_file() {
 
 #[test]
 fn corrupt_files_are_set_aside_and_the_rest_loads() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let store = Store::open(tmp.path()).unwrap();
     store.save(&sample()).unwrap();
     let bad = store.services_dir().join("broken.json");
@@ -224,7 +238,7 @@ fn corrupt_files_are_set_aside_and_the_rest_loads() {
 
 #[test]
 fn unreadable_and_newer_files_stop_the_load_naming_the_file() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let store = Store::open(tmp.path()).unwrap();
     // A directory where a file should be cannot be read (root included).
     let odd = store.services_dir().join("odd.json");
@@ -291,7 +305,7 @@ async fn local_state_record_and_restore_round_trip() {
     );
 
     // Through the file format, as on a restart.
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = scratch();
     let store = Store::open(tmp.path()).unwrap();
     for r in &records {
         store.save(r).unwrap();
