@@ -355,19 +355,39 @@ async fn serve_agent(handle: mesh_control::agent::AgentHandle, node: &str) -> an
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Set once SIGTERM or SIGINT arrives; the handlers are installed first thing in `main`, so
+/// a signal sent right after a `listening` line stops the process cleanly rather than killing
+/// it by the default disposition.
+static STOP: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+
+fn install_signal_handlers() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing SIGINT handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    let _ = STOP.set(rx);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut stop = STOP.get().context("signal handlers not installed")?.clone();
+    // An error means the sender is gone, which happens only once a signal was delivered.
+    let _ = stop.wait_for(|s| *s).await;
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
+    install_signal_handlers()?;
     let cli = Cli::parse();
     let dev = matches!(cli.command, Cmd::Dev(_));
     let (config, _tmp) = match cli.command {
