@@ -1,14 +1,20 @@
 //! `meshd`: the control-plane daemon. `meshd server` runs one Raft server; `meshd dev` runs a
 //! single-node server with its data in a temporary directory, for trying the mesh out.
 //!
+//! Every subcommand also reads configuration files with Consul's key names (`--config-file`,
+//! `--config-dir`; `overlay`), under its flags.
+//!
 //! Stdout carries machine-readable lines only: `meshd: node N listening rpc=A http=B` and
 //! `meshd: node N ready leader=A trust_domain=T` (see `main`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+#[path = "meshd/overlay.rs"]
+mod overlay;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mesh_control::intentions::DefaultPolicy;
 use mesh_control::server::{AclConfig, Server, ServerConfig};
 
@@ -32,16 +38,19 @@ enum Cmd {
 
 #[derive(Parser)]
 struct AgentArgs {
-    /// gRPC address of a server (repeatable; the agent fails over between them).
-    #[arg(long = "server", required = true)]
+    /// gRPC address of a server (repeatable; the agent fails over between them). Required,
+    /// here or as `retry_join` in a config file.
+    #[arg(long = "server")]
     servers: Vec<String>,
+    /// This node's name (or `node_name` in a config file).
     #[arg(long)]
-    node: String,
+    node: Option<String>,
     /// Directory for the agent's state: the services and checks registered through its HTTP
     /// API, with their status, restored when the agent restarts. Required (as Consul's
-    /// `-data-dir`): without it a restart would drop every service of the node.
-    #[arg(long, required = true)]
-    data_dir: PathBuf,
+    /// `-data-dir`; or `data_dir` in a config file): without it a restart would drop every
+    /// service of the node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     #[arg(long, default_value = "dc1")]
     datacenter: String,
     #[arg(long, default_value = "127.0.0.1:8500")]
@@ -65,6 +74,40 @@ struct AgentArgs {
         hide_env_values = true
     )]
     token: String,
+    /// Ask a server for this agent's RPC client certificate (Consul's `auto_encrypt.tls`).
+    #[arg(long)]
+    auto_encrypt: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Configuration files, read in the order given; flags override them.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// A configuration file with Consul's key names, HCL (`.hcl`) or JSON (`.json`).
+    /// Repeatable: later files override earlier ones, lists (`retry_join`) add up.
+    #[arg(long, value_name = "FILE")]
+    config_file: Vec<PathBuf>,
+    /// A directory whose `.hcl` and `.json` files are read in lexical order (not its
+    /// subdirectories). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    config_dir: Vec<PathBuf>,
+}
+
+/// Certificates of the RPC port (Consul's `tls.defaults`).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// CA certificate (PEM) that signs the servers' and agents' RPC certificates.
+    #[arg(long)]
+    tls_ca_file: Option<PathBuf>,
+    /// This node's RPC certificate (PEM).
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    /// The key of `--tls-cert-file` (PEM).
+    #[arg(long)]
+    tls_key_file: Option<PathBuf>,
 }
 
 fn duration(s: &str) -> Result<std::time::Duration, String> {
@@ -73,13 +116,13 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Parser)]
 struct ServerArgs {
-    /// Unique name of this server.
+    /// Unique name of this server (or `node_name` in a config file).
     #[arg(long)]
-    node: String,
+    node: Option<String>,
     /// Directory for the Raft log, vote and snapshots, and (in `agent/`) the embedded agent's
-    /// services and checks.
+    /// services and checks (or `data_dir` in a config file).
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// gRPC address for Raft and agents.
     #[arg(long, default_value = "127.0.0.1:8300")]
     bind: SocketAddr,
@@ -108,8 +151,20 @@ struct ServerArgs {
     /// it: TLS for the RPC port is not available yet). Prints a warning at start.
     #[arg(long)]
     insecure_plaintext_rpc: bool,
+    /// Issue client certificates to agents that ask with a valid token (Consul's
+    /// `auto_encrypt.allow_tls`).
+    #[arg(long)]
+    auto_encrypt_allow_tls: bool,
+    /// File holding the key that seals CA private keys (see issue 13; Consul's `encrypt`
+    /// gives the key itself in a config file).
+    #[arg(long)]
+    encrypt_key_file: Option<PathBuf>,
     #[command(flatten)]
     acl: AclArgs,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Parser)]
@@ -132,6 +187,8 @@ struct DevArgs {
     insecure_plaintext_rpc: bool,
     #[command(flatten)]
     acl: AclArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// ACL flags of `meshd server` and `meshd dev`. A server enforces ACLs unless told
@@ -183,14 +240,14 @@ fn warn_weak_acl(acl: &AclConfig, dev: bool) {
     if !acl.enabled {
         if !dev {
             tracing::warn!(
-                "ACLs are DISABLED (--acl-disabled): any process that reaches this server's \
+                "ACLs are DISABLED (--acl-disabled or acl.enabled = false): any process that reaches this server's \
                  HTTP or gRPC port can obtain any service's certificate and key, change \
                  intentions, rotate the CA and remove servers"
             );
         }
     } else if acl.default_policy == DefaultPolicy::Allow {
         tracing::warn!(
-            "ACL default policy is ALLOW (--acl-default-policy allow): requests without a \
+            "ACL default policy is ALLOW (--acl-default-policy allow or acl.default_policy): requests without a \
              token, and anything a token's rules do not mention, are allowed"
         );
     }
@@ -213,15 +270,21 @@ fn init_logging() {
         .init();
 }
 
-async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
-    use mesh_control::agent::{Agent, AgentConfig};
-    let mut c = AgentConfig::new(a.node.clone(), a.servers);
+async fn run_agent(mut a: AgentArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    use mesh_control::agent::{Agent, AgentConfig, TokenKind};
+    let default_token = overlay::agent(&mut a, matches)?;
+    let node = overlay::required(a.node, "--node", "node_name")?;
+    anyhow::ensure!(
+        !a.servers.is_empty(),
+        "missing --server: pass it (repeatable), or set retry_join in a config file"
+    );
+    let mut c = AgentConfig::new(node.clone(), a.servers);
     c.datacenter = a.datacenter;
     c.http_addr = Some(a.http_addr);
     c.address = a.address;
     c.cache_ttl = a.cache_ttl;
     c.leaf_rotation_jitter = a.leaf_rotation_jitter;
-    c.data_dir = Some(a.data_dir);
+    c.data_dir = Some(overlay::required(a.data_dir, "--data-dir", "data_dir")?);
     anyhow::ensure!(
         mesh_control::agent::Credential::token(Some(&a.token)).is_ok(),
         "--token / MESH_AGENT_TOKEN must be visible ASCII"
@@ -229,10 +292,15 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
     c.token = mesh_control::agent::AgentToken(a.token);
     let handle = Agent::start(c)
         .await
-        .with_context(|| format!("starting agent {}", a.node))?;
+        .with_context(|| format!("starting agent {node}"))?;
+    if let Some(t) = default_token {
+        handle
+            .agent
+            .set_token(TokenKind::Default, t.expose().to_string());
+    }
     println!(
         "meshd: agent {} listening http={}",
-        a.node,
+        node,
         handle.http_addr.map(|a| a.to_string()).unwrap_or_default()
     );
     wait_for_signal().await?;
@@ -254,12 +322,23 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_logging();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .context("a subcommand")?;
     let dev = matches!(cli.command, Cmd::Dev(_));
     let (config, _tmp) = match cli.command {
-        Cmd::Agent(a) => return run_agent(a).await,
-        Cmd::Server(a) => {
-            let mut c = ServerConfig::new(a.node, a.data_dir);
+        Cmd::Agent(a) => return run_agent(a, sub).await,
+        Cmd::Server(mut a) => {
+            let encrypt = overlay::server(&mut a, sub)?;
+            let mut c = ServerConfig::new(
+                overlay::required(a.node, "--node", "node_name")?,
+                overlay::required(a.data_dir, "--data-dir", "data_dir")?,
+            );
+            c.encrypt_key_file = a.encrypt_key_file;
+            c.encrypt = encrypt;
             c.bind = a.bind;
             c.http_addr = a.http_addr;
             c.bootstrap_expect = a.bootstrap_expect;
@@ -271,7 +350,8 @@ async fn main() -> anyhow::Result<()> {
             check_rpc_bind(c.bind, a.insecure_plaintext_rpc)?;
             (c, None)
         }
-        Cmd::Dev(a) => {
+        Cmd::Dev(mut a) => {
+            let datacenter = overlay::dev(&mut a, sub)?;
             let (dir, tmp) = match a.data_dir {
                 Some(d) => (d, None),
                 None => {
@@ -283,6 +363,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let mut c = ServerConfig::new(a.node, dir);
+            if let Some(dc) = datacenter {
+                c.datacenter = dc;
+            }
             c.bind = a.bind;
             c.http_addr = a.http_addr;
             c.bootstrap_expect = 1;

@@ -41,6 +41,12 @@ pub struct ServerConfig {
     /// Leaf re-issue window of the embedded agent after a root rotation.
     pub leaf_rotation_jitter: Duration,
     pub acl: AclConfig,
+    /// Sealing key for CA private keys (see issue 13): the file `--encrypt-key-file` (or a
+    /// config file's `encrypt_key_file`) names.
+    pub encrypt_key_file: Option<PathBuf>,
+    /// The same key given inline by a config file's `encrypt` (base64, as Consul's key); at
+    /// most one of the two is set. Never printed.
+    pub encrypt: Option<crate::config_file::Secret>,
 }
 
 impl ServerConfig {
@@ -62,6 +68,8 @@ impl ServerConfig {
             write_timeout: Duration::from_secs(10),
             leaf_rotation_jitter: Duration::from_secs(30),
             acl: AclConfig::default(),
+            encrypt_key_file: None,
+            encrypt: None,
         }
     }
 }

@@ -1,0 +1,179 @@
+//! Lays the configuration files (`--config-file`, `--config-dir`) under `meshd`'s flags.
+//!
+//! Consul's precedence: a flag given on the command line (or through its environment
+//! variable) wins over the files; the files win over the flag's default; lists (`retry_join`)
+//! take the files' entries and then the flags', as Consul treats its flags as the last
+//! configuration source. Whether a flag was given comes from clap's
+//! [`ArgMatches::value_source`]; reading and merging the files is `mesh_control::config_file`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use mesh_control::config_file::{self, FileConfig, Role, Secret, Source, TlsFiles};
+
+use super::{AgentArgs, ConfigArgs, DevArgs, ServerArgs, TlsArgs};
+
+/// Which flags of one subcommand were given.
+struct Given<'a>(&'a ArgMatches);
+
+/// Reads the subcommand's configuration files, in command-line order.
+fn load<'a>(
+    matches: &'a ArgMatches,
+    args: &ConfigArgs,
+    role: Role,
+) -> anyhow::Result<(Given<'a>, FileConfig)> {
+    let file = config_file::load(&sources(matches, args), role)?;
+    Ok((Given(matches), file))
+}
+
+impl Given<'_> {
+    /// True when the flag with clap id `id` was given (command line or environment).
+    fn given(&self, id: &str) -> bool {
+        matches!(
+            self.0.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    }
+
+    /// Replaces the flag's default in `slot` with the files' value, unless the flag was given.
+    fn under<T>(&self, id: &str, slot: &mut T, file: Option<T>) {
+        if let Some(v) = file.filter(|_| !self.given(id)) {
+            *slot = v;
+        }
+    }
+
+    /// Same for an address flag, built from the files' IP and port around the default.
+    fn under_addr(&self, id: &str, slot: &mut SocketAddr, ip: Option<IpAddr>, port: Option<u16>) {
+        let addr = SocketAddr::new(ip.unwrap_or(slot.ip()), port.unwrap_or(slot.port()));
+        self.under(id, slot, (ip.is_some() || port.is_some()).then_some(addr));
+    }
+
+    /// `--http-addr` from `addresses.http` (else `client_addr`) and `ports.http`.
+    fn http(&self, slot: &mut SocketAddr, f: &FileConfig) {
+        self.under_addr("http_addr", slot, f.http_ip(), f.ports.http);
+    }
+
+    /// A server's `--bind` from `bind_addr` and `ports.server`.
+    fn rpc(&self, slot: &mut SocketAddr, f: &FileConfig) {
+        self.under_addr("bind", slot, f.bind_addr, f.ports.server);
+    }
+}
+
+fn tls(tls: &mut TlsArgs, f: TlsFiles) {
+    fill(&mut tls.tls_ca_file, f.ca_file);
+    fill(&mut tls.tls_cert_file, f.cert_file);
+    fill(&mut tls.tls_key_file, f.key_file);
+}
+
+/// An optional flag (no default) keeps its value when given, else takes the files'.
+fn fill<T>(slot: &mut Option<T>, file: Option<T>) {
+    if slot.is_none() {
+        *slot = file;
+    }
+}
+
+/// `--config-file` and `--config-dir` in the order they were given on the command line.
+fn sources(matches: &ArgMatches, args: &ConfigArgs) -> Vec<Source> {
+    let indexed = |id: &str, paths: &[PathBuf], make: fn(PathBuf) -> Source| {
+        let indices = matches.indices_of(id).into_iter().flatten();
+        indices
+            .zip(paths.iter().cloned().map(make))
+            .collect::<Vec<_>>()
+    };
+    let mut all = indexed("config_file", &args.config_file, Source::File);
+    all.extend(indexed("config_dir", &args.config_dir, Source::Dir));
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, s)| s).collect()
+}
+
+/// A setting `meshd` cannot start without, from its flag or a file.
+pub fn required<T>(v: Option<T>, flag: &str, key: &str) -> anyhow::Result<T> {
+    v.with_context(|| format!("missing {flag}: pass it, or set {key} in a config file"))
+}
+
+/// `meshd server`. Returns the inline sealing key (`encrypt`) when a file gave one and no
+/// `--encrypt-key-file` was.
+pub fn server(a: &mut ServerArgs, matches: &ArgMatches) -> anyhow::Result<Option<Secret>> {
+    let (g, f) = load(matches, &a.config, Role::Server)?;
+    g.rpc(&mut a.bind, &f);
+    g.http(&mut a.http_addr, &f);
+    fill(&mut a.node, f.node_name);
+    fill(&mut a.data_dir, f.data_dir);
+    g.under(
+        "bootstrap_expect",
+        &mut a.bootstrap_expect,
+        f.bootstrap_expect,
+    );
+    a.join.splice(0..0, f.retry_join);
+    g.under("datacenter", &mut a.datacenter, f.datacenter);
+    g.under(
+        "auto_encrypt_allow_tls",
+        &mut a.auto_encrypt_allow_tls,
+        f.auto_encrypt_allow_tls,
+    );
+    // `--acl` is the server's default; either ACL flag outranks the files' `acl.enabled`.
+    if !g.given("acl") {
+        g.under(
+            "acl_disabled",
+            &mut a.acl_disabled,
+            f.acl.enabled.map(|e| !e),
+        );
+    }
+    g.under(
+        "acl_default_policy",
+        &mut a.acl.acl_default_policy,
+        f.acl.default_policy,
+    );
+    tls(&mut a.tls, f.tls);
+    if a.encrypt_key_file.is_some() {
+        return Ok(None);
+    }
+    a.encrypt_key_file = f.encrypt_key_file;
+    Ok(f.encrypt)
+}
+
+/// `meshd dev`: the server keys that make sense for one throw-away node.
+pub fn dev(a: &mut DevArgs, matches: &ArgMatches) -> anyhow::Result<Option<String>> {
+    let (g, f) = load(matches, &a.config, Role::Dev)?;
+    g.rpc(&mut a.bind, &f);
+    g.http(&mut a.http_addr, &f);
+    fill(&mut a.data_dir, f.data_dir);
+    g.under("node", &mut a.node, f.node_name);
+    g.under("acl", &mut a.acl.acl, f.acl.enabled);
+    g.under(
+        "acl_default_policy",
+        &mut a.acl.acl_default_policy,
+        f.acl.default_policy,
+    );
+    Ok(f.datacenter)
+}
+
+/// `meshd agent`. Returns the default token (`acl.tokens.default`), which has no flag (Consul
+/// sets it through the file or `PUT /v1/agent/token/default`).
+pub fn agent(a: &mut AgentArgs, matches: &ArgMatches) -> anyhow::Result<Option<Secret>> {
+    let (g, f) = load(matches, &a.config, Role::Agent)?;
+    g.http(&mut a.http_addr, &f);
+    fill(&mut a.node, f.node_name);
+    fill(&mut a.data_dir, f.data_dir);
+    g.under("datacenter", &mut a.datacenter, f.datacenter);
+    a.servers.splice(0..0, f.retry_join);
+    if let Some(ip) = f.bind_addr {
+        anyhow::ensure!(
+            !ip.is_unspecified(),
+            "bind_addr {ip} cannot be an agent's catalog address: set this host's address"
+        );
+    }
+    g.under(
+        "address",
+        &mut a.address,
+        f.bind_addr.map(|ip| ip.to_string()),
+    );
+    g.under("auto_encrypt", &mut a.auto_encrypt, f.auto_encrypt_tls);
+    let token = f.acl.agent_token;
+    g.under("token", &mut a.token, token.map(|t| t.expose().to_string()));
+    tls(&mut a.tls, f.tls);
+    Ok(f.acl.default_token)
+}
