@@ -7,6 +7,8 @@
 //! [`ArgMatches::value_source`]; reading and merging the files is `mesh_control::config_file`.
 
 use std::net::{IpAddr, SocketAddr};
+#[cfg(test)]
+use std::path::Path;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -176,4 +178,87 @@ pub fn agent(a: &mut AgentArgs, matches: &ArgMatches) -> anyhow::Result<Option<S
     g.under("token", &mut a.token, token.map(|t| t.expose().to_string()));
     tls(&mut a.tls, f.tls);
     Ok(f.acl.default_token)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::{CommandFactory, FromArgMatches};
+
+    use super::*;
+    use crate::{Cli, Cmd};
+
+    /// Parses `meshd server ARGS` and lays the files under it, as `main` does.
+    fn server_with(args: &[&str]) -> (ServerArgs, Option<Secret>) {
+        let m = Cli::command()
+            .try_get_matches_from(["meshd", "server"].iter().chain(args))
+            .unwrap();
+        let Cmd::Server(mut a) = Cli::from_arg_matches(&m).unwrap().command else {
+            panic!("server")
+        };
+        let sub = m.subcommand_matches("server").unwrap();
+        let encrypt = server(&mut a, sub).unwrap();
+        (a, encrypt)
+    }
+
+    #[test]
+    fn flags_win_files_fill_defaults_lists_add_up_sources_keep_their_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("conf.d");
+        std::fs::create_dir(&conf).unwrap();
+        std::fs::write(
+            conf.join("a.hcl"),
+            "datacenter = \"from-dir\"\nnode_name = \"dir\"\nretry_join = [\"d:1\"]\n",
+        )
+        .unwrap();
+        let file = dir.path().join("b.json");
+        std::fs::write(
+            &file,
+            r#"{"datacenter": "from-file", "bootstrap_expect": 3, "retry_join": ["f:1"],
+                "ports": {"http": 8600, "server": 8400}, "bind_addr": "127.0.0.2",
+                "acl": {"enabled": false}, "encrypt": "a2V5",
+                "tls": {"defaults": {"ca_file": "ca.pem", "cert_file": "c.pem"}}}"#,
+        )
+        .unwrap();
+        let (dir_s, file_s) = (conf.display().to_string(), file.display().to_string());
+        let (a, encrypt) = server_with(&[
+            "--config-dir",
+            &dir_s,
+            "--config-file",
+            &file_s,
+            "--http-addr",
+            "127.0.0.1:9000",
+            "--join",
+            "flag:1",
+            "--tls-cert-file",
+            "flag.pem",
+        ]);
+        // The file given after the directory wins; flags win over both.
+        assert_eq!(a.datacenter, "from-file");
+        assert_eq!(a.node.as_deref(), Some("dir"));
+        assert_eq!(a.http_addr.to_string(), "127.0.0.1:9000");
+        assert_eq!(a.bind.to_string(), "127.0.0.2:8400");
+        assert_eq!(a.bootstrap_expect, 3);
+        assert_eq!(a.join, ["d:1", "f:1", "flag:1"]);
+        assert!(a.acl_disabled);
+        assert_eq!(a.tls.tls_ca_file.as_deref(), Some(Path::new("ca.pem")));
+        assert_eq!(a.tls.tls_cert_file.as_deref(), Some(Path::new("flag.pem")));
+        assert_eq!(encrypt.as_ref().map(Secret::expose), Some("a2V5"));
+
+        // Given on the command line, `--encrypt-key-file` and `--acl` outrank the files.
+        let (a, encrypt) =
+            server_with(&["--config-file", &file_s, "--encrypt-key-file", "k", "--acl"]);
+        assert_eq!(
+            (encrypt, a.encrypt_key_file.as_deref()),
+            (None, Some(Path::new("k")))
+        );
+        assert!(!a.acl_disabled);
+        // No file: every default stays.
+        let (a, _) = server_with(&[]);
+        assert_eq!(
+            (a.datacenter.as_str(), a.bind.to_string()),
+            ("dc1", "127.0.0.1:8300".into())
+        );
+    }
 }
