@@ -189,17 +189,55 @@ mod tests {
     use super::*;
     use crate::{Cli, Cmd};
 
-    /// Parses `meshd server ARGS` and lays the files under it, as `main` does.
-    fn server_with(args: &[&str]) -> (ServerArgs, Option<Secret>) {
+    /// Parses `meshd SUBCOMMAND ARGS` as `main` does.
+    fn parse(sub: &str, args: &[&str]) -> (Cmd, ArgMatches) {
         let m = Cli::command()
-            .try_get_matches_from(["meshd", "server"].iter().chain(args))
+            .try_get_matches_from(["meshd", sub].iter().chain(args))
             .unwrap();
-        let Cmd::Server(mut a) = Cli::from_arg_matches(&m).unwrap().command else {
+        let cmd = Cli::from_arg_matches(&m).unwrap().command;
+        let sub = m.subcommand_matches(sub).unwrap().clone();
+        (cmd, sub)
+    }
+
+    /// `meshd server ARGS` with the files laid under it.
+    fn server_with(args: &[&str]) -> (ServerArgs, Option<Secret>) {
+        let (Cmd::Server(mut a), m) = parse("server", args) else {
             panic!("server")
         };
-        let sub = m.subcommand_matches("server").unwrap();
-        let encrypt = server(&mut a, sub).unwrap();
+        let encrypt = server(&mut a, &m).unwrap();
         (a, encrypt)
+    }
+
+    #[test]
+    fn an_agent_takes_servers_address_and_tokens_from_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("client.hcl");
+        std::fs::write(
+            &file,
+            "server = false\nnode_name = \"c1\"\nbind_addr = \"10.0.0.9\"\n\
+             retry_join = [\"10.0.0.5:8300\"]\nauto_encrypt {\n  tls = true\n}\n\
+             acl {\n  tokens {\n    agent = \"agent-secret\"\n    default = \"default-secret\"\n  }\n}\n",
+        )
+        .unwrap();
+        let f = file.display().to_string();
+        let (Cmd::Agent(mut a), m) = parse("agent", &["--config-file", &f, "--server", "s:1"])
+        else {
+            panic!("agent")
+        };
+        let default = agent(&mut a, &m).unwrap();
+        assert_eq!(a.node.as_deref(), Some("c1"));
+        assert_eq!(a.servers, ["10.0.0.5:8300", "s:1"]);
+        assert_eq!(a.address, "10.0.0.9");
+        assert!(a.auto_encrypt);
+        assert_eq!(a.token, "agent-secret");
+        assert_eq!(default.as_ref().map(Secret::expose), Some("default-secret"));
+
+        std::fs::write(&file, "bind_addr = \"0.0.0.0\"\n").unwrap();
+        let (Cmd::Agent(mut a), m) = parse("agent", &["--config-file", &f]) else {
+            panic!("agent")
+        };
+        let e = agent(&mut a, &m).unwrap_err().to_string();
+        assert!(e.contains("cannot be an agent's catalog address"), "{e}");
     }
 
     #[test]
