@@ -7,8 +7,6 @@
 //! [`ArgMatches::value_source`]; reading and merging the files is `mesh_control::config_file`.
 
 use std::net::{IpAddr, SocketAddr};
-#[cfg(test)]
-use std::path::Path;
 use std::path::PathBuf;
 
 use anyhow::Context;
