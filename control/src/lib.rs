@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod config_file;
 pub mod data_dir;
 pub mod fsm;
 pub mod raft;

@@ -19,5 +19,7 @@ pub mod error_chain;
 pub mod hash;
 pub mod intentions;
 pub mod model;
+#[cfg(feature = "spanned")]
+pub mod spanned;
 pub mod spiffe;
 pub mod wire;

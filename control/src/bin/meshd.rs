@@ -1,14 +1,20 @@
 //! `meshd`: the control-plane daemon. `meshd server` runs one Raft server; `meshd dev` runs a
 //! single-node server with its data in a temporary directory, for trying the mesh out.
 //!
+//! Every subcommand also reads configuration files with Consul's key names (`--config-file`,
+//! `--config-dir`; `overlay`), under its flags.
+//!
 //! Stdout carries machine-readable lines only: `meshd: node N listening rpc=A http=B` and
 //! `meshd: node N ready leader=A trust_domain=T` (see `main`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+#[path = "meshd/overlay.rs"]
+mod overlay;
+
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mesh_control::intentions::DefaultPolicy;
 use mesh_control::server::{AclConfig, Server, ServerConfig};
 use mesh_control::tls::TlsFiles;
@@ -33,16 +39,19 @@ enum Cmd {
 
 #[derive(Parser)]
 struct AgentArgs {
-    /// gRPC address of a server (repeatable; the agent fails over between them).
-    #[arg(long = "server", required = true)]
+    /// gRPC address of a server (repeatable; the agent fails over between them). Required,
+    /// here or as `retry_join` in a config file.
+    #[arg(long = "server")]
     servers: Vec<String>,
+    /// This node's name (or `node_name` in a config file).
     #[arg(long)]
-    node: String,
+    node: Option<String>,
     /// Directory for the agent's state: the services and checks registered through its HTTP
     /// API, with their status, restored when the agent restarts. Required (as Consul's
-    /// `-data-dir`): without it a restart would drop every service of the node.
-    #[arg(long, required = true)]
-    data_dir: PathBuf,
+    /// `-data-dir`; or `data_dir` in a config file): without it a restart would drop every
+    /// service of the node.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     #[arg(long, default_value = "dc1")]
     datacenter: String,
     #[arg(long, default_value = "127.0.0.1:8500")]
@@ -71,8 +80,23 @@ struct AgentArgs {
     /// Get this agent's RPC client certificate from the servers (Consul's
     /// `auto_encrypt.tls`): needs only --tls-ca-file and a --token with `node:write` on
     /// --node; the key is generated here and the certificate renewed before it expires.
-    #[arg(long, requires = "tls_ca_file", conflicts_with = "tls_cert_file")]
+    #[arg(long, conflicts_with = "tls_cert_file")]
     auto_encrypt: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Configuration files, read in the order given; flags override them.
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// A configuration file with Consul's key names, HCL (`.hcl`) or JSON (`.json`).
+    /// Repeatable: later files override earlier ones, lists (`retry_join`) add up.
+    #[arg(long, value_name = "FILE")]
+    config_file: Vec<PathBuf>,
+    /// A directory whose `.hcl` and `.json` files are read in lexical order (not its
+    /// subdirectories). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    config_dir: Vec<PathBuf>,
 }
 
 /// Mutual TLS on the RPC port (Consul's `tls.defaults`); verification of the peer's chain and
@@ -84,20 +108,30 @@ struct TlsArgs {
     #[arg(long)]
     tls_ca_file: Option<PathBuf>,
     /// This process's RPC certificate (PEM; `meshctl tls cert create -server|-client`).
-    #[arg(long, requires_all = ["tls_ca_file", "tls_key_file"])]
+    #[arg(long)]
     tls_cert_file: Option<PathBuf>,
     /// The key of --tls-cert-file (PEM, mode 0600).
-    #[arg(long, requires_all = ["tls_ca_file", "tls_cert_file"])]
+    #[arg(long)]
     tls_key_file: Option<PathBuf>,
 }
 
 impl TlsArgs {
-    fn files(&self) -> Option<TlsFiles> {
-        Some(TlsFiles {
-            ca_file: self.tls_ca_file.clone()?,
+    /// The files, once flags and config files are merged (so checked here, not by clap):
+    /// a certificate, a key or auto-encrypt without a CA file is refused.
+    fn files(&self, auto_encrypt: bool) -> anyhow::Result<Option<TlsFiles>> {
+        let Some(ca_file) = self.tls_ca_file.clone() else {
+            anyhow::ensure!(
+                self.tls_cert_file.is_none() && self.tls_key_file.is_none() && !auto_encrypt,
+                "--tls-cert-file, --tls-key-file and auto-encrypt need --tls-ca-file (the CA \
+                 that verifies the servers)"
+            );
+            return Ok(None);
+        };
+        Ok(Some(TlsFiles {
+            ca_file,
             cert_file: self.tls_cert_file.clone(),
             key_file: self.tls_key_file.clone(),
-        })
+        }))
     }
 }
 
@@ -107,13 +141,13 @@ fn duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(Parser)]
 struct ServerArgs {
-    /// Unique name of this server.
+    /// Unique name of this server (or `node_name` in a config file).
     #[arg(long)]
-    node: String,
+    node: Option<String>,
     /// Directory for the Raft log, vote and snapshots, and (in `agent/`) the embedded agent's
-    /// services and checks.
+    /// services and checks (or `data_dir` in a config file).
     #[arg(long)]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
     /// gRPC address for Raft and agents.
     #[arg(long, default_value = "127.0.0.1:8300")]
     bind: SocketAddr,
@@ -142,14 +176,20 @@ struct ServerArgs {
     /// it unless --tls-ca-file is given). Prints a warning at start.
     #[arg(long, conflicts_with = "tls_ca_file")]
     insecure_plaintext_rpc: bool,
+    /// File holding the key that seals CA private keys (see issue 13; Consul's `encrypt`
+    /// gives the key itself in a config file).
+    #[arg(long)]
+    encrypt_key_file: Option<PathBuf>,
     #[command(flatten)]
     tls: TlsArgs,
     /// Let agents that have only the CA file and an ACL token get a client certificate from
     /// this server (Consul's `auto_encrypt.allow_tls`).
-    #[arg(long, requires = "tls_ca_file")]
+    #[arg(long)]
     auto_encrypt_allow_tls: bool,
     #[command(flatten)]
     acl: AclArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Parser)]
@@ -178,6 +218,8 @@ struct DevArgs {
     auto_encrypt_allow_tls: bool,
     #[command(flatten)]
     acl: AclArgs,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 /// ACL flags of `meshd server` and `meshd dev`. A server enforces ACLs unless told
@@ -230,14 +272,14 @@ fn warn_weak_acl(acl: &AclConfig, dev: bool) {
     if !acl.enabled {
         if !dev {
             tracing::warn!(
-                "ACLs are DISABLED (--acl-disabled): any process that reaches this server's \
+                "ACLs are DISABLED (--acl-disabled or acl.enabled = false): any process that reaches this server's \
                  HTTP or gRPC port can obtain any service's certificate and key, change \
                  intentions, rotate the CA and remove servers"
             );
         }
     } else if acl.default_policy == DefaultPolicy::Allow {
         tracing::warn!(
-            "ACL default policy is ALLOW (--acl-default-policy allow): requests without a \
+            "ACL default policy is ALLOW (--acl-default-policy allow or acl.default_policy): requests without a \
              token, and anything a token's rules do not mention, are allowed"
         );
     }
@@ -260,26 +302,34 @@ fn init_logging() {
         .init();
 }
 
-async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
-    use mesh_control::agent::{Agent, AgentConfig};
-    let mut c = AgentConfig::new(a.node.clone(), a.servers);
+async fn run_agent(mut a: AgentArgs, matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    use mesh_control::agent::{Agent, AgentConfig, TokenKind};
+    let default_token = overlay::agent(&mut a, matches)?;
+    let node = overlay::required(a.node, "--node", "node_name")?;
+    anyhow::ensure!(
+        !a.servers.is_empty(),
+        "missing --server: pass it (repeatable), or set retry_join in a config file"
+    );
+    let mut c = AgentConfig::new(node.clone(), a.servers);
     c.datacenter = a.datacenter;
     c.http_addr = Some(a.http_addr);
     c.address = a.address;
     c.cache_ttl = a.cache_ttl;
     c.leaf_rotation_jitter = a.leaf_rotation_jitter;
-    c.data_dir = Some(a.data_dir);
+    c.data_dir = Some(overlay::required(a.data_dir, "--data-dir", "data_dir")?);
     anyhow::ensure!(
         mesh_control::agent::Credential::token(Some(&a.token)).is_ok(),
         "--token / MESH_AGENT_TOKEN must be visible ASCII"
     );
-    let tls = match a.tls.files() {
+    let tls = match a.tls.files(a.auto_encrypt)? {
         None => None,
         Some(files) => Some(
             mesh_control::tls::RpcTls::agent(&files, &c.datacenter)
                 .context("loading the RPC TLS files")?,
         ),
     };
+    c.token = mesh_control::agent::AgentToken(a.token.clone());
+    let mut renewal = None;
     if let Some(tls) = &tls {
         anyhow::ensure!(
             a.auto_encrypt || a.tls.tls_cert_file.is_some(),
@@ -287,29 +337,37 @@ async fn run_agent(a: AgentArgs) -> anyhow::Result<()> {
              --tls-key-file (`meshctl tls cert create -client`), or --auto-encrypt"
         );
         if a.auto_encrypt {
-            let expiry = auto_encrypt_first(tls, &c.servers, &a.token, &a.node).await?;
-            c.tls = Some(tls.clone());
-            c.token = mesh_control::agent::AgentToken(a.token);
-            let handle = Agent::start(c)
-                .await
-                .with_context(|| format!("starting agent {}", a.node))?;
-            let agent = handle.agent.clone();
-            mesh_control::agent::auto_encrypt::spawn_renewal(
-                tls.clone(),
-                agent.config.servers.clone(),
-                move || agent.conn.identity().credential(),
-                a.node.clone(),
-                expiry,
-            );
-            return serve_agent(handle, &a.node).await;
+            renewal = Some(auto_encrypt_first(tls, &c.servers, &a.token, &node).await?);
         }
     }
-    c.tls = tls;
-    c.token = mesh_control::agent::AgentToken(a.token);
+    c.tls = tls.clone();
     let handle = Agent::start(c)
         .await
-        .with_context(|| format!("starting agent {}", a.node))?;
-    serve_agent(handle, &a.node).await
+        .with_context(|| format!("starting agent {node}"))?;
+    if let (Some(tls), Some(expiry)) = (tls, renewal) {
+        let agent = handle.agent.clone();
+        mesh_control::agent::auto_encrypt::spawn_renewal(
+            tls,
+            agent.config.servers.clone(),
+            move || agent.conn.identity().credential(),
+            node.clone(),
+            expiry,
+        );
+    }
+    if let Some(t) = default_token {
+        handle
+            .agent
+            .set_token(TokenKind::Default, t.expose().to_string());
+    }
+    println!(
+        "meshd: agent {} listening http={}",
+        node,
+        handle.http_addr.map(|a| a.to_string()).unwrap_or_default()
+    );
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
 }
 
 /// Gets the agent's first certificate through auto-encrypt, retrying while no server
@@ -340,19 +398,6 @@ async fn auto_encrypt_first(
         }
         tokio::time::sleep(RETRY).await;
     }
-}
-
-async fn serve_agent(handle: mesh_control::agent::AgentHandle, node: &str) -> anyhow::Result<()> {
-    let a_node = node;
-    println!(
-        "meshd: agent {} listening http={}",
-        a_node,
-        handle.http_addr.map(|a| a.to_string()).unwrap_or_default()
-    );
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    handle.shutdown().await;
-    Ok(())
 }
 
 /// Set once SIGTERM or SIGINT arrives; the handlers are installed first thing in `main`, so
@@ -388,12 +433,23 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     init_logging();
     install_signal_handlers()?;
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches
+        .subcommand()
+        .map(|(_, m)| m)
+        .context("a subcommand")?;
     let dev = matches!(cli.command, Cmd::Dev(_));
     let (config, _tmp) = match cli.command {
-        Cmd::Agent(a) => return run_agent(a).await,
-        Cmd::Server(a) => {
-            let mut c = ServerConfig::new(a.node, a.data_dir);
+        Cmd::Agent(a) => return run_agent(a, sub).await,
+        Cmd::Server(mut a) => {
+            let encrypt = overlay::server(&mut a, sub)?;
+            let mut c = ServerConfig::new(
+                overlay::required(a.node, "--node", "node_name")?,
+                overlay::required(a.data_dir, "--data-dir", "data_dir")?,
+            );
+            c.encrypt_key_file = a.encrypt_key_file;
+            c.encrypt = encrypt;
             c.bind = a.bind;
             c.http_addr = a.http_addr;
             c.bootstrap_expect = a.bootstrap_expect;
@@ -402,12 +458,13 @@ async fn main() -> anyhow::Result<()> {
             c.snapshot_threshold = a.snapshot_threshold;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(!a.acl_disabled);
-            c.tls = a.tls.files();
+            c.tls = a.tls.files(false)?;
             c.auto_encrypt_allow_tls = a.auto_encrypt_allow_tls;
             check_rpc_bind(c.bind, c.tls.is_some(), a.insecure_plaintext_rpc)?;
             (c, None)
         }
-        Cmd::Dev(a) => {
+        Cmd::Dev(mut a) => {
+            let datacenter = overlay::dev(&mut a, sub)?;
             let (dir, tmp) = match a.data_dir {
                 Some(d) => (d, None),
                 None => {
@@ -417,12 +474,15 @@ async fn main() -> anyhow::Result<()> {
                 }
             };
             let mut c = ServerConfig::new(a.node, dir);
+            if let Some(dc) = datacenter {
+                c.datacenter = dc;
+            }
             c.bind = a.bind;
             c.http_addr = a.http_addr;
             c.bootstrap_expect = 1;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(a.acl.acl);
-            c.tls = a.tls.files();
+            c.tls = a.tls.files(false)?;
             c.auto_encrypt_allow_tls = a.auto_encrypt_allow_tls;
             check_rpc_bind(c.bind, c.tls.is_some(), a.insecure_plaintext_rpc)?;
             // A single node has nobody to wait for: elect at once.

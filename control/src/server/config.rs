@@ -47,6 +47,12 @@ pub struct ServerConfig {
     /// Consul's `auto_encrypt.allow_tls`: agents with only the CA file and a token may ask
     /// for a client certificate (`AutoEncrypt.Sign`). Needs `tls`.
     pub auto_encrypt_allow_tls: bool,
+    /// Sealing key for CA private keys (see issue 13): the file `--encrypt-key-file` (or a
+    /// config file's `encrypt_key_file`) names.
+    pub encrypt_key_file: Option<PathBuf>,
+    /// The same key given inline by a config file's `encrypt` (base64, as Consul's key); at
+    /// most one of the two is set. Never printed.
+    pub encrypt: Option<crate::config_file::Secret>,
 }
 
 impl ServerConfig {
@@ -70,6 +76,8 @@ impl ServerConfig {
             acl: AclConfig::default(),
             tls: None,
             auto_encrypt_allow_tls: false,
+            encrypt_key_file: None,
+            encrypt: None,
         }
     }
 }

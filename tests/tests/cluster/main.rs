@@ -8,6 +8,7 @@ mod t40_meshctl;
 mod t50_dev_ready;
 mod t60_empty_store;
 mod t70_plaintext_rpc;
+mod t80_config_file;
 mod t90_data_dir_mode;
 
 use std::time::Duration;

@@ -1,20 +1,8 @@
 //! Why a rule text was refused. Every variant names the field (as a path such as
-//! `service "db".policy`) and, for HCL, the line it is on, so an operator can find it.
+//! `service "db".policy`) and the line it is on, so an operator can find it.
 
-use std::fmt;
-
-/// A 1-based line in the rule text, when the parser knows it (HCL; JSON only for syntax errors).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Line(pub Option<usize>);
-
-impl fmt::Display for Line {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(n) => write!(f, " (line {n})"),
-            None => Ok(()),
-        }
-    }
-}
+pub use crate::spanned::Line;
+use crate::spanned::SyntaxError;
 
 /// Why a rule text could not be turned into [`Rules`](super::Rules).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, strum::IntoStaticStr)]
@@ -128,6 +116,30 @@ impl RulesError {
             | RulesError::MissingField { line, .. }
             | RulesError::Duplicate { line, .. }
             | RulesError::WrongType { line, .. } => line.0,
+        }
+    }
+}
+
+impl From<SyntaxError> for RulesError {
+    fn from(e: SyntaxError) -> Self {
+        let SyntaxError {
+            syntax,
+            line,
+            column,
+            message,
+        } = e;
+        if syntax == "HCL" {
+            RulesError::Hcl {
+                line,
+                column,
+                message,
+            }
+        } else {
+            RulesError::Json {
+                line,
+                column,
+                message,
+            }
         }
     }
 }

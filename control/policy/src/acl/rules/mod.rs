@@ -3,9 +3,9 @@
 //! Consul writes rules in HCL or in the equivalent JSON ("ACL rules reference",
 //! <https://developer.hashicorp.com/consul/docs/reference/acl/rule>; the policy guide shows the
 //! same rules in both forms). Both forms go through one decoder (`tree`): the HCL body
-//! (`hcl`, parsed by the maintained `hcl-rs` crate) and the JSON object (`json`) are first
-//! turned into the same small tree, so the two can never disagree about what a rule means, and
-//! equal rules compare equal whatever form they were written in.
+//! and the JSON object are first turned into the same small tree ([`crate::spanned`]), so the
+//! two can never disagree about what a rule means, and equal rules compare equal whatever form
+//! they were written in.
 //!
 //! Resources this mesh enforces:
 //!
@@ -34,8 +34,6 @@
 //!   refuses that with a syntax error giving line and column.
 
 mod error;
-mod hcl;
-mod json;
 mod tree;
 
 use std::collections::BTreeMap;
@@ -171,12 +169,12 @@ impl Rules {
 
     /// Parses the HCL form.
     pub fn from_hcl(text: &str) -> Result<Rules, RulesError> {
-        tree::decode(&hcl::to_tree(text)?)
+        tree::decode(&crate::spanned::parse_hcl(text)?)
     }
 
     /// Parses Consul's JSON form of the same rules.
     pub fn from_json(text: &str) -> Result<Rules, RulesError> {
-        tree::decode(&json::to_tree(text)?)
+        tree::decode(&crate::spanned::parse_json(text)?)
     }
 
     /// True when the set holds no rule at all.

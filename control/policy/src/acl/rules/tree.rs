@@ -1,45 +1,18 @@
-//! The one decoder of rules, over a small tree both the HCL and the JSON parser produce.
+//! The one decoder of rules, over the tree both the HCL and the JSON parser produce
+//! ([`crate::spanned`]).
 //!
 //! The tree follows how HCL maps onto JSON (the mapping Consul relies on when it accepts either
 //! form): `service "db" { policy = "read" }` is the entry `service` whose value is an object
 //! with the entry `db`, whose value is an object with the entry `policy = "read"`. Entries keep
-//! their order and duplicates (so a repeated segment can be refused rather than silently
-//! dropped) and, from HCL, their line.
+//! their order, duplicates (so a repeated segment can be refused rather than silently
+//! dropped) and their line.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry as MapEntry;
 
-use super::error::{Line, RulesError};
+use super::error::RulesError;
 use super::{AccessLevel, Rules, ServiceRule};
-
-/// A value in the tree.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) enum Value {
-    /// A string literal.
-    Str(String),
-    /// An object or block body: entries in source order, duplicates kept.
-    Object(Vec<Entry>),
-    /// Anything else, by kind name (`"number"`, `"array"`, ...), for the error message.
-    Other(&'static str),
-}
-
-impl Value {
-    fn kind(&self) -> &'static str {
-        match self {
-            Value::Str(_) => "a string",
-            Value::Object(_) => "a block",
-            Value::Other(k) => k,
-        }
-    }
-}
-
-/// `key = value`, or a block `key "label" { ... }`, with its line when known.
-#[derive(Debug, Clone, PartialEq)]
-pub(super) struct Entry {
-    pub key: String,
-    pub value: Value,
-    pub line: Line,
-}
+use crate::spanned::{Entry, Line, Value};
 
 /// Resources Consul defines that this mesh does not enforce. Listed so they are refused as
 /// "not supported" instead of "unknown" (ACL rules reference, resource table).
