@@ -110,6 +110,8 @@ struct ServerArgs {
     insecure_plaintext_rpc: bool,
     #[command(flatten)]
     acl: AclArgs,
+    #[command(flatten)]
+    encrypt: EncryptArgs,
 }
 
 #[derive(Parser)]
@@ -132,6 +134,8 @@ struct DevArgs {
     insecure_plaintext_rpc: bool,
     #[command(flatten)]
     acl: AclArgs,
+    #[command(flatten)]
+    encrypt: EncryptArgs,
 }
 
 /// ACL flags of `meshd server` and `meshd dev`. A server enforces ACLs unless told
@@ -153,6 +157,26 @@ impl AclArgs {
             enabled,
             default_policy: self.acl_default_policy,
         }
+    }
+}
+
+/// The encryption key of `meshd server` and `meshd dev`.
+#[derive(clap::Args)]
+struct EncryptArgs {
+    /// File holding the cluster's encryption key (base64 of 32 random bytes, from `meshctl
+    /// keygen`; mode 0600): CA private keys are sealed with it (AES-256-GCM) before they enter
+    /// the Raft log and snapshots. Every server of a cluster needs the same key.
+    #[arg(long, value_name = "FILE")]
+    encrypt_key_file: Option<PathBuf>,
+}
+
+impl EncryptArgs {
+    fn load(&self) -> anyhow::Result<Option<mesh_control::seal::SealKey>> {
+        Ok(self
+            .encrypt_key_file
+            .as_deref()
+            .map(mesh_control::seal::key_file::load)
+            .transpose()?)
     }
 }
 
@@ -268,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
             c.snapshot_threshold = a.snapshot_threshold;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(!a.acl_disabled);
+            c.encrypt_key = a.encrypt.load()?;
             check_rpc_bind(c.bind, a.insecure_plaintext_rpc)?;
             (c, None)
         }
@@ -288,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
             c.bootstrap_expect = 1;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(a.acl.acl);
+            c.encrypt_key = a.encrypt.load()?;
             check_rpc_bind(c.bind, a.insecure_plaintext_rpc)?;
             // A single node has nobody to wait for: elect at once.
             c.election_timeout_min = std::time::Duration::from_millis(150);
@@ -314,6 +340,8 @@ async fn main() -> anyhow::Result<()> {
     if !dev {
         println!("{listening}");
     }
+    // The server may also stop by itself (`Server::fail`, e.g. a peer with another key).
+    let stopped = handle.server.shutdown_signal();
     tokio::select! {
         r = handle.server.wait_ready() => {
             if dev {
@@ -323,13 +351,21 @@ async fn main() -> anyhow::Result<()> {
                 "meshd: node {name} ready leader={} trust_domain={}",
                 r.leader_rpc_addr, r.trust_domain
             );
-            wait_for_signal().await?;
+            tokio::select! {
+                r = wait_for_signal() => r?,
+                _ = stopped => {}
+            }
         }
         r = wait_for_signal() => r?,
+        _ = handle.server.shutdown_signal() => {}
     }
     tracing::info!("shutting down");
+    let fatal = handle.server.fatal_error();
     handle.shutdown().await;
-    Ok(())
+    match fatal {
+        Some(reason) => anyhow::bail!("server {name} stopped: {reason}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -148,6 +148,40 @@ pub fn same_key(mine: &str, theirs: &str) -> bool {
     a.len() == b.len() && bool::from(subtle::ConstantTimeEq::ct_eq(a.as_bytes(), b.as_bytes()))
 }
 
+/// How a peer's key differs from this server's, as their key-check values tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PeerKeyMismatch {
+    #[error(
+        "it seals CA keys with an encryption key and this server has none: start this server \
+         with the cluster's --encrypt-key-file"
+    )]
+    PeerHasKey,
+    #[error(
+        "it runs without an encryption key but this server was given --encrypt-key-file: start \
+         this server without it, as the cluster's other servers"
+    )]
+    PeerHasNone,
+    #[error(
+        "it uses a different encryption key: every server of a cluster needs the same \
+         --encrypt-key-file"
+    )]
+    Different,
+}
+
+/// Whether a peer whose key-check value is `theirs` may be in a cluster with this server (whose
+/// value is `mine`), and if not, how they differ.
+pub fn check_peer(mine: &str, theirs: &str) -> Result<(), PeerKeyMismatch> {
+    if same_key(mine, theirs) {
+        return Ok(());
+    }
+    let none = |v: &str| same_key(v, NO_KEY_CHECK);
+    Err(match (none(mine), none(theirs)) {
+        (true, _) => PeerKeyMismatch::PeerHasKey,
+        (_, true) => PeerKeyMismatch::PeerHasNone,
+        _ => PeerKeyMismatch::Different,
+    })
+}
+
 /// The additional data of a sealed value: the format's name and the value's purpose.
 fn aad(purpose: &str) -> Vec<u8> {
     let mut v = SEALED_PREFIX.as_bytes().to_vec();

@@ -68,6 +68,13 @@ fn check_values_match_for_equal_keys_only_and_reveal_nothing() {
     assert!(same_key(NO_KEY_CHECK, ""));
     assert!(!same_key(&a.check_value(), ""));
     assert_eq!(format!("{a:?}"), "SealKey(<redacted>)");
+
+    let (ka, kb, none) = (a.check_value(), b.check_value(), NO_KEY_CHECK);
+    assert_eq!(check_peer(&ka, &ka), Ok(()));
+    assert_eq!(check_peer(none, ""), Ok(()));
+    assert_eq!(check_peer(&ka, &kb), Err(PeerKeyMismatch::Different));
+    assert_eq!(check_peer(none, &kb), Err(PeerKeyMismatch::PeerHasKey));
+    assert_eq!(check_peer(&ka, none), Err(PeerKeyMismatch::PeerHasNone));
 }
 
 fn write_file(dir: &tempfile::TempDir, name: &str, body: &str, mode: u32) -> std::path::PathBuf {

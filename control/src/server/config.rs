@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::intentions::DefaultPolicy;
+use crate::seal::SealKey;
 
 /// ACL settings. `meshd server` turns them on unless `--acl-disabled`; `meshd dev` only with
 /// `--acl`. Off in `Default` (in-process tests and benches choose). With ACLs off nothing is
@@ -41,6 +42,9 @@ pub struct ServerConfig {
     /// Leaf re-issue window of the embedded agent after a root rotation.
     pub leaf_rotation_jitter: Duration,
     pub acl: AclConfig,
+    /// The cluster's encryption key (`--encrypt-key-file`): CA private keys are sealed with it
+    /// before they enter the Raft log (see `crate::seal`). Every server needs the same one.
+    pub encrypt_key: Option<SealKey>,
 }
 
 impl ServerConfig {
@@ -62,6 +66,7 @@ impl ServerConfig {
             write_timeout: Duration::from_secs(10),
             leaf_rotation_jitter: Duration::from_secs(30),
             acl: AclConfig::default(),
+            encrypt_key: None,
         }
     }
 }

@@ -105,13 +105,23 @@ struct ClusterApi(Arc<Server>);
 impl Cluster for ClusterApi {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let s = &self.0;
-        if let Some(from) = req.into_inner().from {
-            let node = MeshNode {
-                name: from.name,
-                rpc_addr: from.rpc_addr,
-                http_addr: from.http_addr,
-            };
-            s.known.lock().insert(from.id, node);
+        let req = req.into_inner();
+        if let Some(from) = req.from {
+            // A server with another encryption key is not counted toward bootstrap; it sees
+            // the mismatch in the reply and stops.
+            match crate::seal::check_peer(&s.seal_check, &req.seal_check) {
+                Ok(()) => {
+                    let node = MeshNode {
+                        name: from.name,
+                        rpc_addr: from.rpc_addr,
+                        http_addr: from.http_addr,
+                    };
+                    s.known.lock().insert(from.id, node);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %from.rpc_addr, reason = %e, "ignoring a server with another encryption key")
+                }
+            }
         }
         let initialized = s
             .raft
@@ -123,6 +133,7 @@ impl Cluster for ClusterApi {
             me: Some(info(&s.me, s.id)),
             known,
             initialized,
+            seal_check: s.seal_check.clone(),
         }))
     }
 
@@ -139,6 +150,13 @@ impl Cluster for ClusterApi {
         secret::require(&self.0.state, &req)?;
         let req = req.into_inner();
         let cmd: Command = parse(&req.json)?;
+        if cmd.leader_only() {
+            return Err(Status::permission_denied(format!(
+                "{} is built by the leader only and is not accepted from another server; \
+                 forward the request (e.g. Cluster.RotateCa) instead",
+                cmd.op()
+            )));
+        }
         write_reply(self.0.write_hops(cmd, req.hops).await)
     }
 

@@ -53,6 +53,10 @@ pub struct Server {
     pub(crate) liveness: liveness::Liveness,
     /// Resolves request tokens (cached per ACL table index).
     pub(crate) acl_resolver: acl::AclResolver,
+    /// This server's encryption-key check value, exchanged in `Cluster.Hello` (`crate::seal`).
+    pub(crate) seal_check: String,
+    /// Why the server stopped by itself (see [`Server::fail`]).
+    fatal: Mutex<Option<String>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -91,7 +95,18 @@ impl Server {
         let raft = Raft::new(id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| ServerError::Start(Box::new(e)))?;
+        // The stored state (snapshot and committed log) is applied now: a server whose
+        // encryption key does not open the active root's key stops here, not at its first
+        // signature.
+        let active = state.read(|s| s.ca.active().cloned());
+        if let Some(Err(e)) =
+            active.map(|r| crate::seal::root::open(config.encrypt_key.as_ref(), &r).map(drop))
+        {
+            let _ = raft.shutdown().await;
+            return Err(e.into());
+        }
         let (shutdown, _) = watch::channel(false);
+        let config_key = config.encrypt_key.clone();
         let server = Arc::new(Server {
             id,
             me: me.clone(),
@@ -104,6 +119,8 @@ impl Server {
             known: Mutex::new(BTreeMap::from([(id, me)])),
             liveness: liveness::Liveness::default(),
             acl_resolver: acl::AclResolver::default(),
+            seal_check: crate::seal::check_value(config_key.as_ref()),
+            fatal: Mutex::new(None),
             shutdown,
         });
         tracing::info!(node = %server.me.name, id, %rpc_addr, %http_addr, "server started");
@@ -164,6 +181,20 @@ impl Server {
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Stops the server for a reason it cannot run with (e.g. the cluster it would join uses
+    /// another encryption key): logs it, keeps it for [`Server::fatal_error`], and starts
+    /// shutdown.
+    pub(crate) fn fail(&self, reason: String) {
+        tracing::error!(%reason, "stopping the server");
+        *self.fatal.lock() = Some(reason);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Why the server stopped by itself, if it did.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().clone()
     }
 
     /// This server's view of readiness: a leader is known and an active CA root is applied
