@@ -57,28 +57,19 @@ fn occurrences(file: &Path, needle: &str) -> usize {
         .count()
 }
 
-#[test]
-fn sealed_ca_keys_never_reach_the_store_and_the_key_must_match() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = keygen(dir.path(), "key");
-    let other = keygen(dir.path(), "other");
-    let data = dir.path().join("s1");
-    let store = data.join("raft.redb");
-    let (rpc, web) = (free_port(), free_port());
-    let args = args_with_key("s1", &data, rpc, web, 1, &[], Some(&key));
-    let mut s1 = Meshd::spawn("s1", &args).unwrap();
-    let first = wait_active_root(s1.http_addr).unwrap();
-
-    // A rotation goes through the same sealing, and the server still signs with the new root.
-    let r = http("PUT", s1.http_addr, "/v1/connect/ca/rotate", Some("")).unwrap();
+/// Rotates the CA of the server `s` and waits for a leaf from the new root (signing opens the
+/// sealed key in memory); the new root's ID.
+fn rotate_and_sign(s: &Meshd) -> String {
+    let first = wait_active_root(s.http_addr).unwrap();
+    let r = http("PUT", s.http_addr, "/v1/connect/ca/rotate", Some("")).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
-    let second = wait_active_root(s1.http_addr).unwrap();
+    let second = wait_active_root(s.http_addr).unwrap();
     assert_ne!(first, second);
     let leaf = eventually(
         "a leaf from the rotated root",
         Duration::from_secs(30),
         || {
-            let r = http("GET", s1.http_addr, "/v1/agent/connect/ca/leaf/web", None).ok()?;
+            let r = http("GET", s.http_addr, "/v1/agent/connect/ca/leaf/web", None).ok()?;
             let v = r.json().ok()?;
             (v["RootID"].as_str()? == second).then_some(v)
         },
@@ -90,6 +81,56 @@ fn sealed_ca_keys_never_reach_the_store_and_the_key_must_match() {
             .unwrap()
             .contains("BEGIN CERTIFICATE")
     );
+    second
+}
+
+/// Asserts the store holds no CA key in clear and at least `sealed` sealed values.
+fn assert_sealed(store: &Path, sealed: usize) {
+    assert_eq!(
+        occurrences(store, "PRIVATE KEY"),
+        0,
+        "a CA key in clear in {}",
+        store.display()
+    );
+    assert!(
+        occurrences(store, "mesh-sealed-v1:") >= sealed,
+        "both roots' keys, sealed"
+    );
+}
+
+#[test]
+fn meshd_dev_seals_its_ca_keys_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let data = dir.path().join("dev");
+    let args: Vec<String> = vec![
+        "dev".to_string(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--bind".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--http-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--encrypt-key-file".into(),
+        key.display().to_string(),
+    ];
+    let mut dev = Meshd::spawn("dev", &args).unwrap();
+    rotate_and_sign(&dev);
+    assert!(dev.stop(), "meshd dev stops cleanly");
+    assert_sealed(&data.join("raft.redb"), 2);
+}
+
+#[test]
+fn sealed_ca_keys_never_reach_the_store_and_the_key_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path(), "key");
+    let other = keygen(dir.path(), "other");
+    let data = dir.path().join("s1");
+    let store = data.join("raft.redb");
+    let (rpc, web) = (free_port(), free_port());
+    let args = args_with_key("s1", &data, rpc, web, 1, &[], Some(&key));
+    let mut s1 = Meshd::spawn("s1", &args).unwrap();
+    let second = rotate_and_sign(&s1);
     // Writes enough for a snapshot past both roots, then the store's bytes.
     for i in 0..4 {
         let body = format!("{{\"Node\":\"n{i}\",\"Address\":\"127.0.0.1\"}}");
@@ -97,15 +138,7 @@ fn sealed_ca_keys_never_reach_the_store_and_the_key_must_match() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     assert!(s1.stop(), "s1 stops cleanly");
-    assert_eq!(
-        occurrences(&store, "PRIVATE KEY"),
-        0,
-        "a CA key in clear in raft.redb"
-    );
-    assert!(
-        occurrences(&store, "mesh-sealed-v1:") >= 2,
-        "both roots' keys, sealed"
-    );
+    assert_sealed(&store, 2);
 
     let key_text = std::fs::read_to_string(&key).unwrap();
     let refusals = [
