@@ -106,22 +106,14 @@ impl Cluster for ClusterApi {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let s = &self.0;
         let req = req.into_inner();
-        if let Some(from) = req.from {
-            // A server with another encryption key is not counted toward bootstrap; it sees
-            // the mismatch in the reply and stops.
-            match crate::seal::check_peer(&s.seal_check, &req.seal_check) {
-                Ok(()) => {
-                    let node = MeshNode {
-                        name: from.name,
-                        rpc_addr: from.rpc_addr,
-                        http_addr: from.http_addr,
-                    };
-                    s.known.lock().insert(from.id, node);
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %from.rpc_addr, reason = %e, "ignoring a server with another encryption key")
-                }
-            }
+        let from = req.from.filter(|f| s.same_key_as(f, &req.seal_check));
+        if let Some(from) = from {
+            let node = MeshNode {
+                name: from.name,
+                rpc_addr: from.rpc_addr,
+                http_addr: from.http_addr,
+            };
+            s.known.lock().insert(from.id, node);
         }
         let initialized = s
             .raft

@@ -192,6 +192,19 @@ impl Server {
         self.shutdown.send_replace(true);
     }
 
+    /// Whether a server that greets this one (`Cluster.Hello`) with key-check value `check`
+    /// holds the same encryption key; one that does not is not counted toward bootstrap (it
+    /// sees the mismatch in the reply and stops), and the refusal is logged here.
+    pub(crate) fn same_key_as(&self, peer: &crate::proto::ServerInfo, check: &str) -> bool {
+        match crate::seal::check_peer(&self.seal_check, check) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(peer = %peer.rpc_addr, reason = %e, "ignoring a server with another encryption key");
+                false
+            }
+        }
+    }
+
     /// Why the server stopped by itself, if it did.
     pub fn fatal_error(&self) -> Option<String> {
         self.fatal.lock().clone()
