@@ -32,4 +32,5 @@ pub mod proto {
 }
 pub mod cli;
 pub mod http;
+pub mod seal;
 pub mod server;

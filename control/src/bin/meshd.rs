@@ -220,6 +220,8 @@ struct DevArgs {
     acl: AclArgs,
     #[command(flatten)]
     config: ConfigArgs,
+    #[command(flatten)]
+    encrypt: EncryptArgs,
 }
 
 /// ACL flags of `meshd server` and `meshd dev`. A server enforces ACLs unless told
@@ -242,6 +244,36 @@ impl AclArgs {
             default_policy: self.acl_default_policy,
         }
     }
+}
+
+/// The encryption key of `meshd server` and `meshd dev`.
+#[derive(clap::Args)]
+struct EncryptArgs {
+    /// File holding the cluster's encryption key (base64 of 32 random bytes, from `meshctl
+    /// keygen`; mode 0600): CA private keys are sealed with it (AES-256-GCM) before they enter
+    /// the Raft log and snapshots. Every server of a cluster needs the same key.
+    #[arg(long, value_name = "FILE")]
+    encrypt_key_file: Option<PathBuf>,
+}
+
+impl EncryptArgs {
+    fn load(&self) -> anyhow::Result<Option<mesh_control::seal::SealKey>> {
+        load_encrypt_key(self.encrypt_key_file.as_deref(), None)
+    }
+}
+
+/// The sealing key from `--encrypt-key-file` (or a config file's `encrypt_key_file`), or
+/// given inline by a config file's `encrypt` (at most one of them is set, see `overlay`).
+fn load_encrypt_key(
+    file: Option<&std::path::Path>,
+    inline: Option<mesh_control::config_file::Secret>,
+) -> anyhow::Result<Option<mesh_control::seal::SealKey>> {
+    if let Some(path) = file {
+        return Ok(Some(mesh_control::seal::key_file::load(path)?));
+    }
+    Ok(inline
+        .map(|s| mesh_control::seal::key_file::parse_inline(s.expose()))
+        .transpose()?)
 }
 
 /// Refuses a plaintext RPC port reachable from other hosts unless `--insecure-plaintext-rpc`
@@ -448,8 +480,7 @@ async fn main() -> anyhow::Result<()> {
                 overlay::required(a.node, "--node", "node_name")?,
                 overlay::required(a.data_dir, "--data-dir", "data_dir")?,
             );
-            c.encrypt_key_file = a.encrypt_key_file;
-            c.encrypt = encrypt;
+            c.encrypt_key = load_encrypt_key(a.encrypt_key_file.as_deref(), encrypt)?;
             c.bind = a.bind;
             c.http_addr = a.http_addr;
             c.bootstrap_expect = a.bootstrap_expect;
@@ -482,6 +513,7 @@ async fn main() -> anyhow::Result<()> {
             c.bootstrap_expect = 1;
             c.leaf_rotation_jitter = a.leaf_rotation_jitter;
             c.acl = a.acl.config(a.acl.acl);
+            c.encrypt_key = a.encrypt.load()?;
             c.tls = a.tls.files(false)?;
             c.auto_encrypt_allow_tls = a.auto_encrypt_allow_tls;
             check_rpc_bind(c.bind, c.tls.is_some(), a.insecure_plaintext_rpc)?;
@@ -510,6 +542,8 @@ async fn main() -> anyhow::Result<()> {
     if !dev {
         println!("{listening}");
     }
+    // The server may also stop by itself (`Server::fail`, e.g. a peer with another key).
+    let stopped = handle.server.shutdown_signal();
     tokio::select! {
         r = handle.server.wait_ready() => {
             if dev {
@@ -519,13 +553,21 @@ async fn main() -> anyhow::Result<()> {
                 "meshd: node {name} ready leader={} trust_domain={}",
                 r.leader_rpc_addr, r.trust_domain
             );
-            wait_for_signal().await?;
+            tokio::select! {
+                r = wait_for_signal() => r?,
+                _ = stopped => {}
+            }
         }
         r = wait_for_signal() => r?,
+        _ = handle.server.shutdown_signal() => {}
     }
     tracing::info!("shutting down");
+    let fatal = handle.server.fatal_error();
     handle.shutdown().await;
-    Ok(())
+    match fatal {
+        Some(reason) => anyhow::bail!("server {name} stopped: {reason}"),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

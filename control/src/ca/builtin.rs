@@ -82,31 +82,74 @@ impl CaProvider for BuiltinProvider {
             .self_signed(&key)
             .map_err(generate("root certificate"))?;
 
-        let root_cert = cert.pem();
         let parsed = parse_cert(cert.der()).map_err(|reason| CaError::BadStoredRoot {
             root_id: String::new(),
             reason: format!("freshly generated root does not parse: {reason}"),
         })?;
-        let ski = subject_key_id(&parsed).unwrap_or_default();
-        let root = CaRoot {
-            id: colon_hex(&sha256(cert.der())),
-            name: "Mesh CA Primary Cert".to_string(),
-            serial_number: serial,
-            signing_key_id: colon_hex(&ski),
-            external_trust_domain: trust_domain,
-            not_before: rfc3339(parsed.validity().not_before.to_datetime()),
-            not_after: rfc3339(parsed.validity().not_after.to_datetime()),
-            root_cert,
-            intermediate_certs: Vec::new(),
-            active: true,
-            private_key_type: "ec".to_string(),
-            private_key_bits: 256,
-            rotated_out_at: 0,
-            create_index: 0,
-            modify_index: 0,
-        };
         Ok(StoredRoot {
-            root,
+            root: root_record(cert.der(), cert.pem(), &parsed, serial, trust_domain),
+            private_key_pem: key.serialize_pem(),
+        })
+    }
+
+    fn import_root(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        trust_domain: &str,
+        serial: u64,
+        now: OffsetDateTime,
+    ) -> Result<StoredRoot, CaError> {
+        let bad = |reason: &str| CaError::InvalidSuppliedRoot {
+            reason: reason.to_string(),
+        };
+        let der =
+            cert_der_from_pem(cert_pem).map_err(|_| bad("RootCert is not a PEM certificate"))?;
+        let cert = parse_cert(&der).map_err(|e| CaError::InvalidSuppliedRoot {
+            reason: format!("RootCert: {e}"),
+        })?;
+        let is_ca = matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca);
+        if !is_ca {
+            return Err(bad(
+                "RootCert is not a CA certificate: it needs the basicConstraints extension with CA:TRUE",
+            ));
+        }
+        if matches!(cert.key_usage(), Ok(Some(ku)) if !ku.value.key_cert_sign()) {
+            return Err(bad("RootCert's keyUsage does not allow keyCertSign"));
+        }
+        if subject_key_id(&cert).is_none() {
+            return Err(bad("RootCert has no SubjectKeyIdentifier extension"));
+        }
+        let now = whole_seconds_utc(now);
+        let (not_before, not_after) = (
+            cert.validity().not_before.to_datetime(),
+            cert.validity().not_after.to_datetime(),
+        );
+        if now < not_before || now >= not_after {
+            return Err(CaError::InvalidSuppliedRoot {
+                reason: format!(
+                    "RootCert is not valid now (valid from {} to {})",
+                    rfc3339(not_before),
+                    rfc3339(not_after)
+                ),
+            });
+        }
+        // The key's own parse error is not quoted: it could echo key material.
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|_| bad("PrivateKey is not a PEM private key (PKCS#8 or SEC1)"))?;
+        if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
+            return Err(bad(
+                "PrivateKey must be an ECDSA P-256 key (the built-in CA's PrivateKeyType \"ec\", PrivateKeyBits 256)",
+            ));
+        }
+        if key.public_key_raw() != cert.public_key().subject_public_key.data.as_ref() {
+            return Err(bad("PrivateKey does not match RootCert's public key"));
+        }
+        let trust_domain = trust_domain.to_ascii_lowercase();
+        validate_trust_domain(&trust_domain)?;
+        let pem = pem_of(&der);
+        Ok(StoredRoot {
+            root: root_record(&der, pem, &cert, serial, trust_domain),
             private_key_pem: key.serialize_pem(),
         })
     }
@@ -287,6 +330,50 @@ fn issue(signer: &StoredRoot, leaf: Leaf<'_>, now: OffsetDateTime) -> Result<Iss
         valid_before: rfc3339(params.not_after),
         root_id: signer.root.id.clone(),
     })
+}
+
+/// The public record of a root whose certificate is `der` (`pem`, `parsed`), active, as the
+/// `serial`th root of the cluster signing for `trust_domain`. Everything is read back from the
+/// certificate, for generated and supplied roots alike.
+fn root_record(
+    der: &[u8],
+    pem: String,
+    parsed: &x509_parser::certificate::X509Certificate<'_>,
+    serial: u64,
+    trust_domain: String,
+) -> CaRoot {
+    let ski = subject_key_id(parsed).unwrap_or_default();
+    CaRoot {
+        id: colon_hex(&sha256(der)),
+        name: "Mesh CA Primary Cert".to_string(),
+        serial_number: serial,
+        signing_key_id: colon_hex(&ski),
+        external_trust_domain: trust_domain,
+        not_before: rfc3339(parsed.validity().not_before.to_datetime()),
+        not_after: rfc3339(parsed.validity().not_after.to_datetime()),
+        root_cert: pem,
+        intermediate_certs: Vec::new(),
+        active: true,
+        private_key_type: "ec".to_string(),
+        private_key_bits: 256,
+        rotated_out_at: 0,
+        create_index: 0,
+        modify_index: 0,
+    }
+}
+
+/// `der` as one PEM `CERTIFICATE` block (a supplied PEM is re-encoded: only its first
+/// certificate, without comments or other blocks, becomes the root).
+fn pem_of(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
 }
 
 /// Rejects trust domains that could not appear in a SPIFFE ID, using the one SPIFFE parser.

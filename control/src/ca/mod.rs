@@ -76,6 +76,19 @@ pub trait CaProvider: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<StoredRoot, CaError>;
 
+    /// Makes an operator-supplied root (the CA configuration's `RootCert` and `PrivateKey`) the
+    /// `serial`th root for `trust_domain`, after checking it can be one: a CA certificate
+    /// (basicConstraints CA:TRUE, keyCertSign if it has a keyUsage) valid at `now`, with a
+    /// SubjectKeyIdentifier, whose public key is the private key's.
+    fn import_root(
+        &self,
+        cert_pem: &str,
+        key_pem: &str,
+        trust_domain: &str,
+        serial: u64,
+        now: OffsetDateTime,
+    ) -> Result<StoredRoot, CaError>;
+
     /// Has `old` certify `new`'s subject and public key, returning the PEM certificate.
     ///
     /// During rotation this lets anything that still trusts only `old` verify leaves signed by
@@ -191,6 +204,10 @@ pub enum CaError {
         requested: String,
     },
 
+    /// The root given in the CA configuration cannot be one. `reason` never quotes the key.
+    #[error("invalid RootCert/PrivateKey: {reason}")]
+    InvalidSuppliedRoot { reason: String },
+
     #[error("no active CA root")]
     NoActiveRoot,
 
@@ -240,6 +257,7 @@ impl CaError {
                 | CaError::CsrRequestsCa { .. }
                 | CaError::UnsupportedKey { .. }
                 | CaError::InvalidTtl { .. }
+                | CaError::InvalidSuppliedRoot { .. }
         )
     }
 }

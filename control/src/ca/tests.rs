@@ -751,3 +751,91 @@ proptest::proptest! {
         proptest::prop_assert!(validate_csr(&pem, &web_id()).is_err());
     }
 }
+
+/// A CA certificate made outside the CA (as an operator would with openssl), signed by its own
+/// key; `ca` false makes an end-entity certificate instead.
+fn operator_cert(key: &KeyPair, ca: bool, now: OffsetDateTime, days: i64) -> String {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Operator Root");
+    params.distinguished_name = dn;
+    params.is_ca = if ca {
+        IsCa::Ca(BasicConstraints::Unconstrained)
+    } else {
+        IsCa::ExplicitNoCa
+    };
+    params.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(days);
+    params.self_signed(key).unwrap().pem()
+}
+
+#[test]
+fn a_supplied_root_must_be_a_current_ca_with_its_own_p256_key() {
+    let now = OffsetDateTime::now_utc();
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let other = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let ed = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+    let good = operator_cert(&key, true, now, 30);
+    let cases = [
+        (
+            operator_cert(&key, false, now, 30),
+            key.serialize_pem(),
+            "not a CA certificate",
+        ),
+        (good.clone(), other.serialize_pem(), "does not match"),
+        (
+            good.clone(),
+            "not a key".to_string(),
+            "not a PEM private key",
+        ),
+        (
+            operator_cert(&ed, true, now, 30),
+            ed.serialize_pem(),
+            "ECDSA P-256",
+        ),
+        (
+            operator_cert(&key, true, now - time::Duration::days(10), 2),
+            key.serialize_pem(),
+            "not valid now",
+        ),
+        (
+            "garbage".to_string(),
+            key.serialize_pem(),
+            "not a PEM certificate",
+        ),
+    ];
+    for (cert, key_pem, expected) in cases {
+        let e = BuiltinProvider
+            .import_root(&cert, &key_pem, TD, 2, now)
+            .unwrap_err();
+        assert!(matches!(e, CaError::InvalidSuppliedRoot { .. }) && e.is_client_error());
+        assert!(e.to_string().contains(expected), "{expected}: {e}");
+        assert!(!e.to_string().contains("PRIVATE KEY"));
+    }
+
+    // A valid one: described from its certificate, cross-signable by the current root, and
+    // able to sign leaves for the cluster's trust domain.
+    let imported = BuiltinProvider
+        .import_root(&good, &key.serialize_pem(), TD, 2, now)
+        .unwrap();
+    assert_eq!(imported.root.id, colon_hex(&sha256(&der_of(&good))));
+    assert_eq!(imported.root.serial_number, 2);
+    assert_eq!(imported.root.external_trust_domain, TD);
+    let old = root(1, now);
+    let cross = BuiltinProvider.cross_sign(&old, &imported, now).unwrap();
+    let leaf = leaf_for(&imported, "web", now);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, body: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    };
+    let (old_pem, cross_pem, leaf_pem) = (
+        file("old.pem", &old.root.root_cert),
+        file("cross.pem", &cross),
+        file("leaf.pem", &leaf),
+    );
+    let (ok, out) = openssl_verify(&old_pem, Some(&cross_pem), &leaf_pem);
+    assert!(ok, "{out}");
+}

@@ -21,6 +21,8 @@ pub enum CliError {
     Usage(String),
     #[error(transparent)]
     Tls(#[from] super::tls::TlsError),
+    #[error(transparent)]
+    KeyFile(#[from] crate::seal::key_file::KeyFileError),
 }
 
 /// A minimal HTTP/1.1 client bound to one API address.

@@ -51,6 +51,14 @@ pub enum Command {
         #[command(subcommand)]
         command: tls::TlsCmd,
     },
+    /// Print a new encryption key for `meshd --encrypt-key-file` (base64 of 32 random bytes),
+    /// as `consul keygen` does; every server of a cluster needs the same one.
+    Keygen {
+        /// Write the key to this new file (mode 0600; never over an existing file) instead of
+        /// printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 /// The commands that talk to an agent's or server's HTTP API.
@@ -136,6 +144,7 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         // Local files only: no API client, so a bad address or token cannot stop it.
         Command::Tls { command } => tls::run(command).map_err(CliError::from),
+        Command::Keygen { out } => keygen(out.as_deref()),
         Command::Api(command) => match ApiClient::new(&cli.http_addr, cli.token.as_deref()) {
             Ok(api) => run_api(&api, command).await,
             Err(e) => Err(e),
@@ -148,6 +157,19 @@ pub async fn run(cli: Cli) -> i32 {
             1
         }
     }
+}
+
+/// `meshctl keygen [-out FILE]`.
+fn keygen(out: Option<&std::path::Path>) -> Result<i32, CliError> {
+    use crate::seal::key_file;
+    match out {
+        Some(path) => {
+            key_file::write_new(path)?;
+            println!("==> Saved {}", path.display());
+        }
+        None => println!("{}", key_file::generate()?.as_str()),
+    }
+    Ok(0)
 }
 
 async fn run_api(api: &ApiClient, command: ApiCommand) -> Result<i32, CliError> {

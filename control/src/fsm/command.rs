@@ -13,7 +13,7 @@ use crate::config_entries::{ConfigEntry, ConfigKind};
 use crate::model::{CaConfig, HealthCheck, HealthStatus, Index, Intention, Node, ServiceInstance};
 
 /// A state change, as written to the Raft log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(tag = "Op")]
 #[allow(
     clippy::large_enum_variant,
@@ -138,6 +138,30 @@ pub enum Command {
     SetServerSecret {
         secret: ServerSecret,
     },
+}
+
+impl Command {
+    /// Whether only the leader may build this command, from what it alone decides: a CA root
+    /// and its (sealed) key, the time rotated-out roots are pruned at, the servers' secret, or
+    /// a CA configuration carrying a supplied root (which the leader must validate and
+    /// cross-sign first). Such a command is never accepted in another server's forwarded write
+    /// (`Cluster.Write`) and never forwarded: a follower forwards the *request* instead
+    /// (`Cluster.RotateCa` with the configuration) and the leader builds the command itself.
+    pub fn leader_only(&self) -> bool {
+        match self {
+            Command::CaInitialize { .. }
+            | Command::CaRotate { .. }
+            | Command::CaPruneRoots { .. }
+            | Command::SetServerSecret { .. } => true,
+            Command::CaSetConfig { config } => super::ca::has_root_material(config),
+            _ => false,
+        }
+    }
+
+    /// The command's name, as its `Op` tag in the log.
+    pub fn op(&self) -> &'static str {
+        self.into()
+    }
 }
 
 /// Errors a command can meet on apply; deterministic, so every server reports the same. The
@@ -355,6 +379,73 @@ mod tests {
         for (e, text) in cases {
             assert_eq!(e.to_string(), text);
         }
+    }
+
+    /// Commands carrying roots, keys or the leader's decisions are the leader's alone; the
+    /// catalog, intentions, ACLs and a plain CA configuration may be forwarded.
+    #[test]
+    fn only_the_leader_builds_ca_and_secret_commands() {
+        use crate::model::CaConfig;
+        let root = crate::ca::CaProvider::generate_root(
+            &crate::ca::BuiltinProvider,
+            "11111111-2222-3333-4444-555555555555.consul",
+            1,
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let config = |keys: &[&str]| CaConfig {
+            provider: "consul".into(),
+            config: keys
+                .iter()
+                .map(|k| (k.to_string(), serde_json::Value::from("x")))
+                .collect(),
+            create_index: 0,
+            modify_index: 0,
+        };
+        let leader_only = [
+            Command::CaInitialize {
+                cluster_id: "c".into(),
+                root: Box::new(root.clone()),
+                config: config(&[]),
+            },
+            Command::CaRotate {
+                expected_active: "a".into(),
+                new_root: Box::new(root),
+                cross_signed_pem: String::new(),
+                config: None,
+                now_unix: 0,
+            },
+            Command::CaPruneRoots { now_unix: i64::MAX },
+            Command::SetServerSecret {
+                secret: ServerSecret::new("ab".repeat(32)).unwrap(),
+            },
+            Command::CaSetConfig {
+                config: config(&["RootCert"]),
+            },
+            Command::CaSetConfig {
+                config: config(&["PrivateKey", "LeafCertTTL"]),
+            },
+        ];
+        for c in &leader_only {
+            assert!(c.leader_only(), "{}", c.op());
+        }
+        let forwardable = [
+            Command::CaSetConfig {
+                config: config(&["LeafCertTTL"]),
+            },
+            Command::AclTokenDelete {
+                accessor_id: "x".into(),
+            },
+            Command::Deregister {
+                node: "n".into(),
+                service_id: None,
+                check_id: None,
+            },
+        ];
+        for c in &forwardable {
+            assert!(!c.leader_only(), "{}", c.op());
+        }
+        assert_eq!(leader_only[1].op(), "CaRotate");
     }
 
     /// A forwarded write's result crosses servers as JSON; the typed error survives the trip.

@@ -18,7 +18,10 @@ mod secret;
 mod state;
 
 pub use acl_state::{AclState, anonymous_token};
-pub use ca::{DEFAULT_LEAF_TTL, leaf_ttl};
+pub use ca::{
+    DEFAULT_LEAF_TTL, ROOT_MATERIAL_KEYS, SuppliedRoot, SuppliedRootError, has_root_material,
+    leaf_ttl, supplied_root, without_root_material,
+};
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
 pub use secret::{MalformedSecret, SERVER_SECRET_HEX_LEN, ServerSecret};
 pub use state::{CaState, State, TableIndexes};

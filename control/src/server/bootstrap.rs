@@ -89,6 +89,7 @@ async fn step(server: &Arc<Server>, refusals: &mut Refusals) -> Result<bool, Str
         let mut client = ClusterClient::new(ch);
         let mut req = tonic::Request::new(HelloRequest {
             from: Some(me(server)),
+            seal_check: server.seal_check.clone(),
         });
         req.set_timeout(Duration::from_secs(2));
         let reply = match client.hello(req).await {
@@ -99,6 +100,12 @@ async fn step(server: &Arc<Server>, refusals: &mut Refusals) -> Result<bool, Str
             }
         };
         let reply = reply.into_inner();
+        if let Err(e) = crate::seal::check_peer(&server.seal_check, &reply.seal_check) {
+            server.fail(format!(
+                "refusing to form a cluster with server {addr}: {e}"
+            ));
+            return Ok(true);
+        }
         let mut known = server.known.lock();
         for s in reply.known.into_iter().chain(reply.me.clone()) {
             known.insert(

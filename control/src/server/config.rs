@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::intentions::DefaultPolicy;
+use crate::seal::SealKey;
 
 /// ACL settings. `meshd server` turns them on unless `--acl-disabled`; `meshd dev` only with
 /// `--acl`. Off in `Default` (in-process tests and benches choose). With ACLs off nothing is
@@ -47,12 +48,9 @@ pub struct ServerConfig {
     /// Consul's `auto_encrypt.allow_tls`: agents with only the CA file and a token may ask
     /// for a client certificate (`AutoEncrypt.Sign`). Needs `tls`.
     pub auto_encrypt_allow_tls: bool,
-    /// Sealing key for CA private keys (see issue 13): the file `--encrypt-key-file` (or a
-    /// config file's `encrypt_key_file`) names.
-    pub encrypt_key_file: Option<PathBuf>,
-    /// The same key given inline by a config file's `encrypt` (base64, as Consul's key); at
-    /// most one of the two is set. Never printed.
-    pub encrypt: Option<crate::config_file::Secret>,
+    /// The cluster's encryption key (`--encrypt-key-file`): CA private keys are sealed with it
+    /// before they enter the Raft log (see `crate::seal`). Every server needs the same one.
+    pub encrypt_key: Option<SealKey>,
 }
 
 impl ServerConfig {
@@ -76,8 +74,7 @@ impl ServerConfig {
             acl: AclConfig::default(),
             tls: None,
             auto_encrypt_allow_tls: false,
-            encrypt_key_file: None,
-            encrypt: None,
+            encrypt_key: None,
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::ca::CaError;
 use crate::fsm::ApplyError;
 use crate::http::ApiError;
 use crate::raft::{MeshNode, NodeId};
+use crate::seal::root::RootKeyError;
 use crate::store::StoreError;
 
 /// What a proposal (a write or a membership change) can meet in openraft.
@@ -54,6 +55,9 @@ pub enum ServerError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The CA root's key does not fit this server's encryption key (see `crate::seal::root`).
+    #[error(transparent)]
+    RootKey(#[from] RootKeyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -128,6 +132,8 @@ pub enum Refused {
     LeafTtl(#[source] crate::duration::DurationError),
     #[error("LeafCertTTL must be at least 1s")]
     LeafTtlTooShort,
+    #[error(transparent)]
+    SuppliedRoot(#[from] crate::fsm::SuppliedRootError),
     #[error(
         "cannot sign a leaf for datacenter {requested:?}: this server signs for datacenter {local:?} only"
     )]

@@ -128,7 +128,9 @@ struct ClusterApi(Arc<Server>);
 impl Cluster for ClusterApi {
     async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
         let s = &self.0;
-        if let Some(from) = req.into_inner().from {
+        let req = req.into_inner();
+        let from = req.from.filter(|f| s.same_key_as(f, &req.seal_check));
+        if let Some(from) = from {
             let node = MeshNode {
                 name: from.name,
                 rpc_addr: from.rpc_addr,
@@ -146,6 +148,7 @@ impl Cluster for ClusterApi {
             me: Some(info(&s.me, s.id)),
             known,
             initialized,
+            seal_check: s.seal_check.clone(),
         }))
     }
 
@@ -162,6 +165,13 @@ impl Cluster for ClusterApi {
         secret::require(&self.0.state, &req)?;
         let req = req.into_inner();
         let cmd: Command = parse(&req.json)?;
+        if cmd.leader_only() {
+            return Err(Status::permission_denied(format!(
+                "{} is built by the leader only and is not accepted from another server; \
+                 forward the request (e.g. Cluster.RotateCa) instead",
+                cmd.op()
+            )));
+        }
         write_reply(self.0.write_hops(cmd, req.hops).await)
     }
 

@@ -86,6 +86,8 @@ async fn tick(server: &Server) -> Result<(), super::ServerError> {
         let cluster_id = uuid::Uuid::new_v4().to_string();
         let td = format!("{cluster_id}.consul");
         let root = server.ca.generate_root(&td, 1, OffsetDateTime::now_utc())?;
+        // Sealed here, before it is part of a command: the log never holds the key in clear.
+        let root = crate::seal::root::seal(server.config.encrypt_key.as_ref(), root)?;
         tracing::info!(trust_domain = %td, root = %root.root.id, "initializing CA");
         server
             .write(Command::CaInitialize {

@@ -56,6 +56,10 @@ pub struct Server {
     pub(crate) acl_resolver: acl::AclResolver,
     /// TLS of the RPC port, both ways (`None`: plaintext).
     pub(crate) tls: Option<Arc<crate::tls::RpcTls>>,
+    /// This server's encryption-key check value, exchanged in `Cluster.Hello` (`crate::seal`).
+    pub(crate) seal_check: String,
+    /// Why the server stopped by itself (see [`Server::fail`]).
+    fatal: Mutex<Option<String>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -95,7 +99,18 @@ impl Server {
         let raft = Raft::new(id, raft_config, network, log_store, sm)
             .await
             .map_err(|e| ServerError::Start(Box::new(e)))?;
+        // The stored state (snapshot and committed log) is applied now: a server whose
+        // encryption key does not open the active root's key stops here, not at its first
+        // signature.
+        let active = state.read(|s| s.ca.active().cloned());
+        if let Some(Err(e)) =
+            active.map(|r| crate::seal::root::open(config.encrypt_key.as_ref(), &r).map(drop))
+        {
+            let _ = raft.shutdown().await;
+            return Err(e.into());
+        }
         let (shutdown, _) = watch::channel(false);
+        let config_key = config.encrypt_key.clone();
         let server = Arc::new(Server {
             id,
             me: me.clone(),
@@ -109,6 +124,8 @@ impl Server {
             liveness: liveness::Liveness::default(),
             acl_resolver: acl::AclResolver::default(),
             tls,
+            seal_check: crate::seal::check_value(config_key.as_ref()),
+            fatal: Mutex::new(None),
             shutdown,
         });
         tracing::info!(node = %server.me.name, id, %rpc_addr, %http_addr, "server started");
@@ -171,6 +188,33 @@ impl Server {
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Stops the server for a reason it cannot run with (e.g. the cluster it would join uses
+    /// another encryption key): logs it, keeps it for [`Server::fatal_error`], and starts
+    /// shutdown.
+    pub(crate) fn fail(&self, reason: String) {
+        tracing::error!(%reason, "stopping the server");
+        *self.fatal.lock() = Some(reason);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Whether a server that greets this one (`Cluster.Hello`) with key-check value `check`
+    /// holds the same encryption key; one that does not is not counted toward bootstrap (it
+    /// sees the mismatch in the reply and stops), and the refusal is logged here.
+    pub(crate) fn same_key_as(&self, peer: &crate::proto::ServerInfo, check: &str) -> bool {
+        match crate::seal::check_peer(&self.seal_check, check) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(peer = %peer.rpc_addr, reason = %e, "ignoring a server with another encryption key");
+                false
+            }
+        }
+    }
+
+    /// Why the server stopped by itself, if it did.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.fatal.lock().clone()
     }
 
     /// This server's view of readiness: a leader is known and an active CA root is applied

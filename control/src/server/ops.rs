@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::error::{ForwardError, Refused};
 use super::{Server, ServerError};
 use crate::ca::LeafRequest;
-use crate::fsm::{ApplyResult, Command, ServerSecret};
+use crate::fsm::{self, ApplyResult, Command, Conflict, ServerSecret};
 use crate::model::{CaConfig, IssuedLeaf};
 use crate::proto::cluster_client::ClusterClient;
 use crate::proto::{
@@ -23,6 +23,7 @@ use crate::proto::{
     ServerInfo,
 };
 use crate::raft::{MAX_MESSAGE, MeshNode, NodeId, node_id, secret};
+use crate::seal;
 
 /// Most forwarding hops a request may take (a leader change during forwarding adds one).
 const MAX_HOPS: u32 = 3;
@@ -171,6 +172,9 @@ impl Server {
                         Err(e) => return Err(ServerError::Write(Box::new(e))),
                     }
                 }
+                // Leadership moved before a command only the leader may build was proposed:
+                // the new leader decides afresh (the leader refuses it in a forwarded write).
+                Some(_) if cmd.leader_only() => return Err(ServerError::NoLeader),
                 Some(mut leader) => {
                     let json = serde_json::to_vec(&cmd).map_err(ServerError::Encode)?;
                     let mut req = leader.internal(CommandRequest {
@@ -368,7 +372,10 @@ impl Server {
     }
 
     /// Rotates the CA: a new root, cross-signed by the current one, becomes active atomically.
-    /// Runs on the leader (root generation is not part of the deterministic apply).
+    /// The new root is generated, or taken from `config`'s `RootCert`/`PrivateKey` once it
+    /// passes `CaProvider::import_root`. Runs on the leader, which builds the command itself
+    /// (root generation is not part of the deterministic apply, and a root is never taken from
+    /// a remote caller); a follower forwards the request.
     pub async fn rotate_ca(
         &self,
         config: Option<CaConfig>,
@@ -385,10 +392,34 @@ impl Server {
                     )
                 });
                 let active = active.ok_or_else(|| ServerError::from(Refused::CaNotInitialized))?;
+                let key = self.config.encrypt_key.as_ref();
+                let signer = seal::root::open(key, &active)?;
                 let now = OffsetDateTime::now_utc();
-                let new_root = self.ca.generate_root(&td, serial, now)?;
-                let cross = self.ca.cross_sign(&active, &new_root, now)?;
-                tracing::info!(old = %active.root.id, new = %new_root.root.id, "rotating CA root");
+                let supplied = config
+                    .as_ref()
+                    .map(fsm::supplied_root)
+                    .transpose()
+                    .map_err(Refused::from)?
+                    .flatten();
+                let was_supplied = supplied.is_some();
+                let new_root = match supplied {
+                    Some(r) => self
+                        .ca
+                        .import_root(r.cert_pem, r.key_pem, &td, serial, now)?,
+                    None => self.ca.generate_root(&td, serial, now)?,
+                };
+                let config = config.map(fsm::without_root_material);
+                if new_root.root.id == active.root.id {
+                    // The active root supplied again: only the rest of the configuration.
+                    return match config {
+                        Some(config) => self.write(Command::CaSetConfig { config }).await,
+                        None => Err(ServerError::Apply(Conflict::RootPresent.into())),
+                    };
+                }
+                let cross = self.ca.cross_sign(&signer, &new_root, now)?;
+                drop(signer);
+                let new_root = seal::root::seal(key, new_root)?;
+                tracing::info!(old = %active.root.id, new = %new_root.root.id, supplied = was_supplied, "rotating CA root");
                 self.write(Command::CaRotate {
                     expected_active: active.root.id.clone(),
                     new_root: Box::new(new_root),
@@ -424,7 +455,10 @@ impl Server {
             "PrivateKey",
             "RootCert",
         ];
+        // A supplied root always goes through rotation (validated and cross-signed by the
+        // leader), never into a stored configuration.
         let needs_rotation = match &current {
+            _ if fsm::has_root_material(&config) => true,
             None => false,
             Some(cur) => {
                 cur.provider != config.provider
@@ -492,8 +526,9 @@ impl Server {
             .into());
         }
         let active = active.ok_or_else(|| ServerError::from(Refused::CaNotInitialized))?;
+        let signer = seal::root::open(self.config.encrypt_key.as_ref(), &active)?;
         let leaf = self.ca.sign_leaf(
-            &active,
+            &signer,
             &LeafRequest {
                 csr_pem,
                 trust_domain: &td,

@@ -295,11 +295,11 @@ async fn call(g: &Grpc, method: &str, who: Who) -> Code {
             let b = body(json!({"Node": "n1", "ServiceID": "web"}));
             code(cat.deregister(with(b, t))).await
         }
-        "Cluster.Hello" => code(clu.hello(with(HelloRequest { from: None }, t))).await,
+        "Cluster.Hello" => code(clu.hello(with(HelloRequest::default(), t))).await,
         "Cluster.Join" => {
             // The server itself, already a voter: a no-op join that proves the method is open.
             let me = clu
-                .hello(HelloRequest { from: None })
+                .hello(HelloRequest::default())
                 .await
                 .unwrap()
                 .into_inner()

@@ -9,6 +9,8 @@ mod t50_dev_ready;
 mod t60_empty_store;
 mod t70_plaintext_rpc;
 mod t80_config_file;
+mod t80_encrypt_key;
+mod t90_ca_supplied_root;
 mod t90_data_dir_mode;
 
 use std::time::Duration;
@@ -38,19 +40,7 @@ impl ProcCluster {
         c.wait_leader(None)?;
         // The leader initializes the CA in its own Raft write after it wins; tests that rotate
         // or sign must not race it.
-        let first = c.servers[0].http_addr;
-        eventually(
-            "the leader to initialize the CA",
-            Duration::from_secs(30),
-            || {
-                let r = http("GET", first, "/v1/connect/ca/roots", None).ok()?;
-                let roots: serde_json::Value = r.json().ok()?;
-                roots["ActiveRootID"]
-                    .as_str()
-                    .filter(|id| !id.is_empty())
-                    .map(str::to_owned)
-            },
-        )?;
+        wait_active_root(c.servers[0].http_addr)?;
         Ok(c)
     }
 
@@ -150,6 +140,18 @@ impl ProcCluster {
                 .then(|| digests[0].clone())
         })
     }
+}
+
+/// Waits until the server at `addr` answers an active CA root; its ID.
+pub fn wait_active_root(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    eventually("an active CA root", Duration::from_secs(30), || {
+        let r = http("GET", addr, "/v1/connect/ca/roots", None).ok()?;
+        let roots: serde_json::Value = r.json().ok()?;
+        roots["ActiveRootID"]
+            .as_str()
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned)
+    })
 }
 
 /// Upserts the intention `source -> destination` through server `addr`.
