@@ -8,6 +8,7 @@
 //! on a shared, noisy machine where absolute figures do not.
 
 pub mod apt;
+pub mod pki;
 pub mod proxy_chain;
 pub mod release;
 

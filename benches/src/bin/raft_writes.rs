@@ -8,6 +8,10 @@
 //! allows without batching; the ratio shows how much Raft's batching of concurrent proposals
 //! gains (or the replication and apply path loses) relative to it, independent of the disk.
 //!
+//! The cluster runs twice in the same run: with a plaintext RPC port, then with mutual TLS on
+//! it (issue 13: every Raft append, vote and forwarded write then crosses a TLS connection
+//! verified as `server.dc1.mesh`); `tls_ratio` is TLS writes/s over plaintext writes/s.
+//!
 //! Everything listens on 127.0.0.1 with OS-chosen ports; data lives in one temporary directory
 //! removed at exit; every server is shut down before the figures are printed; every loop is
 //! bounded by a deadline and a count.
@@ -24,6 +28,7 @@ use mesh_benches::{
 };
 use mesh_control::fsm::Command;
 use mesh_control::server::{Server, ServerConfig, ServerHandle};
+use mesh_control::tls::TlsFiles;
 use mesh_tests::inproc::intention_cmd;
 
 /// How long the cluster may take to elect a leader, seat three voters and create its CA.
@@ -89,17 +94,23 @@ async fn main() -> anyhow::Result<()> {
             .context("baseline task")??
     };
 
-    let handles = start_cluster(dir.path()).await?;
-    let measured = measure(&handles, args.concurrency, duration).await;
-    for h in handles {
-        h.shutdown().await;
-    }
-    let (leader, follower) = measured?;
+    let pki = mesh_benches::pki::Pki::create(dir.path())?;
+    let (leader, follower) =
+        cluster_phases(&dir.path().join("plain"), None, args.concurrency, duration).await?;
+    let (tls_leader, tls_follower) = cluster_phases(
+        &dir.path().join("tls"),
+        Some(pki.server.clone()),
+        args.concurrency,
+        duration,
+    )
+    .await?;
     drop(dir);
     let load_end = load_average();
 
     let leader_ratio = ratio(leader.per_sec(), baseline.per_sec());
     let follower_ratio = ratio(follower.per_sec(), baseline.per_sec());
+    let tls_ratio_leader = ratio(tls_leader.per_sec(), leader.per_sec());
+    let tls_ratio_follower = ratio(tls_follower.per_sec(), follower.per_sec());
     if args.common.json {
         let phase = |p: &WritePhase| {
             serde_json::json!({
@@ -121,6 +132,10 @@ async fn main() -> anyhow::Result<()> {
             "load_average_end": load_average_json(load_end),
             "leader": phase(&leader),
             "follower": phase(&follower),
+            "tls_leader": phase(&tls_leader),
+            "tls_follower": phase(&tls_follower),
+            "tls_ratio_leader": tls_ratio_leader,
+            "tls_ratio_follower": tls_ratio_follower,
             "baseline": {
                 "commits": baseline.ops,
                 "elapsed_s": baseline.elapsed.as_secs_f64(),
@@ -144,6 +159,8 @@ async fn main() -> anyhow::Result<()> {
     for (name, p) in [
         ("IntentionUpsert via leader", &leader),
         ("IntentionUpsert via follower", &follower),
+        ("mTLS: IntentionUpsert via leader", &tls_leader),
+        ("mTLS: IntentionUpsert via follower", &tls_follower),
     ] {
         table.row([
             name.to_string(),
@@ -165,7 +182,12 @@ async fn main() -> anyhow::Result<()> {
         "-".to_string(),
     ]);
     print!("{}", table.render());
-    for (name, p) in [("leader", &leader), ("follower", &follower)] {
+    for (name, p) in [
+        ("leader", &leader),
+        ("follower", &follower),
+        ("TLS leader", &tls_leader),
+        ("TLS follower", &tls_follower),
+    ] {
         if let Some(e) = &p.first_error {
             println!("first {name} error: {e}");
         }
@@ -174,6 +196,10 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "ratio = cluster writes/s / raw fsync commits/s = {leader_ratio:.3} (leader), \
          {follower_ratio:.3} (follower)"
+    );
+    println!(
+        "tls_ratio = mTLS writes/s / plaintext writes/s = {tls_ratio_leader:.3} (leader), \
+         {tls_ratio_follower:.3} (follower)"
     );
     Ok(())
 }
@@ -206,13 +232,30 @@ fn redb_baseline(path: &Path, duration: Duration) -> anyhow::Result<Count> {
     Ok(count)
 }
 
+/// One cluster (TLS on its RPC port when `tls` is given) through both phases, shut down
+/// before returning.
+async fn cluster_phases(
+    dir: &Path,
+    tls: Option<TlsFiles>,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(WritePhase, WritePhase)> {
+    let handles = start_cluster(dir, tls).await?;
+    let measured = measure(&handles, concurrency, duration).await;
+    for h in handles {
+        h.shutdown().await;
+    }
+    measured
+}
+
 /// Starts s1 (bootstrap_expect 3), then s2 and s3 joining through s1. On an error the servers
 /// already started are shut down.
-async fn start_cluster(dir: &Path) -> anyhow::Result<Vec<ServerHandle>> {
+async fn start_cluster(dir: &Path, tls: Option<TlsFiles>) -> anyhow::Result<Vec<ServerHandle>> {
     let mut handles: Vec<ServerHandle> = Vec::new();
     for name in ["s1", "s2", "s3"] {
         let mut config = ServerConfig::new(name, dir.join(name));
         config.bootstrap_expect = 3;
+        config.tls = tls.clone();
         if let Some(first) = handles.first() {
             config.join = vec![first.rpc_addr.to_string()];
         }
