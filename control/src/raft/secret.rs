@@ -8,8 +8,9 @@
 //! * Raft's RPCs [`require_if_held`] it: a server that holds a secret accepts only callers
 //!   presenting it; one that does not yet (a new or wiped server catching up from the leader)
 //!   accepts the leader's entries that bring it.
-//! * `Cluster.Hello` and `Cluster.Join` stay open: a new server has no secret before it joins.
-//!   Authenticating servers to each other (mTLS, an authenticated join) is issue 13.
+//! * `Cluster.Hello` and `Cluster.Join` do not ask for it: a new server has no secret before it
+//!   joins. With TLS on the RPC port they admit server certificates only (`tls::peer`), which
+//!   is what authenticates a joining server.
 //!
 //! No message here quotes the secret, and comparisons are constant time
 //! ([`ServerSecret::matches`]).

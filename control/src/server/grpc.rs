@@ -2,17 +2,23 @@
 //! (registration, intentions, CSR signing and watches), all on the `--bind` address so one
 //! HTTP/2 connection per agent carries everything.
 //!
-//! Who may call what:
-//! * `Raft.*`: servers only, by the internal secret once the receiver holds one
+//! Who may call what, first by transport (`tls::peer`, when the RPC port has TLS: checked per
+//! service before anything here runs), then by credential:
+//! * `Raft.*`: server certificates only; then the internal secret once the receiver holds one
 //!   (`raft::secret`).
-//! * `Cluster.Write`, `ReadIndex`, `Configuration`, `RemovePeer`, `RotateCa`: servers only,
-//!   always (ACLs on or off): the internal secret in `x-mesh-server-secret`. A client token,
-//!   even a management one, is not enough: these apply any command, unchecked.
-//! * `Cluster.Hello` and `Cluster.Join` stay open: a server that has not joined holds no secret.
-//!   Authenticating servers to each other (mTLS, an authenticated join) is issue 13; until then
-//!   whoever reaches the RPC port can join a server to the cluster.
-//! * `Catalog.*` (the agents' API), with ACLs on: the token in `x-consul-token` (none: the
-//!   anonymous token), checked against `server::grpc_authz`'s table before anything runs or a
+//! * `Cluster.Write`, `ReadIndex`, `Configuration`, `RemovePeer`, `RotateCa`: server
+//!   certificates only; then always (ACLs on or off) the internal secret in
+//!   `x-mesh-server-secret`. A client token, even a management one, is not enough: these apply
+//!   any command, unchecked (except the CA and secret commands only a leader builds, which
+//!   `Cluster.Write` refuses from anyone).
+//! * `Cluster.Hello` and `Cluster.Join`: server certificates only. That is what authenticates a
+//!   joining server: a server that has not joined holds no secret yet. Without TLS (a
+//!   loopback-only setup; `meshd` refuses a non-loopback plaintext `--bind` unless told) they
+//!   are open to whoever reaches the port.
+//! * `AutoEncrypt.Sign` (only where auto-encrypt is allowed): any TLS connection, with or
+//!   without a certificate; the token decides (`server::auto_encrypt`).
+//! * `Catalog.*` (the agents' API): server, client or auto-encrypt agent certificates; with
+//!   ACLs on, the token in `x-consul-token` (none: the anonymous token), checked against `server::grpc_authz`'s table before anything runs or a
 //!   stream starts; when no token is presented, a valid internal secret (the agent a server
 //!   embeds) stands for management rights. A presented secret that is not this server's is
 //!   refused. With ACLs off nothing is checked there, except that `SignCsr` signs only for this

@@ -1,4 +1,5 @@
-//! Acceptance: a 3-server cluster starts from the README's instructions and `meshctl operator
+//! Acceptance: a 3-server cluster starts from the README's instructions (its own CA and server
+//! certificates from `meshctl tls`, mutual TLS on the RPC port, ACLs on) and `meshctl operator
 //! raft list-peers` shows exactly one leader.
 
 use std::time::Duration;
@@ -25,19 +26,44 @@ fn readme_commands() -> Vec<Vec<String>> {
 #[test]
 fn readme_three_server_cluster_has_one_leader() {
     let commands = readme_commands();
+    let (tls, commands): (Vec<_>, Vec<_>) = commands
+        .into_iter()
+        .partition(|c| c.get(1).map(String::as_str) == Some("tls"));
+    assert_eq!(
+        tls.len(),
+        4,
+        "the CA and three server certificates: {tls:?}"
+    );
     assert_eq!(
         commands.len(),
         5,
         "three servers, the ACL bootstrap and one list-peers: {commands:?}"
     );
     let tmp = tempfile::tempdir().unwrap();
+    // The certificates, made in the directory the servers' relative paths name.
+    for cmd in &tls {
+        let out = std::process::Command::new(mesh_tests::process::bin("meshctl"))
+            .args(&cmd[1..])
+            .current_dir(tmp.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        mesh_tests::process::stdout_ok(&out, "meshctl tls");
+    }
     let mut servers = Vec::new();
     for cmd in &commands[..3] {
         let mut args: Vec<String> = cmd[1..].to_vec();
         let name = args[args.iter().position(|a| a == "--node").unwrap() + 1].clone();
-        // Same flags as the README; only the data directory moves into the test's temp dir.
+        // Same flags as the README; only the data directory moves into the test's temp dir,
+        // and the certificate files are found there.
         let d = args.iter().position(|a| a == "--data-dir").unwrap() + 1;
         args[d] = tmp.path().join(&name).display().to_string();
+        for i in 0..args.len() - 1 {
+            if args[i].starts_with("--tls-") {
+                args[i + 1] = tmp.path().join(&args[i + 1]).display().to_string();
+            }
+        }
+        assert!(args.iter().any(|a| a == "--tls-ca-file"), "{args:?}");
         servers.push(Meshd::spawn(&name, &args).expect("server starts"));
     }
     let [bootstrap, list_peers] = [&commands[3], &commands[4]];
