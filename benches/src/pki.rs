@@ -34,14 +34,7 @@ impl Pki {
         let ca_file = dir.join("ca.pem");
         write(&ca_file, &ca.cert_pem, 0o644)?;
         let files = |role: Role, name: &str| -> anyhow::Result<TlsFiles> {
-            let req = CertRequest {
-                role,
-                datacenter: "dc1",
-                domain: "mesh",
-                days: 30,
-                extra_dns: &[],
-                extra_ips: &[],
-            };
+            let req = CertRequest::new(role, "dc1");
             let c = create_cert(&ca.cert_pem, &ca.key_pem, &req, now)?;
             let (cert, key) = (
                 dir.join(format!("{name}.pem")),

@@ -233,16 +233,14 @@ mod tests {
     fn only_the_agent_ca_makes_servers() {
         let now = time::OffsetDateTime::now_utc();
         let ca = super::super::pki::create_ca("mesh", 30, now).unwrap();
-        let req = |role| super::super::pki::CertRequest {
-            role,
-            datacenter: "dc1",
-            domain: "mesh",
-            days: 30,
-            extra_dns: &[],
-            extra_ips: &[],
-        };
         let issue = |role| {
-            super::super::pki::create_cert(&ca.cert_pem, &ca.key_pem, &req(role), now).unwrap()
+            super::super::pki::create_cert(
+                &ca.cert_pem,
+                &ca.key_pem,
+                &super::super::pki::CertRequest::new(role, "dc1"),
+                now,
+            )
+            .unwrap()
         };
         let der = |pem: &str| {
             use rustls_pki_types::pem::PemObject;

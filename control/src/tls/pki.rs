@@ -175,6 +175,21 @@ pub struct CertRequest<'a> {
     pub extra_ips: &'a [IpAddr],
 }
 
+impl<'a> CertRequest<'a> {
+    /// A `role` certificate for `datacenter` with the defaults of `meshctl tls cert create`:
+    /// the `mesh` domain, [`DEFAULT_CERT_DAYS`], no additional names.
+    pub fn new(role: Role, datacenter: &'a str) -> Self {
+        Self {
+            role,
+            datacenter,
+            domain: DEFAULT_DOMAIN,
+            days: DEFAULT_CERT_DAYS,
+            extra_dns: &[],
+            extra_ips: &[],
+        }
+    }
+}
+
 /// A new `req.role` certificate signed by the CA `ca_cert_pem` / `ca_key_pem`, with a key of
 /// its own.
 pub fn create_cert(
@@ -257,14 +272,7 @@ mod tests {
     use super::*;
 
     fn server_req<'a>() -> CertRequest<'a> {
-        CertRequest {
-            role: Role::Server,
-            datacenter: "dc1",
-            domain: DEFAULT_DOMAIN,
-            days: DEFAULT_CERT_DAYS,
-            extra_dns: &[],
-            extra_ips: &[],
-        }
+        CertRequest::new(Role::Server, "dc1")
     }
 
     #[test]
