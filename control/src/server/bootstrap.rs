@@ -53,7 +53,11 @@ fn reason(status: &tonic::Status) -> String {
     let mut text = status.message().to_string();
     let mut source = status.source();
     while let Some(s) = source {
-        text = format!("{text}: {s}");
+        // Transport errors repeat their cause in their own text: add each reason once.
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text = format!("{text}: {s_text}");
+        }
         source = s.source();
     }
     text

@@ -190,7 +190,7 @@ fn files_names_and_usages_as_openssl_sees_them() {
 
 /// `openssl s_server` on a free loopback port presenting `cert`, requiring a client
 /// certificate from the CA; stopped (by PID) on drop.
-fn s_server(dir: &Path, cert: &str, key: &str) -> (OwnedChild, SocketAddr) {
+pub(crate) fn s_server(dir: &Path, cert: &str, key: &str) -> (OwnedChild, SocketAddr) {
     let port = free_port();
     let child = Command::new("openssl")
         .args([

@@ -20,7 +20,7 @@ use mesh_tests::process::{
     Meshd, eventually, free_port, http, meshd_refused, server_args, spawn_agent, stdout_ok,
 };
 
-use super::{meshctl, openssl};
+use super::{meshctl, openssl, s_server};
 
 /// The agent CA with three server certificates and a client certificate in `dir`, and
 /// another CA with a server and a client certificate in `dir/other`.
@@ -226,10 +226,41 @@ fn the_rpc_port_admits_servers_and_agents_only_as_their_certificates_say() {
             "UnknownIssuer",
         ],
     );
+    // The same two refusals as OpenSSL sees them: the server's alert ends the handshake
+    // (`-ign_eof` keeps s_client reading until the server closes).
+    let connect = format!("127.0.0.1:{p}");
+    let refused_by_server = |cert: Option<&str>| {
+        let mut args = vec![
+            "10",
+            "openssl",
+            "s_client",
+            "-ign_eof",
+            "-connect",
+            &connect,
+            "-CAfile",
+            "mesh-agent-ca.pem",
+        ];
+        let (c, k);
+        if let Some(cert) = cert {
+            c = format!("{cert}.pem");
+            k = format!("{cert}-key.pem");
+            args.extend(["-cert", c.as_str(), "-key", k.as_str()]);
+        }
+        let out = Command::new("timeout")
+            .args(&args)
+            .current_dir(&pki.dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("timeout and openssl run");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let none = refused_by_server(None);
+    assert!(none.contains("alert certificate required"), "{none}");
+    let other_ca = refused_by_server(Some("other/dc1-client-mesh-0"));
+    assert!(other_ca.contains("alert unknown ca"), "{other_ca}");
 
     // The server's own certificate verifies as server.dc1.mesh (OpenSSL as the client), and
     // not as another datacenter's server.
-    let connect = format!("127.0.0.1:{p}");
     let s_client = |host: &str| {
         openssl(
             &pki.dir,
@@ -287,6 +318,25 @@ fn the_rpc_port_admits_servers_and_agents_only_as_their_certificates_say() {
         None,
     );
     assert_eq!(grpc_status(&sign), Some(12), "Unimplemented: {sign}");
+
+    // A client certificate presented as a server (OpenSSL's s_server with it, from our CA):
+    // a server joining through it refuses it (`verify_server_hostname`) and says why.
+    let (_impostor, impostor) = s_server(
+        &pki.dir,
+        "dc1-client-mesh-0.pem",
+        "dc1-client-mesh-0-key.pem",
+    );
+    let joiner_log = pki.dir.join("joiner.log");
+    let mut joiner = server(&pki, "joiner", "dc1-server-mesh-2", 2, &[]);
+    joiner.extend(["--join".to_string(), impostor.to_string()]);
+    let _joiner = Meshd::spawn_logged("joiner", &joiner, &joiner_log).unwrap();
+    log_shows(
+        &joiner_log,
+        &[
+            "could not reach or join a server",
+            "certificate not valid for name \"server.dc1.mesh\"",
+        ],
+    );
 
     // A server given a client certificate, or another CA's server certificate, does not start.
     let refused = meshd_refused(&server(&pki, "s2", "dc1-client-mesh-0", 1, &[]));
