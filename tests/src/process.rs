@@ -162,9 +162,19 @@ impl Meshd {
 
     /// [`Meshd::spawn`] with stderr (its log, at `MESH_LOG=warn`) written to `log`.
     pub fn spawn_logged(name: &str, args: &[String], log: &Path) -> anyhow::Result<Self> {
+        Self::spawn_logged_at(name, args, log, "warn,openraft=off")
+    }
+
+    /// [`Meshd::spawn_logged`] with the log filter `filter` (`MESH_LOG`).
+    pub fn spawn_logged_at(
+        name: &str,
+        args: &[String],
+        log: &Path,
+        filter: &str,
+    ) -> anyhow::Result<Self> {
         let file = std::fs::File::create(log).context("creating the log file")?;
         let mut command = meshd_command(args);
-        command.stderr(file);
+        command.stderr(file).env("MESH_LOG", filter);
         Self::spawn_command(name, args, command)
     }
 

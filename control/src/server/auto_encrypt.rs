@@ -10,16 +10,11 @@
 
 use std::sync::Arc;
 
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use super::Server;
-use crate::ca::AgentCertRequest;
 use crate::proto::auto_encrypt_server::AutoEncrypt;
 use crate::proto::{AutoEncryptReply, AutoEncryptRequest};
-
-/// Lifetime of an agent certificate (Consul's default leaf TTL); agents renew at two thirds.
-pub const AGENT_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(72 * 3600);
 
 pub(super) struct AutoEncryptApi(pub(super) Arc<Server>);
 
@@ -54,13 +49,6 @@ impl AutoEncrypt for AutoEncryptApi {
                 r.node
             )));
         }
-        let dc = s.config.datacenter.as_str();
-        if !r.datacenter.is_empty() && r.datacenter != dc {
-            return Err(Status::invalid_argument(format!(
-                "this server signs for datacenter {dc}, not {}",
-                r.datacenter
-            )));
-        }
         let caller = s
             .acl_resolve(token)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
@@ -69,30 +57,9 @@ impl AutoEncrypt for AutoEncryptApi {
             .node_write(&r.node)
             .check()
             .map_err(|e| Status::permission_denied(e.to_string()))?;
-        let (active, td) = s
-            .state
-            .read(|st| (st.ca.active().cloned(), st.ca.trust_domain.clone()));
-        let active =
-            active.ok_or_else(|| Status::unavailable("the mesh CA is not initialized yet"))?;
-        let leaf =
-            s.ca.sign_agent(
-                &active,
-                &AgentCertRequest {
-                    csr_pem: &r.csr_pem,
-                    trust_domain: &td,
-                    datacenter: dc,
-                    node: &r.node,
-                    ttl: AGENT_CERT_TTL,
-                },
-                OffsetDateTime::now_utc(),
-            )
-            .map_err(|e| {
-                if e.is_client_error() {
-                    Status::invalid_argument(e.to_string())
-                } else {
-                    Status::internal(e.to_string())
-                }
-            })?;
+        let leaf = s
+            .sign_agent_csr(&r.node, &r.datacenter, &r.csr_pem)
+            .map_err(|e| e.to_status())?;
         tracing::info!(node = %r.node, valid_before = %leaf.valid_before, "auto-encrypt: signed an agent certificate");
         Ok(Response::new(AutoEncryptReply {
             cert_pem: leaf.cert_pem,

@@ -26,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use auto_encrypt::AGENT_CERT_TTL;
 pub use config::{AclConfig, ServerConfig};
 pub use error::{ForwardError, LeaderRefusal, Refused, ServerError};
 pub use ops::PeerEntry;

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::error::{ForwardError, Refused};
 use super::{Server, ServerError};
-use crate::ca::LeafRequest;
+use crate::ca::{AgentCertRequest, LeafRequest};
 use crate::fsm::{self, ApplyResult, Command, Conflict, ServerSecret};
 use crate::model::{CaConfig, IssuedLeaf};
 use crate::proto::cluster_client::ClusterClient;
@@ -508,6 +508,51 @@ impl Server {
         datacenter: &str,
         csr_pem: &str,
     ) -> Result<IssuedLeaf, ServerError> {
+        let (signer, td, ttl) = self.signer(datacenter)?;
+        let leaf = self.ca.sign_leaf(
+            &signer,
+            &LeafRequest {
+                csr_pem,
+                trust_domain: &td,
+                datacenter: &self.config.datacenter,
+                service,
+                ttl,
+            },
+            OffsetDateTime::now_utc(),
+        )?;
+        Ok(leaf)
+    }
+
+    /// Signs an auto-encrypt agent certificate for `node` (`server::auto_encrypt` checked the
+    /// caller): the same root, trust domain and lifetime (`LeafCertTTL`) as leaves.
+    pub fn sign_agent_csr(
+        &self,
+        node: &str,
+        datacenter: &str,
+        csr_pem: &str,
+    ) -> Result<IssuedLeaf, ServerError> {
+        let (signer, td, ttl) = self.signer(datacenter)?;
+        let cert = self.ca.sign_agent(
+            &signer,
+            &AgentCertRequest {
+                csr_pem,
+                trust_domain: &td,
+                datacenter: &self.config.datacenter,
+                node,
+                ttl,
+            },
+            OffsetDateTime::now_utc(),
+        )?;
+        Ok(cert)
+    }
+
+    /// The active root, opened (unsealed) in memory, with the trust domain and leaf lifetime,
+    /// for a request naming `datacenter`. A server signs only for its own datacenter (whatever
+    /// ACLs say): a certificate for another datacenter is that datacenter's servers' to sign.
+    fn signer(
+        &self,
+        datacenter: &str,
+    ) -> Result<(seal::root::OpenedRoot, String, Duration), ServerError> {
         let (active, td, ttl) = self.state.read(|s| {
             (
                 s.ca.active().cloned(),
@@ -516,8 +561,6 @@ impl Server {
             )
         });
         let dc = self.config.datacenter.as_str();
-        // A server signs only for its own datacenter (whatever ACLs say): a leaf for another
-        // datacenter is that datacenter's servers' to sign.
         if !datacenter.is_empty() && datacenter != dc {
             return Err(Refused::ForeignDatacenter {
                 requested: datacenter.to_string(),
@@ -527,18 +570,7 @@ impl Server {
         }
         let active = active.ok_or_else(|| ServerError::from(Refused::CaNotInitialized))?;
         let signer = seal::root::open(self.config.encrypt_key.as_ref(), &active)?;
-        let leaf = self.ca.sign_leaf(
-            &signer,
-            &LeafRequest {
-                csr_pem,
-                trust_domain: &td,
-                datacenter: dc,
-                service,
-                ttl,
-            },
-            OffsetDateTime::now_utc(),
-        )?;
-        Ok(leaf)
+        Ok((signer, td, ttl))
     }
 }
 

@@ -447,7 +447,14 @@ fn agents_get_their_certificate_through_auto_encrypt_with_a_token() {
         .filter(|a| a != "--acl-disabled")
         .collect();
     args.push("--auto-encrypt-allow-tls".into());
-    let s1 = Meshd::spawn_logged("s1", &args, &tmp.path().join("s1.log")).unwrap();
+    let s1_log = tmp.path().join("s1.log");
+    let s1 = Meshd::spawn_logged_at(
+        "s1",
+        &args,
+        &s1_log,
+        "warn,openraft=off,mesh_control::server::auto_encrypt=info",
+    )
+    .unwrap();
     wait_leader(&s1);
     let root = eventually("the ACL bootstrap", Duration::from_secs(20), || {
         http("PUT", s1.http_addr, "/v1/acl/bootstrap", None)
@@ -474,6 +481,12 @@ fn agents_get_their_certificate_through_auto_encrypt_with_a_token() {
         .as_str()
         .unwrap()
         .to_string();
+    // Agent certificates live as long as leaves: 6 s here, so the agent renews within the test.
+    as_root(
+        "PUT",
+        "/v1/connect/ca/configuration",
+        r#"{"Provider":"consul","Config":{"LeafCertTTL":"6s"}}"#,
+    );
     let p = port(&s1);
 
     // Without a certificate only the signing method answers; the agents' API does not.
@@ -546,4 +559,15 @@ fn agents_get_their_certificate_through_auto_encrypt_with_a_token() {
     })
     .expect("the agent syncs over its auto-encrypt certificate");
     assert!(listed.body.contains("8080"), "{}", listed.body);
+
+    // It renews before expiry: a second signature for n1 within the first certificate's life.
+    let signed = |log: &str| {
+        log.matches("auto-encrypt: signed an agent certificate")
+            .count()
+    };
+    eventually("the agent's renewal", Duration::from_secs(20), || {
+        let log = std::fs::read_to_string(&s1_log).unwrap_or_default();
+        (signed(&log) >= 2).then_some(())
+    })
+    .expect("the agent renewed its certificate");
 }
