@@ -14,6 +14,10 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// Subdirectory of a server's data directory holding its embedded agent's services and checks
+/// (the store checks for it: a data directory that has one held a server).
+pub const AGENT_DIR: &str = "agent";
+
 /// Mode of a data directory and of every directory in it.
 pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file in a data directory.

@@ -153,7 +153,7 @@ impl Command {
             | Command::CaRotate { .. }
             | Command::CaPruneRoots { .. }
             | Command::SetServerSecret { .. } => true,
-            Command::CaSetConfig { config } => super::ca::has_root_material(config),
+            Command::CaSetConfig { config } => super::ca_config::has_root_material(config),
             _ => false,
         }
     }

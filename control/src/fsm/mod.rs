@@ -10,6 +10,7 @@
 mod acl;
 mod acl_state;
 mod ca;
+mod ca_config;
 mod catalog;
 mod command;
 mod config_entries;
@@ -18,7 +19,7 @@ mod secret;
 mod state;
 
 pub use acl_state::{AclState, anonymous_token};
-pub use ca::{
+pub use ca_config::{
     DEFAULT_LEAF_TTL, ROOT_MATERIAL_KEYS, SuppliedRoot, SuppliedRootError, has_root_material,
     leaf_ttl, supplied_root, without_root_material,
 };

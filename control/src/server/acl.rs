@@ -285,6 +285,19 @@ where
     out
 }
 
+/// An ACL refusal as a gRPC status: `PermissionDenied` with Consul's text.
+pub(crate) fn acl_status(e: AclError) -> tonic::Status {
+    tonic::Status::permission_denied(e.to_string())
+}
+
+/// The token a call presents in `x-consul-token`; one that is not text names no token.
+pub(crate) fn presented_token<T>(req: &tonic::Request<T>) -> Result<Option<&str>, tonic::Status> {
+    req.metadata()
+        .get(crate::http::token::GRPC_TOKEN_METADATA)
+        .map(|v| v.to_str().map_err(|_| acl_status(AclError::NotFound)))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

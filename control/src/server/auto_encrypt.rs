@@ -41,7 +41,7 @@ impl AutoEncrypt for AutoEncryptApi {
                 "auto-encrypt needs ACLs on the servers: the agent's token is what vouches for it",
             ));
         }
-        let token = super::grpc::presented_token(&req)?;
+        let token = super::acl::presented_token(&req)?;
         let r = req.get_ref();
         if !valid_node(&r.node) {
             return Err(Status::invalid_argument(format!(

@@ -32,12 +32,11 @@ use serde::Serialize;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
-use super::acl::{AclError, Caller};
+use super::acl::{Caller, acl_status, presented_token};
 use super::grpc_authz::{self, Call, Requirement};
 use super::{Server, ServerError, topics};
 use crate::fsm::State;
 use crate::fsm::{ApplyResult, Command};
-use crate::http::token::GRPC_TOKEN_METADATA;
 use crate::model::{CaConfig, HealthStatus};
 use crate::proto::auto_encrypt_server::AutoEncryptServer;
 use crate::proto::catalog_server::{Catalog, CatalogServer};
@@ -249,19 +248,6 @@ enum Authority {
     Unrestricted,
     /// The caller's token (the anonymous one when none was presented).
     Token(Box<Caller>),
-}
-
-/// An ACL refusal as a gRPC status: `PermissionDenied` with Consul's text.
-fn acl_status(e: AclError) -> Status {
-    Status::permission_denied(e.to_string())
-}
-
-/// The token a call presents in `x-consul-token`; one that is not text names no token.
-pub(super) fn presented_token<T>(req: &Request<T>) -> Result<Option<&str>, Status> {
-    req.metadata()
-        .get(GRPC_TOKEN_METADATA)
-        .map(|v| v.to_str().map_err(|_| acl_status(AclError::NotFound)))
-        .transpose()
 }
 
 impl CatalogApi {

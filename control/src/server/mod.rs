@@ -34,8 +34,7 @@ use crate::ca::{BuiltinProvider, CaProvider};
 use crate::raft::{Channels, Faults, MeshNode, NetworkFactory, NodeId, Raft, node_id};
 use crate::store::{self, SharedState};
 
-/// Subdirectory of a server's data directory holding its embedded agent's services and checks.
-pub const AGENT_DIR: &str = "agent";
+pub use crate::data_dir::AGENT_DIR;
 
 /// A running server.
 pub struct Server {

@@ -123,7 +123,7 @@ fn open_db(data_dir: &Path, path: &Path) -> Result<Database, StoreError> {
             .open(path)
             .map_err(|e| database_error(shown(), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let agent = crate::server::AGENT_DIR;
+            let agent = crate::data_dir::AGENT_DIR;
             if data_dir.join(agent).exists() {
                 return Err(StoreError::Missing {
                     path: shown(),
@@ -279,7 +279,7 @@ mod tests {
     #[test]
     fn a_store_removed_from_a_server_data_directory_is_refused() {
         let tmp = scratch();
-        crate::data_dir::create(&tmp.path().join(crate::server::AGENT_DIR)).unwrap();
+        crate::data_dir::create(&tmp.path().join(crate::data_dir::AGENT_DIR)).unwrap();
         let err = super::open(tmp.path()).err().expect("refused");
         assert!(matches!(err, super::StoreError::Missing { .. }), "{err}");
         assert!(err.to_string().contains("is missing"), "{err}");
