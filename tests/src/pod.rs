@@ -6,7 +6,8 @@
 //! the unified hierarchy for each. [`Pod::command`] starts a process *inside* a pod: it joins
 //! the pod's cgroup (so the pod's cgroup eBPF programs see its sockets) and its network
 //! namespace before `exec`. [`Capture`] records every frame on a pod's veth, to prove what
-//! crossed the wire between the pods.
+//! crossed the wire between the pods. [`Lan::create`] puts any number of such hosts on one
+//! bridge, for the multi-host tests.
 //!
 //! Everything is removed on drop, in reverse order: processes started through the pod are
 //! killed by PID, the cgroups are emptied and removed, the namespaces deleted (which deletes
@@ -366,6 +367,17 @@ impl Lan {
             .iter()
             .find(|h| h.name == full)
             .unwrap_or_else(|| panic!("no host {name} on this LAN"))
+    }
+}
+
+impl Lan {
+    /// Every namespace file and cgroup directory it made: what must be gone once it is dropped.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut all = vec![Path::new("/var/run/netns").join(&self.switch)];
+        for h in &self.hosts {
+            all.extend([h.netns_path(), h.cgroup.clone()]);
+        }
+        all
     }
 }
 

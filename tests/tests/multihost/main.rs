@@ -70,16 +70,16 @@ fn a_cluster_across_network_namespaces() {
     }
     a.wait_call(true, "a's app → b's app through both sidecars");
     b.wait_call(true, "b's app → a's app through both sidecars");
-    assert!(b.echo.seen().0 >= 1 && a.echo.seen().0 >= 1);
+    assert!(b.app_seen().0 >= 1 && a.app_seen().0 >= 1);
     for (src, dst) in [(&svc_a, &svc_b), (&svc_b, &svc_a)] {
         site.intention(2, src, dst, "deny", &marker);
     }
     a.wait_call(false, "a → b refused by b's sidecar (deny written on s3)");
     b.wait_call(false, "b → a refused by a's sidecar (deny written on s3)");
-    let seen = (a.echo.seen(), b.echo.seen());
+    let seen = (a.app_seen(), b.app_seen());
     assert!(a.call(b"denied").is_empty() && b.call(b"denied").is_empty());
     assert_eq!(
-        (a.echo.seen(), b.echo.seen()),
+        (a.app_seen(), b.app_seen()),
         seen,
         "a denied call reached an app"
     );
@@ -199,16 +199,22 @@ fn a_cluster_across_network_namespaces() {
     site.servers[leader].start();
     let within = Duration::from_secs(30);
     site.wait_intentions(leader, &before, "the restarted server to catch up", within);
-    // The wiped one: a follower that ran all along (not the one just restarted), killed as a
-    // host that loses its disk would be. (Not SIGTERM: a server that client agents on other
-    // hosts are connected to does not exit on SIGTERM yet; its graceful shutdown waits on
-    // their RPC connections.)
+    // The wiped one: a follower that ran all along (not the one just restarted), stopped
+    // (SIGTERM, a clean exit) before its data directory goes.
     let now = site.leader();
     let wiped = (0..3)
         .find(|i| *i != now && *i != leader)
         .or_else(|| (0..3).find(|i| *i != now))
         .unwrap();
-    site.servers[wiped].meshd.as_mut().unwrap().kill();
+    let stopping = Instant::now();
+    let clean = site.servers[wiped].meshd.as_mut().unwrap().stop();
+    assert!(
+        clean,
+        "{} did not stop cleanly in {:?}:\n{}",
+        SERVERS[wiped],
+        stopping.elapsed(),
+        site.servers[wiped].logs()
+    );
     std::fs::remove_dir_all(&site.servers[wiped].data).unwrap();
     site.servers[wiped].start();
     site.wait_intentions(wiped, &before, "the wiped server to catch up", within);
@@ -226,4 +232,11 @@ fn a_cluster_across_network_namespaces() {
     // 5. Rogue hosts.
     rogue::rogues_cannot_join_write_or_get_a_certificate(&site);
     step(t0, "5. rogues refused");
+
+    // Nothing is left behind: every namespace and cgroup the test made is gone.
+    let made = site.lan.paths();
+    drop((a, b));
+    drop(site);
+    let left: Vec<_> = made.iter().filter(|p| p.exists()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

@@ -381,7 +381,7 @@ impl Site {
         .unwrap_or_else(|e| panic!("{e}\n{}", proxy.log()));
         Client {
             host,
-            echo,
+            echo: Some(echo),
             proxy,
             _agent: agent,
             agent_log: log,
@@ -392,7 +392,8 @@ impl Site {
 /// One client host's processes.
 pub struct Client {
     pub host: Pod,
-    pub echo: Echo,
+    /// Inside the host's namespace, where it is also dropped (its drop wakes its listener).
+    echo: Option<Echo>,
     pub proxy: Proxy,
     /// Kept running for as long as the client is.
     _agent: Meshd,
@@ -400,6 +401,11 @@ pub struct Client {
 }
 
 impl Client {
+    /// Connections and bytes the echo app behind this host's sidecar has seen.
+    pub fn app_seen(&self) -> (usize, u64) {
+        self.echo.as_ref().map_or((0, 0), Echo::seen)
+    }
+
     /// Sends `payload` from this host's app through its sidecar's upstream (the other host's
     /// service); what came back (empty: refused).
     pub fn call(&self, payload: &[u8]) -> Vec<u8> {
@@ -424,6 +430,14 @@ impl Client {
                 self.proxy.log()
             )
         });
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(echo) = self.echo.take() {
+            let _ = self.host.in_netns(move || drop(echo));
+        }
     }
 }
 
