@@ -154,6 +154,55 @@ pub fn on_port(frame: &[u8], port: u16) -> bool {
 mod tests {
     use super::*;
 
+    /// An Ethernet + IPv4 + TCP frame from 10.0.0.1:`sport` to 10.0.0.2:`dport`.
+    fn frame(sport: u16, dport: u16, seq: u32, syn: bool, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend([0x08, 0x00]);
+        let total = u16::try_from(20 + 20 + payload.len()).unwrap();
+        f.extend([0x45, 0, total.to_be_bytes()[0], total.to_be_bytes()[1]]);
+        f.extend([0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend(sport.to_be_bytes());
+        f.extend(dport.to_be_bytes());
+        f.extend(seq.to_be_bytes());
+        f.extend([
+            0,
+            0,
+            0,
+            0,
+            0x50,
+            if syn { 0x02 } else { 0x18 },
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn streams_are_reassembled_from_the_syn_up_to_a_hole() {
+        let isn = u32::MAX - 2; // the sequence numbers wrap inside the stream
+        let frames = vec![
+            frame(40000, 8300, isn, true, b""),
+            frame(40000, 8300, isn.wrapping_add(5), false, b"efg"),
+            frame(40000, 8300, isn.wrapping_add(1), false, b"abcd"),
+            // A retransmission overlapping both.
+            frame(40000, 8300, isn.wrapping_add(3), false, b"cdef"),
+            // After a hole: not part of the stream.
+            frame(40000, 8300, isn.wrapping_add(20), false, b"zz"),
+            // No SYN seen: ignored; another port: ignored.
+            frame(40001, 8300, 7, false, b"mid-stream"),
+            frame(40002, 9999, 1, true, b""),
+        ];
+        let got = streams(&frames, 8300);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got.values().next().unwrap(), b"abcdefg");
+        assert!(on_port(&frames[0], 8300) && !on_port(&frames[6], 8300));
+    }
+
     #[test]
     fn records_are_walked_and_plaintext_is_named() {
         let mut tls = vec![22, 3, 1, 0, 2, 0xaa, 0xbb, 23, 3, 3, 0, 1, 0xcc];
