@@ -62,47 +62,18 @@ pub fn rogues_cannot_join_write_or_get_a_certificate(site: &Site) {
         other.join("dc1-client-mesh-0-key.pem"),
     );
     let needs_ca = "requires%20a%20certificate%20from%20the%20agent%20CA";
+    let foreign = Some((cert.as_path(), key.as_path()));
+    let (sign_csr, upsert, sign) = (
+        "/mesh.v1.Catalog/SignCsr",
+        "/mesh.v1.Catalog/UpsertIntention",
+        "/mesh.v1.AutoEncrypt/Sign",
+    );
     for (host, client, path, message, status, says) in [
-        (
-            "r1",
-            None,
-            "/mesh.v1.Catalog/SignCsr",
-            &[][..],
-            Some(7),
-            needs_ca,
-        ),
-        (
-            "r1",
-            None,
-            "/mesh.v1.Catalog/UpsertIntention",
-            &[],
-            Some(7),
-            needs_ca,
-        ),
-        (
-            "r1",
-            None,
-            "/mesh.v1.AutoEncrypt/Sign",
-            SIGN_ROGUE,
-            Some(7),
-            "node:write",
-        ),
-        (
-            "r2",
-            Some((cert.as_path(), key.as_path())),
-            "/mesh.v1.Catalog/SignCsr",
-            &[],
-            None,
-            "",
-        ),
-        (
-            "r2",
-            Some((cert.as_path(), key.as_path())),
-            "/mesh.v1.AutoEncrypt/Sign",
-            SIGN_ROGUE,
-            None,
-            "",
-        ),
+        ("r1", None, sign_csr, &[][..], Some(7), needs_ca),
+        ("r1", None, upsert, &[], Some(7), needs_ca),
+        ("r1", None, sign, SIGN_ROGUE, Some(7), "node:write"),
+        ("r2", foreign, sign_csr, &[], None, ""),
+        ("r2", foreign, sign, SIGN_ROGUE, None, ""),
     ] {
         let h = site.lan.host(host);
         let out = GrpcCall {
@@ -119,8 +90,10 @@ pub fn rogues_cannot_join_write_or_get_a_certificate(site: &Site) {
             out.contains(says),
             "{host} {path}: wanted {says:?} in {out}"
         );
+        // Refused in the handshake: TLS 1.3 lets curl finish its side first, so it sees the
+        // connection dropped under its request (the server logs the reason, below).
         if status.is_none() {
-            assert!(out.contains("TLS") || out.contains("SSL"), "{out}");
+            assert!(out.contains("curl: ("), "{host} {path}: {out}");
         }
     }
 
