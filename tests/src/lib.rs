@@ -3,6 +3,7 @@
 pub mod chain;
 pub mod dev;
 pub mod eventually;
+pub mod grpc_curl;
 pub mod http_raw;
 pub mod inproc;
 pub mod openssl;

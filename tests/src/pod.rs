@@ -6,7 +6,8 @@
 //! the unified hierarchy for each. [`Pod::command`] starts a process *inside* a pod: it joins
 //! the pod's cgroup (so the pod's cgroup eBPF programs see its sockets) and its network
 //! namespace before `exec`. [`Capture`] records every frame on a pod's veth, to prove what
-//! crossed the wire between the pods.
+//! crossed the wire between the pods. [`Lan::create`] puts any number of such hosts on one
+//! bridge, for the multi-host tests.
 //!
 //! Everything is removed on drop, in reverse order: processes started through the pod are
 //! killed by PID, the cgroups are emptied and removed, the namespaces deleted (which deletes
@@ -282,6 +283,110 @@ impl Drop for PodPair {
     fn drop(&mut self) {
         self.a.teardown();
         self.b.teardown();
+    }
+}
+
+/// Hosts on one Ethernet segment, for the multi-host tests: a "switch" network namespace
+/// holding a bridge, and one [`Pod`] per host (its own namespace and cgroup) joined to the
+/// bridge by a veth pair, each with its own address on a private `10.213.X.0/24` (X from the
+/// test's PID). Nothing is added to the root namespace: the veth ends are created directly in
+/// the host and switch namespaces, so the hosts reach each other and nothing else.
+///
+/// Dropping it removes everything: each host's processes are killed by PID (its cgroup), its
+/// cgroup and namespace removed, then the switch namespace (the veth pairs go with them).
+pub struct Lan {
+    pub hosts: Vec<Pod>,
+    tag: String,
+    switch: String,
+}
+
+impl Lan {
+    /// Creates the switch and one host per `(name, last address byte)`. Host names are
+    /// suffixes (at most 3 characters, they end up in interface names) of a tag with the
+    /// test's PID and a counter, so parallel tests never collide.
+    pub fn create(hosts: &[(&str, u8)]) -> anyhow::Result<Self> {
+        require_root()?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let tag = format!("ml{}x{n}", pid % 100_000);
+        let subnet = ((pid + n * 37) % 250) as u8;
+        let mut lan = Lan {
+            hosts: Vec::new(),
+            switch: format!("{tag}sw"),
+            tag: tag.clone(),
+        };
+        // From here on, Drop cleans up whatever was made.
+        ip(&["netns", "add", &lan.switch])?;
+        ip(&["-n", &lan.switch, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &lan.switch, "link", "set", "br0", "up"])?;
+        for (name, last) in hosts {
+            let host = Pod {
+                name: format!("{tag}{name}"),
+                ip: Ipv4Addr::new(10, 213, subnet, *last),
+                veth: format!("{tag}{name}"),
+                cgroup: Path::new(CGROUP2_ROOT).join(format!("mesh-test-{tag}{name}")),
+            };
+            host.add_netns()?;
+            lan.hosts.push(host.clone());
+            std::fs::create_dir(&host.cgroup)
+                .with_context(|| format!("creating cgroup {}", host.cgroup.display()))?;
+            let port = format!("{}p", host.veth);
+            ip(&[
+                "link",
+                "add",
+                &host.veth,
+                "netns",
+                &host.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                &lan.switch,
+            ])?;
+            ip(&[
+                "-n",
+                &lan.switch,
+                "link",
+                "set",
+                &port,
+                "master",
+                "br0",
+                "up",
+            ])?;
+            host.veth_up()?;
+        }
+        Ok(lan)
+    }
+
+    /// The host created under `name`; panics on a name [`Lan::create`] was not given.
+    pub fn host(&self, name: &str) -> &Pod {
+        let full = format!("{}{name}", self.tag);
+        self.hosts
+            .iter()
+            .find(|h| h.name == full)
+            .unwrap_or_else(|| panic!("no host {name} on this LAN"))
+    }
+}
+
+impl Lan {
+    /// Every namespace file and cgroup directory it made: what must be gone once it is dropped.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut all = vec![Path::new("/var/run/netns").join(&self.switch)];
+        for h in &self.hosts {
+            all.extend([h.netns_path(), h.cgroup.clone()]);
+        }
+        all
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            h.teardown();
+        }
+        let _ = ip(&["netns", "del", &self.switch]);
     }
 }
 

@@ -81,7 +81,12 @@ pub fn kill_and_reap(child: &mut Child) {
 /// `meshd <args>` with quiet logs, its stdout piped (where it reports its addresses and
 /// readiness) and its stderr inherited.
 pub fn meshd_command(args: &[String]) -> Command {
-    let mut c = Command::new(bin("meshd"));
+    meshd_command_from(Command::new(bin("meshd")), args)
+}
+
+/// [`meshd_command`] on `c`, a command for the [`bin`]`("meshd")` binary made elsewhere: e.g.
+/// [`crate::pod::Pod::command`], to run it inside a network namespace.
+pub fn meshd_command_from(mut c: Command, args: &[String]) -> Command {
     c.args(args)
         .env("MESH_LOG", "warn,openraft=off")
         .stdin(Stdio::null())
@@ -162,7 +167,7 @@ impl Meshd {
 
     /// [`Meshd::spawn`] with stderr (its log, at `MESH_LOG=warn`) written to `log`.
     pub fn spawn_logged(name: &str, args: &[String], log: &Path) -> anyhow::Result<Self> {
-        Self::spawn_logged_at(name, args, log, "warn,openraft=off")
+        Self::spawn_logged_with(name, args, log, meshd_command(args))
     }
 
     /// [`Meshd::spawn_logged`] with the log filter `filter` (`MESH_LOG`).
@@ -172,9 +177,20 @@ impl Meshd {
         log: &Path,
         filter: &str,
     ) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(log).context("creating the log file")?;
         let mut command = meshd_command(args);
-        command.stderr(file).env("MESH_LOG", filter);
+        command.env("MESH_LOG", filter);
+        Self::spawn_logged_with(name, args, log, command)
+    }
+
+    /// [`Meshd::spawn_logged`] of `command`, made by [`meshd_command_from`] with `args`.
+    pub fn spawn_logged_with(
+        name: &str,
+        args: &[String],
+        log: &Path,
+        mut command: Command,
+    ) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(log).context("creating the log file")?;
+        command.stderr(file);
         Self::spawn_command(name, args, command)
     }
 

@@ -153,10 +153,22 @@ impl Proxy {
 
     /// Starts the process without waiting for `/ready` (see [`Proxy::wait_ready`]).
     pub fn spawn(http_addr: SocketAddr, sidecar_for: &str, extra: &[&str]) -> Self {
+        Self::spawn_with(Command::new(proxy_bin()), http_addr, sidecar_for, extra)
+    }
+
+    /// [`Proxy::spawn`] of `command`, a command for the [`proxy_bin`] binary made elsewhere:
+    /// e.g. [`crate::pod::Pod::command`], to run it inside a network namespace (whose loopback
+    /// `http_addr` and the admin address are then on).
+    pub fn spawn_with(
+        mut command: Command,
+        http_addr: SocketAddr,
+        sidecar_for: &str,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("proxy.log");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(proxy_bin())
+        let child = command
             .args([
                 "run",
                 "--sidecar-for",

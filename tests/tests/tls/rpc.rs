@@ -12,9 +12,12 @@
 //! * Auto-encrypt: an agent with only the CA file and a token gets its certificate and syncs
 //!   its services; a token without `node:write` gets the server's refusal and the agent exits.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use mesh_tests::grpc_curl::{GrpcCall, grpc_status};
 
 use mesh_tests::process::{
     Meshd, eventually, free_port, http, meshd_refused, server_args, spawn_agent, stdout_ok,
@@ -45,8 +48,6 @@ impl Pki {
                 "meshctl tls",
             );
         }
-        // An empty gRPC message: no compression flag, length 0.
-        std::fs::write(dir.join("empty.grpc"), [0u8; 5]).unwrap();
         Self {
             dir: dir.to_path_buf(),
         }
@@ -70,56 +71,23 @@ impl Pki {
 
     /// A gRPC call to `path` on the server at `port` through curl over TLS, verifying the
     /// server as `server.dc1.mesh`, presenting `cert` if given; curl's verbose output.
-    ///
-    /// curl 7.88 sometimes reports a refusal that arrives before it has sent the request body
-    /// (the server answers at once and resets the stream) as error 92 instead of showing the
-    /// answer; such a call is repeated, at most five times.
     fn grpc(&self, port: u16, cert: Option<&str>, path: &str, token: Option<&str>) -> String {
-        let mut out = String::new();
-        for _ in 0..5 {
-            out = self.grpc_once(port, cert, path, token);
-            if !out.contains("curl: (92)") {
-                break;
-            }
+        let ca = self.dir.join("mesh-agent-ca.pem");
+        let files = cert.map(|c| {
+            (
+                self.dir.join(format!("{c}.pem")),
+                self.dir.join(format!("{c}-key.pem")),
+            )
+        });
+        GrpcCall {
+            ca: &ca,
+            server: SocketAddr::from(([127, 0, 0, 1], port)),
+            client: files.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            path,
+            token,
+            message: &[],
         }
-        out
-    }
-
-    fn grpc_once(&self, port: u16, cert: Option<&str>, path: &str, token: Option<&str>) -> String {
-        let mut c = Command::new("curl");
-        c.args([
-            "-sS",
-            "-v",
-            "--http2",
-            "--max-time",
-            "10",
-            "--cacert",
-            &self.path("mesh-agent-ca.pem"),
-            "--resolve",
-            &format!("server.dc1.mesh:{port}:127.0.0.1"),
-            "-H",
-            "content-type: application/grpc",
-            "-H",
-            "te: trailers",
-            "--data-binary",
-            &format!("@{}", self.path("empty.grpc")),
-            "-o",
-            "/dev/null",
-            &format!("https://server.dc1.mesh:{port}{path}"),
-        ]);
-        if let Some(cert) = cert {
-            c.args(["--cert", &self.path(&format!("{cert}.pem"))]);
-            c.args(["--key", &self.path(&format!("{cert}-key.pem"))]);
-        }
-        if let Some(t) = token {
-            c.args(["-H", &format!("x-consul-token: {t}")]);
-        }
-        let out = c.stdin(Stdio::null()).output().expect("curl runs");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        .run(|| Command::new("curl"))
     }
 }
 
@@ -133,13 +101,6 @@ fn http_as(
 ) -> anyhow::Result<mesh_tests::process::HttpResponse> {
     let sep = if path.contains('?') { '&' } else { '?' };
     http(method, addr, &format!("{path}{sep}token={token}"), body)
-}
-
-/// The `grpc-status` trailer curl saw, if the call got that far.
-fn grpc_status(curl: &str) -> Option<u32> {
-    curl.lines()
-        .find_map(|l| l.strip_prefix("< grpc-status: "))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 fn port(m: &Meshd) -> u16 {

@@ -204,5 +204,10 @@ where
     if !q.is_stale() {
         srv.read_barrier().await?;
     }
-    blocking::wait_for_index(&srv.state, q, index_of).await
+    // A blocking query ends when the server stops, with the current answer: otherwise one
+    // forwarded by an agent over gRPC holds the graceful shutdown for up to its `wait`.
+    tokio::select! {
+        r = blocking::wait_for_index(&srv.state, q, index_of) => r,
+        () = srv.shutdown_signal() => Ok(()),
+    }
 }
