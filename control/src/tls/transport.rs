@@ -3,8 +3,9 @@
 //! ([`RpcPeer`], read by `tls::peer::Admit`); [`channel`] dials a server, over TLS when the
 //! process has it, verifying the server's name.
 //!
-//! Handshakes run concurrently, each bounded by [`HANDSHAKE_TIMEOUT`], so a peer that opens a
-//! connection and sends nothing holds no one else up. A refused handshake (plaintext, no
+//! Handshakes run concurrently, each bounded by [`HANDSHAKE_TIMEOUT`] and at most
+//! [`MAX_HANDSHAKES`] at once, so a peer that opens connections and sends nothing holds no one
+//! else up and cannot grow the server without bound. A refused handshake (plaintext, no
 //! certificate, another CA, a workload certificate) is logged with the peer's address and the
 //! reason, and the connection is closed before any gRPC is read.
 
@@ -32,6 +33,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepted connections waiting for tonic.
 const BACKLOG: usize = 64;
+
+/// Handshakes in progress at once; beyond it the accept loop waits (connections queue in the
+/// kernel's backlog), so a flood of connections that never finish their handshake holds at
+/// most this many tasks and buffers, each for at most [`HANDSHAKE_TIMEOUT`].
+pub const MAX_HANDSHAKES: usize = 256;
 
 enum Io {
     Plain(TcpStream),
@@ -117,8 +123,17 @@ pub fn incoming(
     tls: Option<Arc<RpcTls>>,
 ) -> ReceiverStream<io::Result<RpcStream>> {
     let (tx, rx) = mpsc::channel(BACKLOG);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            // A permit per handshake in flight, taken before accepting the next connection.
+            let permit = tokio::select! {
+                p = handshakes.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            };
             let accepted = tokio::select! {
                 a = listener.accept() => a,
                 () = tx.closed() => return,
@@ -149,7 +164,9 @@ pub fn incoming(
                 Some(tls) => {
                     let (tls, tx) = (tls.clone(), tx.clone());
                     tokio::spawn(async move {
-                        if let Some(stream) = handshake(&tls, tcp, remote).await {
+                        let stream = handshake(&tls, tcp, remote).await;
+                        drop(permit);
+                        if let Some(stream) = stream {
                             let _ = tx.send(Ok(stream)).await;
                         }
                     });
