@@ -11,7 +11,8 @@
 //! - `mesh_connect6` / `mesh_getpeername6`: the same for IPv6 connects, to the proxy's IPv6
 //!   outbound listener (`MESH_OUTBOUND6`, on `::1`); `sock_ops` re-keys them as for IPv4.
 //! - `mesh_sk_lookup` (netns `sk_lookup`): inbound TCP to the app's ports (not on loopback) is
-//!   handed to the proxy's inbound mTLS listener held in a sockmap.
+//!   handed to the proxy's inbound mTLS listener held in a sockmap: the IPv4 one at
+//!   `INBOUND_LISTENER_INDEX`, the IPv6 one (`[::]`, v6-only) at `INBOUND_LISTENER6_INDEX`.
 //! - `--sockmap` only: `mesh_sock_ops` (pod cgroup) and `mesh_sockmap_ops` (the proxy's own
 //!   cgroup) put both ends of each established app↔proxy loopback hop of the pod into
 //!   `MESH_SOCKHASH`; `mesh_sk_msg` (attached to that sockhash) hands every message sent on
@@ -40,9 +41,10 @@ use aya_ebpf::{
 };
 use mesh_ebpf_common::{
     ClientKey, ClientKey6, Config, EXCLUSION_ENTRIES, FLAG_ENABLED, FLAG_SKIP_LOOPBACK,
-    FLAG_SOCKMAP, INBOUND_LISTENER_INDEX, ORIG_DST_ENTRIES, OrigDst, OrigDst6, Outbound6,
-    SOCKHASH_ENTRIES, STAT_COUNT, STAT_EXCLUDED, STAT_INBOUND_STEERED, STAT_ORIG_RECORDED,
-    STAT_REDIRECTED, STAT_REDIRECTED6, STAT_SOCKMAP_INSERTED, STAT_SOCKMAP_REDIRECTED, SockKey,
+    FLAG_SOCKMAP, INBOUND_LISTENER_INDEX, INBOUND_LISTENER6_INDEX, ORIG_DST_ENTRIES, OrigDst,
+    OrigDst6, Outbound6, SOCKHASH_ENTRIES, STAT_COUNT, STAT_EXCLUDED, STAT_INBOUND_STEERED,
+    STAT_ORIG_RECORDED, STAT_REDIRECTED, STAT_REDIRECTED6, STAT_SOCKMAP_INSERTED,
+    STAT_SOCKMAP_REDIRECTED, SockKey,
 };
 
 /// `bpf_sock_addr` verdicts: 1 lets the syscall proceed.
@@ -54,6 +56,9 @@ const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+/// `::1` as the four network-order words of a context's IPv6 field (read on a little-endian
+/// target: the last word's bytes 00 00 00 01).
+const IP6_LOOPBACK: [u32; 4] = [0, 0, 0, 0x0100_0000];
 /// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: an active (connect) TCP socket got established.
 const SOCK_OPS_ACTIVE_ESTABLISHED: u32 = 4;
 /// `BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`: an accepted TCP socket got established (the
@@ -81,7 +86,7 @@ static MESH_EXCLUDED_CIDRS6: LpmTrie<[u32; 4], u8> =
 #[map]
 static MESH_INBOUND_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(EXCLUSION_ENTRIES, 0);
 #[map]
-static MESH_INBOUND_LISTENER: SockMap = SockMap::with_max_entries(1, 0);
+static MESH_INBOUND_LISTENER: SockMap = SockMap::with_max_entries(2, 0);
 #[map]
 static MESH_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
 #[map]
@@ -519,19 +524,29 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<(), ()> {
     // SAFETY: verifier-checked context pointer; readable fields.
     let (family, protocol, local_ip4, local_port) =
         unsafe { ((*l).family, (*l).protocol, (*l).local_ip4, (*l).local_port) };
-    if family != AF_INET || protocol != IPPROTO_TCP {
+    if protocol != IPPROTO_TCP {
         return Err(());
     }
-    // Loopback stays with whoever listens there: the proxy reaches the app on 127.0.0.1.
-    if (local_ip4 & 0xff) == 127 {
-        return Err(());
-    }
+    // Loopback stays with whoever listens there: the proxy reaches the app on 127.0.0.1 / ::1.
+    let index = match family {
+        AF_INET if (local_ip4 & 0xff) == 127 => return Err(()),
+        AF_INET => INBOUND_LISTENER_INDEX,
+        AF_INET6 => {
+            // SAFETY: verifier-checked context pointer; readable field.
+            let ip6 = unsafe { read_ip6(&(*l).local_ip6) };
+            if ip6 == IP6_LOOPBACK {
+                return Err(());
+            }
+            INBOUND_LISTENER6_INDEX
+        }
+        _ => return Err(()),
+    };
     // SAFETY: value not kept past the call.
     if unsafe { MESH_INBOUND_PORTS.get(&(local_port as u16)) }.is_none() {
         return Err(());
     }
     MESH_INBOUND_LISTENER
-        .redirect_sk_lookup(ctx, INBOUND_LISTENER_INDEX, 0)
+        .redirect_sk_lookup(ctx, index, 0)
         .map_err(|_| ())?;
     count(STAT_INBOUND_STEERED);
     Ok(())

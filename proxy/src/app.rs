@@ -563,6 +563,21 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         .collect();
     let _ = admin_state.listeners.set((public_addr, bound));
 
+    // Transparent mode steers the app's ports to the mTLS listener over IPv6 too, through an
+    // IPv6-only twin on `[::]` (same port) in the pod; without IPv6 there, only IPv4 is.
+    let public6 = match (&p.transparent, public_addr) {
+        (Some(_), SocketAddr::V4(a)) => {
+            let bind6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), a.port());
+            match p.sockets.bind_v6only(bind6).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "transparent mode: no IPv6 inbound listener; IPv6 connections to the app's ports are not steered");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     // Attached before "ready"; held (and so attached) until this function returns.
     let transparent = match p.transparent {
         Some(plan) => Some(
@@ -570,6 +585,7 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
                 plan,
                 control,
                 &public,
+                public6.as_ref(),
                 metrics.clone(),
                 p.options.connect_timeout,
                 p.options.handshake_timeout,
@@ -593,6 +609,9 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         connect_timeout: p.options.connect_timeout,
         handshake_timeout: p.options.handshake_timeout,
     });
+    if let Some(public6) = public6 {
+        tokio::spawn(inbound::serve(public6, inbound_ctx.clone(), drain.watch()));
+    }
     tokio::spawn(inbound::serve(public, inbound_ctx, drain.watch()));
     let outbound_ctx = Arc::new(OutboundContext {
         identity: identity.clone(),

@@ -95,6 +95,26 @@ pub trait MakeSocket: Send + Sync + fmt::Debug {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
 }
 
+fn bind_err(addr: SocketAddr) -> impl FnOnce(io::Error) -> TransportError {
+    move |source| TransportError::Bind {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+/// A listening socket on `addr` from `socket` (made by the caller, maybe in another namespace).
+fn listen(socket: io::Result<Socket>, addr: SocketAddr, v6only: bool) -> io::Result<TcpListener> {
+    let s = socket?;
+    if v6only {
+        s.set_only_v6(true)?;
+    }
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    TcpListener::from_std(s.into())
+}
+
 /// Opens the data path's sockets (listeners, connects to other proxies and to the local app),
 /// as ztunnel's `SocketFactory`: handed to every listener and connection by value, so which
 /// namespace a socket lands in is decided once, where the proxy is wired, and never read from
@@ -143,21 +163,20 @@ impl SocketFactory {
 
     /// Binds a listener on `addr`.
     pub async fn bind(&self, addr: SocketAddr) -> Result<TcpListener, TransportError> {
-        let err = |source| TransportError::Bind {
-            addr: addr.to_string(),
-            source,
-        };
         let Some(maker) = &self.namespace else {
-            return TcpListener::bind(addr).await.map_err(err);
+            return TcpListener::bind(addr).await.map_err(bind_err(addr));
         };
-        let listen = || -> io::Result<TcpListener> {
-            let s = maker.tcp_socket(Domain::for_address(addr))?;
-            s.set_reuse_address(true)?;
-            s.bind(&addr.into())?;
-            s.listen(1024)?;
-            TcpListener::from_std(s.into())
+        listen(maker.tcp_socket(Domain::for_address(addr)), addr, false).map_err(bind_err(addr))
+    }
+
+    /// Binds an IPv6-only listener on `addr` (an IPv6 address): transparent mode's IPv6
+    /// inbound listener on `[::]`, next to the IPv4 one on the same port.
+    pub async fn bind_v6only(&self, addr: SocketAddr) -> Result<TcpListener, TransportError> {
+        let socket = match &self.namespace {
+            Some(maker) => maker.tcp_socket(Domain::IPV6),
+            None => Socket::new(Domain::IPV6, socket2::Type::STREAM, None),
         };
-        listen().map_err(err)
+        listen(socket, addr, true).map_err(bind_err(addr))
     }
 
     /// `TcpStream::connect`, from a socket the namespace's maker created if there is one.

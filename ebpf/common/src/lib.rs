@@ -32,7 +32,8 @@ pub const MAP_EXCLUDED_CIDRS4: &str = "MESH_EXCLUDED_CIDRS4";
 pub const MAP_EXCLUDED_CIDRS6: &str = "MESH_EXCLUDED_CIDRS6";
 /// Hash: local port (`u16`, host order) → 1: inbound connections to it go to the proxy.
 pub const MAP_INBOUND_PORTS: &str = "MESH_INBOUND_PORTS";
-/// Sockmap with the proxy's inbound (mTLS) listening socket at index [`INBOUND_LISTENER_INDEX`].
+/// Sockmap with the proxy's inbound (mTLS) listening sockets at [`INBOUND_LISTENER_INDEX`]
+/// (IPv4) and [`INBOUND_LISTENER6_INDEX`] (IPv6).
 pub const MAP_INBOUND_LISTENER: &str = "MESH_INBOUND_LISTENER";
 /// Per-CPU array of `u64` counters, indexed by the `STAT_*` constants.
 pub const MAP_STATS: &str = "MESH_STATS";
@@ -64,8 +65,10 @@ pub const PROG_SOCKMAP_OPS: &str = "mesh_sockmap_ops";
 /// `sk_msg` attached to [`MAP_SOCKHASH`] (`--sockmap`).
 pub const PROG_SK_MSG: &str = "mesh_sk_msg";
 
-/// Index of the inbound listener in [`MAP_INBOUND_LISTENER`].
+/// Index of the IPv4 inbound listener in [`MAP_INBOUND_LISTENER`].
 pub const INBOUND_LISTENER_INDEX: u32 = 0;
+/// Index of the IPv6 inbound listener (`[::]`, v6-only) in [`MAP_INBOUND_LISTENER`].
+pub const INBOUND_LISTENER6_INDEX: u32 = 1;
 
 /// Capacity of the original-destination maps (LRU: the oldest entries go first).
 pub const ORIG_DST_ENTRIES: u32 = 65_536;

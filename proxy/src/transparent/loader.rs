@@ -257,12 +257,15 @@ impl Prepared {
     /// the pod's namespace with `--netns`: `--sockmap` reads the namespace's cookie from it)
     /// and `outbound6` its IPv6 twin's address if one could be bound (without it IPv6
     /// connects are not redirected); `inbound` is the mTLS listener that gets the app's
-    /// `app_ports` (minus the excluded ones) when `--netns` was given.
+    /// `app_ports` (minus the excluded ones) when `--netns` was given, and `inbound6` its
+    /// IPv6 twin (`[::]`, v6-only), which gets them over IPv6 (without it IPv6 connections to
+    /// those ports are not steered).
     pub fn attach(
         mut self,
         outbound_listener: &TcpListener,
         outbound6: Option<SocketAddr>,
         inbound: &TcpListener,
+        inbound6: Option<&TcpListener>,
         app_ports: &[u16],
     ) -> Result<Attached, TransparentError> {
         let outbound = outbound_listener
@@ -350,6 +353,10 @@ impl Prepared {
                 map_mut(&mut self.ebpf, common::MAP_INBOUND_LISTENER)?;
             m.set(common::INBOUND_LISTENER_INDEX, inbound, 0)
                 .map_err(map_err(common::MAP_INBOUND_LISTENER))?;
+            if let Some(inbound6) = inbound6 {
+                m.set(common::INBOUND_LISTENER6_INDEX, inbound6, 0)
+                    .map_err(map_err(common::MAP_INBOUND_LISTENER))?;
+            }
         }
         // --sockmap: the hops are app → outbound listener and proxy → app's service port,
         // whether or not that port's inbound traffic is captured.

@@ -86,6 +86,7 @@ pub async fn start(
     plan: TransparentPlan,
     control: &tokio::runtime::Runtime,
     inbound: &TcpListener,
+    inbound6: Option<&TcpListener>,
     metrics: Arc<Metrics>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
@@ -109,10 +110,11 @@ pub async fn start(
         }
     };
     let listen6 = listener6.as_ref().map(|l| l.local_addr().unwrap_or(bind6));
-    let attached = Arc::new(
-        plan.prepared
-            .attach(&listener, listen6, inbound, &plan.app_ports)?,
-    );
+    let attached =
+        Arc::new(
+            plan.prepared
+                .attach(&listener, listen6, inbound, inbound6, &plan.app_ports)?,
+        );
     attached.log();
     {
         let weak = Arc::downgrade(&attached);

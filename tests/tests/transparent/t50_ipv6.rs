@@ -141,3 +141,95 @@ fn excluded_ipv6_cidr_goes_direct() {
         proxy_a.log()
     );
 }
+
+/// Issue 14 point 3: inbound IPv6 is captured like IPv4. A plaintext client that bypasses the
+/// mesh (pod A has no proxy) and connects to B's app port over IPv6 is handed to B's proxy by
+/// `sk_lookup`, which wants mutual TLS: the app never sees the connection. (Before, only IPv4
+/// was steered and this reached the app in plaintext.)
+#[test]
+fn ipv6_inbound_to_the_app_port_is_steered_to_the_proxy() {
+    let mesh = v6_mesh();
+    let (pods, http) = (&mesh.pods, mesh.http);
+    register_v6(http, "svc-b", &pods.b, V6_B, APP_PORT);
+    // The app listens on IPv6 (and IPv4 through a second echo), so only steering keeps a
+    // bypassing client away from it.
+    let app_b6 = Echo::start_on(&pods.b, v6_b(APP_PORT));
+    let app_b4 = Echo::start(&pods.b, APP_PORT);
+    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
+
+    for (dst, app) in [(v6_b(APP_PORT), &app_b6), (pods.b.addr(APP_PORT), &app_b4)] {
+        let out = client(&pods.a, dst, "plaintext-bypass");
+        // What comes back, if anything, is the proxy's TLS alert record (content type 21),
+        // never the app's echo.
+        let echo = out["echo"].as_str().unwrap_or_default();
+        assert_ne!(echo, "plaintext-bypass", "{dst}: {out}");
+        assert!(
+            echo.is_empty() || echo.starts_with('\u{15}'),
+            "{dst}: {out}"
+        );
+        assert_eq!(app.accepted(), 0, "{dst} reached the app in plaintext");
+    }
+    // Both went to the proxy: two steered lookups, two refused handshakes.
+    eventually("both steered", Duration::from_secs(10), || {
+        (proxy_b.ebpf_event("inbound_steered") >= 2.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", proxy_b.log()));
+}
+
+/// A mesh connection over IPv6 end to end (B's sidecar registered at its IPv6 address, so A's
+/// proxy dials `[V6_B]:21000`, B's IPv6 inbound listener): authorized like IPv4, allowed and
+/// then denied.
+#[test]
+fn ipv6_inbound_mesh_connections_are_authorized() {
+    let mesh = v6_mesh();
+    let (pods, http) = (&mesh.pods, mesh.http);
+    ok(
+        "PUT",
+        http,
+        "/v1/agent/service/register",
+        Some(&json!({
+            "Name": "svc-b", "ID": "svc-b", "Address": V6_B, "Port": APP_PORT,
+            "Connect": {"SidecarService": {
+                "Address": V6_B,
+                "Port": SIDECAR_PORT,
+                "Checks": [{"Name": "ttl", "TTL": "1h", "Status": "passing"}]
+            }}
+        })),
+    );
+    set_intention(http, "svc-a", "svc-b", "allow");
+    let app_b = Echo::start(&pods.b, APP_PORT);
+    let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
+    let proxy_b = Proxy::start(http, "svc-b", &pods.b, &[]);
+
+    let out = client(&pods.a, v6_b(APP_PORT), "mesh-over-ipv6");
+    assert_echoed(&out, "mesh-over-ipv6", &[&proxy_a, &proxy_b]);
+    assert_eq!(app_b.wait_seen(1)[0].bytes, b"mesh-over-ipv6");
+    // B's IPv4 listener is bound to its IPv4 address only: this came in over IPv6.
+    eventually("proxy B counted it", Duration::from_secs(10), || {
+        (proxy_b.metric("meshproxy_connections_total", &["inbound", "result=\"ok\""]) >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
+
+    set_intention(http, "svc-a", "svc-b", "deny");
+    let denied = eventually("the deny to apply", Duration::from_secs(10), || {
+        let out = client(&pods.a, v6_b(APP_PORT), "must-not-arrive");
+        out.get("echo").is_none().then_some(out)
+    })
+    .unwrap();
+    let err = denied["error"].as_str().unwrap_or_default();
+    assert!(err.starts_with("ConnectionResetError"), "{denied}");
+    eventually("proxy B denied it", Duration::from_secs(10), || {
+        (proxy_b.metric(
+            "meshproxy_connections_total",
+            &["inbound", "result=\"denied\""],
+        ) >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
+    assert_eq!(
+        app_b.seen().len(),
+        1,
+        "only the allowed connection reached the app"
+    );
+}
