@@ -566,7 +566,9 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
     // Transparent mode steers the app's ports to the mTLS listener over IPv6 too, through an
     // IPv6-only twin on `[::]` (same port) in the pod; without IPv6 there, only IPv4 is.
     let public6 = match (&p.transparent, public_addr) {
-        (Some(_), SocketAddr::V4(a)) => {
+        // Only with the pod's namespace (`--netns`): inbound capture needs it, and without it
+        // the twin would open an IPv6 port on the host.
+        (Some(plan), SocketAddr::V4(a)) if plan.prepared.netns().is_some() => {
             let bind6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), a.port());
             match p.sockets.bind_v6only(bind6).await {
                 Ok(l) => Some(l),
