@@ -224,7 +224,7 @@ pub(crate) fn s_server(dir: &Path, cert: &str, key: &str) -> (OwnedChild, Socket
 
 /// `openssl s_client` to `addr` expecting the server name `host`, with `client` (cert, key) if
 /// given; whether the handshake and verification succeeded, and the output.
-fn s_client(
+pub(crate) fn s_client(
     dir: &Path,
     addr: SocketAddr,
     host: &str,

@@ -23,7 +23,7 @@ use mesh_tests::process::{
     Meshd, eventually, free_port, http, meshd_refused, server_args, spawn_agent, stdout_ok,
 };
 
-use super::{meshctl, openssl, s_server};
+use super::{meshctl, s_client, s_server};
 
 /// The agent CA with three server certificates and a client certificate in `dir`, and
 /// another CA with a server and a client certificate in `dir/other`.
@@ -222,32 +222,11 @@ fn the_rpc_port_admits_servers_and_agents_only_as_their_certificates_say() {
 
     // The server's own certificate verifies as server.dc1.mesh (OpenSSL as the client), and
     // not as another datacenter's server.
-    let s_client = |host: &str| {
-        openssl(
-            &pki.dir,
-            &[
-                "s_client",
-                "-connect",
-                &connect,
-                "-CAfile",
-                "mesh-agent-ca.pem",
-                "-verify_hostname",
-                host,
-                "-verify_return_error",
-                "-cert",
-                "dc1-client-mesh-0.pem",
-                "-key",
-                "dc1-client-mesh-0-key.pem",
-                "-alpn",
-                "h2",
-            ],
-        )
-    };
-    let (_, ok) = s_client("server.dc1.mesh");
-    assert!(ok.contains("Verify return code: 0 (ok)"), "{ok}");
-    assert!(ok.contains("ALPN protocol: h2"), "{ok}");
-    let (_, wrong) = s_client("server.dc2.mesh");
-    assert!(!wrong.contains("Verify return code: 0 (ok)"), "{wrong}");
+    let client = Some(("dc1-client-mesh-0.pem", "dc1-client-mesh-0-key.pem"));
+    let (done, ok) = s_client(&pki.dir, s1.rpc_addr, "server.dc1.mesh", client);
+    assert!(done && ok.contains("Verification: OK"), "{ok}");
+    let (done, wrong) = s_client(&pki.dir, s1.rpc_addr, "server.dc2.mesh", client);
+    assert!(!done && !wrong.contains("Verification: OK"), "{wrong}");
 
     // A client certificate: the agents' API yes, Raft and membership no.
     for path in ["/mesh.v1.Cluster/Hello", "/mesh.v1.Raft/Vote"] {
@@ -270,6 +249,7 @@ fn the_rpc_port_admits_servers_and_agents_only_as_their_certificates_say() {
     // A server certificate: membership too.
     let hello = pki.grpc(p, Some("dc1-server-mesh-1"), "/mesh.v1.Cluster/Hello", None);
     assert_eq!(grpc_status(&hello), Some(0), "{hello}");
+    assert!(hello.contains("ALPN: server accepted h2"), "{hello}");
 
     // Without --auto-encrypt-allow-tls the signing method does not exist.
     let sign = pki.grpc(
