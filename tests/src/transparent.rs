@@ -581,6 +581,24 @@ impl Proxy {
             .sum()
     }
 
+    /// Waits (at most 10 s) until the proxy counted at least one `direction` connection with
+    /// `result` (`ok`, `denied`, ...) in `meshproxy_connections_total`; returns the count.
+    pub fn wait_connections(&self, direction: &str, result: &str) -> f64 {
+        let result = format!("result=\"{result}\"");
+        eventually(
+            &format!(
+                "{} proxy to count a {direction} connection ({result})",
+                self.service
+            ),
+            Duration::from_secs(10),
+            || {
+                let n = self.metric("meshproxy_connections_total", &[direction, &result]);
+                (n >= 1.0).then_some(n)
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
     /// A counter of the proxy's eBPF programs (`redirected`, `sockmap_redirected`, ...), from
     /// `meshproxy_transparent_ebpf_events_total` on `/metrics`.
     pub fn ebpf_event(&self, event: &str) -> f64 {

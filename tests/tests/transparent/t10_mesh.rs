@@ -30,28 +30,9 @@ fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
     assert!(seen[0].peer.ip().is_loopback(), "{:?}", seen[0].peer);
     assert_eq!(seen[0].bytes, marker.as_bytes());
     // Both proxies counted it.
-    let outbound_ok = eventually(
-        "proxy A counted the connection",
-        Duration::from_secs(10),
-        || {
-            let n = proxy_a.metric(
-                "meshproxy_connections_total",
-                &["outbound", "result=\"ok\""],
-            );
-            (n >= 1.0).then_some(n)
-        },
-    )
-    .unwrap();
+    let outbound_ok = proxy_a.wait_connections("outbound", "ok");
     assert_eq!(outbound_ok, 1.0);
-    let inbound_ok = eventually(
-        "proxy B counted the connection",
-        Duration::from_secs(10),
-        || {
-            let n = proxy_b.metric("meshproxy_connections_total", &["inbound", "result=\"ok\""]);
-            (n >= 1.0).then_some(n)
-        },
-    )
-    .unwrap();
+    let inbound_ok = proxy_b.wait_connections("inbound", "ok");
     assert_eq!(inbound_ok, 1.0);
     // On the wire between the pods: TLS records, never the plaintext marker.
     assert!(counts["packets"].as_u64().unwrap() > 0, "{counts}");
@@ -91,13 +72,6 @@ fn deny_intention_resets_the_client_and_no_byte_reaches_the_app() {
             .then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", proxy_a.log()));
-    eventually("proxy B denied it", Duration::from_secs(10), || {
-        (proxy_b.metric(
-            "meshproxy_connections_total",
-            &["inbound", "result=\"denied\""],
-        ) >= 1.0)
-            .then_some(())
-    })
-    .unwrap();
+    proxy_b.wait_connections("inbound", "denied");
     assert_eq!(app_b.accepted(), 0, "a denied connection reached B's app");
 }

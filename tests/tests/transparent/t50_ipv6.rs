@@ -102,11 +102,7 @@ fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
         log.contains("mesh destination") && log.contains(&dst.to_string()),
         "{log}"
     );
-    eventually("proxy B counted it", Duration::from_secs(10), || {
-        (proxy_b.metric("meshproxy_connections_total", &["inbound", "result=\"ok\""]) >= 1.0)
-            .then_some(())
-    })
-    .unwrap();
+    proxy_b.wait_connections("inbound", "ok");
 }
 
 #[test]
@@ -205,11 +201,7 @@ fn ipv6_inbound_mesh_connections_are_authorized() {
     assert_echoed(&out, "mesh-over-ipv6", &[&proxy_a, &proxy_b]);
     assert_eq!(app_b.wait_seen(1)[0].bytes, b"mesh-over-ipv6");
     // B's IPv4 listener is bound to its IPv4 address only: this came in over IPv6.
-    eventually("proxy B counted it", Duration::from_secs(10), || {
-        (proxy_b.metric("meshproxy_connections_total", &["inbound", "result=\"ok\""]) >= 1.0)
-            .then_some(())
-    })
-    .unwrap();
+    proxy_b.wait_connections("inbound", "ok");
 
     set_intention(http, "svc-a", "svc-b", "deny");
     let denied = eventually("the deny to apply", Duration::from_secs(10), || {
@@ -219,14 +211,7 @@ fn ipv6_inbound_mesh_connections_are_authorized() {
     .unwrap();
     let err = denied["error"].as_str().unwrap_or_default();
     assert!(err.starts_with("ConnectionResetError"), "{denied}");
-    eventually("proxy B denied it", Duration::from_secs(10), || {
-        (proxy_b.metric(
-            "meshproxy_connections_total",
-            &["inbound", "result=\"denied\""],
-        ) >= 1.0)
-            .then_some(())
-    })
-    .unwrap();
+    proxy_b.wait_connections("inbound", "denied");
     assert_eq!(
         app_b.seen().len(),
         1,
