@@ -61,11 +61,11 @@ pub fn load(path: &Path) -> Result<SealKey, KeyFileError> {
         source,
     };
     let file = std::fs::File::open(path).map_err(read)?;
-    let mode = file.metadata().map_err(read)?.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
+    let mode = file.metadata().map_err(read)?.permissions().mode();
+    if let Some(open) = crate::data_dir::too_open(path, crate::data_dir::Kind::File, mode) {
         return Err(KeyFileError::Permissions {
-            path: path.to_path_buf(),
-            mode,
+            path: open.path,
+            mode: open.mode,
         });
     }
     let mut text = Zeroizing::new(String::new());

@@ -180,12 +180,11 @@ fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, RpcTlsError> {
             reason: e.to_string(),
         })?
         .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
+        .mode();
+    if let Some(open) = crate::data_dir::too_open(path, crate::data_dir::Kind::File, mode) {
         return Err(RpcTlsError::KeyExposed {
-            path: path.to_path_buf(),
-            mode,
+            path: open.path,
+            mode: open.mode,
         });
     }
     // The key's text never reaches an error message.

@@ -287,6 +287,15 @@ fn the_rpc_port_admits_servers_and_agents_only_as_their_certificates_say() {
     );
     let refused = meshd_refused(&server(&pki, "s3", "other/dc1-server-mesh-0", 1, &[]));
     assert!(refused.contains("UnknownIssuer"), "{refused}");
+    // Nor one whose key file group or others can read; the message says how to fix it.
+    let key = pki.dir.join("dc1-server-mesh-2-key.pem");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let refused = meshd_refused(&server(&pki, "s4", "dc1-server-mesh-2", 1, &[]));
+    assert!(
+        refused.contains("is readable by group or others (mode 644)")
+            && refused.contains(&format!("chmod 600 {}", key.display())),
+        "{refused}"
+    );
 }
 
 #[test]
