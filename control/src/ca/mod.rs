@@ -26,6 +26,7 @@ use crate::model::{CaRoot, IssuedLeaf};
 use crate::spiffe::SpiffeIdError;
 
 pub use builtin::BuiltinProvider;
+pub(crate) use cert_info::cert_der_from_pem;
 pub use csr::{ValidatedCsr, generate_csr, generate_uri_csr, validate_agent_csr, validate_csr};
 
 /// A root as kept in the replicated state: the public part plus its PEM PKCS#8 private key.

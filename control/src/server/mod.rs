@@ -30,7 +30,7 @@ pub use config::{AclConfig, ServerConfig};
 pub use error::{ForwardError, LeaderRefusal, Refused, ServerError};
 pub use ops::PeerEntry;
 
-use crate::ca::{BuiltinProvider, CaProvider};
+use crate::ca::{BuiltinProvider, CaProvider, cert_der_from_pem};
 use crate::raft::{Channels, Faults, MeshNode, NetworkFactory, NodeId, Raft, node_id};
 use crate::store::{self, SharedState};
 
@@ -292,20 +292,14 @@ fn rpc_tls(
     };
     let mesh_roots = config.auto_encrypt_allow_tls.then(|| {
         let state = state.clone();
-        let roots: crate::tls::MeshRoots = Arc::new(move || {
+        let roots: crate::tls::MeshRoots = Arc::new(move |held| {
             state.read(|s| {
-                let certs =
-                    s.ca.roots
-                        .iter()
-                        .filter_map(|r| {
-                            use rustls_pki_types::pem::PemObject;
-                            rustls_pki_types::CertificateDer::from_pem_slice(
-                                r.root.root_cert.as_bytes(),
-                            )
-                            .ok()
-                        })
-                        .collect();
-                (s.tables.roots, certs)
+                // Parsed only when the roots changed since `held`.
+                (held != Some(s.tables.roots)).then(|| {
+                    let certs = s.ca.roots.iter();
+                    let certs = certs.filter_map(|r| cert_der_from_pem(&r.root.root_cert).ok());
+                    (s.tables.roots, certs.collect())
+                })
             })
         });
         roots

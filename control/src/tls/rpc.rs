@@ -85,9 +85,11 @@ pub struct TlsFiles {
     pub key_file: Option<PathBuf>,
 }
 
-/// The current roots of the mesh CA and their index, for verifying auto-encrypt agent
-/// certificates (a server reads them from its replicated state).
-pub type MeshRoots = Arc<dyn Fn() -> (u64, Vec<CertificateDer<'static>>) + Send + Sync>;
+/// The mesh CA's roots, for verifying auto-encrypt agent certificates (a server reads them
+/// from its replicated state): given the index of the roots already held, `None` when they are
+/// still current, else the current index and roots.
+pub type MeshRoots =
+    Arc<dyn Fn(Option<u64>) -> Option<(u64, Vec<CertificateDer<'static>>)> + Send + Sync>;
 
 /// The certificate this process presents; auto-encrypt swaps it when it renews.
 #[derive(Debug, Default)]
@@ -383,13 +385,14 @@ impl std::fmt::Debug for MeshRootsVerifier {
 
 impl MeshRootsVerifier {
     fn current(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
-        let (index, roots) = (self.source)();
         let mut cached = self.cached.lock();
-        if let Some((at, v)) = cached.as_ref()
-            && *at == index
-        {
-            return Ok(v.clone());
-        }
+        let held = cached.as_ref().map(|(at, _)| *at);
+        let Some((index, roots)) = (self.source)(held) else {
+            if let Some((_, v)) = cached.as_ref() {
+                return Ok(v.clone());
+            }
+            return Err(rustls::Error::General("no mesh CA root yet".into()));
+        };
         let mut store = RootCertStore::empty();
         let (added, _) = store.add_parsable_certificates(roots);
         if added == 0 {
