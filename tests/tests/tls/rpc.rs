@@ -287,6 +287,27 @@ fn the_rpc_port_admits_servers_and_agents_only_as_their_certificates_say() {
     );
     let refused = meshd_refused(&server(&pki, "s3", "other/dc1-server-mesh-0", 1, &[]));
     assert!(refused.contains("UnknownIssuer"), "{refused}");
+    // Auto-encrypt is refused without ACLs (the token is what vouches for an agent) and
+    // without TLS.
+    let mut no_acl = server(&pki, "s5", "dc1-server-mesh-0", 1, &[]);
+    no_acl.push("--auto-encrypt-allow-tls".into());
+    let refused = meshd_refused(&no_acl);
+    assert!(
+        refused.contains("auto-encrypt (--auto-encrypt-allow-tls) needs ACLs"),
+        "{refused}"
+    );
+    let mut no_tls = server_args(
+        "s6",
+        &pki.dir.join("data-s6"),
+        free_port(),
+        free_port(),
+        1,
+        &[],
+    );
+    no_tls.retain(|a| a != "--acl-disabled");
+    no_tls.push("--auto-encrypt-allow-tls".into());
+    let refused = meshd_refused(&no_tls);
+    assert!(refused.contains("needs TLS on the RPC port"), "{refused}");
     // Nor one whose key file group or others can read; the message says how to fix it.
     let key = pki.dir.join("dc1-server-mesh-2-key.pem");
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
