@@ -22,6 +22,26 @@ fn full_restart_keeps_identical_state() {
     assert_eq!(r.status, 200, "{}", r.body);
     let r = http("PUT", c.servers[1].http_addr, "/v1/connect/ca/rotate", None).unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
+    // Each server's embedded agent registers its own node: the state is at rest only once
+    // all three have (otherwise a late registration lands after `before`).
+    eventually(
+        "every server's node in the catalog",
+        Duration::from_secs(20),
+        || {
+            let r = http("GET", a, "/v1/catalog/nodes", None).ok()?;
+            let nodes: serde_json::Value = r.json().ok()?;
+            let names: Vec<&str> = nodes
+                .as_array()?
+                .iter()
+                .filter_map(|n| n["Node"].as_str())
+                .collect();
+            ["s1", "s2", "s3"]
+                .iter()
+                .all(|s| names.contains(s))
+                .then_some(())
+        },
+    )
+    .unwrap();
     let before = c.wait_converged().unwrap();
 
     for s in &mut c.servers {
