@@ -40,9 +40,9 @@ use aya_ebpf::{
     programs::{SkLookupContext, SkMsgContext, SockAddrContext, SockOpsContext},
 };
 use mesh_ebpf_common::{
-    ClientKey, ClientKey6, Config, EXCLUSION_ENTRIES, FLAG_ENABLED, FLAG_SKIP_LOOPBACK,
-    FLAG_SOCKMAP, INBOUND_LISTENER_INDEX, INBOUND_LISTENER6_INDEX, ORIG_DST_ENTRIES, OrigDst,
-    OrigDst6, Outbound6, SOCKHASH_ENTRIES, STAT_COUNT, STAT_EXCLUDED, STAT_INBOUND_STEERED,
+    ClientKey, ClientKey6, Config, EXCLUSION_ENTRIES, FLAG_ENABLED, FLAG_FAIL_CLOSED,
+    FLAG_SKIP_LOOPBACK, FLAG_SOCKMAP, INBOUND_LISTENER_INDEX, INBOUND_LISTENER6_INDEX, ORIG_DST_ENTRIES, OrigDst,
+    OrigDst6, Outbound6, SOCKHASH_ENTRIES, STAT_COUNT, STAT_EXCLUDED, STAT_INBOUND_REFUSED, STAT_INBOUND_STEERED,
     STAT_ORIG_RECORDED, STAT_REDIRECTED, STAT_REDIRECTED6, STAT_SOCKMAP_INSERTED,
     STAT_SOCKMAP_REDIRECTED, SockKey,
 };
@@ -52,6 +52,12 @@ const ALLOW: i32 = 1;
 /// `sk_lookup` verdict: continue (with the assigned socket, if any). `sk_msg`: send the
 /// message, to the redirect target if the program set one, else down the normal TCP path.
 const SK_PASS: u32 = 1;
+/// `sk_lookup` verdict: drop the packet; for a TCP SYN no socket is found and the kernel
+/// answers with a reset (the caller sees `ECONNREFUSED`).
+const SK_DROP: u32 = 0;
+/// `bpf_sk_assign` flag for `sk_lookup`: replace a socket an earlier program selected (while
+/// a restarted proxy's programs and its predecessor's both run, both select the same one).
+const BPF_SK_LOOKUP_F_REPLACE: u64 = 1;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 const AF_INET: u32 = 2;
@@ -514,12 +520,14 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<(), ()> {
 
 #[sk_lookup]
 pub fn mesh_sk_lookup(ctx: SkLookupContext) -> u32 {
-    let _ = try_sk_lookup(&ctx);
-    SK_PASS
+    try_sk_lookup(&ctx).unwrap_or(SK_PASS)
 }
 
+/// `Err`: not ours, the lookup goes on unchanged. `Ok` is the verdict for a connection to a
+/// captured port: handed to the proxy's listener, or (fail closed, no listener: the proxy is
+/// gone) refused.
 #[inline(always)]
-fn try_sk_lookup(ctx: &SkLookupContext) -> Result<(), ()> {
+fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, ()> {
     let l = ctx.lookup;
     // SAFETY: verifier-checked context pointer; readable fields.
     let (family, protocol, local_ip4, local_port) =
@@ -545,11 +553,23 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<(), ()> {
     if unsafe { MESH_INBOUND_PORTS.get(&(local_port as u16)) }.is_none() {
         return Err(());
     }
-    MESH_INBOUND_LISTENER
-        .redirect_sk_lookup(ctx, index, 0)
-        .map_err(|_| ())?;
-    count(STAT_INBOUND_STEERED);
-    Ok(())
+    // A closed listener leaves the sockmap by itself, so an empty slot means no proxy.
+    if MESH_INBOUND_LISTENER
+        .redirect_sk_lookup(ctx, index, BPF_SK_LOOKUP_F_REPLACE)
+        .is_ok()
+    {
+        count(STAT_INBOUND_STEERED);
+        return Ok(SK_PASS);
+    }
+    let fail_closed = MESH_CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & FLAG_FAIL_CLOSED != 0);
+    if fail_closed {
+        count(STAT_INBOUND_REFUSED);
+        Ok(SK_DROP)
+    } else {
+        Err(())
+    }
 }
 
 #[cfg(not(test))]

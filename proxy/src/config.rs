@@ -50,6 +50,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the sidecar proxy of a registered service.
     Run(RunArgs),
+    /// Inspect or remove the pinned transparent-mode captures of pods.
+    #[command(subcommand)]
+    Transparent(crate::transparent::pods::PodsCommand),
 }
 
 /// Flags of `meshproxy run`.
@@ -282,7 +285,9 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, String> {
         let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
-        let Command::Run(a) = cli.command;
+        let Command::Run(a) = cli.command else {
+            return Err("not run".into());
+        };
         Config::from_args(a).map_err(|e| e.to_string())
     }
 
@@ -424,7 +429,9 @@ mod tests {
         ];
         assert!(Cli::try_parse_from(with_flag).is_err());
         let cli = Cli::try_parse_from(["meshproxy", "run", "--config", "p.json"]).unwrap();
-        let Command::Run(a) = cli.command;
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(a.config.as_deref(), Some(std::path::Path::new("p.json")));
     }
 }

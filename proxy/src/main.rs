@@ -28,7 +28,15 @@ fn fail(what: &str, e: &(dyn std::error::Error + 'static)) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let Command::Run(args) = cli.command;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Transparent(cmd) => {
+            return match meshproxy::transparent::pods::run(&cmd) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail("transparent", &e),
+            };
+        }
+    };
     let workers = match args.worker_threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

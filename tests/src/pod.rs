@@ -160,8 +160,33 @@ fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Removes the fail-closed capture a `meshproxy run --transparent` pinned for `cgroup`
+/// (`/sys/fs/bpf/mesh/cgroup-<inode>/`, as `meshproxy transparent remove` does), so no test
+/// leaves programs attached or loaded; its lock file too. Nothing pinned: nothing to do.
+pub fn unpin_capture(cgroup: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ino) = std::fs::metadata(cgroup).map(|m| m.ino()) else {
+        return;
+    };
+    let dir = Path::new("/sys/fs/bpf/mesh").join(format!("cgroup-{ino}"));
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    // Links first, as `transparent remove` does.
+    names.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+    for p in names {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_file(format!("/run/meshproxy/transparent-cgroup-{ino}.lock"));
+}
+
 /// Everything still in a cgroup the test made was started by the test: kill it by PID, then
-/// wait (bounded) until the cgroup is empty so it can be removed.
+/// wait (bounded) until the cgroup is empty so it can be removed, with any capture pinned for
+/// it ([`unpin_capture`]).
 fn empty_and_remove(cgroup: &Path) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -169,6 +194,9 @@ fn empty_and_remove(cgroup: &Path) {
         for pid in &pids {
             // SAFETY: kill(2) by PID, no memory involved.
             unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        if pids.is_empty() {
+            unpin_capture(cgroup);
         }
         if (pids.is_empty() && std::fs::remove_dir(cgroup).is_ok())
             || !cgroup.exists()

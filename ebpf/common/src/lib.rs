@@ -89,7 +89,10 @@ pub const STAT_REDIRECTED6: u32 = 4;
 pub const STAT_SOCKMAP_INSERTED: u32 = 5;
 /// Messages (`sendmsg` calls) `mesh_sk_msg` redirected to the peer socket.
 pub const STAT_SOCKMAP_REDIRECTED: u32 = 6;
-pub const STAT_COUNT: u32 = 7;
+/// Inbound connections to a captured port refused because no proxy listener is in
+/// [`MAP_INBOUND_LISTENER`] ([`FLAG_FAIL_CLOSED`]).
+pub const STAT_INBOUND_REFUSED: u32 = 7;
+pub const STAT_COUNT: u32 = 8;
 
 /// [`Config::flags`]: do not redirect connects to 127.0.0.0/8 (the pod's own loopback).
 pub const FLAG_SKIP_LOOPBACK: u32 = 1;
@@ -98,6 +101,10 @@ pub const FLAG_ENABLED: u32 = 2;
 /// [`Config::flags`]: `--sockmap`: established app↔proxy loopback sockets of the pod's network
 /// namespace ([`Config::pod_netns_cookie`]) go into [`MAP_SOCKHASH`].
 pub const FLAG_SOCKMAP: u32 = 4;
+/// [`Config::flags`]: fail closed: an inbound connection to a captured port that cannot be
+/// handed to the proxy's listener (none is in [`MAP_INBOUND_LISTENER`]: the proxy is gone) is
+/// refused, never passed on to the app. Without it, it goes to whoever listens (`--fail-open`).
+pub const FLAG_FAIL_CLOSED: u32 = 8;
 
 /// What the loader tells the programs (index 0 of [`MAP_CONFIG`]).
 #[repr(C)]

@@ -125,6 +125,13 @@ pub struct TransparentArgs {
     /// for apps that retry EAGAIN (non-blocking, poll/epoll-based I/O).
     #[arg(long)]
     pub sockmap: bool,
+    /// Let the pod's traffic go direct when this proxy is gone. RISK: after a crash, an OOM
+    /// kill or a stop, the pod's connections then bypass mutual TLS and every intention, in
+    /// plaintext. Default (without it): the capture is pinned in /sys/fs/bpf/mesh/<pod-id>/
+    /// and outlives the proxy, so connections are refused until a proxy serves the pod again
+    /// or `meshproxy transparent remove` takes the capture away.
+    #[arg(long)]
+    pub fail_open: bool,
     /// Port of the outbound listener (bound on 127.0.0.1, inside the pod with --netns).
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_OUTBOUND_PORT)]
     pub outbound_port: u16,
@@ -151,6 +158,8 @@ pub struct TransparentConfig {
     pub external_outbound_capture: bool,
     /// `--sockmap`: the app↔proxy loopback hops bypass TCP (sockhash + sk_msg).
     pub sockmap: bool,
+    /// `--fail-open`: nothing is pinned; the kernel detaches the capture when the proxy exits.
+    pub fail_open: bool,
 }
 
 impl TransparentArgs {
@@ -172,6 +181,7 @@ impl TransparentArgs {
                 ("exclude-cidr", !self.exclude_cidrs.is_empty()),
                 ("exclude-uid", !self.exclude_uids.is_empty()),
                 ("sockmap", self.sockmap),
+                ("fail-open", self.fail_open),
             ];
             if let Some((flag, _)) = given.into_iter().find(|(_, g)| *g) {
                 return Err(ArgsError::NeedsTransparent { flag });
@@ -200,6 +210,7 @@ impl TransparentArgs {
             ebpf_object: self.ebpf_object,
             external_outbound_capture: self.outbound_capture == "external",
             sockmap: self.sockmap,
+            fail_open: self.fail_open,
         }))
     }
 }

@@ -71,4 +71,16 @@ pub enum TransparentError {
     NotIpv4 { addr: std::net::SocketAddr },
     #[error("creating a socket in the pod's network namespace failed")]
     Netns(#[source] std::io::Error),
+    #[error("{what} {path} failed: {reason}")]
+    Pin {
+        what: String,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "a meshproxy (pid {pid}) still serves cgroup {cgroup}: stop it first (its capture is removed only once no proxy holds the pod)"
+    )]
+    StillServed { pid: u32, cgroup: String },
+    #[error("nothing is pinned for {what} (see `meshproxy transparent status`)")]
+    NotPinned { what: String },
 }

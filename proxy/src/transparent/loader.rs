@@ -3,10 +3,16 @@
 //! Two steps, so the proxy refuses to start before binding anything when the environment is
 //! wrong, yet attaches only once its listeners exist: [`Prepared::prepare`] runs the preflight
 //! checks, takes the per-cgroup lock and loads every program (the verifier runs here);
-//! [`Prepared::attach`] fills the maps and creates the `bpf_link`s. Links are never pinned:
-//! they belong to this process's file descriptors, so the kernel detaches them when it exits
-//! for any reason (SIGKILL included). If any step fails, dropping the `aya::Ebpf` closes every
-//! link already made: nothing stays half-attached.
+//! [`Prepared::attach`] fills the maps and creates the `bpf_link`s.
+//!
+//! Fail closed (the default): the maps are opened from, or created and pinned in, the pod's
+//! bpffs directory ([`super::pins`]) before the programs are loaded, so a restarted proxy's
+//! programs share its predecessor's maps; each link is pinned there once attached, replacing
+//! the predecessor's. The capture then outlives this process (connections are refused while no
+//! proxy serves the pod). If attaching fails, the links not yet pinned go with this process,
+//! and the predecessor's pinned ones (if any) stay: the pod is never left uncaptured.
+//! `--fail-open`: nothing is pinned; the links belong to this process's file descriptors, so
+//! the kernel detaches them when it exits for any reason (SIGKILL included).
 //!
 //! `--sockmap` adds a sockhash with `mesh_sk_msg` attached to it (a program attachment to the
 //! map, released when the last descriptor of the map closes) and `mesh_sockmap_ops` on the
@@ -23,13 +29,15 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, SockMap
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkLookup, SkMsg, SockOps,
 };
-use aya::{Ebpf, EbpfError};
+use aya::programs::links::FdLink;
+use aya::{Ebpf, EbpfError, EbpfLoader};
 use mesh_ebpf_common as common;
 use tokio::net::TcpListener;
 
 use super::args::TransparentConfig;
 use super::error::TransparentError;
 use super::netns::Netns;
+use super::pins::{PodPins, PodRecord};
 use super::preflight::{self, Cgroup};
 use crate::transport::SocketFactory;
 
@@ -45,7 +53,28 @@ pub struct Prepared {
     netns: Option<Netns>,
     lock: File,
     object: PathBuf,
+    /// Where the capture is pinned; `None` with `--fail-open`.
+    pins: Option<PodPins>,
 }
+
+/// The maps shared with a predecessor through their pins: all but the sockhash, whose
+/// sockets and `sk_msg` program belong to one proxy's life (`--sockmap`).
+const PINNED_MAPS: [&str; 14] = [
+    common::MAP_CONFIG,
+    common::MAP_ORIG_BY_COOKIE,
+    common::MAP_ORIG_BY_CLIENT,
+    common::MAP_EXCLUDED_OUT_PORTS,
+    common::MAP_EXCLUDED_UIDS,
+    common::MAP_EXCLUDED_CIDRS4,
+    common::MAP_EXCLUDED_CIDRS6,
+    common::MAP_INBOUND_PORTS,
+    common::MAP_INBOUND_LISTENER,
+    common::MAP_STATS,
+    common::MAP_OUTBOUND6,
+    common::MAP_ORIG6_BY_COOKIE,
+    common::MAP_ORIG6_BY_CLIENT,
+    common::MAP_SOCKMAP_PORTS,
+];
 
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -183,9 +212,43 @@ impl Prepared {
         let proxy_cgroup_id = own_cgroup.id;
         let netns = config.netns.as_deref().map(Netns::open).transpose()?;
         let object = preflight::find_object(config.ebpf_object.as_deref())?;
-        let lock = preflight::take_lock(&cgroup)?;
+        let mut lock = preflight::take_lock(&cgroup)?;
+        let pins = PodPins::for_cgroup(cgroup.id);
+        let pins = if config.fail_open {
+            if pins.exists() {
+                tracing::warn!(
+                    pod = %pins.id,
+                    "--fail-open: removing the fail-closed capture an earlier proxy left pinned"
+                );
+                pins.remove()?;
+            }
+            None
+        } else {
+            pins.create()?;
+            Some(pins)
+        };
+        let record = PodRecord {
+            pid: std::process::id(),
+            cgroup: cgroup.path.clone(),
+            netns: netns.as_ref().map(|n| n.path().to_path_buf()),
+            fail_open: config.fail_open,
+        };
+        record
+            .write_to(&mut lock)
+            .map_err(|source| TransparentError::Lock {
+                lock: super::pins::lock_path(cgroup.id).display().to_string(),
+                source,
+            })?;
         let proxy_cgroup = config.sockmap.then_some(own_cgroup);
-        let mut ebpf = Ebpf::load_file(&object).map_err(|source| {
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<(&str, PathBuf)> = pins
+            .iter()
+            .flat_map(|p| PINNED_MAPS.iter().map(|m| (*m, p.map_path(m))))
+            .collect();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load_file(&object).map_err(|source| {
             if is_enosys(&source) {
                 TransparentError::NoBpf {
                     detail: source.to_string(),
@@ -237,6 +300,7 @@ impl Prepared {
             netns,
             lock,
             object,
+            pins,
         })
     }
 
@@ -285,7 +349,13 @@ impl Prepared {
             outbound_ip4: u32::from_ne_bytes(target_ip.octets()),
             outbound_port: u32::from(outbound.port().to_be()),
             proxy_cgroup_id: self.proxy_cgroup_id,
-            flags: common::FLAG_ENABLED | common::FLAG_SKIP_LOOPBACK,
+            flags: common::FLAG_ENABLED
+                | common::FLAG_SKIP_LOOPBACK
+                | if self.pins.is_some() {
+                    common::FLAG_FAIL_CLOSED
+                } else {
+                    0
+                },
             _reserved: 0,
             pod_netns_cookie: 0,
         };
@@ -295,43 +365,45 @@ impl Prepared {
                 source: Box::new(source),
             }
         };
+        // Maps opened from a predecessor's pins hold its settings: each set is replaced.
         {
-            let mut m: HashMap<&mut MapData, u16, u8> =
-                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_OUT_PORTS)?;
-            for p in &self.config.exclude_outbound_ports {
-                m.insert(p, 1, 0)
-                    .map_err(map_err(common::MAP_EXCLUDED_OUT_PORTS))?;
-            }
+            let m = map_mut(&mut self.ebpf, common::MAP_EXCLUDED_OUT_PORTS)?;
+            replace_keys(m, &self.config.exclude_outbound_ports)
+                .map_err(map_err(common::MAP_EXCLUDED_OUT_PORTS))?;
         }
         {
-            let mut m: HashMap<&mut MapData, u32, u8> =
-                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_UIDS)?;
-            for u in &self.config.exclude_uids {
-                m.insert(u, 1, 0)
-                    .map_err(map_err(common::MAP_EXCLUDED_UIDS))?;
-            }
+            let m = map_mut(&mut self.ebpf, common::MAP_EXCLUDED_UIDS)?;
+            replace_keys(m, &self.config.exclude_uids)
+                .map_err(map_err(common::MAP_EXCLUDED_UIDS))?;
         }
         {
-            let mut m: LpmTrie<&mut MapData, u32, u8> =
-                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_CIDRS4)?;
-            for c in &self.config.exclude_cidrs {
-                if let IpAddr::V4(a) = c.addr {
-                    let key = Key::new(u32::from(c.prefix), u32::from_ne_bytes(a.octets()));
-                    m.insert(&key, 1, 0)
-                        .map_err(map_err(common::MAP_EXCLUDED_CIDRS4))?;
-                }
-            }
+            let m = map_mut(&mut self.ebpf, common::MAP_EXCLUDED_CIDRS4)?;
+            let keys: Vec<Key<u32>> = self
+                .config
+                .exclude_cidrs
+                .iter()
+                .filter_map(|c| match c.addr {
+                    IpAddr::V4(a) => Some(Key::new(
+                        u32::from(c.prefix),
+                        u32::from_ne_bytes(a.octets()),
+                    )),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
+            replace_prefixes(m, &keys).map_err(map_err(common::MAP_EXCLUDED_CIDRS4))?;
         }
         {
-            let mut m: LpmTrie<&mut MapData, [u32; 4], u8> =
-                map_mut(&mut self.ebpf, common::MAP_EXCLUDED_CIDRS6)?;
-            for c in &self.config.exclude_cidrs {
-                if let IpAddr::V6(a) = c.addr {
-                    let key = Key::new(u32::from(c.prefix), ip6_words(&a));
-                    m.insert(&key, 1, 0)
-                        .map_err(map_err(common::MAP_EXCLUDED_CIDRS6))?;
-                }
-            }
+            let m = map_mut(&mut self.ebpf, common::MAP_EXCLUDED_CIDRS6)?;
+            let keys: Vec<Key<[u32; 4]>> = self
+                .config
+                .exclude_cidrs
+                .iter()
+                .filter_map(|c| match c.addr {
+                    IpAddr::V6(a) => Some(Key::new(u32::from(c.prefix), ip6_words(&a))),
+                    IpAddr::V4(_) => None,
+                })
+                .collect();
+            replace_prefixes(m, &keys).map_err(map_err(common::MAP_EXCLUDED_CIDRS6))?;
         }
         let mut inbound_ports: Vec<u16> = app_ports
             .iter()
@@ -342,12 +414,8 @@ impl Prepared {
         inbound_ports.dedup();
         if self.netns.is_some() {
             {
-                let mut m: HashMap<&mut MapData, u16, u8> =
-                    map_mut(&mut self.ebpf, common::MAP_INBOUND_PORTS)?;
-                for p in &inbound_ports {
-                    m.insert(p, 1, 0)
-                        .map_err(map_err(common::MAP_INBOUND_PORTS))?;
-                }
+                let m = map_mut(&mut self.ebpf, common::MAP_INBOUND_PORTS)?;
+                replace_keys(m, &inbound_ports).map_err(map_err(common::MAP_INBOUND_PORTS))?;
             }
             let mut m: SockMap<&mut MapData> =
                 map_mut(&mut self.ebpf, common::MAP_INBOUND_LISTENER)?;
@@ -366,12 +434,8 @@ impl Prepared {
             sockmap_ports.extend(app_ports.iter().copied().filter(|p| *p != 0));
             sockmap_ports.sort_unstable();
             sockmap_ports.dedup();
-            let mut m: HashMap<&mut MapData, u16, u8> =
-                map_mut(&mut self.ebpf, common::MAP_SOCKMAP_PORTS)?;
-            for p in &sockmap_ports {
-                m.insert(p, 1, 0)
-                    .map_err(map_err(common::MAP_SOCKMAP_PORTS))?;
-            }
+            let m = map_mut(&mut self.ebpf, common::MAP_SOCKMAP_PORTS)?;
+            replace_keys(m, &sockmap_ports).map_err(map_err(common::MAP_SOCKMAP_PORTS))?;
             cfg.pod_netns_cookie = super::netns::netns_cookie(outbound_listener.as_fd())
                 .map_err(TransparentError::NetnsCookie)?;
             cfg.flags |= common::FLAG_SOCKMAP;
@@ -387,14 +451,15 @@ impl Prepared {
             }
             _ => None,
         };
-        if let Some(a) = outbound6 {
+        {
+            // Written either way: a predecessor's record may say enabled.
             let mut m: Array<&mut MapData, common::Outbound6> =
                 map_mut(&mut self.ebpf, common::MAP_OUTBOUND6)?;
-            let rec = common::Outbound6 {
+            let rec = outbound6.map_or(common::Outbound6::default(), |a| common::Outbound6 {
                 ip6: ip6_words(a.ip()),
                 port: u32::from(a.port().to_be()),
                 enabled: 1,
-            };
+            });
             m.set(0, rec, 0).map_err(map_err(common::MAP_OUTBOUND6))?;
         }
         {
@@ -447,16 +512,27 @@ impl Prepared {
         } else {
             &CGROUP_PROGRAMS
         };
+        let pins = self.pins.as_ref();
         for &name in cgroup_programs {
             let fd = &self.cgroup.dir;
             match self.ebpf.program_mut(name) {
                 Some(Program::SockOps(p)) => {
-                    p.attach(fd, CgroupAttachMode::Single)
+                    let id = p
+                        .attach(fd, CgroupAttachMode::Single)
                         .map_err(attach_err(name, &target))?;
+                    if let Some(pins) = pins {
+                        let link = p.take_link(id).map_err(attach_err(name, &target))?;
+                        pin(pins, name, link, &target)?;
+                    }
                 }
                 Some(Program::CgroupSockAddr(p)) => {
-                    p.attach(fd, CgroupAttachMode::Single)
+                    let id = p
+                        .attach(fd, CgroupAttachMode::Single)
                         .map_err(attach_err(name, &target))?;
+                    if let Some(pins) = pins {
+                        let link = p.take_link(id).map_err(attach_err(name, &target))?;
+                        pin(pins, name, link, &target)?;
+                    }
                 }
                 _ => {
                     return Err(TransparentError::MissingProgram {
@@ -473,10 +549,16 @@ impl Prepared {
                     name: common::PROG_SK_LOOKUP,
                 },
             )?;
-            p.attach(ns.file()).map_err(attach_err(
-                common::PROG_SK_LOOKUP,
-                &ns.path().display().to_string(),
-            ))?;
+            let target = ns.path().display().to_string();
+            let id = p
+                .attach(ns.file())
+                .map_err(attach_err(common::PROG_SK_LOOKUP, &target))?;
+            if let Some(pins) = pins {
+                let link = p
+                    .take_link(id)
+                    .map_err(attach_err(common::PROG_SK_LOOKUP, &target))?;
+                pin(pins, common::PROG_SK_LOOKUP, link, &target)?;
+            }
         }
         let orig_by_client =
             std::sync::Mutex::new(take_map(&mut self.ebpf, common::MAP_ORIG_BY_CLIENT)?);
@@ -502,6 +584,60 @@ impl Prepared {
             sockmap_cgroup,
         })
     }
+}
+
+/// Pins `link` of program `name` as the pod's (see [`PodPins::pin_link`]).
+fn pin<L>(pins: &PodPins, name: &'static str, link: L, target: &str) -> Result<(), TransparentError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let link = FdLink::try_from(link).map_err(|e| TransparentError::Pin {
+        what: format!("taking {name}'s link on {target} (the kernel attached it without a bpf_link)"),
+        path: pins.dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    pins.pin_link(name, link)
+}
+
+/// Makes the set map `m` hold exactly `keys` (value 1): a map reopened from a predecessor's
+/// pin loses what this start no longer sets.
+fn replace_keys<K: aya::Pod + PartialEq>(
+    mut m: HashMap<&mut MapData, K, u8>,
+    keys: &[K],
+) -> Result<(), aya::maps::MapError> {
+    let stale: Vec<K> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keys.contains(k))
+        .collect();
+    for k in &stale {
+        m.remove(k)?;
+    }
+    for k in keys {
+        m.insert(k, 1, 0)?;
+    }
+    Ok(())
+}
+
+/// [`replace_keys`] for a prefix trie.
+fn replace_prefixes<K: aya::Pod + PartialEq>(
+    mut m: LpmTrie<&mut MapData, K, u8>,
+    keys: &[Key<K>],
+) -> Result<(), aya::maps::MapError> {
+    let same = |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
+    let stale: Vec<Key<K>> = m
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !keys.iter().any(|n| same(k, n)))
+        .collect();
+    for k in &stale {
+        m.remove(k)?;
+    }
+    for k in keys {
+        m.insert(k, 1, 0)?;
+    }
+    Ok(())
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Option<&'a mut T>

@@ -25,6 +25,8 @@ mod error;
 pub mod loader;
 pub mod netns;
 pub mod outbound;
+pub mod pins;
+pub mod pods;
 pub mod preflight;
 pub mod route;
 

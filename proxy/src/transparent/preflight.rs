@@ -152,9 +152,10 @@ fn proxy_cgroup(mount: &Path) -> Result<Cgroup, TransparentError> {
 
 /// Takes the per-cgroup lock (an flock, released by the kernel when the process dies, so a
 /// SIGKILLed proxy never blocks its successor). The returned file must live as long as the
-/// programs stay attached.
+/// programs stay attached; it is open for writing, for the holder's
+/// [`super::pins::PodRecord`].
 pub fn take_lock(cgroup: &Cgroup) -> Result<File, TransparentError> {
-    let lock = PathBuf::from(LOCK_DIR).join(format!("transparent-cgroup-{}.lock", cgroup.id));
+    let lock = super::pins::lock_path(cgroup.id);
     let lock_err = |source| TransparentError::Lock {
         lock: lock.display().to_string(),
         source,
@@ -163,6 +164,7 @@ pub fn take_lock(cgroup: &Cgroup) -> Result<File, TransparentError> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .open(&lock)
         .map_err(lock_err)?;
