@@ -49,7 +49,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the sidecar proxy of a registered service.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Inspect or remove the pinned transparent-mode captures of pods.
     #[command(subcommand)]
     Transparent(crate::transparent::pods::PodsCommand),
@@ -288,7 +288,7 @@ mod tests {
         let Command::Run(a) = cli.command else {
             return Err("not run".into());
         };
-        Config::from_args(a).map_err(|e| e.to_string())
+        Config::from_args(*a).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
     let args = match cli.command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::Transparent(cmd) => {
             return match meshproxy::transparent::pods::run(&cmd) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -176,7 +176,10 @@ pub fn unpin_capture(cgroup: &Path) {
         .map(|e| e.path())
         .collect();
     // Links first, as `transparent remove` does.
-    names.sort_by_key(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("link_")));
+    names.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+    });
     for p in names {
         let _ = std::fs::remove_file(p);
     }

@@ -432,8 +432,11 @@ impl Scene {
     }
 }
 
-/// A running `meshproxy run --transparent` process; killed (by PID) on drop.
+/// A running `meshproxy run --transparent` process; killed (by PID) on drop. A host-mode
+/// proxy's capture (the whole host, pinned fail-closed) is removed on drop as well, so a
+/// failing test never leaves the machine refusing connects; a pod's goes with the pod.
 pub struct Proxy {
+    host_mode: bool,
     child: OwnedChild,
     pub service: String,
     pub admin: SocketAddr,
@@ -547,6 +550,7 @@ impl Proxy {
             .spawn()
             .expect("spawn meshproxy");
         let p = Self {
+            host_mode: pod.is_none(),
             child: OwnedChild::new(child),
             service: service.to_string(),
             admin,
@@ -614,6 +618,73 @@ impl Proxy {
             panic!("{} proxy did not exit on {signal}: {e}", self.service);
         }
     }
+}
+
+/// The cgroup v2 root: what a host-mode proxy captures.
+pub fn cgroup_root() -> PathBuf {
+    PathBuf::from(crate::pod::CGROUP2_ROOT)
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if self.host_mode {
+            crate::pod::unpin_capture(&cgroup_root());
+        }
+    }
+}
+
+impl Proxy {
+    /// The proxy process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// `meshproxy transparent status --json`: the pinned pods.
+pub fn transparent_status() -> Vec<Value> {
+    let out = Command::new(crate::process::bin("meshproxy"))
+        .args(["transparent", "status", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run meshproxy transparent status");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice::<Vec<Value>>(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The status entry of the capture pinned for `pod`, if any.
+pub fn pinned(pod: &Pod) -> Option<Value> {
+    let cgroup = std::fs::canonicalize(&pod.cgroup).ok()?;
+    transparent_status()
+        .into_iter()
+        .find(|p| p["cgroup"].as_str() == Some(&*cgroup.to_string_lossy()))
+}
+
+/// `meshproxy transparent remove` with `args`: its exit success and its output (both streams).
+pub fn transparent_remove(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(crate::process::bin("meshproxy"))
+        .args(["transparent", "remove"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run meshproxy transparent remove");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `transparent remove --cgroup <pod's> --netns <pod's>`, which must succeed.
+pub fn remove_capture(pod: &Pod) {
+    let (ok, text) = transparent_remove(&[
+        "--cgroup".as_ref(),
+        pod.cgroup.as_os_str(),
+        "--netns".as_ref(),
+        pod.netns_path().as_os_str(),
+    ]);
+    assert!(ok, "transparent remove failed: {text}");
 }
 
 /// Names of loaded eBPF programs that are ours (the kernel keeps 15 characters of a name).

@@ -26,10 +26,10 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, SockMap, lpm_trie::Key};
+use aya::programs::links::FdLink;
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkLookup, SkMsg, SockOps,
 };
-use aya::programs::links::FdLink;
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use mesh_ebpf_common as common;
 use tokio::net::TcpListener;
@@ -593,7 +593,9 @@ where
     <FdLink as TryFrom<L>>::Error: std::fmt::Display,
 {
     let link = FdLink::try_from(link).map_err(|e| TransparentError::Pin {
-        what: format!("taking {name}'s link on {target} (the kernel attached it without a bpf_link)"),
+        what: format!(
+            "taking {name}'s link on {target} (the kernel attached it without a bpf_link)"
+        ),
         path: pins.dir.display().to_string(),
         reason: e.to_string(),
     })?;

@@ -65,7 +65,10 @@ impl PodRecord {
     /// The record in a lock file, if one was written.
     pub fn read_from(path: &Path) -> Option<Self> {
         let mut s = String::new();
-        std::fs::File::open(path).ok()?.read_to_string(&mut s).ok()?;
+        std::fs::File::open(path)
+            .ok()?
+            .read_to_string(&mut s)
+            .ok()?;
         serde_json::from_str(&s).ok()
     }
 
@@ -220,7 +223,7 @@ impl PodPins {
 fn ensure_bpffs() -> Result<(), TransparentError> {
     let root = Path::new(BPFFS);
     let is_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
     };
     if is_bpffs(root) {
         return Ok(());

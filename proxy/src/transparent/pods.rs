@@ -30,13 +30,13 @@ pub enum PodsCommand {
 
 /// Which pod `remove` acts on.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false, id = "pod")]
+#[command(group(clap::ArgGroup::new("pod").required(true).args(["cgroup", "pod_id"])))]
 pub struct RemoveArgs {
     /// The pod's cgroup v2 directory (as given to `run --cgroup`).
-    #[arg(long, value_name = "PATH", group = "pod")]
+    #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
     /// The pod's id as `status` shows it (`cgroup-<inode>`), e.g. once its cgroup is gone.
-    #[arg(long, value_name = "ID", group = "pod")]
+    #[arg(long, value_name = "ID")]
     pub pod_id: Option<String>,
     /// The pod's network namespace: checked against the one the capture was made for.
     #[arg(long, value_name = "NAME|PATH")]
@@ -59,8 +59,8 @@ pub struct PodStatus {
 
 impl PodStatus {
     fn of(pins: &PodPins) -> Self {
-        let record = pins::parse_pod_id(&pins.id)
-            .and_then(|id| PodRecord::read_from(&pins::lock_path(id)));
+        let record =
+            pins::parse_pod_id(&pins.id).and_then(|id| PodRecord::read_from(&pins::lock_path(id)));
         Self {
             id: pins.id.clone(),
             pin_dir: pins.dir.clone(),

@@ -6,8 +6,10 @@
 //! --transparent` sidecar that captures their traffic with eBPF. An unmodified Python client
 //! in pod `web` connects to the plain address of the `db` app in the other pod: with an allow
 //! intention the bytes go through both proxies over mutual TLS; after the intention flips to
-//! deny, the next connection is refused before `db` sees a byte. Each outcome is one line.
-//! Then everything is torn down and the demo checks nothing stayed attached.
+//! deny, the next connection is refused before `db` sees a byte. Then `db`'s proxy is
+//! SIGKILLed: the capture is pinned and fails closed, so the next connection is refused and no
+//! plaintext crosses the veth. Each outcome is one line. Then everything is torn down and the
+//! demo checks nothing stayed pinned or loaded.
 //!
 //! It reuses the transparent-mode test harness ([`mesh_tests::transparent`]), so the demo and
 //! the tests exercise exactly the same setup.
@@ -18,8 +20,8 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use mesh_tests::process::{eventually, meshctl};
 use mesh_tests::transparent::{
-    Capture, Echo, Proxy, client, loaded_mesh_programs, meshd_dev, pods, register, require_root,
-    set_intention, wait_ca,
+    Capture, Echo, Proxy, client, loaded_mesh_programs, meshd_dev, pinned, pods, register,
+    require_root, set_intention, transparent_status, wait_ca,
 };
 
 const DB_PORT: u16 = 5432;
@@ -60,7 +62,7 @@ fn main() -> anyhow::Result<()> {
 
     step("sidecars: meshproxy run --transparent (eBPF connect4/getpeername4/sk_lookup)");
     let proxy_web = Proxy::start(http, "web", &pods.a, &[]);
-    let proxy_db = Proxy::start(http, "db", &pods.b, &[]);
+    let mut proxy_db = Proxy::start(http, "db", &pods.b, &[]);
     println!(
         "both proxies ready; mesh programs loaded: {:?}",
         loaded_mesh_programs()
@@ -130,6 +132,53 @@ fn main() -> anyhow::Result<()> {
         if reached {
             bail!("a denied connection reached the app");
         }
+
+        step("killed: intention back to allow, then db's proxy is SIGKILLed");
+        set_intention(http, "web", "db", "allow");
+        let mut allowed = false;
+        for _ in 0..50 {
+            if client(&pods.a, dst, "again")
+                .get("echo")
+                .and_then(|e| e.as_str())
+                == Some("again")
+            {
+                allowed = true;
+                break;
+            }
+        }
+        if !allowed {
+            bail!("the allow intention never took effect again");
+        }
+        proxy_db.stop("KILL");
+        let marker = "KILLED-demo-marker";
+        let seen = app.seen().len();
+        let capture = Capture::start(&pods.a, marker);
+        let out = client(&pods.a, dst, marker);
+        let wire = capture.finish();
+        let status = pinned(&pods.b);
+        let held = status.as_ref().map(|s| {
+            s["proxy_pid"]
+                .as_u64()
+                .map_or("no proxy".into(), |p| format!("pid {p}"))
+        });
+        println!(
+            "KILLED   web -> db {dst}: client got {} | db's app saw {} new connections | on the \
+             veth: {} plaintext markers | transparent status: db pinned, {}",
+            out.get("error")
+                .or(out.get("echo"))
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            app.seen().len() - seen,
+            wire["marker"],
+            held.unwrap_or_else(|| "NOT PINNED".into()),
+        );
+        if out["echo"].as_str() == Some(marker)
+            || app.seen().len() != seen
+            || wire["marker"].as_u64() != Some(0)
+            || status.is_none()
+        {
+            bail!("with db's proxy killed, a connection was not refused: {out} {wire}");
+        }
         Ok(())
     })();
 
@@ -150,14 +199,16 @@ fn main() -> anyhow::Result<()> {
         },
     )
     .unwrap_or_else(|_| loaded_mesh_programs());
+    let still_pinned = transparent_status();
     println!(
-        "proxies, pods, cgroups and meshd are gone; mesh programs still loaded: {left:?} ({:?} \
-         in all)",
+        "proxies, pods (with their pinned captures), cgroups and meshd are gone; pinned pods: \
+         {}, mesh programs still loaded: {left:?} ({:?} in all)",
+        still_pinned.len(),
         started.elapsed()
     );
     result?;
-    if !left.is_empty() {
-        bail!("eBPF programs stayed loaded after the proxies exited: {left:?}");
+    if !left.is_empty() || !still_pinned.is_empty() {
+        bail!("eBPF programs stayed pinned or loaded after teardown: {left:?} {still_pinned:?}");
     }
     Ok(())
 }

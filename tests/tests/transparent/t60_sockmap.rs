@@ -173,7 +173,9 @@ fn exit_with_accelerated_connections_open_leaves_no_program_and_direct_paths_ret
     let to_app = pods.b.addr(APP_PORT);
     let to_plain = pods.b.addr(PLAIN_PORT);
     // SIGTERM drains live connections for up to --drain-timeout, then closes them.
-    let flags = ["--sockmap", "--drain-timeout", "1s"];
+    // --fail-open: this test is about what a sockmap leaves behind when its proxy exits; a
+    // fail-closed capture stays pinned (t20) and its sockhash with it.
+    let flags = ["--sockmap", "--drain-timeout", "1s", "--fail-open"];
     for signal in ["TERM", "KILL"] {
         let (mut proxy_a, mut proxy_b) = scene.proxies(&flags);
         let loaded = loaded_mesh_programs();

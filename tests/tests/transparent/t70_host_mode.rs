@@ -66,8 +66,18 @@ fn host_mode_captures_host_processes_but_not_the_proxy_itself() {
     assert_eq!(seen[0].peer.ip(), std::net::IpAddr::from(link.host_ip));
     assert_eq!(seen[0].bytes, b"from-the-host");
 
-    // Once the proxy is gone the host connects directly again.
+    // Once the proxy is gone the host's connects are refused (fail closed) ...
     proxy.stop("TERM");
+    let out = client_host(dst, "refused");
+    assert!(
+        out["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("ConnectionRefusedError")),
+        "{out}"
+    );
+    // ... until the capture is removed; then they go directly again.
+    let (ok, text) = transparent_remove(&["--cgroup".as_ref(), cgroup_root().as_os_str()]);
+    assert!(ok, "{text}");
     assert_no_programs_left();
     let out = client_host(dst, "direct-again");
     assert_echoed(&out, "direct-again", &[]);
