@@ -72,12 +72,13 @@ impl PodRecord {
         serde_json::from_str(&s).ok()
     }
 
-    /// Whether the recorded process still runs and is a meshproxy (a reused pid is not).
+    /// Whether the recorded process still runs and is a `meshproxy` binary (a reused pid is
+    /// not).
     pub fn alive(&self) -> bool {
         let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid));
         exe.ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .is_some_and(|n| n.starts_with("meshproxy"))
+            .is_some_and(|n| n == "meshproxy")
     }
 }
 
