@@ -122,14 +122,15 @@ fn client(addr: SocketAddr, connections: usize, mib: u64) -> anyhow::Result<Valu
     }))
 }
 
-fn measure(pods: &Pods, exe: &Path, cli: &Cli) -> anyhow::Result<Value> {
+/// The client's figures for `column` (named in the error).
+fn measure(pods: &Pods, exe: &Path, cli: &Cli, column: &str) -> anyhow::Result<Value> {
     let args = vec![
         "client".to_string(),
         format!("{}:{APP_PORT}", pods.pod(1).ip),
         cli.connections.to_string(),
         cli.mib.to_string(),
     ];
-    run_json(pods, 0, exe, &args)
+    run_json(pods, 0, exe, &args).with_context(|| format!("column {column}"))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
@@ -188,17 +189,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     let mut rounds: Vec<[Value; COLUMNS.len()]> = Vec::new();
     let mut sockmap_redirected = [0u64; 2];
     for _ in 0..cli.rounds.max(1) {
-        let direct = measure(&pods, &exe, cli)?;
+        let direct = measure(&pods, &exe, cli, "direct")?;
 
         // Proxy B stays up through `ebpf` and `iptables` (only pod A's capture differs).
         let (proxy_b, _) = start("svc-b", 1, &[])?;
         let (proxy_a, _) = start("svc-a", 0, &[])?;
-        let ebpf = measure(&pods, &exe, cli)?;
+        let ebpf = measure(&pods, &exe, cli, "ebpf")?;
         drop(proxy_a);
 
         sh(&rule)?;
         let (proxy_a, _) = start("svc-a", 0, &["--outbound-capture", "external"])?;
-        let iptables = measure(&pods, &exe, cli);
+        let iptables = measure(&pods, &exe, cli, "iptables");
         drop(proxy_a);
         sh(&undo)?;
         let iptables = iptables?;
@@ -207,7 +208,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         // Both proxies with --sockmap: each pod's loopback hop bypasses TCP.
         let (proxy_b, admin_b) = start("svc-b", 1, &["--sockmap"])?;
         let (proxy_a, admin_a) = start("svc-a", 0, &["--sockmap"])?;
-        let sockmap = measure(&pods, &exe, cli)?;
+        let sockmap = measure(&pods, &exe, cli, "ebpf+sockmap")?;
         // Proof the column measured the bypass: messages the sk_msg programs redirected.
         sockmap_redirected[0] += ebpf_event(admin_a, "sockmap_redirected")?;
         sockmap_redirected[1] += ebpf_event(admin_b, "sockmap_redirected")?;
