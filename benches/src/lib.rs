@@ -11,6 +11,7 @@ pub mod apt;
 pub mod pki;
 pub mod proxy_chain;
 pub mod release;
+pub mod transparent_pods;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
