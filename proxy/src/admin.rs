@@ -178,9 +178,19 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 /// Serves the admin API on `listener` forever.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+/// Serves until `draining` turns true: a successor sharing the listener (see
+/// `crate::handoff`) then answers alone.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = draining.wait_for(|d| *d) => return,
+        };
+        let (tcp, _) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");

@@ -13,6 +13,7 @@
 //! channels only.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -25,12 +26,18 @@ use crate::authz::Policy;
 use crate::config::{Config, DataPathOptions};
 use crate::connections::{self, Registry};
 use crate::drain::{Drain, DrainOutcome};
+use crate::handoff;
 use crate::identity::{self, Identity, UpstreamTarget};
 use crate::inbound::{self, InboundContext, LocalApp};
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundContext, Upstream};
 use crate::static_config::{self, Loaded, Outputs};
 use crate::transport::{SocketFactory, TransportError};
+
+/// Handoff roles (see [`crate::handoff`]) of the listeners every mode opens.
+const ROLE_ADMIN: &str = "admin";
+const ROLE_PUBLIC: &str = "public";
+const ROLE_PUBLIC6: &str = "public6";
 
 /// Attempts of the start-up sidecar lookup (about 30 s with backoff).
 const STARTUP_ATTEMPTS: u32 = 20;
@@ -191,6 +198,9 @@ struct Feeds {
     sockets: SocketFactory,
     /// `--transparent`: started once the public listener is bound.
     transparent: Option<crate::transparent::TransparentPlan>,
+    /// Listeners received from the proxy this one takes over from, and where this one offers
+    /// its own to its successor (`None`: static mode, no handoff).
+    handoff: Option<(Option<Arc<handoff::Inherited>>, std::path::PathBuf)>,
 }
 
 /// The channels of [`Feeds`] both modes fill the same way: a sender and a receiver of each.
@@ -266,12 +276,34 @@ async fn check_leaf_allowed(
 
 async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
     let control = shared.control;
+    // A proxy already serving this pod or sidecar hands over its listeners (and the pod's
+    // lock): this one builds itself on them, and the old one drains once this one serves.
+    let handoff_path = handoff::socket_path(
+        &config
+            .transparent
+            .as_ref()
+            .and_then(crate::transparent::handoff_key)
+            .unwrap_or_else(|| format!("sidecar-{}", config.sidecar_for)),
+    );
+    let inherited = match handoff::receive(&handoff_path) {
+        Ok(i) => i.map(Arc::new),
+        Err(e) => {
+            tracing::warn!(error = %e, "no listener handoff from a running proxy; starting alone");
+            None
+        }
+    };
     // Transparent mode's preflight comes first: a bad environment is refused before anything
     // else happens (one line, nothing attached).
     let prepared = config
         .transparent
         .as_ref()
-        .map(crate::transparent::prepare)
+        .map(|t| {
+            let lock = inherited
+                .as_ref()
+                .and_then(|i| i.take(crate::transparent::ROLE_LOCK))
+                .map(std::fs::File::from);
+            crate::transparent::prepare(t, lock)
+        })
         .transpose()?;
     let sockets = prepared.as_ref().map_or_else(
         SocketFactory::host,
@@ -420,6 +452,7 @@ async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
         options: config.data_path,
         sockets,
         transparent,
+        handoff: Some((inherited, handoff_path)),
     };
     serve(feeds, shared).await
 }
@@ -478,6 +511,7 @@ async fn run_static_with(initial: Loaded, shared: Shared<'_>) -> Result<(), AppE
         options: config.data_path,
         sockets: SocketFactory::host(),
         transparent: None,
+        handoff: None,
     };
     serve(feeds, shared).await
 }
@@ -520,15 +554,30 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         draining: drain.draining(),
         listeners: OnceLock::new(),
     });
+    let (inherited, handoff_path) = p.handoff.unzip();
+    let inherited = inherited.flatten();
+    // Every listener this proxy opens, by role, for its successor (see `crate::handoff`).
+    let mut offer: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
     let mut admin_addr = None;
     if let Some(addr) = p.admin {
         let admin_listener = {
             let _enter = control.enter();
-            // Always in the proxy's own namespace, where the operator reaches it.
-            SocketFactory::host().bind(addr).await?
+            match inherited
+                .as_ref()
+                .and_then(|i| i.listener(ROLE_ADMIN, addr))
+            {
+                Some(l) => l,
+                // Always in the proxy's own namespace, where the operator reaches it.
+                None => SocketFactory::host().bind(addr).await?,
+            }
         };
         admin_addr = admin_listener.local_addr().ok();
-        control.spawn(admin::serve(admin_listener, admin_state.clone()));
+        offer.extend(handoff::dup(admin_listener.as_fd()).map(|fd| (ROLE_ADMIN.to_string(), fd)));
+        control.spawn(admin::serve(
+            admin_listener,
+            admin_state.clone(),
+            drain.draining(),
+        ));
     }
 
     // Listeners open only once the proxy can serve: otherwise the agent's TCP check would mark
@@ -548,12 +597,22 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         });
     }
 
-    let public = p.sockets.bind(p.public).await?;
+    let take = |role: &str, addr| inherited.as_ref().and_then(|i| i.listener(role, addr));
+    let public = match take(ROLE_PUBLIC, p.public) {
+        Some(l) => l,
+        None => p.sockets.bind(p.public).await?,
+    };
     let public_addr = public.local_addr().unwrap_or(p.public);
+    offer.extend(handoff::dup(public.as_fd()).map(|fd| (ROLE_PUBLIC.to_string(), fd)));
     let mut upstream_listeners = Vec::new();
     let mut bound = Vec::new();
     for u in &p.upstreams {
-        let l = p.sockets.bind(u.bind).await?;
+        let role = format!("upstream:{}", u.name);
+        let l = match take(&role, u.bind) {
+            Some(l) => l,
+            None => p.sockets.bind(u.bind).await?,
+        };
+        offer.extend(handoff::dup(l.as_fd()).map(|fd| (role, fd)));
         bound.push((u.clone(), l.local_addr().unwrap_or(u.bind)));
         upstream_listeners.push((l, u.clone()));
     }
@@ -570,16 +629,22 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         // the twin would open an IPv6 port on the host.
         (Some(plan), SocketAddr::V4(a)) if plan.prepared.netns().is_some() => {
             let bind6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), a.port());
-            match p.sockets.bind_v6only(bind6).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "transparent mode: no IPv6 inbound listener; IPv6 connections to the app's ports are not steered");
-                    None
-                }
+            match take(ROLE_PUBLIC6, bind6) {
+                Some(l) => Some(l),
+                None => match p.sockets.bind_v6only(bind6).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "transparent mode: no IPv6 inbound listener; IPv6 connections to the app's ports are not steered");
+                        None
+                    }
+                },
             }
         }
         _ => None,
     };
+    if let Some(l6) = &public6 {
+        offer.extend(handoff::dup(l6.as_fd()).map(|fd| (ROLE_PUBLIC6.to_string(), fd)));
+    }
     // Attached before "ready"; held (and so attached) until this function returns.
     let transparent = match p.transparent {
         Some(plan) => Some(
@@ -592,6 +657,8 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
                 p.options.connect_timeout,
                 p.options.handshake_timeout,
                 &drain,
+                inherited.as_deref(),
+                &mut offer,
             )
             .await?,
         ),
@@ -642,7 +709,25 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         admin_addr.map(|a| a.to_string()).unwrap_or_default()
     );
 
-    wait_for_signal().await?;
+    // The predecessor (if any) stops accepting and drains now; this proxy offers its own
+    // listeners to its successor in turn.
+    if let Some(i) = &inherited {
+        i.ready();
+    }
+    let (taken_tx, taken_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(path) = handoff_path {
+        std::thread::Builder::new()
+            .name("meshproxy-handoff".into())
+            .spawn(move || {
+                handoff::offer(&path, offer);
+                let _ = taken_tx.send(());
+            })
+            .map_err(AppError::Runtime)?;
+    }
+    tokio::select! {
+        r = wait_for_signal() => r?,
+        Ok(()) = taken_rx => tracing::info!("a new proxy took over the listeners"),
+    }
     let live = registry.len();
     tracing::info!(
         inbound_connections = live,

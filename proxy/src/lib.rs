@@ -37,6 +37,7 @@ pub mod config;
 pub mod connections;
 pub mod copy;
 pub mod drain;
+pub mod handoff;
 pub mod identity;
 pub mod inbound;
 pub mod l7;

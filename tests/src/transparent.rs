@@ -634,6 +634,18 @@ impl Drop for Proxy {
 }
 
 impl Proxy {
+    /// Waits (bounded) for the process to exit by itself, e.g. after it handed over and
+    /// drained.
+    pub fn wait_exit(&mut self, within: Duration) {
+        let status = self.child.wait_exit(within);
+        assert!(
+            status.is_some(),
+            "{} proxy still runs after {within:?}\n{}",
+            self.service,
+            self.log()
+        );
+    }
+
     /// The proxy process's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

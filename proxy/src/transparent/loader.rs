@@ -108,7 +108,7 @@ pub struct Attached {
 struct Kernel {
     /// Held for the links it owns.
     _ebpf: Ebpf,
-    _lock: File,
+    lock: File,
     /// Entries are removed once read, so a later connection that reuses the client port
     /// without being redirected (one aimed at the listener itself) cannot inherit them.
     orig_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey, common::OrigDst>>,
@@ -205,14 +205,21 @@ fn load_error(name: &'static str, e: ProgramError) -> TransparentError {
 }
 
 impl Prepared {
-    /// Preflight checks, the lock, and loading (verifying) every program.
-    pub fn prepare(config: &TransparentConfig) -> Result<Self, TransparentError> {
+    /// Preflight checks, the lock (taken, or `inherited` from the proxy this one takes over
+    /// from), and loading (verifying) every program.
+    pub fn prepare(
+        config: &TransparentConfig,
+        inherited: Option<File>,
+    ) -> Result<Self, TransparentError> {
         preflight::check_privileges()?;
         let (cgroup, own_cgroup) = preflight::check_cgroup(config.cgroup.as_deref())?;
         let proxy_cgroup_id = own_cgroup.id;
         let netns = config.netns.as_deref().map(Netns::open).transpose()?;
         let object = preflight::find_object(config.ebpf_object.as_deref())?;
-        let mut lock = preflight::take_lock(&cgroup)?;
+        let mut lock = match inherited {
+            Some(lock) => lock,
+            None => preflight::take_lock(&cgroup)?,
+        };
         let pins = PodPins::for_cgroup(cgroup.id);
         let pins = if config.fail_open {
             if pins.exists() {
@@ -569,7 +576,7 @@ impl Prepared {
         Ok(Attached {
             kernel: Kernel {
                 _ebpf: self.ebpf,
-                _lock: self.lock,
+                lock: self.lock,
                 orig_by_client,
                 orig6_by_client,
                 stats,
@@ -678,6 +685,11 @@ where
 }
 
 impl Attached {
+    /// A duplicate of the pod's lock, for the successor (see `crate::handoff`).
+    pub fn lock_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        self.kernel.lock.as_fd().try_clone_to_owned().ok()
+    }
+
     /// Says where the programs are attached (one line, and one more with `--sockmap`).
     pub fn log(&self) {
         tracing::info!(

@@ -35,6 +35,7 @@ pub use error::TransparentError;
 pub use loader::{Attached, Prepared};
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +49,12 @@ use crate::identity::{Identity, UpstreamTarget};
 use crate::metrics::Metrics;
 use crate::outbound::OutboundContext;
 use catalog::MeshIndex;
+
+/// Handoff roles (see `crate::handoff`) of transparent mode's own descriptors.
+pub const ROLE_OUTBOUND: &str = "outbound";
+pub const ROLE_OUTBOUND6: &str = "outbound6";
+/// The pod's lock: passed on, so the successor holds it without a gap.
+pub const ROLE_LOCK: &str = "lock";
 
 /// What agent mode hands over to start transparent mode once its listeners are bound.
 pub struct TransparentPlan {
@@ -73,8 +80,26 @@ impl std::fmt::Debug for TransparentPlan {
 
 /// Preflight and program loading for `--transparent`. Call before binding anything, and bind
 /// the data path with [`Prepared::socket_factory`] (the pod's namespace with `--netns`).
-pub fn prepare(config: &TransparentConfig) -> Result<Prepared, TransparentError> {
-    Prepared::prepare(config)
+/// `inherited_lock`: the pod's lock received from the proxy this one takes over from.
+pub fn prepare(
+    config: &TransparentConfig,
+    inherited_lock: Option<std::fs::File>,
+) -> Result<Prepared, TransparentError> {
+    Prepared::prepare(config, inherited_lock)
+}
+
+/// The handoff key of the pod `config` captures (`cgroup-<inode>`), if its cgroup resolves.
+pub fn handoff_key(config: &TransparentConfig) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let path = match &config.cgroup {
+        Some(p) => p.clone(),
+        None => {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+            preflight::cgroup2_mount(&mountinfo)?
+        }
+    };
+    let ino = std::fs::metadata(path).ok()?.ino();
+    Some(pins::pod_id(ino))
 }
 
 /// Binds the outbound listener, attaches the programs (after which the pod's traffic flows to
@@ -93,24 +118,37 @@ pub async fn start(
     connect_timeout: Duration,
     handshake_timeout: Duration,
     drain: &Drain,
+    inherited: Option<&crate::handoff::Inherited>,
+    offer: &mut Vec<(String, std::os::fd::OwnedFd)>,
 ) -> Result<Arc<Attached>, TransparentError> {
     let sockets = plan.prepared.socket_factory();
     let bind = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), plan.outbound_port);
-    let listener = sockets
-        .bind(bind)
-        .await
-        .map_err(|e| TransparentError::Netns(std::io::Error::other(e.to_string())))?;
+    let listener = match inherited.and_then(|i| i.listener(ROLE_OUTBOUND, bind)) {
+        Some(l) => l,
+        None => sockets
+            .bind(bind)
+            .await
+            .map_err(|e| TransparentError::Netns(std::io::Error::other(e.to_string())))?,
+    };
     let listen = listener.local_addr().unwrap_or(bind);
     // IPv6 connects go to a twin listener on ::1 (same port), as Istio ambient and Cilium
     // redirect IPv6 to an IPv6 listener; without IPv6 in the pod they go out unchanged.
     let bind6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port());
-    let listener6 = match sockets.bind(bind6).await {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::warn!(error = %e, "transparent mode: no IPv6 outbound listener; IPv6 connects are not redirected");
-            None
-        }
+    let listener6 = match inherited.and_then(|i| i.listener(ROLE_OUTBOUND6, bind6)) {
+        Some(l) => Some(l),
+        None => match sockets.bind(bind6).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "transparent mode: no IPv6 outbound listener; IPv6 connects are not redirected");
+                None
+            }
+        },
     };
+    // What a successor takes over (see `crate::handoff`).
+    offer.extend(crate::handoff::dup(listener.as_fd()).map(|fd| (ROLE_OUTBOUND.to_string(), fd)));
+    if let Some(l6) = &listener6 {
+        offer.extend(crate::handoff::dup(l6.as_fd()).map(|fd| (ROLE_OUTBOUND6.to_string(), fd)));
+    }
     let listen6 = listener6.as_ref().map(|l| l.local_addr().unwrap_or(bind6));
     let attached =
         Arc::new(
@@ -118,6 +156,7 @@ pub async fn start(
                 .attach(&listener, listen6, inbound, inbound6, &plan.app_ports)?,
         );
     attached.log();
+    offer.extend(attached.lock_fd().map(|fd| (ROLE_LOCK.to_string(), fd)));
     {
         let weak = Arc::downgrade(&attached);
         metrics.set_ebpf_source(move || weak.upgrade().map(|a| a.stats().events()));

@@ -223,9 +223,8 @@ impl PodPins {
 /// Mounts bpffs at [`BPFFS`] unless it is there already.
 fn ensure_bpffs() -> Result<(), TransparentError> {
     let root = Path::new(BPFFS);
-    let is_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-    };
+    let is_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if is_bpffs(root) {
         return Ok(());
     }

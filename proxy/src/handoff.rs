@@ -1,0 +1,336 @@
+//! Hitless restart and upgrade: a running proxy hands its listening sockets to its successor.
+//!
+//! Every proxy serves an offer on a unix socket under `/run/meshproxy` named for what it
+//! serves (`handoff-cgroup-<inode>.sock` for a transparent pod, `handoff-sidecar-<id>.sock`
+//! otherwise). A new proxy for the same pod or sidecar connects there before binding
+//! anything, receives the listeners (and, in transparent mode, the pod's lock) with
+//! `SCM_RIGHTS`, builds itself on them, and says `ready` once it serves. Only then does the
+//! old proxy stop accepting and drain its live connections (up to `--drain-timeout`) and exit.
+//! The sockets never close in between: a connection in a listener's backlog is accepted by
+//! whichever process calls `accept` next, so none is refused, and the transparent capture's
+//! sockmap slot keeps the same listener. Like Envoy's hot restart, without shared memory.
+//!
+//! Who may take them: the socket file is 0600 in a root directory and the offer checks the
+//! peer's uid (`SO_PEERCRED`) against its own; anyone else is refused and logged.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, getsockopt, recvmsg, sendmsg, sockopt,
+};
+use serde::{Deserialize, Serialize};
+
+/// Where offers live (with the transparent-mode locks).
+pub const DIR: &str = "/run/meshproxy";
+/// The most descriptors one handoff carries.
+const MAX_FDS: usize = 32;
+/// How long a successor may take from connecting to `ready` (its start waits for its
+/// certificate and intentions: up to a minute).
+const READY_WAIT: Duration = Duration::from_secs(90);
+
+/// Why a handoff failed. The successor then starts on its own (binding may fail while the
+/// predecessor holds the ports, which says so).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoffError {
+    #[error("handoff socket {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handoff socket {path}: {reason}")]
+    Protocol { path: String, reason: String },
+}
+
+/// The offer's path for `key` (`cgroup-<inode>` or `sidecar-<id>`; anything outside
+/// `[A-Za-z0-9._-]` becomes `_`, so a service id cannot name another path).
+pub fn socket_path(key: &str) -> PathBuf {
+    let safe: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Path::new(DIR).join(format!("handoff-{safe}.sock"))
+}
+
+/// What travels with the descriptors: each one's role, in order.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    pid: u32,
+    roles: Vec<String>,
+}
+
+/// Listeners (and the lock) received from a predecessor, taken one by one as the new proxy
+/// builds itself; [`Inherited::ready`] then lets the predecessor drain.
+#[derive(Debug)]
+pub struct Inherited {
+    from_pid: u32,
+    fds: Mutex<HashMap<String, OwnedFd>>,
+    conn: Mutex<Option<UnixStream>>,
+}
+
+impl Inherited {
+    /// The predecessor's pid.
+    pub fn from_pid(&self) -> u32 {
+        self.from_pid
+    }
+
+    /// The descriptor of `role`, if the predecessor had one.
+    pub fn take(&self, role: &str) -> Option<OwnedFd> {
+        self.fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(role)
+    }
+
+    /// The listener of `role` if it is bound to `want` (a port of 0 matches any port), as a
+    /// tokio listener; `None` otherwise (the settings changed: the new proxy binds afresh and
+    /// the old listener closes with its process).
+    pub fn listener(
+        &self,
+        role: &str,
+        want: std::net::SocketAddr,
+    ) -> Option<tokio::net::TcpListener> {
+        let fd = self.take(role)?;
+        let l = std::net::TcpListener::from(fd);
+        let have = l.local_addr().ok()?;
+        let matches = have.ip() == want.ip() && (want.port() == 0 || want.port() == have.port());
+        if !matches {
+            tracing::info!(%role, inherited = %have, configured = %want, "not reusing an inherited listener: the address changed");
+            return None;
+        }
+        l.set_nonblocking(true).ok()?;
+        tokio::net::TcpListener::from_std(l).ok()
+    }
+
+    /// Tells the predecessor this proxy serves: it stops accepting and drains.
+    pub fn ready(&self) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut c) = conn {
+            if let Err(e) = c.write_all(b"ready\n") {
+                tracing::warn!(error = %e, pid = self.from_pid, "telling the previous proxy to drain failed; it keeps serving until stopped");
+            } else {
+                tracing::info!(
+                    pid = self.from_pid,
+                    "took over from the previous proxy; it drains now"
+                );
+            }
+        }
+        let left: Vec<String> = self
+            .fds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(r, _)| r)
+            .collect();
+        if !left.is_empty() {
+            tracing::info!(roles = ?left, "inherited listeners not used (closed here)");
+        }
+    }
+}
+
+/// Asks a running proxy at `path` for its listeners. `Ok(None)`: nobody serves there (no
+/// file, or a stale one), so this proxy starts on its own.
+#[allow(
+    unsafe_code,
+    reason = "descriptors received with SCM_RIGHTS arrive as raw fds (nix 0.31 has no owned form)"
+)]
+pub fn receive(path: &Path) -> Result<Option<Inherited>, HandoffError> {
+    let io = |source| HandoffError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = match UnixStream::connect(path) {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(io(e)),
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (n, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .map_err(|e| io(e.into()))?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().map_err(|e| io(e.into()))? {
+            if let ControlMessageOwned::ScmRights(r) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for us.
+                fds.extend(r.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        (msg.bytes, fds)
+    };
+    let header: Header = serde_json::from_slice(&buf[..n]).map_err(|e| HandoffError::Protocol {
+        path: path.display().to_string(),
+        reason: format!("bad header: {e}"),
+    })?;
+    if header.roles.len() != fds.len() {
+        return Err(HandoffError::Protocol {
+            path: path.display().to_string(),
+            reason: format!("{} roles but {} descriptors", header.roles.len(), fds.len()),
+        });
+    }
+    conn.set_read_timeout(None).map_err(io)?;
+    tracing::info!(pid = header.pid, roles = ?header.roles, "received the listeners of the running proxy");
+    Ok(Some(Inherited {
+        from_pid: header.pid,
+        fds: Mutex::new(header.roles.into_iter().zip(fds).collect()),
+        conn: Mutex::new(Some(conn)),
+    }))
+}
+
+/// Serves the offer at `path` with `items` (role, descriptor) until a successor takes over,
+/// then returns (the caller drains). Runs on a thread of its own; returns early (logged)
+/// only if the offer cannot be served at all.
+pub fn offer(path: &Path, items: Vec<(String, OwnedFd)>) {
+    if let Err(e) = serve_offer(path, &items) {
+        tracing::warn!(error = %e, "no listener handoff: a restart of this proxy will not be hitless");
+        // Never return: without an offer there is nothing to take over.
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+fn serve_offer(path: &Path, items: &[(String, OwnedFd)]) -> Result<(), HandoffError> {
+    let io = |source| HandoffError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(DIR).map_err(io)?;
+    // A predecessor's offer (it has handed over to us) or a stale file.
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let header = serde_json::to_vec(&Header {
+        pid: std::process::id(),
+        roles: items.iter().map(|(r, _)| r.clone()).collect(),
+    })
+    .map_err(|e| io(std::io::Error::other(e)))?;
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let uid = getsockopt(&conn, sockopt::PeerCredentials).map(|c| c.uid());
+        if uid != Ok(me) {
+            tracing::warn!(peer_uid = ?uid, "refused a listener handoff to another user");
+            continue;
+        }
+        let raw: Vec<RawFd> = items.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+        let sent = sendmsg::<()>(
+            conn.as_raw_fd(),
+            &[IoSlice::new(&header)],
+            &[ControlMessage::ScmRights(&raw)],
+            MsgFlags::empty(),
+            None,
+        );
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "sending the listeners to a new proxy failed");
+            continue;
+        }
+        tracing::info!("handed the listeners to a new proxy; serving until it is ready");
+        let _ = conn.set_read_timeout(Some(READY_WAIT));
+        let mut line = String::new();
+        match BufReader::new(&conn).read_line(&mut line) {
+            Ok(_) if line.trim() == "ready" => {
+                // Our offer's file now belongs to the successor's (it binds its own).
+                return Ok(());
+            }
+            other => {
+                tracing::warn!(answer = ?other.map(|_| line.trim().to_string()), "the new proxy did not take over; still serving");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A duplicate of `fd`, for the offer (the original stays with its accept loop).
+pub fn dup(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
+    fd.try_clone_to_owned().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn keys_cannot_escape_the_directory() {
+        assert_eq!(
+            socket_path("sidecar-../../etc/x"),
+            Path::new("/run/meshproxy/handoff-sidecar-.._.._etc_x.sock")
+        );
+        assert_eq!(
+            socket_path("cgroup-42"),
+            Path::new("/run/meshproxy/handoff-cgroup-42.sock")
+        );
+    }
+
+    /// A real handoff over a unix socket: the successor accepts a connection queued on the
+    /// listener it received, and the offer returns only after `ready`.
+    #[test]
+    fn listeners_pass_to_the_successor_which_accepts_on_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.sock");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let items = vec![("public".to_string(), dup(tcp.as_fd()).unwrap())];
+        let offer_path = path.clone();
+        let server = std::thread::spawn(move || serve_offer(&offer_path, &items));
+        // Bounded wait for the offer's thread to bind.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let inherited = loop {
+            if let Some(i) = receive(&path).unwrap() {
+                break i;
+            }
+            assert!(std::time::Instant::now() < deadline, "no offer");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(inherited.from_pid(), std::process::id());
+        // A client connects before the successor accepts: it waits in the shared backlog.
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let fd = inherited.take("public").unwrap();
+        let l = std::net::TcpListener::from(fd);
+        assert_eq!(l.local_addr().unwrap(), addr);
+        let (_s, peer) = l.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(!server.is_finished());
+        inherited.ready();
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn no_offer_means_start_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(receive(&dir.path().join("none.sock")).unwrap().is_none());
+        // A stale file nobody listens on.
+        let stale = dir.path().join("stale.sock");
+        drop(UnixListener::bind(&stale).unwrap());
+        assert!(receive(&stale).unwrap().is_none());
+    }
+}
