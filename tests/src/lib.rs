@@ -6,6 +6,7 @@ pub mod eventually;
 pub mod grpc_curl;
 pub mod http_raw;
 pub mod inproc;
+pub mod load;
 pub mod openssl;
 pub mod pod;
 pub mod process;

@@ -14,3 +14,4 @@ mod t30_bad_peers;
 mod t40_rotation;
 mod t50_resumption;
 mod t60_early_sidecars;
+mod t70_restart;
