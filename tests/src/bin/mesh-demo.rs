@@ -8,7 +8,9 @@
 //! intention the bytes go through both proxies over mutual TLS; after the intention flips to
 //! deny, the next connection is refused before `db` sees a byte. Then `db`'s proxy is
 //! SIGKILLed: the capture is pinned and fails closed, so the next connection is refused and no
-//! plaintext crosses the veth. Each outcome is one line. Then everything is torn down and the
+//! plaintext crosses the veth; started again it serves at once, and a second proxy started
+//! under load takes the listeners over from it with no connection lost. Each outcome is one
+//! line. Then everything is torn down and the
 //! demo checks nothing stayed pinned or loaded.
 //!
 //! It reuses the transparent-mode test harness ([`mesh_tests::transparent`]), so the demo and
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use mesh_tests::load::Load;
 use mesh_tests::process::{eventually, meshctl};
 use mesh_tests::transparent::{
     Capture, Echo, Proxy, client, loaded_mesh_programs, meshd_dev, pinned, pods, register,
@@ -178,6 +181,32 @@ fn main() -> anyhow::Result<()> {
             || status.is_none()
         {
             bail!("with db's proxy killed, a connection was not refused: {out} {wire}");
+        }
+
+        step("restarted: db's proxy started again, then replaced under load");
+        let begun = Instant::now();
+        let first = Proxy::start(http, "db", &pods.b, &["--drain-timeout", "30s"]);
+        let back = begun.elapsed();
+        let mut load = Load::start(pods.a.command("python3")?, dst, 3.0, 4);
+        // A second of load, then the replacement takes the listeners over.
+        let quiet = Instant::now();
+        while quiet.elapsed() < std::time::Duration::from_secs(1) && load.running() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let begun = Instant::now();
+        let second = Proxy::start(http, "db", &pods.b, &["--drain-timeout", "30s"]);
+        let handed = begun.elapsed();
+        let r = load.finish();
+        println!(
+            "RESTARTED web -> db {dst}: killed proxy restarted, serving after {back:?} | then \
+             replaced under load (new one ready in {handed:?}, listeners handed over): {} \
+             connections during the restart, {} failed, {}/4 streams intact",
+            r["new_ok"], r["new_failed"], r["streams_ok"]
+        );
+        drop(first);
+        proxy_db = second;
+        if r["new_failed"] != 0 || r["streams_ok"] != 4 {
+            bail!("connections failed during the restart: {r}");
         }
         Ok(())
     })();
