@@ -1,11 +1,7 @@
-//! The pieces the transparent-mode benches (`transparent`, `sockmap_hops`) share: simulated
-//! pods from the transparent tests' harness (`mesh_tests::pod`) with the processes started in
-//! them, `meshd dev` with services registered, `meshproxy run --transparent` per pod, an echo
-//! app that counts the spurious `EAGAIN`s of its blocking reads, and the client-side blocking
-//! reads and single-stream echo measured the same way by both benches.
-//!
-//! Why a module and not a copy in each binary: both benches must measure their shared figures
-//! (the stream, the `EAGAIN` count) with the same code to be comparable.
+//! The pieces of the `transparent` bench kept out of its binary: simulated pods from the
+//! transparent tests' harness (`mesh_tests::pod`) with the processes started in them, `meshd
+//! dev` with services registered, `meshproxy run --transparent` per pod, an echo app, and the
+//! single-stream echo throughput.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -59,7 +55,7 @@ impl Pods {
     }
 
     /// Starts `exe echo <ports>` ([`echo_app`]) in pod `i` and waits until it listens.
-    pub fn start_echo(&mut self, i: usize, exe: &Path, ports: &[u16]) -> anyhow::Result<Echo> {
+    pub fn start_echo(&mut self, i: usize, exe: &Path, ports: &[u16]) -> anyhow::Result<()> {
         let mut args = vec!["echo".to_string()];
         args.extend(ports.iter().map(u16::to_string));
         let mut app = self
@@ -68,23 +64,20 @@ impl Pods {
             .spawn()?;
         let stdout = app.stdout.take().context("echo app stdout")?;
         self.children.push(app);
-        let (tx, lines) = mpsc::channel();
-        // Forwards the app's lines until it exits (its stdout closes); bounded by the app.
+        let (tx, ready) = mpsc::channel();
+        // Reads the app's first line; bounded by the app (killed with the pods).
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
         });
-        let ready = lines
+        let ready = ready
             .recv_timeout(Duration::from_secs(10))
             .context("the echo app did not start")?;
-        if ready != "ready" {
+        if ready.trim_end() != "ready" {
             bail!("the echo app did not start: {ready}");
         }
-        Ok(Echo { lines })
+        Ok(())
     }
 }
 
@@ -96,39 +89,8 @@ impl Drop for Pods {
     }
 }
 
-/// A running [`echo_app`]: the lines it prints after `ready`, one per finished connection.
-pub struct Echo {
-    lines: mpsc::Receiver<String>,
-}
-
-impl Echo {
-    /// Waits (bounded) for `connections` more finished connections; returns the spurious
-    /// `EAGAIN`s the app's blocking reads got on them.
-    pub fn closed(&self, connections: usize) -> anyhow::Result<u64> {
-        let mut eagain = 0;
-        for _ in 0..connections {
-            let line = self
-                .lines
-                .recv_timeout(Duration::from_secs(10))
-                .context("the echo app did not report a finished connection")?;
-            eagain += line
-                .strip_prefix("closed eagain=")
-                .and_then(|n| n.parse::<u64>().ok())
-                .with_context(|| format!("unexpected line from the echo app: {line}"))?;
-        }
-        Ok(eagain)
-    }
-
-    /// Forgets the lines of connections nobody waits for (e.g. a proxy's probes).
-    pub fn discard(&self) {
-        while self.lines.try_recv().is_ok() {}
-    }
-}
-
 /// The echo app (run inside a pod, on every port of `ports`): one thread per connection,
-/// echoes with blocking reads until EOF, then prints `closed eagain=N` (the spurious `EAGAIN`s
-/// its reads got, see [`read_blocking`]) before ending its side, so a client that read to EOF
-/// knows the line is on its way.
+/// echoes until EOF, then ends its side.
 pub fn echo_app(ports: &[u16]) -> anyhow::Result<()> {
     let listeners = ports
         .iter()
@@ -150,12 +112,10 @@ pub fn echo_app(ports: &[u16]) -> anyhow::Result<()> {
 fn echo_connection(mut c: TcpStream) {
     std::thread::spawn(move || {
         let _ = c.set_nodelay(true);
-        let timeout = Duration::from_secs(60);
-        let _ = c.set_read_timeout(Some(timeout));
-        let mut spurious = 0u64;
+        let _ = c.set_read_timeout(Some(Duration::from_secs(60)));
         let mut buf = vec![0u8; 256 * 1024];
         loop {
-            match read_blocking(&mut c, &mut buf, timeout, &mut spurious) {
+            match c.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if c.write_all(&buf[..n]).is_err() {
@@ -164,55 +124,16 @@ fn echo_connection(mut c: TcpStream) {
                 }
             }
         }
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "closed eagain={spurious}");
-        let _ = out.flush();
-        drop(out);
         let _ = c.shutdown(Shutdown::Write);
     });
 }
 
-/// A blocking read that retries a spurious `EAGAIN` (one returned before the socket's read
-/// timeout passed), counting it in `spurious`. With `--sockmap` the kernel's `tcp_bpf_recvmsg`
-/// returns `EAGAIN` from a blocking read whose wait was woken without data, e.g. by the
-/// write-space wakeup of another thread writing to the same socket; an app doing blocking
-/// reads sees it as a failed read.
-pub fn read_blocking(
-    s: &mut TcpStream,
-    buf: &mut [u8],
-    timeout: Duration,
-    spurious: &mut u64,
-) -> std::io::Result<usize> {
-    let start = Instant::now();
-    loop {
-        match s.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && start.elapsed() < timeout => {
-                *spurious += 1;
-            }
-            r => return r,
-        }
-    }
-}
-
-/// Reads until EOF (bounded by the socket's read timeout), so the echo app's report of the
-/// connection was printed before this returns.
-pub fn read_to_eof(s: &mut TcpStream, spurious: &mut u64) -> anyhow::Result<()> {
-    let mut buf = [0u8; 4096];
-    for _ in 0..1024 {
-        if read_blocking(s, &mut buf, Duration::from_secs(10), spurious)? == 0 {
-            return Ok(());
-        }
-    }
-    bail!("the echo kept sending after the client's end of stream")
-}
-
 /// Single-stream throughput: `mib` MiB written by one thread and read back (echoed) by
-/// another on the same socket; MiB/s. The reads count their spurious `EAGAIN`s in `spurious`.
-pub fn stream(addr: SocketAddr, mib: u64, spurious: &mut u64) -> anyhow::Result<f64> {
+/// another on the same socket; MiB/s.
+pub fn stream(addr: SocketAddr, mib: u64) -> anyhow::Result<f64> {
     let total = mib * 1024 * 1024;
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    let timeout = Duration::from_secs(60);
-    s.set_read_timeout(Some(timeout))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut w = s.try_clone()?;
     let t = Instant::now();
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
@@ -229,8 +150,7 @@ pub fn stream(addr: SocketAddr, mib: u64, spurious: &mut u64) -> anyhow::Result<
     let mut buf = vec![0u8; 256 * 1024];
     let mut got = 0u64;
     while got < total {
-        let n = read_blocking(&mut r, &mut buf, timeout, spurious)
-            .context("stream: reading the echo")?;
+        let n = r.read(&mut buf).context("stream: reading the echo")?;
         if n == 0 {
             break;
         }
@@ -244,7 +164,6 @@ pub fn stream(addr: SocketAddr, mib: u64, spurious: &mut u64) -> anyhow::Result<
     if got != total {
         bail!("echoed {got} of {total} bytes");
     }
-    read_to_eof(&mut r, spurious)?;
     Ok(mib as f64 / secs)
 }
 
@@ -351,7 +270,7 @@ pub fn allow(agent: SocketAddr, source: &str, destination: &str) -> anyhow::Resu
     Ok(())
 }
 
-/// Starts a transparent proxy for `service` in pod `i`; returns it with its admin address.
+/// Starts a transparent proxy for `service` in pod `i`, ready.
 pub fn start_proxy(
     bin_dir: &Path,
     agent: SocketAddr,
@@ -360,7 +279,7 @@ pub fn start_proxy(
     i: usize,
     object: &Path,
     extra: &[&str],
-) -> anyhow::Result<(KillOnDrop, SocketAddr)> {
+) -> anyhow::Result<KillOnDrop> {
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let child = Command::new(bin_dir.join("meshproxy"))
         .args(["run", "--sidecar-for", service, "--agent-addr"])
@@ -384,19 +303,10 @@ pub fn start_proxy(
         Duration::from_secs(30),
         || http(admin, "GET", "/ready", None).is_ok_and(|(s, _)| s == 200),
     )?;
-    Ok((child, admin))
+    Ok(child)
 }
 
-/// One of the eBPF programs' counters from a proxy's `/metrics`.
-pub fn ebpf_event(admin: SocketAddr, event: &str) -> anyhow::Result<u64> {
-    let (_, body) = http(admin, "GET", "/metrics", None)?;
-    let prefix = format!("meshproxy_transparent_ebpf_events_total{{event=\"{event}\"}} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
-        .with_context(|| format!("no {event} counter on {admin}/metrics"))
-}
-
-/// Runs `exe <args>` inside pod `i` and parses the JSON object it prints.
+/// Runs `exe <args>`/// Runs `exe <args>` inside pod `i` and parses the JSON object it prints.
 pub fn run_json(pods: &Pods, i: usize, exe: &Path, args: &[String]) -> anyhow::Result<Value> {
     let out = pods.command(i, exe, args)?.output()?;
     if !out.status.success() {

@@ -13,11 +13,6 @@
 //! - `mesh_sk_lookup` (netns `sk_lookup`): inbound TCP to the app's ports (not on loopback) is
 //!   handed to the proxy's inbound mTLS listener held in a sockmap: the IPv4 one at
 //!   `INBOUND_LISTENER_INDEX`, the IPv6 one (`[::]`, v6-only) at `INBOUND_LISTENER6_INDEX`.
-//! - `--sockmap` only: `mesh_sock_ops` (pod cgroup) and `mesh_sockmap_ops` (the proxy's own
-//!   cgroup) put both ends of each established app↔proxy loopback hop of the pod into
-//!   `MESH_SOCKHASH`; `mesh_sk_msg` (attached to that sockhash) hands every message sent on
-//!   one end straight to the other end's receive queue, skipping the TCP/IP stack. See
-//!   [`try_sockmap_insert`] for why insertion happens at handshake time.
 //!
 //! Every entry point is a thin wrapper over `try_*` and maps errors to the *safe* verdict: let
 //! the syscall or packet through unchanged, never break the host's networking on an error path.
@@ -27,30 +22,22 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_ANY, BPF_F_INGRESS, bpf_sock_addr},
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_netns_cookie,
-        bpf_get_socket_cookie,
-    },
-    macros::{cgroup_sock_addr, map, sk_lookup, sk_msg, sock_ops},
-    maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, SockMap,
-        lpm_trie::Key as LpmKey,
-    },
-    programs::{SkLookupContext, SkMsgContext, SockAddrContext, SockOpsContext},
+    bindings::bpf_sock_addr,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, map, sk_lookup, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap, lpm_trie::Key as LpmKey},
+    programs::{SkLookupContext, SockAddrContext, SockOpsContext},
 };
 use mesh_ebpf_common::{
     ClientKey, ClientKey6, Config, EXCLUSION_ENTRIES, FLAG_ENABLED, FLAG_FAIL_CLOSED,
-    FLAG_SKIP_LOOPBACK, FLAG_SOCKMAP, INBOUND_LISTENER_INDEX, INBOUND_LISTENER6_INDEX,
-    ORIG_DST_ENTRIES, OrigDst, OrigDst6, Outbound6, SOCKHASH_ENTRIES, STAT_COUNT, STAT_EXCLUDED,
-    STAT_INBOUND_REFUSED, STAT_INBOUND_STEERED, STAT_ORIG_RECORDED, STAT_REDIRECTED,
-    STAT_REDIRECTED6, STAT_SOCKMAP_INSERTED, STAT_SOCKMAP_REDIRECTED, SockKey,
+    FLAG_SKIP_LOOPBACK, INBOUND_LISTENER_INDEX, INBOUND_LISTENER6_INDEX, ORIG_DST_ENTRIES, OrigDst,
+    OrigDst6, Outbound6, STAT_COUNT, STAT_EXCLUDED, STAT_INBOUND_REFUSED, STAT_INBOUND_STEERED,
+    STAT_ORIG_RECORDED, STAT_REDIRECTED, STAT_REDIRECTED6,
 };
 
 /// `bpf_sock_addr` verdicts: 1 lets the syscall proceed.
 const ALLOW: i32 = 1;
-/// `sk_lookup` verdict: continue (with the assigned socket, if any). `sk_msg`: send the
-/// message, to the redirect target if the program set one, else down the normal TCP path.
+/// `sk_lookup` verdict: continue (with the assigned socket, if any).
 const SK_PASS: u32 = 1;
 /// `sk_lookup` verdict: drop the packet; for a TCP SYN no socket is found and the kernel
 /// answers with a reset (the caller sees `ECONNREFUSED`).
@@ -67,9 +54,6 @@ const AF_INET6: u32 = 10;
 const IP6_LOOPBACK: [u32; 4] = [0, 0, 0, 0x0100_0000];
 /// `BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB`: an active (connect) TCP socket got established.
 const SOCK_OPS_ACTIVE_ESTABLISHED: u32 = 4;
-/// `BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB`: an accepted TCP socket got established (the
-/// handshake's last ACK). Like the active one it fires without any `BPF_SOCK_OPS_*_FLAG`.
-const SOCK_OPS_PASSIVE_ESTABLISHED: u32 = 5;
 
 // Map names must equal the MAP_* constants of mesh-ebpf-common (the loader opens them by name).
 #[map]
@@ -103,10 +87,6 @@ static MESH_ORIG6_BY_COOKIE: LruHashMap<u64, OrigDst6> =
 #[map]
 static MESH_ORIG6_BY_CLIENT: LruHashMap<ClientKey6, OrigDst6> =
     LruHashMap::with_max_entries(ORIG_DST_ENTRIES, 0);
-#[map]
-static MESH_SOCKHASH: SockHash<SockKey> = SockHash::with_max_entries(SOCKHASH_ENTRIES, 0);
-#[map]
-static MESH_SOCKMAP_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(EXCLUSION_ENTRIES, 0);
 
 /// Per-CPU counter bump (no atomic RMW on this target; the loader sums the CPUs).
 #[inline(always)]
@@ -312,80 +292,10 @@ fn excluded6(cfg: &Config, out: &Outbound6, ip6: &[u32; 4], port: u32) -> bool {
 
 #[sock_ops]
 pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
-    let op = ctx.op();
-    if op == SOCK_OPS_ACTIVE_ESTABLISHED || op == SOCK_OPS_PASSIVE_ESTABLISHED {
-        let _ = try_sockmap_insert(&ctx);
-    }
-    if op == SOCK_OPS_ACTIVE_ESTABLISHED {
+    if ctx.op() == SOCK_OPS_ACTIVE_ESTABLISHED {
         let _ = try_sock_ops(&ctx);
     }
     1
-}
-
-/// `--sockmap`, attached to the proxy's own cgroup: the proxy's sockets are not in the pod's
-/// cgroup (its accepted ones inherit its listener's cgroup), so `mesh_sock_ops` never sees
-/// them. Where both programs see a socket (the proxy's cgroup is an ancestor of the pod's),
-/// the second insertion is refused (`EBUSY`: the socket already carries this map's `sk_msg`
-/// program) and the socket stays in the map once.
-#[sock_ops]
-pub fn mesh_sockmap_ops(ctx: SockOpsContext) -> u32 {
-    let op = ctx.op();
-    if op == SOCK_OPS_ACTIVE_ESTABLISHED || op == SOCK_OPS_PASSIVE_ESTABLISHED {
-        let _ = try_sockmap_insert(&ctx);
-    }
-    1
-}
-
-/// Puts an established socket into `MESH_SOCKHASH` if it is one end of an app↔proxy hop of
-/// this pod: IPv4, both ends in 127.0.0.0/8, in the pod's network namespace, and the
-/// outbound listener's or an app service port at one end (`MESH_SOCKMAP_PORTS`). `Err`
-/// means "not ours" (the socket keeps the normal TCP path).
-///
-/// Why at handshake time, from the kernel, and never from user space after `accept`: data
-/// the peer sent before this socket is in the map went through TCP and waits in this
-/// socket's TCP receive queue, while data redirected later lands in its psock queue, which
-/// `tcp_bpf_recvmsg` reads first: the bytes would be reordered. The ESTABLISHED callbacks
-/// run inside the handshake, before either application can send; on loopback the client's
-/// final ACK (and so the passive side's callback) is processed within the client's own
-/// `connect`, so both ends are in the map before the first byte.
-#[inline(always)]
-fn try_sockmap_insert(ctx: &SockOpsContext) -> Result<(), ()> {
-    let cfg = config().ok_or(())?;
-    if cfg.flags & FLAG_SOCKMAP == 0 || ctx.family() != AF_INET {
-        return Err(());
-    }
-    let mut key = SockKey {
-        local_ip4: ctx.local_ip4(),
-        remote_ip4: ctx.remote_ip4(),
-        local_port: ctx.local_port(),
-        // Network order in the upper 16 bits: `from_be` leaves the host-order port.
-        remote_port: u32::from_be(ctx.remote_port()),
-    };
-    // 127.0.0.0/8: first octet in the lowest byte of the network-order word.
-    if (key.local_ip4 & 0xff) != 127 || (key.remote_ip4 & 0xff) != 127 {
-        return Err(());
-    }
-    // SAFETY: values not kept past the calls.
-    let hop = unsafe {
-        MESH_SOCKMAP_PORTS.get(&(key.local_port as u16)).is_some()
-            || MESH_SOCKMAP_PORTS.get(&(key.remote_port as u16)).is_some()
-    };
-    if !hop {
-        return Err(());
-    }
-    // Other pods' loopback sockets have the same 4-tuples (the proxy's cgroup program sees
-    // every pod whose cgroup is below it): only this pod's namespace.
-    // SAFETY: helper valid for sock_ops programs (kernel 5.15+).
-    if unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } != cfg.pod_netns_cookie {
-        return Err(());
-    }
-    // SAFETY: `ops` is the verifier-checked context; the helper takes it as `bpf_sock_ops`.
-    let ops = unsafe { &mut *ctx.ops };
-    MESH_SOCKHASH
-        .update(&mut key, ops, u64::from(BPF_ANY))
-        .map_err(|_| ())?;
-    count(STAT_SOCKMAP_INSERTED);
-    Ok(())
 }
 
 #[inline(always)]
@@ -473,49 +383,6 @@ impl Orig for OrigDst6 {
             core::ptr::write_volatile(&mut (*sa).user_port, self.port);
         }
     }
-}
-
-/// `--sockmap`: runs on every `sendmsg` of a socket in `MESH_SOCKHASH` and redirects the
-/// message to the peer socket's receive side (`BPF_F_INGRESS`), found by the mirrored key.
-/// Always `SK_PASS`: after a successful redirect it sends to the peer; when the peer is not
-/// in the map (the helper returned `SK_DROP` and set no target) it means the normal TCP path.
-/// Returning the helper's `SK_DROP` would drop the app's data.
-#[sk_msg]
-pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
-    let _ = try_sk_msg(&ctx);
-    SK_PASS
-}
-
-#[inline(always)]
-fn try_sk_msg(ctx: &SkMsgContext) -> Result<(), ()> {
-    let md = ctx.msg;
-    // SAFETY: verifier-checked context pointer; readable 4-byte fields.
-    let (family, local_ip4, remote_ip4, local_port, remote_port) = unsafe {
-        (
-            (*md).family,
-            (*md).local_ip4,
-            (*md).remote_ip4,
-            (*md).local_port,
-            (*md).remote_port,
-        )
-    };
-    if family != AF_INET {
-        return Err(());
-    }
-    // Byte orders as in `try_sockmap_insert` (same conversion of `remote_port`).
-    let mut peer = SockKey {
-        local_ip4,
-        remote_ip4,
-        local_port,
-        remote_port: u32::from_be(remote_port),
-    }
-    .peer();
-    let verdict = MESH_SOCKHASH.redirect_msg(ctx, &mut peer, u64::from(BPF_F_INGRESS));
-    if verdict != i64::from(SK_PASS) {
-        return Err(());
-    }
-    count(STAT_SOCKMAP_REDIRECTED);
-    Ok(())
 }
 
 #[sk_lookup]

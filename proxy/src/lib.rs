@@ -25,8 +25,8 @@
 //! [`metrics`] (observability), [`transport`] (socket options and the socket factory), [`read_ahead`] (large socket
 //! reads under TLS).
 
-// `deny`, not `forbid`: the one exception is `transparent::netns::netns_cookie`, a
-// `getsockopt` neither nix nor socket2 wraps (with its SAFETY note).
+// `deny`, not `forbid`: an item that needs `unsafe` allows it locally, with a reason and a
+// SAFETY note (none does today).
 #![deny(unsafe_code)]
 
 pub mod admin;

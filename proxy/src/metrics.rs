@@ -130,7 +130,7 @@ pub struct EbpfEventLabels {
 type HistogramFamily = Family<DirLabels, Histogram, fn() -> Histogram>;
 
 /// Where the eBPF programs' counters are read at scrape time (empty once they are detached).
-type EbpfSource = Box<dyn Fn() -> Option<[(&'static str, u64); 7]> + Send + Sync>;
+type EbpfSource = Box<dyn Fn() -> Option<[(&'static str, u64); 5]> + Send + Sync>;
 
 /// Exposes the transparent-mode eBPF counters, which live in a kernel map, as
 /// `meshproxy_transparent_ebpf_events_total{event}`: read on each scrape, nothing copied
@@ -255,7 +255,7 @@ impl Metrics {
     /// call counts). `source` returns `None` once the programs are gone.
     pub fn set_ebpf_source(
         &self,
-        source: impl Fn() -> Option<[(&'static str, u64); 7]> + Send + Sync + 'static,
+        source: impl Fn() -> Option<[(&'static str, u64); 5]> + Send + Sync + 'static,
     ) {
         let _ = self.ebpf_source.set(Box::new(source));
     }
@@ -417,9 +417,7 @@ mod tests {
                 ("redirected6", 0),
                 ("excluded", 1),
                 ("inbound_steered", 2),
-                ("orig_recorded", 3),
-                ("sockmap_inserted", 4),
-                ("sockmap_redirected", 9),
+                ("orig_recorded", 9),
             ])
         });
         let text = m.encode();
@@ -428,9 +426,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(
-                "meshproxy_transparent_ebpf_events_total{event=\"sockmap_redirected\"} 9"
-            ),
+            text.contains("meshproxy_transparent_ebpf_events_total{event=\"orig_recorded\"} 9"),
             "{text}"
         );
     }

@@ -248,65 +248,8 @@ pub fn assert_echoed(out: &Value, msg: &str, proxies: &[&Proxy]) {
     );
 }
 
-const STREAM_CLIENT_PY: &str = r#"
-import hashlib, json, random, socket, sys, threading
-host, port, size, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-out = {}
-try:
-    data = random.Random(seed).randbytes(size)
-    out["sent_sha256"] = hashlib.sha256(data).hexdigest()
-    s = socket.create_connection((host, port), timeout=30)
-    errors = []
-    def send():
-        # Many sendmsg calls (64 KiB each) while the echo streams back; then half-close.
-        try:
-            view = memoryview(data)
-            for i in range(0, len(view), 65536):
-                s.sendall(view[i:i + 65536])
-            s.shutdown(socket.SHUT_WR)
-        except Exception as e:
-            errors.append(type(e).__name__ + ": " + str(e))
-    t = threading.Thread(target=send)
-    t.start()
-    h, n = hashlib.sha256(), 0
-    while True:
-        d = s.recv(1 << 20)
-        if not d:
-            break
-        h.update(d)
-        n += len(d)
-    t.join()
-    out["echo_len"] = n
-    out["echo_sha256"] = h.hexdigest()
-    if errors:
-        out["error"] = errors[0]
-except Exception as e:
-    out["error"] = type(e).__name__ + ": " + str(e)
-print(json.dumps(out))
-"#;
-
-/// An unmodified client in `pod` that streams `size` pseudo-random bytes (from `seed`) to
-/// `dst` while reading the echo concurrently, half-closes after the last byte and reads until
-/// EOF. Returns its JSON: `sent_sha256`, `echo_sha256`, `echo_len` or `error`.
-pub fn client_stream(pod: &Pod, dst: SocketAddr, size: usize, seed: u64) -> Value {
-    let mut cmd = pod.command("python3").expect("command in pod");
-    cmd.args([
-        "-c",
-        STREAM_CLIENT_PY,
-        &dst.ip().to_string(),
-        &dst.port().to_string(),
-        &size.to_string(),
-        &seed.to_string(),
-    ]);
-    run_client_for(&mut cmd, Duration::from_secs(60))
-}
-
 fn run_client(cmd: &mut Command) -> Value {
-    run_client_for(cmd, Duration::from_secs(30))
-}
-
-fn run_client_for(cmd: &mut Command, limit: Duration) -> Value {
-    let r = run_bounded(cmd, limit).expect("run the client");
+    let r = run_bounded(cmd, Duration::from_secs(30)).expect("run the client");
     assert!(r.success(), "client in pod failed: {}", r.text());
     serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
 }
@@ -504,18 +447,7 @@ fn transparent_command(
 
 impl Proxy {
     pub fn start(http_addr: SocketAddr, service: &str, pod: &Pod, extra: &[&str]) -> Self {
-        Self::start_in(http_addr, service, pod, extra, None)
-    }
-
-    /// [`Proxy::start`] with the proxy process in `cgroup` (default: the test's own).
-    pub fn start_in(
-        http_addr: SocketAddr,
-        service: &str,
-        pod: &Pod,
-        extra: &[&str],
-        cgroup: Option<&crate::pod::Cgroup>,
-    ) -> Self {
-        Self::spawn(http_addr, service, Some(pod), extra, cgroup)
+        Self::spawn(http_addr, service, Some(pod), extra, None)
     }
 
     /// A host-mode proxy (no `--cgroup`: it captures the whole host minus its own cgroup),
@@ -603,7 +535,7 @@ impl Proxy {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
     }
 
-    /// A counter of the proxy's eBPF programs (`redirected`, `sockmap_redirected`, ...), from
+    /// A counter of the proxy's eBPF programs (`redirected`, `inbound_steered`, ...), from
     /// `meshproxy_transparent_ebpf_events_total` on `/metrics`.
     pub fn ebpf_event(&self, event: &str) -> f64 {
         self.metric(

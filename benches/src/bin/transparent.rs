@@ -12,21 +12,16 @@
 //!   an iptables `REDIRECT` rule in pod A (installed by this bench) sends the connects to it;
 //!   the original destination comes from conntrack (`SO_ORIGINAL_DST`). Inbound steering in
 //!   pod B is the same `sk_lookup` program in both proxied columns.
-//! - `ebpf+sockmap`: `ebpf` with both proxies started with `--sockmap`: the two loopback hops
-//!   (app → proxy A in pod A, proxy B → app in pod B) go socket to socket through a sockhash
-//!   and an `sk_msg` program; the mTLS hop between the pods still crosses the veth.
 //!
 //! Figures: connection setup latency (connect, one byte each way, close; p50/p99 over N
 //! sequential connections, every one a mutual-TLS chain) and single-stream throughput. The
 //! columns are measured in turn, `--rounds` times (proxies restarted for each), and the table
 //! shows each figure's median over the rounds, so a busy phase of the machine hits every
-//! column alike. The client counts the spurious `EAGAIN`s its blocking reads get (and retries
-//! them): with `--sockmap` the kernel's `tcp_bpf_recvmsg` can fail a blocking read that was
-//! woken without data.
+//! column alike.
 //! Needs root, `iptables`, the eBPF object (`cargo xtask build-ebpf`) and release binaries
 //! (`cargo build --release -p meshproxy -p mesh-control -p mesh-benches`).
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
@@ -36,13 +31,13 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mesh_benches::percentile_f64;
 use mesh_benches::transparent_pods::{
-    Pods, allow, ebpf_event, ebpf_object, echo_app, median_of, read_blocking, register, run_json,
-    sh, start_meshd, start_proxy, stream,
+    Pods, allow, ebpf_object, echo_app, median_of, register, run_json, sh, start_meshd,
+    start_proxy, stream,
 };
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(about = "Transparent mode: eBPF redirect vs iptables REDIRECT vs direct, and --sockmap")]
+#[command(about = "Transparent mode: eBPF redirect vs iptables REDIRECT vs direct")]
 struct Cli {
     #[command(subcommand)]
     role: Option<Role>,
@@ -74,7 +69,7 @@ enum Role {
 
 const APP_PORT: u16 = 8080;
 /// The columns, in the order each round measures them.
-const COLUMNS: [&str; 4] = ["direct", "ebpf", "iptables", "ebpf+sockmap"];
+const COLUMNS: [&str; 3] = ["direct", "ebpf", "iptables"];
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -95,30 +90,26 @@ fn main() -> anyhow::Result<()> {
 
 /// Setup latency and throughput against `addr`.
 fn client(addr: SocketAddr, connections: usize, mib: u64) -> anyhow::Result<Value> {
-    let mut spurious_eagain = 0u64;
     let mut lat = Vec::with_capacity(connections);
     for _ in 0..connections {
         let t = Instant::now();
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
         s.set_nodelay(true)?;
-        let timeout = Duration::from_secs(10);
-        s.set_read_timeout(Some(timeout))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
         s.write_all(b"x")?;
         let mut b = [0u8; 1];
-        let n = read_blocking(&mut s, &mut b, timeout, &mut spurious_eagain)
-            .context("setup: reading the echoed byte")?;
+        let n = s.read(&mut b).context("setup: reading the echoed byte")?;
         if n != 1 {
             bail!("setup: the connection ended before the echo");
         }
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
     lat.sort_by(f64::total_cmp);
-    let throughput = stream(addr, mib, &mut spurious_eagain)?;
+    let throughput = stream(addr, mib)?;
     Ok(json!({
         "setup_p50_us": percentile_f64(&lat, 50.0),
         "setup_p99_us": percentile_f64(&lat, 99.0),
         "throughput_mib_s": throughput,
-        "spurious_eagain": spurious_eagain,
     }))
 }
 
@@ -153,8 +144,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     register(agent, "svc-a", pods.pod(0).addr(APP_PORT))?;
     register(agent, "svc-b", pods.pod(1).addr(APP_PORT))?;
     allow(agent, "svc-a", "svc-b")?;
-    // Its report lines are not needed here: the client counts the EAGAINs it measures.
-    let _echo = pods.start_echo(1, &exe, &[APP_PORT])?;
+    pods.start_echo(1, &exe, &[APP_PORT])?;
 
     let start = |service: &str, i: usize, extra: &[&str]| {
         start_proxy(&bin_dir, agent, service, &pods, i, &object, extra)
@@ -187,34 +177,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     // Rounds of every column in turn, so a slow phase of the (shared) machine hits all
     // columns alike; each figure is the median over the rounds.
     let mut rounds: Vec<[Value; COLUMNS.len()]> = Vec::new();
-    let mut sockmap_redirected = [0u64; 2];
     for _ in 0..cli.rounds.max(1) {
         let direct = measure(&pods, &exe, cli, "direct")?;
 
         // Proxy B stays up through `ebpf` and `iptables` (only pod A's capture differs).
-        let (proxy_b, _) = start("svc-b", 1, &[])?;
-        let (proxy_a, _) = start("svc-a", 0, &[])?;
+        let proxy_b = start("svc-b", 1, &[])?;
+        let proxy_a = start("svc-a", 0, &[])?;
         let ebpf = measure(&pods, &exe, cli, "ebpf")?;
         drop(proxy_a);
 
         sh(&rule)?;
-        let (proxy_a, _) = start("svc-a", 0, &["--outbound-capture", "external"])?;
+        let proxy_a = start("svc-a", 0, &["--outbound-capture", "external"])?;
         let iptables = measure(&pods, &exe, cli, "iptables");
         drop(proxy_a);
         sh(&undo)?;
         let iptables = iptables?;
         drop(proxy_b);
-
-        // Both proxies with --sockmap: each pod's loopback hop bypasses TCP.
-        let (proxy_b, admin_b) = start("svc-b", 1, &["--sockmap"])?;
-        let (proxy_a, admin_a) = start("svc-a", 0, &["--sockmap"])?;
-        let sockmap = measure(&pods, &exe, cli, "ebpf+sockmap")?;
-        // Proof the column measured the bypass: messages the sk_msg programs redirected.
-        sockmap_redirected[0] += ebpf_event(admin_a, "sockmap_redirected")?;
-        sockmap_redirected[1] += ebpf_event(admin_b, "sockmap_redirected")?;
-        drop(proxy_a);
-        drop(proxy_b);
-        rounds.push([direct, ebpf, iptables, sockmap]);
+        rounds.push([direct, ebpf, iptables]);
     }
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     drop(meshd);
@@ -224,12 +203,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         let column: Vec<&Value> = rounds.iter().map(|r| &r[col]).collect();
         median_of(&column, k)
     };
-    let eagain = |col: usize| -> u64 {
-        rounds
-            .iter()
-            .map(|r| r[col]["spurious_eagain"].as_u64().unwrap_or(0))
-            .sum()
-    };
     let mut columns = serde_json::Map::new();
     for (col, name) in COLUMNS.iter().enumerate() {
         columns.insert(
@@ -238,14 +211,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 "setup_p50_us": median(col, "setup_p50_us"),
                 "setup_p99_us": median(col, "setup_p99_us"),
                 "throughput_mib_s": median(col, "throughput_mib_s"),
-                "spurious_eagain": eagain(col),
                 "rounds": rounds.iter().map(|r| r[col].clone()).collect::<Vec<_>>(),
             }),
         );
     }
     let result = json!({
         "connections": cli.connections, "mib": cli.mib, "rounds": rounds.len(),
-        "columns": columns, "sockmap_redirected": sockmap_redirected,
+        "columns": columns,
         "loadavg_start": load_start.trim(), "loadavg_end": load_end.trim(),
     });
     if cli.json {
@@ -270,27 +242,11 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             median(col, "throughput_mib_s")
         );
     }
-    let (ebpf, iptables, sockmap) = (1, 2, 3);
+    let (ebpf, iptables) = (1, 2);
     println!(
         "ebpf vs iptables: setup p50 speed-up {:.2}x, stream {:.2}x",
         median(iptables, "setup_p50_us") / median(ebpf, "setup_p50_us"),
         median(ebpf, "throughput_mib_s") / median(iptables, "throughput_mib_s")
-    );
-    println!(
-        "ebpf+sockmap vs ebpf: setup p50 speed-up {:.2}x, stream {:.2}x; messages redirected by sk_msg: pod A {}, pod B {}",
-        median(ebpf, "setup_p50_us") / median(sockmap, "setup_p50_us"),
-        median(sockmap, "throughput_mib_s") / median(ebpf, "throughput_mib_s"),
-        sockmap_redirected[0],
-        sockmap_redirected[1]
-    );
-    println!(
-        "spurious EAGAIN on the client's blocking reads (retried): {}",
-        COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(col, name)| format!("{name} {}", eagain(col)))
-            .collect::<Vec<_>>()
-            .join(", ")
     );
     println!("load start {} end {}", load_start.trim(), load_end.trim());
     Ok(())

@@ -14,6 +14,11 @@
 
 #![no_std]
 
+/// Layout version of the maps: bumped whenever a map's key or value layout, type or size
+/// changes. Maps are pinned under names carrying it (`abi<N>_<MAP>`), so a proxy built with
+/// another layout never reuses maps it would misread; it pins its own and prunes the others.
+pub const MAPS_ABI: u32 = 2;
+
 /// Array map (one [`Config`] at index 0) written by the loader before attaching.
 pub const MAP_CONFIG: &str = "MESH_CONFIG";
 /// LRU hash: socket cookie (`u64`) of a redirected app socket → its [`OrigDst`].
@@ -45,12 +50,6 @@ pub const MAP_OUTBOUND6: &str = "MESH_OUTBOUND6";
 pub const MAP_ORIG6_BY_COOKIE: &str = "MESH_ORIG6_BY_COOKIE";
 /// LRU hash: the redirected IPv6 app socket's local address ([`ClientKey6`]) → [`OrigDst6`].
 pub const MAP_ORIG6_BY_CLIENT: &str = "MESH_ORIG6_BY_CLIENT";
-/// Sockhash ([`SockKey`] → socket) of the pod's established loopback app↔proxy sockets
-/// (`--sockmap`); `mesh_sk_msg` is attached to it and redirects between its entries.
-pub const MAP_SOCKHASH: &str = "MESH_SOCKHASH";
-/// Hash: port (`u16`, host order) → 1: a loopback TCP connection in the pod with this port at
-/// either end is an app↔proxy hop (the outbound listener's port, the app's service ports).
-pub const MAP_SOCKMAP_PORTS: &str = "MESH_SOCKMAP_PORTS";
 
 /// Program names (the Rust function names in `mesh-ebpf`), as the loader finds them.
 pub const PROG_CONNECT4: &str = "mesh_connect4";
@@ -59,11 +58,6 @@ pub const PROG_SOCK_OPS: &str = "mesh_sock_ops";
 pub const PROG_SK_LOOKUP: &str = "mesh_sk_lookup";
 pub const PROG_CONNECT6: &str = "mesh_connect6";
 pub const PROG_GETPEERNAME6: &str = "mesh_getpeername6";
-/// `sock_ops` attached to the proxy's own cgroup (`--sockmap`): puts the proxy's ends of the
-/// app↔proxy hops into [`MAP_SOCKHASH`].
-pub const PROG_SOCKMAP_OPS: &str = "mesh_sockmap_ops";
-/// `sk_msg` attached to [`MAP_SOCKHASH`] (`--sockmap`).
-pub const PROG_SK_MSG: &str = "mesh_sk_msg";
 
 /// Index of the IPv4 inbound listener in [`MAP_INBOUND_LISTENER`].
 pub const INBOUND_LISTENER_INDEX: u32 = 0;
@@ -72,11 +66,8 @@ pub const INBOUND_LISTENER6_INDEX: u32 = 1;
 
 /// Capacity of the original-destination maps (LRU: the oldest entries go first).
 pub const ORIG_DST_ENTRIES: u32 = 65_536;
-/// Capacity of each exclusion map (and of [`MAP_SOCKMAP_PORTS`]).
+/// Capacity of each exclusion map (and of [`MAP_INBOUND_PORTS`]).
 pub const EXCLUSION_ENTRIES: u32 = 256;
-/// Capacity of [`MAP_SOCKHASH`]: two entries per accelerated hop. When it is full, new
-/// sockets simply take the TCP path.
-pub const SOCKHASH_ENTRIES: u32 = 65_536;
 
 /// Counters in [`MAP_STATS`].
 pub const STAT_REDIRECTED: u32 = 0;
@@ -85,22 +76,15 @@ pub const STAT_INBOUND_STEERED: u32 = 2;
 pub const STAT_ORIG_RECORDED: u32 = 3;
 /// IPv6 connects redirected (also counted in [`STAT_REDIRECTED`]).
 pub const STAT_REDIRECTED6: u32 = 4;
-/// Sockets put into [`MAP_SOCKHASH`] (both ends of a hop count, each once).
-pub const STAT_SOCKMAP_INSERTED: u32 = 5;
-/// Messages (`sendmsg` calls) `mesh_sk_msg` redirected to the peer socket.
-pub const STAT_SOCKMAP_REDIRECTED: u32 = 6;
 /// Inbound connections to a captured port refused because no proxy listener is in
 /// [`MAP_INBOUND_LISTENER`] ([`FLAG_FAIL_CLOSED`]).
-pub const STAT_INBOUND_REFUSED: u32 = 7;
-pub const STAT_COUNT: u32 = 8;
+pub const STAT_INBOUND_REFUSED: u32 = 5;
+pub const STAT_COUNT: u32 = 6;
 
 /// [`Config::flags`]: do not redirect connects to 127.0.0.0/8 (the pod's own loopback).
 pub const FLAG_SKIP_LOOPBACK: u32 = 1;
 /// [`Config::flags`]: the record is complete; programs do nothing until it is set.
 pub const FLAG_ENABLED: u32 = 2;
-/// [`Config::flags`]: `--sockmap`: established app↔proxy loopback sockets of the pod's network
-/// namespace ([`Config::pod_netns_cookie`]) go into [`MAP_SOCKHASH`].
-pub const FLAG_SOCKMAP: u32 = 4;
 /// [`Config::flags`]: fail closed: an inbound connection to a captured port that cannot be
 /// handed to the proxy's listener (none is in [`MAP_INBOUND_LISTENER`]: the proxy is gone) is
 /// refused, never passed on to the app. Without it, it goes to whoever listens (`--fail-open`).
@@ -120,11 +104,6 @@ pub struct Config {
     /// `FLAG_*` bits.
     pub flags: u32,
     pub _reserved: u32,
-    /// Cookie of the pod's network namespace (`SO_NETNS_COOKIE` of a socket in it, as
-    /// `bpf_get_netns_cookie` returns it). Only sockets of that namespace enter
-    /// [`MAP_SOCKHASH`]: the loopback 4-tuples of two pods collide (both have
-    /// `127.0.0.1:15001`). Read only with [`FLAG_SOCKMAP`].
-    pub pod_netns_cookie: u64,
 }
 
 /// An original destination, in the byte orders of `bpf_sock_addr`.
@@ -145,35 +124,6 @@ pub struct ClientKey {
     pub ip4: u32,
     /// Port, host byte order.
     pub port: u32,
-}
-
-/// Key of [`MAP_SOCKHASH`]: a socket's connection seen from that socket. The program that
-/// redirects a message builds the *peer's* key by swapping the ends.
-///
-/// Addresses in network byte order (as `local_ip4`/`remote_ip4` of `bpf_sock_ops` and
-/// `sk_msg_md`), ports in host byte order: both contexts give `local_port` in host order but
-/// `remote_port` in network order in the upper 16 bits of the word, so both programs convert
-/// `remote_port` with `u32::from_be` and the two views of one connection are exact mirrors.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct SockKey {
-    pub local_ip4: u32,
-    pub remote_ip4: u32,
-    pub local_port: u32,
-    pub remote_port: u32,
-}
-
-impl SockKey {
-    /// The same connection seen from the other end.
-    #[inline(always)]
-    pub fn peer(&self) -> Self {
-        Self {
-            local_ip4: self.remote_ip4,
-            remote_ip4: self.local_ip4,
-            local_port: self.remote_port,
-            remote_port: self.local_port,
-        }
-    }
 }
 
 /// The proxy's IPv6 outbound listener (index 0 of [`MAP_OUTBOUND6`]); `connect6` does
@@ -211,8 +161,6 @@ pub struct ClientKey6 {
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: as below.
-    unsafe impl aya::Pod for super::SockKey {}
-    // SAFETY: as below.
     unsafe impl aya::Pod for super::Outbound6 {}
     // SAFETY: as below.
     unsafe impl aya::Pod for super::OrigDst6 {}
@@ -235,32 +183,11 @@ mod tests {
     /// No implicit padding: the sizes equal the sum of the fields.
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(size_of::<Config>(), 4 + 4 + 8 + 4 + 4 + 8);
-        assert_eq!(size_of::<SockKey>(), 16);
+        assert_eq!(size_of::<Config>(), 4 + 4 + 8 + 4 + 4);
         assert_eq!(size_of::<OrigDst>(), 8);
         assert_eq!(size_of::<ClientKey>(), 8);
         assert_eq!(size_of::<Outbound6>(), 16 + 4 + 4);
         assert_eq!(size_of::<OrigDst6>(), 16 + 4);
         assert_eq!(size_of::<ClientKey6>(), 16 + 4);
-    }
-
-    #[test]
-    fn peer_key_mirrors_the_ends() {
-        let k = SockKey {
-            local_ip4: 1,
-            remote_ip4: 2,
-            local_port: 40_000,
-            remote_port: 15_001,
-        };
-        assert_eq!(
-            k.peer(),
-            SockKey {
-                local_ip4: 2,
-                remote_ip4: 1,
-                local_port: 15_001,
-                remote_port: 40_000
-            }
-        );
-        assert_eq!(k.peer().peer(), k);
     }
 }

@@ -117,14 +117,6 @@ pub struct TransparentArgs {
     /// then read with SO_ORIGINAL_DST). Inbound capture is unchanged.
     #[arg(long, value_name = "ebpf|external", default_value = "ebpf", value_parser = ["ebpf", "external"])]
     pub outbound_capture: String,
-    /// Accelerate the pod's two loopback hops (app → outbound listener, proxy → app) with a
-    /// sockhash and an sk_msg program: bytes go from one socket straight to the other's
-    /// receive queue, skipping the TCP/IP stack. The mTLS hop between pods is unchanged.
-    /// Caveat (kernel tcp_bpf): a blocking read on the app's socket can fail with EAGAIN
-    /// when woken without data (e.g. while another thread writes to the same socket); only
-    /// for apps that retry EAGAIN (non-blocking, poll/epoll-based I/O).
-    #[arg(long)]
-    pub sockmap: bool,
     /// Let the pod's traffic go direct when this proxy is gone. RISK: after a crash, an OOM
     /// kill or a stop, the pod's connections then bypass mutual TLS and every intention, in
     /// plaintext. Default (without it): the capture is pinned in /sys/fs/bpf/mesh/<pod-id>/
@@ -156,8 +148,6 @@ pub struct TransparentConfig {
     pub ebpf_object: Option<PathBuf>,
     /// `--outbound-capture external`: the cgroup programs are not attached.
     pub external_outbound_capture: bool,
-    /// `--sockmap`: the app↔proxy loopback hops bypass TCP (sockhash + sk_msg).
-    pub sockmap: bool,
     /// `--fail-open`: nothing is pinned; the kernel detaches the capture when the proxy exits.
     pub fail_open: bool,
 }
@@ -180,7 +170,6 @@ impl TransparentArgs {
                 ),
                 ("exclude-cidr", !self.exclude_cidrs.is_empty()),
                 ("exclude-uid", !self.exclude_uids.is_empty()),
-                ("sockmap", self.sockmap),
                 ("fail-open", self.fail_open),
             ];
             if let Some((flag, _)) = given.into_iter().find(|(_, g)| *g) {
@@ -209,7 +198,6 @@ impl TransparentArgs {
             outbound_port: self.outbound_port,
             ebpf_object: self.ebpf_object,
             external_outbound_capture: self.outbound_capture == "external",
-            sockmap: self.sockmap,
             fail_open: self.fail_open,
         }))
     }
@@ -287,14 +275,14 @@ mod tests {
             })
         ));
         assert!(TransparentArgs::default().validate().unwrap().is_none());
-        let sockmap_alone = TransparentArgs {
-            sockmap: true,
+        let fail_open_alone = TransparentArgs {
+            fail_open: true,
             ..Default::default()
         };
         assert!(matches!(
-            sockmap_alone.validate(),
-            Err(ArgsError::NeedsTransparent { flag: "sockmap" })
+            fail_open_alone.validate(),
+            Err(ArgsError::NeedsTransparent { flag: "fail-open" })
         ));
-        assert!(!c.sockmap);
+        assert!(!c.fail_open);
     }
 }

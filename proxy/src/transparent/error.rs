@@ -20,8 +20,6 @@ pub enum TransparentError {
         "cannot open this process's own cgroup v2 directory ({reason}); its connects must be told apart from the captured ones"
     )]
     OwnCgroup { reason: String },
-    #[error("--sockmap: reading the pod's network namespace cookie (SO_NETNS_COOKIE) failed")]
-    NetnsCookie(#[source] std::io::Error),
     #[error("--netns {path}: cannot open the network namespace")]
     BadNetns {
         path: String,

@@ -13,23 +13,14 @@
 //! and the predecessor's pinned ones (if any) stay: the pod is never left uncaptured.
 //! `--fail-open`: nothing is pinned; the links belong to this process's file descriptors, so
 //! the kernel detaches them when it exits for any reason (SIGKILL included).
-//!
-//! `--sockmap` adds a sockhash with `mesh_sk_msg` attached to it (a program attachment to the
-//! map, released when the last descriptor of the map closes) and `mesh_sockmap_ops` on the
-//! proxy's own cgroup. One caveat of the kernel's design: every socket in the sockhash holds
-//! `mesh_sk_msg`, which holds the map, so after an exit the two stay loaded until the last
-//! accelerated socket is closed (its peer, the proxy's end, is gone, so the app sees EOF).
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockHash, SockMap, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockMap, lpm_trie::Key};
 use aya::programs::links::FdLink;
-use aya::programs::{
-    CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkLookup, SkMsg, SockOps,
-};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SkLookup, SockOps};
 use aya::{Ebpf, EbpfError, EbpfLoader};
 use mesh_ebpf_common as common;
 use tokio::net::TcpListener;
@@ -47,9 +38,6 @@ pub struct Prepared {
     ebpf: Ebpf,
     cgroup: Cgroup,
     proxy_cgroup_id: u64,
-    /// `--sockmap`: the proxy's own cgroup, where `mesh_sockmap_ops` goes (never the pod's:
-    /// preflight refuses a proxy inside the cgroup it captures).
-    proxy_cgroup: Option<Cgroup>,
     netns: Option<Netns>,
     lock: File,
     object: PathBuf,
@@ -57,9 +45,8 @@ pub struct Prepared {
     pins: Option<PodPins>,
 }
 
-/// The maps shared with a predecessor through their pins: all but the sockhash, whose
-/// sockets and `sk_msg` program belong to one proxy's life (`--sockmap`).
-const PINNED_MAPS: [&str; 14] = [
+/// The maps shared with a predecessor through their pins: all of them.
+const PINNED_MAPS: [&str; 13] = [
     common::MAP_CONFIG,
     common::MAP_ORIG_BY_COOKIE,
     common::MAP_ORIG_BY_CLIENT,
@@ -73,7 +60,6 @@ const PINNED_MAPS: [&str; 14] = [
     common::MAP_OUTBOUND6,
     common::MAP_ORIG6_BY_COOKIE,
     common::MAP_ORIG6_BY_CLIENT,
-    common::MAP_SOCKMAP_PORTS,
 ];
 
 impl std::fmt::Debug for Prepared {
@@ -96,11 +82,6 @@ pub struct Attached {
     /// The IPv6 outbound listener IPv6 connects go to (`None`: they go out unchanged).
     outbound6: Option<SocketAddrV6>,
     inbound_ports: Vec<u16>,
-    /// `--sockmap`: the ports that mark an app↔proxy hop (outbound listener, app ports);
-    /// empty without `--sockmap`.
-    sockmap_ports: Vec<u16>,
-    /// `--sockmap`: the proxy's cgroup `mesh_sockmap_ops` is attached to, if not the pod's.
-    sockmap_cgroup: Option<PathBuf>,
 }
 
 /// What [`Attached`] holds in the kernel: the loaded object (and the links it owns), the
@@ -115,9 +96,6 @@ struct Kernel {
     /// The same for IPv6 connects.
     orig6_by_client: std::sync::Mutex<HashMap<MapData, common::ClientKey6, common::OrigDst6>>,
     stats: PerCpuArray<MapData, u64>,
-    /// `--sockmap`: the sockhash `mesh_sk_msg` is attached to (taken out of `_ebpf` to
-    /// attach; held like the rest).
-    _sockhash: Option<SockHash<MapData, common::SockKey>>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -135,23 +113,17 @@ pub struct Stats {
     pub orig_recorded: u64,
     /// IPv6 connects redirected (included in `redirected`).
     pub redirected6: u64,
-    /// `--sockmap`: sockets put into the sockhash (two per accelerated hop).
-    pub sockmap_inserted: u64,
-    /// `--sockmap`: messages handed straight to the peer socket.
-    pub sockmap_redirected: u64,
 }
 
 impl Stats {
     /// Every counter with its metric label, for `/metrics`.
-    pub fn events(&self) -> [(&'static str, u64); 7] {
+    pub fn events(&self) -> [(&'static str, u64); 5] {
         [
             ("redirected", self.redirected),
             ("redirected6", self.redirected6),
             ("excluded", self.excluded),
             ("inbound_steered", self.inbound_steered),
             ("orig_recorded", self.orig_recorded),
-            ("sockmap_inserted", self.sockmap_inserted),
-            ("sockmap_redirected", self.sockmap_redirected),
         ]
     }
 }
@@ -246,7 +218,6 @@ impl Prepared {
                 lock: super::pins::lock_path(cgroup.id).display().to_string(),
                 source,
             })?;
-        let proxy_cgroup = config.sockmap.then_some(own_cgroup);
         let mut loader = EbpfLoader::new();
         let map_paths: Vec<(&str, PathBuf)> = pins
             .iter()
@@ -283,15 +254,6 @@ impl Prepared {
         let p: &mut SockOps = program(&mut ebpf, common::PROG_SOCK_OPS)
             .ok_or_else(|| missing(common::PROG_SOCK_OPS))?;
         p.load().map_err(|e| load_error(common::PROG_SOCK_OPS, e))?;
-        if config.sockmap {
-            let p: &mut SockOps = program(&mut ebpf, common::PROG_SOCKMAP_OPS)
-                .ok_or_else(|| missing(common::PROG_SOCKMAP_OPS))?;
-            p.load()
-                .map_err(|e| load_error(common::PROG_SOCKMAP_OPS, e))?;
-            let p: &mut SkMsg = program(&mut ebpf, common::PROG_SK_MSG)
-                .ok_or_else(|| missing(common::PROG_SK_MSG))?;
-            p.load().map_err(|e| load_error(common::PROG_SK_MSG, e))?;
-        }
         if netns.is_some() {
             let p: &mut SkLookup = program(&mut ebpf, common::PROG_SK_LOOKUP)
                 .ok_or_else(|| missing(common::PROG_SK_LOOKUP))?;
@@ -303,7 +265,6 @@ impl Prepared {
             ebpf,
             cgroup,
             proxy_cgroup_id,
-            proxy_cgroup,
             netns,
             lock,
             object,
@@ -325,8 +286,7 @@ impl Prepared {
     }
 
     /// Fills the maps and attaches. `outbound_listener` is the bound outbound listener (in
-    /// the pod's namespace with `--netns`: `--sockmap` reads the namespace's cookie from it)
-    /// and `outbound6` its IPv6 twin's address if one could be bound (without it IPv6
+    /// the pod's namespace with `--netns`) and `outbound6` its IPv6 twin's address if one could be bound (without it IPv6
     /// connects are not redirected); `inbound` is the mTLS listener that gets the app's
     /// `app_ports` (minus the excluded ones) when `--netns` was given, and `inbound6` its
     /// IPv6 twin (`[::]`, v6-only), which gets them over IPv6 (without it IPv6 connections to
@@ -352,7 +312,7 @@ impl Prepared {
         } else {
             *outbound.ip()
         };
-        let mut cfg = common::Config {
+        let cfg = common::Config {
             outbound_ip4: u32::from_ne_bytes(target_ip.octets()),
             outbound_port: u32::from(outbound.port().to_be()),
             proxy_cgroup_id: self.proxy_cgroup_id,
@@ -364,7 +324,6 @@ impl Prepared {
                     0
                 },
             _reserved: 0,
-            pod_netns_cookie: 0,
         };
         let map_err = |name| {
             move |source| TransparentError::Map {
@@ -433,20 +392,6 @@ impl Prepared {
                     .map_err(map_err(common::MAP_INBOUND_LISTENER))?;
             }
         }
-        // --sockmap: the hops are app → outbound listener and proxy → app's service port,
-        // whether or not that port's inbound traffic is captured.
-        let mut sockmap_ports = Vec::new();
-        if self.config.sockmap {
-            sockmap_ports.push(outbound.port());
-            sockmap_ports.extend(app_ports.iter().copied().filter(|p| *p != 0));
-            sockmap_ports.sort_unstable();
-            sockmap_ports.dedup();
-            let m = map_mut(&mut self.ebpf, common::MAP_SOCKMAP_PORTS)?;
-            replace_keys(m, &sockmap_ports).map_err(map_err(common::MAP_SOCKMAP_PORTS))?;
-            cfg.pod_netns_cookie = super::netns::netns_cookie(outbound_listener.as_fd())
-                .map_err(TransparentError::NetnsCookie)?;
-            cfg.flags |= common::FLAG_SOCKMAP;
-        }
         let outbound6 = match outbound6 {
             Some(SocketAddr::V6(a)) => {
                 let ip = if a.ip().is_unspecified() {
@@ -483,34 +428,6 @@ impl Prepared {
                 source: Box::new(source),
             }
         };
-        let missing = |name| TransparentError::MissingProgram {
-            path: self.object.display().to_string(),
-            name,
-        };
-        // --sockmap, before any sock_ops program can insert a socket: a socket takes the
-        // map's programs when it is inserted, so sk_msg must be on the map first.
-        let mut sockhash = None;
-        if self.config.sockmap {
-            let hash: SockHash<MapData, common::SockKey> =
-                take_map(&mut self.ebpf, common::MAP_SOCKHASH)?;
-            let p: &mut SkMsg = program(&mut self.ebpf, common::PROG_SK_MSG)
-                .ok_or_else(|| missing(common::PROG_SK_MSG))?;
-            p.attach(hash.fd())
-                .map_err(attach_err(common::PROG_SK_MSG, common::MAP_SOCKHASH))?;
-            sockhash = Some(hash);
-            if let Some(own) = &self.proxy_cgroup {
-                let p: &mut SockOps = program(&mut self.ebpf, common::PROG_SOCKMAP_OPS)
-                    .ok_or_else(|| missing(common::PROG_SOCKMAP_OPS))?;
-                // Single: cgroup bpf_links are always multi-attach (the kernel rejects
-                // BPF_F_ALLOW_MULTI in link_create), so this adds to whatever else runs
-                // there, e.g. another pod's proxy in the same cgroup.
-                p.attach(&own.dir, CgroupAttachMode::Single)
-                    .map_err(attach_err(
-                        common::PROG_SOCKMAP_OPS,
-                        &own.path.display().to_string(),
-                    ))?;
-            }
-        }
 
         // connect4 last: by then sock_ops records what it redirects.
         let target = self.cgroup.path.display().to_string();
@@ -567,12 +484,21 @@ impl Prepared {
                 pin(pins, common::PROG_SK_LOOKUP, link, &target)?;
             }
         }
+        if let Some(pins) = pins {
+            // A predecessor's links for programs this start does not attach (other flags),
+            // and maps of another layout version, go now: this start's links replaced the rest.
+            let mut attached: Vec<&str> = cgroup_programs.to_vec();
+            if self.netns.is_some() {
+                attached.push(common::PROG_SK_LOOKUP);
+            }
+            pins.prune_links(&attached);
+            pins.prune_other_abis();
+        }
         let orig_by_client =
             std::sync::Mutex::new(take_map(&mut self.ebpf, common::MAP_ORIG_BY_CLIENT)?);
         let orig6_by_client =
             std::sync::Mutex::new(take_map(&mut self.ebpf, common::MAP_ORIG6_BY_CLIENT)?);
         let stats = take_map(&mut self.ebpf, common::MAP_STATS)?;
-        let sockmap_cgroup = self.proxy_cgroup.map(|c| c.path);
         Ok(Attached {
             kernel: Kernel {
                 _ebpf: self.ebpf,
@@ -580,15 +506,12 @@ impl Prepared {
                 orig_by_client,
                 orig6_by_client,
                 stats,
-                _sockhash: sockhash,
             },
             cgroup: self.cgroup.path,
             netns: self.netns.map(|n| n.path().to_path_buf()),
             outbound: SocketAddrV4::new(target_ip, outbound.port()),
             outbound6,
             inbound_ports,
-            sockmap_ports,
-            sockmap_cgroup,
         })
     }
 }
@@ -687,10 +610,12 @@ where
 impl Attached {
     /// A duplicate of the pod's lock, for the successor (see `crate::handoff`).
     pub fn lock_fd(&self) -> Option<std::os::fd::OwnedFd> {
-        self.kernel.lock.as_fd().try_clone_to_owned().ok()
+        std::os::fd::AsFd::as_fd(&self.kernel.lock)
+            .try_clone_to_owned()
+            .ok()
     }
 
-    /// Says where the programs are attached (one line, and one more with `--sockmap`).
+    /// Says where the programs are attached (one line).
     pub fn log(&self) {
         tracing::info!(
             cgroup = %self.cgroup.display(),
@@ -700,13 +625,6 @@ impl Attached {
             inbound_ports = ?self.inbound_ports,
             "transparent mode: eBPF programs attached"
         );
-        if !self.sockmap_ports.is_empty() {
-            tracing::info!(
-                ports = ?self.sockmap_ports,
-                proxy_cgroup = ?self.sockmap_cgroup,
-                "transparent mode: sockmap acceleration on: pod loopback hops on these ports bypass TCP"
-            );
-        }
     }
 
     /// The original destination of a redirected connection, by the client's address as the
@@ -748,8 +666,6 @@ impl Attached {
             inbound_steered: sum(common::STAT_INBOUND_STEERED),
             orig_recorded: sum(common::STAT_ORIG_RECORDED),
             redirected6: sum(common::STAT_REDIRECTED6),
-            sockmap_inserted: sum(common::STAT_SOCKMAP_INSERTED),
-            sockmap_redirected: sum(common::STAT_SOCKMAP_REDIRECTED),
         }
     }
 }
@@ -824,8 +740,7 @@ mod tests {
     #[test]
     fn shared_layouts() {
         use std::mem::size_of;
-        assert_eq!(size_of::<common::Config>(), 32);
-        assert_eq!(size_of::<common::SockKey>(), 16);
+        assert_eq!(size_of::<common::Config>(), 24);
         assert_eq!(size_of::<common::OrigDst>(), 8);
         assert_eq!(size_of::<common::ClientKey>(), 8);
     }

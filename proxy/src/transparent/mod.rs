@@ -9,9 +9,6 @@
 //! everything is held by `bpf_link`s that belong to this process only (never pinned), so the
 //! kernel detaches them when the proxy exits, even on SIGKILL.
 //!
-//! `--sockmap` also short-cuts the pod's two loopback hops (app → outbound listener, proxy →
-//! app) with a sockhash and an `sk_msg` program (see `ebpf/src/main.rs` and [`loader`]).
-//!
 //! Pieces: [`args`] (flags and their validation), `error` ([`TransparentError`]), [`preflight`] (root, cgroup v2, the
 //! single-instance lock; pure parsers with I/O at the edge), [`loader`] (aya: load, fill the
 //! maps, attach), [`netns`] (creating sockets inside the pod's network namespace while the

@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 
@@ -116,38 +116,4 @@ fn spawn_maker(file: Arc<File>) -> io::Result<mpsc::Sender<SocketRequest>> {
         .recv()
         .map_err(|_| io::Error::other("the netns socket thread died"))??;
     Ok(tx)
-}
-
-/// The cookie of the network namespace `socket` was created in (`SO_NETNS_COOKIE`, Linux
-/// 5.14): the value `bpf_get_netns_cookie` returns for the namespace's sockets, which is how
-/// the `--sockmap` programs recognise the pod's sockets (a namespace's inode is not
-/// available to them).
-#[allow(
-    unsafe_code,
-    reason = "getsockopt(SO_NETNS_COOKIE) has no safe wrapper in nix 0.31 or socket2"
-)]
-pub fn netns_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
-    use nix::libc;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `socket` is an open descriptor for the whole call (borrowed); `cookie` and
-    // `len` are live locals, and the kernel writes at most `len` (8) bytes into `cookie`.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if len as usize != std::mem::size_of::<u64>() {
-        return Err(io::Error::other(format!(
-            "SO_NETNS_COOKIE returned {len} bytes, expected 8"
-        )));
-    }
-    Ok(cookie)
 }

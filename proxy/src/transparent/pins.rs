@@ -82,6 +82,11 @@ impl PodRecord {
     }
 }
 
+/// The prefix of this build's map pins.
+fn abi_prefix() -> String {
+    format!("abi{}_", mesh_ebpf_common::MAPS_ABI)
+}
+
 /// The pod id of the cgroup with inode `cgroup_id`.
 pub fn pod_id(cgroup_id: u64) -> String {
     format!("cgroup-{cgroup_id}")
@@ -136,9 +141,44 @@ impl PodPins {
         self.dir.is_dir()
     }
 
-    /// Where map `name` is pinned.
+    /// Where map `name` is pinned: its name with this build's layout version
+    /// ([`mesh_ebpf_common::MAPS_ABI`]).
     pub fn map_path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.dir.join(format!("{}{name}", abi_prefix()))
+    }
+
+    /// Unpins the links of programs not in `keep`.
+    pub fn prune_links(&self, keep: &[&str]) {
+        for prog in self
+            .links()
+            .into_iter()
+            .filter(|p| !keep.contains(&p.as_str()))
+        {
+            let p = self.dir.join(format!("{LINK_PREFIX}{prog}"));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {
+                    tracing::info!(program = %prog, "detached a predecessor's program this start does not use")
+                }
+                Err(e) => {
+                    tracing::warn!(program = %prog, error = %e, "could not unpin a predecessor's link")
+                }
+            }
+        }
+    }
+
+    /// Unpins maps of other layout versions: once this build's links replaced the old ones,
+    /// no program uses them.
+    pub fn prune_other_abis(&self) {
+        let mine = abi_prefix();
+        for n in self.maps().into_iter().filter(|n| !n.starts_with(&mine)) {
+            let p = self.dir.join(&n);
+            match std::fs::remove_file(&p) {
+                Ok(()) => tracing::info!(map = %n, "unpinned a map of another meshproxy version"),
+                Err(e) => {
+                    tracing::warn!(map = %n, error = %e, "could not unpin a map of another meshproxy version")
+                }
+            }
+        }
     }
 
     /// Pins `link` of program `prog` as the pod's link for it, replacing the one pinned

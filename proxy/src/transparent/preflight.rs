@@ -83,7 +83,7 @@ pub struct Cgroup {
 }
 
 /// Resolves `--cgroup` (default: the cgroup v2 root) and opens the proxy's own cgroup (the
-/// programs skip it by ID; `--sockmap` attaches `mesh_sockmap_ops` there).
+/// programs skip it by ID).
 pub fn check_cgroup(requested: Option<&Path>) -> Result<(Cgroup, Cgroup), TransparentError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mount = cgroup2_mount(&mountinfo).ok_or(TransparentError::NoCgroup2)?;

@@ -12,6 +12,5 @@ mod t20_lifecycle;
 mod t30_bad_environment;
 mod t40_exclusions;
 mod t50_ipv6;
-mod t60_sockmap;
 mod t70_host_mode;
 mod t80_restart;
