@@ -742,8 +742,12 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         ),
     }
     if let Some(t) = &transparent {
-        // Dropped (so detached) when this function returns.
-        tracing::info!(stats = ?t.stats(), "transparent mode: detaching the eBPF programs");
+        if t.pinned() {
+            tracing::info!(stats = ?t.stats(), "transparent mode: exiting; the capture stays pinned (fail closed) for the next proxy or `meshproxy transparent remove`");
+        } else {
+            // Dropped (so detached) when this function returns.
+            tracing::info!(stats = ?t.stats(), "transparent mode (--fail-open): detaching the eBPF programs");
+        }
     }
     Ok(())
 }

@@ -196,6 +196,10 @@ impl Bounded {
 
 /// Runs `cmd` (stdin closed, stdout and stderr captured) and kills it if it is still running
 /// after `timeout`.
+#[allow(
+    unsafe_code,
+    reason = "kill(2) of a process group: std only kills one process"
+)]
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::io::Result<Bounded> {
     use std::os::unix::process::CommandExt;
     let start = Instant::now();
@@ -223,9 +227,14 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> std::io::Result<Boun
             break Some(s);
         }
         if Instant::now() >= deadline {
-            let _ = Command::new("kill")
-                .args(["-KILL", &format!("-{}", child.id())])
-                .status();
+            // The group by the syscall: procps-ng 4.0's `kill -KILL -PGID` signals every
+            // process (as `kill -1`), which took the whole machine's processes with it.
+            if let Ok(pgid) = i32::try_from(child.id())
+                && pgid > 1
+            {
+                // SAFETY: kill(2) on the child's own process group; no memory involved.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
             let _ = child.kill();
             let _ = child.wait();
             break None;

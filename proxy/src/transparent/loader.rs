@@ -75,6 +75,8 @@ impl std::fmt::Debug for Prepared {
 #[derive(Debug)]
 pub struct Attached {
     kernel: Kernel,
+    /// The links are pinned (not `--fail-open`).
+    pinned: bool,
     cgroup: PathBuf,
     netns: Option<PathBuf>,
     /// The outbound listener redirected IPv4 connects go to (shown in the "ready" line).
@@ -500,6 +502,7 @@ impl Prepared {
             std::sync::Mutex::new(take_map(&mut self.ebpf, common::MAP_ORIG6_BY_CLIENT)?);
         let stats = take_map(&mut self.ebpf, common::MAP_STATS)?;
         Ok(Attached {
+            pinned: self.pins.is_some(),
             kernel: Kernel {
                 _ebpf: self.ebpf,
                 lock: self.lock,
@@ -608,6 +611,11 @@ where
 }
 
 impl Attached {
+    /// Whether the capture is pinned (fail closed) and so outlives this process.
+    pub fn pinned(&self) -> bool {
+        self.pinned
+    }
+
     /// A duplicate of the pod's lock, for the successor (see `crate::handoff`).
     pub fn lock_fd(&self) -> Option<std::os::fd::OwnedFd> {
         std::os::fd::AsFd::as_fd(&self.kernel.lock)

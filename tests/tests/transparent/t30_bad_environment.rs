@@ -1,5 +1,6 @@
 //! Acceptance 5: a bad environment (not root, missing cgroup, missing eBPF object, a proxy
-//! inside the cgroup it would capture, a second instance on the same cgroup) gives one clear
+//! inside the cgroup it would capture, a second instance on the same cgroup that cannot take
+//! the first one's listeners over) gives one clear
 //! error line and leaves nothing attached.
 
 use std::net::SocketAddr;
@@ -97,6 +98,14 @@ fn a_second_instance_on_the_same_cgroup_is_refused_and_the_first_keeps_working()
     let plain_b = Echo::start(&pods.b, 9000);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
     let loaded = loaded_mesh_programs().len();
+    // A second proxy for the pod takes the first one's listeners over (t80); without that
+    // offer (an older proxy, or its socket file removed) the pod's lock refuses it.
+    let offer = {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(&pods.a.cgroup).unwrap().ino();
+        format!("/run/meshproxy/handoff-cgroup-{ino}.sock")
+    };
+    std::fs::remove_file(&offer).unwrap_or_else(|e| panic!("{offer}: {e}"));
 
     let (code, lines) = refused(&mut proxy_command(
         http,
