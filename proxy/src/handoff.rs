@@ -164,6 +164,16 @@ pub fn receive(path: &Path) -> Result<Option<Inherited>, HandoffError> {
         }
         Err(e) => return Err(io(e)),
     };
+    // Only a process of this user may hand listeners to this one (the directory is root's,
+    // so this holds already; checked anyway, as the offer checks its peer).
+    let me = nix::unistd::geteuid().as_raw();
+    let uid = getsockopt(&conn, sockopt::PeerCredentials).map(|c| c.uid());
+    if uid != Ok(me) {
+        return Err(HandoffError::Protocol {
+            path: path.display().to_string(),
+            reason: format!("the offering process runs as uid {uid:?}, not {me}"),
+        });
+    }
     conn.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
     let mut buf = vec![0u8; 64 * 1024];
@@ -322,6 +332,35 @@ mod tests {
         assert!(!server.is_finished());
         inherited.ready();
         server.join().unwrap().unwrap();
+    }
+
+    /// Another user cannot take the listeners: the offer's socket file is 0600, so an
+    /// unmodified Python client run as uid 4242 is refused at connect (the test runs as root,
+    /// as the suite does).
+    #[test]
+    fn another_user_cannot_connect_to_the_offer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("h.sock");
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let items = vec![("public".to_string(), dup(tcp.as_fd()).unwrap())];
+        let offer_path = path.clone();
+        std::thread::spawn(move || serve_offer(&offer_path, &items));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !path.exists()
+            || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777 != 0o600
+        {
+            assert!(std::time::Instant::now() < deadline, "no offer");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=4242", "--regid=4242", "--clear-groups", "/usr/bin/python3", "-c"])
+            .arg("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1]); print('connected')\nexcept Exception as e: print(type(e).__name__)")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(said.trim(), "PermissionError", "{out:?}");
     }
 
     #[test]

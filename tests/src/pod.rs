@@ -185,6 +185,7 @@ pub fn unpin_capture(cgroup: &Path) {
     }
     let _ = std::fs::remove_dir(&dir);
     let _ = std::fs::remove_file(format!("/run/meshproxy/transparent-cgroup-{ino}.lock"));
+    let _ = std::fs::remove_file(format!("/run/meshproxy/handoff-cgroup-{ino}.sock"));
 }
 
 /// Everything still in a cgroup the test made was started by the test: kill it by PID, then
