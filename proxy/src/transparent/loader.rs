@@ -217,7 +217,7 @@ impl Prepared {
         record
             .write_to(&mut lock)
             .map_err(|source| TransparentError::Lock {
-                lock: super::pins::lock_path(cgroup.id).display().to_string(),
+                lock: preflight::lock_path(cgroup.id).display().to_string(),
                 source,
             })?;
         let mut loader = EbpfLoader::new();
@@ -541,18 +541,10 @@ fn replace_keys<K: aya::Pod + PartialEq>(
     mut m: HashMap<&mut MapData, K, u8>,
     keys: &[K],
 ) -> Result<(), aya::maps::MapError> {
-    let stale: Vec<K> = m
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keys.contains(k))
-        .collect();
-    for k in &stale {
+    for k in &stale(m.keys().filter_map(Result::ok), keys, |a, b| a == b) {
         m.remove(k)?;
     }
-    for k in keys {
-        m.insert(k, 1, 0)?;
-    }
-    Ok(())
+    keys.iter().try_for_each(|k| m.insert(k, 1, 0))
 }
 
 /// [`replace_keys`] for a prefix trie.
@@ -561,18 +553,21 @@ fn replace_prefixes<K: aya::Pod + PartialEq>(
     keys: &[Key<K>],
 ) -> Result<(), aya::maps::MapError> {
     let same = |a: &Key<K>, b: &Key<K>| a.prefix_len() == b.prefix_len() && a.data() == b.data();
-    let stale: Vec<Key<K>> = m
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !keys.iter().any(|n| same(k, n)))
-        .collect();
-    for k in &stale {
+    for k in &stale(m.keys().filter_map(Result::ok), keys, same) {
         m.remove(k)?;
     }
-    for k in keys {
-        m.insert(k, 1, 0)?;
-    }
-    Ok(())
+    keys.iter().try_for_each(|k| m.insert(k, 1, 0))
+}
+
+/// The keys of `current` that are not in `wanted`.
+fn stale<K>(
+    current: impl Iterator<Item = K>,
+    wanted: &[K],
+    same: impl Fn(&K, &K) -> bool,
+) -> Vec<K> {
+    current
+        .filter(|k| !wanted.iter().any(|w| same(k, w)))
+        .collect()
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Option<&'a mut T>

@@ -92,11 +92,6 @@ pub fn pod_id(cgroup_id: u64) -> String {
     format!("cgroup-{cgroup_id}")
 }
 
-/// The lock file (and [`PodRecord`]) of the cgroup with inode `cgroup_id`.
-pub fn lock_path(cgroup_id: u64) -> PathBuf {
-    Path::new(super::preflight::LOCK_DIR).join(format!("transparent-cgroup-{cgroup_id}.lock"))
-}
-
 /// `cgroup-<inode>` back to the inode; `None` for anything else (never a path).
 pub fn parse_pod_id(id: &str) -> Option<u64> {
     id.strip_prefix("cgroup-")?.parse().ok()
@@ -292,10 +287,6 @@ mod tests {
         assert_eq!(parse_pod_id("4242"), None);
         let p = PodPins::for_cgroup(7);
         assert_eq!(p.dir, Path::new("/sys/fs/bpf/mesh/cgroup-7"));
-        assert_eq!(
-            lock_path(7),
-            Path::new("/run/meshproxy/transparent-cgroup-7.lock")
-        );
     }
 
     #[test]

@@ -59,8 +59,8 @@ pub struct PodStatus {
 
 impl PodStatus {
     fn of(pins: &PodPins) -> Self {
-        let record =
-            pins::parse_pod_id(&pins.id).and_then(|id| PodRecord::read_from(&pins::lock_path(id)));
+        let record = pins::parse_pod_id(&pins.id)
+            .and_then(|id| PodRecord::read_from(&super::preflight::lock_path(id)));
         Self {
             id: pins.id.clone(),
             pin_dir: pins.dir.clone(),
@@ -143,7 +143,7 @@ pub fn remove(args: &RemoveArgs) -> Result<PodStatus, TransparentError> {
             });
         }
     }
-    let lock_path = pins::lock_path(cgroup_id);
+    let lock_path = super::preflight::lock_path(cgroup_id);
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

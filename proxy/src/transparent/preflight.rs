@@ -150,12 +150,17 @@ fn proxy_cgroup(mount: &Path) -> Result<Cgroup, TransparentError> {
     })
 }
 
+/// The lock file (and `pins::PodRecord`) of the cgroup with inode `cgroup_id`.
+pub fn lock_path(cgroup_id: u64) -> PathBuf {
+    Path::new(LOCK_DIR).join(format!("transparent-cgroup-{cgroup_id}.lock"))
+}
+
 /// Takes the per-cgroup lock (an flock, released by the kernel when the process dies, so a
 /// SIGKILLed proxy never blocks its successor). The returned file must live as long as the
 /// programs stay attached; it is open for writing, for the holder's
-/// [`super::pins::PodRecord`].
+/// `pins::PodRecord`.
 pub fn take_lock(cgroup: &Cgroup) -> Result<File, TransparentError> {
-    let lock = super::pins::lock_path(cgroup.id);
+    let lock = lock_path(cgroup.id);
     let lock_err = |source| TransparentError::Lock {
         lock: lock.display().to_string(),
         source,
@@ -241,6 +246,14 @@ mod tests {
         );
         assert_eq!(cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/sda rw\n"), None);
         assert_eq!(own_cgroup("4:memory:/x\n0::/pods/a\n"), Some("/pods/a"));
+    }
+
+    #[test]
+    fn lock_file_per_cgroup() {
+        assert_eq!(
+            lock_path(7),
+            Path::new("/run/meshproxy/transparent-cgroup-7.lock")
+        );
     }
 
     #[test]
