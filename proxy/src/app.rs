@@ -200,7 +200,7 @@ struct Feeds {
     transparent: Option<crate::transparent::TransparentPlan>,
     /// Listeners received from the proxy this one takes over from, and where this one offers
     /// its own to its successor (`None`: static mode, no handoff).
-    handoff: Option<(Option<Arc<handoff::Inherited>>, std::path::PathBuf)>,
+    handoff: Option<(Option<Arc<handoff::Inherited>>, std::path::PathBuf, String)>,
 }
 
 /// The channels of [`Feeds`] both modes fill the same way: a sender and a receiver of each.
@@ -278,14 +278,16 @@ async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
     let control = shared.control;
     // A proxy already serving this pod or sidecar hands over its listeners (and the pod's
     // lock): this one builds itself on them, and the old one drains once this one serves.
-    let handoff_path = handoff::socket_path(
-        &config
-            .transparent
-            .as_ref()
-            .and_then(crate::transparent::handoff_key)
-            .unwrap_or_else(|| format!("sidecar-{}", config.sidecar_for)),
-    );
-    let inherited = match handoff::receive(&handoff_path) {
+    // What a predecessor must be to hand over: the same pod (transparent mode) or the same
+    // sidecar of the same agent. The key names the offer's socket; the whole identity is
+    // checked again in the exchange.
+    let handoff_key = config
+        .transparent
+        .as_ref()
+        .and_then(crate::transparent::handoff_key)
+        .unwrap_or_else(|| format!("sidecar-{}-{}", config.sidecar_for, config.agent_addr));
+    let handoff_path = handoff::socket_path(&handoff_key);
+    let inherited = match handoff::receive(&handoff_path, &handoff_key) {
         Ok(i) => i.map(Arc::new),
         Err(e) => {
             tracing::warn!(error = %e, "no listener handoff from a running proxy; starting alone");
@@ -452,7 +454,7 @@ async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
         options: config.data_path,
         sockets,
         transparent,
-        handoff: Some((inherited, handoff_path)),
+        handoff: Some((inherited, handoff_path, handoff_key)),
     };
     serve(feeds, shared).await
 }
@@ -554,8 +556,10 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         draining: drain.draining(),
         listeners: OnceLock::new(),
     });
-    let (inherited, handoff_path) = p.handoff.unzip();
-    let inherited = inherited.flatten();
+    let (inherited, handoff_at) = match p.handoff {
+        Some((i, path, key)) => (i, Some((path, key))),
+        None => (None, None),
+    };
     // Every listener this proxy opens, by role, for its successor (see `crate::handoff`).
     let mut offer: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
     let mut admin_addr = None;
@@ -582,11 +586,17 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
 
     // Listeners open only once the proxy can serve: otherwise the agent's TCP check would mark
     // the sidecar healthy while every connection is refused.
+    // The upstreams' first instance lists too: a proxy taking over from a running one must
+    // not refuse what its predecessor would have served.
     let ready = {
         let (mut i, mut pol) = (identity.clone(), p.watches.policy.clone());
+        let mut ups: Vec<_> = p.upstreams.iter().map(|u| u.endpoints.clone()).collect();
         tokio::time::timeout(READY_TIMEOUT, async move {
             let _ = i.wait_for(Option::is_some).await;
             let _ = pol.wait_for(Option::is_some).await;
+            for u in &mut ups {
+                let _ = u.wait_for(Option::is_some).await;
+            }
         })
         .await
     };
@@ -715,17 +725,26 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         i.ready();
     }
     let (taken_tx, taken_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Some(path) = handoff_path {
+    let offer = handoff::Offer::new(offer);
+    if let Some((path, key)) = handoff_at.clone() {
+        let offer = offer.clone();
         std::thread::Builder::new()
             .name("meshproxy-handoff".into())
             .spawn(move || {
-                handoff::offer(&path, offer);
+                handoff::offer(&path, &key, &offer);
                 let _ = taken_tx.send(());
             })
             .map_err(AppError::Runtime)?;
     }
     tokio::select! {
-        r = wait_for_signal() => r?,
+        r = wait_for_signal() => {
+            r?;
+            // Draining on a signal: the listeners must close (new connections refused), so
+            // the offer lets go of its duplicates; no successor can take over a draining proxy.
+            if let Some((path, _)) = &handoff_at {
+                offer.withdraw(path);
+            }
+        }
         Ok(()) = taken_rx => tracing::info!("a new proxy took over the listeners"),
     }
     let live = registry.len();

@@ -19,7 +19,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{
@@ -65,10 +65,12 @@ pub fn socket_path(key: &str) -> PathBuf {
     Path::new(DIR).join(format!("handoff-{safe}.sock"))
 }
 
-/// What travels with the descriptors: each one's role, in order.
+/// What travels with the descriptors: who offers them, and each one's role, in order.
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     pid: u32,
+    /// The offer's key (pod or sidecar + agent): a successor takes over only its own.
+    key: String,
     roles: Vec<String>,
 }
 
@@ -147,7 +149,7 @@ impl Inherited {
     unsafe_code,
     reason = "descriptors received with SCM_RIGHTS arrive as raw fds (nix 0.31 has no owned form)"
 )]
-pub fn receive(path: &Path) -> Result<Option<Inherited>, HandoffError> {
+pub fn receive(path: &Path, key: &str) -> Result<Option<Inherited>, HandoffError> {
     let io = |source| HandoffError::Io {
         path: path.display().to_string(),
         source,
@@ -200,6 +202,12 @@ pub fn receive(path: &Path) -> Result<Option<Inherited>, HandoffError> {
         path: path.display().to_string(),
         reason: format!("bad header: {e}"),
     })?;
+    if header.key != key {
+        return Err(HandoffError::Protocol {
+            path: path.display().to_string(),
+            reason: format!("it offers {:?}, not {key:?}", header.key),
+        });
+    }
     if header.roles.len() != fds.len() {
         return Err(HandoffError::Protocol {
             path: path.display().to_string(),
@@ -215,11 +223,29 @@ pub fn receive(path: &Path) -> Result<Option<Inherited>, HandoffError> {
     }))
 }
 
-/// Serves the offer at `path` with `items` (role, descriptor) until a successor takes over,
-/// then returns (the caller drains). Runs on a thread of its own; returns early (logged)
-/// only if the offer cannot be served at all.
-pub fn offer(path: &Path, items: Vec<(String, OwnedFd)>) {
-    if let Err(e) = serve_offer(path, &items) {
+/// This proxy's listeners as offered to a successor (duplicates of the accept loops'
+/// descriptors). [`Offer::withdraw`] closes them: a proxy draining on SIGTERM must let its
+/// listeners close, so that new connections are refused rather than left in a backlog.
+#[derive(Debug, Clone, Default)]
+pub struct Offer(Arc<Mutex<Vec<(String, OwnedFd)>>>);
+
+impl Offer {
+    pub fn new(items: Vec<(String, OwnedFd)>) -> Self {
+        Self(Arc::new(Mutex::new(items)))
+    }
+
+    /// Closes the offered duplicates and removes the offer's file.
+    pub fn withdraw(&self, path: &Path) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Serves `offer` at `path` until a successor takes over, then returns (the caller drains).
+/// Runs on a thread of its own; without a usable socket it logs why and parks (nothing to
+/// take over then).
+pub fn offer(path: &Path, key: &str, offer: &Offer) {
+    if let Err(e) = serve_offer(path, key, offer) {
         tracing::warn!(error = %e, "no listener handoff: a restart of this proxy will not be hitless");
         // Never return: without an offer there is nothing to take over.
         loop {
@@ -228,7 +254,7 @@ pub fn offer(path: &Path, items: Vec<(String, OwnedFd)>) {
     }
 }
 
-fn serve_offer(path: &Path, items: &[(String, OwnedFd)]) -> Result<(), HandoffError> {
+fn serve_offer(path: &Path, key: &str, offer: &Offer) -> Result<(), HandoffError> {
     let io = |source| HandoffError::Io {
         path: path.display().to_string(),
         source,
@@ -239,11 +265,6 @@ fn serve_offer(path: &Path, items: &[(String, OwnedFd)]) -> Result<(), HandoffEr
     let listener = UnixListener::bind(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     let me = nix::unistd::geteuid().as_raw();
-    let header = serde_json::to_vec(&Header {
-        pid: std::process::id(),
-        roles: items.iter().map(|(r, _)| r.clone()).collect(),
-    })
-    .map_err(|e| io(std::io::Error::other(e)))?;
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
         let uid = getsockopt(&conn, sockopt::PeerCredentials).map(|c| c.uid());
@@ -251,14 +272,27 @@ fn serve_offer(path: &Path, items: &[(String, OwnedFd)]) -> Result<(), HandoffEr
             tracing::warn!(peer_uid = ?uid, "refused a listener handoff to another user");
             continue;
         }
-        let raw: Vec<RawFd> = items.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
-        let sent = sendmsg::<()>(
-            conn.as_raw_fd(),
-            &[IoSlice::new(&header)],
-            &[ControlMessage::ScmRights(&raw)],
-            MsgFlags::empty(),
-            None,
-        );
+        let sent = {
+            let items = offer.0.lock().unwrap_or_else(|p| p.into_inner());
+            if items.is_empty() {
+                // Withdrawn (draining): the successor starts on its own.
+                continue;
+            }
+            let header = serde_json::to_vec(&Header {
+                pid: std::process::id(),
+                key: key.to_string(),
+                roles: items.iter().map(|(r, _)| r.clone()).collect(),
+            })
+            .map_err(|e| io(std::io::Error::other(e)))?;
+            let raw: Vec<RawFd> = items.iter().map(|(_, fd)| fd.as_raw_fd()).collect();
+            sendmsg::<()>(
+                conn.as_raw_fd(),
+                &[IoSlice::new(&header)],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::empty(),
+                None,
+            )
+        };
         if let Err(e) = sent {
             tracing::warn!(error = %e, "sending the listeners to a new proxy failed");
             continue;
@@ -311,11 +345,25 @@ mod tests {
         let addr = tcp.local_addr().unwrap();
         let items = vec![("public".to_string(), dup(tcp.as_fd()).unwrap())];
         let offer_path = path.clone();
-        let server = std::thread::spawn(move || serve_offer(&offer_path, &items));
-        // Bounded wait for the offer's thread to bind.
+        let server =
+            std::thread::spawn(move || serve_offer(&offer_path, "pod-1", &Offer::new(items)));
+        // Bounded wait for the offer's thread to bind; a proxy for another pod is refused
+        // (and the offer goes on serving).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match receive(&path, "pod-2") {
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("another pod's proxy took the listeners"),
+                Err(e) => {
+                    assert!(e.to_string().contains("it offers \"pod-1\""), "{e}");
+                    break;
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no offer");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let inherited = loop {
-            if let Some(i) = receive(&path).unwrap() {
+            if let Some(i) = receive(&path, "pod-1").unwrap() {
                 break i;
             }
             assert!(std::time::Instant::now() < deadline, "no offer");
@@ -345,7 +393,7 @@ mod tests {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let items = vec![("public".to_string(), dup(tcp.as_fd()).unwrap())];
         let offer_path = path.clone();
-        std::thread::spawn(move || serve_offer(&offer_path, &items));
+        std::thread::spawn(move || serve_offer(&offer_path, "pod-1", &Offer::new(items)));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while !path.exists()
             || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777 != 0o600
@@ -366,10 +414,14 @@ mod tests {
     #[test]
     fn no_offer_means_start_alone() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(receive(&dir.path().join("none.sock")).unwrap().is_none());
+        assert!(
+            receive(&dir.path().join("none.sock"), "k")
+                .unwrap()
+                .is_none()
+        );
         // A stale file nobody listens on.
         let stale = dir.path().join("stale.sock");
         drop(UnixListener::bind(&stale).unwrap());
-        assert!(receive(&stale).unwrap().is_none());
+        assert!(receive(&stale, "k").unwrap().is_none());
     }
 }
