@@ -54,6 +54,7 @@ pub const MARK: u32 = 0x6d65_7368; // "mesh"
 pub const TABLE: u32 = 0x6d65; // 28005
 /// Priority of the `fwmark` rule: before `main` (32766), after `local` (0).
 pub const PRIORITY: u32 = 0x6d65;
+const _: () = assert!(PRIORITY > 0 && PRIORITY < 32766);
 /// The sysctl that gives an accepted socket the mark of its SYN.
 const FWMARK_ACCEPT: &str = "/proc/sys/net/ipv4/tcp_fwmark_accept";
 /// `ifindex` of `lo` in every network namespace.
@@ -247,6 +248,5 @@ mod tests {
         let l = local_route(AddressFamily::Inet, Ipv4Addr::UNSPECIFIED.into());
         assert_eq!(l.header.kind, RouteType::Local);
         assert!(l.attributes.contains(&RouteAttribute::Table(TABLE)));
-        assert!(PRIORITY < 32766, "before the main table's rule");
     }
 }

@@ -116,14 +116,20 @@ mod tests {
 
     const BOTH: Families = Families { v4: true, v6: true };
 
+    /// Caller, app host -> (bind, target).
+    type Case = (
+        &'static str,
+        &'static str,
+        Option<(&'static str, &'static str)>,
+    );
+
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
     #[test]
     fn pod_callers_reach_the_app_from_their_address() {
-        let cases: &[(&str, &str, Option<(&str, &str)>)] = &[
-            // caller, app host -> (bind, target)
+        let cases: &[Case] = &[
             (
                 "10.1.0.2:40000",
                 "127.0.0.1",
