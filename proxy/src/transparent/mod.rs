@@ -13,8 +13,9 @@
 //! single-instance lock; pure parsers with I/O at the edge), [`loader`] (aya: load, fill the
 //! maps, attach), [`netns`] (creating sockets inside the pod's network namespace while the
 //! proxy stays in the host's, as ztunnel's in-pod mode does), [`catalog`] (address → mesh
-//! service index, pure), [`route`] (the per-connection decision, pure) and [`outbound`]
-//! (the outbound listener's data path).
+//! service index, pure), [`route`] (the per-connection decision, pure), [`outbound`]
+//! (the outbound listener's data path), [`source`] (inbound connects to the app from the
+//! caller's address, decision pure) and [`reply_route`] (the pod routing that needs).
 
 pub mod args;
 pub mod catalog;
