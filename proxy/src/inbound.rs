@@ -71,6 +71,8 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
     if let Err(e) = transport::tune(&tcp) {
         tracing::debug!(%client, error = %e, "socket options");
     }
+    // The pod's address the caller dialled (with `sk_lookup`, the app's own address).
+    let local = tcp.local_addr().ok();
     let Some(identity) = ctx.identity.borrow().clone() else {
         return ConnResult::NotReady.into();
     };
@@ -147,7 +149,7 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
         .map(|a| (a.host.clone(), a.port))
         .unwrap_or_else(|| ("127.0.0.1".into(), 0));
     // From the caller's address where transparent mode set that up (`transparent::source`).
-    let sockets = ctx.sockets.for_caller(client);
+    let sockets = ctx.sockets.for_caller(client, local);
     if policy.protocol.is_l7() {
         // L7 destination (issue #6): serve HTTP on the stream and decide every request.
         let cx = crate::l7::server::ConnContext {

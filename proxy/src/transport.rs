@@ -99,8 +99,15 @@ pub trait MakeSocket: Send + Sync + fmt::Debug {
 /// address* (issue 14 point 4; decided and set up in `transparent::source`). The socket code
 /// only sees this trait.
 pub trait CallerSource: Send + Sync + fmt::Debug {
-    /// How to reach `host:port` from `client`'s address; `None`: connect as usual.
-    fn plan(&self, client: SocketAddr, host: &str, port: u16) -> Option<SourcePlan>;
+    /// How to reach `host:port` from `client`'s address, for a connection that came in on
+    /// `local`; `None`: connect as usual.
+    fn plan(
+        &self,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+        host: &str,
+        port: u16,
+    ) -> Option<SourcePlan>;
     /// The planned connect failed (the connect is then made as usual).
     fn failed(&self, plan: &SourcePlan, error: &io::Error);
 }
@@ -151,8 +158,8 @@ pub struct SocketFactory {
     namespace: Option<Arc<dyn MakeSocket>>,
     /// Connects to the app from the caller's address (with [`Self::for_caller`]).
     caller_source: Option<Arc<dyn CallerSource>>,
-    /// The inbound connection's peer these connects are made for.
-    caller: Option<SocketAddr>,
+    /// The inbound connection these connects are made for: its peer and local address.
+    caller: Option<(SocketAddr, Option<SocketAddr>)>,
 }
 
 impl SocketFactory {
@@ -178,11 +185,11 @@ impl SocketFactory {
         }
     }
 
-    /// This factory for the connects an inbound connection from `client` makes to the app:
-    /// from `client`'s address where the caller source allows it.
-    pub fn for_caller(&self, client: SocketAddr) -> Self {
+    /// This factory for the connects an inbound connection from `client` (accepted on
+    /// `local`) makes to the app: from `client`'s address where the caller source allows it.
+    pub fn for_caller(&self, client: SocketAddr, local: Option<SocketAddr>) -> Self {
         Self {
-            caller: Some(client),
+            caller: Some((client, local)),
             ..self.clone()
         }
     }
@@ -221,8 +228,8 @@ impl SocketFactory {
         port: u16,
         timeout: Duration,
     ) -> Option<TcpStream> {
-        let (source, client) = (self.caller_source.as_ref()?, self.caller?);
-        let plan = source.plan(client, host, port)?;
+        let (source, (client, local)) = (self.caller_source.as_ref()?, self.caller?);
+        let plan = source.plan(client, local, host, port)?;
         let bound = timeout.min(CALLER_SOURCE_TIMEOUT);
         let r = match tokio::time::timeout(bound, self.connect_from(&plan)).await {
             Ok(r) => r,

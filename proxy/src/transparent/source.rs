@@ -20,11 +20,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::reply_route::{Families, MARK};
 use crate::transport::{CallerSource, SourcePlan};
 
-/// How to reach the app at `app_host:app_port` from `client`'s address, given the families
-/// whose routing is set up. `None`: connect as usual (a loopback or unusable caller, an app
-/// address of the other family or a name, no app port).
+/// How to reach the app at `app_host:app_port` from `client`'s address, for a connection
+/// that came in on `local`, given the families whose routing is set up. `None`: connect as
+/// usual (a loopback or unusable caller, an app address of the other family or a name, no app
+/// port).
+///
+/// An app registered at the very address the caller dialled (the pod's own) is reached on
+/// loopback: a connect to that address would be steered back to the proxy by `sk_lookup`
+/// (inside the pod it arrives with the address's interface as its ingress, like a caller's).
 pub fn plan(
     client: SocketAddr,
+    local: Option<IpAddr>,
     app_host: &str,
     app_port: u16,
     usable: Families,
@@ -38,8 +44,9 @@ pub fn plan(
     {
         return None;
     }
-    let app: IpAddr = app_host.parse().ok()?;
-    let target = match (app.is_loopback(), caller) {
+    let app = app_host.parse::<IpAddr>().ok()?.to_canonical();
+    let dialled = local.is_some_and(|l| l.to_canonical() == app);
+    let target = match (app.is_loopback() || dialled, caller) {
         (true, IpAddr::V4(_)) => IpAddr::V4(Ipv4Addr::LOCALHOST),
         (true, IpAddr::V6(_)) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         (false, _) if app.is_ipv4() == caller.is_ipv4() => app,
@@ -88,8 +95,14 @@ fn slot(addr: SocketAddr) -> usize {
 }
 
 impl CallerSource for CallerAddress {
-    fn plan(&self, client: SocketAddr, host: &str, port: u16) -> Option<SourcePlan> {
-        let p = plan(client, host, port, self.families)?;
+    fn plan(
+        &self,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+        host: &str,
+        port: u16,
+    ) -> Option<SourcePlan> {
+        let p = plan(client, local.map(|l| l.ip()), host, port, self.families)?;
         (!self.off[slot(p.bind)].load(Ordering::Relaxed)).then_some(p)
     }
 
@@ -165,7 +178,7 @@ mod tests {
             ("0.0.0.0:0", "127.0.0.1", None),
         ];
         for (client, host, want) in cases {
-            let got = plan(sa(client), host, 8080, BOTH);
+            let got = plan(sa(client), None, host, 8080, BOTH);
             let want = want.map(|(b, t)| SourcePlan {
                 bind: sa(b),
                 target: sa(t),
@@ -173,7 +186,20 @@ mod tests {
             });
             assert_eq!(got, want, "{client} -> {host}");
         }
-        assert_eq!(plan(sa("10.1.0.2:1"), "127.0.0.1", 0, BOTH), None);
+        assert_eq!(plan(sa("10.1.0.2:1"), None, "127.0.0.1", 0, BOTH), None);
+    }
+
+    #[test]
+    fn an_app_at_the_dialled_address_is_reached_on_loopback() {
+        let pod: IpAddr = "10.1.0.9".parse().unwrap();
+        let p = plan(sa("10.1.0.2:1"), Some(pod), "10.1.0.9", 80, BOTH).unwrap();
+        assert_eq!(p.target, sa("127.0.0.1:80"));
+        let other: IpAddr = "10.1.0.8".parse().unwrap();
+        let p = plan(sa("10.1.0.2:1"), Some(other), "10.1.0.9", 80, BOTH).unwrap();
+        assert_eq!(p.target, sa("10.1.0.9:80"));
+        let pod6: IpAddr = "fd00::9".parse().unwrap();
+        let p = plan(sa("[fd00::2]:1"), Some(pod6), "fd00::9", 80, BOTH).unwrap();
+        assert_eq!(p.target, sa("[::1]:80"));
     }
 
     #[test]
@@ -182,20 +208,20 @@ mod tests {
             v4: true,
             v6: false,
         };
-        assert!(plan(sa("10.1.0.2:1"), "127.0.0.1", 80, v4).is_some());
-        assert_eq!(plan(sa("[fd00::2]:1"), "127.0.0.1", 80, v4), None);
+        assert!(plan(sa("10.1.0.2:1"), None, "127.0.0.1", 80, v4).is_some());
+        assert_eq!(plan(sa("[fd00::2]:1"), None, "127.0.0.1", 80, v4), None);
     }
 
     #[test]
     fn a_kernel_refusal_turns_the_family_off_an_app_refusal_does_not() {
         let c = CallerAddress::new(BOTH);
-        let v6 = c.plan(sa("[fd00::2]:1"), "127.0.0.1", 80).unwrap();
+        let v6 = c.plan(sa("[fd00::2]:1"), None, "127.0.0.1", 80).unwrap();
         c.failed(&v6, &io::ErrorKind::ConnectionRefused.into());
-        assert!(c.plan(sa("[fd00::2]:1"), "127.0.0.1", 80).is_some());
-        let v4 = c.plan(sa("10.1.0.2:1"), "127.0.0.1", 80).unwrap();
+        assert!(c.plan(sa("[fd00::2]:1"), None, "127.0.0.1", 80).is_some());
+        let v4 = c.plan(sa("10.1.0.2:1"), None, "127.0.0.1", 80).unwrap();
         c.failed(&v4, &io::Error::from_raw_os_error(1)); // EPERM
-        assert_eq!(c.plan(sa("10.1.0.2:1"), "127.0.0.1", 80), None);
-        assert!(c.plan(sa("[fd00::2]:1"), "127.0.0.1", 80).is_some());
+        assert_eq!(c.plan(sa("10.1.0.2:1"), None, "127.0.0.1", 80), None);
+        assert!(c.plan(sa("[fd00::2]:1"), None, "127.0.0.1", 80).is_some());
         assert!(refused_for_good(&io::ErrorKind::TimedOut.into()));
     }
 }

@@ -7,6 +7,8 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 
+use serde_json::json;
+
 use crate::harness::*;
 use crate::t50_ipv6::{V6_A, register_b_over_v6, v6_b, v6_mesh};
 
@@ -80,6 +82,39 @@ fn app_sees_the_calling_pods_ipv6_address() {
         proxy_b.log()
     );
     assert_peer(&app_b, 1, V6_A.parse::<Ipv6Addr>().unwrap().into());
+}
+
+/// A sidecar whose registration gives the app at the pod's own address (not loopback), the
+/// address the caller dialled: a connect there from inside the pod would be steered back to
+/// the proxy by `sk_lookup`, so the proxy reaches the app (listening on all addresses) on
+/// loopback, from the caller's address.
+#[test]
+fn an_app_registered_at_the_pod_address_is_reached_from_the_caller() {
+    let scene = Scene::start("allow", APP_PORT);
+    let (pods, http, app_b) = (&scene.pods, scene.http, &scene.app_b);
+    let b = pods.b.ip.to_string();
+    ok(
+        "PUT",
+        http,
+        "/v1/agent/service/register",
+        Some(&json!({
+            "Name": "svc-b", "ID": "svc-b", "Address": b, "Port": APP_PORT,
+            "Connect": {"SidecarService": {
+                "Port": SIDECAR_PORT,
+                "Proxy": {"LocalServiceAddress": b, "LocalServicePort": APP_PORT},
+                "Checks": [{"Name": "ttl", "TTL": "1h", "Status": "passing"}]
+            }}
+        })),
+    );
+    let (_proxy_a, proxy_b) = scene.proxies(&[]);
+    let out = client(&pods.a, pods.b.addr(APP_PORT), "to-the-pod-address");
+    assert_eq!(
+        out["echo"].as_str(),
+        Some("to-the-pod-address"),
+        "{out}\n{}",
+        proxy_b.log()
+    );
+    assert_peer(app_b, 1, pods.a.ip.into());
 }
 
 #[test]
