@@ -684,7 +684,11 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         local_app: p.watches.local_app.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
-        sockets: p.sockets.clone(),
+        // In a pod, inbound connects to the app come from the caller's address.
+        sockets: match transparent.as_ref().and_then(|t| t.caller_source()) {
+            Some(source) => p.sockets.with_caller_source(source),
+            None => p.sockets.clone(),
+        },
         connect_timeout: p.options.connect_timeout,
         handshake_timeout: p.options.handshake_timeout,
     });
@@ -736,7 +740,7 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
             })
             .map_err(AppError::Runtime)?;
     }
-    tokio::select! {
+    let taken_over = tokio::select! {
         r = wait_for_signal() => {
             r?;
             // Draining on a signal: the listeners must close (new connections refused), so
@@ -744,9 +748,13 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
             if let Some((path, _)) = &handoff_at {
                 offer.withdraw(path);
             }
+            false
         }
-        Ok(()) = taken_rx => tracing::info!("a new proxy took over the listeners"),
-    }
+        Ok(()) = taken_rx => {
+            tracing::info!("a new proxy took over the listeners");
+            true
+        }
+    };
     let live = registry.len();
     tracing::info!(
         inbound_connections = live,
@@ -766,6 +774,9 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         } else {
             // Dropped (so detached) when this function returns.
             tracing::info!(stats = ?t.stats(), "transparent mode (--fail-open): detaching the eBPF programs");
+            if !taken_over {
+                t.remove_caller_routing();
+            }
         }
     }
     Ok(())

@@ -71,6 +71,8 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
     if let Err(e) = transport::tune(&tcp) {
         tracing::debug!(%client, error = %e, "socket options");
     }
+    // The pod's address the caller dialled (with `sk_lookup`, the app's own address).
+    let local = tcp.local_addr().ok();
     let Some(identity) = ctx.identity.borrow().clone() else {
         return ConnResult::NotReady.into();
     };
@@ -146,6 +148,8 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
         .as_ref()
         .map(|a| (a.host.clone(), a.port))
         .unwrap_or_else(|| ("127.0.0.1".into(), 0));
+    // From the caller's address where transparent mode set that up (`transparent::source`).
+    let sockets = ctx.sockets.for_caller(client, local);
     if policy.protocol.is_l7() {
         // L7 destination (issue #6): serve HTTP on the stream and decide every request.
         let cx = crate::l7::server::ConnContext {
@@ -156,7 +160,7 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
             metrics: ctx.metrics.clone(),
             app_host: host,
             app_port: port,
-            sockets: ctx.sockets.clone(),
+            sockets,
             connect_timeout: ctx.connect_timeout,
         };
         tracing::debug!(source = %peer, %client, protocol = %policy.protocol, "inbound connection admitted for per-request authorization");
@@ -171,7 +175,7 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
             _ = registration.closed() => ConnResult::ClosedByPolicy.into(),
         };
     }
-    let mut app = match ctx.sockets.connect(&host, port, ctx.connect_timeout).await {
+    let mut app = match sockets.connect(&host, port, ctx.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(source = %peer, error = %e, "cannot reach the local application");

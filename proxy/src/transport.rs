@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, SockRef, Socket, TcpKeepalive};
+use socket2::{Domain, Protocol, SockRef, Socket, TcpKeepalive, Type};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Socket errors, naming the peer.
@@ -95,6 +95,39 @@ pub trait MakeSocket: Send + Sync + fmt::Debug {
     fn tcp_socket(&self, domain: Domain) -> io::Result<Socket>;
 }
 
+/// Transparent mode in a pod: inbound connections reach the local app *from the caller's
+/// address* (issue 14 point 4; decided and set up in `transparent::source`). The socket code
+/// only sees this trait.
+pub trait CallerSource: Send + Sync + fmt::Debug {
+    /// How to reach `host:port` from `client`'s address, for a connection that came in on
+    /// `local`; `None`: connect as usual.
+    fn plan(
+        &self,
+        client: SocketAddr,
+        local: Option<SocketAddr>,
+        host: &str,
+        port: u16,
+    ) -> Option<SourcePlan>;
+    /// The planned connect failed (the connect is then made as usual).
+    fn failed(&self, plan: &SourcePlan, error: &io::Error);
+}
+
+/// A connect from another address than the namespace's own ([`CallerSource::plan`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePlan {
+    /// Bound with `IP_TRANSPARENT` (the caller's address, port 0: its own port would collide
+    /// with the inbound connection's 4-tuple only by chance, but 0 never does).
+    pub bind: SocketAddr,
+    pub target: SocketAddr,
+    /// `SO_MARK`, which routes the app's replies back to this socket.
+    pub mark: u32,
+}
+
+/// Bound on a connect from the caller's address before falling back: the app is on this
+/// pod's loopback, so only missing routing (or a full accept queue) makes it wait, and one
+/// SYN retransmission (1 s) fits.
+const CALLER_SOURCE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn bind_err(addr: SocketAddr) -> impl FnOnce(io::Error) -> TransportError {
     move |source| TransportError::Bind {
         addr: addr.to_string(),
@@ -123,6 +156,10 @@ fn listen(socket: io::Result<Socket>, addr: SocketAddr, v6only: bool) -> io::Res
 pub struct SocketFactory {
     /// Where sockets are created; `None`: here, with tokio's own constructors.
     namespace: Option<Arc<dyn MakeSocket>>,
+    /// Connects to the app from the caller's address (with [`Self::for_caller`]).
+    caller_source: Option<Arc<dyn CallerSource>>,
+    /// The inbound connection these connects are made for: its peer and local address.
+    caller: Option<(SocketAddr, Option<SocketAddr>)>,
 }
 
 impl SocketFactory {
@@ -136,6 +173,24 @@ impl SocketFactory {
     pub fn in_namespace(maker: Arc<dyn MakeSocket>) -> Self {
         Self {
             namespace: Some(maker),
+            ..Self::default()
+        }
+    }
+
+    /// This factory, whose connects for a caller ([`Self::for_caller`]) follow `source`.
+    pub fn with_caller_source(&self, source: Arc<dyn CallerSource>) -> Self {
+        Self {
+            caller_source: Some(source),
+            ..self.clone()
+        }
+    }
+
+    /// This factory for the connects an inbound connection from `client` (accepted on
+    /// `local`) makes to the app: from `client`'s address where the caller source allows it.
+    pub fn for_caller(&self, client: SocketAddr, local: Option<SocketAddr>) -> Self {
+        Self {
+            caller: Some((client, local)),
+            ..self.clone()
         }
     }
 
@@ -146,6 +201,10 @@ impl SocketFactory {
         port: u16,
         timeout: Duration,
     ) -> Result<TcpStream, TransportError> {
+        if let Some(s) = self.connect_as_caller(host, port, timeout).await {
+            tune(&s)?;
+            return Ok(s);
+        }
         let target = || format!("{host}:{port}");
         let s = tokio::time::timeout(timeout, self.connect_raw(host, port))
             .await
@@ -159,6 +218,50 @@ impl SocketFactory {
             })?;
         tune(&s)?;
         Ok(s)
+    }
+
+    /// The connect from the caller's address, if planned and it works (else the caller
+    /// source hears why and the usual connect follows).
+    async fn connect_as_caller(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Option<TcpStream> {
+        let (source, (client, local)) = (self.caller_source.as_ref()?, self.caller?);
+        let plan = source.plan(client, local, host, port)?;
+        let bound = timeout.min(CALLER_SOURCE_TIMEOUT);
+        let r = match tokio::time::timeout(bound, self.connect_from(&plan)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {bound:?}"),
+            )),
+        };
+        r.map_err(|e| source.failed(&plan, &e)).ok()
+    }
+
+    /// A transparent (`IP_TRANSPARENT`), marked socket bound to `plan.bind`, connected to
+    /// `plan.target`.
+    async fn connect_from(&self, plan: &SourcePlan) -> io::Result<TcpStream> {
+        let domain = Domain::for_address(plan.target);
+        let s = match &self.namespace {
+            Some(maker) => maker.tcp_socket(domain)?,
+            None => Socket::new(
+                domain,
+                Type::STREAM.nonblocking().cloexec(),
+                Some(Protocol::TCP),
+            )?,
+        };
+        match plan.bind {
+            SocketAddr::V4(_) => s.set_ip_transparent_v4(true)?,
+            SocketAddr::V6(_) => s.set_ip_transparent_v6(true)?,
+        }
+        s.set_mark(plan.mark)?;
+        s.bind(&plan.bind.into())?;
+        tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(s))
+            .connect(plan.target)
+            .await
     }
 
     /// Binds a listener on `addr`.

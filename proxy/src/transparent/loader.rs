@@ -17,6 +17,7 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, SockMap, lpm_trie::Key};
 use aya::programs::links::FdLink;
@@ -84,6 +85,15 @@ pub struct Attached {
     /// The IPv6 outbound listener IPv6 connects go to (`None`: they go out unchanged).
     outbound6: Option<SocketAddrV6>,
     inbound_ports: Vec<u16>,
+    /// The pod's caller-address routing, once set up (see [`super::source`]).
+    pub(super) caller: Option<CallerRouting>,
+}
+
+/// The caller-address routing set up in a pod's namespace, and the connects that use it.
+#[derive(Debug)]
+pub struct CallerRouting {
+    pub netns: Netns,
+    pub source: Arc<super::source::CallerAddress>,
 }
 
 /// What [`Attached`] holds in the kernel: the loaded object (and the links it owns), the
@@ -515,6 +525,7 @@ impl Prepared {
             outbound: SocketAddrV4::new(target_ip, outbound.port()),
             outbound6,
             inbound_ports,
+            caller: None,
         })
     }
 }
@@ -616,6 +627,26 @@ impl Attached {
         std::os::fd::AsFd::as_fd(&self.kernel.lock)
             .try_clone_to_owned()
             .ok()
+    }
+
+    /// Where inbound connects to the app come from: the caller's address once the pod's
+    /// routing is set up.
+    pub fn caller_source(&self) -> Option<Arc<dyn crate::transport::CallerSource>> {
+        let c = self.caller.as_ref()?;
+        Some(c.source.clone())
+    }
+
+    /// Removes the pod's caller-address routing (`--fail-open` at exit: the capture goes with
+    /// this process). Not when a successor took the pod over.
+    pub fn remove_caller_routing(&self) {
+        if let Some(c) = &self.caller {
+            match super::reply_route::remove(&c.netns) {
+                Ok(()) => tracing::info!("transparent mode: caller-address routing removed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "transparent mode: removing the caller-address routing failed")
+                }
+            }
+        }
     }
 
     /// Says where the programs are attached (one line).

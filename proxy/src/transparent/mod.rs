@@ -13,8 +13,9 @@
 //! single-instance lock; pure parsers with I/O at the edge), [`loader`] (aya: load, fill the
 //! maps, attach), [`netns`] (creating sockets inside the pod's network namespace while the
 //! proxy stays in the host's, as ztunnel's in-pod mode does), [`catalog`] (address → mesh
-//! service index, pure), [`route`] (the per-connection decision, pure) and [`outbound`]
-//! (the outbound listener's data path).
+//! service index, pure), [`route`] (the per-connection decision, pure), [`outbound`]
+//! (the outbound listener's data path), [`source`] (inbound connects to the app from the
+//! caller's address, decision pure) and [`reply_route`] (the pod routing that needs).
 
 pub mod args;
 pub mod catalog;
@@ -25,7 +26,9 @@ pub mod outbound;
 pub mod pins;
 pub mod pods;
 pub mod preflight;
+pub mod reply_route;
 pub mod route;
+pub mod source;
 
 pub use args::{TransparentArgs, TransparentConfig};
 pub use error::TransparentError;
@@ -147,11 +150,12 @@ pub async fn start(
         offer.extend(crate::handoff::dup(l6.as_fd()).map(|fd| (ROLE_OUTBOUND6.to_string(), fd)));
     }
     let listen6 = listener6.as_ref().map(|l| l.local_addr().unwrap_or(bind6));
-    let attached =
-        Arc::new(
-            plan.prepared
-                .attach(&listener, listen6, inbound, inbound6, &plan.app_ports)?,
-        );
+    let netns = plan.prepared.netns().cloned();
+    let mut attached =
+        plan.prepared
+            .attach(&listener, listen6, inbound, inbound6, &plan.app_ports)?;
+    attached.caller = netns.and_then(caller_routing);
+    let attached = Arc::new(attached);
     attached.log();
     offer.extend(attached.lock_fd().map(|fd| (ROLE_LOCK.to_string(), fd)));
     {
@@ -193,6 +197,28 @@ pub async fn start(
     }
     tokio::spawn(outbound::serve(listener, t, drain.watch()));
     Ok(attached)
+}
+
+/// Sets up the pod's caller-address routing (see [`source`]); without it the app sees the
+/// proxy's loopback address, as it says once.
+fn caller_routing(netns: netns::Netns) -> Option<loader::CallerRouting> {
+    match reply_route::install(&netns) {
+        Ok(families) => {
+            tracing::info!(
+                ipv4 = families.v4,
+                ipv6 = families.v6,
+                "transparent mode: the app sees callers' addresses"
+            );
+            Some(loader::CallerRouting {
+                source: Arc::new(source::CallerAddress::new(families)),
+                netns,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "transparent mode: cannot set up the routing for callers' addresses; the app sees the proxy's loopback address");
+            None
+        }
+    }
 }
 
 /// Rebuilds an [`Identity`] whose client configurations cover every mesh service in the index

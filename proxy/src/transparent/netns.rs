@@ -27,11 +27,12 @@ use crate::transport::{MakeSocket, SocketFactory};
 pub struct Netns {
     file: Arc<File>,
     path: PathBuf,
-    /// Requests to the thread that lives inside the namespace and creates the sockets.
-    maker: mpsc::Sender<SocketRequest>,
+    /// Work for the thread that lives inside the namespace (creating sockets, netlink).
+    maker: mpsc::Sender<Job>,
 }
 
-type SocketRequest = (Domain, mpsc::SyncSender<io::Result<Socket>>);
+/// Something to run on the namespace's thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 impl Netns {
     /// Opens the namespace file (`/run/netns/NAME` or `/proc/PID/ns/net`).
@@ -75,12 +76,26 @@ impl Netns {
     /// A non-blocking, close-on-exec TCP socket created inside the namespace (a round trip
     /// to the namespace's socket thread: a few microseconds, no thread spawn per socket).
     pub fn socket(&self, domain: Domain) -> io::Result<Socket> {
+        self.run(move || {
+            Socket::new(
+                domain,
+                Type::STREAM.nonblocking().cloexec(),
+                Some(Protocol::TCP),
+            )
+        })?
+    }
+
+    /// Runs `f` on the thread inside the namespace and returns its result: whatever must be
+    /// created there (sockets, a netlink socket for the pod's routing, a `/proc/sys/net` file).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> io::Result<T> {
+        let gone = || io::Error::other("the netns socket thread is gone");
         let (tx, rx) = mpsc::sync_channel(1);
         self.maker
-            .send((domain, tx))
-            .map_err(|_| io::Error::other("the netns socket thread is gone"))?;
-        rx.recv()
-            .map_err(|_| io::Error::other("the netns socket thread is gone"))?
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .map_err(|_| gone())?;
+        rx.recv().map_err(|_| gone())
     }
 }
 
@@ -90,10 +105,11 @@ impl MakeSocket for Netns {
     }
 }
 
-/// Starts the thread that enters the namespace once and then creates sockets on request.
+/// Starts the thread that enters the namespace once and then runs jobs (creates sockets) on
+/// request.
 /// It ends when every [`Netns`] clone (every sender) is dropped.
-fn spawn_maker(file: Arc<File>) -> io::Result<mpsc::Sender<SocketRequest>> {
-    let (tx, rx) = mpsc::channel::<SocketRequest>();
+fn spawn_maker(file: Arc<File>) -> io::Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel::<Job>();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("meshproxy-netns".into())
@@ -104,12 +120,8 @@ fn spawn_maker(file: Arc<File>) -> io::Result<mpsc::Sender<SocketRequest>> {
             if failed {
                 return;
             }
-            for (domain, reply) in rx {
-                let _ = reply.send(Socket::new(
-                    domain,
-                    Type::STREAM.nonblocking().cloexec(),
-                    Some(Protocol::TCP),
-                ));
+            for job in rx {
+                job();
             }
         })?;
     ready_rx

@@ -172,9 +172,27 @@ pub fn remove(args: &RemoveArgs) -> Result<PodStatus, TransparentError> {
         }
     }
     pins.remove()?;
+    remove_caller_routing(status.netns.as_deref());
     let _ = std::fs::remove_file(&lock_path);
     drop(lock);
     Ok(status)
+}
+
+/// Removes the pod's caller-address routing ([`super::reply_route`]) with its capture; a
+/// namespace that is gone took it along.
+fn remove_caller_routing(netns: Option<&Path>) {
+    let Some(path) = netns.filter(|p| p.exists()) else {
+        return;
+    };
+    let removed = super::netns::Netns::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|ns| super::reply_route::remove(&ns).map_err(|e| e.to_string()));
+    if let Err(e) = removed {
+        eprintln!(
+            "warning: the caller-address routing in {} was not removed: {e}",
+            path.display()
+        );
+    }
 }
 
 /// Whether two paths name the same file (a netns given by name or by path).

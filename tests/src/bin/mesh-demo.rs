@@ -83,19 +83,26 @@ fn main() -> anyhow::Result<()> {
         let out = client(&pods.a, dst, marker);
         let wire = capture.finish();
         let echoed = out["echo"].as_str() == Some(marker);
-        let peer = app
-            .seen()
-            .last()
-            .map_or("none".to_string(), |s| s.peer.to_string());
+        let peer = app.seen().last().map(|s| s.peer);
+        let caller_kept = peer.is_some_and(|p| p.ip() == std::net::IpAddr::from(pods.a.ip));
+        let peer = format!(
+            "{} ({})",
+            peer.map_or("none".to_string(), |p| p.to_string()),
+            if caller_kept {
+                "web's own address: db's proxy kept the caller's address"
+            } else {
+                "NOT web's address"
+            }
+        );
         println!(
-            "ALLOWED  web -> db {dst}: echo {} | db's app saw peer {peer} (its own proxy) | client sees \
+            "ALLOWED  web -> db {dst}: echo {} | db's app saw peer {peer} | client sees \
              peer {} | on the veth: {} TLS records, {} plaintext markers",
             if echoed { "ok" } else { "MISSING" },
             out["peername"],
             wire["tls_records"],
             wire["marker"],
         );
-        if !echoed || wire["marker"].as_u64() != Some(0) {
+        if !echoed || wire["marker"].as_u64() != Some(0) || !caller_kept {
             bail!("the allowed connection did not go through the mesh as expected: {out}");
         }
 

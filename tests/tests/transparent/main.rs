@@ -14,3 +14,4 @@ mod t40_exclusions;
 mod t50_ipv6;
 mod t70_host_mode;
 mod t80_restart;
+mod t90_source_address;

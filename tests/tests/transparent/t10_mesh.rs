@@ -26,8 +26,9 @@ fn unmodified_client_reaches_the_other_pod_over_mutual_tls() {
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
     let seen = app_b.wait_seen(1);
     assert_eq!(seen.len(), 1, "{seen:?}");
-    // B's app sees its local proxy as the peer, and exactly the client's bytes.
-    assert!(seen[0].peer.ip().is_loopback(), "{:?}", seen[0].peer);
+    // B's app sees pod A as the peer (B's proxy connects from the caller's address, t90),
+    // and exactly the client's bytes.
+    assert_eq!(seen[0].peer.ip(), pods.a.ip, "{:?}", seen[0].peer);
     assert_eq!(seen[0].bytes, marker.as_bytes());
     // Both proxies counted it.
     let outbound_ok = proxy_a.wait_connections("outbound", "ok");

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::harness::*;
 
 const APP_PORT: u16 = 8080;
-const V6_A: &str = "fd00:77::1";
+pub(crate) const V6_A: &str = "fd00:77::1";
 const V6_B: &str = "fd00:77::2";
 
 /// Adds `addr/64` to the pod's veth without duplicate address detection.
@@ -49,9 +49,27 @@ fn register_v6(http: SocketAddr, name: &str, pod: &Pod, v6: &str, port: u16) {
     );
 }
 
+/// `svc-b` and its sidecar both at pod B's IPv6 address, so A's proxy dials
+/// `[V6_B]:21000`, B's IPv6 inbound listener.
+pub(crate) fn register_b_over_v6(http: SocketAddr) {
+    ok(
+        "PUT",
+        http,
+        "/v1/agent/service/register",
+        Some(&json!({
+            "Name": "svc-b", "ID": "svc-b", "Address": V6_B, "Port": APP_PORT,
+            "Connect": {"SidecarService": {
+                "Address": V6_B,
+                "Port": SIDECAR_PORT,
+                "Checks": [{"Name": "ttl", "TTL": "1h", "Status": "passing"}]
+            }}
+        })),
+    );
+}
+
 /// The common start of these tests: a [`Mesh`] whose pods have IPv6 addresses next to their
 /// IPv4 ones.
-fn v6_mesh() -> Mesh {
+pub(crate) fn v6_mesh() -> Mesh {
     let mesh = Mesh::start(APP_PORT);
     add_v6(&mesh.pods.a, V6_A);
     add_v6(&mesh.pods.b, V6_B);
@@ -59,7 +77,7 @@ fn v6_mesh() -> Mesh {
 }
 
 /// `port` on pod B's IPv6 address.
-fn v6_b(port: u16) -> SocketAddr {
+pub(crate) fn v6_b(port: u16) -> SocketAddr {
     SocketAddr::new(V6_B.parse::<Ipv6Addr>().unwrap().into(), port)
 }
 
@@ -94,8 +112,9 @@ fn ipv6_client_reaches_the_other_pod_through_the_mesh() {
     assert_eq!(out["peername"].as_str(), Some(dst.to_string().as_str()));
     let seen = app_b.wait_seen(1);
     assert_eq!(seen.len(), 1, "{seen:?}");
-    // Through proxy B (its local peer), with exactly the client's bytes.
-    assert!(seen[0].peer.ip().is_loopback(), "{:?}", seen[0].peer);
+    // Through proxy B (which dialled B over IPv4), from pod A's address (t90), with exactly
+    // the client's bytes.
+    assert_eq!(seen[0].peer.ip(), mesh.pods.a.ip, "{:?}", seen[0].peer);
     assert_eq!(seen[0].bytes, marker.as_bytes());
     let log = proxy_a.log();
     assert!(
@@ -179,19 +198,7 @@ fn ipv6_inbound_to_the_app_port_is_steered_to_the_proxy() {
 fn ipv6_inbound_mesh_connections_are_authorized() {
     let mesh = v6_mesh();
     let (pods, http) = (&mesh.pods, mesh.http);
-    ok(
-        "PUT",
-        http,
-        "/v1/agent/service/register",
-        Some(&json!({
-            "Name": "svc-b", "ID": "svc-b", "Address": V6_B, "Port": APP_PORT,
-            "Connect": {"SidecarService": {
-                "Address": V6_B,
-                "Port": SIDECAR_PORT,
-                "Checks": [{"Name": "ttl", "TTL": "1h", "Status": "passing"}]
-            }}
-        })),
-    );
+    register_b_over_v6(http);
     set_intention(http, "svc-a", "svc-b", "allow");
     let app_b = Echo::start(&pods.b, APP_PORT);
     let proxy_a = Proxy::start(http, "svc-a", &pods.a, &[]);
