@@ -276,10 +276,9 @@ async fn check_leaf_allowed(
 
 async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
     let control = shared.control;
-    // A proxy already serving this pod or sidecar hands over its listeners (and the pod's
-    // lock): this one builds itself on them, and the old one drains once this one serves.
-    // What a predecessor must be to hand over: the same pod (transparent mode) or the same
-    // sidecar of the same agent. The key names the offer's socket; the whole identity is
+    // A proxy already serving the same pod (transparent mode) or the same sidecar of the same
+    // agent hands over its listeners (and the pod's lock): this one builds itself on them,
+    // and the old one drains once this one serves. The key names the offer's socket and is
     // checked again in the exchange.
     let handoff_key = config
         .transparent
