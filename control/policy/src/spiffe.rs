@@ -110,6 +110,12 @@ impl SpiffeId {
     }
 }
 
+/// Whether `name` can be the service segment of a SPIFFE ID (what a leaf can be issued for):
+/// the check the CA applies to a CSR, for callers that refuse a name before any signing.
+pub fn is_valid_service_name(name: &str) -> bool {
+    valid_segment(name)
+}
+
 /// Segments are the unreserved characters of RFC 3986 (SPIFFE ID spec, section 2.2).
 fn valid_segment(seg: &str) -> bool {
     !seg.is_empty()

@@ -404,6 +404,13 @@ async fn roots(State(a): St, Query(p): Params) -> Res {
 }
 
 async fn leaf(State(a): St, Path(service): Path<String>, caller: Caller, Query(p): Params) -> Res {
+    // Refused here, before any signing request: the CA would refuse it anyway, and a cached
+    // entry for it would only retry in the background.
+    if !mesh_policy::spiffe::is_valid_service_name(&service) {
+        return Err(ApiError::bad_request(format!(
+            "service name {service:?} cannot be part of a SPIFFE ID: use letters, digits and - . _ ~"
+        )));
+    }
     caller.require(|z| z.service_write(&service).check())?;
     let q = QueryOptions::from_params(&p)?;
     let l = a

@@ -93,3 +93,28 @@ async fn bad_input_is_refused_with_the_reason() {
 
     env.shutdown().await;
 }
+
+/// A leaf for a name that cannot be a SPIFFE service is refused by the agent at once (curl
+/// sees 400 with the reason), before any signing request: nothing is cached, so nothing is
+/// retried in the background. It used to be a 500 after 15 s, retried every 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_for_an_impossible_name_is_refused_at_once() {
+    let env = InprocEnv::start("client-leafname", |_| {}).await;
+    let url = format!("http://{}/v1/agent/connect/ca/leaf/bad%20name", env.http);
+    let started = std::time::Instant::now();
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "-w", "\n%{http_code}", &url])
+        .output()
+        .await
+        .expect("run curl");
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    assert_eq!(code, "400", "{text}");
+    assert!(body.contains("cannot be part of a SPIFFE ID"), "{body}");
+    assert!(took < std::time::Duration::from_secs(2), "took {took:?}");
+    assert_eq!(env.agent.agent.leaves.len(), 0, "an entry was cached");
+    // A valid name still gets its leaf.
+    let r = call(env.http, "GET", "/v1/agent/connect/ca/leaf/good-name", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
