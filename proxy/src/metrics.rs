@@ -130,7 +130,7 @@ pub struct EbpfEventLabels {
 type HistogramFamily = Family<DirLabels, Histogram, fn() -> Histogram>;
 
 /// Where the eBPF programs' counters are read at scrape time (empty once they are detached).
-type EbpfSource = Box<dyn Fn() -> Option<[(&'static str, u64); 5]> + Send + Sync>;
+type EbpfSource = Box<dyn Fn() -> Option<[(&'static str, u64); 6]> + Send + Sync>;
 
 /// Exposes the transparent-mode eBPF counters, which live in a kernel map, as
 /// `meshproxy_transparent_ebpf_events_total{event}`: read on each scrape, nothing copied
@@ -255,7 +255,7 @@ impl Metrics {
     /// call counts). `source` returns `None` once the programs are gone.
     pub fn set_ebpf_source(
         &self,
-        source: impl Fn() -> Option<[(&'static str, u64); 5]> + Send + Sync + 'static,
+        source: impl Fn() -> Option<[(&'static str, u64); 6]> + Send + Sync + 'static,
     ) {
         let _ = self.ebpf_source.set(Box::new(source));
     }
@@ -418,6 +418,7 @@ mod tests {
                 ("excluded", 1),
                 ("inbound_steered", 2),
                 ("orig_recorded", 9),
+                ("inbound_refused", 4),
             ])
         });
         let text = m.encode();

@@ -125,17 +125,22 @@ pub struct Stats {
     pub orig_recorded: u64,
     /// IPv6 connects redirected (included in `redirected`).
     pub redirected6: u64,
+    /// Inbound connections to captured ports dropped because no proxy listened (fail
+    /// closed): kept in the pinned map, so the next proxy shows what was refused while the
+    /// pod had none.
+    pub inbound_refused: u64,
 }
 
 impl Stats {
     /// Every counter with its metric label, for `/metrics`.
-    pub fn events(&self) -> [(&'static str, u64); 5] {
+    pub fn events(&self) -> [(&'static str, u64); 6] {
         [
             ("redirected", self.redirected),
             ("redirected6", self.redirected6),
             ("excluded", self.excluded),
             ("inbound_steered", self.inbound_steered),
             ("orig_recorded", self.orig_recorded),
+            ("inbound_refused", self.inbound_refused),
         ]
     }
 }
@@ -700,6 +705,7 @@ impl Attached {
             inbound_steered: sum(common::STAT_INBOUND_STEERED),
             orig_recorded: sum(common::STAT_ORIG_RECORDED),
             redirected6: sum(common::STAT_REDIRECTED6),
+            inbound_refused: sum(common::STAT_INBOUND_REFUSED),
         }
     }
 }

@@ -97,6 +97,12 @@ fn a_killed_proxy_leaves_its_pod_refusing_until_it_restarts_or_the_capture_is_re
     let out = client(&pods.a, to_app_b, "back");
     let took = start.elapsed();
     assert_echoed(&out, "back", &[&proxy_b]);
+    // The refusal while no proxy ran was counted in the pinned map, which the new one shows.
+    assert!(
+        proxy_b.ebpf_event("inbound_refused") >= 1.0,
+        "{}",
+        proxy_b.log()
+    );
     assert_echoed(
         &client(&pods.b, to_plain_a, "out-again"),
         "out-again",
