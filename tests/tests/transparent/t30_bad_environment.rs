@@ -105,7 +105,13 @@ fn a_second_instance_on_the_same_cgroup_is_refused_and_the_first_keeps_working()
         let ino = std::fs::metadata(&pods.a.cgroup).unwrap().ino();
         format!("/run/meshproxy/handoff-cgroup-{ino}.sock")
     };
-    std::fs::remove_file(&offer).unwrap_or_else(|e| panic!("{offer}: {e}"));
+    // The offer is opened just after the proxy reports ready: wait for it, then remove it.
+    mesh_tests::process::eventually(
+        "the first proxy's handoff offer",
+        Duration::from_secs(10),
+        || std::fs::remove_file(&offer).ok(),
+    )
+    .unwrap_or_else(|e| panic!("{offer}: {e}"));
 
     let (code, lines) = refused(&mut proxy_command(
         http,
