@@ -13,7 +13,6 @@
 //! channels only.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsFd;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -575,7 +574,7 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
             }
         };
         admin_addr = admin_listener.local_addr().ok();
-        offer.extend(handoff::dup(admin_listener.as_fd()).map(|fd| (ROLE_ADMIN.to_string(), fd)));
+        offer.extend(handoff::offered(ROLE_ADMIN, &admin_listener));
         control.spawn(admin::serve(
             admin_listener,
             admin_state.clone(),
@@ -612,7 +611,7 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         None => p.sockets.bind(p.public).await?,
     };
     let public_addr = public.local_addr().unwrap_or(p.public);
-    offer.extend(handoff::dup(public.as_fd()).map(|fd| (ROLE_PUBLIC.to_string(), fd)));
+    offer.extend(handoff::offered(ROLE_PUBLIC, &public));
     let mut upstream_listeners = Vec::new();
     let mut bound = Vec::new();
     for u in &p.upstreams {
@@ -621,7 +620,7 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
             Some(l) => l,
             None => p.sockets.bind(u.bind).await?,
         };
-        offer.extend(handoff::dup(l.as_fd()).map(|fd| (role, fd)));
+        offer.extend(handoff::offered(role, &l));
         bound.push((u.clone(), l.local_addr().unwrap_or(u.bind)));
         upstream_listeners.push((l, u.clone()));
     }
@@ -652,7 +651,7 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         _ => None,
     };
     if let Some(l6) = &public6 {
-        offer.extend(handoff::dup(l6.as_fd()).map(|fd| (ROLE_PUBLIC6.to_string(), fd)));
+        offer.extend(handoff::offered(ROLE_PUBLIC6, l6));
     }
     // Attached before "ready"; held (and so attached) until this function returns.
     let transparent = match p.transparent {

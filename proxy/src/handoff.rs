@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -313,15 +313,17 @@ fn serve_offer(path: &Path, key: &str, offer: &Offer) -> Result<(), HandoffError
     Ok(())
 }
 
-/// A duplicate of `fd`, for the offer (the original stays with its accept loop).
-pub fn dup(fd: BorrowedFd<'_>) -> Option<OwnedFd> {
-    fd.try_clone_to_owned().ok()
+/// The offer's entry for the listener (or lock) `fd` in `role`: a duplicate, since the
+/// original stays with its accept loop. `None` if the descriptor cannot be duplicated (it is
+/// then not offered).
+pub fn offered(role: impl Into<String>, fd: &impl AsFd) -> Option<(String, OwnedFd)> {
+    let fd = fd.as_fd().try_clone_to_owned().ok()?;
+    Some((role.into(), fd))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
     #[test]
     fn keys_cannot_escape_the_directory() {
@@ -343,7 +345,7 @@ mod tests {
         let path = dir.path().join("h.sock");
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = tcp.local_addr().unwrap();
-        let items = vec![("public".to_string(), dup(tcp.as_fd()).unwrap())];
+        let items = vec![offered("public", &tcp).unwrap()];
         let offer_path = path.clone();
         let server =
             std::thread::spawn(move || serve_offer(&offer_path, "pod-1", &Offer::new(items)));
@@ -391,7 +393,7 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join("h.sock");
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let items = vec![("public".to_string(), dup(tcp.as_fd()).unwrap())];
+        let items = vec![offered("public", &tcp).unwrap()];
         let offer_path = path.clone();
         std::thread::spawn(move || serve_offer(&offer_path, "pod-1", &Offer::new(items)));
         let deadline = std::time::Instant::now() + Duration::from_secs(10);

@@ -123,6 +123,19 @@ impl Load {
         self.child.try_wait().ok().flatten().is_none()
     }
 
+    /// Lets the load run alone for `d` (before the restarts begin); `false` if the client
+    /// ended first.
+    pub fn alone_for(&mut self, d: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < d {
+            if !self.running() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
     /// Waits (bounded) for the end and returns the counts: `new_ok`, `new_failed`, `errors`,
     /// `streams_ok`, `streams_failed`, `seconds`, and `rate` (new connections per second).
     pub fn finish(mut self) -> Value {

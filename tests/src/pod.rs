@@ -164,28 +164,17 @@ fn cgroup_pids(cgroup: &Path) -> Vec<u32> {
 /// (`/sys/fs/bpf/mesh/cgroup-<inode>/`, as `meshproxy transparent remove` does), so no test
 /// leaves programs attached or loaded; its lock file too. Nothing pinned: nothing to do.
 pub fn unpin_capture(cgroup: &Path) {
+    use meshproxy::transparent::{pins, preflight};
     use std::os::unix::fs::MetadataExt;
     let Ok(ino) = std::fs::metadata(cgroup).map(|m| m.ino()) else {
         return;
     };
-    let dir = Path::new("/sys/fs/bpf/mesh").join(format!("cgroup-{ino}"));
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    // Links first, as `transparent remove` does.
-    names.sort_by_key(|p| {
-        !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
-    });
-    for p in names {
-        let _ = std::fs::remove_file(p);
+    let pod = pins::PodPins::for_cgroup(ino);
+    if pod.exists() {
+        let _ = pod.remove();
     }
-    let _ = std::fs::remove_dir(&dir);
-    let _ = std::fs::remove_file(format!("/run/meshproxy/transparent-cgroup-{ino}.lock"));
-    let _ = std::fs::remove_file(format!("/run/meshproxy/handoff-cgroup-{ino}.sock"));
+    let _ = std::fs::remove_file(preflight::lock_path(ino));
+    let _ = std::fs::remove_file(meshproxy::handoff::socket_path(&pod.id));
 }
 
 /// Everything still in a cgroup the test made was started by the test: kill it by PID, then

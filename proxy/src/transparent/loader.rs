@@ -627,11 +627,9 @@ impl Attached {
         self.pinned
     }
 
-    /// A duplicate of the pod's lock, for the successor (see `crate::handoff`).
-    pub fn lock_fd(&self) -> Option<std::os::fd::OwnedFd> {
-        std::os::fd::AsFd::as_fd(&self.kernel.lock)
-            .try_clone_to_owned()
-            .ok()
+    /// The pod's lock (offered to the successor, see `crate::handoff`).
+    pub fn lock(&self) -> &File {
+        &self.kernel.lock
     }
 
     /// Where inbound connects to the app come from: the caller's address once the pod's

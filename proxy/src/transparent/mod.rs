@@ -35,7 +35,6 @@ pub use error::TransparentError;
 pub use loader::{Attached, Prepared};
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,9 +144,9 @@ pub async fn start(
         },
     };
     // What a successor takes over (see `crate::handoff`).
-    offer.extend(crate::handoff::dup(listener.as_fd()).map(|fd| (ROLE_OUTBOUND.to_string(), fd)));
+    offer.extend(crate::handoff::offered(ROLE_OUTBOUND, &listener));
     if let Some(l6) = &listener6 {
-        offer.extend(crate::handoff::dup(l6.as_fd()).map(|fd| (ROLE_OUTBOUND6.to_string(), fd)));
+        offer.extend(crate::handoff::offered(ROLE_OUTBOUND6, l6));
     }
     let listen6 = listener6.as_ref().map(|l| l.local_addr().unwrap_or(bind6));
     let netns = plan.prepared.netns().cloned();
@@ -157,7 +156,7 @@ pub async fn start(
     attached.caller = netns.and_then(caller_routing);
     let attached = Arc::new(attached);
     attached.log();
-    offer.extend(attached.lock_fd().map(|fd| (ROLE_LOCK.to_string(), fd)));
+    offer.extend(crate::handoff::offered(ROLE_LOCK, attached.lock()));
     {
         let weak = Arc::downgrade(&attached);
         metrics.set_ebpf_source(move || weak.upgrade().map(|a| a.stats().events()));

@@ -143,37 +143,18 @@ pub fn remove(args: &RemoveArgs) -> Result<PodStatus, TransparentError> {
             });
         }
     }
-    let lock_path = super::preflight::lock_path(cgroup_id);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|source| TransparentError::Lock {
-            lock: lock_path.display().to_string(),
-            source,
-        })?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(TransparentError::StillServed {
-                pid: status.proxy_pid.unwrap_or(0),
-                cgroup: status
-                    .cgroup
-                    .as_ref()
-                    .map_or_else(|| pins.id.clone(), |c| c.display().to_string()),
-            });
-        }
-        Err(std::fs::TryLockError::Error(source)) => {
-            return Err(TransparentError::Lock {
-                lock: lock_path.display().to_string(),
-                source,
-            });
-        }
-    }
+    let Some(lock) = super::preflight::try_lock(cgroup_id)? else {
+        return Err(TransparentError::StillServed {
+            pid: status.proxy_pid.unwrap_or(0),
+            cgroup: status
+                .cgroup
+                .as_ref()
+                .map_or_else(|| pins.id.clone(), |c| c.display().to_string()),
+        });
+    };
     pins.remove()?;
     remove_caller_routing(status.netns.as_deref());
-    let _ = std::fs::remove_file(&lock_path);
+    let _ = std::fs::remove_file(super::preflight::lock_path(cgroup_id));
     drop(lock);
     Ok(status)
 }

@@ -160,7 +160,16 @@ pub fn lock_path(cgroup_id: u64) -> PathBuf {
 /// programs stay attached; it is open for writing, for the holder's
 /// `pins::PodRecord`.
 pub fn take_lock(cgroup: &Cgroup) -> Result<File, TransparentError> {
-    let lock = lock_path(cgroup.id);
+    try_lock(cgroup.id)?.ok_or_else(|| TransparentError::AlreadyRunning {
+        cgroup: cgroup.path.display().to_string(),
+        lock: lock_path(cgroup.id).display().to_string(),
+    })
+}
+
+/// The lock of the cgroup with inode `cgroup_id`, taken; `None` while another process holds
+/// it. What [`take_lock`] and `transparent remove` both take.
+pub fn try_lock(cgroup_id: u64) -> Result<Option<File>, TransparentError> {
+    let lock = lock_path(cgroup_id);
     let lock_err = |source| TransparentError::Lock {
         lock: lock.display().to_string(),
         source,
@@ -174,11 +183,8 @@ pub fn take_lock(cgroup: &Cgroup) -> Result<File, TransparentError> {
         .open(&lock)
         .map_err(lock_err)?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TransparentError::AlreadyRunning {
-            cgroup: cgroup.path.display().to_string(),
-            lock: lock.display().to_string(),
-        }),
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
     }
 }

@@ -196,10 +196,7 @@ fn main() -> anyhow::Result<()> {
         let back = begun.elapsed();
         let mut load = Load::start(pods.a.command("python3")?, dst, 3.0, 4);
         // A second of load, then the replacement takes the listeners over.
-        let quiet = Instant::now();
-        while quiet.elapsed() < std::time::Duration::from_secs(1) && load.running() {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        load.alone_for(std::time::Duration::from_secs(1));
         let begun = Instant::now();
         let second = Proxy::start(http, "db", &pods.b, &["--drain-timeout", "30s"]);
         let handed = begun.elapsed();
