@@ -503,6 +503,48 @@ pub fn bytes_text(n: f64) -> String {
     s
 }
 
+/// Signed millisecond samples and their summary.
+#[derive(Debug, Default)]
+pub struct Samples(pub Vec<f64>);
+
+impl Samples {
+    pub fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    pub fn median(&self) -> f64 {
+        percentile_f64(&self.sorted(), 50.0)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let v = self.sorted();
+        serde_json::json!({
+            "n": v.len(),
+            "median_ms": percentile_f64(&v, 50.0),
+            "p90_ms": percentile_f64(&v, 90.0),
+            "p99_ms": percentile_f64(&v, 99.0),
+            "max_ms": v.last().copied().unwrap_or(0.0),
+            "min_ms": v.first().copied().unwrap_or(0.0),
+        })
+    }
+
+    pub fn row(&self, name: &str) -> Vec<String> {
+        let v = self.sorted();
+        let f = |x: f64| format!("{x:.3} ms");
+        vec![
+            name.to_string(),
+            v.len().to_string(),
+            f(v.first().copied().unwrap_or(0.0)),
+            f(percentile_f64(&v, 50.0)),
+            f(percentile_f64(&v, 90.0)),
+            f(percentile_f64(&v, 99.0)),
+            f(v.last().copied().unwrap_or(0.0)),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,8 @@ pub enum AppError {
     Signal(#[source] std::io::Error),
     #[error(transparent)]
     Transparent(#[from] crate::transparent::TransparentError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("a control task stopped unexpectedly")]
     Join(#[source] tokio::task::JoinError),
     /// The agent refused this service's leaf certificate to the proxy's token.
@@ -439,7 +441,13 @@ async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
     let feeds = Feeds {
         settings: serde_json::to_value(&config).unwrap_or_default(),
         public: SocketAddr::new(public_ip, sidecar.port),
-        admin: Some(config.admin_addr),
+        admin: Some(crate::config::admin_addr(
+            config.admin_addr,
+            sidecar
+                .proxy
+                .as_ref()
+                .and_then(|p| p.config.get(crate::config::ADMIN_CONFIG_KEY)),
+        )?),
         targets,
         watches: Watches {
             leaf: leaf_rx,

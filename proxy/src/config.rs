@@ -27,6 +27,11 @@ pub enum ConfigError {
     ZeroDuration { flag: &'static str },
     #[error("--admin-addr {addr} is not a loopback address; the admin port must stay local")]
     AdminNotLoopback { addr: SocketAddr },
+    #[error(
+        "the sidecar registration's Proxy.Config.{ADMIN_CONFIG_KEY} {value} {reason} (expected a \
+         loopback IP:PORT string such as \"127.0.0.1:19001\"; or pass --admin-addr)"
+    )]
+    RegisteredAdmin { value: String, reason: &'static str },
     #[error(transparent)]
     Transparent(#[from] crate::transparent::args::ArgsError),
     #[error("invalid duration {value:?}")]
@@ -86,9 +91,11 @@ pub struct RunArgs {
     /// Overrides a registered upstream of the same name.
     #[arg(long = "upstream", value_parser = UpstreamArg::from_str)]
     pub upstreams: Vec<UpstreamArg>,
-    /// Admin HTTP address (/ready, /config, /metrics); must be loopback.
-    #[arg(long, default_value = "127.0.0.1:19000")]
-    pub admin_addr: SocketAddr,
+    /// Admin HTTP address (/ready, /config, /metrics); must be loopback. Default: the sidecar
+    /// registration's `Proxy.Config.admin_addr` when it sets one, else a port the OS picks on
+    /// 127.0.0.1 (so sidecars side by side never collide), announced in the ready line.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
     /// Timeout of a TCP connect to an upstream instance or to the local application.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -176,7 +183,8 @@ pub struct Config {
     #[serde(skip)]
     pub token: Option<String>,
     pub upstreams: Vec<UpstreamArg>,
-    pub admin_addr: SocketAddr,
+    /// `--admin-addr`; `None`: chosen from the registration ([`admin_addr`]).
+    pub admin_addr: Option<SocketAddr>,
     /// Timeouts, denied-connection handling and TLS options (flattened in `/config`).
     #[serde(flatten)]
     pub data_path: DataPathOptions,
@@ -246,8 +254,8 @@ impl Config {
                 return Err(ConfigError::ZeroDuration { flag });
             }
         }
-        if !a.admin_addr.ip().is_loopback() {
-            return Err(ConfigError::AdminNotLoopback { addr: a.admin_addr });
+        if let Some(addr) = a.admin_addr.filter(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::AdminNotLoopback { addr });
         }
         let mut seen = std::collections::HashSet::new();
         for u in &a.upstreams {
@@ -277,6 +285,42 @@ impl Config {
             },
         })
     }
+}
+
+/// The key of a sidecar registration's `Proxy.Config` that sets its admin address.
+pub const ADMIN_CONFIG_KEY: &str = "admin_addr";
+
+/// Where the admin listener binds: `--admin-addr`, else the registration's
+/// `Proxy.Config.admin_addr` (a per-service choice an operator makes in the registration, where
+/// anyone reading the catalog finds it), else port 0 on 127.0.0.1: the OS picks a free port, so
+/// any number of sidecars start side by side with default flags (the ready line announces it).
+/// A registered value must be a loopback `IP:PORT` string: the registration is not trusted to
+/// open the admin port beyond the host.
+pub fn admin_addr(
+    flag: Option<SocketAddr>,
+    registered: Option<&serde_json::Value>,
+) -> Result<SocketAddr, ConfigError> {
+    if let Some(a) = flag {
+        return Ok(a);
+    }
+    let Some(v) = registered else {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], 0)));
+    };
+    let bad = |reason| ConfigError::RegisteredAdmin {
+        value: v.to_string(),
+        reason,
+    };
+    let addr: SocketAddr = v
+        .as_str()
+        .ok_or_else(|| bad("is not a string"))?
+        .parse()
+        .map_err(|_| bad("is not an IP:PORT address"))?;
+    if !addr.ip().is_loopback() {
+        return Err(bad(
+            "is not a loopback address; the admin port must stay local",
+        ));
+    }
+    Ok(addr)
 }
 
 #[cfg(test)]
@@ -310,7 +354,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.sidecar_for, "web");
         assert_eq!(c.agent_addr, "127.0.0.1:8500".parse().unwrap());
-        assert_eq!(c.admin_addr, "127.0.0.1:19000".parse().unwrap());
+        assert_eq!(c.admin_addr, None, "chosen from the registration at start");
         assert_eq!(c.data_path.connect_timeout, Duration::from_secs(5));
         assert_eq!(c.data_path.drain_timeout, Duration::from_secs(2));
         assert_eq!(c.upstreams.len(), 2);
@@ -404,6 +448,27 @@ mod tests {
             ],
         ] {
             assert!(parse(args).is_err(), "{args:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn the_admin_address_comes_from_the_flag_the_registration_or_the_os() {
+        let flag: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let reg = serde_json::json!("127.0.0.2:7001");
+        assert_eq!(admin_addr(Some(flag), Some(&reg)).unwrap(), flag);
+        assert_eq!(
+            admin_addr(None, Some(&reg)).unwrap().to_string(),
+            "127.0.0.2:7001"
+        );
+        assert_eq!(admin_addr(None, None).unwrap().to_string(), "127.0.0.1:0");
+        for (bad, why) in [
+            (serde_json::json!("0.0.0.0:7001"), "loopback"),
+            (serde_json::json!("10.0.0.1:7001"), "loopback"),
+            (serde_json::json!(7001), "not a string"),
+            (serde_json::json!("localhost"), "IP:PORT"),
+        ] {
+            let e = admin_addr(None, Some(&bad)).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains("--admin-addr"), "{bad}: {e}");
         }
     }
 

@@ -160,36 +160,78 @@ impl Proxy {
     /// e.g. [`crate::pod::Pod::command`], to run it inside a network namespace (whose loopback
     /// `http_addr` and the admin address are then on).
     pub fn spawn_with(
-        mut command: Command,
+        command: Command,
         http_addr: SocketAddr,
         sidecar_for: &str,
         extra: &[&str],
     ) -> Self {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::launch(command, http_addr, sidecar_for, Some(admin), extra)
+    }
+
+    /// Starts the process with no `--admin-addr` (meshproxy chooses), learns the admin address
+    /// from its ready line and waits for its `/ready`.
+    pub fn start_default_admin(http_addr: SocketAddr, sidecar_for: &str) -> Self {
+        let mut p = Self::launch(Command::new(proxy_bin()), http_addr, sidecar_for, None, &[]);
+        let announced = eventually(
+            &format!("{sidecar_for} proxy's ready line"),
+            Duration::from_secs(30),
+            || {
+                p.ready_line()?
+                    .split(' ')
+                    .find_map(|w| w.strip_prefix("admin="))?
+                    .parse()
+                    .ok()
+            },
+        );
+        p.admin = announced.unwrap_or_else(|e| panic!("{e}\n--- log ---\n{}", p.log()));
+        p.wait_ready();
+        p
+    }
+
+    /// The `meshproxy: ready ...` line on stdout, once printed.
+    pub fn ready_line(&self) -> Option<String> {
+        let out = std::fs::read_to_string(self._dir.path().join("proxy.out")).ok()?;
+        out.lines()
+            .find(|l| l.starts_with("meshproxy: ready "))
+            .map(str::to_string)
+    }
+
+    /// Spawns `command` as `meshproxy run --sidecar-for ...` with `--admin-addr admin` when
+    /// given (else `admin` is unknown, 0.0.0.0:0, until the ready line says it); stdout goes to
+    /// `proxy.out`, the log to `proxy.log`.
+    fn launch(
+        mut command: Command,
+        http_addr: SocketAddr,
+        sidecar_for: &str,
+        admin: Option<SocketAddr>,
+        extra: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("proxy.log");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        command.args([
+            "run",
+            "--sidecar-for",
+            sidecar_for,
+            "--agent-addr",
+            &http_addr.to_string(),
+        ]);
+        if let Some(a) = admin {
+            command.args(["--admin-addr", &a.to_string()]);
+        }
         let child = command
-            .args([
-                "run",
-                "--sidecar-for",
-                sidecar_for,
-                "--agent-addr",
-                &http_addr.to_string(),
-                "--admin-addr",
-                &admin.to_string(),
-            ])
             .args(extra)
             .env("MESH_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("proxy.out")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn meshproxy");
         Self {
             name: sidecar_for.to_string(),
             child: OwnedChild::new(child),
-            admin,
+            admin: admin.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
             log,
             _dir: dir,
         }

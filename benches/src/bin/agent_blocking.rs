@@ -23,9 +23,9 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, HttpConn, SHUTDOWN_TIMEOUT, Table, ensure_in, load_average, load_average_json,
-    load_average_text, percentile_f64, ratio, shutdown_agent, shutdown_server, signed_ms_between,
-    start_client_agent, start_single_server,
+    CommonArgs, HttpConn, SHUTDOWN_TIMEOUT, Samples, Table, ensure_in, load_average,
+    load_average_json, load_average_text, ratio, shutdown_agent, shutdown_server,
+    signed_ms_between, start_client_agent, start_single_server,
 };
 
 /// How long the server may take to lead with a CA, and the agent to connect and sync.
@@ -62,48 +62,6 @@ struct Args {
     /// run stops earlier if a phase reaches 60 s).
     #[arg(long, default_value_t = 100)]
     changes: usize,
-}
-
-/// Signed millisecond samples and their summary.
-#[derive(Debug, Default)]
-struct Samples(Vec<f64>);
-
-impl Samples {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-
-    fn median(&self) -> f64 {
-        percentile_f64(&self.sorted(), 50.0)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let v = self.sorted();
-        serde_json::json!({
-            "n": v.len(),
-            "median_ms": percentile_f64(&v, 50.0),
-            "p90_ms": percentile_f64(&v, 90.0),
-            "p99_ms": percentile_f64(&v, 99.0),
-            "max_ms": v.last().copied().unwrap_or(0.0),
-            "min_ms": v.first().copied().unwrap_or(0.0),
-        })
-    }
-
-    fn row(&self, name: &str) -> Vec<String> {
-        let v = self.sorted();
-        let f = |x: f64| format!("{x:.3} ms");
-        vec![
-            name.to_string(),
-            v.len().to_string(),
-            f(v.first().copied().unwrap_or(0.0)),
-            f(percentile_f64(&v, 50.0)),
-            f(percentile_f64(&v, 90.0)),
-            f(percentile_f64(&v, 99.0)),
-            f(v.last().copied().unwrap_or(0.0)),
-        ]
-    }
 }
 
 /// What the change rounds measured.

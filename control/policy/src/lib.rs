@@ -14,6 +14,7 @@
 pub mod acl;
 pub mod authorize;
 pub mod config_entries;
+pub mod decode;
 pub mod duration;
 pub mod error_chain;
 pub mod hash;

@@ -377,8 +377,7 @@ struct CheckUpdateBody {
 }
 
 async fn check_update(a: &Agent, id: &str, body: &Bytes) -> Res {
-    let b: CheckUpdateBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let b: CheckUpdateBody = crate::http::json_body(body)?;
     let status = match b.status.as_str() {
         "passing" => HealthStatus::Passing,
         "warning" => HealthStatus::Warning,
@@ -421,8 +420,7 @@ async fn leaf(State(a): St, Path(service): Path<String>, caller: Caller, Query(p
 }
 
 async fn authorize(State(a): St, caller: Caller, Query(p): Params, body: Bytes) -> Res {
-    let r: AuthorizeRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let r: AuthorizeRequest = crate::http::json_body(&body)?;
     let _ = &r.client_cert_serial;
     if r.target.is_empty() {
         return Err(ApiError::bad_request("Target service must be specified"));
@@ -507,8 +505,7 @@ async fn set_token(State(a): St, Path(kind): Path<String>, caller: Caller, body:
     caller.require(|z| z.acl_write().check())?;
     let kind = TokenKind::parse(&kind)
         .ok_or_else(|| ApiError::not_found(format!("Token {kind:?} is unknown")))?;
-    let b: TokenBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))?;
+    let b: TokenBody = crate::http::json_body(&body)?;
     // A token must be able to travel to the servers (gRPC metadata).
     Credential::token(Some(&b.token))
         .map_err(|_| ApiError::bad_request("Token must be visible ASCII"))?;

@@ -192,7 +192,7 @@ pub fn parse(
         serde_json::from_slice(body).map_err(|e| RegistrationError::Decode(e.to_string()))?;
     let raw = translate_keys(raw);
     let reg: Registration =
-        serde_json::from_value(raw).map_err(|e| RegistrationError::Decode(e.to_string()))?;
+        mesh_policy::decode::value_as(raw).map_err(|e| RegistrationError::Decode(e.to_string()))?;
     let mut out = Vec::new();
     let parent = build(&reg, node)?;
     if let Some(sidecar) = reg

@@ -34,31 +34,43 @@ fn req(v: serde_json::Value) -> JsonRequest {
     }
 }
 
-/// The catalog writes anti-entropy makes, each a JSON body over its own RPC.
-#[derive(Clone, Copy)]
-enum Write {
-    Register,
-    Deregister,
-    UpdateCheck,
-}
+/// The catalog writes of one anti-entropy pass, each tagged with its `Op`, sent as one
+/// `SyncNode` RPC (one Raft entry: a blocking query wakes once per pass, not once per write).
+#[derive(Default)]
+struct Ops(Vec<serde_json::Value>);
 
-/// Sends `body` as the write `op` to a server, failing over between servers.
-async fn write(agent: &Agent, op: Write, body: serde_json::Value) -> Result<(), tonic::Status> {
-    let r = req(body);
-    agent
-        .conn
-        .call(|mut c| {
-            let r = r.clone();
-            async move {
-                match op {
-                    Write::Register => c.register(r).await,
-                    Write::Deregister => c.deregister(r).await,
-                    Write::UpdateCheck => c.update_check(r).await,
-                }
-            }
-        })
-        .await?;
-    Ok(())
+impl Ops {
+    fn push(&mut self, op: &str, mut body: serde_json::Value) {
+        if let Some(o) = body.as_object_mut() {
+            o.insert("Op".into(), op.into());
+        }
+        self.0.push(body);
+    }
+
+    fn register(&mut self, body: serde_json::Value) {
+        self.push("Register", body);
+    }
+
+    fn deregister(&mut self, body: serde_json::Value) {
+        self.push("Deregister", body);
+    }
+
+    /// Sends the pass's writes to a server (failing over between servers); none: no RPC.
+    async fn send(self, agent: &Agent, node: &str) -> Result<usize, tonic::Status> {
+        let n = self.0.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let r = req(json!({"Node": node, "Ops": self.0}));
+        agent
+            .conn
+            .call(|mut c| {
+                let r = r.clone();
+                async move { c.sync_node(r).await }
+            })
+            .await?;
+        Ok(n)
+    }
 }
 
 /// Output-only changes are not pushed on their own (as Consul defers them with
@@ -71,7 +83,9 @@ fn same_check(a: &HealthCheck, b: &HealthCheck) -> bool {
         && a.service_name == b.service_name
 }
 
-/// One anti-entropy pass; returns how many writes it made and the local index it synced.
+/// One anti-entropy pass: compares the local state with the catalog's view of this node and
+/// sends every difference as one batch; returns how many writes it made and the local index it
+/// synced.
 pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
     let node_name = agent.config.node.clone();
     let (services, checks, local_index) = {
@@ -93,9 +107,7 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
     let remote: Remote = serde_json::from_slice(&reply.json)
         .map_err(|e| tonic::Status::internal(format!("malformed node state: {e}")))?;
     let node = agent.node();
-    let mut writes = 0;
-    let register = |v| write(agent, Write::Register, v);
-    let deregister = |v| write(agent, Write::Deregister, v);
+    let mut ops = Ops::default();
     let node_ok = remote.node.as_ref().is_some_and(|n| {
         n.id == node.id && n.address == node.address && n.datacenter == node.datacenter
     });
@@ -113,11 +125,9 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
             create_index: 0,
             modify_index: 0,
         });
-        register(
+        ops.register(
             json!({"Node": node, "Service": null, "Checks": serf.into_iter().collect::<Vec<_>>()}),
-        )
-        .await?;
-        writes += 1;
+        );
     }
     for s in &services {
         let remote_s = remote.services.iter().find(|r| r.id == s.id);
@@ -126,35 +136,31 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
             .iter()
             .all(|c| remote.checks.iter().any(|r| r.check_id == c.check_id));
         if remote_s.is_none_or(|r| !r.same_registration(s)) || !checks_known {
-            register(json!({"Node": node, "Service": s, "Checks": mine})).await?;
-            writes += 1;
+            ops.register(json!({"Node": node, "Service": s, "Checks": mine}));
         }
     }
     for r in &remote.services {
         if !services.iter().any(|s| s.id == r.id) {
-            deregister(json!({"Node": node_name, "ServiceID": r.id})).await?;
-            writes += 1;
+            ops.deregister(json!({"Node": node_name, "ServiceID": r.id}));
         }
     }
-    // Re-read what the service registrations above changed is not needed: they carried the
-    // current check statuses. Now reconcile the remaining differences check by check.
+    // The service registrations above carry their checks' current statuses. Now the remaining
+    // differences, check by check.
     for c in &checks {
         match remote.checks.iter().find(|r| r.check_id == c.check_id) {
             None if c.service_id.is_empty() => {
-                register(json!({"Node": node, "Service": null, "Checks": [c]})).await?;
-                writes += 1;
+                ops.register(json!({"Node": node, "Service": null, "Checks": [c]}));
             }
             Some(r) if !same_check(r, c) => {
                 if r.name != c.name || r.service_id != c.service_id {
-                    register(json!({"Node": node, "Service": null, "Checks": [c]})).await?;
+                    ops.register(json!({"Node": node, "Service": null, "Checks": [c]}));
                 } else {
                     let body = json!({
                         "Node": node_name, "CheckID": c.check_id,
                         "Status": c.status, "Output": c.output,
                     });
-                    write(agent, Write::UpdateCheck, body).await?;
+                    ops.push("UpdateCheck", body);
                 }
-                writes += 1;
             }
             _ => {}
         }
@@ -166,11 +172,10 @@ pub async fn sync_once(agent: &Agent) -> Result<(usize, u64), tonic::Status> {
             && !owned_by_removed_service
             && !checks.iter().any(|c| c.check_id == r.check_id)
         {
-            deregister(json!({"Node": node_name, "CheckID": r.check_id})).await?;
-            writes += 1;
+            ops.deregister(json!({"Node": node_name, "CheckID": r.check_id}));
         }
     }
-    Ok((writes, local_index))
+    Ok((ops.send(agent, &node_name).await?, local_index))
 }
 
 /// Keeps the catalog in sync until shutdown.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::command::{ApplyError, Invalid, NotFound};
+use super::command::{ApplyError, Command, Invalid, NotFound};
 use super::state::State;
 use crate::model::{HealthCheck, HealthStatus, Index, Node, ServiceInstance};
 use crate::wire::ServiceHealth;
@@ -33,6 +33,71 @@ impl State {
             self.tables.checks = index;
         }
         Ok(())
+    }
+
+    /// Applies `ops` (catalog writes to `node`) in order, all or none: on the first failure
+    /// the node's entries and the table indexes are put back as they were, so a rejected batch
+    /// changes nothing, as any rejected command.
+    pub(super) fn sync_node(
+        &mut self,
+        index: Index,
+        node: String,
+        ops: Vec<Command>,
+    ) -> Result<(), ApplyError> {
+        let saved = (
+            self.nodes.get(&node).cloned(),
+            self.services.get(&node).cloned(),
+            self.checks.get(&node).cloned(),
+            self.tables,
+        );
+        let result = ops
+            .into_iter()
+            .try_for_each(|op| self.sync_op(index, &node, op));
+        if result.is_err() {
+            let (n, services, checks, tables) = saved;
+            restore(&mut self.nodes, &node, n);
+            restore(&mut self.services, &node, services);
+            restore(&mut self.checks, &node, checks);
+            self.tables = tables;
+        }
+        result
+    }
+
+    /// One op of [`State::sync_node`]: a catalog write naming `node`, anything else refused.
+    fn sync_op(&mut self, index: Index, node: &str, op: Command) -> Result<(), ApplyError> {
+        let refuse = |op: &Command, other: &str| -> ApplyError {
+            Invalid::SyncOp {
+                node: node.to_string(),
+                op: op.op().to_string(),
+                other: other.to_string(),
+            }
+            .into()
+        };
+        match op {
+            Command::Register {
+                node: n,
+                service,
+                checks,
+            } if n.node == node => self.register(index, n, service, checks),
+            Command::Deregister {
+                node: n,
+                service_id,
+                check_id,
+            } if n == node && (service_id.is_some() || check_id.is_some()) => {
+                self.deregister(index, &n, service_id, check_id)
+            }
+            Command::UpdateCheck {
+                node: n,
+                check_id,
+                status,
+                output,
+            } if n == node => self.update_check(index, n, check_id, status, output),
+            Command::Register { ref node, .. } => Err(refuse(&op, &node.node)),
+            Command::Deregister { ref node, .. } | Command::UpdateCheck { ref node, .. } => {
+                Err(refuse(&op, node))
+            }
+            other => Err(refuse(&other, node)),
+        }
     }
 
     pub(super) fn set_node_health(
@@ -291,4 +356,16 @@ fn same_check(a: &HealthCheck, b: &HealthCheck) -> bool {
         ..c.clone()
     };
     strip(a) == strip(b)
+}
+
+/// Puts `node`'s entry of `map` back to `saved` (absent when `None`).
+fn restore<V>(map: &mut BTreeMap<String, V>, node: &str, saved: Option<V>) {
+    match saved {
+        Some(v) => {
+            map.insert(node.to_string(), v);
+        }
+        None => {
+            map.remove(node);
+        }
+    }
 }

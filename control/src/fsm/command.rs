@@ -34,6 +34,14 @@ pub enum Command {
         service_id: Option<String>,
         check_id: Option<String>,
     },
+    /// Several catalog writes to one node, applied in order as one entry, all or none (an
+    /// agent's anti-entropy pass): each op is a `Register`, `Deregister` or `UpdateCheck` of
+    /// `node`. One entry wakes each blocking query once, where one write per change would wake
+    /// it for every trailing write of the pass.
+    SyncNode {
+        node: String,
+        ops: Vec<Command>,
+    },
     /// Set the status of a check.
     UpdateCheck {
         node: String,
@@ -262,6 +270,13 @@ pub enum Invalid {
     ProxyWithoutDestination,
     #[error("Must provide CheckID")]
     MissingCheckId,
+    /// A `SyncNode` op that is not a catalog write to the synced node.
+    #[error("a node sync holds only catalog writes to its node {node:?} (got {op} for {other:?})")]
+    SyncOp {
+        node: String,
+        op: String,
+        other: String,
+    },
     #[error("Check {check_id:?} refers to unknown service {service_id:?}")]
     CheckForUnknownService {
         check_id: String,

@@ -134,6 +134,7 @@ impl State {
                 status,
                 output,
             } => self.update_check(index, node, check_id, status, output),
+            Command::SyncNode { node, ops } => self.sync_node(index, node, ops),
             Command::SetNodeHealth {
                 node,
                 status,

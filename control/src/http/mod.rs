@@ -3,11 +3,11 @@
 //! wait, `X-Consul-Index` answers, the serve loop.
 //!
 //! Errors are plain text with Consul's status codes; bodies with unknown fields or malformed
-//! JSON get 400 with the reason, and nothing is applied. This module imports nothing from
+//! JSON get 400 with the reason, and nothing is applied. Bodies are decoded as Consul decodes
+//! them ([`json_body`]). This module imports nothing from
 //! `server` or `agent`: each converts its own errors into [`ApiError`] where it owns them.
 
 pub mod blocking;
-pub mod decode;
 pub mod token;
 
 use axum::http::StatusCode;
@@ -29,6 +29,14 @@ pub fn mark_filtered(mut response: Response, filtered: bool) -> Response {
         );
     }
     response
+}
+
+/// A JSON request body decoded as Consul decodes it (keys matched to fields ignoring case and
+/// snake_case, at every level: `mesh_policy::decode`); 400 `Request decode failed: <path>:
+/// <reason>` otherwise, unknown fields included.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    mesh_policy::decode::json(body)
+        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
 }
 
 /// Answers a path no route knows, as Consul does.

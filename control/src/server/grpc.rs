@@ -454,6 +454,49 @@ impl From<RegisterBody> for Command {
     }
 }
 
+/// `SyncNode` body: the catalog writes of one anti-entropy pass, all to `node`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SyncBody {
+    node: String,
+    ops: Vec<SyncOp>,
+}
+
+/// One write of a [`SyncBody`], tagged `Op` as the command it becomes.
+#[derive(serde::Deserialize)]
+#[serde(tag = "Op")]
+enum SyncOp {
+    Register(Box<RegisterBody>),
+    Deregister(DeregisterBody),
+    UpdateCheck(CheckUpdateBody),
+}
+
+impl SyncOp {
+    fn node(&self) -> &str {
+        match self {
+            SyncOp::Register(b) => &b.node.node,
+            SyncOp::Deregister(b) => &b.node,
+            SyncOp::UpdateCheck(b) => &b.node,
+        }
+    }
+
+    fn call<'a>(&'a self, state: &'a State) -> Call<'a> {
+        match self {
+            SyncOp::Register(b) => b.call(state),
+            SyncOp::Deregister(b) => b.call(state),
+            SyncOp::UpdateCheck(b) => b.call(state),
+        }
+    }
+
+    fn into_command(self) -> Command {
+        match self {
+            SyncOp::Register(b) => (*b).into(),
+            SyncOp::Deregister(b) => b.into(),
+            SyncOp::UpdateCheck(b) => b.into(),
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DeregisterBody {
@@ -594,6 +637,29 @@ impl Catalog for CatalogApi {
         req: Request<JsonRequest>,
     ) -> Result<Response<WriteReply>, Status> {
         self.write::<CheckUpdateBody>(req).await
+    }
+
+    /// One anti-entropy pass as one entry: each op is authorized as its own RPC would be, and
+    /// every op must name the batch's node.
+    async fn sync_node(&self, req: Request<JsonRequest>) -> Result<Response<WriteReply>, Status> {
+        let authority = self.authority(&req)?;
+        let body: SyncBody = parse(&req.into_inner().json)?;
+        if let Some(other) = body.ops.iter().map(SyncOp::node).find(|n| *n != body.node) {
+            return Err(Status::invalid_argument(format!(
+                "a node sync holds only writes to its node {:?} (got one for {other:?})",
+                body.node
+            )));
+        }
+        self.0.state.read(|s| {
+            body.ops
+                .iter()
+                .try_for_each(|op| Self::check(&authority, &op.call(s)))
+        })?;
+        self.apply(Command::SyncNode {
+            node: body.node,
+            ops: body.ops.into_iter().map(SyncOp::into_command).collect(),
+        })
+        .await
     }
 
     async fn upsert_intention(

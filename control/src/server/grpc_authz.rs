@@ -11,6 +11,7 @@
 //! | `Register` | `node:write` on the node, `service:write` on the service, on a proxy's destination, on the service a re-registered ID had, on each service a check belongs to |
 //! | `Deregister` | `service:write` on the service (by the ID's current name); `node:write` for the node, a check, or an unknown service ID |
 //! | `UpdateCheck`, `Heartbeat` | `node:write` on the node |
+//! | `SyncNode` | what each of its writes (`Register`, `Deregister`, `UpdateCheck`) needs as its own call |
 //! | `NodeState` | `node:read` on the node |
 //! | `UpsertIntention`, `DeleteIntention` | `intentions:write` on the destination |
 //! | `SignCsr` | `service:write` on the service (the one the CSR's SPIFFE ID must name) |

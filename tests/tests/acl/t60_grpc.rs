@@ -177,6 +177,7 @@ async fn code<T>(call: impl Future<Output = Result<tonic::Response<T>, Status>>)
 /// registration before the check update, the intention before its deletion, ...).
 const METHODS: &[&str] = &[
     "Catalog.Register",
+    "Catalog.SyncNode",
     "Catalog.UpdateCheck",
     "Catalog.Heartbeat",
     "Catalog.NodeState",
@@ -218,6 +219,14 @@ async fn call(g: &Grpc, method: &str, who: Who) -> Code {
                 "Checks": [{"Node": "n1", "CheckID": "c1", "Status": "passing", "ServiceID": "web"}]
             }));
             code(cat.register(with(b, t))).await
+        }
+        "Catalog.SyncNode" => {
+            let b = body(json!({"Node": "n1", "Ops": [
+                {"Op": "Register", "Node": {"Node": "n1", "Address": "127.0.0.1"},
+                 "Service": {"ID": "web", "Service": "web", "Node": "n1", "Port": 8081}},
+                {"Op": "UpdateCheck", "Node": "n1", "CheckID": "c1", "Status": "critical"},
+            ]}));
+            code(cat.sync_node(with(b, t))).await
         }
         "Catalog.UpdateCheck" => {
             let b = body(json!({"Node": "n1", "CheckID": "c1", "Status": "warning"}));
@@ -343,6 +352,7 @@ fn expected(method: &str) -> [Code; 4] {
     match method {
         // Writes: only the token with the permission.
         "Catalog.Register"
+        | "Catalog.SyncNode"
         | "Catalog.UpdateCheck"
         | "Catalog.Heartbeat"
         | "Catalog.UpsertIntention"

@@ -15,6 +15,7 @@ mod t20_blocking;
 mod t30_bad_input;
 mod t40_intentions;
 mod t50_cli;
+mod t60_decoding;
 
 use std::net::SocketAddr;
 

@@ -15,3 +15,4 @@ mod t40_rotation;
 mod t50_resumption;
 mod t60_early_sidecars;
 mod t70_restart;
+mod t80_side_by_side;

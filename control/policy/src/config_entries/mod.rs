@@ -445,20 +445,36 @@ impl ConfigEntry {
     pub fn from_json(body: &[u8]) -> Result<Self, ConfigEntryError> {
         let v: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| ConfigEntryError::Decode(e.to_string()))?;
-        // Look at Kind first so an unknown kind gets a clear message, not serde's.
-        match v.get("Kind") {
+        let serde_json::Value::Object(mut o) = v else {
+            return Err(ConfigEntryError::Decode(
+                "a config entry must be a JSON object".into(),
+            ));
+        };
+        // `Kind` first (its key in any case), so an unknown kind gets a clear message, not
+        // serde's; then the kind's own type, decoded as Consul decodes (`crate::decode`:
+        // keys matched ignoring case and underscores at every level, which serde's buffering
+        // of a tagged enum would hide from it).
+        let key = o.keys().find(|k| k.eq_ignore_ascii_case("kind")).cloned();
+        let kind = match key.and_then(|k| o.remove(&k)) {
             None | Some(serde_json::Value::Null) => return Err(ConfigEntryError::MissingKind),
-            Some(serde_json::Value::String(k)) => {
-                k.parse::<ConfigKind>()?;
-            }
+            Some(serde_json::Value::String(k)) => k.parse::<ConfigKind>()?,
             Some(other) => {
                 return Err(ConfigEntryError::Decode(format!(
                     "Kind must be a string, got {other}"
                 )));
             }
-        }
-        let mut entry: ConfigEntry =
-            serde_json::from_value(v).map_err(|e| ConfigEntryError::Decode(e.to_string()))?;
+        };
+        let v = serde_json::Value::Object(o);
+        let decode = |e: crate::decode::DecodeError| ConfigEntryError::Decode(e.to_string());
+        let mut entry = match kind {
+            ConfigKind::ServiceDefaults => {
+                ConfigEntry::ServiceDefaults(crate::decode::value_as(v).map_err(decode)?)
+            }
+            ConfigKind::ServiceIntentions => {
+                ConfigEntry::ServiceIntentions(crate::decode::value_as(v).map_err(decode)?)
+            }
+            ConfigKind::Mesh => ConfigEntry::Mesh(crate::decode::value_as(v).map_err(decode)?),
+        };
         entry.normalize();
         validate(&entry)?;
         Ok(entry)

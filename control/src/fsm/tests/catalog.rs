@@ -306,6 +306,102 @@ fn deregister_node_removes_services_and_checks() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Node sync (one anti-entropy pass as one entry)
+// ---------------------------------------------------------------------------------------------
+
+fn sync(n: &str, ops: impl IntoIterator<Item = Command>) -> Command {
+    Command::SyncNode {
+        node: n.into(),
+        ops: ops.into_iter().collect(),
+    }
+}
+
+#[test]
+fn a_node_sync_applies_its_writes_in_order_at_one_index() {
+    let mut state = catalog();
+    apply_ok(
+        &mut state,
+        20,
+        sync(
+            "n1",
+            [
+                register(
+                    "n1",
+                    service("api", "api"),
+                    [check("api-check", "api", Passing)],
+                ),
+                update_check("n1", "web-check", Critical, "down"),
+                deregister("n1", Some("web-sidecar-proxy"), None),
+                deregister("n1", None, Some("serf")),
+            ],
+        ),
+    );
+    assert_eq!(svc(&state, "n1", "api").create_index, 20);
+    assert_eq!(chk(&state, "n1", "api-check").create_index, 20);
+    assert_eq!(chk(&state, "n1", "web-check").status, Critical);
+    assert!(!state.services["n1"].contains_key("web-sidecar-proxy"));
+    assert!(!state.checks["n1"].contains_key("web-proxy-check"));
+    assert!(!state.checks["n1"].contains_key("serf"));
+    assert_eq!(
+        (state.tables.services, state.tables.checks),
+        (20, 20),
+        "one entry: every table it touched moves to its index"
+    );
+}
+
+#[test]
+fn a_node_sync_with_a_failing_write_changes_nothing() {
+    let mut state = catalog();
+    // The first two writes would succeed; the third names a check the node does not have.
+    let e = apply_err(
+        &mut state,
+        20,
+        sync(
+            "n1",
+            [
+                register("n1", service("api", "api"), []),
+                deregister("n1", Some("web"), None),
+                update_check("n1", "no-such-check", Critical, ""),
+            ],
+        ),
+    );
+    assert!(matches!(e, ApplyError::NotFound(_)), "{e:?}");
+    // A sync of a node the catalog does not know yet, failing: the node is not left behind.
+    let e = apply_err(
+        &mut state,
+        21,
+        sync(
+            "n2",
+            [
+                register("n2", service("db", "db"), []),
+                update_check("n2", "missing", Passing, ""),
+            ],
+        ),
+    );
+    assert!(matches!(e, ApplyError::NotFound(_)), "{e:?}");
+}
+
+#[test]
+fn a_node_sync_refuses_writes_to_other_nodes_and_other_commands() {
+    let mut state = catalog();
+    for op in [
+        register("n2", service("api", "api"), []),
+        deregister("n2", Some("web"), None),
+        update_check("n2", "serf", Critical, ""),
+        deregister("n1", None, None),
+        set_node_health("n1", Critical, ""),
+        sync("n1", []),
+    ] {
+        let name = op.op();
+        let e = apply_err(&mut state, 20, sync("n1", [op]));
+        assert!(
+            matches!(e, ApplyError::Invalid(Invalid::SyncOp { .. })),
+            "{name}: {e:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Health
 // ---------------------------------------------------------------------------------------------
 

@@ -40,8 +40,12 @@ struct CatalogRegister {
 }
 
 /// A service in a catalog registration (Consul's `AgentService` shape; node filled in).
+/// Unknown fields are refused, so a key in another spelling is matched to its field
+/// (`http::json_body`) instead of being dropped; Consul's fields this catalog does not keep are
+/// accepted and ignored (the `_` fields: weights, tagged addresses, enterprise and peering
+/// fields, read-only indexes).
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
 struct ServiceInstanceBody {
     #[serde(rename = "ID", default)]
     id: String,
@@ -60,6 +64,32 @@ struct ServiceInstanceBody {
     proxy: Option<crate::model::ProxyConfig>,
     #[serde(default)]
     connect: crate::model::ServiceConnect,
+    #[serde(rename = "TaggedAddresses", default)]
+    _tagged_addresses: Option<serde_json::Value>,
+    #[serde(rename = "Weights", default)]
+    _weights: Option<serde_json::Value>,
+    #[serde(rename = "EnableTagOverride", default)]
+    _enable_tag_override: Option<bool>,
+    #[serde(rename = "SocketPath", default)]
+    _socket_path: Option<String>,
+    #[serde(rename = "Namespace", default)]
+    _namespace: Option<String>,
+    #[serde(rename = "Partition", default)]
+    _partition: Option<String>,
+    #[serde(rename = "PeerName", default)]
+    _peer_name: Option<String>,
+    #[serde(rename = "Locality", default)]
+    _locality: Option<serde_json::Value>,
+    #[serde(rename = "Datacenter", default)]
+    _datacenter: Option<String>,
+    #[serde(rename = "CreateIndex", default)]
+    _create_index: Option<u64>,
+    #[serde(rename = "ModifyIndex", default)]
+    _modify_index: Option<u64>,
+    #[serde(rename = "ContentHash", default)]
+    _content_hash: Option<String>,
+    #[serde(rename = "LocallyRegisteredAsSidecar", default)]
+    _locally_registered_as_sidecar: Option<bool>,
 }
 
 pub(super) async fn catalog_register(AxState(srv): Api, authz: Authz, body: Bytes) -> Res {

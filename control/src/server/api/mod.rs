@@ -118,10 +118,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// A JSON body as Consul decodes it (keys matched to fields ignoring case, `http::decode`).
+/// A JSON body as Consul decodes it ([`crate::http::json_body`]).
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    crate::http::decode::json_body(body)
-        .map_err(|e| ApiError::bad_request(format!("Request decode failed: {e}")))
+    crate::http::json_body(body)
 }
 
 fn required<'a>(p: &'a HashMap<String, String>, key: &str) -> Result<&'a str, ApiError> {
