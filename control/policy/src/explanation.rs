@@ -75,7 +75,8 @@ pub struct IntentionRef {
 }
 
 impl IntentionRef {
-    fn of(i: &Intention) -> Self {
+    /// The reference to `i` (its fields copied).
+    pub fn of(i: &Intention) -> Self {
         Self {
             id: i.id.clone(),
             source_ns: i.source_ns.clone(),
