@@ -12,7 +12,7 @@ use mesh_control::fsm::Command;
 use mesh_control::intentions::DefaultPolicy;
 use mesh_tests::chain::{Chain, roundtrip};
 use mesh_tests::dev::{meshd_dev, ok, set_intention, wait_ca};
-use mesh_tests::process::{eventually, meshctl};
+use mesh_tests::process::{eventually, meshctl, meshctl_as};
 use serde_json::{Value, json};
 
 /// `meshctl --http-addr ADDR intention ARGS` → (exit code, stdout, stderr).
@@ -374,4 +374,67 @@ fn proxy_log_and_meshctl_use_the_same_words() {
     assert_eq!(line(&out, "Reason: "), want);
     let logged = wait_denial_logged(&chain, &want);
     assert!(logged.contains(&format!("reason={want}")), "{logged}");
+}
+
+/// A token that may ask the server's check (`service:read` on db, `intentions = "deny"`) but not read db's
+/// intentions gets the verdict alone, Consul's exit code, and why there is no explanation on
+/// stderr; the management token gets the explanation.
+#[test]
+fn check_without_intentions_read_falls_back_to_the_verdict() {
+    let mut args = mesh_tests::dev::dev_args();
+    args.push("--acl".into());
+    let meshd = mesh_tests::process::Meshd::spawn("dev", &args).expect("meshd dev --acl starts");
+    let addr = meshd.http_addr.to_string();
+    wait_ca(meshd.http_addr);
+    let secret = |out: Output| -> String {
+        let text = mesh_tests::process::stdout_ok(&out, "meshctl");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        v["SecretID"].as_str().unwrap().to_string()
+    };
+    let root = secret(meshctl(&addr, &["acl", "bootstrap", "--format", "json"]));
+    let as_root = |args: &[&str]| meshctl_as(&addr, Some(&root), args);
+    mesh_tests::process::stdout_ok(
+        &as_root(&[
+            "acl",
+            "policy",
+            "create",
+            "--name",
+            "db-read",
+            "--rules",
+            "service \"db\" {\n  policy = \"read\"\n  intentions = \"deny\"\n}",
+        ]),
+        "policy create",
+    );
+    let reader = secret(as_root(&[
+        "acl",
+        "token",
+        "create",
+        "--policy-name",
+        "db-read",
+        "--format",
+        "json",
+    ]));
+    mesh_tests::process::stdout_ok(
+        &as_root(&["intention", "create", "--allow", "web", "db"]),
+        "intention create",
+    );
+
+    let out = meshctl_as(&addr, Some(&reader), &["intention", "check", "web", "db"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Allowed\n");
+    assert!(
+        stderr.contains("no explanation") && stderr.contains("intentions:read"),
+        "{stderr}"
+    );
+    let out = meshctl_as(&addr, Some(&reader), &["intention", "check", "api", "db"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Denied\n");
+
+    let out = as_root(&["intention", "check", "web", "db"]);
+    let text = mesh_tests::process::stdout_ok(&out, "check as root");
+    assert!(
+        line(&text, "Reason: ").starts_with(r#"Matched L4 intention "web" => "db" (allow"#),
+        "{text}"
+    );
 }

@@ -189,18 +189,13 @@ fn side_mismatch(
     })
 }
 
-fn destination_mismatch(i: &Intention, ns: &str, name: &str) -> Option<Mismatch> {
-    side_mismatch(
-        Side::Destination,
-        &i.destination_ns,
-        &i.destination_name,
-        ns,
-        name,
-    )
-}
-
-fn source_mismatch(i: &Intention, ns: &str, name: &str) -> Option<Mismatch> {
-    side_mismatch(Side::Source, &i.source_ns, &i.source_name, ns, name)
+/// [`side_mismatch`] of intention `i`'s `side`.
+fn mismatch(side: Side, i: &Intention, ns: &str, name: &str) -> Option<Mismatch> {
+    let (pat_ns, pat_name) = match side {
+        Side::Source => (&i.source_ns, &i.source_name),
+        Side::Destination => (&i.destination_ns, &i.destination_name),
+    };
+    side_mismatch(side, pat_ns, pat_name, ns, name)
 }
 
 impl IntentionSet {
@@ -221,8 +216,8 @@ impl IntentionSet {
             .iter()
             .enumerate()
             .map(|(pos, intention)| {
-                let why = destination_mismatch(intention, dst_ns, dst)
-                    .or_else(|| source_mismatch(intention, src_ns, src));
+                let why = mismatch(Side::Destination, intention, dst_ns, dst)
+                    .or_else(|| mismatch(Side::Source, intention, src_ns, src));
                 let outcome = match (why, &by) {
                     (Some(why), _) => Outcome::NotMatched { why },
                     (None, Some(by)) if decider != Some(pos) => {
@@ -241,17 +236,16 @@ impl IntentionSet {
     /// as a source (`by_source`) or as a destination: the ones [`Outcome::Matched`] are
     /// exactly [`matches_ns`](Self::matches_ns)'s answer, in the same order.
     pub fn explain_side(&self, by_source: bool, ns: &str, name: &str) -> Vec<Considered<'_>> {
-        let (side, mismatch): (Side, fn(&Intention, &str, &str) -> Option<Mismatch>) = if by_source
-        {
-            (Side::Source, source_mismatch)
+        let side = if by_source {
+            Side::Source
         } else {
-            (Side::Destination, destination_mismatch)
+            Side::Destination
         };
         self.intentions
             .iter()
             .map(|intention| Considered {
                 intention,
-                outcome: match mismatch(intention, ns, name) {
+                outcome: match mismatch(side, intention, ns, name) {
                     Some(why) => Outcome::NotMatched { why },
                     None => Outcome::Matched { side },
                 },
