@@ -44,7 +44,7 @@ pub enum IntentionCmd {
     /// the default policy) and the trust-domain and namespace checks. SRC is a service name
     /// (in the mesh's trust domain, namespace `default`) or a whole SPIFFE ID
     /// (`spiffe://<td>/ns/<ns>/dc/<dc>/svc/<name>`) to check another namespace or trust domain.
-    /// Against an address that serves no agent API (a server), or with a token that cannot
+    /// Against an address that serves no agent API, or with a token that cannot
     /// read DST's intentions, it falls back to the server's `/v1/connect/intentions/check` and
     /// prints only `Allowed`/`Denied`, saying why on stderr.
     ///
