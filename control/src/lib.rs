@@ -16,7 +16,8 @@ pub mod tls;
 /// The policy and wire contract live in `mesh-policy` (shared with the proxy); re-exported so
 /// `crate::model`, `crate::intentions`, … read the same everywhere in the control plane.
 pub use mesh_policy::{
-    acl, authorize, config_entries, duration, error_chain, hash, intentions, model, spiffe, wire,
+    acl, authorize, config_entries, duration, error_chain, explanation, hash, intentions, model,
+    spiffe, wire,
 };
 
 /// Generated gRPC types and services (`proto/mesh.proto`).

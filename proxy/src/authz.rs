@@ -172,6 +172,9 @@ pub enum VerdictReason {
     PerRequest { protocol: Protocol },
 }
 
+/// The `reason=` of the proxy's decision log lines. For [`VerdictReason::Policy`] it is the
+/// decider's own `Display`, which `meshctl intention check` prints as its `Reason:` line
+/// (`mesh_policy::explanation`): one wording for both.
 impl fmt::Display for VerdictReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

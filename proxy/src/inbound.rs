@@ -182,7 +182,7 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
             return ConnResult::ConnectFailed.into();
         }
     };
-    tracing::debug!(source = %peer, %client, "inbound connection authorized");
+    tracing::debug!(source = %peer, destination = %policy.destination, %client, reason = %verdict.reason, "inbound connection authorized");
     tokio::select! {
         r = copy::bidirectional(&mut tls, &mut app) => {
             if let Err(e) = &r {

@@ -17,6 +17,7 @@ pub mod config_entries;
 pub mod decode;
 pub mod duration;
 pub mod error_chain;
+pub mod explanation;
 pub mod hash;
 pub mod intentions;
 pub mod model;

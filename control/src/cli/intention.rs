@@ -35,14 +35,24 @@ pub enum IntentionCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
-    /// Would SRC be allowed to connect to DST? Exit 0 if allowed, 2 if denied.
+    /// Would SRC be allowed to connect to DST, and what decides? Exit 0 if allowed, 2 if denied.
+    ///
+    /// Decides with the proxy's own decider over the intentions, default policy and trust
+    /// domain the agent serves to DST's proxy (`/v1/agent/connect/intentions/DST`), and prints
+    /// `Allowed` or `Denied`, then the reason in the words the proxy logs, the rule that
+    /// decided (the intention with its precedence and ID, the permission index inside it, or
+    /// the default policy) and the trust-domain and namespace checks. SRC is a service name
+    /// (in the mesh's trust domain, namespace `default`) or a whole SPIFFE ID
+    /// (`spiffe://<td>/ns/<ns>/dc/<dc>/svc/<name>`) to check another namespace or trust domain.
+    /// Against an address that serves no agent API, or with a token that cannot
+    /// read DST's intentions, it falls back to the server's `/v1/connect/intentions/check` and
+    /// prints only `Allowed`/`Denied`, saying why on stderr.
     ///
     /// With any `--http-*` flag, evaluates one HTTP request as the proxy does: the path and
     /// headers are first normalized per the `mesh` config entry's
     /// `HTTP.Incoming.RequestNormalization` (a request the proxy would refuse with 400 is
-    /// reported as such, exit 2), then decided with the L7 matcher
-    /// (`IntentionSet::decide_http`) over the intentions the agent serves to proxies; prints
-    /// the normalized path and the rule that decided.
+    /// reported as such, exit 2), then decided with the L7 matcher; prints the normalized path
+    /// too.
     Check {
         source: String,
         destination: String,
@@ -55,8 +65,17 @@ pub enum IntentionCmd {
         /// Request header `Name=Value` (or `Name:Value`); repeat for more.
         #[arg(long = "http-header")]
         http_header: Vec<String>,
+        /// `json`: one object `{Allowed, Reason, Decided: {Kind, Intention, PermissionIndex,
+        /// DefaultPolicy}, Checks: [{Name, Passed, Detail}]}` (see `mesh_policy::explanation`).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
     },
     /// Intentions that match a source or destination, in evaluation order.
+    ///
+    /// With `--explain`, lists every intention in evaluation order (precedence, highest first)
+    /// and why each does or does not match NAME; with `--peer OTHER` too, why each did or did
+    /// not decide the pair (`-destination db --peer web` explains web => db: `matched:
+    /// decides`, `not reached: ...`, `not matched: source is web`).
     Match {
         #[arg(long, conflicts_with = "destination")]
         source: bool,
@@ -65,6 +84,12 @@ pub enum IntentionCmd {
         name: String,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Show every intention considered and why it did or did not match.
+        #[arg(long)]
+        explain: bool,
+        /// With --explain: the other side of the pair to explain the decision for.
+        #[arg(long, requires = "explain")]
+        peer: Option<String>,
     },
 }
 
@@ -212,36 +237,28 @@ pub async fn run(api: &ApiClient, cmd: IntentionCmd) -> Result<i32, CliError> {
             http_method,
             http_path,
             http_header,
-        } if http_method.is_some() || http_path.is_some() || !http_header.is_empty() => {
-            let req = HttpCheck::parse(http_method, http_path, &http_header)?;
-            check_http(api, &source, &destination, &req).await
-        }
-        IntentionCmd::Check {
-            source,
-            destination,
-            ..
+            format,
         } => {
-            let v = api
-                .get_json(&format!(
-                    "/v1/connect/intentions/check?{}",
-                    pair(&source, &destination)
-                ))
-                .await?;
-            if v["Allowed"].as_bool() == Some(true) {
-                println!("Allowed");
-                Ok(0)
-            } else {
-                println!("Denied");
-                Ok(2)
-            }
+            let http = http_method.is_some() || http_path.is_some() || !http_header.is_empty();
+            let req = http
+                .then(|| HttpCheck::parse(http_method, http_path, &http_header))
+                .transpose()?;
+            check(api, &source, &destination, req.as_ref(), format).await
         }
         IntentionCmd::Match {
             source,
-            destination,
             name,
             format,
+            explain: true,
+            peer,
+            ..
+        } => explain_match(api, source, &name, peer.as_deref(), format).await,
+        IntentionCmd::Match {
+            source,
+            name,
+            format,
+            ..
         } => {
-            let _ = destination;
             let by = if source { "source" } else { "destination" };
             let v = api
                 .get_json(&format!(
@@ -334,56 +351,211 @@ async fn request_normalization(
     }
 }
 
-async fn check_http(
+/// `GET path` decoded as `T`.
+async fn get_as<T: serde::de::DeserializeOwned>(
+    api: &ApiClient,
+    path: &str,
+) -> Result<T, CliError> {
+    let body = api.call(http::Method::GET, path, None).await?;
+    serde_json::from_slice(&body).map_err(|e| CliError::Decode {
+        path: path.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn exit_code(allowed: bool) -> i32 {
+    if allowed { 0 } else { 2 }
+}
+
+/// The caller: a SPIFFE ID as given, or service `source` of this mesh (namespace `default`;
+/// the datacenter is not part of any decision).
+fn peer_of(source: &str, trust_domain: &str) -> Result<crate::spiffe::SpiffeId, CliError> {
+    use crate::spiffe::SpiffeId;
+    if source.starts_with("spiffe://") {
+        SpiffeId::parse(source).map_err(|e| {
+            CliError::Usage(format!(
+                "SRC {source:?} is not a SPIFFE service ID (spiffe://<trust domain>/ns/<ns>/dc/<dc>/svc/<name>): {e}"
+            ))
+        })
+    } else {
+        Ok(SpiffeId::service(trust_domain, "dc1", source))
+    }
+}
+
+/// `intention check`: the decision of the proxy's decider with its explanation.
+async fn check(
     api: &ApiClient,
     source: &str,
     destination: &str,
-    req: &HttpCheck,
+    req: Option<&HttpCheck>,
+    format: Format,
 ) -> Result<i32, CliError> {
     use crate::intentions::normalize::{PathOutcome, normalize_request};
-    let opts = request_normalization(api).await?;
-    let mut headers = req.headers.clone();
-    let outcome = match normalize_request(&req.path, &mut headers, &opts) {
-        Ok(o) => o,
-        Err(e) => {
-            println!("Denied");
-            println!("Reason: the proxy refuses this request with 400 before any intention: {e}");
-            println!("Normalization: {opts}");
-            return Ok(2);
+    // Normalize first: the proxy refuses a malformed request before any intention.
+    let normalized = match req {
+        None => None,
+        Some(req) => {
+            let opts = request_normalization(api).await?;
+            let mut headers = req.headers.clone();
+            match normalize_request(&req.path, &mut headers, &opts) {
+                Ok(outcome) => Some((outcome, headers, opts)),
+                Err(e) => {
+                    let reason = format!(
+                        "the proxy refuses this request with 400 before any intention: {e}"
+                    );
+                    if format == Format::Json {
+                        print_json(&json!({
+                            "Allowed": false, "Reason": reason, "Decided": null, "Checks": [],
+                        }));
+                    } else {
+                        println!("Denied\nReason: {reason}\nNormalization: {opts}");
+                    }
+                    return Ok(2);
+                }
+            }
         }
     };
     let path = format!("/v1/agent/connect/intentions/{}", encode(destination));
-    let body = api.call(http::Method::GET, &path, None).await?;
-    let feed: crate::wire::IntentionsSnapshot =
-        serde_json::from_slice(&body).map_err(|e| CliError::Decode {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+    let feed: crate::wire::IntentionsSnapshot = match get_as(api, &path).await {
+        Ok(feed) => feed,
+        Err(CliError::Status { status, .. }) if req.is_none() && matches!(status, 403 | 404) => {
+            return check_without_explanation(api, source, destination, status, format).await;
+        }
+        Err(e) => return Err(e),
+    };
     let (set, trust_domain) = feed.into_parts();
-    // The one decider the proxy runs, for a caller of this mesh's trust domain (the
-    // datacenter is not part of any decision).
-    let peer = crate::spiffe::SpiffeId::service(&trust_domain, "dc1", source);
-    let d = crate::authorize::authorize(
-        &set,
-        &trust_domain,
-        &peer,
-        destination,
-        Some(&crate::intentions::HttpRequest {
+    let peer = peer_of(source, &trust_domain)?;
+    let request = match (req, &normalized) {
+        (Some(req), Some((outcome, headers, _))) => Some(crate::intentions::HttpRequest {
             method: &req.method,
             path: outcome.path(),
-            headers: &headers,
+            headers,
         }),
-    );
-    println!("{}", if d.allowed { "Allowed" } else { "Denied" });
-    println!("Reason: {}", d.reason);
+        _ => None,
+    };
+    let e = crate::explanation::explain(&set, &trust_domain, &peer, destination, request.as_ref());
+    let (Some(req), Some((outcome, _, opts))) = (req, &normalized) else {
+        if format == Format::Json {
+            print_json(&e);
+        } else {
+            println!("{e}");
+        }
+        return Ok(exit_code(e.allowed));
+    };
+    if format == Format::Json {
+        let mut v = serde_json::to_value(&e).unwrap_or_default();
+        v["Path"] = json!(outcome.path());
+        print_json(&v);
+        return Ok(exit_code(e.allowed));
+    }
+    println!("{e}");
     if outcome.path() != req.path {
         println!("Path: {:?} normalized to {:?}", req.path, outcome.path());
     } else {
         println!("Path: {:?} (already normal)", req.path);
     }
-    if let PathOutcome::Redirect(to) = &outcome {
+    if let PathOutcome::Redirect(to) = outcome {
         println!("Redirect: the proxy answers 307 to {to:?}; the decision above is for it");
     }
     println!("Normalization: {opts}");
-    Ok(if d.allowed { 0 } else { 2 })
+    Ok(exit_code(e.allowed))
+}
+
+/// `intention check` where the agent's intentions feed cannot be read (`status` 404: not an
+/// agent; 403: the token may not read the intentions): the server's Consul-shaped answer
+/// alone, and why there is no explanation on stderr.
+async fn check_without_explanation(
+    api: &ApiClient,
+    source: &str,
+    destination: &str,
+    status: u16,
+    format: Format,
+) -> Result<i32, CliError> {
+    let v = api
+        .get_json(&format!(
+            "/v1/connect/intentions/check?{}",
+            pair(source, destination)
+        ))
+        .await?;
+    let allowed = v["Allowed"].as_bool() == Some(true);
+    let why = if status == 403 {
+        "the token may not read the intentions of the destination (intentions:read)"
+    } else {
+        "this address serves no agent API (/v1/agent/connect/intentions); point --http-addr at an agent"
+    };
+    eprintln!("no explanation: {why}");
+    if format == Format::Json {
+        print_json(&json!({ "Allowed": allowed }));
+    } else {
+        println!("{}", if allowed { "Allowed" } else { "Denied" });
+    }
+    Ok(exit_code(allowed))
+}
+
+/// One line of `intention match --explain -format=json`.
+#[derive(serde::Serialize)]
+struct ConsideredRow<'a> {
+    #[serde(flatten)]
+    intention: crate::explanation::IntentionRef,
+    #[serde(flatten)]
+    outcome: &'a crate::intentions::Outcome,
+}
+
+/// `intention match --explain`: every intention, in evaluation order, and what became of it.
+async fn explain_match(
+    api: &ApiClient,
+    by_source: bool,
+    name: &str,
+    peer: Option<&str>,
+    format: Format,
+) -> Result<i32, CliError> {
+    use crate::intentions::{DEFAULT_NAMESPACE as NS, IntentionSet, Outcome};
+    let all: Vec<crate::model::Intention> = get_as(api, "/v1/connect/intentions").await?;
+    // The default policy plays no part in which intention matches.
+    let set = IntentionSet::new(all, Default::default());
+    let considered = match peer {
+        Some(peer) => {
+            let (src, dst) = if by_source {
+                (name, peer)
+            } else {
+                (peer, name)
+            };
+            set.explain_ns(NS, src, NS, dst)
+        }
+        None => set.explain_side(by_source, NS, name),
+    };
+    if format == Format::Json {
+        let rows: Vec<ConsideredRow<'_>> = considered
+            .iter()
+            .map(|c| ConsideredRow {
+                intention: crate::explanation::IntentionRef::of(c.intention),
+                outcome: &c.outcome,
+            })
+            .collect();
+        print_json(&rows);
+        return Ok(0);
+    }
+    for c in &considered {
+        println!("{c}");
+    }
+    if considered.is_empty() {
+        println!("No intentions.");
+    }
+    if let Some(peer) = peer
+        && !considered.iter().any(|c| c.outcome == Outcome::Decided)
+    {
+        let (src, dst) = if by_source {
+            (name, peer)
+        } else {
+            (peer, name)
+        };
+        println!(
+            "No intention matched {src:?} => {dst:?}: the default policy decides (`meshctl intention check {src} {dst}` names it)"
+        );
+    }
+    Ok(0)
 }

@@ -70,10 +70,17 @@ fn remove_peer_and_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
     let out = meshctl(&addr, &["intention", "check", "web", "db"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Allowed");
+    // The first line is the verdict (the explanation follows).
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some("Allowed")
+    );
     let out = meshctl(&addr, &["intention", "check", "api", "db"]);
     assert_eq!(out.status.code(), Some(2), "default deny");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "Denied");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some("Denied")
+    );
 
     // Unreachable agent: one line, exit 1.
     let dead = format!("127.0.0.1:{}", free_port());

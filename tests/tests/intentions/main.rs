@@ -3,6 +3,11 @@
 //! `/v1/connect/intentions/check`, and the result does not depend on the order of the writes.
 //! The exhaustive table and the property test over random sets live next to the pure code in
 //! `control/src/intentions/tests.rs`.
+//!
+//! t10: `meshctl intention check` / `match --explain` as processes against `meshd dev`, and the
+//! proxy's decision log in the same words.
+
+mod t10_explain;
 
 use mesh_control::server::ServerHandle;
 use mesh_tests::process::http;

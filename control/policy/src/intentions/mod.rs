@@ -23,12 +23,15 @@
 //! most nine hash look-ups, whatever the number of intentions (10k-intention bench).
 
 mod error;
+pub mod explain;
 pub mod l7;
 mod legacy_id;
 pub mod matcher;
 pub mod normalize;
 mod validate;
 
+#[cfg(test)]
+mod explain_tests;
 #[cfg(test)]
 mod l7_tests;
 #[cfg(test)]
@@ -45,6 +48,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Intention, IntentionAction};
 
 pub use error::IntentionError;
+pub use explain::{Considered, Mismatch, Outcome, Side};
 pub use l7::{HttpDecision, HttpReason, HttpRequest};
 pub use legacy_id::legacy_id;
 pub use validate::{
