@@ -3,7 +3,9 @@
 //! every healthy answer, and removed to end it. The check is an ordinary local check, so the
 //! anti-entropy sync carries it to the catalog and deregisters it there once removed, and a
 //! service's maintenance check is persisted with the service (it survives a restart, as in
-//! Consul). This module decides the checks and parses the request; `http` applies them.
+//! Consul); node maintenance is not yet (the agent keeps no node checks on disk), so a
+//! restart ends it. This module decides the checks and parses the request; `http` applies
+//! them.
 
 use crate::model::{HealthCheck, HealthStatus, ServiceInstance};
 
@@ -129,5 +131,52 @@ mod tests {
         assert!(is_maintenance(&n.check_id));
         assert!(is_maintenance(&service_check_id("web-1")));
         assert!(!is_maintenance("service:web-1"));
+    }
+
+    /// A service's maintenance check is persisted with it and restored after a restart, goes
+    /// with it on deregistration, and removing it is what ends maintenance.
+    #[test]
+    fn service_maintenance_survives_a_restart_and_goes_with_the_service() {
+        use std::time::SystemTime;
+
+        use crate::agent::checks::RunnerConfig;
+        use crate::agent::local::LocalState;
+        use crate::agent::registration;
+
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let runner = RunnerConfig::default();
+        let mut before = LocalState::default();
+        let specs = registration::parse(br#"{"Name": "web", "Port": 80}"#, "n1", &[]).unwrap();
+        before.register("n1", specs, false, &tx, &runner).unwrap();
+        let web = before.services["web"].clone();
+        assert!(before.add_fixed_check(service_check(&web, "upgrade")));
+        assert!(
+            !before.add_fixed_check(service_check(&web, "again")),
+            "kept as it was"
+        );
+
+        let mut after = LocalState::default();
+        let record = before.record("web").unwrap();
+        after
+            .restore("n1", record, &tx, &runner, SystemTime::now())
+            .unwrap();
+        let id = service_check_id("web");
+        let c = &after.checks[&id].check;
+        assert_eq!(
+            (c.status, c.notes.as_str()),
+            (HealthStatus::Critical, "upgrade")
+        );
+        assert_eq!(
+            (c.service_id.as_str(), c.service_name.as_str()),
+            ("web", "web")
+        );
+
+        assert!(after.remove_check(&id) && !after.remove_check(&id));
+        assert!(after.add_fixed_check(service_check(&web, "")));
+        after.deregister("web").unwrap();
+        assert!(
+            after.checks.is_empty(),
+            "the maintenance check went with its service"
+        );
     }
 }

@@ -55,7 +55,8 @@ fn catalog_node_reads() {
         r.headers
     );
 
-    // /v1/catalog/connect/:service: Consul's CatalogService rows of the sidecar.
+    // /v1/catalog/connect/:service: Consul's CatalogService rows of the sidecar (the fields
+    // every Consul answers carries).
     curl_status(
         "PUT",
         addr,
@@ -81,6 +82,8 @@ fn catalog_node_reads() {
         "Datacenter",
         "ServicePort",
         "ServiceAddress",
+        "ServiceWeights",
+        "ServiceEnableTagOverride",
         "CreateIndex",
         "ModifyIndex",
     ] {

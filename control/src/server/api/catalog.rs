@@ -244,6 +244,8 @@ fn catalog_rows(
                 "ServiceAddress": h.service.address, "ServicePort": h.service.port,
                 "ServiceMeta": h.service.meta, "ServiceProxy": h.service.proxy,
                 "ServiceConnect": h.service.connect,
+                "ServiceWeights": crate::wire::Weights::default(),
+                "ServiceEnableTagOverride": false,
                 "CreateIndex": h.service.create_index, "ModifyIndex": h.service.modify_index,
             })
         })
