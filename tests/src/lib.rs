@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 
 pub mod chain;
+pub mod curl;
 pub mod dev;
 pub mod eventually;
 pub mod grpc_curl;

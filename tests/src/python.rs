@@ -162,6 +162,33 @@ fn healthy(dir: &Path) -> bool {
         .is_ok_and(|o| o.success())
 }
 
+/// Runs `tests/py/<script>` in the venv with `addr` (`HOST:PORT`) and then `args` on its
+/// command line, hermetically (no `CONSUL_HTTP_*` from the environment, no HTTP proxy for
+/// loopback, no `__pycache__` in `tests/py`), killed after `timeout`.
+pub fn run_client_script(
+    script: &str,
+    addr: std::net::SocketAddr,
+    args: &[&str],
+    timeout: Duration,
+) -> std::io::Result<Bounded> {
+    run_bounded(
+        Command::new(python())
+            .arg(py_dir().join(script))
+            .arg(addr.to_string())
+            .args(args)
+            // Hermetic: py-consul reads these, and requests honours proxy variables.
+            .env_remove("CONSUL_HTTP_ADDR")
+            .env_remove("CONSUL_HTTP_TOKEN")
+            .env_remove("CONSUL_HTTP_SSL")
+            .env_remove("CONSUL_HTTP_SSL_VERIFY")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("no_proxy", "127.0.0.1,localhost")
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+        timeout,
+    )
+}
+
 /// The outcome of [`run_bounded`].
 #[derive(Debug)]
 pub struct Bounded {

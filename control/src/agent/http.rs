@@ -28,11 +28,13 @@ use super::acl::{Caller, filter};
 use super::authorize::{self, AuthorizeRequest};
 use super::cache::{CacheError, CacheKey, Cached, Value};
 use super::conn::Credential;
-use super::{Agent, TokenKind, registration};
+use super::local::LocalError;
+use super::service_health::Aggregated;
+use super::{Agent, TokenKind, maintenance, registration};
 use crate::http::blocking::{QueryOptions, json_with_index};
 use crate::http::token::{TOKEN_HEADER, request_token};
 use crate::http::{ApiError, mark_filtered};
-use crate::model::HealthStatus;
+use crate::model::{HealthCheck, HealthStatus, ServiceInstance};
 use crate::proto::{HttpHeader, HttpRequest};
 use crate::wire::AgentService;
 
@@ -57,6 +59,10 @@ type St = State<Arc<Agent>>;
 /// | `GET /v1/agent/connect/intentions/:dest` | `intentions:read` on the destination |
 /// | `GET /v1/health/connect/:s?cached` | `service:read` on the service; instances on nodes without `node:read` are filtered out |
 /// | `PUT /v1/agent/token/:kind` | `acl:write` (401 with ACLs off, as Consul) |
+/// | `GET /v1/agent/health/service/id/:id` | `service:read` on its service |
+/// | `GET /v1/agent/health/service/name/:name` | `service:read` on `:name` |
+/// | `PUT /v1/agent/maintenance` | `node:write` on this node |
+/// | `PUT /v1/agent/service/maintenance/:id` | `service:write` on its service |
 pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
     let r = Router::new()
         .route("/v1/agent/self", get(agent_self))
@@ -79,7 +85,20 @@ pub fn routes(cached_health: bool) -> Router<Arc<Agent>> {
             "/v1/agent/connect/intentions/{destination}",
             get(intentions),
         )
-        .route("/v1/agent/token/{kind}", put(set_token));
+        .route("/v1/agent/token/{kind}", put(set_token))
+        .route(
+            "/v1/agent/health/service/id/{id}",
+            get(service_health_by_id),
+        )
+        .route(
+            "/v1/agent/health/service/name/{name}",
+            get(service_health_by_name),
+        )
+        .route("/v1/agent/maintenance", put(node_maintenance))
+        .route(
+            "/v1/agent/service/maintenance/{id}",
+            put(service_maintenance),
+        );
     if cached_health {
         r.route("/v1/health/connect/{service}", get(health_connect))
     } else {
@@ -132,23 +151,41 @@ fn dc(agent: &Agent, p: &HashMap<String, String>) -> String {
         .unwrap_or_else(|| agent.config.datacenter.clone())
 }
 
+/// Consul's `/v1/agent/self` shape: `Config`, `Member` (as `/v1/agent/members` lists it),
+/// node `Meta`; `Coord`, `Stats` and `DebugConfig` are present but empty (no network
+/// coordinates or runtime statistics here).
 async fn agent_self(State(a): St, caller: Caller) -> Res {
     caller.require(|z| z.agent_read(&a.config.node).check())?;
+    let node = a.node();
+    let server = a.config.http_addr.is_none();
     Ok(axum::Json(json!({
         "Config": {
             "Datacenter": a.config.datacenter,
+            "PrimaryDatacenter": a.config.datacenter,
             "NodeName": a.config.node,
-            "NodeID": a.node().id,
-            "Server": a.config.http_addr.is_none(),
+            "NodeID": node.id,
+            "Revision": "",
+            "Server": server,
             "Version": env!("CARGO_PKG_VERSION"),
         },
+        "Coord": null,
         "Member": {
             "Name": a.config.node,
             "Addr": a.config.address,
+            "Port": 8301,
             "Status": 1,
-            "Tags": { "dc": a.config.datacenter },
+            "Tags": {
+                "dc": a.config.datacenter,
+                "id": node.id,
+                "role": if server { "consul" } else { "node" },
+                "build": env!("CARGO_PKG_VERSION"),
+            },
+            "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+            "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
         },
-        "Meta": {},
+        "Stats": {},
+        "DebugConfig": {},
+        "Meta": node.meta,
     }))
     .into_response())
 }
@@ -605,4 +642,196 @@ async fn forward(
     }
     resp.body(Body::from(reply.body))
         .map_err(|e| unavailable(format!("bad forwarded response: {e}")))
+}
+
+/// One entry of the agent's service health answers (Consul's `AgentServiceChecksInfo`).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ServiceChecksInfo {
+    aggregated_status: &'static str,
+    service: AgentService,
+    checks: Vec<HealthCheck>,
+    #[serde(skip)]
+    aggregated: Aggregated,
+}
+
+/// The local services `select` picks, each with the checks deciding its health (its own and
+/// the node's) and their aggregate.
+fn local_service_health(
+    a: &Agent,
+    select: impl Fn(&ServiceInstance) -> bool,
+) -> Vec<ServiceChecksInfo> {
+    let local = a.local.lock();
+    let checks = local.effective_checks();
+    local
+        .services
+        .values()
+        .filter(|s| select(s))
+        .map(|s| {
+            let mine: Vec<HealthCheck> = checks
+                .iter()
+                .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+                .cloned()
+                .collect();
+            let aggregated = Aggregated::of(&mine);
+            ServiceChecksInfo {
+                aggregated_status: aggregated.as_str(),
+                service: AgentService::from_instance(s, &a.config.datacenter),
+                checks: mine,
+                aggregated,
+            }
+        })
+        .collect()
+}
+
+/// Whether the caller asked for the status word as plain text (`Accept: text/plain` or
+/// `?format=text`), as Consul decides it.
+fn wants_text(headers: &HeaderMap, p: &HashMap<String, String>) -> bool {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    accept || p.get("format").is_some_and(|f| f == "text")
+}
+
+/// A health answer: `status` with the word `text` as plain text, or `body` as JSON.
+fn health_answer(
+    status: StatusCode,
+    as_text: bool,
+    text: &str,
+    body: &impl serde::Serialize,
+) -> Response {
+    if as_text {
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "text/plain")],
+            text.to_string(),
+        )
+            .into_response()
+    } else {
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+/// `GET /v1/agent/health/service/id/:id`: one local instance's aggregated health.
+async fn service_health_by_id(
+    State(a): St,
+    Path(id): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Res {
+    let as_text = wants_text(&headers, &p);
+    let Some(info) = local_service_health(&a, |s| s.id == id).pop() else {
+        let reason = format!("ServiceId {id} not found");
+        let body = json!({"AggregatedStatus": "critical", "Service": null, "Checks": null});
+        return Ok(health_answer(
+            StatusCode::NOT_FOUND,
+            as_text,
+            &reason,
+            &body,
+        ));
+    };
+    caller.require(|z| z.service_read(&info.service.service).check())?;
+    let status = info.aggregated.status_code();
+    Ok(health_answer(
+        status,
+        as_text,
+        info.aggregated_status,
+        &info,
+    ))
+}
+
+/// `GET /v1/agent/health/service/name/:name`: every local instance of the service, the code
+/// and word of the worst (the first of equal codes, as Consul), 404 when there is none.
+async fn service_health_by_name(
+    State(a): St,
+    Path(name): Path<String>,
+    caller: Caller,
+    headers: HeaderMap,
+    Query(p): Params,
+) -> Res {
+    caller.require(|z| z.service_read(&name).check())?;
+    let infos = local_service_health(&a, |s| s.service == name);
+    let worst = infos.iter().map(|i| i.aggregated).reduce(|w, x| {
+        if x.status_code() > w.status_code() {
+            x
+        } else {
+            w
+        }
+    });
+    let (status, text) = match worst {
+        Some(w) => (w.status_code(), w.as_str().to_string()),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("ServiceName {name} Not Found"),
+        ),
+    };
+    Ok(health_answer(
+        status,
+        wants_text(&headers, &p),
+        &text,
+        &infos,
+    ))
+}
+
+/// `?enable=` of a maintenance request, refused as Consul does.
+fn enable_param(p: &HashMap<String, String>) -> Result<bool, ApiError> {
+    maintenance::parse_enable(p.get("enable").map(String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `PUT /v1/agent/maintenance?enable=&reason=`: node maintenance on or off.
+async fn node_maintenance(State(a): St, caller: Caller, Query(p): Params) -> Res {
+    let enable = enable_param(&p)?;
+    caller.require(|z| z.node_write(&a.config.node).check())?;
+    let changed = {
+        let mut local = a.local.lock();
+        if enable {
+            let reason = p.get("reason").map_or("", String::as_str);
+            local.add_fixed_check(maintenance::node_check(&a.config.node, reason))
+        } else {
+            local.remove_check(maintenance::NODE_CHECK_ID)
+        }
+    };
+    if changed {
+        a.local_changed();
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
+/// `PUT /v1/agent/service/maintenance/:id?enable=&reason=`: one service's maintenance on or
+/// off; persisted with the service.
+async fn service_maintenance(
+    State(a): St,
+    Path(id): Path<String>,
+    caller: Caller,
+    Query(p): Params,
+) -> Res {
+    let enable = enable_param(&p)?;
+    let service =
+        a.local.lock().services.get(&id).cloned().ok_or_else(|| {
+            ApiError::not_found(LocalError::UnknownService(id.clone()).to_string())
+        })?;
+    caller.require(|z| z.service_write(&service.service).check())?;
+    let changed = {
+        let mut local = a.local.lock();
+        if enable {
+            let reason = p.get("reason").map_or("", String::as_str);
+            local.add_fixed_check(maintenance::service_check(&service, reason))
+        } else {
+            local.remove_check(&maintenance::service_check_id(&id))
+        }
+    };
+    if changed {
+        a.local_changed();
+        a.persist(vec![id.clone()]).await.map_err(|e| {
+            unavailable(format!(
+                "maintenance of service {id:?} was turned {} but could not be persisted \
+                 (a restart would undo it): {e}",
+                if enable { "on" } else { "off" }
+            ))
+        })?;
+    }
+    Ok(StatusCode::OK.into_response())
 }

@@ -178,6 +178,36 @@ impl LocalState {
         Ok(removed)
     }
 
+    /// Adds `check`, whose status no runner keeps (a maintenance check): it stays as given until
+    /// [`Self::remove_check`]. Whether it was added (an existing check of that ID is kept).
+    pub fn add_fixed_check(&mut self, check: HealthCheck) -> bool {
+        if self.checks.contains_key(&check.check_id) {
+            return false;
+        }
+        self.checks.insert(
+            check.check_id.clone(),
+            LocalCheck {
+                check,
+                alias_of: None,
+                definition: None,
+                ttl: None,
+                ttl_deadline: None,
+                handle: None,
+            },
+        );
+        self.index += 1;
+        true
+    }
+
+    /// Removes check `check_id` (its runner stops with it); whether it was there.
+    pub fn remove_check(&mut self, check_id: &str) -> bool {
+        let removed = self.checks.remove(check_id).is_some();
+        if removed {
+            self.index += 1;
+        }
+        removed
+    }
+
     /// A status change reported by a check runner.
     pub fn apply_update(&mut self, u: CheckUpdate) -> bool {
         match self.checks.get_mut(&u.check_id) {

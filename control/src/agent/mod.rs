@@ -25,8 +25,10 @@ mod conn;
 mod http;
 pub mod leaf;
 pub mod local;
+pub mod maintenance;
 pub mod persist;
 pub mod registration;
+pub mod service_health;
 pub mod sync;
 
 use parking_lot::Mutex;

@@ -205,7 +205,7 @@ fn seed(dev: &Dev, auth: Auth<'_>) {
 }
 
 /// A token holding one policy with `rules`.
-fn token(dev: &Dev, root: &str, name: &str, rules: &str) -> String {
+pub(super) fn token(dev: &Dev, root: &str, name: &str, rules: &str) -> String {
     let policy = json!({"Name": name, "Rules": rules});
     dev.put("/v1/acl/policy", Auth::Header(root), &policy.to_string());
     let t = json!({"Description": name, "Policies": [{"Name": name}]});

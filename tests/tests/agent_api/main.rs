@@ -1,6 +1,13 @@
 //! The server API agents use (gRPC `Catalog` service): registration, intention CRUD, CSR
 //! signing and the watch streams "from index N", all over ONE HTTP/2 connection, against a real
-//! in-process server on loopback.
+//! in-process server on loopback; and, one module per family, the HTTP read endpoints clients
+//! use through an agent (`meshd dev`).
+
+mod agent_health;
+mod catalog_reads;
+mod dev_http;
+mod health_reads;
+mod out_of_scope;
 
 use std::time::Duration;
 

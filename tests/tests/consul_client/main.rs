@@ -13,11 +13,10 @@
 //! used for registration and leaves (allowed for its service, refused for another), and
 //! revoked.
 
-use std::process::Command;
 use std::time::Duration;
 
 use mesh_tests::process::{Meshd, eventually, http};
-use mesh_tests::python::{self, run_bounded};
+use mesh_tests::python;
 
 /// The whole script takes a few seconds; this only bounds a hang.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -26,7 +25,7 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 /// with the script's output unless it exits 0.
 fn run_script(script: &str, extra: &[&str]) {
     // The venv first: a cold pip install can take a while and needs no server.
-    let py = python::python();
+    python::venv();
 
     let args: Vec<String> = ["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"]
         .iter()
@@ -50,28 +49,11 @@ fn run_script(script: &str, extra: &[&str]) {
     )
     .expect("meshd dev ready");
 
-    let script = python::py_dir().join(script);
-    let out = run_bounded(
-        Command::new(&py)
-            .arg(&script)
-            .arg(addr.to_string())
-            // Hermetic: py-consul reads these, and requests honours proxy variables.
-            .env_remove("CONSUL_HTTP_ADDR")
-            .env_remove("CONSUL_HTTP_TOKEN")
-            .env_remove("CONSUL_HTTP_SSL")
-            .env_remove("CONSUL_HTTP_SSL_VERIFY")
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .env("PYTHONUNBUFFERED", "1")
-            // Keep `tests/py` free of __pycache__.
-            .env("PYTHONDONTWRITEBYTECODE", "1"),
-        SCRIPT_TIMEOUT,
-    )
-    .expect("running the py-consul script");
+    let out = python::run_client_script(script, addr, &[], SCRIPT_TIMEOUT)
+        .expect("running the py-consul script");
     assert!(
         out.success(),
-        "py-consul script {} against meshd dev at {addr} failed ({}) after {:.1?}\n{}",
-        script.display(),
+        "py-consul script {script} against meshd dev at {addr} failed ({}) after {:.1?}\n{}",
         out.describe(),
         out.elapsed,
         out.text()

@@ -23,6 +23,9 @@
 //! | `GET /v1/catalog/nodes`, `/v1/internal/members` | filtered: `node:read` per node |
 //! | `GET /v1/catalog/service/:s`, `/v1/health/service/:s` | filtered: `node:read` on the node and `service:read` on the instance's service |
 //! | `GET /v1/catalog/connect/:s`, `/v1/health/connect/:s` | as above, and nothing at all without `service:read` on `:s` (Consul answers an empty list) |
+//! | `GET /v1/health/checks/:s`, `/v1/health/node/:n`, `/v1/health/state/:state` | filtered: `node:read` on each check's node, and `service:read` on its service for a service check |
+//! | `GET /v1/catalog/node/:n`, `/v1/catalog/node-services/:n` | `node:read` on the node (else `null`, as Consul), and filtered: `service:read` per service |
+//! | `GET /v1/catalog/datacenters` | nothing |
 //! | `GET /v1/connect/intentions` | filtered: `intentions:read` on the source or the destination (Consul: either end may read the intention) |
 //! | `POST /v1/connect/intentions`, `PUT`/`DELETE /v1/connect/intentions/exact` | `intentions:write` on the destination |
 //! | `GET /v1/connect/intentions/exact` | `intentions:read` on the source or the destination |

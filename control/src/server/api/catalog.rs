@@ -1,12 +1,13 @@
-//! `/v1/catalog/*`: registering and reading nodes and service instances (Consul's shapes).
+//! `/v1/catalog/*`: registering and reading nodes and service instances (Consul's shapes),
+//! the services of one node, and the datacenter list.
 //! What each route requires of the caller's token is in `authz`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
-use axum::response::IntoResponse;
-use serde::Deserialize;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::authz::{Authz, Filter};
@@ -17,6 +18,7 @@ use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
 use crate::model::{HealthCheck, Node, ServiceInstance};
 use crate::server::Server;
+use crate::wire::AgentService;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
@@ -272,6 +274,8 @@ fn catalog_rows(
                 "ServiceAddress": h.service.address, "ServicePort": h.service.port,
                 "ServiceMeta": h.service.meta, "ServiceProxy": h.service.proxy,
                 "ServiceConnect": h.service.connect,
+                "ServiceWeights": crate::wire::Weights::default(),
+                "ServiceEnableTagOverride": false,
                 "CreateIndex": h.service.create_index, "ModifyIndex": h.service.modify_index,
             })
         })
@@ -294,4 +298,97 @@ pub(super) async fn catalog_service<const CONNECT: bool>(
         |s, filter| Ok(catalog_rows(s, filter, &service, CONNECT)),
     )
     .await
+}
+
+/// A service of `/v1/catalog/node/:node` and `/v1/catalog/node-services/:node` (Consul's
+/// `NodeService`: the agent's view of it with the catalog's indexes).
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct NodeService {
+    #[serde(flatten)]
+    service: AgentService,
+    create_index: u64,
+    modify_index: u64,
+}
+
+/// `node` and the services on it the filter's token may read (`service:read` each), or `None`
+/// when the node is unknown or its token lacks `node:read` on it (Consul's
+/// `filterNodeServices`). The one place these rows are built.
+fn node_services(s: &State, filter: &Filter<'_>, node: &str) -> Option<(Node, Vec<NodeService>)> {
+    let n = s.nodes.get(node)?;
+    if !filter.keep(|a| a.node_read(node)) {
+        return None;
+    }
+    let services = s
+        .services
+        .get(node)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter(|i| filter.keep(|a| a.service_read(&i.service)))
+        .map(|i| NodeService {
+            service: AgentService::from_instance(i, &n.datacenter),
+            create_index: i.create_index,
+            modify_index: i.modify_index,
+        })
+        .collect();
+    Some((n.clone(), services))
+}
+
+/// Reads what [`node_services`] finds for `node` and answers it as `render` shapes it, as a
+/// blocking query on the nodes and services tables.
+async fn node_read<T: Serialize>(
+    srv: &Server,
+    authz: &Authz,
+    p: &HashMap<String, String>,
+    node: &str,
+    render: impl FnOnce(Option<(Node, Vec<NodeService>)>) -> T,
+) -> Res {
+    read_filtered(
+        srv,
+        authz,
+        &QueryOptions::from_params(p)?,
+        |s| s.tables.services.max(s.tables.nodes),
+        |s, filter| Ok(render(node_services(s, filter, node))),
+    )
+    .await
+}
+
+/// `GET /v1/catalog/node/:node`: `{Node, Services: {id: service}}`, or `null` (200) for a node
+/// that is unknown or not readable, as Consul answers.
+pub(super) async fn catalog_node(
+    AxState(srv): Api,
+    authz: Authz,
+    Path(node): Path<String>,
+    Query(p): Params,
+) -> Res {
+    node_read(&srv, &authz, &p, &node, |found| {
+        found.map(|(node, services)| {
+            let by_id: BTreeMap<String, NodeService> = services
+                .into_iter()
+                .map(|s| (s.service.id.clone(), s))
+                .collect();
+            json!({ "Node": node, "Services": by_id })
+        })
+    })
+    .await
+}
+
+/// `GET /v1/catalog/node-services/:node`: `{Node, Services: [service]}`; both `null` for a
+/// node that is unknown or not readable (Consul's empty `NodeServiceList`).
+pub(super) async fn catalog_node_services(
+    AxState(srv): Api,
+    authz: Authz,
+    Path(node): Path<String>,
+    Query(p): Params,
+) -> Res {
+    node_read(&srv, &authz, &p, &node, |found| {
+        let (node, services) = found.unzip();
+        json!({ "Node": node, "Services": services })
+    })
+    .await
+}
+
+/// `GET /v1/catalog/datacenters`: this cluster's one datacenter (no ACL, as Consul).
+pub(super) async fn catalog_datacenters(AxState(srv): Api) -> Response {
+    axum::Json([srv.config.datacenter.as_str()]).into_response()
 }

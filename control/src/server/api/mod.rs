@@ -50,6 +50,12 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/catalog/deregister", put(catalog::catalog_deregister))
         .route("/v1/catalog/services", get(catalog::catalog_services))
         .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
+        .route("/v1/catalog/node/{node}", get(catalog::catalog_node))
+        .route(
+            "/v1/catalog/node-services/{node}",
+            get(catalog::catalog_node_services),
+        )
+        .route("/v1/catalog/datacenters", get(catalog::catalog_datacenters))
         .route(
             "/v1/catalog/service/{service}",
             get(catalog::catalog_service::<false>),
@@ -67,6 +73,9 @@ pub fn router(server: Arc<Server>) -> Router {
             "/v1/health/connect/{service}",
             get(health::health_service::<true>),
         )
+        .route("/v1/health/checks/{service}", get(health::health_checks))
+        .route("/v1/health/node/{node}", get(health::health_node))
+        .route("/v1/health/state/{state}", get(health::health_state))
         .route(
             "/v1/connect/intentions",
             get(intentions::intention_list).post(intentions::intention_create),
