@@ -16,6 +16,7 @@ pub mod authorize;
 pub mod config_entries;
 pub mod duration;
 pub mod error_chain;
+pub mod filter;
 pub mod hash;
 pub mod intentions;
 pub mod model;
