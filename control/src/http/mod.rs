@@ -8,6 +8,7 @@
 
 pub mod blocking;
 pub mod decode;
+pub mod list_query;
 pub mod token;
 
 use axum::http::StatusCode;

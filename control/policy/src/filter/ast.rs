@@ -1,6 +1,6 @@
 //! The parsed expression, and its printed form: [`Expr`]'s `Display` writes an expression that
-//! parses back to the same tree (every operand parenthesized, every value double-quoted), which
-//! the fuzz target checks.
+//! parses back to the same tree (values double-quoted, parentheses where the tree needs them),
+//! which the fuzz target checks.
 
 use std::fmt;
 
@@ -193,20 +193,31 @@ impl fmt::Display for Match {
 }
 
 impl fmt::Display for Expr {
+    /// Parenthesizes only where the tree needs it (an `or` inside `and` or `not`, an `and`
+    /// inside `and` or `not`): those parentheses were in the input, so printing never nests
+    /// deeper than what was parsed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let list = |f: &mut fmt::Formatter<'_>, items: &[Expr], word: &str| {
+        let child = |f: &mut fmt::Formatter<'_>, e: &Expr, bare_and: bool| match e {
+            Expr::Or(_) => write!(f, "({e})"),
+            Expr::And(_) if !bare_and => write!(f, "({e})"),
+            _ => e.fmt(f),
+        };
+        let list = |f: &mut fmt::Formatter<'_>, items: &[Expr], word: &str, bare_and: bool| {
             for (i, e) in items.iter().enumerate() {
                 if i > 0 {
                     write!(f, " {word} ")?;
                 }
-                write!(f, "({e})")?;
+                child(f, e, bare_and)?;
             }
             Ok(())
         };
         match self {
-            Self::Or(items) => list(f, items, "or"),
-            Self::And(items) => list(f, items, "and"),
-            Self::Not(e) => write!(f, "not ({e})"),
+            Self::Or(items) => list(f, items, "or", true),
+            Self::And(items) => list(f, items, "and", false),
+            Self::Not(e) => {
+                f.write_str("not ")?;
+                child(f, e, false)
+            }
             Self::Match(m) => m.fmt(f),
         }
     }

@@ -116,7 +116,7 @@ fn precedence_and_grouping() {
         Filter::parse("a == 1 and b == 2 or c == 3")
             .map(|f| f.to_string())
             .as_deref(),
-        Ok(r#"((a == "1") and (b == "2")) or (c == "3")"#)
+        Ok(r#"a == "1" and b == "2" or c == "3""#)
     );
 }
 
@@ -259,6 +259,7 @@ fn printing_parses_back_to_the_same_tree() {
         r#""" in """#,
         "not == 1 or not in x",
         "a contains b.c and -1.5 in d",
+        "(a == 1 or b == 2) and not (c == 3 and (d == 4 or e == 5)) or ((f == 6))",
     ];
     for expr in cases {
         let f = Filter::parse(expr).unwrap_or_else(|e| panic!("{expr:?}: {e}"));
