@@ -37,10 +37,26 @@ pub trait Rows: Send + Sync + 'static {
 pub struct CatalogServiceRows;
 impl Rows for CatalogServiceRows {
     const FIELDS: &'static [&'static str] = &[
-        "ID", "Node", "Address", "Datacenter", "TaggedAddresses", "NodeMeta", "ServiceKind",
-        "ServiceID", "ServiceName", "ServiceTags", "ServiceAddress", "ServiceTaggedAddresses",
-        "ServiceWeights", "ServiceMeta", "ServicePort", "ServiceEnableTagOverride", "ServiceProxy",
-        "ServiceConnect", "CreateIndex", "ModifyIndex",
+        "ID",
+        "Node",
+        "Address",
+        "Datacenter",
+        "TaggedAddresses",
+        "NodeMeta",
+        "ServiceKind",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "ServiceAddress",
+        "ServiceTaggedAddresses",
+        "ServiceWeights",
+        "ServiceMeta",
+        "ServicePort",
+        "ServiceEnableTagOverride",
+        "ServiceProxy",
+        "ServiceConnect",
+        "CreateIndex",
+        "ModifyIndex",
     ];
     const TAGS: Option<&'static [&'static str]> = Some(&["ServiceTags"]);
     const NODE_META: Option<&'static [&'static str]> = Some(&["NodeMeta"]);
@@ -58,7 +74,13 @@ impl Rows for HealthRows {
 pub struct NodeRows;
 impl Rows for NodeRows {
     const FIELDS: &'static [&'static str] = &[
-        "ID", "Node", "Address", "Datacenter", "TaggedAddresses", "Meta", "CreateIndex",
+        "ID",
+        "Node",
+        "Address",
+        "Datacenter",
+        "TaggedAddresses",
+        "Meta",
+        "CreateIndex",
         "ModifyIndex",
     ];
     const NODE_META: Option<&'static [&'static str]> = Some(&["Meta"]);
@@ -68,8 +90,20 @@ impl Rows for NodeRows {
 pub struct AgentServiceRows;
 impl Rows for AgentServiceRows {
     const FIELDS: &'static [&'static str] = &[
-        "ID", "Service", "Kind", "Tags", "Meta", "Address", "TaggedAddresses", "Port", "Weights",
-        "EnableTagOverride", "Datacenter", "Proxy", "Connect", "ContentHash",
+        "ID",
+        "Service",
+        "Kind",
+        "Tags",
+        "Meta",
+        "Address",
+        "TaggedAddresses",
+        "Port",
+        "Weights",
+        "EnableTagOverride",
+        "Datacenter",
+        "Proxy",
+        "Connect",
+        "ContentHash",
     ];
 }
 
@@ -77,8 +111,21 @@ impl Rows for AgentServiceRows {
 pub struct CheckRows;
 impl Rows for CheckRows {
     const FIELDS: &'static [&'static str] = &[
-        "Node", "CheckID", "Name", "Status", "Notes", "Output", "ServiceID", "ServiceName",
-        "ServiceTags", "Type", "Definition", "Interval", "Timeout", "ExposedPort", "CreateIndex",
+        "Node",
+        "CheckID",
+        "Name",
+        "Status",
+        "Notes",
+        "Output",
+        "ServiceID",
+        "ServiceName",
+        "ServiceTags",
+        "Type",
+        "Definition",
+        "Interval",
+        "Timeout",
+        "ExposedPort",
+        "CreateIndex",
         "ModifyIndex",
     ];
 }
@@ -87,8 +134,18 @@ impl Rows for CheckRows {
 pub struct IntentionRows;
 impl Rows for IntentionRows {
     const FIELDS: &'static [&'static str] = &[
-        "ID", "Description", "SourceNS", "SourceName", "DestinationNS", "DestinationName",
-        "SourceType", "Action", "Permissions", "Meta", "Precedence", "CreateIndex",
+        "ID",
+        "Description",
+        "SourceNS",
+        "SourceName",
+        "DestinationNS",
+        "DestinationName",
+        "SourceType",
+        "Action",
+        "Permissions",
+        "Meta",
+        "Precedence",
+        "CreateIndex",
         "ModifyIndex",
     ];
 }
@@ -107,13 +164,15 @@ impl<R: Rows> ListQuery<R> {
     pub fn from_query(query: Option<&str>) -> Result<Self, ApiError> {
         let pairs: Vec<(String, String)> = match query {
             None => Vec::new(),
-            Some(q) => Query::<Vec<(String, String)>>::try_from_uri(
-                &format!("/?{q}")
-                    .parse()
-                    .map_err(|_| ApiError::bad_request("Invalid query string"))?,
-            )
-            .map_err(|e| ApiError::bad_request(format!("Invalid query string: {e}")))?
-            .0,
+            Some(q) => {
+                Query::<Vec<(String, String)>>::try_from_uri(
+                    &format!("/?{q}")
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("Invalid query string"))?,
+                )
+                .map_err(|e| ApiError::bad_request(format!("Invalid query string: {e}")))?
+                .0
+            }
         };
         let mut out = Self {
             tags: Vec::new(),
@@ -149,7 +208,12 @@ impl<R: Rows> ListQuery<R> {
         if !self.tags.is_empty() {
             let have: Vec<String> = at(row, R::TAGS)
                 .and_then(Value::as_array)
-                .map(|tags| tags.iter().filter_map(Value::as_str).map(str::to_lowercase).collect())
+                .map(|tags| {
+                    tags.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_lowercase)
+                        .collect()
+                })
                 .unwrap_or_default();
             if !self.tags.iter().all(|t| have.contains(t)) {
                 return Ok(false);
@@ -236,7 +300,9 @@ fn to_json<T: Serialize>(row: &T) -> Result<Value, ApiError> {
 /// A filter the request got wrong: 400 with Consul's words and the position.
 fn refused(e: FilterError) -> ApiError {
     if e.is_creation() {
-        ApiError::bad_request(format!("Failed to create boolean expression evaluator: {e}"))
+        ApiError::bad_request(format!(
+            "Failed to create boolean expression evaluator: {e}"
+        ))
     } else {
         ApiError::bad_request(e.to_string())
     }

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::{InprocEnv, ok, wait_json};
 
+/// Query parameters of one request, and the sidecar IDs it must answer.
+type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+
 /// `curl` of the agent's `path`; (status, body).
 async fn curl(addr: std::net::SocketAddr, path: &str, params: &[(&str, &str)]) -> (String, String) {
     let mut args: Vec<String> = ["-sS", "-G", "--max-time", "20", "-w", "\n%{http_code}"]
@@ -47,7 +50,8 @@ async fn the_cached_connect_answer_is_filtered() {
     .await;
 
     let ids = |body: &str| -> Vec<String> {
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let v: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
         v.as_array()
             .map(|rows| {
                 rows.iter()
@@ -56,11 +60,14 @@ async fn the_cached_connect_answer_is_filtered() {
             })
             .unwrap_or_default()
     };
-    let cases: &[(&[(&str, &str)], &[&str])] = &[
+    let cases: &[Case<'_>] = &[
         (&[("cached", ""), ("tag", "blue")], &["web-1-sidecar-proxy"]),
         (&[("cached", ""), ("tag", "BLUE"), ("tag", "green")], &[]),
         (
-            &[("cached", ""), ("filter", "Service.Proxy.DestinationServiceID == \"web-2\"")],
+            &[
+                ("cached", ""),
+                ("filter", "Service.Proxy.DestinationServiceID == \"web-2\""),
+            ],
             &["web-2-sidecar-proxy"],
         ),
         (&[("cached", ""), ("filter", "Service.Port == 1")], &[]),

@@ -49,7 +49,13 @@ impl Answer {
 }
 
 /// `curl -G` of `path` with `params` URL-encoded (repeat a key to repeat the parameter).
-fn curl(addr: std::net::SocketAddr, method: &str, path: &str, params: &[(&str, &str)], body: Option<&str>) -> Answer {
+fn curl(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    params: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
     let mut cmd = Command::new("curl");
     cmd.args(["-sS", "-i", "--max-time", "20", "-w", "\n%{http_code}"]);
     if method == "GET" {
@@ -65,7 +71,11 @@ fn curl(addr: std::net::SocketAddr, method: &str, path: &str, params: &[(&str, &
         .env("NO_PROXY", "127.0.0.1")
         .output()
         .expect("run curl");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (rest, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
     let (headers, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
@@ -97,24 +107,58 @@ fn list_filters_with_curl() {
         r#"{"Node":"ext-node","Address":"127.0.0.9","NodeMeta":{"rack":"r2"},
             "Service":{"Service":"web","ID":"web-ext","Port":9090,"Tags":["v2"]}}"#,
     );
-    let all = eventually("three web instances in the catalog", Duration::from_secs(10), || {
-        let r = curl(addr, "GET", "/v1/catalog/service/web", &[], None);
-        (r.ids(&["ServiceID"]) == ["web-1", "web-2", "web-ext"]).then_some(r)
-    })
+    let all = eventually(
+        "three web instances in the catalog",
+        Duration::from_secs(10),
+        || {
+            let r = curl(addr, "GET", "/v1/catalog/service/web", &[], None);
+            (r.ids(&["ServiceID"]) == ["web-1", "web-2", "web-ext"]).then_some(r)
+        },
+    )
     .expect("catalog synced");
 
     // ?tag=nope: 200 and an empty list, not the instances.
-    let r = curl(addr, "GET", "/v1/catalog/service/web", &[("tag", "nope")], None);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/catalog/service/web",
+        &[("tag", "nope")],
+        None,
+    );
     assert_eq!((r.status, r.body.trim()), (200, "[]"), "{}", r.body);
     // The index of a filtered answer is the unfiltered one (blocking queries line up).
     assert_eq!(r.header("X-Consul-Index"), all.header("X-Consul-Index"));
-    let r = curl(addr, "GET", "/v1/health/service/web", &[("tag", "v2"), ("node-meta", "rack:r2")], None);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/health/service/web",
+        &[("tag", "v2"), ("node-meta", "rack:r2")],
+        None,
+    );
     assert_eq!(r.ids(&["Service", "ID"]), ["web-ext"], "{}", r.body);
-    let r = curl(addr, "GET", "/v1/catalog/nodes", &[("node-meta", "rack:r2")], None);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/catalog/nodes",
+        &[("node-meta", "rack:r2")],
+        None,
+    );
     assert_eq!(r.ids(&["Node"]), ["ext-node"], "{}", r.body);
-    let r = curl(addr, "GET", "/v1/catalog/services", &[("node-meta", "rack:r2")], None);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/catalog/services",
+        &[("node-meta", "rack:r2")],
+        None,
+    );
     assert_eq!(r.json(), serde_json::json!({"web": ["v2"]}), "{}", r.body);
-    let r = curl(addr, "GET", "/v1/connect/intentions", &[("filter", "SourceName == web")], None);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/connect/intentions",
+        &[("filter", "SourceName == web")],
+        None,
+    );
     assert_eq!((r.status, r.body.trim()), (200, "[]"), "{}", r.body);
 
     // A bad filter is 400 with the position, at once even on a blocking query.
@@ -124,7 +168,11 @@ fn list_filters_with_curl() {
         addr,
         "GET",
         "/v1/health/service/web",
-        &[("filter", "Service.Port =="), ("index", &index), ("wait", "30s")],
+        &[
+            ("filter", "Service.Port =="),
+            ("index", &index),
+            ("wait", "30s"),
+        ],
         None,
     );
     assert_eq!(r.status, 400, "{}", r.body);
@@ -133,12 +181,32 @@ fn list_filters_with_curl() {
         "{}",
         r.body
     );
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     let refusals = [
-        ("/v1/catalog/service/web", "Servce.Port == 1", "Selector \"Servce.Port\" is not valid"),
-        ("/v1/catalog/service/web", "ServiceTags == v1", "Invalid match operator \"Equal\" for a list value"),
-        ("/v1/agent/services", "Tags matches \"(\"", "1:14 (13): Failed to compile regular expression"),
-        ("/v1/agent/checks", "(Status == passing", "1:19 (18): Unmatched parentheses"),
+        (
+            "/v1/catalog/service/web",
+            "Servce.Port == 1",
+            "Selector \"Servce.Port\" is not valid",
+        ),
+        (
+            "/v1/catalog/service/web",
+            "ServiceTags == v1",
+            "Invalid match operator \"Equal\" for a list value",
+        ),
+        (
+            "/v1/agent/services",
+            "Tags matches \"(\"",
+            "1:14 (13): Failed to compile regular expression",
+        ),
+        (
+            "/v1/agent/checks",
+            "(Status == passing",
+            "1:19 (18): Unmatched parentheses",
+        ),
     ];
     for (path, filter, want) in refusals {
         let r = curl(addr, "GET", path, &[("filter", filter)], None);

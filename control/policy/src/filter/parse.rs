@@ -57,21 +57,22 @@ fn chain(
     operand: fn(&mut Cursor<'_>, usize) -> Result<Expr, FilterError>,
     node: fn(Vec<Expr>) -> Expr,
 ) -> Result<Expr, FilterError> {
-    let mut items = vec![operand(c, depth)?];
+    let first = operand(c, depth)?;
+    let mut rest = Vec::new();
     loop {
         let save = c.pos;
         if c.skip_ws() && c.keyword(word) && c.skip_ws() {
-            items.push(operand(c, depth)?);
+            rest.push(operand(c, depth)?);
         } else {
             c.pos = save;
             break;
         }
     }
-    Ok(if items.len() == 1 {
-        items.pop().unwrap_or(Expr::Or(Vec::new()))
-    } else {
-        node(items)
-    })
+    if rest.is_empty() {
+        return Ok(first);
+    }
+    rest.insert(0, first);
+    Ok(node(rest))
 }
 
 fn deeper(c: &Cursor<'_>, depth: usize) -> Result<usize, FilterError> {
