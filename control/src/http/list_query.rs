@@ -160,20 +160,10 @@ pub struct ListQuery<R> {
 }
 
 impl<R: Rows> ListQuery<R> {
-    /// Reads the parameters from a raw query string, keeping repeated keys.
-    pub fn from_query(query: Option<&str>) -> Result<Self, ApiError> {
-        let pairs: Vec<(String, String)> = match query {
-            None => Vec::new(),
-            Some(q) => {
-                Query::<Vec<(String, String)>>::try_from_uri(
-                    &format!("/?{q}")
-                        .parse()
-                        .map_err(|_| ApiError::bad_request("Invalid query string"))?,
-                )
-                .map_err(|e| ApiError::bad_request(format!("Invalid query string: {e}")))?
-                .0
-            }
-        };
+    /// Reads the parameters from a request's URI, keeping repeated keys.
+    pub fn from_uri(uri: &axum::http::Uri) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(uri)
+            .map_err(|e| ApiError::bad_request(format!("Invalid query string: {e}")))?;
         let mut out = Self {
             tags: Vec::new(),
             node_meta: Vec::new(),
@@ -284,7 +274,7 @@ impl<R: Rows, S: Send + Sync> FromRequestParts<S> for ListQuery<R> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Self::from_query(parts.uri.query())
+        Self::from_uri(&parts.uri)
     }
 }
 
@@ -312,5 +302,70 @@ fn internal(message: String) -> ApiError {
     ApiError {
         status: axum::http::StatusCode::INTERNAL_SERVER_ERROR,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn query<R: Rows>(q: &str) -> Result<ListQuery<R>, ApiError> {
+        ListQuery::from_uri(&format!("/v1/x?{q}").parse().expect("URI"))
+    }
+
+    fn kept<R: Rows>(q: &str, rows: &[Value]) -> Vec<Value> {
+        query::<R>(q)
+            .and_then(|lq| lq.apply(rows.to_vec()))
+            .unwrap_or_else(|e| panic!("{q}: {}", e.message))
+    }
+
+    #[test]
+    fn tags_and_node_meta_must_all_be_present() {
+        let row = |id: &str, tags: &[&str], rack: &str| json!({"ServiceID": id, "ServiceTags": tags, "NodeMeta": {"rack": rack, "bare": ""}});
+        let rows = [row("a", &["v1", "Blue"], "r1"), row("b", &["v2"], "r2")];
+        let ids = |q: &str| -> Vec<String> {
+            kept::<CatalogServiceRows>(q, &rows)
+                .iter()
+                .map(|r| r["ServiceID"].as_str().unwrap_or_default().to_string())
+                .collect()
+        };
+        assert_eq!(ids("tag=v1&tag=blue"), ["a"]);
+        assert_eq!(ids("tag=v1&tag=v2"), Vec::<String>::new());
+        assert_eq!(ids("node-meta=rack:r2"), ["b"]);
+        assert_eq!(
+            ids("node-meta=rack:r2&node-meta=rack:r1"),
+            Vec::<String>::new()
+        );
+        // A pair without ':' asks for an empty value, as Consul splits it.
+        assert_eq!(ids("node-meta=bare&tag=v2"), ["b"]);
+        assert_eq!(
+            ids("filter=ServiceTags%20contains%20v2%20or%20ServiceID%20%3D%3D%20a"),
+            ["a", "b"]
+        );
+        assert_eq!(ids("filter="), ["a", "b"]);
+        // Where Consul takes no `tag`, it is ignored (as Consul ignores unknown parameters).
+        let nodes = [json!({"Node": "n", "Meta": {}})];
+        assert_eq!(kept::<NodeRows>("tag=x", &nodes).len(), 1);
+    }
+
+    #[test]
+    fn bad_filters_are_refused_with_consuls_words() {
+        let refusal = |q: &str| match query::<HealthRows>(q) {
+            Ok(_) => panic!("{q} accepted"),
+            Err(e) => (e.status, e.message),
+        };
+        let (status, message) = refusal("filter=Service.Port%20%3D%3D");
+        assert_eq!(status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(
+            message.starts_with("Failed to create boolean expression evaluator: 1:16 (15): "),
+            "{message}"
+        );
+        let (_, message) = refusal("filter=ServiceTags%20is%20empty");
+        assert!(
+            message.contains("Selector \"ServiceTags\" is not valid"),
+            "{message}"
+        );
     }
 }
