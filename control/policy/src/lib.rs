@@ -18,6 +18,7 @@ pub mod decode;
 pub mod duration;
 pub mod error_chain;
 pub mod explanation;
+pub mod filter;
 pub mod hash;
 pub mod intentions;
 pub mod model;

@@ -32,6 +32,7 @@ use super::local::LocalError;
 use super::service_health::Aggregated;
 use super::{Agent, TokenKind, maintenance, registration};
 use crate::http::blocking::{QueryOptions, json_with_index};
+use crate::http::list_query::{AgentServiceRows, CheckRows, HealthRows, ListQuery};
 use crate::http::token::{TOKEN_HEADER, request_token};
 use crate::http::{ApiError, mark_filtered};
 use crate::model::{HealthCheck, HealthStatus, ServiceInstance};
@@ -211,7 +212,12 @@ async fn wait_local(a: &Agent, q: &QueryOptions) -> Result<u64, ApiError> {
     Ok(i.max(1))
 }
 
-async fn services(State(a): St, caller: Caller, Query(p): Params) -> Res {
+async fn services(
+    State(a): St,
+    caller: Caller,
+    lq: ListQuery<AgentServiceRows>,
+    Query(p): Params,
+) -> Res {
     let q = QueryOptions::from_params(&p)?;
     let index = wait_local(&a, &q).await?;
     let mut list: Vec<_> = a.local.lock().services.values().cloned().collect();
@@ -225,7 +231,10 @@ async fn services(State(a): St, caller: Caller, Query(p): Params) -> Res {
             (s.id.clone(), view)
         })
         .collect();
-    Ok(mark_filtered(json_with_index(index, &map), filtered))
+    Ok(mark_filtered(
+        json_with_index(index, &lq.apply_map(map)?),
+        filtered,
+    ))
 }
 
 async fn service(State(a): St, Path(id): Path<String>, caller: Caller, Query(p): Params) -> Res {
@@ -329,7 +338,7 @@ async fn deregister(State(a): St, Path(id): Path<String>, caller: Caller) -> Res
     Ok(StatusCode::OK.into_response())
 }
 
-async fn checks(State(a): St, caller: Caller) -> Res {
+async fn checks(State(a): St, caller: Caller, lq: ListQuery<CheckRows>) -> Res {
     let mut list = a.local.lock().effective_checks();
     let filtered = filter(&mut list, |c| {
         caller.allows(|z| {
@@ -342,7 +351,10 @@ async fn checks(State(a): St, caller: Caller) -> Res {
     });
     let map: BTreeMap<String, crate::model::HealthCheck> =
         list.into_iter().map(|c| (c.check_id.clone(), c)).collect();
-    Ok(mark_filtered(axum::Json(map).into_response(), filtered))
+    Ok(mark_filtered(
+        axum::Json(lq.apply_map(map)?).into_response(),
+        filtered,
+    ))
 }
 
 /// A check may be updated with `service:write` on its service, or `node:write` on this node
@@ -497,11 +509,13 @@ async fn intentions(
     }
 }
 
-/// `/v1/health/connect/:s`: from the cache with `?cached`, otherwise from the servers.
+/// `/v1/health/connect/:s`: from the cache with `?cached` (then `?tag=`, `?node-meta=` and
+/// `?filter=` apply here), otherwise from the servers.
 async fn health_connect(
     State(a): St,
     Path(service): Path<String>,
     caller: Caller,
+    lq: ListQuery<HealthRows>,
     Query(p): Params,
     req: Request,
 ) -> Res {
@@ -518,13 +532,16 @@ async fn health_connect(
     };
     // The body is served as cached unless an instance's node is not readable.
     let readable = |node: &str| caller.allows(|z| z.node_read(node).is_allowed());
-    if health.nodes.iter().all(|n| readable(n)) {
-        return Ok(raw_json(c.index, health.raw.clone(), true));
-    }
-    let body = health
-        .filtered(readable)
-        .map_err(|e| unavailable(format!("cached health entries: {e}")))?;
-    Ok(mark_filtered(raw_json(c.index, body, true), true))
+    let all = health.nodes.iter().all(|n| readable(n));
+    let body = if all {
+        health.raw.clone()
+    } else {
+        health
+            .filtered(readable)
+            .map_err(|e| unavailable(format!("cached health entries: {e}")))?
+    };
+    let body = lq.apply_json(&body)?.map_or(body, Bytes::from);
+    Ok(mark_filtered(raw_json(c.index, body, true), !all))
 }
 
 #[derive(serde::Deserialize)]

@@ -8,6 +8,7 @@
 //! `server` or `agent`: each converts its own errors into [`ApiError`] where it owns them.
 
 pub mod blocking;
+pub mod list_query;
 pub mod token;
 
 use axum::http::StatusCode;

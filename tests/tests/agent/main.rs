@@ -16,6 +16,7 @@ mod t50_failing_checks;
 mod t60_blocking_queries;
 mod t70_bad_input;
 mod t80_restart;
+mod t90_list_filters;
 
 pub use mesh_tests::process::spawn_agent;
 use std::net::SocketAddr;

@@ -12,6 +12,13 @@
 //! (issue 12): bootstrap, a policy and a token through py-consul's ACL API, then that token
 //! used for registration and leaves (allowed for its service, refused for another), and
 //! revoked.
+//!
+//! `tests/py/consul_filter_test.py` (issue 15) drives the list filters through py-consul
+//! (`tag`, `node_meta`, `filter_expr` on catalog, health and agent lists); `curl_filters`
+//! checks with curl what the client cannot show (an empty answer for `?tag=nope`, a 400 with
+//! the position, a refused filter not held by a blocking wait, the agent's cached route).
+
+mod curl_filters;
 
 use std::time::Duration;
 
@@ -21,12 +28,8 @@ use mesh_tests::python;
 /// The whole script takes a few seconds; this only bounds a hang.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Runs `meshd dev` with `extra` flags and the py-consul script `script` against it; fails
-/// with the script's output unless it exits 0.
-fn run_script(script: &str, extra: &[&str]) {
-    // The venv first: a cold pip install can take a while and needs no server.
-    python::venv();
-
+/// A `meshd dev` with `extra` flags, once its agent serves an active CA root.
+fn dev(extra: &[&str]) -> Meshd {
     let args: Vec<String> = ["dev", "--http-addr", "127.0.0.1:0", "--bind", "127.0.0.1:0"]
         .iter()
         .chain(extra)
@@ -48,7 +51,16 @@ fn run_script(script: &str, extra: &[&str]) {
         },
     )
     .expect("meshd dev ready");
+    meshd
+}
 
+/// Runs `meshd dev` with `extra` flags and the py-consul script `script` against it; fails
+/// with the script's output unless it exits 0.
+fn run_script(script: &str, extra: &[&str]) {
+    // The venv first: a cold pip install can take a while and needs no server.
+    python::venv();
+    let meshd = dev(extra);
+    let addr = meshd.http_addr;
     let out = python::run_client_script(script, addr, &[], SCRIPT_TIMEOUT)
         .expect("running the py-consul script");
     assert!(
@@ -65,6 +77,11 @@ fn run_script(script: &str, extra: &[&str]) {
 #[test]
 fn py_consul_against_meshd_dev() {
     run_script("consul_client_test.py", &[]);
+}
+
+#[test]
+fn py_consul_filters_against_meshd_dev() {
+    run_script("consul_filter_test.py", &[]);
 }
 
 #[test]

@@ -16,6 +16,7 @@ use super::{Api, Params, Res, parse_body, read_filtered};
 use crate::fsm::{Command, State};
 use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
+use crate::http::list_query::{CatalogServiceRows, ListQuery, NodeRows};
 use crate::model::{HealthCheck, Node, ServiceInstance};
 use crate::server::Server;
 use crate::wire::AgentService;
@@ -216,7 +217,12 @@ pub(super) async fn catalog_deregister(AxState(srv): Api, authz: Authz, body: By
     Ok(axum::Json(true).into_response())
 }
 
-pub(super) async fn catalog_services(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+pub(super) async fn catalog_services(
+    AxState(srv): Api,
+    authz: Authz,
+    lq: ListQuery<CatalogServiceRows>,
+    Query(p): Params,
+) -> Res {
     read_filtered(
         &srv,
         &authz,
@@ -224,33 +230,55 @@ pub(super) async fn catalog_services(AxState(srv): Api, authz: Authz, Query(p): 
         |s| s.tables.services.max(s.tables.nodes),
         |s, filter| {
             let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for inst in s.services.values().flat_map(|m| m.values()) {
-                let tags = out.entry(inst.service.clone()).or_default();
-                for t in &inst.tags {
-                    if !tags.contains(t) {
-                        tags.push(t.clone());
+            for (node, instances) in &s.services {
+                for inst in instances.values() {
+                    if !filter.keep(|a| a.service_read(&inst.service)) {
+                        continue;
+                    }
+                    // `?node-meta=` and `?filter=` select instances (Consul's `ServiceNode`
+                    // rows), then the names that keep one are listed.
+                    if !lq.is_noop() {
+                        // (The state keeps no instance without its node.)
+                        let Some(node) = s.nodes.get(node) else {
+                            continue;
+                        };
+                        if !lq.keep(&catalog_row(node, inst))? {
+                            continue;
+                        }
+                    }
+                    let tags = out.entry(inst.service.clone()).or_default();
+                    for t in &inst.tags {
+                        if !tags.contains(t) {
+                            tags.push(t.clone());
+                        }
                     }
                 }
             }
-            out.retain(|name, _| filter.keep(|a| a.service_read(name)));
             Ok(out)
         },
     )
     .await
 }
 
-pub(super) async fn catalog_nodes(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+pub(super) async fn catalog_nodes(
+    AxState(srv): Api,
+    authz: Authz,
+    lq: ListQuery<NodeRows>,
+    Query(p): Params,
+) -> Res {
     read_filtered(
         &srv,
         &authz,
         &QueryOptions::from_params(&p)?,
         |s| s.tables.nodes,
         |s, filter| {
-            Ok(s.nodes
-                .values()
-                .filter(|n| filter.keep(|a| a.node_read(&n.node)))
-                .cloned()
-                .collect::<Vec<_>>())
+            lq.apply(
+                s.nodes
+                    .values()
+                    .filter(|n| filter.keep(|a| a.node_read(&n.node)))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
         },
     )
     .await
@@ -265,21 +293,24 @@ fn catalog_rows(
 ) -> Vec<serde_json::Value> {
     visible_instances(s, filter, service, connect, false)
         .into_iter()
-        .map(|h| {
-            json!({
-                "ID": h.node.id, "Node": h.node.node, "Address": h.node.address,
-                "Datacenter": h.node.datacenter, "NodeMeta": h.node.meta,
-                "ServiceKind": h.service.kind, "ServiceID": h.service.id,
-                "ServiceName": h.service.service, "ServiceTags": h.service.tags,
-                "ServiceAddress": h.service.address, "ServicePort": h.service.port,
-                "ServiceMeta": h.service.meta, "ServiceProxy": h.service.proxy,
-                "ServiceConnect": h.service.connect,
-                "ServiceWeights": crate::wire::Weights::default(),
-                "ServiceEnableTagOverride": false,
-                "CreateIndex": h.service.create_index, "ModifyIndex": h.service.modify_index,
-            })
-        })
+        .map(|h| catalog_row(&h.node, &h.service))
         .collect()
+}
+
+/// One `CatalogService` row.
+fn catalog_row(node: &Node, svc: &ServiceInstance) -> serde_json::Value {
+    json!({
+        "ID": node.id, "Node": node.node, "Address": node.address,
+        "Datacenter": node.datacenter, "NodeMeta": node.meta,
+        "ServiceKind": svc.kind, "ServiceID": svc.id,
+        "ServiceName": svc.service, "ServiceTags": svc.tags,
+        "ServiceAddress": svc.address, "ServicePort": svc.port,
+        "ServiceMeta": svc.meta, "ServiceProxy": svc.proxy,
+        "ServiceConnect": svc.connect,
+        "ServiceWeights": crate::wire::Weights::default(),
+        "ServiceEnableTagOverride": false,
+        "CreateIndex": svc.create_index, "ModifyIndex": svc.modify_index,
+    })
 }
 
 /// `GET /v1/catalog/service/:service`, and with `CONNECT` `GET /v1/catalog/connect/:service`
@@ -288,6 +319,7 @@ pub(super) async fn catalog_service<const CONNECT: bool>(
     AxState(srv): Api,
     authz: Authz,
     Path(service): Path<String>,
+    lq: ListQuery<CatalogServiceRows>,
     Query(p): Params,
 ) -> Res {
     read_filtered(
@@ -295,7 +327,7 @@ pub(super) async fn catalog_service<const CONNECT: bool>(
         &authz,
         &QueryOptions::from_params(&p)?,
         |s| s.tables.services.max(s.tables.nodes),
-        |s, filter| Ok(catalog_rows(s, filter, &service, CONNECT)),
+        |s, filter| lq.apply(catalog_rows(s, filter, &service, CONNECT)),
     )
     .await
 }

@@ -11,16 +11,19 @@ use super::{Api, Params, Res, read_filtered};
 use crate::fsm::State;
 use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
+use crate::http::list_query::{HealthRows, ListQuery};
 use crate::model::{HealthCheck, HealthStatus};
 use crate::server::Server;
 use crate::wire::ServiceHealth;
 
 /// `GET /v1/health/service/:service[?passing]`, and with `CONNECT`
-/// `GET /v1/health/connect/:service[?passing]` (the service's Connect-capable instances).
+/// `GET /v1/health/connect/:service[?passing]` (the service's Connect-capable instances);
+/// `?tag=`, `?node-meta=` and `?filter=` as `http::list_query` reads them.
 pub(super) async fn health_service<const CONNECT: bool>(
     AxState(srv): Api,
     authz: Authz,
     Path(service): Path<String>,
+    lq: ListQuery<HealthRows>,
     Query(p): Params,
 ) -> Res {
     let passing = p.contains_key("passing");
@@ -29,7 +32,7 @@ pub(super) async fn health_service<const CONNECT: bool>(
         &authz,
         &QueryOptions::from_params(&p)?,
         State::health_index,
-        |s, filter| Ok(visible_instances(s, filter, &service, CONNECT, passing)),
+        |s, filter| lq.apply(visible_instances(s, filter, &service, CONNECT, passing)),
     )
     .await
 }

@@ -15,6 +15,7 @@ use super::{Api, Params, Res, parse_body, read, read_filtered, required};
 use crate::fsm::{ApplyError, Command, State};
 use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
+use crate::http::list_query::{IntentionRows, ListQuery};
 use crate::intentions::{self, IntentionSet};
 use crate::model::{Intention, IntentionAction, IntentionPermission};
 use crate::server::ServerError;
@@ -29,7 +30,12 @@ fn may_read(authz: &Authz, source: &str, destination: &str) -> bool {
     authz.allows(|a| a.intentions_read(source)) || authz.allows(|a| a.intentions_read(destination))
 }
 
-pub(super) async fn intention_list(AxState(srv): Api, authz: Authz, Query(p): Params) -> Res {
+pub(super) async fn intention_list(
+    AxState(srv): Api,
+    authz: Authz,
+    lq: ListQuery<IntentionRows>,
+    Query(p): Params,
+) -> Res {
     read_filtered(
         &srv,
         &authz,
@@ -44,7 +50,7 @@ pub(super) async fn intention_list(AxState(srv): Api, authz: Authz, Query(p): Pa
                     &i.destination_name,
                 ))
             });
-            Ok(list)
+            lq.apply(list)
         },
     )
     .await
