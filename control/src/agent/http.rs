@@ -28,8 +28,10 @@ use super::acl::{Caller, filter};
 use super::authorize::{self, AuthorizeRequest};
 use super::cache::{CacheError, CacheKey, Cached, Value};
 use super::conn::Credential;
+use super::leaf::LeafError;
 use super::{Agent, TokenKind, registration};
 use crate::http::blocking::{QueryOptions, json_with_index};
+use crate::http::serve::{BodyLimit, is_too_large, too_large};
 use crate::http::token::{TOKEN_HEADER, request_token};
 use crate::http::{ApiError, mark_filtered};
 use crate::model::HealthStatus;
@@ -157,7 +159,7 @@ async fn members(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
     let req = Outgoing {
         method: "GET",
         path: "/v1/internal/members".into(),
-        body: Vec::new(),
+        body: Bytes::new(),
         timeout: Duration::from_secs(30),
     };
     forward(&a, &headers, &p, req).await
@@ -406,9 +408,15 @@ async fn roots(State(a): St, Query(p): Params) -> Res {
 async fn leaf(State(a): St, Path(service): Path<String>, caller: Caller, Query(p): Params) -> Res {
     // Refused here, before any signing request: the CA would refuse it anyway, and a cached
     // entry for it would only retry in the background.
-    if !mesh_policy::spiffe::is_valid_service_name(&service) {
+    if let Err(e) = mesh_policy::spiffe::check_service_name(&service) {
+        let shown: String = service.chars().take(80).collect();
+        let more = if shown.len() < service.len() {
+            "..."
+        } else {
+            ""
+        };
         return Err(ApiError::bad_request(format!(
-            "service name {service:?} cannot be part of a SPIFFE ID: use letters, digits and - . _ ~"
+            "service name {shown:?}{more} {e}"
         )));
     }
     caller.require(|z| z.service_write(&service).check())?;
@@ -416,7 +424,13 @@ async fn leaf(State(a): St, Path(service): Path<String>, caller: Caller, Query(p
     let l = a
         .leaf(&service, &caller, q.index.unwrap_or(0), q.wait()?)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| match e {
+            LeafError::Refused { status, .. } => ApiError {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                message: e.to_string(),
+            },
+            LeafError::Unavailable { .. } => unavailable(e),
+        })?;
     Ok(json_with_index(l.modify_index, &*l))
 }
 
@@ -526,13 +540,19 @@ pub async fn passthrough(State(a): St, req: Request) -> Res {
         .unwrap_or_else(|| "/".into());
     let Query(p): Params = Query::try_from_uri(req.uri()).unwrap_or_default();
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+    // The serve loop capped the body (`crate::http::serve`): it is read once, into one buffer,
+    // and that buffer is what the RPC carries.
+    let limit = parts.extensions.get::<BodyLimit>().map(|l| l.0);
+    let body = axum::body::to_bytes(body, usize::MAX)
         .await
-        .map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+        .map_err(|e| match limit {
+            Some(limit) if is_too_large(&e) => too_large(limit, None),
+            _ => ApiError::bad_request(format!("reading the request body: {e}")),
+        })?;
     let out = Outgoing {
         method: &method,
         path,
-        body: body.to_vec(),
+        body,
         // Blocking queries may wait up to 10m (+jitter) on the server.
         timeout: Duration::from_secs(11 * 60),
     };
@@ -543,8 +563,32 @@ pub async fn passthrough(State(a): St, req: Request) -> Res {
 struct Outgoing<'a> {
     method: &'a str,
     path: String,
-    body: Vec<u8>,
+    body: Bytes,
     timeout: Duration,
+}
+
+/// A forwarded request that failed at the RPC layer: Consul's "No known Consul servers" only
+/// when no server could be reached; the reason otherwise (e.g. a body the server will not take).
+fn forward_error(s: &tonic::Status) -> ApiError {
+    let (status, message) = match s.code() {
+        tonic::Code::Unavailable => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("No known Consul servers: {}", s.message()),
+        ),
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the server refused the request's size: {}", s.message()),
+        ),
+        tonic::Code::DeadlineExceeded => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the server did not answer in time: {}", s.message()),
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("forwarding the request to a server failed: {}", s.message()),
+        ),
+    };
+    ApiError { status, message }
 }
 
 /// The headers a forwarded request carries: its content type, and the caller's token headers
@@ -594,7 +638,7 @@ async fn forward(
             async move { c.http(r).await }
         })
         .await
-        .map_err(|s| unavailable(format!("No known Consul servers: {}", s.message())))?
+        .map_err(|s| forward_error(&s))?
         .into_inner();
     let mut resp = Response::builder()
         .status(StatusCode::from_u16(reply.status as u16).unwrap_or(StatusCode::BAD_GATEWAY));
