@@ -31,7 +31,6 @@ use super::conn::Credential;
 use super::leaf::LeafError;
 use super::{Agent, TokenKind, registration};
 use crate::http::blocking::{QueryOptions, json_with_index};
-use crate::http::serve::{BodyLimit, is_too_large, too_large};
 use crate::http::token::{TOKEN_HEADER, request_token};
 use crate::http::{ApiError, mark_filtered};
 use crate::model::HealthStatus;
@@ -540,15 +539,11 @@ pub async fn passthrough(State(a): St, req: Request) -> Res {
         .unwrap_or_else(|| "/".into());
     let Query(p): Params = Query::try_from_uri(req.uri()).unwrap_or_default();
     let (parts, body) = req.into_parts();
-    // The serve loop capped the body (`crate::http::serve`): it is read once, into one buffer,
-    // and that buffer is what the RPC carries.
-    let limit = parts.extensions.get::<BodyLimit>().map(|l| l.0);
+    // The serve loop read the body within its limit (`crate::http::serve`): this takes that
+    // one buffer as is, and it is what the RPC carries.
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
-        .map_err(|e| match limit {
-            Some(limit) if is_too_large(&e) => too_large(limit, None),
-            _ => ApiError::bad_request(format!("reading the request body: {e}")),
-        })?;
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
     let out = Outgoing {
         method: &method,
         path,

@@ -390,20 +390,25 @@ async fn maintain(agent: Arc<Agent>, key: LeafKey, id: u64, owner: Owner, tx: wa
                         let held = tx.borrow().leaf().and_then(|l| {
                             expiry(&l.valid_before).map(|at| (at, l.valid_before.clone()))
                         });
-                        if new_cause {
-                            let kept_until = held.as_ref().map_or("", |h| h.1.as_str());
-                            tracing::warn!(
-                                %service, accessor_id, code = ?e.code(), error = %e.message(),
-                                kept_until,
-                                "leaf signing refused by the servers; not retried (a current leaf \
-                                 is served until it expires)"
-                            );
-                        }
                         match held {
-                            Some((until, _)) => {
+                            Some((until, kept_until)) => {
+                                if new_cause {
+                                    tracing::warn!(
+                                        %service, accessor_id, code = ?e.code(), error = %e.message(),
+                                        %kept_until,
+                                        "leaf renewal refused by the servers; the current leaf is \
+                                         served until it expires, and renewal is not retried before"
+                                    );
+                                }
                                 renew_at = Some(until);
                             }
                             None => {
+                                // The caller gets the refusal with its reason (4xx): a log line
+                                // per refused request would let any client flood the log.
+                                tracing::debug!(
+                                    %service, accessor_id, code = ?e.code(), error = %e.message(),
+                                    "leaf signing refused by the servers; answered, not retried"
+                                );
                                 tx.send_replace(Slot::Refused(e.code(), e.message().into()));
                                 agent.leaves.remove(&key, id);
                                 return;

@@ -13,7 +13,8 @@
 //!   per [`CAP_LOG_EVERY`] with the number refused meanwhile.
 //! * **Request bodies:** a body longer than `max_request_body` is refused with 413 naming the
 //!   limit, before it is read when `Content-Length` says so, else as soon as the limit is
-//!   passed ([`Limited`]); nothing reads more than the limit into memory.
+//!   passed ([`Limited`]); nothing reads more than the limit into memory. A body must arrive
+//!   within the head timeout too (408), so a trickled body cannot hold a connection.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -60,11 +61,6 @@ impl Default for HttpLimits {
     }
 }
 
-/// The request body limit in force, as a request extension (for handlers that buffer a body
-/// themselves and must name the limit in their 413).
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
-
 /// 413 for a body over `limit` bytes (`len` when known).
 pub fn too_large(limit: usize, len: Option<u64>) -> ApiError {
     let size = len.map_or_else(String::new, |n| format!(" ({n} bytes)"));
@@ -78,7 +74,7 @@ pub fn too_large(limit: usize, len: Option<u64>) -> ApiError {
 }
 
 /// Whether a body read failed because it passed its [`Limited`] length.
-pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
@@ -89,8 +85,12 @@ pub fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// Refuses a declared oversize body at once and caps any other at the limit.
-async fn limit_body(limit: usize, req: Request, next: Next) -> Response {
+/// Reads the request body here, once, within `limits`: a declared oversize body is refused
+/// before a byte of it is read, an undeclared (chunked) one as soon as it passes the limit, and
+/// a body that trickles in slower than the head timeout is 408. Handlers get the buffer as is
+/// (every API handler buffers its body anyway; `Bytes` passes through without a copy).
+async fn read_body(limits: Arc<HttpLimits>, req: Request, next: Next) -> Response {
+    let limit = limits.max_request_body;
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -99,17 +99,41 @@ async fn limit_body(limit: usize, req: Request, next: Next) -> Response {
     if declared.is_some_and(|n| n > limit as u64) {
         return too_large(limit, declared).into_response();
     }
-    let mut req = req.map(|b| axum::body::Body::new(Limited::new(b, limit)));
-    req.extensions_mut().insert(BodyLimit(limit));
-    next.run(req).await
+    let (parts, body) = req.into_parts();
+    let read = tokio::time::timeout(
+        limits.read_header_timeout,
+        http_body_util::BodyExt::collect(Limited::new(body, limit)),
+    )
+    .await;
+    let bytes = match read {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if is_too_large(&*e) => return too_large(limit, None).into_response(),
+        Ok(Err(e)) => {
+            return ApiError::bad_request(format!("reading the request body: {e}")).into_response();
+        }
+        Err(_) => {
+            return ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "the request body did not arrive within {} (limits.http_read_header_timeout)",
+                    crate::duration::format_duration(limits.read_header_timeout)
+                ),
+            }
+            .into_response();
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
-/// `app` with the body limit applied to every route (the extractors' own limit set to match).
-fn with_body_limit(app: Router, limit: usize) -> Router {
+/// `app` with the body read by [`read_body`] on every route (the extractors' own limit set to
+/// match).
+fn with_body_limit(app: Router, limits: &HttpLimits) -> Router {
+    let shared = Arc::new(limits.clone());
     app.layer(axum::middleware::from_fn(move |req, next| {
-        limit_body(limit, req, next)
+        read_body(shared.clone(), req, next)
     }))
-    .layer(DefaultBodyLimit::max(limit))
+    .layer(DefaultBodyLimit::max(limits.max_request_body))
 }
 
 /// Counts open connections per client IP; a slot is given back when its [`Slot`] drops.
@@ -207,7 +231,7 @@ pub async fn serve(
     limits: HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let app = with_body_limit(app, limits.max_request_body);
+    let app = with_body_limit(app, &limits);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.read_header_timeout)
