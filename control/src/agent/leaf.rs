@@ -487,3 +487,37 @@ async fn issue(
         .map_err(|e| tonic::Status::internal(format!("malformed leaf from the server: {e}")))?;
     Ok((leaf, key))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_final_and_outages_are_retried() {
+        use tonic::Code;
+        for (code, status) in [
+            (Code::InvalidArgument, Some(400)),
+            (Code::FailedPrecondition, Some(400)),
+            (Code::PermissionDenied, Some(403)),
+            (Code::Unauthenticated, Some(403)),
+            (Code::NotFound, Some(404)),
+            (Code::Unavailable, None),
+            (Code::DeadlineExceeded, None),
+            (Code::Internal, None),
+        ] {
+            assert_eq!(refusal_status(code), status, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn a_cause_is_logged_once_until_it_changes() {
+        let mut log = CauseLog::default();
+        let down = tonic::Status::unavailable("no leader");
+        assert!(log.is_new(&down));
+        for _ in 0..10 {
+            assert!(!log.is_new(&down), "the same cause again");
+        }
+        assert!(log.is_new(&tonic::Status::unavailable("connection refused")));
+        assert!(log.is_new(&down), "back to the first cause: a change");
+    }
+}
