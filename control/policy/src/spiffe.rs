@@ -29,7 +29,8 @@ pub enum SpiffeIdError {
         /// The ID as given.
         id: String,
     },
-    /// A namespace, datacenter or service segment is empty, `.`, `..` or not RFC 3986 unreserved.
+    /// A namespace, datacenter or service segment is empty, `.`, `..` or not RFC 3986 unreserved,
+    /// or the service is longer than [`MAX_SERVICE_NAME_LEN`].
     #[error("SPIFFE ID {id:?} has an invalid segment {segment:?}")]
     Segment {
         /// The ID as given.
@@ -85,8 +86,13 @@ impl SpiffeId {
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
             ["ns", ns, "dc", dc, "svc", svc] => {
-                for seg in [ns, dc, svc] {
-                    if !valid_segment(seg) {
+                let valid = [
+                    valid_segment(ns),
+                    valid_segment(dc),
+                    is_valid_service_name(svc),
+                ];
+                for (seg, ok) in [ns, dc, svc].into_iter().zip(valid) {
+                    if !ok {
                         return Err(SpiffeIdError::Segment {
                             id: s.to_string(),
                             segment: seg.to_string(),
@@ -110,10 +116,43 @@ impl SpiffeId {
     }
 }
 
-/// Whether `name` can be the service segment of a SPIFFE ID (what a leaf can be issued for):
-/// the check the CA applies to a CSR, for callers that refuse a name before any signing.
+/// The longest service name a leaf is issued for: Consul's DNS limit (a service name longer
+/// than one DNS label, 63 bytes, is not discoverable through Consul's DNS interface), which also
+/// keeps the leaf's common name within X.509's 64 characters.
+pub const MAX_SERVICE_NAME_LEN: usize = 63;
+
+/// Why a name cannot be the service segment of a SPIFFE ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceNameError {
+    /// Longer than [`MAX_SERVICE_NAME_LEN`].
+    #[error(
+        "is {len} bytes long: a service name is at most {MAX_SERVICE_NAME_LEN} bytes (one DNS \
+         label, as Consul's DNS interface requires)"
+    )]
+    TooLong {
+        /// The name's length in bytes.
+        len: usize,
+    },
+    /// Empty, `.`, `..`, or a character outside RFC 3986's unreserved set.
+    #[error("cannot be part of a SPIFFE ID: use letters, digits and - . _ ~ (not . or .. alone)")]
+    Characters,
+}
+
+/// Checks that `name` can be the service segment of a SPIFFE ID (what a leaf can be issued
+/// for): the check the CA applies to a CSR, for callers that refuse a name before any signing.
+pub fn check_service_name(name: &str) -> Result<(), ServiceNameError> {
+    if !valid_segment(name) {
+        return Err(ServiceNameError::Characters);
+    }
+    if name.len() > MAX_SERVICE_NAME_LEN {
+        return Err(ServiceNameError::TooLong { len: name.len() });
+    }
+    Ok(())
+}
+
+/// Whether [`check_service_name`] accepts `name`.
 pub fn is_valid_service_name(name: &str) -> bool {
-    valid_segment(name)
+    check_service_name(name).is_ok()
 }
 
 /// Segments are the unreserved characters of RFC 3986 (SPIFFE ID spec, section 2.2).
@@ -170,8 +209,36 @@ mod tests {
             "spiffe://td",
             "spiffe://td/ns/default/svc/web",
             "spiffe://td/ns/default/dc/dc1/svc/we%20b",
+            format!("spiffe://td/ns/default/dc/dc1/svc/{}", "a".repeat(64)).as_str(),
         ] {
             assert!(SpiffeId::parse(bad).is_err(), "{bad} should be rejected");
         }
+    }
+}
+
+#[cfg(test)]
+mod service_name_tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_limited_in_length_and_characters() {
+        assert_eq!(check_service_name(&"a".repeat(63)), Ok(()));
+        assert_eq!(
+            check_service_name(&"a".repeat(64)),
+            Err(ServiceNameError::TooLong { len: 64 })
+        );
+        assert_eq!(
+            check_service_name(&"a".repeat(5000)),
+            Err(ServiceNameError::TooLong { len: 5000 })
+        );
+        for bad in ["", ".", "..", "bad name", "a/b", "é"] {
+            assert_eq!(
+                check_service_name(bad),
+                Err(ServiceNameError::Characters),
+                "{bad:?}"
+            );
+        }
+        let long = format!("spiffe://td/ns/default/dc/dc1/svc/{}", "a".repeat(63));
+        assert!(SpiffeId::parse(&long).is_ok());
     }
 }

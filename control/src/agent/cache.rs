@@ -3,6 +3,10 @@
 //! partitioned by ACL token and datacenter, entries unused for the TTL evicted, and fail
 //! static: when no server is reachable the last values keep being served, and the stream
 //! resumes from the cached indexes when a server returns.
+//!
+//! The number of entries is bounded (`max_entries`): a new entry beyond it drops the least
+//! recently used one that nothing follows (a renewing leaf follows the roots), so a client
+//! asking for many names cannot grow the agent without bound.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -204,21 +208,55 @@ impl Entry {
     }
 }
 
+/// Default bound on cache entries.
+pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
+
+/// Drops least recently used entries of `map` that `evictable` allows until `room` more fit
+/// within `max`; returns how many were dropped. Entries it may not drop can keep the map above
+/// `max`. Shared by the cache and the leaves (`leaf::Leaves`).
+pub(super) fn make_room<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    max: usize,
+    room: usize,
+    last_used: impl Fn(&V) -> Instant,
+    evictable: impl Fn(&V) -> bool,
+) -> usize {
+    let mut dropped = 0;
+    while map.len() + room > max {
+        let oldest = map
+            .iter()
+            .filter(|(_, v)| evictable(v))
+            .min_by_key(|(_, v)| last_used(v))
+            .map(|(k, _)| k.clone());
+        let Some(k) = oldest else { break };
+        map.remove(&k);
+        dropped += 1;
+    }
+    dropped
+}
+
 /// The cache.
 pub struct Cache {
     entries: Mutex<HashMap<CacheKey, Arc<Entry>>>,
     /// Woken when the set of keys changes (the watch stream restarts with the new set).
     changed: Notify,
     ttl: Duration,
+    max_entries: usize,
     first_fetch: Duration,
 }
 
 impl Cache {
     pub fn new(ttl: Duration) -> Self {
+        Self::bounded(ttl, DEFAULT_MAX_ENTRIES)
+    }
+
+    /// A cache of at most `max_entries` entries (at least one) beside the TTL.
+    pub fn bounded(ttl: Duration, max_entries: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             ttl,
+            max_entries: max_entries.max(1),
             first_fetch: Duration::from_secs(10),
         }
     }
@@ -233,6 +271,20 @@ impl Cache {
         if let Some(e) = map.get(key) {
             *e.last_used.lock() = now;
             return e.clone();
+        }
+        let dropped = make_room(
+            &mut map,
+            self.max_entries,
+            1,
+            |e| *e.last_used.lock(),
+            |e| e.tx.receiver_count() == 0,
+        );
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                max = self.max_entries,
+                "cache full: least recently used entries dropped"
+            );
         }
         let e = Arc::new(Entry {
             tx: watch::Sender::new(None),
@@ -451,6 +503,28 @@ mod tests {
         assert_eq!(cache.len(), 1);
         cache.entry_at(&web, t0 + hours(73));
         assert_eq!(cache.evict_at(t0 + hours(74)), 0);
+    }
+
+    #[test]
+    fn entries_beyond_the_bound_evict_the_least_recently_used_unfollowed_one() {
+        let cache = Cache::bounded(Duration::from_secs(3600), 3);
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let key = |n: &str| CacheKey::health(n, true, "dc1");
+        cache.entry_at(&key("a"), at(0));
+        cache.entry_at(&key("b"), at(1));
+        cache.entry_at(&key("c"), at(2));
+        // `a` is followed (a subscriber), `b` the oldest one nobody follows.
+        let _follow = cache.entry_at(&key("a"), at(0)).tx.subscribe();
+        cache.entry_at(&key("d"), at(3));
+        assert_eq!(cache.len(), 3);
+        let has = |n: &str| cache.entries.lock().contains_key(&key(n));
+        assert!(has("a") && !has("b") && has("c") && has("d"));
+        for i in 0..100 {
+            cache.entry_at(&key(&format!("n{i}")), at(10 + i));
+        }
+        assert_eq!(cache.len(), 3, "bounded under many names");
+        assert!(has("a"), "a followed entry is never dropped");
     }
 
     #[test]

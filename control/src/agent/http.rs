@@ -28,6 +28,7 @@ use super::acl::{Caller, filter};
 use super::authorize::{self, AuthorizeRequest};
 use super::cache::{CacheError, CacheKey, Cached, Value};
 use super::conn::Credential;
+use super::leaf::LeafError;
 use super::local::LocalError;
 use super::service_health::Aggregated;
 use super::{Agent, TokenKind, maintenance, registration};
@@ -195,7 +196,7 @@ async fn members(State(a): St, headers: HeaderMap, Query(p): Params) -> Res {
     let req = Outgoing {
         method: "GET",
         path: "/v1/internal/members".into(),
-        body: Vec::new(),
+        body: Bytes::new(),
         timeout: Duration::from_secs(30),
     };
     forward(&a, &headers, &p, req).await
@@ -454,9 +455,15 @@ async fn roots(State(a): St, Query(p): Params) -> Res {
 async fn leaf(State(a): St, Path(service): Path<String>, caller: Caller, Query(p): Params) -> Res {
     // Refused here, before any signing request: the CA would refuse it anyway, and a cached
     // entry for it would only retry in the background.
-    if !mesh_policy::spiffe::is_valid_service_name(&service) {
+    if let Err(e) = mesh_policy::spiffe::check_service_name(&service) {
+        let shown: String = service.chars().take(80).collect();
+        let more = if shown.len() < service.len() {
+            "..."
+        } else {
+            ""
+        };
         return Err(ApiError::bad_request(format!(
-            "service name {service:?} cannot be part of a SPIFFE ID: use letters, digits and - . _ ~"
+            "service name {shown:?}{more} {e}"
         )));
     }
     caller.require(|z| z.service_write(&service).check())?;
@@ -464,7 +471,13 @@ async fn leaf(State(a): St, Path(service): Path<String>, caller: Caller, Query(p
     let l = a
         .leaf(&service, &caller, q.index.unwrap_or(0), q.wait()?)
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| match e {
+            LeafError::Refused { status, .. } => ApiError {
+                status: StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                message: e.to_string(),
+            },
+            LeafError::Unavailable { .. } => unavailable(e),
+        })?;
     Ok(json_with_index(l.modify_index, &*l))
 }
 
@@ -577,13 +590,15 @@ pub async fn passthrough(State(a): St, req: Request) -> Res {
         .unwrap_or_else(|| "/".into());
     let Query(p): Params = Query::try_from_uri(req.uri()).unwrap_or_default();
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+    // The serve loop read the body within its limit (`crate::http::serve`): this takes that
+    // one buffer as is, and it is what the RPC carries.
+    let body = axum::body::to_bytes(body, usize::MAX)
         .await
-        .map_err(|e| ApiError::bad_request(format!("reading body: {e}")))?;
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
     let out = Outgoing {
         method: &method,
         path,
-        body: body.to_vec(),
+        body,
         // Blocking queries may wait up to 10m (+jitter) on the server.
         timeout: Duration::from_secs(11 * 60),
     };
@@ -594,8 +609,32 @@ pub async fn passthrough(State(a): St, req: Request) -> Res {
 struct Outgoing<'a> {
     method: &'a str,
     path: String,
-    body: Vec<u8>,
+    body: Bytes,
     timeout: Duration,
+}
+
+/// A forwarded request that failed at the RPC layer: Consul's "No known Consul servers" only
+/// when no server could be reached; the reason otherwise (e.g. a body the server will not take).
+fn forward_error(s: &tonic::Status) -> ApiError {
+    let (status, message) = match s.code() {
+        tonic::Code::Unavailable => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("No known Consul servers: {}", s.message()),
+        ),
+        tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the server refused the request's size: {}", s.message()),
+        ),
+        tonic::Code::DeadlineExceeded => (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("the server did not answer in time: {}", s.message()),
+        ),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("forwarding the request to a server failed: {}", s.message()),
+        ),
+    };
+    ApiError { status, message }
 }
 
 /// The headers a forwarded request carries: its content type, and the caller's token headers
@@ -645,7 +684,7 @@ async fn forward(
             async move { c.http(r).await }
         })
         .await
-        .map_err(|s| unavailable(format!("No known Consul servers: {}", s.message())))?
+        .map_err(|s| forward_error(&s))?
         .into_inner();
     let mut resp = Response::builder()
         .status(StatusCode::from_u16(reply.status as u16).unwrap_or(StatusCode::BAD_GATEWAY));

@@ -60,6 +60,11 @@ pub struct AgentConfig {
     pub cache_ttl: Duration,
     /// Leaves are re-issued within this window after a root rotation.
     pub leaf_rotation_jitter: Duration,
+    /// Bounds on the cache's entries and on cached leaves (least recently used dropped).
+    pub cache_max_entries: usize,
+    pub leaf_max_entries: usize,
+    /// Timeouts and caps of the HTTP API (this agent's, or its server's when embedded).
+    pub http_limits: crate::http::HttpLimits,
     pub heartbeat: Duration,
     /// Periodic anti-entropy even when nothing changed.
     pub sync_interval: Duration,
@@ -114,6 +119,9 @@ impl AgentConfig {
             address: "127.0.0.1".into(),
             cache_ttl: Duration::from_secs(72 * 3600),
             leaf_rotation_jitter: Duration::from_secs(30),
+            cache_max_entries: cache::DEFAULT_MAX_ENTRIES,
+            leaf_max_entries: leaf::DEFAULT_MAX_LEAVES,
+            http_limits: crate::http::HttpLimits::default(),
             heartbeat: Duration::from_secs(1),
             sync_interval: Duration::from_secs(60),
             checks: checks::RunnerConfig::default(),
@@ -260,8 +268,11 @@ impl Agent {
         let (check_updates, mut check_rx) = mpsc::channel(256);
         let agent = Arc::new(Agent {
             node_id: node_id(&config.node),
-            cache: Arc::new(cache::Cache::new(config.cache_ttl)),
-            leaves: leaf::Leaves::default(),
+            cache: Arc::new(cache::Cache::bounded(
+                config.cache_ttl,
+                config.cache_max_entries,
+            )),
+            leaves: leaf::Leaves::new(config.leaf_max_entries),
             // Index 1 before anything is synced, so `wait_synced` waits for the first pass
             // (which registers the node) even when nothing was registered locally.
             local: Mutex::new(local::LocalState {
@@ -333,6 +344,7 @@ impl Agent {
             tasks.push(tokio::spawn(crate::http::serve(
                 app,
                 listener,
+                agent.config.http_limits.clone(),
                 agent.shutdown_signal(),
             )));
         }

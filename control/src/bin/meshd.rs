@@ -84,6 +84,9 @@ struct AgentArgs {
     auto_encrypt: bool,
     #[command(flatten)]
     config: ConfigArgs,
+    /// `limits { ... }` and `cache { ... }` from the config files (no flags).
+    #[arg(skip)]
+    limits: mesh_control::config_file::Limits,
 }
 
 /// Configuration files, read in the order given; flags override them.
@@ -190,6 +193,9 @@ struct ServerArgs {
     acl: AclArgs,
     #[command(flatten)]
     config: ConfigArgs,
+    /// `limits { ... }` and `cache { ... }` from the config files (no flags).
+    #[arg(skip)]
+    limits: mesh_control::config_file::Limits,
 }
 
 #[derive(Parser)]
@@ -220,6 +226,9 @@ struct DevArgs {
     acl: AclArgs,
     #[command(flatten)]
     config: ConfigArgs,
+    /// `limits { ... }` and `cache { ... }` from the config files (no flags).
+    #[arg(skip)]
+    limits: mesh_control::config_file::Limits,
     #[command(flatten)]
     encrypt: EncryptArgs,
 }
@@ -348,6 +357,7 @@ async fn run_agent(mut a: AgentArgs, matches: &clap::ArgMatches) -> anyhow::Resu
     c.address = a.address;
     c.cache_ttl = a.cache_ttl;
     c.leaf_rotation_jitter = a.leaf_rotation_jitter;
+    a.limits.apply_to_agent(&mut c);
     c.data_dir = Some(overlay::required(a.data_dir, "--data-dir", "data_dir")?);
     anyhow::ensure!(
         mesh_control::agent::Credential::token(Some(&a.token)).is_ok(),
@@ -491,6 +501,7 @@ async fn main() -> anyhow::Result<()> {
             c.acl = a.acl.config(!a.acl_disabled);
             c.tls = a.tls.files(false)?;
             c.auto_encrypt_allow_tls = a.auto_encrypt_allow_tls;
+            c.http_limits = a.limits.http();
             check_rpc_bind(c.bind, c.tls.is_some(), a.insecure_plaintext_rpc)?;
             (c, None)
         }
@@ -516,6 +527,7 @@ async fn main() -> anyhow::Result<()> {
             c.encrypt_key = a.encrypt.load()?;
             c.tls = a.tls.files(false)?;
             c.auto_encrypt_allow_tls = a.auto_encrypt_allow_tls;
+            c.http_limits = a.limits.http();
             check_rpc_bind(c.bind, c.tls.is_some(), a.insecure_plaintext_rpc)?;
             // A single node has nobody to wait for: elect at once.
             c.election_timeout_min = std::time::Duration::from_millis(150);

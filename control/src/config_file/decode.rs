@@ -178,6 +178,35 @@ const ROOT: &[Key] = &[
             .only(&[Role::Agent], TOKENS_AGENT_ONLY),
         ],
     ),
+    block(
+        "limits",
+        &[
+            leaf("http_max_conns_per_client", |c, v, _| {
+                set(&mut c.limits.http_max_conns_per_client, positive(v)?)
+            }),
+            leaf("http_read_header_timeout", |c, v, _| {
+                set(&mut c.limits.http_read_header_timeout, duration(v)?)
+            }),
+            leaf("http_max_request_body", |c, v, _| {
+                set(&mut c.limits.http_max_request_body, positive(v)?)
+            }),
+        ],
+    ),
+    block(
+        "cache",
+        &[
+            leaf("max_entries", |c, v, _| {
+                set(&mut c.limits.cache_max_entries, positive(v)?)
+            }),
+            leaf("leaf_max_entries", |c, v, _| {
+                set(&mut c.limits.leaf_max_entries, positive(v)?)
+            }),
+        ],
+    )
+    .only(
+        &[Role::Agent],
+        "the cache bounds are a setting of meshd agent (a server's own agent keeps the defaults)",
+    ),
     leaf("encrypt", |c, v, _| {
         c.encrypt_key_file = None;
         set(&mut c.encrypt, secret(v)?)
@@ -331,6 +360,24 @@ fn count(v: &Value) -> Result<usize, Problem> {
         .filter(|n| *n >= 1)
         .ok_or(Problem::InvalidValue {
             expected: "a number of servers, at least 1",
+        })
+}
+
+fn positive(v: &Value) -> Result<usize, Problem> {
+    usize::try_from(int(v)?)
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or(Problem::InvalidValue {
+            expected: "a whole number, at least 1",
+        })
+}
+
+fn duration(v: &Value) -> Result<std::time::Duration, Problem> {
+    crate::duration::parse_duration(string(v)?)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or(Problem::InvalidValue {
+            expected: "a positive duration such as \"10s\" or \"1m30s\"",
         })
 }
 

@@ -119,6 +119,49 @@ pub struct AclFile {
     pub default_token: Option<Secret>,
 }
 
+/// `limits { ... }` (HTTP API resources, see `crate::http::serve`) and `cache { ... }` (the
+/// agent's cache bounds): no flags, files only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `limits.http_max_conns_per_client` (Consul's key and default, 200).
+    pub http_max_conns_per_client: Option<usize>,
+    /// `limits.http_read_header_timeout`: also the idle keep-alive timeout.
+    pub http_read_header_timeout: Option<std::time::Duration>,
+    /// `limits.http_max_request_body`, in bytes.
+    pub http_max_request_body: Option<usize>,
+    /// `cache.max_entries`: the agent cache's bound.
+    pub cache_max_entries: Option<usize>,
+    /// `cache.leaf_max_entries`: the bound on cached leaf certificates.
+    pub leaf_max_entries: Option<usize>,
+}
+
+impl Limits {
+    /// The HTTP limits: the files' values over the defaults.
+    pub fn http(&self) -> crate::http::HttpLimits {
+        let d = crate::http::HttpLimits::default();
+        crate::http::HttpLimits {
+            read_header_timeout: self
+                .http_read_header_timeout
+                .unwrap_or(d.read_header_timeout),
+            max_conns_per_client: self
+                .http_max_conns_per_client
+                .unwrap_or(d.max_conns_per_client),
+            max_request_body: self.http_max_request_body.unwrap_or(d.max_request_body),
+        }
+    }
+
+    /// Lays these limits over an agent's configuration.
+    pub fn apply_to_agent(&self, c: &mut crate::agent::AgentConfig) {
+        c.http_limits = self.http();
+        if let Some(n) = self.cache_max_entries {
+            c.cache_max_entries = n;
+        }
+        if let Some(n) = self.leaf_max_entries {
+            c.leaf_max_entries = n;
+        }
+    }
+}
+
 /// What the files say, merged; `None` where no file set the key. Flags override every field.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FileConfig {
@@ -146,6 +189,7 @@ pub struct FileConfig {
     pub encrypt: Option<Secret>,
     /// `encrypt_key_file`: the file holding that key.
     pub encrypt_key_file: Option<PathBuf>,
+    pub limits: Limits,
 }
 
 impl FileConfig {

@@ -356,3 +356,34 @@ fn directories_read_hcl_and_json_in_lexical_order_after_earlier_sources() {
         "{e}"
     );
 }
+
+#[test]
+fn limits_and_cache_bounds_are_read_and_checked() {
+    let text = "limits {\n  http_max_conns_per_client = 50\n  http_read_header_timeout = \"2s\"\n  \
+                http_max_request_body = 1048576\n}\ncache {\n  max_entries = 100\n  leaf_max_entries = 10\n}\n";
+    let c = parse("l.hcl", text, Role::Agent).unwrap();
+    let http = c.limits.http();
+    assert_eq!(http.max_conns_per_client, 50);
+    assert_eq!(http.read_header_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(http.max_request_body, 1_048_576);
+    assert_eq!(c.limits.cache_max_entries, Some(100));
+    assert_eq!(c.limits.leaf_max_entries, Some(10));
+    // Unset keys keep the defaults.
+    let none = parse("n.hcl", "", Role::Server).unwrap();
+    assert_eq!(none.limits.http(), crate::http::HttpLimits::default());
+
+    let e = refused(
+        "b.hcl",
+        "limits {\n  http_max_conns_per_client = 0\n}\n",
+        Role::Server,
+        2,
+    );
+    assert!(e.contains("at least 1"), "{e}");
+    let e = refused(
+        "b.hcl",
+        "limits {\n  http_read_header_timeout = \"soon\"\n}\n",
+        Role::Dev,
+        2,
+    );
+    assert!(e.contains("positive duration"), "{e}");
+}

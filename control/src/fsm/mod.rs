@@ -20,8 +20,9 @@ mod state;
 
 pub use acl_state::{AclState, anonymous_token};
 pub use ca_config::{
-    DEFAULT_LEAF_TTL, ROOT_MATERIAL_KEYS, SuppliedRoot, SuppliedRootError, has_root_material,
-    leaf_ttl, supplied_root, without_root_material,
+    DEFAULT_LEAF_TTL, LeafTtlError, MAX_LEAF_TTL, MIN_LEAF_TTL, ROOT_MATERIAL_KEYS, SuppliedRoot,
+    SuppliedRootError, check_leaf_ttl, has_root_material, leaf_ttl, root_ttl, supplied_root,
+    without_root_material,
 };
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
 pub use secret::{MalformedSecret, SERVER_SECRET_HEX_LEN, ServerSecret};

@@ -1,6 +1,6 @@
 //! HTTP plumbing shared by the server's API (`crate::server::api`) and the agent's
 //! (`crate::agent::http`): Consul-shaped errors, `?index=&wait=&stale` parsing and the blocking
-//! wait, `X-Consul-Index` answers, the serve loop.
+//! wait, `X-Consul-Index` answers, the serve loop with its limits (`serve`).
 //!
 //! Errors are plain text with Consul's status codes; bodies with unknown fields or malformed
 //! JSON get 400 with the reason, and nothing is applied. Bodies are decoded as Consul decodes
@@ -9,13 +9,13 @@
 
 pub mod blocking;
 pub mod list_query;
+pub mod serve;
 pub mod token;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tokio::net::TcpListener;
-
 pub use blocking::QueryOptions;
+pub use serve::{HttpLimits, serve};
 
 /// Consul's header on a list answer some entries of which the caller's token may not read.
 pub const FILTERED_HEADER: &str = "X-Consul-Results-Filtered-By-ACLs";
@@ -43,20 +43,6 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiEr
 /// Answers a path no route knows, as Consul does.
 pub async fn not_found() -> ApiError {
     ApiError::not_found("Invalid URL path: not a recognized HTTP API endpoint")
-}
-
-/// Serves `app` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    app: axum::Router,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) {
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server stopped");
-    }
 }
 
 /// An API error: status and plain-text message, as Consul answers.

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     /// The cluster's encryption key (`--encrypt-key-file`): CA private keys are sealed with it
     /// before they enter the Raft log (see `crate::seal`). Every server needs the same one.
     pub encrypt_key: Option<SealKey>,
+    /// Timeouts and caps of the HTTP API (`limits { ... }` in a config file).
+    pub http_limits: crate::http::HttpLimits,
 }
 
 impl ServerConfig {
@@ -75,6 +77,7 @@ impl ServerConfig {
             tls: None,
             auto_encrypt_allow_tls: false,
             encrypt_key: None,
+            http_limits: crate::http::HttpLimits::default(),
         }
     }
 }

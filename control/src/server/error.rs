@@ -126,12 +126,8 @@ pub enum Refused {
         provider: String,
         available: &'static str,
     },
-    #[error("LeafCertTTL must be a duration string")]
-    LeafTtlNotAString,
-    #[error("LeafCertTTL: {0}")]
-    LeafTtl(#[source] crate::duration::DurationError),
-    #[error("LeafCertTTL must be at least 1s")]
-    LeafTtlTooShort,
+    #[error(transparent)]
+    LeafTtl(crate::fsm::LeafTtlError),
     #[error(transparent)]
     SuppliedRoot(#[from] crate::fsm::SuppliedRootError),
     #[error(

@@ -137,6 +137,7 @@ impl Server {
         agent_config.datacenter = server.config.datacenter.clone();
         agent_config.address = rpc_addr.ip().to_string();
         agent_config.leaf_rotation_jitter = server.config.leaf_rotation_jitter;
+        agent_config.http_limits = server.config.http_limits.clone();
         // It dials this server with the server's own certificate.
         agent_config.tls = server.tls.clone();
         // The embedded agent's services survive a restart too, in a directory of its own.
@@ -161,6 +162,7 @@ impl Server {
             tokio::spawn(crate::http::serve(
                 app,
                 http_listener,
+                agent.config.http_limits.clone(),
                 server.shutdown_signal(),
             )),
             tokio::spawn(bootstrap::run(server.clone())),

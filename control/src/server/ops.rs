@@ -484,13 +484,15 @@ impl Server {
             }
             .into());
         }
-        if let Some(ttl) = config.config.get("LeafCertTTL") {
-            let s = ttl.as_str().ok_or(Refused::LeafTtlNotAString)?;
-            let d = crate::duration::parse_duration(s).map_err(Refused::LeafTtl)?;
-            if d < Duration::from_secs(1) {
-                return Err(Refused::LeafTtlTooShort.into());
-            }
-        }
+        // The root that will sign the leaves: a new one (its RootCertTTL) or the active one.
+        let root_left = if needs_rotation {
+            fsm::root_ttl(&config)
+        } else {
+            self.state
+                .read(|s| s.ca.active().map(|r| r.root.not_after.clone()))
+                .and_then(|t| time_left(&t))
+        };
+        fsm::check_leaf_ttl(&config, root_left).map_err(Refused::LeafTtl)?;
         if needs_rotation {
             self.rotate_ca(Some(config), 0).await
         } else {
@@ -572,6 +574,13 @@ impl Server {
         let signer = seal::root::open(self.config.encrypt_key.as_ref(), &active)?;
         Ok((signer, td, ttl))
     }
+}
+
+/// The time from now until the RFC 3339 instant `t`, in whole seconds (`None` if unparsable).
+fn time_left(t: &str) -> Option<Duration> {
+    let end = OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()?;
+    let left = (end - OffsetDateTime::now_utc()).whole_seconds();
+    Some(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
 }
 
 fn into_result(r: ApplyResult) -> Result<ApplyResult, ServerError> {

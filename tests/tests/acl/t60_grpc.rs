@@ -290,7 +290,7 @@ async fn call(g: &Grpc, method: &str, who: Who) -> Code {
             let r = HttpRequest {
                 method: "GET".into(),
                 path_and_query: "/v1/acl/tokens".into(),
-                body: Vec::new(),
+                body: Default::default(),
                 headers,
             };
             let reply = cat.http(with(r, t)).await.expect("Http passes through");

@@ -15,6 +15,7 @@ mod t40_agent_kill;
 mod t50_failing_checks;
 mod t60_blocking_queries;
 mod t70_bad_input;
+mod t75_bounded_http;
 mod t80_restart;
 mod t90_list_filters;
 

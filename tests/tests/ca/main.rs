@@ -5,6 +5,7 @@
 mod t10_sign_and_verify;
 mod t20_rotation;
 mod t30_configuration;
+mod t35_leaf_ttl_limits;
 mod t40_no_private_keys;
 
 use std::path::Path;

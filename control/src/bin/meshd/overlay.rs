@@ -98,6 +98,7 @@ pub fn required<T>(v: Option<T>, flag: &str, key: &str) -> anyhow::Result<T> {
 /// `--encrypt-key-file` was.
 pub fn server(a: &mut ServerArgs, matches: &ArgMatches) -> anyhow::Result<Option<Secret>> {
     let (g, f) = load(matches, &a.config, Role::Server)?;
+    a.limits = f.limits.clone();
     g.rpc(&mut a.bind, &f);
     g.http(&mut a.http_addr, &f);
     fill(&mut a.node, f.node_name);
@@ -138,6 +139,7 @@ pub fn server(a: &mut ServerArgs, matches: &ArgMatches) -> anyhow::Result<Option
 /// `meshd dev`: the server keys that make sense for one throw-away node.
 pub fn dev(a: &mut DevArgs, matches: &ArgMatches) -> anyhow::Result<Option<String>> {
     let (g, f) = load(matches, &a.config, Role::Dev)?;
+    a.limits = f.limits.clone();
     g.rpc(&mut a.bind, &f);
     g.http(&mut a.http_addr, &f);
     fill(&mut a.data_dir, f.data_dir);
@@ -155,6 +157,7 @@ pub fn dev(a: &mut DevArgs, matches: &ArgMatches) -> anyhow::Result<Option<Strin
 /// sets it through the file or `PUT /v1/agent/token/default`).
 pub fn agent(a: &mut AgentArgs, matches: &ArgMatches) -> anyhow::Result<Option<Secret>> {
     let (g, f) = load(matches, &a.config, Role::Agent)?;
+    a.limits = f.limits.clone();
     g.http(&mut a.http_addr, &f);
     fill(&mut a.node, f.node_name);
     fill(&mut a.data_dir, f.data_dir);

@@ -1,6 +1,10 @@
 //! Runs an HTTP API request, received over gRPC from a client agent, through this server's own
 //! router, so the agent needs no second connection and every endpoint behaves the same whether
 //! asked of a server directly or through an agent.
+//!
+//! The body travels as `Bytes` from the gRPC message to the router and back, without a copy;
+//! this server's own body limit (`limits.http_max_request_body`) applies to it as to a request
+//! made to it directly.
 
 use std::sync::Arc;
 
@@ -20,8 +24,13 @@ pub async fn handle(server: &Arc<Server>, req: HttpRequest) -> HttpReply {
             name: "content-type".into(),
             value: "text/plain; charset=utf-8".into(),
         }],
-        body: msg.into_bytes(),
+        body: msg.into_bytes().into(),
     };
+    let limit = server.config.http_limits.max_request_body;
+    if req.body.len() > limit {
+        let e = crate::http::serve::too_large(limit, Some(req.body.len() as u64));
+        return error(e.status.as_u16(), e.message);
+    }
     let mut builder = http::Request::builder()
         .method(req.method.as_str())
         .uri(req.path_and_query.as_str());
@@ -52,7 +61,7 @@ pub async fn handle(server: &Arc<Server>, req: HttpRequest) -> HttpReply {
         Ok(body) => HttpReply {
             status: u32::from(status),
             headers,
-            body: body.to_vec(),
+            body,
         },
         Err(e) => error(500, format!("reading response: {e}")),
     }
