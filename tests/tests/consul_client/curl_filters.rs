@@ -214,5 +214,65 @@ fn list_filters_with_curl() {
         assert!(r.body.contains(want), "{path} {filter}: {}", r.body);
     }
 
+    // The check lists and node reads filter too (the same helper).
+    let sidecar_checks = "ServiceID == \"web-1-sidecar-proxy\"";
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/health/checks/web-sidecar-proxy",
+        &[],
+        None,
+    );
+    let every = r.json().as_array().map_or(0, Vec::len);
+    assert!(every >= 2, "the sidecar's checks: {}", r.body);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/health/state/any",
+        &[(
+            "filter",
+            &format!("{sidecar_checks} and Name contains Aliasing"),
+        )],
+        None,
+    );
+    assert_eq!(
+        r.ids(&["CheckID"]),
+        ["service:web-1-sidecar-proxy:2"],
+        "{}",
+        r.body
+    );
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/health/node/ext-node",
+        &[("filter", "CheckID == nothing")],
+        None,
+    );
+    assert_eq!((r.status, r.body.trim()), (200, "[]"), "{}", r.body);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/catalog/node-services/ext-node",
+        &[("filter", "Port == 9090")],
+        None,
+    );
+    assert_eq!(r.json()["Services"][0]["ID"], "web-ext", "{}", r.body);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/catalog/node/ext-node",
+        &[("filter", "Port != 9090")],
+        None,
+    );
+    assert_eq!(r.json()["Services"], serde_json::json!({}), "{}", r.body);
+    let r = curl(
+        addr,
+        "GET",
+        "/v1/health/checks/web",
+        &[("filter", "Statuss == passing")],
+        None,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
     drop(meshd);
 }

@@ -16,7 +16,7 @@ use super::{Api, Params, Res, parse_body, read_filtered};
 use crate::fsm::{Command, State};
 use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
-use crate::http::list_query::{CatalogServiceRows, ListQuery, NodeRows};
+use crate::http::list_query::{AgentServiceRows, CatalogServiceRows, ListQuery, NodeRows};
 use crate::model::{HealthCheck, Node, ServiceInstance};
 use crate::server::Server;
 use crate::wire::AgentService;
@@ -368,10 +368,12 @@ fn node_services(s: &State, filter: &Filter<'_>, node: &str) -> Option<(Node, Ve
 
 /// Reads what [`node_services`] finds for `node` and answers it as `render` shapes it, as a
 /// blocking query on the nodes and services tables.
+/// `?filter=` applies to the services.
 async fn node_read<T: Serialize>(
     srv: &Server,
     authz: &Authz,
     p: &HashMap<String, String>,
+    lq: &ListQuery<AgentServiceRows>,
     node: &str,
     render: impl FnOnce(Option<(Node, Vec<NodeService>)>) -> T,
 ) -> Res {
@@ -380,7 +382,12 @@ async fn node_read<T: Serialize>(
         authz,
         &QueryOptions::from_params(p)?,
         |s| s.tables.services.max(s.tables.nodes),
-        |s, filter| Ok(render(node_services(s, filter, node))),
+        |s, filter| {
+            let found = node_services(s, filter, node)
+                .map(|(n, services)| Ok::<_, ApiError>((n, lq.apply(services)?)))
+                .transpose()?;
+            Ok(render(found))
+        },
     )
     .await
 }
@@ -391,9 +398,10 @@ pub(super) async fn catalog_node(
     AxState(srv): Api,
     authz: Authz,
     Path(node): Path<String>,
+    lq: ListQuery<AgentServiceRows>,
     Query(p): Params,
 ) -> Res {
-    node_read(&srv, &authz, &p, &node, |found| {
+    node_read(&srv, &authz, &p, &lq, &node, |found| {
         found.map(|(node, services)| {
             let by_id: BTreeMap<String, NodeService> = services
                 .into_iter()
@@ -411,9 +419,10 @@ pub(super) async fn catalog_node_services(
     AxState(srv): Api,
     authz: Authz,
     Path(node): Path<String>,
+    lq: ListQuery<AgentServiceRows>,
     Query(p): Params,
 ) -> Res {
-    node_read(&srv, &authz, &p, &node, |found| {
+    node_read(&srv, &authz, &p, &lq, &node, |found| {
         let (node, services) = found.unzip();
         json!({ "Node": node, "Services": services })
     })

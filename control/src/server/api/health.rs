@@ -11,7 +11,7 @@ use super::{Api, Params, Res, read_filtered};
 use crate::fsm::State;
 use crate::http::ApiError;
 use crate::http::blocking::QueryOptions;
-use crate::http::list_query::{HealthRows, ListQuery};
+use crate::http::list_query::{CheckRows, HealthRows, ListQuery};
 use crate::model::{HealthCheck, HealthStatus};
 use crate::server::Server;
 use crate::wire::ServiceHealth;
@@ -97,10 +97,12 @@ fn check_rows(s: &State, filter: &Filter<'_>, which: Checks<'_>) -> Vec<HealthCh
 }
 
 /// Answers a check list as a blocking query on the checks table (Consul's index for these).
+/// `?filter=` applies to the rows.
 async fn check_list(
     srv: &Server,
     authz: &Authz,
     p: &HashMap<String, String>,
+    lq: &ListQuery<CheckRows>,
     which: Checks<'_>,
 ) -> Res {
     read_filtered(
@@ -108,7 +110,7 @@ async fn check_list(
         authz,
         &QueryOptions::from_params(p)?,
         |s| s.tables.checks,
-        |s, filter| Ok(check_rows(s, filter, which)),
+        |s, filter| lq.apply(check_rows(s, filter, which)),
     )
     .await
 }
@@ -118,9 +120,10 @@ pub(super) async fn health_checks(
     AxState(srv): Api,
     authz: Authz,
     Path(service): Path<String>,
+    lq: ListQuery<CheckRows>,
     Query(p): Params,
 ) -> Res {
-    check_list(&srv, &authz, &p, Checks::OfService(&service)).await
+    check_list(&srv, &authz, &p, &lq, Checks::OfService(&service)).await
 }
 
 /// `GET /v1/health/node/:node`: every check on the node (`[]` for an unknown node, as Consul).
@@ -128,9 +131,10 @@ pub(super) async fn health_node(
     AxState(srv): Api,
     authz: Authz,
     Path(node): Path<String>,
+    lq: ListQuery<CheckRows>,
     Query(p): Params,
 ) -> Res {
-    check_list(&srv, &authz, &p, Checks::OnNode(&node)).await
+    check_list(&srv, &authz, &p, &lq, Checks::OnNode(&node)).await
 }
 
 /// `GET /v1/health/state/:state` (`any`, `passing`, `warning` or `critical`).
@@ -138,10 +142,11 @@ pub(super) async fn health_state(
     AxState(srv): Api,
     authz: Authz,
     Path(state): Path<String>,
+    lq: ListQuery<CheckRows>,
     Query(p): Params,
 ) -> Res {
     let state = parse_state(&state)?;
-    check_list(&srv, &authz, &p, Checks::InState(state)).await
+    check_list(&srv, &authz, &p, &lq, Checks::InState(state)).await
 }
 
 /// A check state of `/v1/health/state/:state`; `None` for `any`. Consul answers an unknown
