@@ -328,6 +328,38 @@ pub async fn start_agent(config: AgentConfig, timeout: Duration) -> anyhow::Resu
     }
 }
 
+/// Starts [`start_single_server`] and [`start_client_agent`] on it (data in a temporary
+/// directory named `prefix…`), runs `measure` with the server's and the agent's HTTP
+/// addresses, then shuts both down (also when `measure` failed) and removes the directory.
+pub async fn with_server_and_agent<T, F, Fut>(
+    common: &CommonArgs,
+    prefix: &str,
+    timeout: Duration,
+    measure: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(SocketAddr, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let dir = common.tempdir(prefix)?;
+    let server = start_single_server("s1", &dir.path().join("s1"), timeout).await?;
+    let agent = match start_client_agent("bench-agent", server.rpc_addr, timeout).await {
+        Ok(a) => a,
+        Err(e) => {
+            shutdown_server(server, SHUTDOWN_TIMEOUT).await;
+            return Err(e);
+        }
+    };
+    let measured = match agent.http_addr {
+        Some(agent_http) => measure(server.http_addr, agent_http).await,
+        None => Err(anyhow::anyhow!("agent has no HTTP address")),
+    };
+    shutdown_agent(agent, SHUTDOWN_TIMEOUT).await;
+    shutdown_server(server, SHUTDOWN_TIMEOUT).await;
+    drop(dir);
+    measured
+}
+
 /// How long shutting down one server or agent may take before the harness gives up on it.
 pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -23,9 +23,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use mesh_benches::{
-    CommonArgs, HttpConn, SHUTDOWN_TIMEOUT, Samples, Table, ensure_in, load_average,
-    load_average_json, load_average_text, ratio, shutdown_agent, shutdown_server,
-    signed_ms_between, start_client_agent, start_single_server,
+    CommonArgs, HttpConn, Samples, Table, ensure_in, load_average, load_average_json,
+    load_average_text, ratio, signed_ms_between, with_server_and_agent,
 };
 
 /// How long the server may take to lead with a CA, and the agent to connect and sync.
@@ -114,22 +113,13 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure_in("changes", args.changes, 1..=10_000)?;
     let load_start = load_average();
-    let dir = args.common.tempdir("mesh-bench-blocking-")?;
-
-    let server = start_single_server("s1", &dir.path().join("s1"), READY_TIMEOUT).await?;
-    let agent = match start_client_agent("bench-agent", server.rpc_addr, READY_TIMEOUT).await {
-        Ok(a) => a,
-        Err(e) => {
-            shutdown_server(server, SHUTDOWN_TIMEOUT).await;
-            return Err(e);
-        }
-    };
-    let agent_http = agent.http_addr.context("agent has no HTTP address")?;
-    let measured = measure(server.http_addr, agent_http, args.changes).await;
-    shutdown_agent(agent, SHUTDOWN_TIMEOUT).await;
-    shutdown_server(server, SHUTDOWN_TIMEOUT).await;
-    drop(dir);
-    let m = measured?;
+    let m = with_server_and_agent(
+        &args.common,
+        "mesh-bench-blocking-",
+        READY_TIMEOUT,
+        |server, agent| measure(server, agent, args.changes),
+    )
+    .await?;
     let load_end = load_average();
 
     let median_wake = m.rounds.wake_after_ack.median();

@@ -58,16 +58,10 @@ pub struct IntentionRef {
     /// Consul's legacy `ID`; empty when the intention has none.
     #[serde(rename = "ID")]
     pub id: String,
-    /// `SourceNS`.
-    #[serde(rename = "SourceNS")]
-    pub source_ns: String,
-    /// `SourceName`.
-    pub source_name: String,
-    /// `DestinationNS`.
-    #[serde(rename = "DestinationNS")]
-    pub destination_ns: String,
-    /// `DestinationName`.
-    pub destination_name: String,
+    /// Its source and destination (`SourceNS`, `SourceName`, `DestinationNS`,
+    /// `DestinationName`).
+    #[serde(flatten)]
+    pub key: IntentionKey,
     /// Precedence as the decider computed it (9 = exact/exact ... 1).
     pub precedence: u32,
     /// The intention's `Action`; `null` for an L7 intention (one with `Permissions`).
@@ -79,21 +73,9 @@ impl IntentionRef {
     pub fn of(i: &Intention) -> Self {
         Self {
             id: i.id.clone(),
-            source_ns: i.source_ns.clone(),
-            source_name: i.source_name.clone(),
-            destination_ns: i.destination_ns.clone(),
-            destination_name: i.destination_name.clone(),
+            key: IntentionKey::of(i),
             precedence: i.precedence,
             action: i.action,
-        }
-    }
-
-    fn key(&self) -> IntentionKey {
-        IntentionKey {
-            source_ns: self.source_ns.clone(),
-            source_name: self.source_name.clone(),
-            destination_ns: self.destination_ns.clone(),
-            destination_name: self.destination_name.clone(),
         }
     }
 }
@@ -101,12 +83,7 @@ impl IntentionRef {
 /// `intention "web" => "db" (precedence 9, ID …)`.
 impl fmt::Display for IntentionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "intention {} (precedence {}",
-            self.key(),
-            self.precedence
-        )?;
+        write!(f, "intention {} (precedence {}", self.key, self.precedence)?;
         if !self.id.is_empty() {
             write!(f, ", ID {}", self.id)?;
         }
@@ -392,7 +369,7 @@ mod tests {
         let e = explain_l4(&set, &peer("api"));
         assert!(e.allowed);
         let i = e.decided.intention.as_ref().unwrap();
-        assert_eq!((i.source_name.as_str(), i.precedence), ("*", 8));
+        assert_eq!((i.key.source_name.as_str(), i.precedence), ("*", 8));
         assert!(e.to_string().starts_with(
             "Allowed\nReason: Matched L4 intention \"*\" => \"db\" (allow, precedence 8"
         ));
