@@ -4,7 +4,9 @@
 //! `{"kind": "service-defaults"}` as readily as `{"Kind": ..}`. Our types are serde structs with
 //! Consul's exact names, mostly `deny_unknown_fields`.
 //!
-//! How: decode; when serde reports an unknown field (or a missing one) at some path, and the
+//! How: first the top-level keys are matched against the type's own field list (serde hands it
+//! to `deserialize_struct`; a probe deserializer records it), so a type that does not deny
+//! unknown fields cannot drop a key in another spelling. Then decode; when serde reports an unknown field (or a missing one) at some path, and the
 //! object at that path has a key that is the expected field's name up to case and underscores,
 //! rename that key and decode again. Only keys serde itself flagged are touched, so keys of
 //! user maps (`Meta`, `Config`, HTTP header names) are never rewritten, and the field lists come
@@ -40,6 +42,7 @@ pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
 
 /// [`json`] of an already parsed value.
 pub fn value_as<T: DeserializeOwned>(mut value: Value) -> Result<T, DecodeError> {
+    rename_top_level::<T>(&mut value);
     let mut renames = 0;
     loop {
         let error = match serde_path_to_error::deserialize::<_, T>(&value) {
@@ -56,6 +59,77 @@ pub fn value_as<T: DeserializeOwned>(mut value: Value) -> Result<T, DecodeError>
             path: path.to_string().trim_start_matches('.').to_string(),
             message,
         });
+    }
+}
+
+/// Renames each top-level key that is one of `T`'s fields in another spelling to that field
+/// (the exact spelling wins when both are sent). Done up front because a type that does not
+/// deny unknown fields would drop a key in another spelling silently instead of reporting it.
+fn rename_top_level<T: DeserializeOwned>(value: &mut Value) {
+    let (Some(fields), Some(object)) = (field_names::<T>(), value.as_object_mut()) else {
+        return;
+    };
+    let renames: Vec<(String, &str)> = object
+        .keys()
+        .filter(|k| !fields.contains(&k.as_str()))
+        .filter_map(|k| {
+            let exact = fields.iter().find(|f| folded(f) == folded(k))?;
+            Some((k.clone(), *exact))
+        })
+        .collect();
+    for (sent, exact) in renames {
+        rename(object, &sent, exact);
+    }
+}
+
+/// The serialized field names of struct `T`, or `None` for any other shape.
+fn field_names<T: DeserializeOwned>() -> Option<&'static [&'static str]> {
+    let mut probe = Probe(None);
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+/// A deserializer that records the field list of `deserialize_struct` and then fails.
+struct Probe(Option<&'static [&'static str]>);
+
+#[derive(Debug)]
+struct Stop;
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("probe")
+    }
+}
+
+impl std::error::Error for Stop {}
+
+impl serde::de::Error for Stop {
+    fn custom<M: std::fmt::Display>(_: M) -> Self {
+        Stop
+    }
+}
+
+impl<'de> serde::de::Deserializer<'de> for &mut Probe {
+    type Error = Stop;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+        Err(Stop)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Stop> {
+        self.0 = Some(fields);
+        Err(Stop)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
     }
 }
 
@@ -245,6 +319,19 @@ mod tests {
         assert_eq!(o.name, "exact");
         let o: Outer = json(br#"{"name":"other","Name":"exact"}"#).unwrap();
         assert_eq!(o.name, "exact");
+    }
+
+    #[test]
+    fn a_lenient_struct_gets_its_optional_fields_by_another_spelling_too() {
+        #[derive(Debug, Deserialize, PartialEq)]
+        #[serde(rename_all = "PascalCase")]
+        struct Policy {
+            name: String,
+            #[serde(default)]
+            rules: String,
+        }
+        let p: Policy = json(br#"{"name":"p","rules":"r","extra":1}"#).unwrap();
+        assert_eq!((p.name.as_str(), p.rules.as_str()), ("p", "r"));
     }
 
     #[test]
