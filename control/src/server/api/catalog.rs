@@ -393,8 +393,10 @@ async fn node_read<T: Serialize>(
 }
 
 /// `GET /v1/catalog/node/:node`: `{Node, Services: {id: service}}`, or `null` (200) for a node
-/// that is unknown or not readable, as Consul answers.
-pub(super) async fn catalog_node(
+/// that is unknown or not readable, as Consul answers; with `LIST`
+/// `GET /v1/catalog/node-services/:node`: `{Node, Services: [service]}`, both `null` for such a
+/// node (Consul's empty `NodeServiceList`).
+pub(super) async fn catalog_node<const LIST: bool>(
     AxState(srv): Api,
     authz: Authz,
     Path(node): Path<String>,
@@ -402,29 +404,17 @@ pub(super) async fn catalog_node(
     Query(p): Params,
 ) -> Res {
     node_read(&srv, &authz, &p, &lq, &node, |found| {
-        found.map(|(node, services)| {
+        if LIST {
+            let (node, services) = found.unzip();
+            return json!({ "Node": node, "Services": services });
+        }
+        found.map_or(serde_json::Value::Null, |(node, services)| {
             let by_id: BTreeMap<String, NodeService> = services
                 .into_iter()
                 .map(|s| (s.service.id.clone(), s))
                 .collect();
             json!({ "Node": node, "Services": by_id })
         })
-    })
-    .await
-}
-
-/// `GET /v1/catalog/node-services/:node`: `{Node, Services: [service]}`; both `null` for a
-/// node that is unknown or not readable (Consul's empty `NodeServiceList`).
-pub(super) async fn catalog_node_services(
-    AxState(srv): Api,
-    authz: Authz,
-    Path(node): Path<String>,
-    lq: ListQuery<AgentServiceRows>,
-    Query(p): Params,
-) -> Res {
-    node_read(&srv, &authz, &p, &lq, &node, |found| {
-        let (node, services) = found.unzip();
-        json!({ "Node": node, "Services": services })
     })
     .await
 }

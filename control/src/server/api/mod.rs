@@ -50,10 +50,13 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/catalog/deregister", put(catalog::catalog_deregister))
         .route("/v1/catalog/services", get(catalog::catalog_services))
         .route("/v1/catalog/nodes", get(catalog::catalog_nodes))
-        .route("/v1/catalog/node/{node}", get(catalog::catalog_node))
+        .route(
+            "/v1/catalog/node/{node}",
+            get(catalog::catalog_node::<false>),
+        )
         .route(
             "/v1/catalog/node-services/{node}",
-            get(catalog::catalog_node_services),
+            get(catalog::catalog_node::<true>),
         )
         .route("/v1/catalog/datacenters", get(catalog::catalog_datacenters))
         .route(
