@@ -75,7 +75,7 @@ pub struct RunArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "upstreams", "admin_addr", "connect_timeout", "handshake_timeout", "drain_timeout",
-            "keep_denied_connections", "no_tls_resumption", "protocol",
+            "keep_denied_connections", "no_tls_resumption", "tls_cipher_suites", "protocol",
             // Transparent mode needs the agent (catalog, per-service identities).
             "transparent",
         ]
@@ -113,6 +113,15 @@ pub struct RunArgs {
     /// handshake (by default sessions are resumed, as Envoy and Linkerd do).
     #[arg(long)]
     pub no_tls_resumption: bool,
+    /// TLS 1.3 cipher suites offered and accepted, comma-separated in preference order, e.g.
+    /// `TLS_AES_128_GCM_SHA256` (what Go and Envoy pick on AES-NI). Default: rustls' order,
+    /// AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305. Static mode: `tls.cipher_suites`.
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_parser = crate::cipher_suites::CipherSuites::parse_csv
+    )]
+    pub tls_cipher_suites: Option<crate::cipher_suites::CipherSuites>,
     /// Declared protocol of the local service (tcp, http, http2, grpc), instead of reading it
     /// from the agent's service-defaults config entry.
     #[arg(long, value_parser = mesh_policy::config_entries::Protocol::from_str)]
@@ -281,6 +290,7 @@ impl Config {
                 keep_denied_connections: a.keep_denied_connections,
                 tls: crate::identity::TlsOptions {
                     resumption: !a.no_tls_resumption,
+                    cipher_suites: a.tls_cipher_suites.unwrap_or_default(),
                 },
             },
         })
@@ -449,6 +459,40 @@ mod tests {
         ] {
             assert!(parse(args).is_err(), "{args:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn cipher_suites_are_a_flag_in_agent_mode() {
+        let c = parse(&[
+            "meshproxy",
+            "run",
+            "--sidecar-for",
+            "web",
+            "--tls-cipher-suites",
+            "TLS_AES_128_GCM_SHA256,TLS_CHACHA20_POLY1305_SHA256",
+        ])
+        .unwrap();
+        assert_eq!(
+            format!("{:?}", c.data_path.tls.cipher_suites),
+            r#"["TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"]"#
+        );
+        let bad = parse(&[
+            "meshproxy",
+            "run",
+            "--sidecar-for",
+            "web",
+            "--tls-cipher-suites",
+            "RC4-MD5",
+        ]);
+        assert!(bad.is_err());
+        assert!(
+            parse(&["meshproxy", "run", "--sidecar-for", "web"])
+                .unwrap()
+                .data_path
+                .tls
+                .cipher_suites
+                .is_default()
+        );
     }
 
     #[test]

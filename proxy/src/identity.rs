@@ -129,11 +129,17 @@ pub struct TlsOptions {
     /// memory) and the client keeps the sessions it was given, per upstream. When false every
     /// connection is a full handshake with both certificate chains and signatures.
     pub resumption: bool,
+    /// The TLS 1.3 cipher suites offered and accepted, in preference order; the defaults when
+    /// none were chosen (`crate::cipher_suites`).
+    pub cipher_suites: crate::cipher_suites::CipherSuites,
 }
 
 impl Default for TlsOptions {
     fn default() -> Self {
-        Self { resumption: true }
+        Self {
+            resumption: true,
+            cipher_suites: crate::cipher_suites::CipherSuites::default(),
+        }
     }
 }
 
@@ -167,6 +173,9 @@ impl Identity {
         upstreams: &[UpstreamTarget],
         options: TlsOptions,
     ) -> Result<Self, IdentityError> {
+        // Both sides' configs come from the provider narrowed to the chosen suites (once per
+        // rotation, not per connection).
+        let provider = &options.cipher_suites.provider(provider);
         let id = SpiffeId::parse(&leaf.service_uri).map_err(|source| IdentityError::LeafId {
             uri: leaf.service_uri.clone(),
             source,
@@ -509,7 +518,10 @@ mod tests {
         use rustls::HandshakeKind::{Full, Resumed};
         let root = new_root(1);
         let on = TlsOptions::default();
-        let off = TlsOptions { resumption: false };
+        let off = TlsOptions {
+            resumption: false,
+            ..TlsOptions::default()
+        };
         assert!(on.resumption, "resumption is on unless switched off");
 
         let web = identity_with(&root, "web", "db", on);

@@ -33,6 +33,7 @@ pub mod admin;
 pub mod agent;
 pub mod app;
 pub mod authz;
+pub mod cipher_suites;
 pub mod config;
 pub mod connections;
 pub mod copy;

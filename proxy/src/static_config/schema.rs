@@ -48,17 +48,23 @@ struct FileConfig {
     protocol: Option<String>,
 }
 
-/// `"tls": {"resumption": false}`: TLS settings besides certificates.
+/// `"tls": {"resumption": false, "cipher_suites": ["TLS_AES_128_GCM_SHA256"]}`: TLS settings
+/// besides certificates.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileTls {
     #[serde(default = "default_true")]
     resumption: bool,
+    #[serde(default)]
+    cipher_suites: Option<Vec<String>>,
 }
 
 impl Default for FileTls {
     fn default() -> Self {
-        Self { resumption: true }
+        Self {
+            resumption: true,
+            cipher_suites: None,
+        }
     }
 }
 
@@ -339,6 +345,14 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
             keep_denied_connections: f.keep_denied_connections,
             tls: crate::identity::TlsOptions {
                 resumption: f.tls.resumption,
+                cipher_suites: f
+                    .tls
+                    .cipher_suites
+                    .as_deref()
+                    .map(crate::cipher_suites::CipherSuites::parse)
+                    .transpose()
+                    .map_err(|e| invalid("tls.cipher_suites", e.to_string()))?
+                    .unwrap_or_default(),
             },
         },
         protocol: f.protocol.as_deref().unwrap_or_default().parse().map_err(

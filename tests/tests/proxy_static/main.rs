@@ -15,3 +15,4 @@ mod t10_traffic;
 mod t20_refusals;
 mod t30_startup_errors;
 mod t40_reload;
+mod t50_cipher_suites;
