@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Launcher for `../shared/peers-bench/run.sh --custom meshproxy=benches/peers/meshproxy.sh`: the
+# project's meshproxy in static mode (--config, certificates from disk) as the peers' sidecar
+# pair. Differs from the bench's own `launchers/meshproxy.sh` (read-only there) in one way: the
+# suite the run pins ($SUITE, e.g. TLS_AES_128_GCM_SHA256) is meshproxy's `tls.cipher_suites`, so
+# the chain negotiates it as the peers do (the bench's sanity check asserts it).
+# Side b still runs two processes (iperf and http): static mode has one inbound listener each.
+# MESHPROXY: absolute path of the binary (default: target/release/meshproxy of PROJECT, default
+# PROJECT: the directory the bench was started from).
+set -euo pipefail
+side=$1
+BIN=${MESHPROXY:-${PROJECT:-$PWD}/target/release/meshproxy}
+td=$(cat "$CERTS/trust-domain.txt")
+id() { echo "spiffe://$td/ns/default/dc/dc1/svc/$1"; }
+resume=$([ "${RESUME:-0}" = 1 ] && echo true || echo false)
+suites=$([ -n "${SUITE:-}" ] && echo "[\"$SUITE\"]" || echo null)
+tls="{\"resumption\": $resume, \"cipher_suites\": $suites}"
+p8() { openssl pkcs8 -topk8 -nocrypt -in "$CERTS/$1.key" -out "$WORKDIR/mp-$1.p8"; chmod 600 "$WORKDIR/mp-$1.p8"; }
+export MESHPROXY_WORKER_THREADS=${WORKERS:-1}
+if [ "$side" = a ]; then
+  p8 web
+  cat > "$WORKDIR/mp-a.json" <<CFG
+{"cert": "$CERTS/web.pem", "key": "$WORKDIR/mp-web.p8", "trust_bundle": "$CERTS/ca.pem",
+ "inbound": {"listen": "127.0.0.1:0", "local_app": "127.0.0.1:9"},
+ "upstreams": [
+  {"name": "iperf", "listen": "127.0.0.1:$A_IPERF", "addresses": ["127.0.0.1:$B_IPERF"], "spiffe_id": "$(id db)"},
+  {"name": "http", "listen": "127.0.0.1:$A_HTTP", "addresses": ["127.0.0.1:$B_HTTP"], "spiffe_id": "$(id db)"}],
+ "tls": $tls}
+CFG
+  exec "$BIN" run --config "$WORKDIR/mp-a.json"
+else
+  p8 db
+  for kind in iperf http; do
+    if [ $kind = iperf ]; then l=$B_IPERF; app=$IPERF_PORT; else l=$B_HTTP; app=$HTTP_PORT; fi
+    cat > "$WORKDIR/mp-b-$kind.json" <<CFG
+{"cert": "$CERTS/db.pem", "key": "$WORKDIR/mp-db.p8", "trust_bundle": "$CERTS/ca.pem",
+ "inbound": {"listen": "127.0.0.1:$l", "local_app": "127.0.0.1:$app"},
+ "allowed_sources": ["$(id web)"],
+ "tls": $tls}
+CFG
+  done
+  "$BIN" run --config "$WORKDIR/mp-b-iperf.json" & p1=$!
+  "$BIN" run --config "$WORKDIR/mp-b-http.json" & p2=$!
+  trap 'kill $p1 $p2 2>/dev/null' TERM INT
+  wait
+fi
