@@ -63,41 +63,34 @@ impl State {
         result
     }
 
-    /// One op of [`State::sync_node`]: a catalog write naming `node`, anything else refused.
+    /// One op of [`State::sync_node`]: a catalog write naming `node` (a registration, a service
+    /// or check deregistration, a check update), applied as that command alone would be;
+    /// anything else refused.
     fn sync_op(&mut self, index: Index, node: &str, op: Command) -> Result<(), ApplyError> {
-        let refuse = |op: &Command, other: &str| -> ApplyError {
-            Invalid::SyncOp {
+        let named = match &op {
+            Command::Register { node, .. } => Some(node.node.as_str()),
+            Command::Deregister { node, .. } | Command::UpdateCheck { node, .. } => {
+                Some(node.as_str())
+            }
+            _ => None,
+        };
+        let whole_node = matches!(
+            &op,
+            Command::Deregister {
+                service_id: None,
+                check_id: None,
+                ..
+            }
+        );
+        if named != Some(node) || whole_node {
+            return Err(Invalid::SyncOp {
                 node: node.to_string(),
                 op: op.op().to_string(),
-                other: other.to_string(),
+                other: named.unwrap_or(node).to_string(),
             }
-            .into()
-        };
-        match op {
-            Command::Register {
-                node: n,
-                service,
-                checks,
-            } if n.node == node => self.register(index, n, service, checks),
-            Command::Deregister {
-                node: n,
-                service_id,
-                check_id,
-            } if n == node && (service_id.is_some() || check_id.is_some()) => {
-                self.deregister(index, &n, service_id, check_id)
-            }
-            Command::UpdateCheck {
-                node: n,
-                check_id,
-                status,
-                output,
-            } if n == node => self.update_check(index, n, check_id, status, output),
-            Command::Register { ref node, .. } => Err(refuse(&op, &node.node)),
-            Command::Deregister { ref node, .. } | Command::UpdateCheck { ref node, .. } => {
-                Err(refuse(&op, node))
-            }
-            other => Err(refuse(&other, node)),
+            .into());
         }
+        self.apply_inner(index, op)
     }
 
     pub(super) fn set_node_health(

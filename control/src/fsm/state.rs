@@ -116,7 +116,7 @@ impl State {
 
     /// Hands each command to its table's module (`catalog`, `intentions`, `ca`,
     /// `config_entries`, `acl`).
-    fn apply_inner(&mut self, index: Index, cmd: Command) -> Result<(), ApplyError> {
+    pub(super) fn apply_inner(&mut self, index: Index, cmd: Command) -> Result<(), ApplyError> {
         match cmd {
             Command::Register {
                 node,
