@@ -704,11 +704,9 @@ async fn forward(
 #[derive(serde::Serialize)]
 #[serde(rename_all = "PascalCase")]
 struct ServiceChecksInfo {
-    aggregated_status: &'static str,
+    aggregated_status: Aggregated,
     service: AgentService,
     checks: Vec<HealthCheck>,
-    #[serde(skip)]
-    aggregated: Aggregated,
 }
 
 /// The local services `select` picks, each with the checks deciding its health (its own and
@@ -729,12 +727,10 @@ fn local_service_health(
                 .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
                 .cloned()
                 .collect();
-            let aggregated = Aggregated::of(&mine);
             ServiceChecksInfo {
-                aggregated_status: aggregated.as_str(),
+                aggregated_status: Aggregated::of(&mine),
                 service: AgentService::from_instance(s, &a.config.datacenter),
                 checks: mine,
-                aggregated,
             }
         })
         .collect()
@@ -789,11 +785,10 @@ async fn service_health_by_id(
         ));
     };
     caller.require(|z| z.service_read(&info.service.service).check())?;
-    let status = info.aggregated.status_code();
     Ok(health_answer(
-        status,
+        info.aggregated_status.status_code(),
         as_text,
-        info.aggregated_status,
+        info.aggregated_status.as_str(),
         &info,
     ))
 }
@@ -809,7 +804,7 @@ async fn service_health_by_name(
 ) -> Res {
     caller.require(|z| z.service_read(&name).check())?;
     let infos = local_service_health(&a, |s| s.service == name);
-    let worst = infos.iter().map(|i| i.aggregated).reduce(|w, x| {
+    let worst = infos.iter().map(|i| i.aggregated_status).reduce(|w, x| {
         if x.status_code() > w.status_code() {
             x
         } else {

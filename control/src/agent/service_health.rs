@@ -9,12 +9,12 @@ use axum::http::StatusCode;
 use super::maintenance;
 use crate::model::{HealthCheck, HealthStatus};
 
-/// A service's aggregated health.
+/// A service's aggregated health: the worst check status, or maintenance above all (the
+/// derived order: `Status` by `HealthStatus`'s own order, passing < warning < critical, then
+/// `Maintenance`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Aggregated {
-    Passing,
-    Warning,
-    Critical,
+    Status(HealthStatus),
     Maintenance,
 }
 
@@ -27,23 +27,17 @@ impl Aggregated {
                 if maintenance::is_maintenance(&c.check_id) {
                     Self::Maintenance
                 } else {
-                    match c.status {
-                        HealthStatus::Passing => Self::Passing,
-                        HealthStatus::Warning => Self::Warning,
-                        HealthStatus::Critical => Self::Critical,
-                    }
+                    Self::Status(c.status)
                 }
             })
             .max()
-            .unwrap_or(Self::Passing)
+            .unwrap_or(Self::Status(HealthStatus::Passing))
     }
 
     /// Consul's word for it.
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::Passing => "passing",
-            Self::Warning => "warning",
-            Self::Critical => "critical",
+            Self::Status(s) => s.as_str(),
             Self::Maintenance => "maintenance",
         }
     }
@@ -51,10 +45,19 @@ impl Aggregated {
     /// The status code Consul answers it with.
     pub fn status_code(self) -> StatusCode {
         match self {
-            Self::Passing => StatusCode::OK,
-            Self::Warning => StatusCode::TOO_MANY_REQUESTS,
-            Self::Critical | Self::Maintenance => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Status(HealthStatus::Passing) => StatusCode::OK,
+            Self::Status(HealthStatus::Warning) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Status(HealthStatus::Critical) | Self::Maintenance => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
+    }
+}
+
+/// Serialized as its word (`AggregatedStatus` in the JSON answers).
+impl serde::Serialize for Aggregated {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -79,7 +82,10 @@ mod tests {
 
     #[test]
     fn worst_check_decides_and_maintenance_wins() {
-        assert_eq!(Aggregated::of([]), Aggregated::Passing);
+        assert_eq!(
+            Aggregated::of([]),
+            Aggregated::Status(HealthStatus::Passing)
+        );
         let w = [
             check("a", HealthStatus::Passing),
             check("b", HealthStatus::Warning),
