@@ -728,6 +728,11 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         "meshproxy: ready id={id} public={public_addr} admin={}{upstream_line}{transparent_line}",
         admin_addr.map(|a| a.to_string()).unwrap_or_default()
     );
+    // Start-up code is done: keep mapped only the code that runs from here on.
+    match crate::resident::trim() {
+        Ok(t) => tracing::debug!(mappings = t.mappings, kib = t.kib, "unmapped start-up code"),
+        Err(e) => tracing::debug!(error = %e, "could not unmap start-up code"),
+    }
 
     // The predecessor (if any) stops accepting and drains now; this proxy offers its own
     // listeners to its successor in turn.

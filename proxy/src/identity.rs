@@ -233,7 +233,9 @@ impl Identity {
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(rustls::DEFAULT_VERSIONS)
             .map_err(IdentityError::Config)?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(Arc::new(crate::tls::RememberingClientVerifier::new(
+                verifier,
+            )))
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(certified.clone())));
         if !options.resumption {
             // No session cache (TLS 1.2 IDs, TLS 1.3 stateful tickets) and no tickets sent:

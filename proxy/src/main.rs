@@ -41,12 +41,18 @@ fn main() -> ExitCode {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    // One worker (the sidecar default, as Envoy's `--concurrency 1`): everything runs on the
+    // main thread, so a wakeup is never handed between threads and no second thread (nor its
+    // malloc arena) exists. More workers: the work-stealing scheduler.
     let rt = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .thread_name("meshproxy-data")
-            .build()
+        let mut b = if workers == 1 {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(workers);
+            b
+        };
+        b.enable_all().thread_name("meshproxy-data").build()
     };
     let result = if let Some(path) = args.config.clone() {
         // The first load is synchronous: a bad file is refused before anything binds.

@@ -10,16 +10,24 @@
 //!   another one.
 //! * server side, rustls's `WebPkiClientVerifier` checks the client's chain only;
 //!   [`peer_spiffe_id`] then reads the client's identity for authorization.
+//!
+//! Both sides remember the chains they accepted ([`VerifiedChains`]), so a peer seen before
+//! costs no chain check while its certificates stay valid; the handshake signature is always
+//! checked.
 
 use std::fmt;
 use std::sync::Arc;
 
 use mesh_policy::spiffe::{SpiffeId, SpiffeIdError};
+use rustls::DistinguishedName;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, OtherError, RootCertStore, SignatureScheme};
+
+use crate::verified_chains::VerifiedChains;
 
 /// Problems with a peer's certificate identity.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -93,6 +101,7 @@ pub struct SpiffeServerVerifier {
     expected: SpiffeId,
     expected_uri: String,
     algorithms: WebPkiSupportedAlgorithms,
+    chains: VerifiedChains,
 }
 
 impl fmt::Debug for SpiffeServerVerifier {
@@ -115,6 +124,7 @@ impl SpiffeServerVerifier {
             expected_uri: expected.uri(),
             expected,
             algorithms,
+            chains: VerifiedChains::default(),
         }
     }
 
@@ -132,20 +142,27 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        let known = self.chains.contains(end_entity, intermediates, now);
+        if !known {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
+        // Checked on every handshake (it is cheap), remembered chain or not.
         let got = spiffe_id_of(end_entity).map_err(invalid)?;
         if got != self.expected {
             return Err(invalid(TlsError::WrongIdentity {
                 expected: self.expected_uri.clone(),
                 got: got.uri(),
             }));
+        }
+        if !known {
+            self.chains.insert(end_entity, intermediates);
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -170,6 +187,80 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// Server-side verifier: `inner` (rustls's `WebPkiClientVerifier` over the trust bundle) checks
+/// a client's chain the first time; later handshakes presenting the same, still valid chain are
+/// answered from the memo. Everything else (hints, signatures, schemes) is `inner`'s.
+#[derive(Debug)]
+pub struct RememberingClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    chains: VerifiedChains,
+}
+
+impl RememberingClientVerifier {
+    pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
+        Self {
+            inner,
+            chains: VerifiedChains::default(),
+        }
+    }
+}
+
+impl ClientCertVerifier for RememberingClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if self.chains.contains(end_entity, intermediates, now) {
+            return Ok(ClientCertVerified::assertion());
+        }
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.chains.insert(end_entity, intermediates);
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+
+    fn requires_raw_public_keys(&self) -> bool {
+        self.inner.requires_raw_public_keys()
     }
 }
 
