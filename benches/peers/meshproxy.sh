@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Launcher for `../shared/peers-bench/run.sh --custom meshproxy=benches/peers/meshproxy.sh`: the
 # project's meshproxy in static mode (--config, certificates from disk) as the peers' sidecar
-# pair. Differs from the bench's own `launchers/meshproxy.sh` (read-only there) in one way: the
-# suite the run pins ($SUITE, e.g. TLS_AES_128_GCM_SHA256) is meshproxy's `tls.cipher_suites`, so
-# the chain negotiates it as the peers do (the bench's sanity check asserts it).
-# Side b still runs two processes (iperf and http): static mode has one inbound listener each.
+# pair. Differs from the bench's own `launchers/meshproxy.sh` (read-only there) in two ways:
+# - the suite the run pins ($SUITE, e.g. TLS_AES_128_GCM_SHA256) is meshproxy's
+#   `tls.cipher_suites`, so the chain negotiates it as the peers do (the bench's sanity check
+#   asserts it);
+# - each side is one process, as for the peers (there side b is two): side a has two upstreams
+#   (iperf and http), side b two inbound listeners (iperf and http, static mode's `inbound`
+#   list) with one identity, so side b's RSS is one process's.
 # MESHPROXY: absolute path of the binary (default: target/release/meshproxy of PROJECT, default
 # PROJECT: the directory the bench was started from).
 set -euo pipefail
@@ -30,17 +33,13 @@ CFG
   exec "$BIN" run --config "$WORKDIR/mp-a.json"
 else
   p8 db
-  for kind in iperf http; do
-    if [ $kind = iperf ]; then l=$B_IPERF; app=$IPERF_PORT; else l=$B_HTTP; app=$HTTP_PORT; fi
-    cat > "$WORKDIR/mp-b-$kind.json" <<CFG
+  cat > "$WORKDIR/mp-b.json" <<CFG
 {"cert": "$CERTS/db.pem", "key": "$WORKDIR/mp-db.p8", "trust_bundle": "$CERTS/ca.pem",
- "inbound": {"listen": "127.0.0.1:$l", "local_app": "127.0.0.1:$app"},
+ "inbound": [
+  {"name": "iperf", "listen": "127.0.0.1:$B_IPERF", "local_app": "127.0.0.1:$IPERF_PORT"},
+  {"name": "http", "listen": "127.0.0.1:$B_HTTP", "local_app": "127.0.0.1:$HTTP_PORT"}],
  "allowed_sources": ["$(id web)"],
  "tls": $tls}
 CFG
-  done
-  "$BIN" run --config "$WORKDIR/mp-b-iperf.json" & p1=$!
-  "$BIN" run --config "$WORKDIR/mp-b-http.json" & p2=$!
-  trap 'kill $p1 $p2 2>/dev/null' TERM INT
-  wait
+  exec "$BIN" run --config "$WORKDIR/mp-b.json"
 fi

@@ -3,7 +3,8 @@
 //! * `/ready` answers 200 once the leaf, the roots and the intentions are loaded and the
 //!   listeners are bound, and 503 (saying what is missing) before that and while draining.
 //! * `/config` is a JSON view of what the proxy holds: its identity, certificate serials and
-//!   root IDs, intentions (or the static `allowed_sources`), upstream instances and live inbound connections. It never contains
+//!   root IDs, intentions (or the static `allowed_sources`), its inbound listeners with their
+//!   applications, upstream instances and live inbound connections. It never contains
 //!   key material (the private key is only ever inside rustls's `CertifiedKey`).
 //! * `/metrics` is the Prometheus text exposition of [`crate::metrics`].
 
@@ -28,9 +29,19 @@ use crate::connections::Registry;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::outbound::Upstream;
+use crate::public_listeners::BoundInbound;
 
 /// An upstream listener and the address it is bound to.
 pub type BoundUpstream = (Arc<Upstream>, SocketAddr);
+
+/// The listeners once bound, each with the address actually bound (differs from the
+/// configured one when that has port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// At least one; the first is the `PublicListener`.
+    pub inbound: Vec<BoundInbound>,
+    pub upstreams: Vec<BoundUpstream>,
+}
 
 /// Everything the admin endpoints read.
 #[derive(Debug)]
@@ -43,9 +54,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub draining: watch::Receiver<bool>,
-    /// Set once the listeners are bound: public address and upstream listeners, each with the
-    /// address actually bound (differs from the configured one when that has port 0).
-    pub listeners: OnceLock<(SocketAddr, Vec<BoundUpstream>)>,
+    /// Set once the listeners are bound.
+    pub listeners: OnceLock<Listeners>,
 }
 
 impl AdminState {
@@ -71,10 +81,21 @@ impl AdminState {
         let identity = self.identity.borrow().clone();
         let policy = self.policy.borrow().clone();
         let sidecar = self.sidecar.borrow().clone();
-        let (public, upstreams) = match self.listeners.get() {
-            Some((p, u)) => (Some(p.to_string()), u.as_slice()),
-            None => (None, &[][..]),
+        let (inbound, upstreams) = match self.listeners.get() {
+            Some(l) => (l.inbound.as_slice(), l.upstreams.as_slice()),
+            None => (&[][..], &[][..]),
         };
+        let public = inbound.first().map(|i| i.addr.to_string());
+        let inbound: Vec<_> = inbound
+            .iter()
+            .map(|i| {
+                json!({
+                    "Name": i.name,
+                    "Address": i.addr.to_string(),
+                    "LocalApp": i.local_app.borrow().as_deref(),
+                })
+            })
+            .collect();
         let upstreams: Vec<_> = upstreams
             .iter()
             .map(|(u, bound)| {
@@ -93,6 +114,7 @@ impl AdminState {
             "Flags": self.config,
             "Sidecar": sidecar.as_deref(),
             "PublicListener": public,
+            "InboundListeners": inbound,
             "Identity": identity.as_ref().map(|i| json!({
                 "SpiffeID": i.id.uri(),
                 "TrustDomain": i.trust_domain,

@@ -30,12 +30,12 @@ use crate::identity::{self, Identity, UpstreamTarget};
 use crate::inbound::{self, InboundContext, LocalApp};
 use crate::metrics::Metrics;
 use crate::outbound::{self, OutboundContext, Upstream};
+use crate::public_listeners::{self, BoundInbound, InboundPlan};
 use crate::static_config::{self, Loaded, Outputs};
 use crate::transport::{SocketFactory, TransportError};
 
 /// Handoff roles (see [`crate::handoff`]) of the listeners every mode opens.
 const ROLE_ADMIN: &str = "admin";
-const ROLE_PUBLIC: &str = "public";
 const ROLE_PUBLIC6: &str = "public6";
 
 /// Attempts of the start-up sidecar lookup (about 30 s with backoff).
@@ -65,6 +65,8 @@ pub enum AppError {
     Transparent(#[from] crate::transparent::TransparentError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error("no inbound listener configured")]
+    NoInbound,
     #[error("a control task stopped unexpectedly")]
     Join(#[source] tokio::task::JoinError),
     /// The agent refused this service's leaf certificate to the proxy's token.
@@ -186,7 +188,10 @@ where
 struct Feeds {
     /// The settings shown on `/config`.
     settings: serde_json::Value,
-    public: SocketAddr,
+    /// The first public listener (the transparent capture's, `public=` of the ready line).
+    public: InboundPlan,
+    /// Static mode's further named listeners (same identity and policy, each its own app).
+    more_public: Vec<InboundPlan>,
     admin: Option<SocketAddr>,
     /// The upstreams the identity holds a TLS client configuration for.
     targets: Vec<UpstreamTarget>,
@@ -243,7 +248,6 @@ struct Watches {
     policy: watch::Receiver<Option<Arc<Policy>>>,
     /// The sidecar registration (agent mode; `None` in static mode, shown as `Sidecar: null`).
     sidecar: watch::Receiver<Option<Arc<AgentService>>>,
-    local_app: watch::Receiver<Option<Arc<LocalApp>>>,
 }
 
 /// How long the start-up leaf check waits for the agent before leaving it to the leaf watch.
@@ -440,7 +444,12 @@ async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
         .collect();
     let feeds = Feeds {
         settings: serde_json::to_value(&config).unwrap_or_default(),
-        public: SocketAddr::new(public_ip, sidecar.port),
+        public: InboundPlan {
+            name: None,
+            bind: SocketAddr::new(public_ip, sidecar.port),
+            local_app: local_app_rx,
+        },
+        more_public: Vec::new(),
         admin: Some(crate::config::admin_addr(
             config.admin_addr,
             sidecar
@@ -454,7 +463,6 @@ async fn run_agent(config: Config, shared: Shared<'_>) -> Result<(), AppError> {
             roots: roots_rx,
             policy: policy_rx,
             sidecar: sidecar_rx,
-            local_app: local_app_rx,
         },
         upstreams,
         options: config.data_path,
@@ -479,7 +487,22 @@ async fn run_static_with(initial: Loaded, shared: Shared<'_>) -> Result<(), AppE
     let FeedChannel(leaf_tx, leaf) = FeedChannel::new(None);
     let FeedChannel(roots_tx, roots) = FeedChannel::new(None);
     let FeedChannel(policy_tx, policy) = FeedChannel::new(None);
-    let FeedChannel(local_app_tx, local_app) = FeedChannel::new(None);
+    let mut local_app_txs = Vec::new();
+    let mut public = Vec::new();
+    for i in &config.inbound {
+        let FeedChannel(tx, rx) = FeedChannel::new(None);
+        local_app_txs.push((i.name.clone(), tx));
+        public.push(InboundPlan {
+            name: i.name.clone(),
+            bind: i.listen,
+            local_app: rx,
+        });
+    }
+    let mut public = public.into_iter();
+    // The schema refuses a config without one.
+    let Some(first_public) = public.next() else {
+        return Err(AppError::NoInbound);
+    };
     // No registration in static mode; the admin API shows `Sidecar: null`. The sender is held
     // (not dropped) so the channel stays open for its readers.
     let FeedChannel(_sidecar_tx, sidecar) = FeedChannel::new(None);
@@ -494,7 +517,7 @@ async fn run_static_with(initial: Loaded, shared: Shared<'_>) -> Result<(), AppE
         leaf: leaf_tx,
         roots: roots_tx,
         policy: policy_tx,
-        local_app: local_app_tx,
+        local_apps: local_app_txs,
         endpoints: endpoint_txs,
     };
     outputs.publish(&initial, generation);
@@ -505,7 +528,8 @@ async fn run_static_with(initial: Loaded, shared: Shared<'_>) -> Result<(), AppE
     ));
     let feeds = Feeds {
         settings: serde_json::to_value(&config).unwrap_or_default(),
-        public: config.listen,
+        public: first_public,
+        more_public: public.collect(),
         admin: config.admin,
         targets: config.targets(),
         watches: Watches {
@@ -513,7 +537,6 @@ async fn run_static_with(initial: Loaded, shared: Shared<'_>) -> Result<(), AppE
             roots,
             policy,
             sidecar,
-            local_app,
         },
         upstreams,
         options: config.data_path,
@@ -613,30 +636,49 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         });
     }
 
-    let take = |role: &str, addr| inherited.as_ref().and_then(|i| i.listener(role, addr));
-    let public = match take(ROLE_PUBLIC, p.public) {
-        Some(l) => l,
-        None => p.sockets.bind(p.public).await?,
+    // Each listener by role: a successor takes over each public listener by name and each
+    // upstream's by its name (see `public_listeners::role`).
+    let open = async |role: String, addr| {
+        let l = public_listeners::open(inherited.as_deref(), &p.sockets, &role, addr).await?;
+        let (bound, offered) = (l.local_addr().unwrap_or(addr), handoff::offered(role, &l));
+        Ok::<_, AppError>((l, bound, offered))
     };
-    let public_addr = public.local_addr().unwrap_or(p.public);
-    offer.extend(handoff::offered(ROLE_PUBLIC, &public));
+    let mut publics = Vec::new();
+    let mut bound_inbound = Vec::new();
+    for plan in std::iter::once(p.public).chain(p.more_public) {
+        let role = public_listeners::role(plan.name.as_deref());
+        let (l, addr, offered) = open(role, plan.bind).await?;
+        offer.extend(offered);
+        bound_inbound.push(BoundInbound {
+            name: plan.name,
+            addr,
+            local_app: plan.local_app.clone(),
+        });
+        publics.push((l, plan.local_app));
+    }
+    let inbound_line = public_listeners::ready_fields(&bound_inbound);
+    let mut publics = publics.into_iter();
+    let (Some((public, public_app)), Some(public_addr)) =
+        (publics.next(), bound_inbound.first().map(|b| b.addr))
+    else {
+        return Err(AppError::NoInbound);
+    };
     let mut upstream_listeners = Vec::new();
     let mut bound = Vec::new();
     for u in &p.upstreams {
-        let role = format!("upstream:{}", u.name);
-        let l = match take(&role, u.bind) {
-            Some(l) => l,
-            None => p.sockets.bind(u.bind).await?,
-        };
-        offer.extend(handoff::offered(role, &l));
-        bound.push((u.clone(), l.local_addr().unwrap_or(u.bind)));
+        let (l, addr, offered) = open(format!("upstream:{}", u.name), u.bind).await?;
+        offer.extend(offered);
+        bound.push((u.clone(), addr));
         upstream_listeners.push((l, u.clone()));
     }
     let upstream_line: String = bound
         .iter()
         .map(|(u, a)| format!(" upstream.{}={a}", u.name))
         .collect();
-    let _ = admin_state.listeners.set((public_addr, bound));
+    let _ = admin_state.listeners.set(admin::Listeners {
+        inbound: bound_inbound,
+        upstreams: bound,
+    });
 
     // Transparent mode steers the app's ports to the mTLS listener over IPv6 too, through an
     // IPv6-only twin on `[::]` (same port) in the pod; without IPv6 there, only IPv4 is.
@@ -645,7 +687,10 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         // the twin would open an IPv6 port on the host.
         (Some(plan), SocketAddr::V4(a)) if plan.prepared.netns().is_some() => {
             let bind6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), a.port());
-            match take(ROLE_PUBLIC6, bind6) {
+            match inherited
+                .as_ref()
+                .and_then(|i| i.listener(ROLE_PUBLIC6, bind6))
+            {
                 Some(l) => Some(l),
                 None => match p.sockets.bind_v6only(bind6).await {
                     Ok(l) => Some(l),
@@ -684,24 +729,37 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
         .as_ref()
         .map(|t| format!(" transparent={}", t.outbound))
         .unwrap_or_default();
-    let inbound_ctx = Arc::new(InboundContext {
-        identity: identity.clone(),
-        policy: p.watches.policy.clone(),
-        local_app: p.watches.local_app.clone(),
-        registry: registry.clone(),
-        metrics: metrics.clone(),
-        // In a pod, inbound connects to the app come from the caller's address.
-        sockets: match transparent.as_ref().and_then(|t| t.caller_source()) {
-            Some(source) => p.sockets.with_caller_source(source),
-            None => p.sockets.clone(),
-        },
-        connect_timeout: p.options.connect_timeout,
-        handshake_timeout: p.options.handshake_timeout,
-    });
+    // In a pod, inbound connects to the app come from the caller's address.
+    let app_sockets = match transparent.as_ref().and_then(|t| t.caller_source()) {
+        Some(source) => p.sockets.with_caller_source(source),
+        None => p.sockets.clone(),
+    };
+    // One context per public listener: the same identity, policy and registry (so an
+    // intention change re-checks every listener's connections), each its own application.
+    let inbound_ctx = |local_app| {
+        Arc::new(InboundContext {
+            identity: identity.clone(),
+            policy: p.watches.policy.clone(),
+            local_app,
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            sockets: app_sockets.clone(),
+            connect_timeout: p.options.connect_timeout,
+            handshake_timeout: p.options.handshake_timeout,
+        })
+    };
+    let public_ctx = inbound_ctx(public_app);
     if let Some(public6) = public6 {
-        tokio::spawn(inbound::serve(public6, inbound_ctx.clone(), drain.watch()));
+        tokio::spawn(inbound::serve(public6, public_ctx.clone(), drain.watch()));
     }
-    tokio::spawn(inbound::serve(public, inbound_ctx, drain.watch()));
+    tokio::spawn(inbound::serve(public, public_ctx, drain.watch()));
+    for (listener, local_app) in publics {
+        tokio::spawn(inbound::serve(
+            listener,
+            inbound_ctx(local_app),
+            drain.watch(),
+        ));
+    }
     let outbound_ctx = Arc::new(OutboundContext {
         identity: identity.clone(),
         metrics: metrics.clone(),
@@ -725,7 +783,7 @@ async fn serve(p: Feeds, shared: Shared<'_>) -> Result<(), AppError> {
     tracing::info!(%id, public = %public_addr, admin = ?admin_addr, "proxy ready");
     // Machine-readable line for scripts and tests (with the bound addresses, so port 0 works).
     println!(
-        "meshproxy: ready id={id} public={public_addr} admin={}{upstream_line}{transparent_line}",
+        "meshproxy: ready id={id} public={public_addr} admin={}{inbound_line}{upstream_line}{transparent_line}",
         admin_addr.map(|a| a.to_string()).unwrap_or_default()
     );
     // Start-up code is done: keep mapped only the code that runs from here on.

@@ -84,6 +84,17 @@ pub struct Inherited {
 }
 
 impl Inherited {
+    /// Descriptors by role as a predecessor would have sent them (tests of the code that takes
+    /// them over, without a second process).
+    #[cfg(test)]
+    pub(crate) fn for_test(fds: Vec<(String, OwnedFd)>) -> Self {
+        Self {
+            from_pid: 0,
+            fds: Mutex::new(fds.into_iter().collect()),
+            conn: Mutex::new(None),
+        }
+    }
+
     /// The predecessor's pid.
     pub fn from_pid(&self) -> u32 {
         self.from_pid

@@ -19,7 +19,8 @@
 //! (config file and file watcher of static mode), [`identity`] and
 //! [`tls`] (certificate store and the SPIFFE verifier), [`authz`] (pure decisions),
 //! [`policy_feed`] (agent mode's policy from intentions, roots and protocol),
-//! [`inbound`] / [`outbound`] (listeners' per-connection handlers), [`serve`] (the one
+//! [`inbound`] / [`outbound`] (listeners' per-connection handlers), [`public_listeners`]
+//! (the mTLS listeners to open: one, or several named ones in static mode), [`serve`] (the one
 //! accept loop they run in), [`copy`] (byte pump), [`connections`] (live inbound
 //! connections, re-checked on policy change), [`drain`] (graceful shutdown), [`admin`] and
 //! [`metrics`] (observability), [`transport`] (socket options and the socket factory), [`read_ahead`] (large socket
@@ -45,6 +46,7 @@ pub mod l7;
 pub mod metrics;
 pub mod outbound;
 pub mod policy_feed;
+pub mod public_listeners;
 pub mod read_ahead;
 pub mod resident;
 pub mod serve;

@@ -2,8 +2,9 @@
 //! certificates that SPIRE or another SPIFFE issuer writes to disk.
 //!
 //! The config file is JSON (the workspace has serde_json and no TOML or YAML crate) and names
-//! the certificate chain, the PKCS#8 key, the trust bundle, the inbound listener, the allowed
-//! source SPIFFE IDs and the upstreams. [`load`] reads and validates all of it and turns it into
+//! the certificate chain, the PKCS#8 key, the trust bundle, the inbound listener (or a list of
+//! named ones, each with its own local application: one identity, several public ports, as an
+//! Envoy with several inbound listeners), the allowed source SPIFFE IDs and the upstreams. [`load`] reads and validates all of it and turns it into
 //! exactly what the agent loops produce in agent mode (a [`LeafCert`], a [`CaRootList`], a
 //! [`Policy`], upstream [`Endpoint`]s and a [`LocalApp`]), so the data path is the same code:
 //! [`watch_files`] feeds the same `watch` channels the agent loops feed.
@@ -28,8 +29,8 @@ mod watcher;
 
 pub use error::{StaticConfigError, error_chain};
 pub use load::{Loaded, load};
-pub use schema::{StaticConfig, StaticUpstream};
-pub use watcher::{EndpointsTx, Outputs, POLL_INTERVAL, watch_files};
+pub use schema::{StaticConfig, StaticInbound, StaticUpstream};
+pub use watcher::{EndpointsTx, LocalAppTx, Outputs, POLL_INTERVAL, watch_files};
 
 #[cfg(test)]
 mod tests {
@@ -67,7 +68,8 @@ mod tests {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.cert, Path::new("/etc/mesh/svid.pem"));
         assert_eq!(c.key, Path::new("/keys/svid_key.pem"));
-        assert_eq!(c.local_app.host, "localhost");
+        assert_eq!(c.inbound[0].local_app.host, "localhost");
+        assert_eq!(c.inbound[0].name, None);
         assert_eq!(c.upstreams[0].addresses[1].host, "::1");
         assert_eq!(c.upstreams[0].addresses[2].port, 21000);
         assert_eq!(c.data_path.connect_timeout, Duration::from_secs(2));
@@ -141,6 +143,102 @@ mod tests {
         }
     }
 
+    /// `GOOD` with `inbound` replaced by `inbound` (JSON).
+    fn with_inbound(inbound: &str) -> String {
+        GOOD.replace(
+            r#"{"listen": "0.0.0.0:21000", "local_app": "localhost:8080"}"#,
+            inbound,
+        )
+    }
+
+    #[test]
+    fn inbound_may_be_a_list_of_named_listeners() {
+        let c = parse(&with_inbound(
+            r#"[{"name": "iperf", "listen": "0.0.0.0:21000", "local_app": "127.0.0.1:5201"},
+                {"name": "http", "listen": "127.0.0.1:21001", "local_app": "localhost:8080"},
+                {"name": "any1", "listen": "127.0.0.1:0", "local_app": "localhost:8081"},
+                {"name": "any2", "listen": "127.0.0.1:0", "local_app": "localhost:8082"}]"#,
+        ))
+        .unwrap();
+        let names: Vec<_> = c.inbound.iter().map(|i| i.name.as_deref()).collect();
+        assert_eq!(
+            names,
+            [Some("iperf"), Some("http"), Some("any1"), Some("any2")]
+        );
+        assert_eq!(c.inbound[0].local_app.port, 5201);
+        assert_eq!(c.inbound[1].listen.port(), 21001);
+        // The single-object form may carry a name too.
+        let one = parse(&with_inbound(
+            r#"{"name": "web", "listen": "0.0.0.0:21000", "local_app": "localhost:8080"}"#,
+        ))
+        .unwrap();
+        assert_eq!(one.inbound[0].name.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn inbound_list_refusals_name_the_entry() {
+        let l = |a: &str, b: &str| {
+            format!(
+                r#"[{{"name": "a", "listen": "{a}", "local_app": "127.0.0.1:1"}},
+                    {{"name": "b", "listen": "{b}", "local_app": "127.0.0.1:2"}}]"#
+            )
+        };
+        let cases = [
+            (with_inbound("[]"), "inbound: the list is empty"),
+            (with_inbound("7"), "inbound: must be an object"),
+            (
+                with_inbound(r#"[{"listen": "127.0.0.1:1", "local_app": "127.0.0.1:2"}]"#),
+                "inbound[0].name: missing",
+            ),
+            (
+                with_inbound(&l("127.0.0.1:1", "127.0.0.1:2").replace("\"b\"", "\"a\"")),
+                "inbound[1].name: \"a\" is given more than once",
+            ),
+            (
+                with_inbound(&l("127.0.0.1:1", "127.0.0.1:2").replace("\"b\"", "\"b c\"")),
+                "inbound[1].name: \"b c\" must be a name",
+            ),
+            (
+                with_inbound(&l("127.0.0.1:7000", "127.0.0.1:7000")),
+                "inbound[1].listen: 127.0.0.1:7000 is already used by inbound[0].listen",
+            ),
+            (
+                with_inbound(&l("0.0.0.0:7000", "127.0.0.1:7000")),
+                "inbound[1].listen: 127.0.0.1:7000 is already used by inbound[0].listen",
+            ),
+            (
+                with_inbound(&l("127.0.0.1:1", "127.0.0.1:9191")),
+                "upstreams[0].listen: 127.0.0.1:9191 is already used by inbound[1].listen",
+            ),
+            (
+                with_inbound(&l("127.0.0.1:19000", "127.0.0.1:2")),
+                "admin: 127.0.0.1:19000 is already used by inbound[0].listen",
+            ),
+            (
+                with_inbound(&l("127.0.0.1:1", "nope")),
+                "inbound[1].listen: \"nope\"",
+            ),
+            (
+                with_inbound(
+                    &l("127.0.0.1:1", "127.0.0.1:2")
+                        .replace("local_app\": \"127.0.0.1:2", "local_app\": \"x"),
+                ),
+                "inbound[1].local_app",
+            ),
+            (
+                with_inbound(
+                    &l("127.0.0.1:1", "127.0.0.1:2").replace("\"name\": \"b\"", "\"nam\": \"b\""),
+                ),
+                "inbound[1]: unknown field `nam`",
+            ),
+        ];
+        for (json, want) in cases {
+            let e = parse(&json).expect_err(want);
+            assert!(e.contains(want), "{want}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
     mod files {
         use super::*;
         use mesh_control::ca::{BuiltinProvider, CaProvider, LeafRequest, generate_csr};
@@ -207,7 +305,7 @@ mod tests {
                 leaf,
                 roots: watch::channel(None).0,
                 policy,
-                local_app: watch::channel(None).0,
+                local_apps: Vec::new(),
                 endpoints: Vec::new(),
             };
             (out, rx, leaf_rx)

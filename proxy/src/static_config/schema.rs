@@ -30,7 +30,9 @@ struct FileConfig {
     cert: PathBuf,
     key: PathBuf,
     trust_bundle: PathBuf,
-    inbound: FileInbound,
+    /// One object, or a list of named ones (see [`FileInbound`]); read by [`inbound_listeners`]
+    /// so each entry's errors name it.
+    inbound: serde_json::Value,
     #[serde(default)]
     allowed_sources: Vec<String>,
     #[serde(default)]
@@ -72,9 +74,14 @@ fn default_true() -> bool {
     true
 }
 
+/// `{"name": "http", "listen": "0.0.0.0:21000", "local_app": "127.0.0.1:8080"}`: a public
+/// mTLS listener and the application its connections go to. The name is required in the list
+/// form (it keys the listener in the ready line, `/config` and reloads), optional otherwise.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileInbound {
+    #[serde(default)]
+    name: Option<String>,
     listen: String,
     local_app: String,
 }
@@ -112,6 +119,16 @@ fn as_uri<S: serde::Serializer>(id: &SpiffeId, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_str(&id.uri())
 }
 
+/// One inbound listener of a static config: every one serves the same identity, trust bundle
+/// and `allowed_sources`, each to its own application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StaticInbound {
+    /// `None` only for the single-object form without a name.
+    pub name: Option<String>,
+    pub listen: SocketAddr,
+    pub local_app: LocalApp,
+}
+
 /// A validated static config (printable: it holds paths, never key material).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StaticConfig {
@@ -120,8 +137,8 @@ pub struct StaticConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub trust_bundle: PathBuf,
-    pub listen: SocketAddr,
-    pub local_app: LocalApp,
+    /// At least one; the first is the `public=` of the ready line.
+    pub inbound: Vec<StaticInbound>,
     pub allowed_sources: Vec<String>,
     pub upstreams: Vec<StaticUpstream>,
     pub admin: Option<SocketAddr>,
@@ -157,7 +174,10 @@ impl StaticConfig {
     /// Settings that only apply at start; a reload that changes them is reported, not applied.
     pub(super) fn restart_only(&self) -> impl PartialEq + fmt::Debug + use<> {
         (
-            self.listen,
+            self.inbound
+                .iter()
+                .map(|i| (i.name.clone(), i.listen))
+                .collect::<Vec<_>>(),
             self.admin,
             self.upstreams
                 .iter()
@@ -173,6 +193,106 @@ fn socket_addr(field: &str, value: &str) -> Result<SocketAddr, StaticConfigError
     value
         .parse()
         .map_err(|_| invalid(field, format!("{value:?} is not an IP:port address")))
+}
+
+/// Whether two listen addresses cannot both be bound: the same port (not 0, which the OS
+/// chooses) on the same IP, or on a wildcard address and any IP.
+fn clashes(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The listen addresses validated so far, each with its field, so a clash names both.
+#[derive(Default)]
+struct Taken(Vec<(String, SocketAddr)>);
+
+impl Taken {
+    fn claim(&mut self, field: String, addr: SocketAddr) -> Result<(), StaticConfigError> {
+        if let Some((other, _)) = self.0.iter().find(|(_, a)| clashes(*a, addr)) {
+            return Err(invalid(
+                field,
+                format!("{addr} is already used by {other}; give each listener its own port"),
+            ));
+        }
+        self.0.push((field, addr));
+        Ok(())
+    }
+}
+
+/// A listener's name (upstreams and inbound listeners): letters, digits, `-`, `_`, `.`, and
+/// not one given before in the same list.
+fn listener_name(field: String, name: &str, before: &[&str]) -> Result<(), StaticConfigError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(
+            field,
+            format!("{name:?} must be a name of letters, digits, - _ ."),
+        ));
+    }
+    if before.contains(&name) {
+        return Err(invalid(field, format!("{name:?} is given more than once")));
+    }
+    Ok(())
+}
+
+/// `inbound`: one object (name optional) or a non-empty list of named ones.
+fn inbound_listeners(
+    value: serde_json::Value,
+    taken: &mut Taken,
+) -> Result<Vec<StaticInbound>, StaticConfigError> {
+    let (list, entries) = match value {
+        serde_json::Value::Array(a) if a.is_empty() => {
+            return Err(invalid(
+                "inbound",
+                "the list is empty; give at least one {\"name\", \"listen\", \"local_app\"}",
+            ));
+        }
+        serde_json::Value::Array(a) => (true, a),
+        v @ serde_json::Value::Object(_) => (false, vec![v]),
+        _ => {
+            return Err(invalid(
+                "inbound",
+                "must be an object {\"listen\", \"local_app\"} or a list of {\"name\", \"listen\", \"local_app\"}",
+            ));
+        }
+    };
+    let mut out: Vec<StaticInbound> = Vec::new();
+    for (i, v) in entries.into_iter().enumerate() {
+        let at = if list {
+            format!("inbound[{i}]")
+        } else {
+            "inbound".to_string()
+        };
+        let field = |name: &str| format!("{at}.{name}");
+        let f: FileInbound =
+            serde_json::from_value(v).map_err(|e| invalid(at.clone(), e.to_string()))?;
+        match &f.name {
+            Some(n) => {
+                let before: Vec<&str> = out.iter().filter_map(|o| o.name.as_deref()).collect();
+                listener_name(field("name"), n, &before)?;
+            }
+            None if list => {
+                return Err(invalid(
+                    field("name"),
+                    "missing; every listener of the list needs a unique name (letters, digits, - _ .)",
+                ));
+            }
+            None => {}
+        }
+        let listen = socket_addr(&field("listen"), &f.listen)?;
+        taken.claim(field("listen"), listen)?;
+        let (host, port) = host_port(&field("local_app"), &f.local_app)?;
+        out.push(StaticInbound {
+            name: f.name,
+            listen,
+            local_app: LocalApp { host, port },
+        });
+    }
+    Ok(out)
 }
 
 /// `host:port` (host a name or an IP, `[v6]:port` for IPv6), port not 0.
@@ -237,8 +357,8 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
             return Err(invalid(field, "must name a file"));
         }
     }
-    let listen = socket_addr("inbound.listen", &f.inbound.listen)?;
-    let (host, port) = host_port("inbound.local_app", &f.inbound.local_app)?;
+    let mut taken = Taken::default();
+    let inbound = inbound_listeners(f.inbound, &mut taken)?;
     let mut allowed_sources = Vec::new();
     for (i, s) in f.allowed_sources.iter().enumerate() {
         let p = SourcePattern::parse(s)
@@ -248,23 +368,8 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
     let mut upstreams: Vec<StaticUpstream> = Vec::new();
     for (i, u) in f.upstreams.iter().enumerate() {
         let field = |name: &str| format!("upstreams[{i}].{name}");
-        if u.name.is_empty()
-            || !u
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(invalid(
-                field("name"),
-                format!("{:?} must be a name of letters, digits, - _ .", u.name),
-            ));
-        }
-        if upstreams.iter().any(|o| o.name == u.name) {
-            return Err(invalid(
-                field("name"),
-                format!("{:?} is given more than once", u.name),
-            ));
-        }
+        let before: Vec<&str> = upstreams.iter().map(|o| o.name.as_str()).collect();
+        listener_name(field("name"), &u.name, &before)?;
         let bind = socket_addr(&field("listen"), &u.listen)?;
         if !bind.ip().is_loopback() {
             return Err(invalid(
@@ -273,12 +378,7 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
             ));
         }
         // Port 0 lets the OS choose (the ready line on stdout and `/config` say which).
-        if bind.port() != 0 && (upstreams.iter().any(|o| o.listen == bind) || bind == listen) {
-            return Err(invalid(
-                field("listen"),
-                format!("{bind} is already used by another listener"),
-            ));
-        }
+        taken.claim(field("listen"), bind)?;
         if u.addresses.is_empty() {
             return Err(invalid(
                 field("addresses"),
@@ -313,6 +413,7 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
                     format!("{a} is not a loopback address; the admin port must stay local"),
                 ));
             }
+            taken.claim("admin".to_string(), a)?;
             Some(a)
         }
     };
@@ -321,8 +422,7 @@ pub fn parse_config(path: &Path, text: &[u8]) -> Result<StaticConfig, StaticConf
         cert: resolve(base, &f.cert),
         key: resolve(base, &f.key),
         trust_bundle: resolve(base, &f.trust_bundle),
-        listen,
-        local_app: LocalApp { host, port },
+        inbound,
         allowed_sources,
         upstreams,
         admin,

@@ -43,13 +43,35 @@ pub(super) fn watched(c: &StaticConfig) -> Signature {
 /// Publisher of one upstream's instances (what the agent's health loop feeds in agent mode).
 pub type EndpointsTx = watch::Sender<Option<Arc<Vec<Endpoint>>>>;
 
+/// Publisher of one inbound listener's local application.
+pub type LocalAppTx = watch::Sender<Option<Arc<LocalApp>>>;
+
+/// Sends `value` on the channel named `name` among `txs` unless it holds an equal value
+/// already (a name the start did not have is a listener change, applied only by a restart).
+fn send_named<K: PartialEq, T: PartialEq>(
+    txs: &[(K, watch::Sender<Option<Arc<T>>>)],
+    name: &K,
+    value: T,
+) {
+    if let Some((_, tx)) = txs.iter().find(|(n, _)| n == name) {
+        tx.send_if_modified(|old| {
+            let same = old.as_deref() == Some(&value);
+            if !same {
+                *old = Some(Arc::new(value));
+            }
+            !same
+        });
+    }
+}
+
 /// The channels the watcher feeds: the same ones the agent loops feed in agent mode.
 #[derive(Debug)]
 pub struct Outputs {
     pub leaf: watch::Sender<Option<Arc<LeafCert>>>,
     pub roots: watch::Sender<Option<Arc<CaRootList>>>,
     pub policy: watch::Sender<Option<Arc<Policy>>>,
-    pub local_app: watch::Sender<Option<Arc<LocalApp>>>,
+    /// Per inbound listener name (`None`: the single unnamed listener).
+    pub local_apps: Vec<(Option<String>, LocalAppTx)>,
     /// Per upstream name.
     pub endpoints: Vec<(String, EndpointsTx)>,
 }
@@ -72,24 +94,11 @@ impl Outputs {
             }
             !same
         });
-        let app = l.config.local_app.clone();
-        self.local_app.send_if_modified(|a| {
-            let same = a.as_deref() == Some(&app);
-            if !same {
-                *a = Some(Arc::new(app));
-            }
-            !same
-        });
+        for i in &l.config.inbound {
+            send_named(&self.local_apps, &i.name, i.local_app.clone());
+        }
         for (name, eps) in l.endpoints() {
-            if let Some((_, tx)) = self.endpoints.iter().find(|(n, _)| *n == name) {
-                tx.send_if_modified(|e| {
-                    let same = e.as_deref() == Some(&eps);
-                    if !same {
-                        *e = Some(Arc::new(eps));
-                    }
-                    !same
-                });
-            }
+            send_named(&self.endpoints, &name, eps);
         }
     }
 }
@@ -123,7 +132,7 @@ pub async fn watch_files(provider: Arc<CryptoProvider>, initial: Loaded, out: Ou
                 if l.config.restart_only() != start_settings {
                     tracing::warn!(
                         config = %path.display(),
-                        "listeners, upstream names or IDs, admin address or timeouts changed; restart the proxy to apply them (certificates, allowed_sources, local_app and upstream addresses are applied live)"
+                        "inbound listeners (names or addresses), upstream names or IDs, admin address or timeouts changed; restart the proxy to apply them (certificates, allowed_sources, each listener's local_app and upstream addresses are applied live)"
                     );
                 }
                 let paths_moved = (&l.config.cert, &l.config.key, &l.config.trust_bundle)

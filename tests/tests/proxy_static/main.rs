@@ -16,3 +16,4 @@ mod t20_refusals;
 mod t30_startup_errors;
 mod t40_reload;
 mod t50_cipher_suites;
+mod t60_several_listeners;

@@ -196,6 +196,8 @@ pub struct StaticProxy {
     pub admin: SocketAddr,
     /// Bound upstream listeners by name.
     pub upstreams: BTreeMap<String, SocketAddr>,
+    /// Bound named inbound listeners (`inbound.<name>=`; empty for the one-object form).
+    pub inbound: BTreeMap<String, SocketAddr>,
     log: PathBuf,
 }
 
@@ -227,18 +229,21 @@ impl StaticProxy {
                 .find_map(|w| w.strip_prefix(key))
                 .and_then(|a| a.parse().ok())
         };
-        let upstreams = line
-            .split_whitespace()
-            .filter_map(|w| w.strip_prefix("upstream."))
-            .filter_map(|w| w.split_once('='))
-            .map(|(n, a)| (n.to_string(), a.parse().expect("upstream address")))
-            .collect();
+        // `<prefix><name>=<addr>` words of the ready line.
+        let named = |prefix: &str| -> BTreeMap<String, SocketAddr> {
+            line.split_whitespace()
+                .filter_map(|w| w.strip_prefix(prefix))
+                .filter_map(|w| w.split_once('='))
+                .map(|(n, a)| (n.to_string(), a.parse().expect("listener address")))
+                .collect()
+        };
         let p = Self {
             name: name.into(),
             child: Some(child),
             public: field("public=").unwrap_or_else(|| panic!("no public= in {line:?}")),
             admin: field("admin=").unwrap_or_else(|| panic!("no admin= in {line:?}")),
-            upstreams,
+            upstreams: named("upstream."),
+            inbound: named("inbound."),
             log,
         };
         let ready = http("GET", p.admin, "/ready", None).expect("/ready");

@@ -74,3 +74,20 @@ fn missing_file_is_one_line() {
     write_atomic(&f.key(), other.1.as_bytes(), 0o600);
     one_line_refusal(&f.config(), &["key", "does not match"]);
 }
+
+#[test]
+fn duplicate_inbound_listener_names_are_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = service(tmp.path(), &Ca::new(1));
+    let mut c = config(loopback(), loopback(), loopback(), &[], json!([]));
+    c["inbound"] = json!([
+        {"name": "http", "listen": loopback().to_string(), "local_app": loopback().to_string()},
+        {"name": "http", "listen": loopback().to_string(), "local_app": loopback().to_string()},
+    ]);
+    f.write_config(&c);
+    let path = f.config().display().to_string();
+    one_line_refusal(
+        &f.config(),
+        &[&path, "inbound[1].name", "\"http\" is given more than once"],
+    );
+}
