@@ -362,7 +362,7 @@ pub async fn run_manager_with(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use mesh_control::ca::{BuiltinProvider, CaProvider, LeafRequest, StoredRoot, generate_csr};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -399,7 +399,7 @@ mod tests {
         }
     }
 
-    fn identity(root: &StoredRoot, service: &str, upstream: &str) -> Identity {
+    pub(crate) fn identity(root: &StoredRoot, service: &str, upstream: &str) -> Identity {
         identity_with(root, service, upstream, TlsOptions::default())
     }
 
@@ -414,7 +414,7 @@ mod tests {
 
     /// `service`'s identity with a leaf signed by `root` (the active root), trusting `trusted`,
     /// with a client configuration for `upstream`.
-    fn identity_trusting(
+    pub(crate) fn identity_trusting(
         root: &StoredRoot,
         service: &str,
         upstream: &str,
@@ -436,7 +436,7 @@ mod tests {
     }
 
     /// A new root of the test trust domain; `serial` tells roots apart.
-    fn new_root(serial: u64) -> StoredRoot {
+    pub(crate) fn new_root(serial: u64) -> StoredRoot {
         BuiltinProvider
             .generate_root(TD, serial, OffsetDateTime::now_utc())
             .unwrap()

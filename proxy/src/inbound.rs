@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use crate::authz::Policy;
 use crate::connections::Registry;
@@ -25,6 +24,7 @@ use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
 use crate::serve::{self, Outcome};
 use crate::tls;
+use crate::tls_stream;
 use crate::transport::{self, SocketFactory};
 
 /// Bound on sending `close_notify` to a refused peer.
@@ -77,8 +77,7 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
         return ConnResult::NotReady.into();
     };
     let started = Instant::now();
-    let acceptor = TlsAcceptor::from(identity.server.clone());
-    let handshake = acceptor.accept(crate::read_ahead::ReadAhead::new(tcp));
+    let handshake = tls_stream::accept(identity.server.clone(), tcp);
     let mut tls = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -100,9 +99,8 @@ async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) ->
     };
     ctx.metrics
         .handshake_ok(Direction::Inbound, started.elapsed().as_secs_f64());
-    tls::allow_bulk_writes(tls.get_mut().1);
 
-    let peer = match tls::peer_spiffe_id(tls.get_ref().1.peer_certificates()) {
+    let peer = match tls::peer_spiffe_id(tls.session().peer_certificates()) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(%client, error = %e, "inbound connection refused: no usable peer identity");

@@ -23,8 +23,8 @@
 //! (the mTLS listeners to open: one, or several named ones in static mode), [`serve`] (the one
 //! accept loop they run in), [`copy`] (byte pump), [`connections`] (live inbound
 //! connections, re-checked on policy change), [`drain`] (graceful shutdown), [`admin`] and
-//! [`metrics`] (observability), [`transport`] (socket options and the socket factory), [`read_ahead`] (large socket
-//! reads under TLS).
+//! [`metrics`] (observability), [`transport`] (socket options and the socket factory), [`tls_stream`] (the TLS
+//! stream on rustls's unbuffered API, over our own buffers).
 
 // `deny`, not `forbid`: an item that needs `unsafe` allows it locally, with a reason and a
 // SAFETY note (none does today).
@@ -47,11 +47,11 @@ pub mod metrics;
 pub mod outbound;
 pub mod policy_feed;
 pub mod public_listeners;
-pub mod read_ahead;
 pub mod resident;
 pub mod serve;
 pub mod static_config;
 pub mod tls;
+pub mod tls_stream;
 pub mod transparent;
 pub mod transport;
 pub mod verified_chains;

@@ -16,7 +16,6 @@ use mesh_policy::spiffe::SpiffeId;
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsConnector;
 
 use crate::agent::Endpoint;
 use crate::copy;
@@ -25,6 +24,7 @@ use crate::identity::Identity;
 use crate::metrics::{ConnResult, Direction, Metrics};
 use crate::serve::{self, Outcome};
 use crate::tls;
+use crate::tls_stream;
 use crate::transport::{self, SocketFactory};
 
 /// One upstream listener's state.
@@ -156,11 +156,7 @@ where
     };
 
     let started = Instant::now();
-    let connector = TlsConnector::from(config);
-    let handshake = connector.connect(
-        server_name(expected),
-        crate::read_ahead::ReadAhead::new(server_tcp),
-    );
+    let handshake = tls_stream::connect(config, server_name(expected), server_tcp);
     let mut server = match tokio::time::timeout(ctx.handshake_timeout, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -181,7 +177,6 @@ where
     };
     ctx.metrics
         .handshake_ok(Direction::Outbound, started.elapsed().as_secs_f64());
-    crate::tls::allow_bulk_writes(server.get_mut().1);
     let pumped = copy::bidirectional(&mut client_tcp, &mut server).await;
     if let Err(e) = &pumped {
         tracing::debug!(upstream = %up.name, %client, error = %e, "outbound connection ended with an error");

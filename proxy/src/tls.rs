@@ -80,16 +80,6 @@ pub fn peer_spiffe_id(chain: Option<&[CertificateDer<'_>]>) -> Result<SpiffeId, 
     spiffe_id_of(leaf)
 }
 
-/// Lets rustls buffer as much ciphertext as the byte pump hands it plaintext in one write
-/// ([`crate::copy::MAX_BUF`]), instead of its default 64 KiB: a bulk write becomes one `writev`
-/// of sixteen records rather than four calls of four.
-pub fn allow_bulk_writes<C, D>(conn: &mut C)
-where
-    C: std::ops::DerefMut<Target = rustls::ConnectionCommon<D>>,
-{
-    conn.set_buffer_limit(Some(crate::copy::MAX_BUF));
-}
-
 /// A `rustls::Error` carrying `e`, so handshake failures name the identity problem.
 fn invalid(e: TlsError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
