@@ -8,11 +8,14 @@
 # - each side is one process, as for the peers (there side b is two): side a has two upstreams
 #   (iperf and http), side b two inbound listeners (iperf and http, static mode's `inbound`
 #   list) with one identity, so side b's RSS is one process's.
+# Its files go to a directory of its own under $WORKDIR, so two meshproxy targets in one run (two
+# builds compared side by side) never read each other's config (static mode watches it).
 # MESHPROXY: absolute path of the binary (default: target/release/meshproxy of PROJECT, default
 # PROJECT: the directory the bench was started from).
 set -euo pipefail
 side=$1
 BIN=${MESHPROXY:-${PROJECT:-$PWD}/target/release/meshproxy}
+WORKDIR=$(mktemp -d "$WORKDIR/meshproxy-$side.XXXXXX")
 td=$(cat "$CERTS/trust-domain.txt")
 id() { echo "spiffe://$td/ns/default/dc/dc1/svc/$1"; }
 resume=$([ "${RESUME:-0}" = 1 ] && echo true || echo false)
