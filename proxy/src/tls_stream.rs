@@ -336,17 +336,30 @@ where
             if !self.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
             }
-            if progress.stop == Stop::Budget {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            if self.eof {
-                return Poll::Ready(Err(unexpected_eof("during the handshake")));
-            }
-            if ready!(self.poll_fill(cx))? == 0 {
-                self.eof = true;
-            }
+            ready!(self.poll_more_input(cx, progress.stop, "during the handshake"))?;
         }
+    }
+
+    /// What a handshake or read loop does when a processing run did not finish its job: yield
+    /// if the step budget ran out, fail at EOF (`during` names the phase), else read more from
+    /// the socket (noting EOF, which the next round reports).
+    fn poll_more_input(
+        &mut self,
+        cx: &mut Context<'_>,
+        stop: Stop,
+        during: &str,
+    ) -> Poll<io::Result<()>> {
+        if stop == Stop::Budget {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if self.eof {
+            return Poll::Ready(Err(unexpected_eof(during)));
+        }
+        if ready!(self.poll_fill(cx))? == 0 {
+            self.eof = true;
+        }
+        Poll::Ready(Ok(()))
     }
 
     /// Tries once to send what rustls queued (the alert for `e`), then returns `e`.
@@ -571,16 +584,7 @@ where
             if dst.filled().len() > before || !this.plain.is_empty() || this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            if progress.stop == Stop::Budget {
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            if this.eof {
-                return Poll::Ready(Err(unexpected_eof("mid-stream")));
-            }
-            if ready!(this.poll_fill(cx))? == 0 {
-                this.eof = true;
-            }
+            ready!(this.poll_more_input(cx, progress.stop, "mid-stream"))?;
         }
     }
 }
