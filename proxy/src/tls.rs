@@ -132,8 +132,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let known = self.chains.contains(end_entity, intermediates, now);
-        if !known {
+        self.chains.check_once(end_entity, intermediates, now, || {
             let cert = ParsedCertificate::try_from(end_entity)?;
             rustls::client::verify_server_cert_signed_by_trust_anchor(
                 &cert,
@@ -141,8 +140,8 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 intermediates,
                 now,
                 self.algorithms.all,
-            )?;
-        }
+            )
+        })?;
         // Checked on every handshake (it is cheap), remembered chain or not.
         let got = spiffe_id_of(end_entity).map_err(invalid)?;
         if got != self.expected {
@@ -150,9 +149,6 @@ impl ServerCertVerifier for SpiffeServerVerifier {
                 expected: self.expected_uri.clone(),
                 got: got.uri(),
             }));
-        }
-        if !known {
-            self.chains.insert(end_entity, intermediates);
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -217,14 +213,11 @@ impl ClientCertVerifier for RememberingClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        if self.chains.contains(end_entity, intermediates, now) {
-            return Ok(ClientCertVerified::assertion());
-        }
-        let verified = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        self.chains.insert(end_entity, intermediates);
-        Ok(verified)
+        self.chains.check_once(end_entity, intermediates, now, || {
+            self.inner
+                .verify_client_cert(end_entity, intermediates, now)
+        })?;
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(

@@ -8,8 +8,8 @@
 //! [`crate::tls`] ask this memo first:
 //!
 //! * an entry is the SHA-256 of the exact bytes presented (end entity and intermediates, each
-//!   length-prefixed), added only after the full check (chain to the trust bundle, key usage,
-//!   validity, and for servers the SPIFFE ID) accepted them;
+//!   length-prefixed), added only after the full chain check (to the trust bundle, key usage,
+//!   validity) accepted them; the SPIFFE ID check is the caller's and runs on every handshake;
 //! * a hit is honoured only while `now` lies within every presented certificate's validity, so
 //!   an expired or not-yet-valid certificate goes through the full check again (and fails
 //!   there);
@@ -91,6 +91,23 @@ impl VerifiedChains {
         })
     }
 
+    /// Runs `full_check` on the chain unless exactly this chain passed it before and every
+    /// certificate in it is still valid at `now`; remembers it once it passes.
+    pub fn check_once<T>(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        full_check: impl FnOnce() -> Result<T, rustls::Error>,
+    ) -> Result<(), rustls::Error> {
+        if self.contains(end_entity, intermediates, now) {
+            return Ok(());
+        }
+        full_check()?;
+        self.insert(end_entity, intermediates);
+        Ok(())
+    }
+
     /// Remembers a chain the full check has just accepted.
     pub fn insert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
         let Some(w) = window(end_entity, intermediates) else {
@@ -157,6 +174,27 @@ mod tests {
         assert!(!memo.contains(&leaf, &[], at(now)));
         let other = cert(now - day, now + 10 * day);
         assert!(!memo.contains(&other, &[inter], at(now)));
+    }
+
+    #[test]
+    fn the_full_check_runs_until_it_passes_and_then_not_again() {
+        let now = time::OffsetDateTime::now_utc();
+        let leaf = cert(now - time::Duration::days(1), now + time::Duration::days(1));
+        let memo = VerifiedChains::default();
+        let runs = std::cell::Cell::new(0);
+        let refuse = || {
+            runs.set(runs.get() + 1);
+            Err::<(), _>(rustls::Error::General("refused".into()))
+        };
+        assert!(memo.check_once(&leaf, &[], at(now), refuse).is_err());
+        assert!(memo.check_once(&leaf, &[], at(now), refuse).is_err());
+        let accept = || {
+            runs.set(runs.get() + 1);
+            Ok(())
+        };
+        memo.check_once(&leaf, &[], at(now), accept).unwrap();
+        memo.check_once(&leaf, &[], at(now), accept).unwrap();
+        assert_eq!(runs.get(), 3, "two refusals, one pass, then the memo");
     }
 
     #[test]
