@@ -83,16 +83,12 @@ impl VerifiedChains {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> bool {
-        let k = key(end_entity, intermediates);
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(&k).is_some_and(|w| {
-            let t = now.as_secs();
-            w.not_before <= t && t <= w.not_after
-        })
+        self.holds(&key(end_entity, intermediates), now)
     }
 
     /// Runs `full_check` on the chain unless exactly this chain passed it before and every
-    /// certificate in it is still valid at `now`; remembers it once it passes.
+    /// certificate in it is still valid at `now`; remembers it once it passes. The chain is
+    /// hashed once.
     pub fn check_once<T>(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -100,20 +96,37 @@ impl VerifiedChains {
         now: UnixTime,
         full_check: impl FnOnce() -> Result<T, rustls::Error>,
     ) -> Result<(), rustls::Error> {
-        if self.contains(end_entity, intermediates, now) {
+        let k = key(end_entity, intermediates);
+        if self.holds(&k, now) {
             return Ok(());
         }
         full_check()?;
-        self.insert(end_entity, intermediates);
+        self.remember(k, end_entity, intermediates);
         Ok(())
     }
 
     /// Remembers a chain the full check has just accepted.
     pub fn insert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
+        self.remember(key(end_entity, intermediates), end_entity, intermediates);
+    }
+
+    fn holds(&self, k: &Key, now: UnixTime) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(k).is_some_and(|w| {
+            let t = now.as_secs();
+            w.not_before <= t && t <= w.not_after
+        })
+    }
+
+    fn remember(
+        &self,
+        k: Key,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) {
         let Some(w) = window(end_entity, intermediates) else {
             return;
         };
-        let k = key(end_entity, intermediates);
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= CAPACITY
             && !entries.contains_key(&k)
