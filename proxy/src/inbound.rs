@@ -25,7 +25,7 @@ use crate::metrics::{ConnResult, Direction, Metrics};
 use crate::serve::{self, Outcome};
 use crate::tls;
 use crate::tls_stream;
-use crate::transport::{self, SocketFactory};
+use crate::transport::SocketFactory;
 
 /// Bound on sending `close_notify` to a refused peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -68,9 +68,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, drain: drain
 }
 
 async fn handle(ctx: Arc<InboundContext>, tcp: TcpStream, client: SocketAddr) -> Outcome {
-    if let Err(e) = transport::tune(&tcp) {
-        tracing::debug!(%client, error = %e, "socket options");
-    }
+    // Socket options: set by `serve` (inherited from the listener).
     // The pod's address the caller dialled (with `sk_lookup`, the app's own address).
     let local = tcp.local_addr().ok();
     let Some(identity) = ctx.identity.borrow().clone() else {

@@ -25,7 +25,7 @@ use crate::metrics::{ConnResult, Direction, Metrics};
 use crate::serve::{self, Outcome};
 use crate::tls;
 use crate::tls_stream;
-use crate::transport::{self, SocketFactory};
+use crate::transport::SocketFactory;
 
 /// One upstream listener's state.
 #[derive(Debug)]
@@ -105,9 +105,7 @@ pub(crate) async fn handle(
     client_tcp: TcpStream,
     client: SocketAddr,
 ) -> Outcome {
-    if let Err(e) = transport::tune(&client_tcp) {
-        tracing::debug!(%client, error = %e, "socket options");
-    }
+    // Socket options: set by `serve` (inherited from the listener).
     handle_stream(ctx, up, client_tcp, client).await
 }
 

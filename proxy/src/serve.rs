@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::copy::{CopyError, Transferred};
 use crate::drain;
 use crate::metrics::{ConnResult, Direction, Metrics};
+use crate::transport;
 
 /// Pause after a failed accept. Accept errors are typically EMFILE/ENFILE: retrying at once
 /// would spin on the same error until a connection closes.
@@ -58,7 +59,8 @@ impl From<Result<Transferred, CopyError>> for Outcome {
 }
 
 /// Accepts on `listener` until `drain` signals, running `handle` with a clone of `ctx` for
-/// each connection in a task of its own. `name` names the listener in log lines;
+/// each connection in a task of its own, its socket options set (`transport::tune_listener`
+/// once, `transport::tune_accepted` per connection). `name` names the listener in log lines;
 /// `direction` labels its metrics.
 pub async fn serve<N, C, H, F>(
     listener: TcpListener,
@@ -74,6 +76,7 @@ pub async fn serve<N, C, H, F>(
     H: Fn(C, TcpStream, SocketAddr) -> F,
     F: Future<Output = Outcome> + Send + 'static,
 {
+    let tuning = transport::tune_listener(&listener);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -81,6 +84,9 @@ pub async fn serve<N, C, H, F>(
         };
         match accepted {
             Ok((tcp, client)) => {
+                if let Err(e) = transport::tune_accepted(&tcp, client, tuning) {
+                    tracing::debug!(%client, error = %e, "socket options");
+                }
                 let guard = drain.guard();
                 let metrics = metrics.clone();
                 let conn = handle(ctx.clone(), tcp, client);

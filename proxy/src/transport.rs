@@ -7,6 +7,11 @@
 //! Keepalive finds peers that vanished without a FIN, so a dead connection does not hold a
 //! drain or a connection-registry slot forever.
 //!
+//! Accepted connections get these options from their listener: Linux copies a listening
+//! socket's TCP_NODELAY, keepalive settings and congestion control to every socket it accepts,
+//! so [`tune_listener`] sets them once and [`tune_accepted`] adds only what the listener could
+//! not give (five `setsockopt`s and a `getpeername` fewer per connection).
+//!
 //! A connection whose peer is on this host (a loopback address: the app behind a sidecar, or a
 //! proxy on the same node) uses [`LOOPBACK_CONGESTION_CONTROL`] whatever the system default
 //! is. Loopback never congests, and a pacing algorithm there only costs: BBR without the `fq`
@@ -61,28 +66,76 @@ pub const LOOPBACK_CONGESTION_CONTROL: &str = "cubic";
 /// Sets TCP_NODELAY and keepalive on `s`, and [`LOOPBACK_CONGESTION_CONTROL`] if its peer is
 /// on this host.
 pub fn tune(s: &TcpStream) -> Result<(), TransportError> {
+    let peer = s.peer_addr().ok();
     let err = |source| TransportError::SocketOptions {
-        peer: s
-            .peer_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_else(|_| "?".into()),
+        peer: peer.map_or_else(|| "?".into(), |a| a.to_string()),
         source,
     };
-    s.set_nodelay(true).map_err(err)?;
-    SockRef::from(s)
-        .set_tcp_keepalive(
-            &TcpKeepalive::new()
-                .with_time(KEEPALIVE_IDLE)
-                .with_interval(KEEPALIVE_INTERVAL),
-        )
-        .map_err(err)?;
-    if s.peer_addr().is_ok_and(|a| a.ip().is_loopback()) {
-        // Not fatal: a kernel without the module keeps its default (and says so once per
-        // connection at debug level only, as nothing is wrong with the connection).
-        if let Err(e) = SockRef::from(s).set_tcp_congestion(LOOPBACK_CONGESTION_CONTROL.as_bytes())
-        {
-            tracing::debug!(error = %e, "keeping the default congestion control on a loopback connection");
-        }
+    set_options(SockRef::from(s)).map_err(err)?;
+    if peer.is_some_and(|a| a.ip().is_loopback()) {
+        loopback_congestion_control(SockRef::from(s));
+    }
+    Ok(())
+}
+
+/// TCP_NODELAY and keepalive: what every proxied socket gets.
+fn set_options(s: SockRef<'_>) -> io::Result<()> {
+    s.set_tcp_nodelay(true)?;
+    s.set_tcp_keepalive(
+        &TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL),
+    )
+}
+
+/// Not fatal: a kernel without the module keeps its default (and says so at debug level only,
+/// as nothing is wrong with the connection).
+fn loopback_congestion_control(s: SockRef<'_>) {
+    if let Err(e) = s.set_tcp_congestion(LOOPBACK_CONGESTION_CONTROL.as_bytes()) {
+        tracing::debug!(error = %e, "keeping the default congestion control on a loopback connection");
+    }
+}
+
+/// What a listener hands down to the sockets it accepts ([`tune_listener`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerTuning {
+    /// NODELAY and keepalive are set on the listener.
+    options: bool,
+    /// The listener is bound to a loopback address, so every peer is on this host and the
+    /// listener carries [`LOOPBACK_CONGESTION_CONTROL`] too.
+    loopback: bool,
+}
+
+/// Sets on `listener` the options its accepted sockets inherit ([`tune`]'s): NODELAY and
+/// keepalive, and the loopback congestion control when it listens on a loopback address. A
+/// listener that refuses them leaves the work to [`tune_accepted`], per connection.
+pub fn tune_listener(listener: &TcpListener) -> ListenerTuning {
+    let options = set_options(SockRef::from(listener))
+        .inspect_err(|e| tracing::debug!(error = %e, "socket options on a listener; set per connection instead"))
+        .is_ok();
+    let loopback = options && listener.local_addr().is_ok_and(|a| a.ip().is_loopback());
+    if loopback {
+        loopback_congestion_control(SockRef::from(listener));
+    }
+    ListenerTuning { options, loopback }
+}
+
+/// Completes [`tune`] on a socket accepted from a listener set up by [`tune_listener`]: only
+/// what it did not inherit (the congestion control of a loopback peer that reached a listener
+/// on a wildcard or non-loopback address; everything when the listener refused the options).
+pub fn tune_accepted(
+    s: &TcpStream,
+    peer: SocketAddr,
+    from: ListenerTuning,
+) -> Result<(), TransportError> {
+    if !from.options {
+        set_options(SockRef::from(s)).map_err(|source| TransportError::SocketOptions {
+            peer: peer.to_string(),
+            source,
+        })?;
+    }
+    if peer.ip().is_loopback() && !from.loopback {
+        loopback_congestion_control(SockRef::from(s));
     }
     Ok(())
 }
@@ -331,6 +384,50 @@ mod tests {
             let cc = String::from_utf8_lossy(&cc);
             assert_eq!(cc.trim_end_matches('\0'), expected);
             assert!(s.nodelay().unwrap());
+        }
+    }
+
+    /// What `tune_listener` relies on: Linux copies NODELAY, the keepalive settings and the
+    /// congestion control of a listener to the sockets it accepts. If a kernel stopped doing
+    /// so, accepted connections would silently lose them; this says so.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_the_listeners_options() {
+        let expected_cc = available()
+            .split_whitespace()
+            .any(|a| a == LOOPBACK_CONGESTION_CONTROL)
+            .then_some(LOOPBACK_CONGESTION_CONTROL);
+        for bind in ["127.0.0.1:0", "0.0.0.0:0"] {
+            let listener = TcpListener::bind(bind).await.unwrap();
+            let tuning = tune_listener(&listener);
+            assert_eq!(
+                tuning,
+                ListenerTuning {
+                    options: true,
+                    loopback: bind.starts_with("127.")
+                }
+            );
+            let port = listener.local_addr().unwrap().port();
+            let (client, accepted) =
+                tokio::join!(TcpStream::connect(("127.0.0.1", port)), listener.accept());
+            let (_client, (accepted, peer)) = (client.unwrap(), accepted.unwrap());
+            tune_accepted(&accepted, peer, tuning).unwrap();
+            let s = SockRef::from(&accepted);
+            assert!(s.tcp_nodelay().unwrap(), "{bind}: NODELAY");
+            assert!(s.keepalive().unwrap(), "{bind}: SO_KEEPALIVE");
+            assert_eq!(s.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE, "{bind}");
+            assert_eq!(
+                s.tcp_keepalive_interval().unwrap(),
+                KEEPALIVE_INTERVAL,
+                "{bind}"
+            );
+            if let Some(cc) = expected_cc {
+                let got = s.tcp_congestion().unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&got).trim_end_matches('\0'),
+                    cc,
+                    "{bind}"
+                );
+            }
         }
     }
 }

@@ -26,7 +26,6 @@ use crate::drain;
 use crate::metrics::{ConnResult, Direction};
 use crate::outbound::{OutboundContext, Upstream};
 use crate::serve::{self, Outcome};
-use crate::transport;
 
 /// State shared by the outbound listener's connections.
 pub struct TransparentOutbound {
@@ -138,7 +137,6 @@ async fn handle(t: Arc<TransparentOutbound>, tcp: TcpStream, peer: SocketAddr) -
             if !wait_until(&up.endpoints, limit, Option::is_some).await {
                 return ConnResult::NoEndpoints.into();
             }
-            let _ = transport::tune(&tcp);
             crate::outbound::handle_stream(&t.ctx, &up, ResetUnanswered::new(tcp, peer, orig), peer)
                 .await
         }
@@ -157,7 +155,6 @@ async fn handle(t: Arc<TransparentOutbound>, tcp: TcpStream, peer: SocketAddr) -
 }
 
 async fn pass_through(t: &TransparentOutbound, mut tcp: TcpStream, orig: SocketAddr) -> Outcome {
-    let _ = transport::tune(&tcp);
     // The proxy's own cgroup is excluded from redirection, so this connect goes out as is.
     let mut server = match t
         .ctx
