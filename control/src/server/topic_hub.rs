@@ -103,6 +103,8 @@ impl TopicHub {
     pub fn subscribe(&self, t: &Topic) -> Subscription {
         let key = TopicKey::of(t);
         let mut inner = self.inner.lock();
+        // Topics no stream holds any more are dropped here, not on every write.
+        inner.cells.retain(|_, c| c.strong_count() > 0);
         if let Some(cell) = inner.cells.get(&key).and_then(Weak::upgrade) {
             return Subscription {
                 rx: cell.tx.subscribe(),
@@ -125,7 +127,6 @@ impl TopicHub {
     /// Brings every topic the writes since the last call moved up to date.
     pub fn refresh(&self) {
         let mut inner = self.inner.lock();
-        inner.cells.retain(|_, c| c.strong_count() > 0);
         let Inner {
             cells,
             seen,
