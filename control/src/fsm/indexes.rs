@@ -233,10 +233,7 @@ fn on_node<'a, V>(
         .take_while(move |((n, _), _)| n == node)
 }
 
-fn set_insert<K: Ord + Clone, V: Ord>(map: &mut BTreeMap<K, BTreeSet<V>>, key: &K, v: V)
-where
-    K: ?Sized,
-{
+fn set_insert<K: Ord + Clone, V: Ord>(map: &mut BTreeMap<K, BTreeSet<V>>, key: &K, v: V) {
     match map.get_mut(key) {
         Some(set) => {
             set.insert(v);

@@ -41,3 +41,47 @@ impl IntentionSets {
         set
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fsm::Command;
+    use crate::intentions::intention_between;
+    use crate::model::IntentionAction;
+
+    fn allow(state: &mut State, index: u64, src: &str, dst: &str) {
+        let intention = crate::model::Intention {
+            action: Some(IntentionAction::Allow),
+            ..intention_between(src, dst)
+        };
+        let r = state.apply(
+            index,
+            Command::IntentionUpsert {
+                intention,
+                replace: true,
+            },
+        );
+        assert_eq!(r.error, None);
+    }
+
+    #[test]
+    fn a_set_is_kept_until_a_write_can_change_it() {
+        let mut s = State::default();
+        allow(&mut s, 1, "web", "db");
+        allow(&mut s, 2, "web", "cache");
+        let sets = IntentionSets::default();
+        let db = sets.for_destination(&s, "db");
+        assert_eq!(db.len(), 1, "only db's own intentions are compiled");
+        assert!(db.decide("web", "db").allowed);
+        // A write to another destination keeps db's set; one to db or to `*` replaces it.
+        allow(&mut s, 3, "api", "cache");
+        assert!(Arc::ptr_eq(&db, &sets.for_destination(&s, "db")));
+        allow(&mut s, 4, "api", "db");
+        let db2 = sets.for_destination(&s, "db");
+        assert!(!Arc::ptr_eq(&db, &db2) && db2.decide("api", "db").allowed);
+        allow(&mut s, 5, "ops", "*");
+        let db3 = sets.for_destination(&s, "db");
+        assert!(!Arc::ptr_eq(&db2, &db3) && db3.decide("ops", "db").allowed);
+        assert_eq!(db3.len(), 3);
+    }
+}

@@ -106,6 +106,9 @@ impl TopicHub {
         // Topics no stream holds any more are dropped here, not on every write.
         inner.cells.retain(|_, c| c.strong_count() > 0);
         if let Some(cell) = inner.cells.get(&key).and_then(Weak::upgrade) {
+            // Up to the state as of now (an index look-up when the hub is), so a watch opened
+            // after a write starts from it, as a read would.
+            self.state.read(|s| refresh(s, &cell));
             return Subscription {
                 rx: cell.tx.subscribe(),
                 _cell: cell,
