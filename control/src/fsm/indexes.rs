@@ -19,6 +19,7 @@
 //! is dropped and the keyspace's extinction index moves (Consul's
 //! `service_last_extinction`), so the table stays bounded by the live names.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
@@ -185,28 +186,53 @@ impl CatalogIndex {
     }
 }
 
-/// Intention lookups, by name (the namespace is checked by the reader).
+/// An intention's place in Consul's list order (`intentions::consul_order`: precedence,
+/// highest first, then the source and destination; the ID last, which the store's unique
+/// source/destination pairs never reach).
+type OrderKey = (Reverse<u32>, String, String, String, String, String);
+
+fn order_key(i: &Intention) -> OrderKey {
+    (
+        Reverse(i.precedence),
+        i.source_ns.clone(),
+        i.source_name.clone(),
+        i.destination_ns.clone(),
+        i.destination_name.clone(),
+        i.id.clone(),
+    )
+}
+
+/// Intention lookups, by name (the namespace is checked by the reader), and the list order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct IntentionIndex {
     /// Destination name → intention IDs.
     by_destination: BTreeMap<String, BTreeSet<String>>,
     /// Source name → intention IDs.
     by_source: BTreeMap<String, BTreeSet<String>>,
+    /// Every intention in list order, so a list is not sorted per request.
+    ordered: BTreeSet<OrderKey>,
 }
 
 impl IntentionIndex {
     fn add(&mut self, i: &Intention) {
         set_insert(&mut self.by_destination, &i.destination_name, i.id.clone());
         set_insert(&mut self.by_source, &i.source_name, i.id.clone());
+        self.ordered.insert(order_key(i));
     }
 
     fn remove(&mut self, i: &Intention) {
         set_remove(&mut self.by_destination, &i.destination_name, &i.id);
         set_remove(&mut self.by_source, &i.source_name, &i.id);
+        self.ordered.remove(&order_key(i));
+    }
+
+    /// Every intention ID in Consul's list order.
+    pub(super) fn ordered_ids(&self) -> impl Iterator<Item = &String> {
+        self.ordered.iter().map(|k| &k.5)
     }
 
     fn len(&self) -> usize {
-        self.by_destination.values().map(BTreeSet::len).sum()
+        self.ordered.len()
     }
 
     /// IDs of the intentions whose destination (`by_source`: source) name is `name` exactly.

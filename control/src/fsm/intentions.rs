@@ -157,9 +157,13 @@ impl State {
         }
     }
 
+    /// Every intention in Consul's list order (kept in that order by the derived lookups).
     pub fn intention_list(&self) -> Vec<Intention> {
-        let mut v: Vec<Intention> = self.intentions.values().cloned().collect();
-        v.sort_by(intentions::consul_order);
-        v
+        self.derived
+            .intentions
+            .ordered_ids()
+            .filter_map(|id| self.intentions.get(id))
+            .cloned()
+            .collect()
     }
 }

@@ -64,6 +64,10 @@ fn check_derived(state: &State) -> Result<(), TestCaseError> {
             }
         }
     }
+    // The kept list order is Consul's.
+    let mut sorted: Vec<Intention> = state.intentions.values().cloned().collect();
+    sorted.sort_by(crate::intentions::consul_order);
+    prop_assert_eq!(state.intention_list(), sorted);
     for i in state.intentions.values() {
         let ix = state.intentions_index_for(&i.destination_name);
         prop_assert!(ix >= i.modify_index && ix <= state.last_index);
