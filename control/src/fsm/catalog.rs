@@ -31,6 +31,7 @@ impl State {
             check.output = output;
             check.modify_index = index;
             self.tables.checks = index;
+            self.derived.check_changed(Some(check), Some(check), index);
         }
         Ok(())
     }
@@ -59,6 +60,12 @@ impl State {
             restore(&mut self.services, &node, services);
             restore(&mut self.checks, &node, checks);
             self.tables = tables;
+            self.derived.node_restored(
+                &node,
+                self.services.get(&node),
+                self.checks.get(&node),
+                index,
+            );
         }
         result
     }
@@ -121,6 +128,7 @@ impl State {
         }
         if changed {
             self.tables.checks = index;
+            self.derived.node_changed(&node, index);
         }
         Ok(())
     }
@@ -177,6 +185,7 @@ impl State {
                 node.modify_index = index;
                 self.tables.nodes = index;
                 self.nodes.insert(node.node.clone(), node.clone());
+                self.derived.node_changed(&node.node, index);
             }
         }
         if let Some(mut s) = service {
@@ -190,6 +199,7 @@ impl State {
                 existing => {
                     s.create_index = existing.map(|e| e.create_index).unwrap_or(index);
                     s.modify_index = index;
+                    self.derived.service_changed(existing, Some(&s), index);
                     services.insert(s.id.clone(), s);
                     self.tables.services = index;
                 }
@@ -204,6 +214,7 @@ impl State {
                     existing => {
                         c.create_index = existing.map(|e| e.create_index).unwrap_or(index);
                         c.modify_index = index;
+                        self.derived.check_changed(existing, Some(&c), index);
                         node_checks.insert(c.check_id.clone(), c);
                         self.tables.checks = index;
                     }
@@ -228,38 +239,51 @@ impl State {
             (None, None) => {
                 self.nodes.remove(node);
                 self.tables.nodes = index;
-                if self.services.remove(node).is_some() {
+                if let Some(services) = self.services.remove(node) {
+                    for s in services.values() {
+                        self.derived.service_changed(Some(s), None, index);
+                    }
                     self.tables.services = index;
                 }
-                if self.checks.remove(node).is_some() {
+                if let Some(checks) = self.checks.remove(node) {
+                    for c in checks.values() {
+                        self.derived.check_changed(Some(c), None, index);
+                    }
                     self.tables.checks = index;
                 }
             }
             (Some(sid), _) => {
-                if !remove_on_node(&mut self.services, node, &sid) {
+                let Some(s) = remove_on_node(&mut self.services, node, &sid) else {
                     return Err(NotFound::Service {
                         node: node.to_string(),
                         service_id: sid,
                     }
                     .into());
-                }
+                };
+                self.derived.service_changed(Some(&s), None, index);
                 self.tables.services = index;
-                if let Some(checks) = self.checks.get_mut(node) {
-                    let before = checks.len();
-                    checks.retain(|_, c| c.service_id != sid);
-                    if checks.len() != before {
+                let check_ids: Vec<String> = self
+                    .derived
+                    .catalog
+                    .check_ids(node, &sid)
+                    .cloned()
+                    .collect();
+                for cid in check_ids {
+                    if let Some(c) = remove_on_node(&mut self.checks, node, &cid) {
+                        self.derived.check_changed(Some(&c), None, index);
                         self.tables.checks = index;
                     }
                 }
             }
             (None, Some(cid)) => {
-                if !remove_on_node(&mut self.checks, node, &cid) {
+                let Some(c) = remove_on_node(&mut self.checks, node, &cid) else {
                     return Err(NotFound::Check {
                         node: node.to_string(),
                         check_id: cid,
                     }
                     .into());
-                }
+                };
+                self.derived.check_changed(Some(&c), None, index);
                 self.tables.checks = index;
             }
         }
@@ -268,38 +292,33 @@ impl State {
 
     /// Instances of `service` (by service name) with the checks deciding their health.
     /// `connect`: the instances that accept mesh traffic for `service` (its sidecar proxies and
-    /// connect-native instances), as `/v1/health/connect/:s` answers.
+    /// connect-native instances), as `/v1/health/connect/:s` answers. O(answer): read through
+    /// the derived lookups (`indexes`), in `(node, service ID)` order.
     pub fn service_health(&self, service: &str, connect: bool) -> Vec<ServiceHealth> {
+        let catalog = &self.derived.catalog;
         let mut out = Vec::new();
-        for (node_name, services) in &self.services {
-            let Some(node) = self.nodes.get(node_name) else {
+        for (node_name, id) in catalog.instances(service, connect) {
+            let (Some(node), Some(s)) = (
+                self.nodes.get(node_name),
+                self.services.get(node_name).and_then(|m| m.get(id)),
+            ) else {
                 continue;
             };
-            for s in services.values() {
-                let hit = if connect {
-                    s.connect_target() == Some(service)
-                } else {
-                    s.service == service
-                };
-                if !hit {
-                    continue;
-                }
-                let checks = self
-                    .checks
-                    .get(node_name)
-                    .map(|m| {
-                        m.values()
-                            .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
-                            .cloned()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(ServiceHealth {
-                    node: node.clone(),
-                    service: s.clone(),
-                    checks,
-                });
-            }
+            let node_checks = self.checks.get(node_name);
+            let mut ids: Vec<&String> = catalog
+                .check_ids(node_name, "")
+                .chain(catalog.check_ids(node_name, id))
+                .collect();
+            ids.sort_unstable();
+            let checks = ids
+                .into_iter()
+                .filter_map(|c| node_checks.and_then(|m| m.get(c)).cloned())
+                .collect();
+            out.push(ServiceHealth {
+                node: node.clone(),
+                service: s.clone(),
+                checks,
+            });
         }
         out
     }
@@ -320,7 +339,27 @@ impl State {
         all
     }
 
-    /// Index that changes whenever `service_health` may change.
+    /// Every service name with its instances, in name order (instances in `(node, ID)`
+    /// order): the catalog's service list without a walk of every node.
+    pub fn services_by_name(
+        &self,
+    ) -> impl Iterator<Item = (&str, impl Iterator<Item = &ServiceInstance>)> {
+        self.derived.catalog.by_service().map(|(name, keys)| {
+            let instances = keys
+                .iter()
+                .filter_map(|(node, id)| self.services.get(node).and_then(|m| m.get(id)));
+            (name.as_str(), instances)
+        })
+    }
+
+    /// Index that changes whenever `service_health(service, _)` may change: Consul's
+    /// per-service index, moved by a change to an instance named `service` or taking mesh
+    /// traffic for it, to one of their checks or to their nodes.
+    pub fn service_index(&self, service: &str) -> Index {
+        self.derived.services.get(service)
+    }
+
+    /// Index that changes whenever any `service_health` may change (the catalog's tables).
     pub fn health_index(&self) -> Index {
         self.tables
             .nodes
@@ -329,13 +368,13 @@ impl State {
     }
 }
 
-/// Removes `id` from `node`'s entries of a per-node table; whether it was there.
+/// Removes `id` from `node`'s entries of a per-node table; what was there.
 fn remove_on_node<V>(
     table: &mut BTreeMap<String, BTreeMap<String, V>>,
     node: &str,
     id: &str,
-) -> bool {
-    table.get_mut(node).and_then(|m| m.remove(id)).is_some()
+) -> Option<V> {
+    table.get_mut(node).and_then(|m| m.remove(id))
 }
 
 fn same_node(a: &Node, b: &Node) -> bool {

@@ -65,15 +65,12 @@ impl State {
             }
             ConfigEntry::ServiceIntentions(e) => {
                 let dest = config_entries::destination_key(&e.namespace, &e.name);
-                let mut old: BTreeMap<String, Intention> = BTreeMap::new();
-                self.intentions.retain(|id, i| {
-                    if i.destination_ns == e.namespace && i.destination_name == e.name {
-                        old.insert(id.clone(), i.clone());
-                        false
-                    } else {
-                        true
-                    }
-                });
+                let old: BTreeMap<String, Intention> = self
+                    .intention_ids_of(&e.namespace, &e.name)
+                    .into_iter()
+                    .filter_map(|id| self.remove_intention(index, &id))
+                    .map(|i| (i.id.clone(), i))
+                    .collect();
                 for s in &e.sources {
                     let mut i = config_entries::source_to_intention(&e, s);
                     i.precedence = intentions::precedence(
@@ -84,7 +81,7 @@ impl State {
                     );
                     i.create_index = old.get(&i.id).map_or(index, |o| o.create_index);
                     i.modify_index = index;
-                    self.intentions.insert(i.id.clone(), i);
+                    self.put_intention(index, i);
                 }
                 let create_index = self
                     .intention_entries
@@ -132,14 +129,16 @@ impl State {
             }
             ConfigKind::ServiceIntentions => {
                 let ns = intentions::DEFAULT_NAMESPACE;
-                let before = self.intentions.len();
-                self.intentions
-                    .retain(|_, i| !(i.destination_ns == ns && i.destination_name == name));
+                let removed = self
+                    .intention_ids_of(ns, name)
+                    .into_iter()
+                    .filter_map(|id| self.remove_intention(index, &id))
+                    .count();
                 let had_meta = self
                     .intention_entries
                     .remove(&config_entries::destination_key(ns, name))
                     .is_some();
-                if had_meta || self.intentions.len() != before {
+                if had_meta || removed > 0 {
                     self.tables.intentions = index;
                 }
             }
@@ -178,8 +177,16 @@ impl State {
             name,
             self.intention_entries
                 .get(&config_entries::destination_key(ns, name)),
-            self.intentions.values(),
+            self.intentions_named(false, name),
         )
+    }
+
+    /// IDs of the intentions to destination `ns/name`.
+    fn intention_ids_of(&self, ns: &str, name: &str) -> Vec<String> {
+        self.intentions_named(false, name)
+            .filter(|i| i.destination_ns == ns)
+            .map(|i| i.id.clone())
+            .collect()
     }
 
     /// Every entry of `kind`, by name.

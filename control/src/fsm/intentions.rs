@@ -44,7 +44,7 @@ impl State {
         }
         let dest =
             config_entries::destination_key(&intention.destination_ns, &intention.destination_name);
-        self.intentions.insert(id, intention);
+        self.put_intention(index, intention);
         self.touch_intention_entry(index, dest);
         self.tables.intentions = index;
         Ok(())
@@ -59,7 +59,7 @@ impl State {
         destination: String,
     ) -> Result<(), ApplyError> {
         let id = intentions::legacy_id(&source_ns, &source, &destination_ns, &destination);
-        if self.intentions.remove(&id).is_none() {
+        if self.remove_intention(index, &id).is_none() {
             return Err(NotFound::Intention {
                 source_name: source,
                 destination_name: destination,
@@ -68,9 +68,8 @@ impl State {
         }
         let dest = config_entries::destination_key(&destination_ns, &destination);
         let any_left = self
-            .intentions
-            .values()
-            .any(|i| i.destination_ns == destination_ns && i.destination_name == destination);
+            .intentions_named(false, &destination)
+            .any(|i| i.destination_ns == destination_ns);
         if any_left {
             self.touch_intention_entry(index, dest);
         } else {
@@ -104,9 +103,67 @@ impl State {
         e.modify_index = index;
     }
 
-    pub fn intention_list(&self) -> Vec<Intention> {
-        let mut v: Vec<Intention> = self.intentions.values().cloned().collect();
+    /// Stores `intention` (keyed by its ID, replacing the one there), keeping the derived
+    /// lookups in step: with [`Self::remove_intention`], the only writers of the table.
+    pub(super) fn put_intention(&mut self, index: Index, intention: Intention) {
+        self.derived
+            .intention_changed(self.intentions.get(&intention.id), Some(&intention), index);
+        self.intentions.insert(intention.id.clone(), intention);
+    }
+
+    /// Removes intention `id`; what was there.
+    pub(super) fn remove_intention(&mut self, index: Index, id: &str) -> Option<Intention> {
+        let old = self.intentions.remove(id)?;
+        self.derived.intention_changed(Some(&old), None, index);
+        Some(old)
+    }
+
+    /// The intentions whose destination (`by_source`: source) name is exactly `name`, any
+    /// namespace, by ID. O(answer).
+    pub fn intentions_named(
+        &self,
+        by_source: bool,
+        name: &str,
+    ) -> impl Iterator<Item = &Intention> {
+        self.derived
+            .intentions
+            .ids(by_source, name)
+            .filter_map(|id| self.intentions.get(id))
+    }
+
+    /// The intentions a proxy of destination `name` enforces: those to `name` and those to
+    /// `*`, in Consul's order (an empty `name`: every intention). O(answer).
+    pub fn intentions_for_destination(&self, name: &str) -> Vec<Intention> {
+        if name.is_empty() {
+            return self.intention_list();
+        }
+        let wildcard = (name != intentions::WILDCARD).then_some(intentions::WILDCARD);
+        let mut v: Vec<Intention> = std::iter::once(name)
+            .chain(wildcard)
+            .flat_map(|n| self.intentions_named(false, n))
+            .cloned()
+            .collect();
         v.sort_by(intentions::consul_order);
         v
+    }
+
+    /// Index that moves whenever [`Self::intentions_for_destination`] of `name` may change:
+    /// a write of an intention to `name` or to `*` (an empty `name`: any intention).
+    pub fn intentions_index_for(&self, name: &str) -> Index {
+        if name.is_empty() {
+            self.tables.intentions
+        } else {
+            self.derived.destination_index(name)
+        }
+    }
+
+    /// Every intention in Consul's list order (kept in that order by the derived lookups).
+    pub fn intention_list(&self) -> Vec<Intention> {
+        self.derived
+            .intentions
+            .ordered_ids()
+            .filter_map(|id| self.intentions.get(id))
+            .cloned()
+            .collect()
     }
 }

@@ -14,6 +14,7 @@ mod ca_config;
 mod catalog;
 mod command;
 mod config_entries;
+mod indexes;
 mod intentions;
 mod secret;
 mod state;
@@ -25,6 +26,7 @@ pub use ca_config::{
     without_root_material,
 };
 pub use command::{ApplyError, ApplyResult, Command, Conflict, Invalid, NotFound};
+pub use indexes::Moved;
 pub use secret::{MalformedSecret, SERVER_SECRET_HEX_LEN, ServerSecret};
 pub use state::{CaState, State, TableIndexes};
 

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acl_state::AclState;
 use super::command::{ApplyError, ApplyResult, Command, Invalid};
+use super::indexes::Derived;
 use super::secret::ServerSecret;
 use crate::ca::StoredRoot;
 use crate::config_entries::{IntentionEntryMeta, MeshConfig, ServiceDefaults};
@@ -71,7 +72,11 @@ pub struct TableIndexes {
 }
 
 /// Everything the servers replicate.
+///
+/// `remote = "Self"`: the derived `Serialize`/`Deserialize` become inherent functions, and the
+/// trait impls below wrap them so a deserialized state rebuilds its [`Derived`] lookups.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct State {
     pub nodes: BTreeMap<String, Node>,
     /// node → service ID → instance.
@@ -103,6 +108,23 @@ pub struct State {
     pub tables: TableIndexes,
     /// Index of the last applied command.
     pub last_index: Index,
+    /// Lookups derived from the tables above (`indexes`): never encoded, rebuilt on decode.
+    #[serde(skip)]
+    pub(super) derived: Derived,
+}
+
+impl Serialize for State {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        State::serialize(self, serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut state = State::deserialize(deserializer)?;
+        state.derived = Derived::build(&state);
+        Ok(state)
+    }
 }
 
 impl State {

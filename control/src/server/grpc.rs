@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status};
 
 use super::acl::{Caller, acl_status, presented_token};
 use super::grpc_authz::{self, Call, Requirement};
-use super::{Server, ServerError, topics};
+use super::{Server, ServerError};
 use crate::fsm::State;
 use crate::fsm::{ApplyResult, Command};
 use crate::model::{CaConfig, HealthStatus};
@@ -318,54 +318,52 @@ impl CatalogApi {
     }
 
     /// Streams an event for each topic whenever its index passes the last one sent and its
-    /// rendering differs from the last one sent (so unrelated writes wake nobody), until the
-    /// client goes away or the server stops. A topic that is not [`topics::ready`] yet is
-    /// skipped until it is.
+    /// rendering differs from the last one sent, until the client goes away or the server
+    /// stops. The values come from the server's `topic_hub` (rendered once per write that
+    /// moved the topic, shared by every stream), so a write this stream's topics do not depend
+    /// on does not wake it. A topic that is not [`super::topics::ready`] yet is skipped until it is.
     fn watch_topics(&self, topics: Vec<Topic>) -> EventStream {
-        let shared = self.0.state.clone();
-        let mut applied = shared.subscribe();
+        let subs: Vec<_> = topics.iter().map(|t| self.0.topics.subscribe(t)).collect();
         let shutdown = self.0.shutdown_signal();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             tokio::pin!(shutdown);
             let mut last_index: Vec<u64> = topics.iter().map(|t| t.min_index).collect();
             let mut last_hash: Vec<Option<u64>> = vec![None; topics.len()];
+            let mut changes =
+                futures::stream::select_all(subs.iter().enumerate().map(|(i, sub)| {
+                    tokio_stream::wrappers::WatchStream::new(sub.rx.clone()).map(move |v| (i, v))
+                }));
             loop {
-                let mut events = Vec::new();
-                shared.read(|s| {
-                    for (i, t) in topics.iter().enumerate() {
-                        let idx = topics::index(s, t);
-                        if idx <= last_index[i] || !topics::ready(s, t) {
-                            continue;
-                        }
-                        last_index[i] = idx;
-                        let msg = match topics::render(s, t) {
-                            Ok(json) => {
-                                let h = crate::hash::fnv1a64(&json);
-                                if last_hash[i] == Some(h) {
-                                    continue;
-                                }
-                                last_hash[i] = Some(h);
-                                Ok(WatchEvent {
-                                    topic: i as u32,
-                                    index: idx,
-                                    json,
-                                })
-                            }
-                            Err(e) => Err(Status::internal(e.to_string())),
-                        };
-                        events.push(msg);
-                    }
-                });
-                for e in events {
-                    if tx.send(e).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    changed = applied.changed() => if changed.is_err() { return },
+                let next = tokio::select! {
+                    next = changes.next() => next,
                     _ = &mut shutdown => return,
                     _ = tx.closed() => return,
+                };
+                let Some((i, Some(value))) = next else {
+                    if next.is_none() {
+                        return;
+                    }
+                    continue;
+                };
+                let event = match value {
+                    Ok(r) if r.index > last_index[i] => {
+                        last_index[i] = r.index;
+                        if last_hash[i] == Some(r.hash) {
+                            continue;
+                        }
+                        last_hash[i] = Some(r.hash);
+                        Ok(WatchEvent {
+                            topic: i as u32,
+                            index: r.index,
+                            json: r.json.to_vec(),
+                        })
+                    }
+                    Ok(_) => continue,
+                    Err(e) => Err(Status::internal(e)),
+                };
+                if tx.send(event).await.is_err() {
+                    return;
                 }
             }
         });

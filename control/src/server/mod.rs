@@ -12,9 +12,11 @@ mod config;
 mod error;
 mod grpc;
 mod grpc_authz;
+mod intention_sets;
 mod leader;
 pub mod liveness;
 mod ops;
+mod topic_hub;
 mod topics;
 
 use parking_lot::Mutex;
@@ -56,6 +58,10 @@ pub struct Server {
     pub(crate) tls: Option<Arc<crate::tls::RpcTls>>,
     /// This server's encryption-key check value, exchanged in `Cluster.Hello` (`crate::seal`).
     pub(crate) seal_check: String,
+    /// The watched topics, rendered once per write that moves them (`topic_hub`).
+    pub(crate) topics: Arc<topic_hub::TopicHub>,
+    /// Compiled intention sets per destination, for the intentions API.
+    pub(crate) intention_sets: intention_sets::IntentionSets,
     /// Why the server stopped by itself (see [`Server::fail`]).
     fatal: Mutex<Option<String>>,
     shutdown: watch::Sender<bool>,
@@ -109,6 +115,7 @@ impl Server {
         }
         let (shutdown, _) = watch::channel(false);
         let config_key = config.encrypt_key.clone();
+        let topics = Arc::new(topic_hub::TopicHub::new(state.clone()));
         let server = Arc::new(Server {
             id,
             me: me.clone(),
@@ -123,6 +130,8 @@ impl Server {
             acl_resolver: acl::AclResolver::default(),
             tls,
             seal_check: crate::seal::check_value(config_key.as_ref()),
+            topics,
+            intention_sets: intention_sets::IntentionSets::default(),
             fatal: Mutex::new(None),
             shutdown,
         });
@@ -167,6 +176,10 @@ impl Server {
             )),
             tokio::spawn(bootstrap::run(server.clone())),
             tokio::spawn(leader::run(server.clone())),
+            tokio::spawn(topic_hub::run(
+                server.topics.clone(),
+                server.shutdown_signal(),
+            )),
         ];
         Ok(ServerHandle {
             server,

@@ -8,6 +8,7 @@
 //! proxy's decision log in the same words.
 
 mod t10_explain;
+mod t20_fanout;
 
 use mesh_control::server::ServerHandle;
 use mesh_tests::process::http;

@@ -11,6 +11,7 @@ mod acl;
 mod ca;
 mod catalog;
 mod config_entries;
+mod indexes;
 mod intentions;
 mod replication;
 mod secret;

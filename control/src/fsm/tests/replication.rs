@@ -196,7 +196,7 @@ fn arb_intention_name() -> impl Strategy<Value = &'static str> {
     prop::sample::select(vec!["web", "db", "*", "bad*"])
 }
 
-fn arb_command() -> impl Strategy<Value = Command> {
+pub(super) fn arb_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         3 => (
             arb_node_name(),

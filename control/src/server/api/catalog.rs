@@ -229,29 +229,35 @@ pub(super) async fn catalog_services(
         &QueryOptions::from_params(&p)?,
         |s| s.tables.services.max(s.tables.nodes),
         |s, filter| {
+            // By name, in name order (the state's service-name lookup): one ACL decision per
+            // name, and the map is filled in key order.
             let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for (node, instances) in &s.services {
-                for inst in instances.values() {
-                    if !filter.keep(|a| a.service_read(&inst.service)) {
-                        continue;
-                    }
+            for (name, instances) in s.services_by_name() {
+                if !filter.keep(|a| a.service_read(name)) {
+                    continue;
+                }
+                let mut tags: Option<Vec<String>> = None;
+                for inst in instances {
                     // `?node-meta=` and `?filter=` select instances (Consul's `ServiceNode`
                     // rows), then the names that keep one are listed.
                     if !lq.is_noop() {
                         // (The state keeps no instance without its node.)
-                        let Some(node) = s.nodes.get(node) else {
+                        let Some(node) = s.nodes.get(&inst.node) else {
                             continue;
                         };
                         if !lq.keep(&catalog_row(node, inst))? {
                             continue;
                         }
                     }
-                    let tags = out.entry(inst.service.clone()).or_default();
+                    let tags = tags.get_or_insert_with(Vec::new);
                     for t in &inst.tags {
                         if !tags.contains(t) {
                             tags.push(t.clone());
                         }
                     }
+                }
+                if let Some(tags) = tags {
+                    out.insert(name.to_string(), tags);
                 }
             }
             Ok(out)
@@ -326,7 +332,7 @@ pub(super) async fn catalog_service<const CONNECT: bool>(
         &srv,
         &authz,
         &QueryOptions::from_params(&p)?,
-        |s| s.tables.services.max(s.tables.nodes),
+        |s| s.service_index(&service),
         |s, filter| lq.apply(catalog_rows(s, filter, &service, CONNECT)),
     )
     .await

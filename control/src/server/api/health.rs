@@ -31,7 +31,7 @@ pub(super) async fn health_service<const CONNECT: bool>(
         &srv,
         &authz,
         &QueryOptions::from_params(&p)?,
-        State::health_index,
+        |s| s.service_index(&service),
         |s, filter| lq.apply(visible_instances(s, filter, &service, CONNECT, passing)),
     )
     .await

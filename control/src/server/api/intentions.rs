@@ -3,6 +3,7 @@
 //! route requires of the caller's token is in `authz`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State as AxState};
@@ -22,6 +23,12 @@ use crate::server::ServerError;
 
 fn intentions_index(s: &State) -> u64 {
     s.tables.intentions.max(s.tables.config)
+}
+
+/// Index of what decides for destination `name`: its intentions, the `*` ones and the
+/// default policy.
+fn destination_index(s: &State, name: &str) -> u64 {
+    s.intentions_index_for(name).max(s.tables.config)
 }
 
 /// Consul's `Intention.CanRead`: `intentions:read` on either end lets a token read the whole
@@ -217,8 +224,9 @@ pub(super) async fn intention_check(AxState(srv): Api, authz: Authz, Query(p): P
     let source = required(&p, "source")?.to_string();
     let destination = required(&p, "destination")?.to_string();
     authz.require(|a| a.service_read(&destination))?;
-    read(&srv, &q, intentions_index, |s| {
-        let set = IntentionSet::new(s.intentions.values().cloned(), s.default_policy);
+    let index = |s: &State| destination_index(s, &destination);
+    read(&srv, &q, index, |s| {
+        let set = srv.intention_sets.for_destination(s, &destination);
         Ok(json!({ "Allowed": set.decide(&source, &destination).allowed }))
     })
     .await
@@ -238,22 +246,29 @@ pub(super) async fn intention_match(AxState(srv): Api, authz: Authz, Query(p): P
             )));
         }
     };
-    let names: Vec<String> = p
-        .get("name")
-        .map(|n| vec![n.clone()])
-        .filter(|v| !v[0].is_empty())
-        .ok_or_else(|| ApiError::bad_request("required query parameter 'name' not set"))?;
-    for n in &names {
-        authz.require(|a| a.intentions_read(n))?;
-    }
-    read(&srv, &q, intentions_index, |s| {
-        let set = IntentionSet::new(s.intentions.values().cloned(), s.default_policy);
-        let mut out = BTreeMap::new();
-        for n in &names {
-            let v: Vec<Intention> = set.matches(by_source, n).into_iter().cloned().collect();
-            out.insert(n.clone(), v);
+    let name = required(&p, "name")?.to_string();
+    authz.require(|a| a.intentions_read(&name))?;
+    // By destination: the destination's compiled set, blocking on its own index. By source:
+    // the intentions from `name` or from `*` only, on the table's index.
+    let index = |s: &State| {
+        if by_source {
+            intentions_index(s)
+        } else {
+            destination_index(s, &name)
         }
-        Ok(out)
+    };
+    read(&srv, &q, index, |s| {
+        let set = if by_source {
+            let from = |n| s.intentions_named(true, n).cloned();
+            Arc::new(IntentionSet::new(
+                from(name.as_str()).chain(from(intentions::WILDCARD)),
+                s.default_policy,
+            ))
+        } else {
+            srv.intention_sets.for_destination(s, &name)
+        };
+        let v: Vec<Intention> = set.matches(by_source, &name).into_iter().cloned().collect();
+        Ok(BTreeMap::from([(name.clone(), v)]))
     })
     .await
 }
