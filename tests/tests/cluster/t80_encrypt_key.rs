@@ -49,9 +49,9 @@ fn args_with_key(
 }
 
 /// How many times `needle` occurs in the bytes of `file` (what `strings | grep -c` counts, at
-/// least).
+/// least); none in a file that does not exist (no snapshot taken yet).
 fn occurrences(file: &Path, needle: &str) -> usize {
-    let bytes = std::fs::read(file).unwrap();
+    let bytes = std::fs::read(file).unwrap_or_default();
     bytes
         .windows(needle.len())
         .filter(|w| *w == needle.as_bytes())
