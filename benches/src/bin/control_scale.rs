@@ -46,6 +46,9 @@ const SERVICES_PER_NODE: usize = 10;
 const WATCHED: [usize; 3] = [0, 100, 1000];
 /// The log filter of the servers: quiet, except the store's `snapshot built` line.
 const SERVER_LOG: &str = "warn,openraft=off,mesh_control::store=info";
+/// The agent's log filter: quiet, except failed anti-entropy passes (reported with the
+/// figures, as they explain a register -> visible tail).
+const AGENT_LOG: &str = "warn,openraft=off,mesh_control::agent::sync=debug";
 /// The targets.
 const GROWTH_MAX: f64 = 1.5;
 const LINEARIZABLE_P99_MAX_MS: f64 = 5.0;
@@ -328,6 +331,7 @@ struct Cluster {
     /// Each server's data directory and log file, by position in `servers`.
     dirs: Vec<PathBuf>,
     logs: Vec<PathBuf>,
+    agent_log: PathBuf,
 }
 
 impl Cluster {
@@ -377,13 +381,16 @@ impl Cluster {
             a.push("--server".into());
             a.push(s.rpc_addr.to_string());
         }
-        let c = meshd_command_from(std::process::Command::new(meshd), &a);
-        let agent = Meshd::spawn_logged_with("agent", &a, &dir.join("agent.log"), c)?;
+        let mut c = meshd_command_from(std::process::Command::new(meshd), &a);
+        c.env("MESH_LOG", AGENT_LOG);
+        let agent_log = dir.join("agent.log");
+        let agent = Meshd::spawn_logged_with("agent", &a, &agent_log, c)?;
         Ok(Self {
             servers,
             agent,
             dirs,
             logs,
+            agent_log,
         })
     }
 
@@ -669,6 +676,13 @@ async fn measure(args: &Args, cluster: &mut Cluster, n: usize) -> anyhow::Result
         visible.push(t.elapsed());
     }
     lat[REGISTER] = Lat::new(visible);
+    let failed = log_lines(&cluster.agent_log, "anti-entropy failed")?;
+    if let Some(first) = failed.first() {
+        eprintln!(
+            "control_scale: N = {n}: {} failed anti-entropy passes, the first: {first}",
+            failed.len()
+        );
+    }
 
     let (data_dir_bytes, snapshot_bytes) =
         disk_after_snapshot(args, cluster, li, leader, n).await?;
@@ -725,14 +739,21 @@ async fn disk_after_snapshot(
     Ok((dir_size(&cluster.dirs[li])?, size))
 }
 
-/// The `bytes=` of every `snapshot built` line of a server's log, in order.
-fn snapshot_sizes(log: &Path) -> anyhow::Result<Vec<u64>> {
+/// The lines of a log holding `needle`, without colour sequences.
+fn log_lines(log: &Path, needle: &str) -> anyhow::Result<Vec<String>> {
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     Ok(text
         .lines()
         .map(strip_ansi)
-        .filter(|l| l.contains("snapshot built"))
+        .filter(|l| l.contains(needle))
+        .collect())
+}
+
+/// The `bytes=` of every `snapshot built` line of a server's log, in order.
+fn snapshot_sizes(log: &Path) -> anyhow::Result<Vec<u64>> {
+    Ok(log_lines(log, "snapshot built")?
+        .into_iter()
         .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix("bytes="))
