@@ -604,6 +604,15 @@ async fn measure(args: &Args, cluster: &mut Cluster, n: usize) -> anyhow::Result
     )
     .await?;
 
+    // The disk right after the load (printed at once: at 50k the watch phases below are slow).
+    let (data_dir_bytes, snapshot_bytes) =
+        disk_after_snapshot(args, cluster, li, leader, n).await?;
+    eprintln!(
+        "control_scale: N = {n}: data dir {data_dir_bytes} B, snapshot {snapshot_bytes} B, \
+         ratio {:.2}",
+        ratio(data_dir_bytes as f64, snapshot_bytes as f64)
+    );
+
     // Intention writes with 0, 100, 1,000 watched destinations; the agent starts watching a
     // destination at its first authorize for it.
     let roots = lc.get("/v1/connect/ca/roots").await?;
@@ -684,8 +693,6 @@ async fn measure(args: &Args, cluster: &mut Cluster, n: usize) -> anyhow::Result
         );
     }
 
-    let (data_dir_bytes, snapshot_bytes) =
-        disk_after_snapshot(args, cluster, li, leader, n).await?;
     Ok(AtN {
         n,
         load_s,

@@ -4,10 +4,11 @@
 //!
 //! The latest snapshot is one file next to the log's redb database ([`SNAPSHOT_FILE`]),
 //! replaced atomically (temporary file, fsync, rename, directory fsync), not a value inside
-//! redb: redb allocates a large value as one power-of-two run of pages and keeps the old run
-//! until the new one is committed, so a 37 MB snapshot stored there cost 128 MB or more of a file
-//! that never shrinks. Stores written before keep their snapshot in redb until the next one is
-//! saved, which moves it to the file.
+//! redb: redb keeps the old value's pages until the new one is committed and its file never
+//! shrinks, so with the snapshot inside, `raft.redb` grew to several times the snapshot (3.2x
+//! at 10k services + 10k intentions, 5-7x at 50k; 1.16x for the data directory at 50k with the
+//! file, `control_scale`). Stores written before keep their snapshot in redb until the next one
+//! is saved, which moves it to the file.
 
 use parking_lot::{Mutex, RwLock};
 use std::io::Cursor;
