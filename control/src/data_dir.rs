@@ -211,6 +211,61 @@ pub fn check(dir: &Path) -> Result<(), DataDirError> {
     })
 }
 
+/// Prefix of the temporary file [`write_atomic`] writes next to its target.
+pub const TMP_PREFIX: &str = ".tmp.";
+
+/// A failed [`write_atomic`]: the file or directory, and what went wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write {}: {source}", path.display())]
+pub struct WriteError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Replaces `dir/name` with the concatenation of `parts`, so that after a crash at any point
+/// the file holds either all of the old or all of the new bytes: a temporary file (mode 0600)
+/// in the same directory, fsync, rename over the target, fsync of the directory so the rename
+/// itself is durable.
+pub fn write_atomic(dir: &Path, name: &str, parts: &[&[u8]]) -> Result<(), WriteError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
+    let target = dir.join(name);
+    let write = || -> io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        // `mode` applies only when the file is created; a leftover must not keep wider bits.
+        f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
+        for part in parts {
+            f.write_all(part)?;
+        }
+        f.sync_all()
+    };
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WriteError { path, source }
+    };
+    write().map_err(err(&tmp))?;
+    fs::rename(&tmp, &target).map_err(err(&target))?;
+    sync_dir(dir)
+}
+
+/// Fsyncs the directory `dir`, so that a file created, renamed or removed in it stays so
+/// after a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| WriteError {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
 /// A new file `path` with mode 0600, failing if it exists (`O_EXCL`).
 pub fn create_file(path: &Path) -> io::Result<fs::File> {
     use std::os::unix::fs::OpenOptionsExt;

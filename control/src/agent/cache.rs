@@ -1,5 +1,6 @@
 //! The agent's cache, as Consul's agent cache: populated on demand (nothing is fetched for a
-//! service until something asks), kept fresh by ONE multi-topic watch stream from the servers,
+//! service until something asks), kept fresh by multi-topic watch streams from the servers (one
+//! for every key, plus one per key added since, on the same connection; see [`Cache::run`]),
 //! partitioned by ACL token and datacenter, entries unused for the TTL evicted, and fail
 //! static: when no server is reachable the last values keep being served, and the stream
 //! resumes from the cached indexes when a server returns.
@@ -9,18 +10,22 @@
 //! asking for many names cannot grow the agent without bound.
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::SelectAll;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
+use tonic::Status;
 
 use super::conn::ServerConn;
 use crate::intentions::IntentionSet;
 use crate::model::CaRootList;
-use crate::proto::{Topic, TopicKind, WatchSet};
+use crate::proto::{Topic, TopicKind, WatchEvent, WatchSet};
 use crate::wire::IntentionsSnapshot;
 
 /// What a cache entry holds.
@@ -238,8 +243,10 @@ pub(super) fn make_room<K: Clone + Eq + std::hash::Hash, V>(
 /// The cache.
 pub struct Cache {
     entries: Mutex<HashMap<CacheKey, Arc<Entry>>>,
-    /// Woken when the set of keys changes (the watch stream restarts with the new set).
+    /// Woken when the set of keys changes (new keys get a stream; else the watch restarts).
     changed: Notify,
+    /// Set by [`Cache::reconnect`]: the next wake restarts every stream.
+    reconnect: AtomicBool,
     ttl: Duration,
     max_entries: usize,
     first_fetch: Duration,
@@ -255,6 +262,7 @@ impl Cache {
         Self {
             entries: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            reconnect: AtomicBool::new(false),
             ttl,
             max_entries: max_entries.max(1),
             first_fetch: Duration::from_secs(10),
@@ -342,6 +350,7 @@ impl Cache {
 
     /// Restarts the watch stream (with the agent's current credentials).
     pub fn reconnect(&self) {
+        self.reconnect.store(true, Ordering::Relaxed);
         self.changed.notify_one();
     }
 
@@ -372,7 +381,49 @@ impl Cache {
         evicted
     }
 
+    /// The current keys and their entries.
+    fn keyed(&self) -> Vec<(CacheKey, Arc<Entry>)> {
+        self.entries
+            .lock()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Opens a watch stream for `keys` (each resuming from its cached index); its messages
+    /// come tagged with the keys, and its end as one `None`.
+    async fn open(
+        &self,
+        conn: &ServerConn,
+        keys: Vec<(CacheKey, Arc<Entry>)>,
+    ) -> Result<Tagged, Status> {
+        let topics: Vec<Topic> = keys
+            .iter()
+            .map(|(k, e)| k.topic(e.tx.borrow().as_ref().map_or(0, |c| c.index)))
+            .collect();
+        let set = WatchSet { topics };
+        let stream = conn
+            .call(|mut c| {
+                let set = set.clone();
+                async move { c.watch(set).await }
+            })
+            .await?
+            .into_inner();
+        let keys = Arc::new(keys);
+        Ok(Box::pin(
+            stream
+                .map(Some)
+                .chain(futures::stream::once(async { None }))
+                .map(move |m| (keys.clone(), m)),
+        ))
+    }
+
     /// Keeps every entry fresh from the servers until `shutdown` resolves.
+    ///
+    /// One stream carries every key; a key added later gets a stream of its own on the same
+    /// connection at once (its first value costs one round trip, and the streams already
+    /// open are not restarted). An eviction, new credentials ([`Cache::reconnect`]), a failed
+    /// stream, or [`MAX_STREAMS`] streams restart the watch as one stream of every key.
     pub async fn run(
         self: Arc<Self>,
         conn: Arc<ServerConn>,
@@ -383,12 +434,8 @@ impl Cache {
         let mut backoff = Duration::from_millis(100);
         let mut evict_tick = tokio::time::interval(self.ttl.min(Duration::from_secs(60)));
         loop {
-            let keys: Vec<(CacheKey, Arc<Entry>)> = self
-                .entries
-                .lock()
-                .iter()
-                .map(|(k, e)| (k.clone(), e.clone()))
-                .collect();
+            self.reconnect.store(false, Ordering::Relaxed);
+            let keys = self.keyed();
             if keys.is_empty() {
                 tokio::select! {
                     _ = self.changed.notified() => continue,
@@ -396,54 +443,50 @@ impl Cache {
                     _ = &mut shutdown => return,
                 }
             }
-            let topics: Vec<Topic> = keys
-                .iter()
-                .map(|(k, e)| k.topic(e.tx.borrow().as_ref().map_or(0, |c| c.index)))
-                .collect();
-            let set = WatchSet { topics };
-            let stream = conn
-                .call(|mut c| {
-                    let set = set.clone();
-                    async move { c.watch(set).await }
-                })
-                .await;
-            let mut stream = match stream {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    connected.send_replace(false);
-                    tracing::debug!(error = %e, "cache watch: no server; serving cached values");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = &mut shutdown => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
+            let mut watched: HashSet<CacheKey> = keys.iter().map(|(k, _)| k.clone()).collect();
+            let mut streams = SelectAll::new();
+            // (why, whether an open stream failed: opening one already failed over).
+            let mut failed = match self.open(&conn, keys).await {
+                Ok(s) => {
+                    streams.push(s);
+                    None
                 }
+                Err(e) => Some((e, false)),
             };
-            loop {
+            while failed.is_none() {
                 tokio::select! {
-                    msg = stream.message() => match msg {
-                        Ok(Some(ev)) => {
+                    msg = streams.next() => match msg {
+                        Some((keys, Some(Ok(ev)))) => {
                             connected.send_replace(true);
                             backoff = Duration::from_millis(100);
                             let Some((key, entry)) = keys.get(ev.topic as usize) else { continue };
                             let _ = entry.offer(key.kind, ev.index, &ev.json);
                         }
-                        Ok(None) | Err(_) => {
-                            connected.send_replace(false);
-                            conn.failover();
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = &mut shutdown => return,
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(2));
-                            break;
+                        Some((_, Some(Err(e)))) => failed = Some((e, true)),
+                        Some((_, None)) | None => {
+                            failed = Some((Status::unavailable("watch stream ended"), true));
                         }
                     },
                     _ = self.changed.notified() => {
-                        // Gather further changes for a moment, then restart with the new set.
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        break;
+                        let now = self.keyed();
+                        let current: HashSet<&CacheKey> = now.iter().map(|(k, _)| k).collect();
+                        let restart = self.reconnect.load(Ordering::Relaxed)
+                            || streams.len() >= MAX_STREAMS
+                            || watched.iter().any(|k| !current.contains(k));
+                        drop(current);
+                        if restart {
+                            break;
+                        }
+                        let added: Vec<_> =
+                            now.into_iter().filter(|(k, _)| !watched.contains(k)).collect();
+                        if added.is_empty() {
+                            continue;
+                        }
+                        watched.extend(added.iter().map(|(k, _)| k.clone()));
+                        match self.open(&conn, added).await {
+                            Ok(s) => streams.push(s),
+                            Err(e) => failed = Some((e, false)),
+                        }
                     }
                     _ = evict_tick.tick() => {
                         if self.evict() > 0 {
@@ -453,9 +496,36 @@ impl Cache {
                     _ = &mut shutdown => return,
                 }
             }
+            if let Some((e, stream_failed)) = failed {
+                connected.send_replace(false);
+                if stream_failed {
+                    conn.failover();
+                }
+                tracing::debug!(error = %e, "cache watch: no server; serving cached values");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut shutdown => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }
+
+/// A watch stream whose messages carry the keys of its topics (by position); `None` at its end.
+type Tagged = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = (
+                    Arc<Vec<(CacheKey, Arc<Entry>)>>,
+                    Option<Result<WatchEvent, Status>>,
+                ),
+            > + Send,
+    >,
+>;
+
+/// Streams one watch may grow to (by keys added one at a time) before it restarts as one.
+pub const MAX_STREAMS: usize = 32;
 
 fn decode(kind: Kind, json: &[u8]) -> Result<Value, DecodeError> {
     Ok(match kind {

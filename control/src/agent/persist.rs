@@ -48,9 +48,8 @@
 //! Encoding and decoding ([`encode`], [`decode`], [`file_name`]) are pure; [`Store`] does the
 //! file I/O.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -69,7 +68,7 @@ pub const CORRUPT_SUFFIX: &str = ".corrupt";
 pub use crate::data_dir::{DIR_MODE, FILE_MODE};
 
 const EXTENSION: &str = ".json";
-const TMP_PREFIX: &str = ".tmp.";
+use crate::data_dir::TMP_PREFIX;
 /// File names stay well under the usual 255-byte limit; longer encoded IDs are shortened with
 /// a hash of the full ID.
 const MAX_NAME: usize = 200;
@@ -385,41 +384,20 @@ impl Store {
     }
 }
 
-/// Replaces `dir/name` with `bytes`: temporary file (mode 0600) in the same directory, fsync,
-/// rename over the target, fsync of the directory so the rename itself is durable.
+/// Replaces `dir/name` with `bytes` ([`crate::data_dir::write_atomic`]).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), PersistError> {
-    let tmp = dir.join(format!("{TMP_PREFIX}{name}"));
-    let target = dir.join(name);
-    let write = |path: &Path| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(path)?;
-        // `mode` applies only when the file is created; a leftover must not keep wider bits.
-        f.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
-        f.write_all(bytes)?;
-        f.sync_all()
-    };
-    write(&tmp).map_err(|source| PersistError::Write {
-        path: tmp.clone(),
-        source,
-    })?;
-    fs::rename(&tmp, &target).map_err(|source| PersistError::Write {
-        path: target.clone(),
-        source,
-    })?;
-    sync_dir(dir)
+    crate::data_dir::write_atomic(dir, name, &[bytes]).map_err(write_error)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), PersistError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| PersistError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })
+    crate::data_dir::sync_dir(dir).map_err(write_error)
+}
+
+fn write_error(e: crate::data_dir::WriteError) -> PersistError {
+    PersistError::Write {
+        path: e.path,
+        source: e.source,
+    }
 }
 
 #[cfg(test)]

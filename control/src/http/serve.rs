@@ -269,6 +269,10 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
+        // As Go (and so Consul) does for every TCP connection: a response hyper writes in more
+        // than one piece (a large or streamed body) must not wait on Nagle for the client's
+        // delayed ACK (40 ms on Linux) before its last piece goes out.
+        let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let mut stop = stop_rx.clone();

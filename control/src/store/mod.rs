@@ -1,6 +1,7 @@
-//! Durable Raft storage in one redb file per server: the log, the vote, the committed index and
-//! the latest snapshot. redb fsyncs on every commit, which is what a Raft log needs: an entry is
-//! acknowledged only once it is on disk.
+//! Durable Raft storage per server: one redb file for the log, the vote and the committed index,
+//! and one file for the latest snapshot (`sm::SNAPSHOT_FILE`, replaced atomically). redb fsyncs
+//! on every commit, which is what a Raft log needs: an entry is acknowledged only once it is on
+//! disk.
 //!
 //! The state machine itself lives in memory (`sm::StateMachine`) and is rebuilt at start from
 //! the stored snapshot plus the committed log after it.
@@ -32,7 +33,7 @@ use std::sync::Arc;
 use redb::{Database, TableDefinition};
 
 pub use log::LogStore;
-pub use sm::{SharedState, StateMachine};
+pub use sm::{SNAPSHOT_FILE, SharedState, SnapshotError, StateMachine};
 
 use crate::data_dir::{self, DataDirError};
 
@@ -78,11 +79,11 @@ pub enum StoreError {
         #[source]
         source: redb::Error,
     },
-    #[error("stored snapshot in {path} is unreadable: {source}")]
+    #[error("stored snapshot of {path} is unreadable ({source}): {RECOVER}")]
     Snapshot {
         path: String,
         #[source]
-        source: serde_json::Error,
+        source: SnapshotError,
     },
 }
 
@@ -103,8 +104,8 @@ pub fn open(data_dir: &Path) -> Result<(LogStore, StateMachine), StoreError> {
         txn.commit().map_err(|e| open_err(e.into()))?;
     }
     let db = Arc::new(db);
-    let sm = StateMachine::open(db.clone()).map_err(|source| StoreError::Snapshot {
-        path: path.display().to_string(),
+    let sm = StateMachine::open(db.clone(), data_dir).map_err(|source| StoreError::Snapshot {
+        path: data_dir.display().to_string(),
         source,
     })?;
     Ok((LogStore::new(db), sm))
@@ -303,6 +304,144 @@ mod tests {
     #[test]
     fn conformance_suite() {
         Suite::test_all(Builder).expect("redb store passes openraft's storage suite");
+    }
+
+    /// The applied index of the store in `dir`, reopened.
+    async fn applied_after_reopen(dir: &std::path::Path) -> Option<u64> {
+        use openraft::storage::RaftStateMachine;
+        let (_, mut sm) = super::open(dir).unwrap();
+        let (applied, _) = sm.applied_state().await.unwrap();
+        applied.map(|l| l.index)
+    }
+
+    /// A kill -9 while a snapshot is written leaves its temporary file half written: the
+    /// previous snapshot is used, the leftover removed.
+    #[tokio::test]
+    async fn a_crash_mid_snapshot_write_keeps_the_previous_snapshot() {
+        let dir = scratch();
+        written_store(dir.path()).await;
+        let snapshot = dir.path().join(super::SNAPSHOT_FILE);
+        let before = std::fs::read(&snapshot).unwrap();
+        let tmp = dir.path().join(format!(".tmp.{}", super::SNAPSHOT_FILE));
+        crate::data_dir::create_file(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &before[..before.len() / 2]))
+            .unwrap();
+        assert_eq!(applied_after_reopen(dir.path()).await, Some(20));
+        assert!(!tmp.exists(), "the leftover is removed");
+        assert_eq!(std::fs::read(&snapshot).unwrap(), before);
+    }
+
+    /// A damaged or truncated snapshot file is refused (the log it replaced is gone), never
+    /// ignored, and left as it was.
+    #[tokio::test]
+    async fn a_damaged_snapshot_file_is_refused() {
+        let dir = scratch();
+        written_store(dir.path()).await;
+        let snapshot = dir.path().join(super::SNAPSHOT_FILE);
+        let good = std::fs::read(&snapshot).unwrap();
+        let mut flipped = good.clone();
+        flipped[0] ^= 0x5a;
+        let cases = [
+            ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
+            ("no header", b"{}".to_vec(), "no header line"),
+            ("damaged header", flipped, "damaged"),
+        ];
+        for (what, bytes, expected) in cases {
+            std::fs::write(&snapshot, &bytes).unwrap();
+            let err = super::open(dir.path()).err().expect(what);
+            let msg = err.to_string();
+            assert!(
+                matches!(err, super::StoreError::Snapshot { .. })
+                    && msg.contains(expected)
+                    && msg.contains("remove the whole data directory"),
+                "{what}: {msg}"
+            );
+            assert_eq!(
+                std::fs::read(&snapshot).unwrap(),
+                bytes,
+                "{what}: left as it was"
+            );
+        }
+    }
+
+    /// A store written before the snapshot file existed kept its snapshot in redb: it opens
+    /// from there, and the next snapshot moves to the file and leaves redb.
+    #[tokio::test]
+    async fn a_snapshot_kept_in_redb_by_an_older_store_is_read_then_moved_to_the_file() {
+        use openraft::RaftSnapshotBuilder;
+        use redb::ReadableDatabase;
+        let dir = scratch();
+        written_store(dir.path()).await;
+        let snapshot = dir.path().join(super::SNAPSHOT_FILE);
+        let (meta, data) = {
+            let bytes = std::fs::read(&snapshot).unwrap();
+            let nl = bytes.iter().position(|b| *b == b'\n').unwrap();
+            let header: serde_json::Value = serde_json::from_slice(&bytes[..nl]).unwrap();
+            (
+                serde_json::to_vec(&header["meta"]).unwrap(),
+                bytes[nl + 1..].to_vec(),
+            )
+        };
+        std::fs::remove_file(&snapshot).unwrap();
+        let in_redb = |db: &redb::Database| {
+            let txn = db.begin_read().unwrap();
+            let t = txn.open_table(super::META).unwrap();
+            t.get(super::sm::SNAPSHOT_META).unwrap().is_some()
+        };
+        {
+            let db = redb::Database::open(dir.path().join(super::FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(super::META).unwrap();
+                t.insert(super::sm::SNAPSHOT_META, meta.as_slice()).unwrap();
+                t.insert(super::sm::SNAPSHOT_DATA, data.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        assert_eq!(applied_after_reopen(dir.path()).await, Some(20));
+        {
+            let (_, mut sm) = super::open(dir.path()).unwrap();
+            sm.build_snapshot().await.unwrap();
+        }
+        assert!(snapshot.exists());
+        let db = redb::Database::open(dir.path().join(super::FILE_NAME)).unwrap();
+        assert!(!in_redb(&db), "moved out of redb");
+        drop(db);
+        assert_eq!(applied_after_reopen(dir.path()).await, Some(20));
+    }
+
+    /// Snapshots are not stored in redb: however many are taken, the redb file stays far
+    /// smaller than one snapshot (it held every snapshot, rounded up to a power of two, and
+    /// the previous one while the next was written).
+    #[tokio::test]
+    async fn snapshots_do_not_grow_the_redb_file() {
+        use openraft::RaftSnapshotBuilder;
+        use openraft::storage::RaftStateMachine;
+        let dir = scratch();
+        let (_, mut sm) = super::open(dir.path()).unwrap();
+        let big: Vec<_> = (1..=2000u64)
+            .map(|i| openraft::Entry {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(3, 7), i),
+                payload: openraft::EntryPayload::Normal(crate::fsm::Command::IntentionUpsert {
+                    intention: crate::model::Intention {
+                        action: Some(crate::model::IntentionAction::Allow),
+                        ..crate::intentions::intention_between(
+                            &format!("source-service-number-{i}"),
+                            "db",
+                        )
+                    },
+                    replace: true,
+                }),
+            })
+            .collect();
+        sm.apply(big).await.unwrap();
+        for _ in 0..5 {
+            sm.build_snapshot().await.unwrap();
+        }
+        let size = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().len();
+        let (snap, redb) = (size(super::SNAPSHOT_FILE), size(super::FILE_NAME));
+        assert!(snap > 500_000, "snapshot of 2,000 intentions: {snap} bytes");
+        assert!(redb < snap / 4, "raft.redb {redb} bytes, snapshot {snap}");
     }
 
     #[tokio::test]

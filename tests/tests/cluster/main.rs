@@ -4,6 +4,7 @@
 mod t10_readme_cluster;
 mod t20_leader_kill;
 mod t30_restart;
+mod t35_kill_mid_snapshot;
 mod t40_meshctl;
 mod t50_dev_ready;
 mod t60_empty_store;

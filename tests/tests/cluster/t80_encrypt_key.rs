@@ -1,7 +1,8 @@
 //! `--encrypt-key-file` (issue 13 point 4): with a key, CA private keys are sealed before they
-//! enter the Raft log and snapshots, so `raft.redb` holds no `PRIVATE KEY` (also after a
-//! rotation and a snapshot); a server restarted with another key, with none, or with a key file
-//! others can read refuses to start with a message that says what to do (and never the key);
+//! enter the Raft log and snapshots, so the store (`raft.redb`, `raft.snapshot`) holds no
+//! `PRIVATE KEY` (also after a rotation and a snapshot); a server restarted with another key,
+//! with none, or with a key file others can read refuses to start with a message that says what
+//! to do (and never the key);
 //! a new server with another key (or none) refuses to form a cluster with one that has it.
 
 use std::os::unix::fs::PermissionsExt;
@@ -48,9 +49,9 @@ fn args_with_key(
 }
 
 /// How many times `needle` occurs in the bytes of `file` (what `strings | grep -c` counts, at
-/// least).
+/// least); none in a file that does not exist (no snapshot taken yet).
 fn occurrences(file: &Path, needle: &str) -> usize {
-    let bytes = std::fs::read(file).unwrap();
+    let bytes = std::fs::read(file).unwrap_or_default();
     bytes
         .windows(needle.len())
         .filter(|w| *w == needle.as_bytes())
@@ -84,16 +85,24 @@ fn rotate_and_sign(s: &Meshd) -> String {
     second
 }
 
-/// Asserts the store holds no CA key in clear and at least `sealed` sealed values.
-fn assert_sealed(store: &Path, sealed: usize) {
-    assert_eq!(
-        occurrences(store, "PRIVATE KEY"),
-        0,
-        "a CA key in clear in {}",
-        store.display()
-    );
+/// The server's store (the log's `raft.redb` and the snapshot's `raft.snapshot`) in `data`
+/// holds no CA key in clear and at least `sealed` sealed ones.
+fn assert_sealed(data: &Path, sealed: usize) {
+    let files = [data.join("raft.redb"), data.join("raft.snapshot")];
+    for f in &files {
+        assert_eq!(
+            occurrences(f, "PRIVATE KEY"),
+            0,
+            "a CA key in clear in {}",
+            f.display()
+        );
+    }
     assert!(
-        occurrences(store, "mesh-sealed-v1:") >= sealed,
+        files
+            .iter()
+            .map(|f| occurrences(f, "mesh-sealed-v1:"))
+            .sum::<usize>()
+            >= sealed,
         "both roots' keys, sealed"
     );
 }
@@ -117,7 +126,7 @@ fn meshd_dev_seals_its_ca_keys_too() {
     let mut dev = Meshd::spawn("dev", &args).unwrap();
     rotate_and_sign(&dev);
     assert!(dev.stop(), "meshd dev stops cleanly");
-    assert_sealed(&data.join("raft.redb"), 2);
+    assert_sealed(&data, 2);
 }
 
 #[test]
@@ -126,7 +135,6 @@ fn sealed_ca_keys_never_reach_the_store_and_the_key_must_match() {
     let key = keygen(dir.path(), "key");
     let other = keygen(dir.path(), "other");
     let data = dir.path().join("s1");
-    let store = data.join("raft.redb");
     let (rpc, web) = (free_port(), free_port());
     let args = args_with_key("s1", &data, rpc, web, 1, &[], Some(&key));
     let mut s1 = Meshd::spawn("s1", &args).unwrap();
@@ -138,7 +146,7 @@ fn sealed_ca_keys_never_reach_the_store_and_the_key_must_match() {
         assert_eq!(r.status, 200, "{}", r.body);
     }
     assert!(s1.stop(), "s1 stops cleanly");
-    assert_sealed(&store, 2);
+    assert_sealed(&data, 2);
 
     let key_text = std::fs::read_to_string(&key).unwrap();
     let refusals = [

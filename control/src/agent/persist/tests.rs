@@ -2,6 +2,7 @@
 //! real files in a temporary directory (modes, atomic replacement, bad files), plus the local
 //! state's record/restore round trip with real check runners.
 
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
