@@ -106,18 +106,27 @@ fn readme_three_server_cluster_has_one_leader() {
     for name in ["s1", "s2", "s3"] {
         assert!(out.contains(name), "{name} missing from:\n{out}");
     }
-    // Every server answers the same, including through a follower (linearizable read).
+    // Every server answers the same, including through a follower (linearizable read). A
+    // follower answers once it has heard from the leader, which may be just after the server
+    // asked above saw the election: wait for that, with a deadline.
     for s in &servers {
-        let out = meshctl_as(
-            &s.http_addr.to_string(),
-            Some(&root),
-            &["operator", "raft", "list-peers"],
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            text.lines().filter(|l| l.contains(" leader ")).count(),
-            1,
-            "{text}"
-        );
+        let addr = s.http_addr.to_string();
+        let mut last = String::new();
+        let leaders = eventually(
+            "list-peers through every server",
+            Duration::from_secs(15),
+            || {
+                let out = meshctl_as(&addr, Some(&root), &["operator", "raft", "list-peers"]);
+                last = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let n = last.lines().filter(|l| l.contains(" leader ")).count();
+                (out.status.success() && n > 0).then_some(n)
+            },
+        )
+        .ok();
+        assert_eq!(leaders, Some(1), "{addr}: {last}");
     }
 }
