@@ -385,6 +385,24 @@ pub fn stdout_ok(out: &Output, what: &str) -> String {
     text
 }
 
+/// `s` without terminal colour sequences (`ESC [ ... letter`), which a process's log may carry.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn eventually<T>(
     what: &str,

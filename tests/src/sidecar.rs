@@ -265,7 +265,7 @@ impl Proxy {
 
     pub fn log(&self) -> String {
         let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
-        strip_ansi(&raw)
+        crate::process::strip_ansi(&raw)
     }
 
     /// Sum of the samples of metric `name` whose labels contain every `label`.
@@ -290,23 +290,6 @@ impl Proxy {
             Err(e) => panic!("{} proxy: {e}", self.name),
         }
     }
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Sends `payload`, half-closes, reads until EOF: what came back.

@@ -32,7 +32,7 @@ use mesh_benches::{
     CommonArgs, HttpConn, Table, bytes_text, ensure_in, load_average, load_average_json,
     load_average_text, percentile, rate, ratio,
 };
-use mesh_tests::process::{Meshd, free_port, meshd_command_from, server_args};
+use mesh_tests::process::{Meshd, free_port, meshd_command_from, server_args, strip_ansi};
 
 /// How long the cluster may take to elect, seat three voters and create its CA.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -767,24 +767,6 @@ fn snapshot_sizes(log: &Path) -> anyhow::Result<Vec<u64>> {
                 .and_then(|b| b.trim_matches(|c: char| !c.is_ascii_digit()).parse().ok())
         })
         .collect())
-}
-
-/// `line` without terminal colour sequences (`ESC [ ... letter`), which the log may carry.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Bytes of every file under `dir` (bounded depth: the store and the agent's directory).
