@@ -23,7 +23,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
-use super::state::State;
 use crate::intentions::WILDCARD;
 use crate::model::{HealthCheck, Index, Intention, ServiceInstance};
 
@@ -348,20 +347,27 @@ impl ModifyIndexes {
 }
 
 impl Derived {
-    /// Everything derived from `s`, from scratch (after a snapshot is deserialized).
-    pub(super) fn build(s: &State) -> Self {
+    /// Everything derived from the tables, from scratch (after a snapshot is deserialized):
+    /// `State::derive` hands them over. The floors are the tables' indexes at that moment.
+    pub(super) fn build<'a>(
+        services_floor: Index,
+        destinations_floor: Index,
+        instances: impl Iterator<Item = &'a ServiceInstance>,
+        checks: impl Iterator<Item = &'a HealthCheck>,
+        intentions: impl Iterator<Item = &'a Intention>,
+    ) -> Self {
         let mut d = Self {
-            services: ModifyIndexes::with_floor(s.health_index()),
-            destinations: ModifyIndexes::with_floor(s.tables.intentions),
+            services: ModifyIndexes::with_floor(services_floor),
+            destinations: ModifyIndexes::with_floor(destinations_floor),
             ..Self::default()
         };
-        for instance in s.services.values().flat_map(|m| m.values()) {
+        for instance in instances {
             d.catalog.add_instance(instance);
         }
-        for check in s.checks.values().flat_map(|m| m.values()) {
+        for check in checks {
             d.catalog.add_check(check);
         }
-        for i in s.intentions.values() {
+        for i in intentions {
             d.intentions.add(i);
         }
         d
@@ -470,19 +476,6 @@ impl Derived {
         } else {
             own.max(self.destinations.get(WILDCARD))
         }
-    }
-}
-
-impl State {
-    /// Service names whose [`State::service_index`] moved after `after` (watch fan-out).
-    pub fn services_moved_since(&self, after: Index) -> Moved {
-        self.derived.services.moved_since(after)
-    }
-
-    /// Intention destination names whose index moved after `after` (`*` among them: every
-    /// destination's [`State::intentions_index_for`] moved).
-    pub fn destinations_moved_since(&self, after: Index) -> Moved {
-        self.derived.destinations.moved_since(after)
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::acl_state::AclState;
 use super::command::{ApplyError, ApplyResult, Command, Invalid};
-use super::indexes::Derived;
+use super::indexes::{Derived, Moved};
 use super::secret::ServerSecret;
 use crate::ca::StoredRoot;
 use crate::config_entries::{IntentionEntryMeta, MeshConfig, ServiceDefaults};
@@ -122,7 +122,7 @@ impl Serialize for State {
 impl<'de> Deserialize<'de> for State {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let mut state = State::deserialize(deserializer)?;
-        state.derived = Derived::build(&state);
+        state.derived = state.derive();
         Ok(state)
     }
 }
@@ -235,5 +235,30 @@ impl State {
         }
         .expect("state serializes");
         format!("{:016x}", crate::hash::fnv1a64(&json))
+    }
+}
+
+impl State {
+    /// The lookups of `fsm::indexes`, rebuilt from the tables (after a snapshot is
+    /// deserialized; the tests compare it with the incrementally kept ones).
+    pub(super) fn derive(&self) -> Derived {
+        Derived::build(
+            self.health_index(),
+            self.tables.intentions,
+            self.services.values().flat_map(|m| m.values()),
+            self.checks.values().flat_map(|m| m.values()),
+            self.intentions.values(),
+        )
+    }
+
+    /// Service names whose [`State::service_index`] moved after `after` (watch fan-out).
+    pub fn services_moved_since(&self, after: Index) -> Moved {
+        self.derived.services.moved_since(after)
+    }
+
+    /// Intention destination names whose index moved after `after` (`*` among them: every
+    /// destination's [`State::intentions_index_for`] moved).
+    pub fn destinations_moved_since(&self, after: Index) -> Moved {
+        self.derived.destinations.moved_since(after)
     }
 }

@@ -7,7 +7,6 @@ use proptest::test_runner::RngSeed;
 
 use super::replication::arb_command;
 use super::*;
-use crate::fsm::indexes::Derived;
 use HealthStatus::{Critical, Passing};
 use IntentionAction::{Allow, Deny};
 
@@ -45,7 +44,7 @@ fn arb_extra() -> impl Strategy<Value = Command> {
 /// The derived lookups of `state` against a rebuild, and the per-object indexes against the
 /// objects they cover.
 fn check_derived(state: &State) -> Result<(), TestCaseError> {
-    let rebuilt = Derived::build(state);
+    let rebuilt = state.derive();
     prop_assert_eq!(state.derived.structure(), rebuilt.structure());
     for services in state.services.values() {
         for s in services.values() {
