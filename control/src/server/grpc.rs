@@ -340,11 +340,12 @@ impl CatalogApi {
                     _ = &mut shutdown => return,
                     _ = tx.closed() => return,
                 };
-                let Some((i, Some(value))) = next else {
-                    if next.is_none() {
-                        return;
-                    }
-                    continue;
+                let (i, value) = match next {
+                    // Every subscription ended: the hub is gone.
+                    None => return,
+                    // Not rendered yet (not `ready`): nothing to send.
+                    Some((_, None)) => continue,
+                    Some((i, Some(value))) => (i, value),
                 };
                 let event = match value {
                     Ok(r) if r.index > last_index[i] => {
