@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use mesh_benches::proxy_chain::procs::cpu_seconds;
 use mesh_benches::{
     CommonArgs, HttpConn, Table, bytes_text, ensure_in, load_average, load_average_json,
     load_average_text, percentile, rate, ratio,
@@ -68,6 +69,10 @@ struct Args {
     /// Also measure N = 50,000.
     #[arg(long)]
     big: bool,
+    /// Measure only these N (comma-separated, e.g. `--only 1000` to study one size; the growth
+    /// lines need 1,000 and 10,000).
+    #[arg(long, value_delimiter = ',', conflicts_with = "big")]
+    only: Vec<usize>,
     /// Samples per latency figure.
     #[arg(long, default_value_t = 300)]
     samples: usize,
@@ -126,6 +131,8 @@ struct AtN {
     lat: Vec<Lat>,
     /// Intention writes/s with [`WATCHED`] destinations watched.
     writes_per_sec: Vec<f64>,
+    /// CPU µs per write of each write round: the leader, both followers, the agent.
+    cpu_per_write: Vec<[f64; 3]>,
     data_dir_bytes: u64,
     snapshot_bytes: u64,
 }
@@ -151,6 +158,12 @@ async fn main() -> anyhow::Result<()> {
     let mut sizes = vec![1_000, 10_000];
     if args.big {
         sizes.push(50_000);
+    }
+    if !args.only.is_empty() {
+        for &n in &args.only {
+            ensure_in("only", n, 100..=200_000)?;
+        }
+        sizes = args.only.clone();
     }
     let mut results = Vec::new();
     for n in sizes {
@@ -254,7 +267,12 @@ fn report(
                     "name": name, "samples": l.0.len(), "p50": l.p50(), "p99": l.p99(),
                 })).collect::<Vec<_>>(),
                 "intention_writes_per_sec": WATCHED.iter().zip(&r.writes_per_sec)
-                    .map(|(w, r)| serde_json::json!({"watched": w, "per_sec": r}))
+                    .zip(&r.cpu_per_write)
+                    .map(|((w, r), c)| serde_json::json!({
+                        "watched": w, "per_sec": r, "cpu_us_per_write": {
+                            "leader": c[0], "followers": c[1], "agent": c[2],
+                        },
+                    }))
                     .collect::<Vec<_>>(),
                 "data_dir_bytes": r.data_dir_bytes,
                 "snapshot_bytes": r.snapshot_bytes,
@@ -300,11 +318,21 @@ fn report(
         std::iter::once("N".to_string())
             .chain(["load"].iter().map(|s| s.to_string()))
             .chain(WATCHED.iter().map(|w| format!("writes/s {w} watched")))
+            .chain(
+                WATCHED
+                    .iter()
+                    .map(|w| format!("CPU µs/write {w} watched (leader/followers/agent)")),
+            )
             .chain(["data dir", "snapshot", "dir/snap"].map(String::from)),
     );
     for r in results {
         let mut row = vec![r.n.to_string(), format!("{:.1} s", r.load_s)];
         row.extend(r.writes_per_sec.iter().map(|w| rate(*w)));
+        row.extend(
+            r.cpu_per_write
+                .iter()
+                .map(|[l, f, a]| format!("{l:.0}/{f:.0}/{a:.0}")),
+        );
         row.push(bytes_text(r.data_dir_bytes as f64));
         row.push(bytes_text(r.snapshot_bytes as f64));
         row.push(format!(
@@ -335,6 +363,15 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// CPU seconds so far of the leader (`li`), both followers together, and the agent (0 for
+    /// a process whose `/proc` entry cannot be read).
+    fn cpu_seconds(&self, li: usize) -> [f64; 3] {
+        let of = |m: &Meshd| m.pid().and_then(cpu_seconds).unwrap_or(0.0);
+        let all: f64 = self.servers.iter().map(of).sum();
+        let leader = of(&self.servers[li]);
+        [leader, all - leader, of(&self.agent)]
+    }
+
     async fn start(meshd: &Path, dir: &Path) -> anyhow::Result<Self> {
         let rpc: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut servers = Vec::new();
@@ -620,6 +657,7 @@ async fn measure(args: &Args, cluster: &mut Cluster, n: usize) -> anyhow::Result
     let agent_http = cluster.agent.http_addr;
     let mut first = Vec::new();
     let mut writes_per_sec = Vec::new();
+    let mut cpu_per_write = Vec::new();
     let mut write_lat = Vec::new();
     let mut watched = 0;
     for (round, &w) in WATCHED.iter().enumerate() {
@@ -633,6 +671,7 @@ async fn measure(args: &Args, cluster: &mut Cluster, n: usize) -> anyhow::Result
         }
         let tag = format!("round-{round}");
         let writes = args.writes;
+        let cpu_before = cluster.cpu_seconds(li);
         let took = write_all(
             leader,
             args.writers,
@@ -641,6 +680,15 @@ async fn measure(args: &Args, cluster: &mut Cluster, n: usize) -> anyhow::Result
         )
         .await?;
         writes_per_sec.push(ratio(writes as f64, took.as_secs_f64()));
+        let cpu_after = cluster.cpu_seconds(li);
+        let per_write: [f64; 3] =
+            std::array::from_fn(|k| (cpu_after[k] - cpu_before[k]) * 1e6 / writes as f64);
+        eprintln!(
+            "control_scale: N = {n}: {w} watched: {:.0} writes/s, CPU µs per write: leader \
+             {:.0}, followers {:.0}, agent {:.0}",
+            writes_per_sec[round], per_write[0], per_write[1], per_write[2]
+        );
+        cpu_per_write.push(per_write);
         if round == 0 {
             // The per-write latency of the unwatched round, one writer at a time.
             let mut lc = HttpConn::connect(leader).await?;
@@ -698,6 +746,7 @@ async fn measure(args: &Args, cluster: &mut Cluster, n: usize) -> anyhow::Result
         load_s,
         lat,
         writes_per_sec,
+        cpu_per_write,
         data_dir_bytes,
         snapshot_bytes,
     })

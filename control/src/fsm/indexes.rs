@@ -39,6 +39,9 @@ pub struct Derived {
     pub(super) services: ModifyIndexes,
     /// By intention destination name (`*` for the wildcard destination).
     pub(super) destinations: ModifyIndexes,
+    /// When `*` last lost its last intention: part of every destination's index while `*`
+    /// has none (the keyspace's extinction index would move them all at any name's end).
+    wildcard_gone: Index,
 }
 
 impl PartialEq for Derived {
@@ -319,6 +322,11 @@ impl ModifyIndexes {
             .max(self.floor)
     }
 
+    /// `name`'s index while it has a member.
+    fn live(&self, name: &str) -> Option<Index> {
+        self.by_name.get(name).map(|&i| i.max(self.floor))
+    }
+
     /// Records a change to `name` at `index`; `live`: whether it still has a member.
     fn bump(&mut self, name: &str, index: Index, live: bool) {
         if let Some(old) = self.by_name.remove(name) {
@@ -449,15 +457,25 @@ impl Derived {
         new: Option<&Intention>,
         index: Index,
     ) {
-        for (i, add) in [(old, false), (new, true)] {
-            let Some(i) = i else { continue };
-            if add {
-                self.intentions.add(i);
-            } else {
-                self.intentions.remove(i);
+        if let Some(i) = old {
+            self.intentions.remove(i);
+        }
+        if let Some(i) = new {
+            self.intentions.add(i);
+        }
+        // Each destination once, live or not after the whole change: an update in place
+        // keeps its destination live, and must not read as that name's extinction.
+        let names: BTreeSet<&str> = old
+            .into_iter()
+            .chain(new)
+            .map(|i| i.destination_name.as_str())
+            .collect();
+        for name in names {
+            let live = self.intentions.has_destination(name);
+            if name == WILDCARD && !live {
+                self.wildcard_gone = index;
             }
-            let live = self.intentions.has_destination(&i.destination_name);
-            self.destinations.bump(&i.destination_name, index, live);
+            self.destinations.bump(name, index, live);
         }
     }
 
@@ -472,10 +490,13 @@ impl Derived {
     pub(super) fn destination_index(&self, name: &str) -> Index {
         let own = self.destinations.get(name);
         if name == WILDCARD {
-            own
-        } else {
-            own.max(self.destinations.get(WILDCARD))
+            return own;
         }
+        let wildcard = self
+            .destinations
+            .live(WILDCARD)
+            .unwrap_or_else(|| self.wildcard_gone.max(self.destinations.floor));
+        own.max(wildcard)
     }
 }
 

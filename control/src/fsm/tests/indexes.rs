@@ -172,6 +172,44 @@ fn a_write_moves_only_the_indexes_of_what_it_touched() {
     );
 }
 
+/// An intention updated in place keeps its destination live: it moves that destination only,
+/// not the extinction index, which would move every destination through the absent `*` (so a
+/// server re-rendered every watched destination on each update: issue 17, writes with 1,000
+/// watched destinations). The end of the last `*` intention still moves every destination.
+#[test]
+fn an_update_in_place_moves_its_destination_only() {
+    let mut s = State::default();
+    apply_all_ok(
+        &mut s,
+        1,
+        [
+            create("a", "web", Allow),
+            create("a", "db", Allow),
+            create("b", "api", Allow),
+        ],
+    );
+    let index = |s: &State| ["web", "db", "api"].map(|d| s.intentions_index_for(d));
+    assert_eq!(index(&s), [1, 2, 3]);
+    let mut changed = intention("a", "web", Deny);
+    changed.description = "now denied".into();
+    apply_ok(&mut s, 4, upsert(changed, true));
+    assert_eq!(index(&s), [4, 2, 3]);
+    let moved = s.derived.destinations.moved_since(3);
+    assert_eq!((moved.all, moved.absent), (false, false), "{moved:?}");
+    assert_eq!(moved.names, ["web"]);
+    // db's last intention going away moves db (absent now), not web or api.
+    apply_ok(&mut s, 5, delete_intention("a", "db"));
+    assert_eq!(index(&s), [4, 5, 3]);
+    assert!(s.derived.destinations.moved_since(4).absent);
+    // The last `*` intention going away moves every destination.
+    apply_ok(&mut s, 6, create("c", "*", Deny));
+    assert_eq!(index(&s), [6, 6, 6]);
+    apply_ok(&mut s, 7, delete_intention("c", "*"));
+    assert_eq!(index(&s), [7, 7, 7]);
+    apply_ok(&mut s, 8, create("d", "api", Allow));
+    assert_eq!(index(&s), [7, 7, 8]);
+}
+
 fn ids(v: Vec<crate::wire::ServiceHealth>) -> Vec<String> {
     v.into_iter().map(|h| h.service.id).collect()
 }
