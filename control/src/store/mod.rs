@@ -341,8 +341,14 @@ mod tests {
         let good = std::fs::read(&snapshot).unwrap();
         let mut flipped = good.clone();
         flipped[0] ^= 0x5a;
+        // A digit of the state changed: the same length, still valid JSON.
+        let mut digit = good.clone();
+        let nl = good.iter().position(|b| *b == b'\n').unwrap();
+        let at = nl + good[nl..].iter().position(u8::is_ascii_digit).unwrap();
+        digit[at] = if good[at] == b'9' { b'8' } else { good[at] + 1 };
         let cases = [
             ("truncated", good[..good.len() - 1].to_vec(), "truncated"),
+            ("state digit changed", digit, "SHA-256"),
             ("no header", b"{}".to_vec(), "no header line"),
             ("damaged header", flipped, "damaged"),
         ];
@@ -362,6 +368,23 @@ mod tests {
                 "{what}: left as it was"
             );
         }
+    }
+
+    /// A snapshot file written before the header carried a digest opens (length check only).
+    #[tokio::test]
+    async fn a_snapshot_file_without_a_digest_still_opens() {
+        let dir = scratch();
+        written_store(dir.path()).await;
+        let snapshot = dir.path().join(super::SNAPSHOT_FILE);
+        let bytes = std::fs::read(&snapshot).unwrap();
+        let nl = bytes.iter().position(|b| *b == b'\n').unwrap();
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[..nl]).unwrap();
+        assert!(header["sha256"].is_string(), "{header}");
+        header.as_object_mut().unwrap().remove("sha256");
+        let mut old = serde_json::to_vec(&header).unwrap();
+        old.extend_from_slice(&bytes[nl..]);
+        std::fs::write(&snapshot, old).unwrap();
+        assert_eq!(applied_after_reopen(dir.path()).await, Some(20));
     }
 
     /// A store written before the snapshot file existed kept its snapshot in redb: it opens

@@ -27,7 +27,8 @@ use crate::fsm::{ApplyResult, State};
 use crate::raft::{MeshNode, NodeId, TypeConfig};
 
 /// The latest snapshot's file in a server's data directory: one JSON line
-/// `{"meta": SnapshotMeta, "len": N}`, then the N bytes of the state's JSON.
+/// `{"meta": SnapshotMeta, "len": N, "sha256": hex}`, then the N bytes of the state's JSON
+/// (a file written before the digest existed has no `sha256`, and is checked by length only).
 pub const SNAPSHOT_FILE: &str = "raft.snapshot";
 /// Where stores written before [`SNAPSHOT_FILE`] existed keep their snapshot (in redb's `meta`).
 pub(super) const SNAPSHOT_META: &str = "snapshot_meta";
@@ -44,6 +45,8 @@ pub enum SnapshotError {
     NoHeader,
     #[error("it is truncated or damaged: {got} bytes after its header, {want} expected")]
     Length { got: usize, want: u64 },
+    #[error("it is damaged: the SHA-256 of its state is {got}, its header says {want}")]
+    Digest { got: String, want: String },
     #[error("cannot read it from the Raft store: {0}")]
     Store(#[from] redb::Error),
 }
@@ -53,6 +56,16 @@ pub enum SnapshotError {
 struct Header {
     meta: SnapshotMeta<NodeId, MeshNode>,
     len: u64,
+    /// Hex SHA-256 of the state's bytes: a flipped bit that still parses as JSON would
+    /// otherwise load as a different state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+}
+
+/// Hex SHA-256 of `bytes`.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 type SErr = StorageError<NodeId>;
@@ -142,6 +155,7 @@ impl Snapshots {
         let header = serde_json::to_vec(&Header {
             meta: meta.clone(),
             len: bytes.len() as u64,
+            sha256: Some(sha256_hex(bytes)),
         })
         .map_err(|e| err(&e))?;
         crate::data_dir::write_atomic(&self.dir, SNAPSHOT_FILE, &[&header, b"\n", bytes])
@@ -158,7 +172,8 @@ impl Snapshots {
 #[error("{0}")]
 struct AnyErr(String);
 
-/// Splits [`SNAPSHOT_FILE`]'s bytes into the meta and the state's bytes, checking the length.
+/// Splits [`SNAPSHOT_FILE`]'s bytes into the meta and the state's bytes, checking the length
+/// and the digest.
 fn decode_file(mut bytes: Vec<u8>) -> Result<StoredSnapshot, SnapshotError> {
     let nl = bytes
         .iter()
@@ -171,6 +186,12 @@ fn decode_file(mut bytes: Vec<u8>) -> Result<StoredSnapshot, SnapshotError> {
             got,
             want: header.len,
         });
+    }
+    if let Some(want) = header.sha256 {
+        let got = sha256_hex(&bytes[nl + 1..]);
+        if got != want {
+            return Err(SnapshotError::Digest { got, want });
+        }
     }
     bytes.drain(..=nl);
     Ok((header.meta, bytes))
