@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
@@ -203,6 +204,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let bytes = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
         blocking(move || {
+            let started = Instant::now();
             let txn = db.begin_write().map_err(write_err)?;
             {
                 let mut meta = txn.open_table(META).map_err(write_err)?;
@@ -213,7 +215,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .retain_in(..=log_id.index, |_, _| false)
                     .map_err(write_err)?;
             }
-            txn.commit().map_err(write_err)
+            txn.commit().map_err(write_err)?;
+            // openraft's core waits for this (2-3 ms for the 9,000 entries a snapshot at 10k
+            // objects covers, `control_scale`): the figure tells whether that stays small.
+            tracing::info!(
+                upto = log_id.index,
+                ms = started.elapsed().as_secs_f64() * 1e3,
+                "log purged"
+            );
+            Ok(())
         })
         .await
     }
