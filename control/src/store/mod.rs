@@ -222,6 +222,14 @@ mod tests {
         std::fs::read(dir.join(super::FILE_NAME)).unwrap()
     }
 
+    /// [`written_store`] in `dir`; the path of its snapshot file and that file's bytes.
+    async fn written_snapshot(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+        written_store(dir).await;
+        let snapshot = dir.join(super::SNAPSHOT_FILE);
+        let bytes = std::fs::read(&snapshot).unwrap();
+        (snapshot, bytes)
+    }
+
     fn entries(n: u64) -> Vec<openraft::Entry<TypeConfig>> {
         (1..=n)
             .map(|i| openraft::Entry {
@@ -319,9 +327,7 @@ mod tests {
     #[tokio::test]
     async fn a_crash_mid_snapshot_write_keeps_the_previous_snapshot() {
         let dir = scratch();
-        written_store(dir.path()).await;
-        let snapshot = dir.path().join(super::SNAPSHOT_FILE);
-        let before = std::fs::read(&snapshot).unwrap();
+        let (snapshot, before) = written_snapshot(dir.path()).await;
         let tmp = dir.path().join(format!(".tmp.{}", super::SNAPSHOT_FILE));
         crate::data_dir::create_file(&tmp)
             .and_then(|mut f| std::io::Write::write_all(&mut f, &before[..before.len() / 2]))
@@ -336,9 +342,7 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_snapshot_file_is_refused() {
         let dir = scratch();
-        written_store(dir.path()).await;
-        let snapshot = dir.path().join(super::SNAPSHOT_FILE);
-        let good = std::fs::read(&snapshot).unwrap();
+        let (snapshot, good) = written_snapshot(dir.path()).await;
         let mut flipped = good.clone();
         flipped[0] ^= 0x5a;
         // A digit of the state changed: the same length, still valid JSON.
@@ -374,9 +378,7 @@ mod tests {
     #[tokio::test]
     async fn a_snapshot_file_without_a_digest_still_opens() {
         let dir = scratch();
-        written_store(dir.path()).await;
-        let snapshot = dir.path().join(super::SNAPSHOT_FILE);
-        let bytes = std::fs::read(&snapshot).unwrap();
+        let (snapshot, bytes) = written_snapshot(dir.path()).await;
         let nl = bytes.iter().position(|b| *b == b'\n').unwrap();
         let mut header: serde_json::Value = serde_json::from_slice(&bytes[..nl]).unwrap();
         assert!(header["sha256"].is_string(), "{header}");
