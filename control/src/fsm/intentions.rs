@@ -147,14 +147,17 @@ impl State {
         v
     }
 
-    /// Index that moves whenever [`Self::intentions_for_destination`] of `name` may change:
-    /// a write of an intention to `name` or to `*` (an empty `name`: any intention).
+    /// Index that moves whenever what decides for destination `name` may change: a write of
+    /// an intention to `name` or to `*` (an empty `name`: any intention), or of the default
+    /// policy. What the intentions API blocks on, the watch topics report and the compiled
+    /// sets are kept by.
     pub fn intentions_index_for(&self, name: &str) -> Index {
-        if name.is_empty() {
+        let intentions = if name.is_empty() {
             self.tables.intentions
         } else {
             self.derived.destination_index(name)
-        }
+        };
+        intentions.max(self.tables.config)
     }
 
     /// Every intention in Consul's list order (kept in that order by the derived lookups).

@@ -23,7 +23,7 @@ impl IntentionSets {
     /// The set for destination `name` in `s`: the kept one while its index has not moved,
     /// else built now from the intentions that can match `name`.
     pub fn for_destination(&self, s: &State, name: &str) -> Arc<IntentionSet> {
-        let index = s.intentions_index_for(name).max(s.tables.config);
+        let index = s.intentions_index_for(name);
         if let Some((at, set)) = self.0.lock().get(name)
             && *at == index
         {

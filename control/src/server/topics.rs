@@ -12,7 +12,7 @@ use crate::wire::IntentionsSnapshot;
 pub fn index(s: &State, t: &Topic) -> u64 {
     match t.kind() {
         TopicKind::TopicRoots => s.tables.roots,
-        TopicKind::TopicIntentions => s.intentions_index_for(&t.name).max(s.tables.config),
+        TopicKind::TopicIntentions => s.intentions_index_for(&t.name),
         TopicKind::TopicHealth => s.service_index(&t.name),
         TopicKind::TopicAcl => s.tables.acl,
     }

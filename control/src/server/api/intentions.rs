@@ -21,14 +21,9 @@ use crate::intentions::{self, IntentionSet};
 use crate::model::{Intention, IntentionAction, IntentionPermission};
 use crate::server::ServerError;
 
+/// Index of every intention and the default policy.
 fn intentions_index(s: &State) -> u64 {
-    s.tables.intentions.max(s.tables.config)
-}
-
-/// Index of what decides for destination `name`: its intentions, the `*` ones and the
-/// default policy.
-fn destination_index(s: &State, name: &str) -> u64 {
-    s.intentions_index_for(name).max(s.tables.config)
+    s.intentions_index_for("")
 }
 
 /// Consul's `Intention.CanRead`: `intentions:read` on either end lets a token read the whole
@@ -224,7 +219,7 @@ pub(super) async fn intention_check(AxState(srv): Api, authz: Authz, Query(p): P
     let source = required(&p, "source")?.to_string();
     let destination = required(&p, "destination")?.to_string();
     authz.require(|a| a.service_read(&destination))?;
-    let index = |s: &State| destination_index(s, &destination);
+    let index = |s: &State| s.intentions_index_for(&destination);
     read(&srv, &q, index, |s| {
         let set = srv.intention_sets.for_destination(s, &destination);
         Ok(json!({ "Allowed": set.decide(&source, &destination).allowed }))
@@ -254,7 +249,7 @@ pub(super) async fn intention_match(AxState(srv): Api, authz: Authz, Query(p): P
         if by_source {
             intentions_index(s)
         } else {
-            destination_index(s, &name)
+            s.intentions_index_for(&name)
         }
     };
     read(&srv, &q, index, |s| {
