@@ -25,7 +25,7 @@ use crate::metrics::{ConnResult, Direction, Metrics};
 use crate::serve::{self, Outcome};
 use crate::tls;
 use crate::tls_stream;
-use crate::transport::SocketFactory;
+use crate::transport::{self, SocketFactory};
 
 /// Bound on sending `close_notify` to a refused peer.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,6 +54,8 @@ pub struct InboundContext {
 
 /// Accepts until draining starts (the accept loop is [`serve::serve`]).
 pub async fn serve(listener: TcpListener, ctx: Arc<InboundContext>, drain: drain::Watch) {
+    // Every client of this listener speaks first (a ClientHello): wake once per connection.
+    transport::defer_accept(&listener, ctx.handshake_timeout);
     let metrics = ctx.metrics.clone();
     serve::serve(
         listener,

@@ -99,10 +99,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let conn = UnbufferedServerConnection::new(config).map_err(tls_error)?;
-    TlsStream::new(io, conn).handshake().await
+    TlsStream::new(io, conn).handshake(LastFlight::Send).await
 }
 
 /// Runs the client handshake to `name` on `io` (the caller bounds it in time).
+///
+/// It returns with the client's last flight (its Certificate, CertificateVerify and Finished)
+/// still queued: the flight leaves with the first write, flush or read, so a client that speaks
+/// first sends it in the same segment as its first bytes, and the server wakes once for both.
+/// Any use of the stream sends it; a stream dropped unused never completes the server's
+/// handshake, as if it had closed a moment earlier.
 pub async fn connect<S>(
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
@@ -112,7 +118,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let conn = UnbufferedClientConnection::new(config, name).map_err(tls_error)?;
-    TlsStream::new(io, conn).handshake().await
+    TlsStream::new(io, conn).handshake(LastFlight::Queue).await
+}
+
+/// What a handshake does with the records it encodes last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LastFlight {
+    /// Written before the handshake returns.
+    Send,
+    /// Left in the outgoing buffer for the stream's first write, flush or read.
+    Queue,
 }
 
 /// The bytes `buf[start..end]` of a buffer that is filled at its end and drained from its
@@ -321,19 +336,23 @@ where
         self.process(Job::KeyUpdate, None).map(drop)
     }
 
-    async fn handshake(mut self) -> io::Result<Self> {
-        std::future::poll_fn(|cx| self.poll_handshake(cx)).await?;
+    async fn handshake(mut self, last: LastFlight) -> io::Result<Self> {
+        std::future::poll_fn(|cx| self.poll_handshake(cx, last)).await?;
         Ok(self)
     }
 
-    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_handshake(&mut self, cx: &mut Context<'_>, last: LastFlight) -> Poll<io::Result<()>> {
         loop {
             let progress = match self.process(Job::None, None) {
                 Ok(p) => p,
                 Err(e) => return Poll::Ready(Err(self.offer_alert(cx, e))),
             };
+            let done = !self.conn.is_handshaking();
+            if done && last == LastFlight::Queue {
+                return Poll::Ready(Ok(()));
+            }
             ready!(self.poll_write_out(cx))?;
-            if !self.conn.is_handshaking() {
+            if done {
                 return Poll::Ready(Ok(()));
             }
             ready!(self.poll_more_input(cx, progress.stop, "during the handshake"))?;
@@ -610,9 +629,16 @@ where
             )));
         }
         let want = data.len().min(MAX_WRITE);
-        // Encrypt behind what is pending while a full record fits; else send that first.
-        if this.outgoing.tail_len() < sealed_len(want.min(MAX_RECORD)) {
-            ready!(this.poll_write_out(cx))?;
+        // Encrypt behind what is pending while a full record fits. Short of room, a short
+        // pending run (the client's queued last flight, a record the socket did not take) gets
+        // room, so it leaves in the same segment as this data; a long one is sent first.
+        let room = sealed_len(want.min(MAX_RECORD));
+        if this.outgoing.tail_len() < room {
+            if this.outgoing.len() < MAX_RECORD {
+                this.outgoing.reserve_tail(room);
+            } else {
+                ready!(this.poll_write_out(cx))?;
+            }
         }
         let chunk = if this.outgoing.is_empty() {
             want

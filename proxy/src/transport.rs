@@ -140,6 +140,58 @@ pub fn tune_accepted(
     Ok(())
 }
 
+/// Asks the kernel to hand over connections accepted on `listener` only once their first bytes
+/// have arrived (TCP_DEFER_ACCEPT), waiting at most `wait` (whole seconds, at least one) before
+/// handing over a connection that sent nothing (the kernel then resends its SYN-ACK and accepts
+/// on the client's next ACK; a FIN counts as data, so a TCP health check that connects and
+/// closes is accepted at once).
+///
+/// Only for listeners whose clients always speak first: the mutual-TLS inbound listener, where
+/// the first bytes are a ClientHello. The proxy then wakes once per new connection instead of
+/// twice (the accept, then the ClientHello), and a client that connects and stays silent costs
+/// it nothing until `wait` has passed. Never for a plaintext listener: a server-speaks-first
+/// protocol (SMTP, MySQL) would wait out `wait` before its greeting. Not fatal: without it
+/// the listener only wakes once more per connection.
+pub fn defer_accept(listener: &TcpListener, wait: Duration) {
+    if let Err(e) = set_defer_accept(listener, defer_secs(wait)) {
+        tracing::debug!(error = %e, "TCP_DEFER_ACCEPT refused; accepting without it");
+    }
+}
+
+/// `wait` in whole seconds, rounded up, at least one (zero would turn the deferral off).
+fn defer_secs(wait: Duration) -> nix::libc::c_int {
+    let secs = wait
+        .as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1);
+    nix::libc::c_int::try_from(secs).unwrap_or(nix::libc::c_int::MAX)
+}
+
+#[expect(
+    unsafe_code,
+    reason = "setsockopt(TCP_DEFER_ACCEPT): neither socket2 nor nix wraps it"
+)]
+fn set_defer_accept(listener: &TcpListener, secs: nix::libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = listener.as_raw_fd();
+    // SAFETY: `fd` is the listener's open socket, borrowed for this call; the option value is
+    // a `c_int` on this stack frame whose size is passed with it, as the option expects.
+    let rc = unsafe {
+        nix::libc::setsockopt(
+            fd,
+            nix::libc::IPPROTO_TCP,
+            nix::libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&secs).cast(),
+            std::mem::size_of::<nix::libc::c_int>() as nix::libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Creates TCP sockets in a network namespace other than the proxy's own. Transparent mode
 /// implements it for the pod's namespace (a thread that entered it creates each socket); the
 /// socket code here only ever sees this trait, never where the namespace came from.
@@ -428,6 +480,55 @@ mod tests {
                     "{bind}"
                 );
             }
+        }
+    }
+
+    /// A deferred listener hands over a connection with its first bytes, or with its FIN,
+    /// never a connection that has sent nothing yet.
+    #[tokio::test]
+    async fn a_deferred_listener_hands_over_connections_with_their_first_bytes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        defer_accept(&listener, Duration::from_secs(30));
+        let addr = listener.local_addr().unwrap();
+
+        // Connected from the client's side, silent: not handed over.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(
+            early.is_err(),
+            "a silent connection was accepted: {early:?}"
+        );
+        // Its first bytes hand it over, and they are there to read at once.
+        silent.write_all(b"hello").await.unwrap();
+        let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("accepted after its first bytes")
+            .unwrap();
+        let mut buf = [0u8; 5];
+        accepted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+
+        // A client that connects and closes (a TCP health check) is handed over with its EOF.
+        let closed = TcpStream::connect(addr).await.unwrap();
+        drop(closed);
+        let (mut accepted, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("accepted after its FIN")
+            .unwrap();
+        assert_eq!(accepted.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn the_deferral_is_whole_seconds_and_at_least_one() {
+        for (wait, secs) in [
+            (Duration::ZERO, 1),
+            (Duration::from_millis(200), 1),
+            (Duration::from_secs(5), 5),
+            (Duration::from_millis(5_001), 6),
+            (Duration::MAX, nix::libc::c_int::MAX),
+        ] {
+            assert_eq!(defer_secs(wait), secs, "{wait:?}");
         }
     }
 }

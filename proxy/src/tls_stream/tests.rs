@@ -41,7 +41,10 @@ async fn connect_pair(
     let server_cfg = db.server.clone();
     let client = async move {
         if ours_client {
-            Box::new(connect(client_cfg, name(), c).await.unwrap()) as Box<dyn Duplex>
+            let mut tls = connect(client_cfg, name(), c).await.unwrap();
+            // Our client queues its last flight; the server's accept below waits for it.
+            tls.flush().await.unwrap();
+            Box::new(tls) as Box<dyn Duplex>
         } else {
             let tls = tokio_rustls::TlsConnector::from(client_cfg);
             Box::new(tls.connect(name(), c).await.unwrap())
@@ -59,6 +62,56 @@ async fn connect_pair(
         }
     };
     tokio::join!(client, server)
+}
+
+/// Our client's last flight leaves with its first bytes: until the client writes, the server's
+/// handshake is not complete; the first write completes it and arrives, with no flush.
+#[tokio::test]
+async fn the_client_last_flight_leaves_with_its_first_bytes() {
+    let (web, db) = pair();
+    let (c, s) = tcp_pair().await;
+    let (_, client_cfg) = web.client("db").unwrap();
+    let mut server = tokio::spawn(accept(db.server.clone(), s));
+    let mut client = connect(client_cfg, name(), c).await.unwrap();
+    let early = tokio::time::timeout(std::time::Duration::from_millis(200), &mut server).await;
+    assert!(
+        early.is_err(),
+        "the server finished without the client's Finished"
+    );
+    client.write_all(b"ping").await.unwrap();
+    let mut server = server
+        .await
+        .unwrap()
+        .expect("the server's handshake completes");
+    let mut got = [0u8; 4];
+    server.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+}
+
+/// A client that only reads (a server-speaks-first protocol) sends its last flight with that
+/// read, so the server completes and its greeting arrives.
+#[tokio::test]
+async fn a_client_that_reads_first_completes_the_handshake() {
+    let (web, db) = pair();
+    let (c, s) = tcp_pair().await;
+    let (_, client_cfg) = web.client("db").unwrap();
+    let server = tokio::spawn(async move {
+        let mut tls = accept(db.server.clone(), s).await.unwrap();
+        tls.write_all(b"220 greeting").await.unwrap();
+        tls.flush().await.unwrap();
+        tls
+    });
+    let mut client = connect(client_cfg, name(), c).await.unwrap();
+    let mut got = [0u8; 12];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.read_exact(&mut got),
+    )
+    .await
+    .expect("the greeting arrives")
+    .unwrap();
+    assert_eq!(&got, b"220 greeting");
+    drop(server.await.unwrap());
 }
 
 /// The interop combinations: (ours as client, ours as server).
@@ -91,7 +144,11 @@ async fn handshake_exposes_the_peer_and_the_negotiated_session() {
     let (web, db) = pair();
     let (c, s) = tcp_pair().await;
     let (_, cfg) = web.client("db").unwrap();
-    let (client, server) = tokio::join!(connect(cfg, name(), c), accept(db.server.clone(), s));
+    let client = async {
+        let mut tls = connect(cfg, name(), c).await?;
+        tls.flush().await.map(|()| tls)
+    };
+    let (client, server) = tokio::join!(client, accept(db.server.clone(), s));
     let (client, server) = (client.unwrap(), server.unwrap());
     let server_id = crate::tls::peer_spiffe_id(client.session().peer_certificates()).unwrap();
     assert_eq!(server_id.service, "db");
