@@ -55,3 +55,8 @@ pub mod tls_stream;
 pub mod transparent;
 pub mod transport;
 pub mod verified_chains;
+
+/// The build script's name patterns (`link/patterns.rs`), compiled here only for their tests.
+#[cfg(test)]
+#[path = "../link/patterns.rs"]
+mod link_patterns;
