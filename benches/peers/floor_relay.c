@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,9 @@ static void on_accept(struct end *l) {
 }
 
 static void on_readable(struct end *e) {
+    /* Reached through EPOLLHUP while the peer still holds unwritten bytes: read once it drains. */
+    if (e->peer->plen)
+        return;
     ssize_t n = read(e->fd, buf, BUF);
     if (n < 0) {
         if (errno != EAGAIN && errno != EINTR)
@@ -175,6 +179,8 @@ int main(int argc, char **argv) {
                 MAX_LISTENERS);
         return 2;
     }
+    /* A peer that closed turns a write into EPIPE (the pair is closed), not a fatal signal. */
+    signal(SIGPIPE, SIG_IGN);
     ep = epoll_create1(0);
     if (ep < 0)
         die("epoll_create1");
