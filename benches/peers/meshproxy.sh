@@ -21,12 +21,15 @@ id() { echo "spiffe://$td/ns/default/dc/dc1/svc/$1"; }
 resume=$([ "${RESUME:-0}" = 1 ] && echo true || echo false)
 suites=$([ -n "${SUITE:-}" ] && echo "[\"$SUITE\"]" || echo null)
 tls="{\"resumption\": $resume, \"cipher_suites\": $suites}"
-p8() { openssl pkcs8 -topk8 -nocrypt -in "$CERTS/$1.key" -out "$WORKDIR/mp-$1.p8"; chmod 600 "$WORKDIR/mp-$1.p8"; }
+# The PKCS#8 copy of the key goes under $CERTS, which the bench deletes at the end of the run
+# (unless --keep-work), so no private key outlives the run in its output directory.
+KEYDIR=$(mktemp -d "$CERTS/meshproxy-$side.XXXXXX")
+p8() { (umask 077; openssl pkcs8 -topk8 -nocrypt -in "$CERTS/$1.key" -out "$KEYDIR/mp-$1.p8"); }
 export MESHPROXY_WORKER_THREADS=${WORKERS:-1}
 if [ "$side" = a ]; then
   p8 web
   cat > "$WORKDIR/mp-a.json" <<CFG
-{"cert": "$CERTS/web.pem", "key": "$WORKDIR/mp-web.p8", "trust_bundle": "$CERTS/ca.pem",
+{"cert": "$CERTS/web.pem", "key": "$KEYDIR/mp-web.p8", "trust_bundle": "$CERTS/ca.pem",
  "inbound": {"listen": "127.0.0.1:0", "local_app": "127.0.0.1:9"},
  "upstreams": [
   {"name": "iperf", "listen": "127.0.0.1:$A_IPERF", "addresses": ["127.0.0.1:$B_IPERF"], "spiffe_id": "$(id db)"},
@@ -37,7 +40,7 @@ CFG
 else
   p8 db
   cat > "$WORKDIR/mp-b.json" <<CFG
-{"cert": "$CERTS/db.pem", "key": "$WORKDIR/mp-db.p8", "trust_bundle": "$CERTS/ca.pem",
+{"cert": "$CERTS/db.pem", "key": "$KEYDIR/mp-db.p8", "trust_bundle": "$CERTS/ca.pem",
  "inbound": [
   {"name": "iperf", "listen": "127.0.0.1:$B_IPERF", "local_app": "127.0.0.1:$IPERF_PORT"},
   {"name": "http", "listen": "127.0.0.1:$B_HTTP", "local_app": "127.0.0.1:$HTTP_PORT"}],
