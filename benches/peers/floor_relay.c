@@ -70,13 +70,15 @@ static void kill_pair(struct end *e) {
     }
 }
 
-static int tcp_socket(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
+static int nodelay(int fd) {
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
+}
+
+static int tcp_socket(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    return fd < 0 ? -1 : nodelay(fd);
 }
 
 static void add(struct end *e, unsigned events) {
@@ -89,8 +91,7 @@ static void on_accept(struct end *l) {
     int c = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK);
     if (c < 0)
         return;
-    int one = 1;
-    setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    nodelay(c);
     int u = tcp_socket();
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(l->target)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
